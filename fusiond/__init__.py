@@ -1,0 +1,5 @@
+"""fusiond: a streaming sensor-fusion daemon."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""The ZeroMQ bus: wire format, broker and sockets."""

@@ -1,0 +1,126 @@
+from __future__ import annotations
+
+import msgpack
+import numpy as np
+import pytest
+import zmq
+
+from fusiond.bus import wire
+from fusiond.errors import FrameError, VersionError, WireError
+
+
+def sample_frames(data: np.ndarray, **overrides):
+    fields = dict(rig="r1", stream="cam", modality="video", seq=7, t_ns=123, t_pub_ns=456,
+                  rate_hz=30.0, data=data)
+    fields.update(overrides)
+    return wire.encode_sample(**fields)
+
+
+@pytest.fixture
+def pair():
+    ctx = zmq.Context()
+    a, b = ctx.socket(zmq.PAIR), ctx.socket(zmq.PAIR)
+    b.bind("inproc://wire")
+    a.connect("inproc://wire")
+    yield a, b
+    a.close(linger=0)
+    b.close(linger=0)
+    ctx.term()
+
+
+def test_sample_round_trip_over_real_sockets_is_a_view_of_the_frame(pair):
+    a, b = pair
+    frame = np.random.default_rng(0).integers(0, 255, (1, 48, 64, 3), dtype=np.uint8)
+    a.send_multipart(sample_frames(frame), copy=False)
+    received = b.recv_multipart(copy=False)
+    sample = wire.decode_sample(received)
+    assert sample.rig == "r1" and sample.stream == "cam" and sample.seq == 7
+    assert sample.t_ns == 123 and sample.rate_hz == 30.0
+    np.testing.assert_array_equal(sample.data, frame)
+    # No copy: the array's memory is the received frame's buffer.
+    assert np.shares_memory(sample.data, np.frombuffer(received[2].buffer, np.uint8))
+    assert not sample.data.flags.writeable
+
+
+def test_sample_end_covers_the_block():
+    frames = sample_frames(np.zeros((10, 3), np.float32), rate_hz=100.0, t_ns=0)
+    assert wire.decode_sample(frames).end_ns == 100_000_000
+
+
+def test_topics():
+    frames = sample_frames(np.zeros((1, 2), np.float32))
+    assert frames[0] == b"s/r1/cam"
+    assert wire.prediction_topic("r1") == "p/r1"
+
+
+def _header(frames) -> dict:
+    return msgpack.unpackb(frames[1])
+
+
+def _with_header(frames, header):
+    return [frames[0], msgpack.packb(header), *frames[2:]]
+
+
+@pytest.mark.parametrize(
+    ("change", "error", "reason"),
+    [
+        (lambda h: h.update(v=[2, 0]), VersionError, "bad_version"),
+        (lambda h: h.update(v="1.0"), FrameError, "bad_header"),
+        (lambda h: h.pop("seq"), FrameError, "bad_header"),
+        (lambda h: h.update(t_ns="soon"), FrameError, "bad_header"),
+        (lambda h: h.update(rig="bad rig/name"), FrameError, "bad_header"),
+        (lambda h: h.update(clock="sundial"), FrameError, "bad_header"),
+        (lambda h: h["buffers"][0].update(dtype="object"), FrameError, "bad_header"),
+        (lambda h: h["buffers"][0].update(shape=[5, 3]), FrameError, "bad_size"),
+        (lambda h: h["buffers"][0].update(shape=[-1]), FrameError, "bad_header"),
+        (lambda h: h["buffers"].append(h["buffers"][0]), FrameError, "bad_size"),
+    ],
+)
+def test_malformed_headers_are_rejected_with_a_reason(change, error, reason):
+    frames = sample_frames(np.zeros((4, 3), np.float32))
+    header = _header(frames)
+    change(header)
+    with pytest.raises(error) as info:
+        wire.decode_sample(_with_header(frames, header))
+    assert info.value.reason == reason
+
+
+@pytest.mark.parametrize(
+    "frames",
+    [[b"s/x"], [b"s/x", b"\xc1\xc1"], [b"s/x", msgpack.packb([1, 2])], [b"s/x", b""]],
+)
+def test_garbage_is_a_wire_error(frames):
+    with pytest.raises(WireError):
+        wire.decode_sample(frames)
+
+
+def test_minor_version_bump_is_accepted():
+    frames = sample_frames(np.zeros((2, 1), np.float32))
+    header = _header(frames)
+    header["v"] = [1, 9]
+    header["future_field"] = "ignored"
+    assert wire.decode_sample(_with_header(frames, header)).seq == 7
+
+
+def test_jpeg_buffers_decode_to_the_declared_shape():
+    import cv2
+
+    image = np.full((32, 40, 3), 90, np.uint8)
+    ok, jpeg = cv2.imencode(".jpg", image)
+    assert ok
+    frames = wire.encode_sample(rig="r", stream="c", modality="video", seq=0, t_ns=0, t_pub_ns=0,
+                                rate_hz=1, data=image[None], encoding="jpeg", payload=jpeg.tobytes())
+    decoded = wire.decode_sample(frames).data
+    assert decoded.shape == (1, 32, 40, 3)
+    assert abs(int(decoded.mean()) - 90) <= 2
+
+
+def test_prediction_round_trip():
+    p = wire.Prediction(rig="r", seq=3, window_start_ns=1, window_end_ns=2, label="7",
+                        classes=["6", "7"], scores=[0.1, 0.9], present=["video"],
+                        missing=["audio"], model={"name": "m", "hash": "h"},
+                        latency_ns={"infer": 5}, t_pub_ns=9, extra={"window_index": 4})
+    back = wire.decode_prediction(wire.encode_prediction(p))
+    assert back == p
+    with pytest.raises(FrameError):
+        wire.decode_prediction(sample_frames(np.zeros((1, 1), np.float32)))
