@@ -1,0 +1,91 @@
+"""Fit the samples of one stream inside a window to a modality's input spec."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import cv2
+import numpy as np
+
+from fusiond.align.spec import ModalitySpec
+
+
+class Block(NamedTuple):
+    """Samples ``data[i]`` captured at ``t_ns + i * period_ns`` (daemon clock)."""
+
+    t_ns: int
+    end_ns: int
+    period_ns: float
+    data: np.ndarray
+    t_recv_ns: int
+
+
+def coverage(blocks: Sequence[Block], start_ns: int, end_ns: int) -> float:
+    """Fraction of ``[start_ns, end_ns)`` the blocks cover (1.0 for any irregular sample)."""
+    covered = 0
+    for block in blocks:
+        if block.period_ns <= 0:
+            if start_ns <= block.t_ns < end_ns:
+                return 1.0
+            continue
+        covered += max(0, min(block.end_ns, end_ns) - max(block.t_ns, start_ns))
+    return min(1.0, covered / (end_ns - start_ns))
+
+
+def fit(spec: ModalitySpec, blocks: Sequence[Block], start_ns: int, end_ns: int) -> np.ndarray:
+    """One window's array of ``spec.shape`` from the blocks overlapping the window."""
+    if spec.kind == "frames":
+        return _fit_frames(spec, blocks, start_ns, end_ns)
+    return _fit_series(spec, blocks, start_ns, end_ns)
+
+
+def _sample_times(block: Block) -> np.ndarray:
+    n = len(block.data)
+    if block.period_ns <= 0:
+        return np.full(n, float(block.t_ns))
+    return block.t_ns + np.arange(n) * block.period_ns
+
+
+def _fit_series(spec: ModalitySpec, blocks: Sequence[Block], start_ns: int, end_ns: int) -> np.ndarray:
+    times = np.concatenate([_sample_times(b) for b in blocks])
+    values = np.concatenate([b.data.reshape(len(b.data), -1) for b in blocks])
+    if np.issubdtype(values.dtype, np.integer):
+        scale = 1.0 / np.iinfo(values.dtype).max
+    else:
+        scale = 1.0
+    order = np.argsort(times, kind="stable")
+    times, values = times[order] - start_ns, values[order]
+    step = (end_ns - start_ns) / spec.length
+    targets = np.arange(spec.length) * step
+    out = np.zeros(spec.shape, np.float32)
+    for c in range(min(spec.channels, values.shape[1])):
+        out[:, c] = np.interp(targets, times, values[:, c]) * scale
+    return out
+
+
+def _fit_frames(spec: ModalitySpec, blocks: Sequence[Block], start_ns: int, end_ns: int) -> np.ndarray:
+    starts = np.concatenate([_sample_times(b) for b in blocks])
+    owners = [(b, i) for b in blocks for i in range(len(b.data))]
+    order = np.argsort(starts, kind="stable")
+    starts = starts[order]
+    step = (end_ns - start_ns) / spec.length
+    targets = start_ns + (np.arange(spec.length) + 0.5) * step
+    # Sample-and-hold: the newest frame captured at or before each target time.
+    picks = np.clip(np.searchsorted(starts, targets, side="right") - 1, 0, len(starts) - 1)
+    out = np.empty(spec.shape, np.uint8)
+    for j, pick in enumerate(picks):
+        block, i = owners[order[pick]]
+        out[j] = _to_spec(block.data[i], spec)
+    return out
+
+
+def _to_spec(frame: np.ndarray, spec: ModalitySpec) -> np.ndarray:
+    image = frame if frame.ndim == 3 else frame[:, :, None]
+    if image.shape[2] == 3 and spec.channels == 1:
+        image = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)[:, :, None]
+    elif image.shape[2] == 1 and spec.channels == 3:
+        image = np.repeat(image, 3, axis=2)
+    if image.shape[:2] != (spec.height, spec.width):
+        image = cv2.resize(image, (spec.width, spec.height), interpolation=cv2.INTER_AREA)
+    return image.reshape(spec.height, spec.width, spec.channels)

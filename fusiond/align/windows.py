@@ -1,0 +1,197 @@
+"""Per-rig windows on event time, with watermarks, allowed lateness and masks.
+
+Window ``k`` of a rig covers ``[k * hop, k * hop + length)`` on the daemon clock, so every
+rig's windows sit on one grid and a replay cuts the same windows as the live run.
+
+A window closes, in this order of preference:
+
+* ``complete``: every stream's watermark (the end of its newest sample) passed its end;
+* ``lateness``: some stream is ``lateness`` past its end, so waiting longer for the
+  others would stall the rig; the laggards are masked;
+* ``timeout``: the processing clock ``now_ns`` is ``lateness`` past its end, for a rig
+  whose streams all went quiet (the only rule that reads ``now_ns``).
+
+Each stream must arrive in its own capture order (one ZeroMQ connection keeps the order
+of its messages); streams may interleave in any order. A block that arrives after its
+stream's watermark passed a closed window is used for the windows still open, or dropped
+as ``late`` when it belongs only to closed ones.
+
+A modality whose samples cover less than ``min_coverage`` of the window is masked. A
+window with no modality present is dropped and counted as ``window_empty``; a sample
+that only covers windows already closed is dropped and counted as ``late``.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from fusiond.align.fit import Block, coverage, fit
+from fusiond.align.spec import ModalitySpec
+
+_NEVER = -(2**62)
+
+
+@dataclass(frozen=True, slots=True)
+class WindowConfig:
+    """Timing of a rig's windows, all in nanoseconds."""
+
+    length_ns: int
+    hop_ns: int
+    lateness_ns: int
+    min_coverage: float = 0.5
+    max_blocks: int = 4096
+
+    def __post_init__(self) -> None:
+        if self.length_ns <= 0 or self.hop_ns <= 0 or self.lateness_ns < 0:
+            msg = "window length and hop must be positive, lateness not negative"
+            raise ValueError(msg)
+        if not 0.0 < self.min_coverage <= 1.0:
+            msg = "min_coverage must lie in (0, 1]"
+            raise ValueError(msg)
+
+
+@dataclass(slots=True)
+class Window:
+    """One closed window, its inputs fitted to the model's spec."""
+
+    rig: str
+    index: int
+    start_ns: int
+    end_ns: int
+    inputs: dict[str, np.ndarray]
+    present: dict[str, bool]
+    closed_by: str
+    t_close_ns: int
+    capture_to_ingest_ns: int
+
+    @property
+    def missing(self) -> list[str]:
+        """Modalities masked in this window."""
+        return [m for m, ok in self.present.items() if not ok]
+
+
+@dataclass(slots=True)
+class _Stream:
+    modality: str
+    blocks: list[Block] = field(default_factory=list)
+    watermark_ns: int = _NEVER
+    ingest_latency_ns: int = 0
+
+
+class RigAligner:
+    """Turns one rig's sample blocks into closed windows."""
+
+    def __init__(
+        self,
+        rig: str,
+        streams: Mapping[str, str],
+        specs: Mapping[str, ModalitySpec],
+        config: WindowConfig,
+        drops: Counter[str] | None = None,
+    ) -> None:
+        """``streams`` maps stream name to modality; ``specs`` maps modality to its spec."""
+        unknown = sorted(set(streams.values()) - set(specs))
+        if unknown:
+            msg = f"rig {rig}: the model has no input for modalities {unknown}"
+            raise ValueError(msg)
+        self.rig = rig
+        self.config = config
+        self.specs = dict(specs)
+        self.drops: Counter[str] = drops if drops is not None else Counter()
+        self.stats: Counter[str] = Counter()
+        self._streams = {name: _Stream(modality) for name, modality in streams.items()}
+        self._zeros = {m: spec.zeros() for m, spec in specs.items()}
+        self._next: int | None = None
+
+    @property
+    def next_start_ns(self) -> int | None:
+        """Start of the next window to close (None before the first sample)."""
+        return None if self._next is None else self._next * self.config.hop_ns
+
+    def add(
+        self, stream: str, t_ns: int, rate_hz: float, data: np.ndarray, t_recv_ns: int
+    ) -> str | None:
+        """Buffer a block of samples; returns the drop reason (also counted) if it is dropped."""
+        state = self._streams.get(stream)
+        if state is None:
+            self.drops["unknown_stream"] += 1
+            return "unknown_stream"
+        period = 1e9 / rate_hz if rate_hz > 0 else 0.0
+        end = t_ns + round(len(data) * period) if period else t_ns + 1
+        if self._next is None:
+            # The window holding the first sample; coverage decides whether it is usable.
+            self._next = t_ns // self.config.hop_ns
+        elif end <= self._next * self.config.hop_ns:
+            self.drops["late"] += 1
+            return "late"
+        if len(state.blocks) >= self.config.max_blocks:
+            state.blocks.pop(0)
+            self.drops["buffer_full"] += 1
+        block = Block(t_ns, end, period, data, t_recv_ns)
+        if not state.blocks or state.blocks[-1].t_ns <= t_ns:
+            state.blocks.append(block)
+        else:
+            bisect.insort(state.blocks, block, key=lambda b: b.t_ns)
+        state.watermark_ns = max(state.watermark_ns, end)
+        state.ingest_latency_ns = t_recv_ns - (end - round(period))
+        return None
+
+    def poll(self, now_ns: int) -> list[Window]:
+        """Close every window that is due at processing time ``now_ns``."""
+        closed: list[Window] = []
+        while self._next is not None:
+            start = self._next * self.config.hop_ns
+            end = start + self.config.length_ns
+            reason = self._due(end, now_ns)
+            if reason is None:
+                break
+            window = self._close(self._next, start, end, reason, now_ns)
+            self._next += 1
+            self._evict(self._next * self.config.hop_ns)
+            if window is None:
+                self.drops["window_empty"] += 1
+            else:
+                closed.append(window)
+        return closed
+
+    def _due(self, end: int, now_ns: int) -> str | None:
+        marks = [s.watermark_ns for s in self._streams.values()]
+        if min(marks) >= end:
+            return "complete"
+        if max(marks) >= end + self.config.lateness_ns:
+            return "lateness"
+        if now_ns >= end + self.config.lateness_ns:
+            return "timeout"
+        return None
+
+    def _close(self, index: int, start: int, end: int, reason: str, now_ns: int) -> Window | None:
+        inputs: dict[str, np.ndarray] = dict(self._zeros)
+        present = dict.fromkeys(self.specs, False)
+        latency = 0
+        for state in self._streams.values():
+            blocks = [b for b in state.blocks if b.end_ns > start and b.t_ns < end]
+            if not blocks or coverage(blocks, start, end) < self.config.min_coverage:
+                continue
+            inputs[state.modality] = fit(self.specs[state.modality], blocks, start, end)
+            present[state.modality] = True
+            latency = max(latency, state.ingest_latency_ns)
+        if not any(present.values()):
+            return None
+        for modality, ok in present.items():
+            if not ok:
+                self.stats[f"masked:{modality}"] += 1
+        self.stats[f"closed:{reason}"] += 1
+        return Window(self.rig, index, start, end, inputs, present, reason, now_ns, latency)
+
+    def _evict(self, before_ns: int) -> None:
+        for state in self._streams.values():
+            keep = 0
+            while keep < len(state.blocks) and state.blocks[keep].end_ns <= before_ns:
+                keep += 1
+            if keep:
+                del state.blocks[:keep]

@@ -1,0 +1,38 @@
+"""Put each source's timestamps on the daemon's clock (pure code).
+
+Every message carries its capture time and its publish time, both on the source's clock.
+``recv - t_pub`` is the clock offset plus the transport delay; its minimum over a recent
+span is the offset plus the *smallest* delay (tens of microseconds on one host, about
+one network hop between hosts), the same one-way estimate NTP's and LSL's filters start
+from. Adding it to the capture time gives the capture time on the daemon's clock. The
+span slides, so a drifting clock is followed.
+"""
+
+from __future__ import annotations
+
+
+class OffsetEstimator:
+    """Sliding minimum of ``recv - t_pub`` over two buckets of ``span_ns`` each."""
+
+    def __init__(self, span_ns: int = 10_000_000_000) -> None:
+        self.span_ns = span_ns
+        self._bucket_start: int | None = None
+        self._current: int | None = None
+        self._previous: int | None = None
+
+    def update(self, t_pub_ns: int, t_recv_ns: int) -> int:
+        """Add one message; return the offset to add to this source's timestamps."""
+        delay = t_recv_ns - t_pub_ns
+        if self._bucket_start is None:
+            self._bucket_start = t_recv_ns
+        elif t_recv_ns - self._bucket_start >= self.span_ns:
+            self._previous, self._current = self._current, None
+            self._bucket_start = t_recv_ns
+        self._current = delay if self._current is None else min(self._current, delay)
+        return self.offset_ns
+
+    @property
+    def offset_ns(self) -> int:
+        """The current estimate (0 before any message)."""
+        values = [v for v in (self._current, self._previous) if v is not None]
+        return min(values) if values else 0

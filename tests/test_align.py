@@ -1,0 +1,204 @@
+"""The aligner on synthetic streams: shuffled, jittered and gappy, with fixed seeds."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fusiond.align import ModalitySpec, RigAligner, WindowConfig
+from fusiond.align.offline import RecordedStream, cut_windows
+
+MS = 1_000_000
+SPECS = {
+    "video": ModalitySpec("frames", length=4, channels=1, height=4, width=4),
+    "audio": ModalitySpec("series", length=50, channels=1),
+    "imu": ModalitySpec("series", length=20, channels=2),
+}
+STREAMS = {"cam": "video", "mic": "audio", "imu": "imu"}
+RATES = {"cam": 10.0, "mic": 1000.0, "imu": 100.0}
+BLOCKS = {"cam": 1, "mic": 50, "imu": 10}
+T0 = 10_000 * MS
+CONFIG = WindowConfig(length_ns=1000 * MS, hop_ns=500 * MS, lateness_ns=300 * MS)
+
+
+@dataclass
+class Msg:
+    stream: str
+    t_ns: int
+    data: np.ndarray
+    arrive_ns: int
+
+
+def stream_blocks(stream: str, seconds: float, gaps=()) -> list[Msg]:
+    """Blocks whose values encode their capture time: series = seconds since T0, frames = 10ths."""
+    rate, block = RATES[stream], BLOCKS[stream]
+    out = []
+    for first in range(0, int(seconds * rate), block):
+        t = T0 + round(first * 1e9 / rate)
+        if any(a <= (t - T0) / 1e9 < b for a, b in gaps):
+            continue
+        times = (first + np.arange(block)) / rate
+        if stream == "cam":
+            data = np.full((1, 8, 8, 3), int(times[0] * 10) % 256, np.uint8)
+        else:
+            data = np.repeat(times[:, None], 2 if stream == "imu" else 1, 1).astype(np.float32)
+        end = t + round(block * 1e9 / rate)
+        out.append(Msg(stream, t, data, end))
+    return out
+
+
+def feed(aligner, messages, rng=None, jitter_ns=0):
+    """Deliver with random delays: streams interleave out of order, but each stream keeps
+    its own order, as one ZeroMQ connection does."""
+    if rng is not None:
+        last: dict[str, int] = {}
+        for m in sorted(messages, key=lambda m: m.t_ns):
+            m.arrive_ns = max(last.get(m.stream, 0), m.arrive_ns + int(rng.integers(0, jitter_ns + 1)))
+            last[m.stream] = m.arrive_ns
+    windows = []
+    for m in sorted(messages, key=lambda m: m.arrive_ns):
+        aligner.add(m.stream, m.t_ns, RATES[m.stream], m.data, m.arrive_ns)
+        windows += aligner.poll(m.arrive_ns)
+    last = max(m.arrive_ns for m in messages)
+    windows += aligner.poll(last + 10 * CONFIG.length_ns)
+    return windows
+
+
+def all_streams(seconds=6.0, gaps=None):
+    gaps = gaps or {}
+    return [m for s in STREAMS for m in stream_blocks(s, seconds, gaps.get(s, ()))]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_jittered_shuffled_streams_give_every_window_once_with_the_right_samples(seed):
+    aligner = RigAligner("r", STREAMS, SPECS, CONFIG)
+    windows = feed(aligner, all_streams(), np.random.default_rng(seed), jitter_ns=250 * MS)
+    indexes = [w.index for w in windows]
+    assert indexes == list(range(indexes[0], indexes[0] + len(indexes)))
+    assert aligner.drops["late"] == 0 and aligner.drops["buffer_full"] == 0
+    for w in windows:
+        start_s = (w.start_ns - T0) / 1e9
+        if start_s < 0 or w.end_ns > T0 + 6 * 10**9:
+            continue  # the edges of the recording are partly covered
+        assert all(w.present.values()), w
+        # Series values are their capture times: the fit must sample the window's own span.
+        expected = start_s + np.arange(50) / 50
+        np.testing.assert_allclose(w.inputs["audio"][:, 0], expected, atol=1e-3)
+        np.testing.assert_allclose(w.inputs["imu"][:, 1], start_s + np.arange(20) / 20, atol=1e-3)
+        # Frames are held: each pick is the newest frame at or before its target time.
+        targets = start_s + (np.arange(4) + 0.5) / 4
+        assert list(w.inputs["video"][:, 0, 0, 0]) == [int(t * 10) for t in targets]
+        assert w.inputs["video"].shape == (4, 4, 4, 1)
+
+
+def test_a_gap_masks_the_modality_for_the_windows_it_covers_and_nothing_stalls():
+    aligner = RigAligner("r", STREAMS, SPECS, CONFIG)
+    windows = feed(aligner, all_streams(8.0, {"imu": [(2.0, 4.5)]}))
+    by_start = {(w.start_ns - T0) / 1e9: w for w in windows}
+    assert not by_start[2.5].present["imu"] and not by_start[3.0].present["imu"]
+    assert by_start[2.5].present["video"] and by_start[2.5].present["audio"]
+    assert by_start[5.0].present["imu"] and by_start[0.5].present["imu"]
+    assert aligner.stats["masked:imu"] >= 4
+
+
+def test_a_stream_that_stops_is_masked_after_the_lateness_not_waited_for():
+    aligner = RigAligner("r", STREAMS, SPECS, CONFIG)
+    messages = [m for m in all_streams(6.0) if not (m.stream == "cam" and m.t_ns >= T0 + 2 * 10**9)]
+    closed_at = {}
+    for m in sorted(messages, key=lambda m: m.arrive_ns):
+        aligner.add(m.stream, m.t_ns, RATES[m.stream], m.data, m.arrive_ns)
+        for w in aligner.poll(m.arrive_ns):
+            closed_at[w.index] = (w, m.arrive_ns)
+    late = [(w, at) for w, at in closed_at.values() if w.start_ns >= T0 + 2 * 10**9]
+    assert late, "windows after the camera stopped must still close"
+    for w, at in late:
+        assert not w.present["video"] and w.present["audio"]
+        assert w.closed_by == "lateness"
+        assert at - w.end_ns <= CONFIG.lateness_ns + 50 * MS
+
+
+def test_a_rig_gone_quiet_closes_its_windows_on_the_processing_clock():
+    aligner = RigAligner("r", STREAMS, SPECS, CONFIG)
+    for m in all_streams(2.0):
+        aligner.add(m.stream, m.t_ns, RATES[m.stream], m.data, m.arrive_ns)
+    last_end = T0 + 2 * 10**9
+    assert all(w.end_ns <= last_end for w in aligner.poll(last_end))
+    pending = aligner.next_start_ns
+    assert pending is not None and pending + CONFIG.length_ns > last_end
+    closed = aligner.poll(pending + CONFIG.length_ns + CONFIG.lateness_ns)
+    assert closed and closed[0].closed_by == "timeout"
+    # Windows with nothing at all in them are counted, not published.
+    aligner.poll(last_end + 20 * 10**9)
+    assert aligner.drops["window_empty"] > 0
+
+
+def test_samples_older_than_the_open_window_are_counted_as_late():
+    aligner = RigAligner("r", STREAMS, SPECS, CONFIG)
+    feed(aligner, all_streams(4.0))
+    old = stream_blocks("imu", 1.0)[0]
+    assert aligner.add("imu", old.t_ns, 100.0, old.data, old.arrive_ns) == "late"
+    assert aligner.add("nope", old.t_ns, 100.0, old.data, old.arrive_ns) == "unknown_stream"
+    assert aligner.drops["late"] == 1 and aligner.drops["unknown_stream"] == 1
+
+
+def test_a_block_reordered_within_its_stream_is_late_and_counted_not_lost():
+    aligner = RigAligner("r", {"imu": "imu"}, {"imu": SPECS["imu"]}, CONFIG)
+    blocks = stream_blocks("imu", 3.0)
+    held = blocks.pop(9)  # [0.9, 1.0) arrives after everything else
+    for m in blocks:
+        aligner.add("imu", m.t_ns, 100.0, m.data, m.arrive_ns)
+        aligner.poll(m.arrive_ns)
+    assert aligner.add("imu", held.t_ns, 100.0, held.data, 10**20) == "late"
+    assert aligner.drops["late"] == 1
+
+
+def test_bounded_buffer_drops_the_oldest_and_counts_it():
+    config = WindowConfig(length_ns=1000 * MS, hop_ns=500 * MS, lateness_ns=10**12, max_blocks=8)
+    aligner = RigAligner("r", {"imu": "imu", "cam": "video"}, SPECS, config)
+    for m in stream_blocks("imu", 2.0):  # the camera never comes: nothing can close
+        aligner.add("imu", m.t_ns, 100.0, m.data, m.arrive_ns)
+    assert aligner.drops["buffer_full"] == 20 - 8
+
+
+def test_offline_cutting_matches_the_live_aligner():
+    streams = {
+        name: RecordedStream(STREAMS[name], T0, RATES[name],
+                             np.concatenate([m.data for m in stream_blocks(name, 5.0)]), BLOCKS[name])
+        for name in STREAMS
+    }  # fmt: skip
+    offline = list(cut_windows("r", streams, SPECS, CONFIG))
+    live = feed(RigAligner("r", STREAMS, SPECS, CONFIG), all_streams(5.0))
+    assert [w.index for w in offline] == [w.index for w in live]
+    for a, b in zip(offline, live, strict=True):
+        for m in SPECS:
+            np.testing.assert_array_equal(a.inputs[m], b.inputs[m])
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 2**16),
+    jitter_ms=st.integers(0, 280),
+    hop_ms=st.sampled_from([100, 250, 500, 1000]),
+    gap=st.tuples(st.floats(0.5, 4.0), st.floats(0.1, 2.0)),
+)
+def test_windows_are_contiguous_and_accounted_for(seed, jitter_ms, hop_ms, gap):
+    """Any jitter within the lateness: every window index closes exactly once, in order,
+    either published or counted as empty, and no sample is dropped."""
+    config = WindowConfig(length_ns=1000 * MS, hop_ns=hop_ms * MS, lateness_ns=300 * MS)
+    aligner = RigAligner("r", STREAMS, SPECS, config)
+    gaps = {"mic": [(gap[0], gap[0] + gap[1])]}
+    windows = feed(aligner, all_streams(6.0, gaps), np.random.default_rng(seed), jitter_ms * MS)
+    indexes = [w.index for w in windows]
+    assert indexes == sorted(set(indexes))
+    span = indexes[-1] - indexes[0] + 1
+    assert len(indexes) + aligner.drops["window_empty"] >= span
+    assert aligner.drops["late"] == 0 and aligner.drops["buffer_full"] == 0
+    for w in windows:
+        assert any(w.present.values())
+        for m, spec in SPECS.items():
+            assert w.inputs[m].shape == spec.shape and w.inputs[m].dtype == spec.dtype
+            assert not np.isnan(w.inputs[m]).any() if spec.kind == "series" else True

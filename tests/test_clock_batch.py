@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+import numpy as np
+
+from fusiond.align import ModalitySpec, Window
+from fusiond.batch import Batcher
+from fusiond.clock import OffsetEstimator
+
+
+def test_offset_is_the_minimum_delay_and_follows_a_clock_step():
+    rng = np.random.default_rng(1)
+    est = OffsetEstimator(span_ns=1_000_000_000)
+    offset = 5_000_000  # the source's clock is 5 ms behind
+    t = 0
+    for _ in range(500):
+        t += 10_000_000
+        delay = 50_000 + int(rng.exponential(2_000_000))
+        est.update(t - offset, t + delay)
+    assert offset + 50_000 <= est.offset_ns < offset + 300_000
+    for _ in range(300):  # the clock jumps 2 ms: within two spans the estimate follows
+        t += 10_000_000
+        est.update(t - offset + 2_000_000, t + 60_000)
+    assert est.offset_ns == offset - 2_000_000 + 60_000
+
+
+def _window(i: int) -> Window:
+    spec = ModalitySpec("series", 4, 1)
+    return Window("r", i, i, i + 1, {"x": spec.zeros()}, {"x": True}, "complete", 0, 0)
+
+
+def test_batcher_releases_on_size_or_delay():
+    b = Batcher(max_batch=3, max_delay_ns=100)
+    b.add(_window(0), now_ns=0)
+    b.add(_window(1), now_ns=10)
+    assert b.take(50) == [] and b.deadline_ns() == 100
+    assert [w.index for w in b.take(100)] == [0, 1]
+    for i in range(7):
+        b.add(_window(i), now_ns=200)
+    assert [w.index for w in b.take(200)] == [0, 1, 2]
+    assert [w.index for w in b.take(200)] == [3, 4, 5]
+    assert b.take(200) == [] and len(b) == 1
+    assert [w.index for w in b.take(300)] == [6]
+    assert b.deadline_ns() is None
