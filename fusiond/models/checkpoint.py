@@ -1,0 +1,107 @@
+"""Checkpoints: a model's weights plus everything the daemon needs to serve it."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from fusiond.align.spec import InputSpec
+from fusiond.errors import ModelError
+from fusiond.models.model import FusionModel
+
+FORMAT = 1
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint: the model plus its metadata."""
+
+    name: str
+    spec: InputSpec
+    classes: list[str]
+    encoders: dict[str, dict[str, Any]]
+    fusion: dict[str, Any]
+    dim: int
+    window: dict[str, int]
+    metrics: dict[str, Any] = field(default_factory=dict)
+    data_hash: str = ""
+    content_hash: str = ""
+    state_dict: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def build(self, encoder_types: Mapping[str, type[nn.Module]]) -> FusionModel:
+        """The model with its weights loaded, in eval mode."""
+        model = FusionModel(
+            self.spec, self.classes, self.encoders, self.fusion, encoder_types, self.dim
+        )
+        if self.state_dict:
+            try:
+                model.load_state_dict(self.state_dict)
+            except RuntimeError as exc:
+                msg = f"checkpoint {self.name!r} does not fit its own model: {exc}"
+                raise ModelError(msg) from None
+        return model.eval()
+
+
+def save(model: FusionModel, path: Path, *, name: str, encoders: dict[str, dict[str, Any]],
+         fusion: dict[str, Any], dim: int, window: dict[str, int],
+         metrics: dict[str, Any] | None = None, data_hash: str = "") -> str:  # fmt: skip
+    """Write a checkpoint; returns its content hash."""
+    payload = {
+        "format": FORMAT,
+        "name": name,
+        "spec": model.spec.to_dict(),
+        "classes": model.classes,
+        "encoders": encoders,
+        "fusion": fusion,
+        "dim": dim,
+        "window": window,
+        "metrics": metrics or {},
+        "data_hash": data_hash,
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    data = buffer.getvalue()
+    path.write_bytes(data)
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def load(path: Path) -> Checkpoint:
+    """Read a checkpoint (weights only: no code in it is ever run)."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        msg = f"cannot read model {path}: {exc.strerror}"
+        raise ModelError(msg) from None
+    try:
+        payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        msg = f"{path} is not a fusiond checkpoint: {exc}"
+        raise ModelError(msg) from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        msg = f"{path} is not a fusiond checkpoint of format {FORMAT}"
+        raise ModelError(msg)
+    try:
+        return Checkpoint(
+            name=payload["name"],
+            spec=InputSpec.from_dict(payload["spec"]),
+            classes=list(payload["classes"]),
+            encoders=payload["encoders"],
+            fusion=payload["fusion"],
+            dim=int(payload["dim"]),
+            window=payload["window"],
+            metrics=payload.get("metrics", {}),
+            data_hash=payload.get("data_hash", ""),
+            content_hash=hashlib.sha256(data).hexdigest()[:16],
+            state_dict=payload["state_dict"],
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        msg = f"{path}: checkpoint field missing or invalid: {exc}"
+        raise ModelError(msg) from None

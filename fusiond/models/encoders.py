@@ -1,0 +1,157 @@
+"""Per-modality encoders: each maps one modality's batch to features of shape [B, D]."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+from fusiond.align.spec import ModalitySpec
+from fusiond.plugin.hookspecs import hookimpl
+from fusiond.plugin.registry import EncoderRegistry
+
+
+class FramesEncoder(nn.Module):
+    """Small CNN over each of N frames, averaged over time. Input uint8 [B, N, H, W, C]."""
+
+    def __init__(self, spec: ModalitySpec, dim: int = 64, width: int = 16) -> None:
+        super().__init__()
+        c = spec.channels
+        self.net = nn.Sequential(
+            nn.Conv2d(c, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(width, 2 * width, 3, padding=1), nn.BatchNorm2d(2 * width), nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(2 * width, 4 * width, 3, padding=1), nn.BatchNorm2d(4 * width), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        )  # fmt: skip
+        self.proj = nn.Linear(4 * width, dim)
+        self.dim = dim
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, N, H, W, C] uint8 -> [B, D]."""
+        b, n, h, w, c = x.shape
+        images = x.reshape(b * n, h, w, c).permute(0, 3, 1, 2).float().div_(255.0)
+        feats = self.net(images).reshape(b, n, -1).mean(dim=1)
+        return self.proj(feats)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_features(x)
+
+
+def mel_filterbank(sample_rate: float, n_fft: int, n_mels: int) -> np.ndarray:
+    """Triangular mel filters, [n_mels, n_fft // 2 + 1] (HTK mel scale)."""
+
+    def to_mel(f: np.ndarray) -> np.ndarray:
+        return 2595.0 * np.log10(1.0 + f / 700.0)
+
+    def to_hz(m: np.ndarray) -> np.ndarray:
+        return 700.0 * (10.0 ** (m / 2595.0) - 1.0)
+
+    bins = np.linspace(0.0, sample_rate / 2, n_fft // 2 + 1)
+    edges = to_hz(np.linspace(to_mel(np.array(0.0)), to_mel(np.array(sample_rate / 2)), n_mels + 2))
+    lower, centre, upper = edges[:-2, None], edges[1:-1, None], edges[2:, None]
+    rising = (bins[None, :] - lower) / (centre - lower)
+    falling = (upper - bins[None, :]) / (upper - centre)
+    return np.maximum(0.0, np.minimum(rising, falling)).astype(np.float32)
+
+
+class LogMelEncoder(nn.Module):
+    """Log-mel spectrogram computed in torch, then a CNN. Input float [B, S, C]."""
+
+    def __init__(
+        self,
+        spec: ModalitySpec,
+        dim: int = 64,
+        sample_rate: float = 8000.0,
+        n_fft: int = 256,
+        hop: int = 80,
+        n_mels: int = 40,
+        width: int = 16,
+    ) -> None:
+        super().__init__()
+        self.n_fft, self.hop = n_fft, hop
+        self.register_buffer("window", torch.hann_window(n_fft), persistent=False)
+        fb = torch.from_numpy(mel_filterbank(sample_rate, n_fft, n_mels))
+        self.register_buffer("mel", fb, persistent=False)
+        self.net = nn.Sequential(
+            nn.Conv2d(1, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(width, 2 * width, 3, padding=1), nn.BatchNorm2d(2 * width), nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(2 * width, 4 * width, 3, padding=1), nn.BatchNorm2d(4 * width), nn.ReLU(),
+            nn.AdaptiveMaxPool2d(1), nn.Flatten(),
+        )  # fmt: skip
+        self.proj = nn.Linear(4 * width, dim)
+        self.dim = dim
+
+    def logmel(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, S, C] -> [B, 1, n_mels, frames]."""
+        mono = x.float().mean(dim=2)
+        stft = torch.stft(mono, self.n_fft, self.hop, window=self.window, return_complex=True)
+        power = stft.real.square() + stft.imag.square()
+        mel = torch.matmul(self.mel, power)
+        return torch.log(mel + 1e-6).unsqueeze(1)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, S, C] -> [B, D]."""
+        return self.proj(self.net(self.logmel(x)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_features(x)
+
+
+class SeriesEncoder(nn.Module):
+    """1D CNN over a multichannel series (IMU and other numeric sensors). Input [B, S, C]."""
+
+    def __init__(self, spec: ModalitySpec, dim: int = 64, width: int = 32) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv1d(spec.channels, width, 5, padding=2), nn.BatchNorm1d(width), nn.ReLU(),
+            nn.MaxPool1d(2),
+            nn.Conv1d(width, width, 5, padding=2), nn.BatchNorm1d(width), nn.ReLU(),
+            nn.MaxPool1d(2),
+            nn.Conv1d(width, 2 * width, 5, padding=2), nn.BatchNorm1d(2 * width), nn.ReLU(),
+            nn.AdaptiveAvgPool1d(1), nn.Flatten(),
+        )  # fmt: skip
+        self.proj = nn.Linear(2 * width, dim)
+        self.dim = dim
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, S, C] -> [B, D]."""
+        return self.proj(self.net(x.float().transpose(1, 2)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_features(x)
+
+
+class VectorEncoder(nn.Module):
+    """MLP over the flattened input, for small generic numeric inputs."""
+
+    def __init__(self, spec: ModalitySpec, dim: int = 64, hidden: int = 128) -> None:
+        super().__init__()
+        size = math.prod(spec.shape)
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(size, hidden), nn.ReLU(), nn.Linear(hidden, dim))
+        self.dim = dim
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, ...] -> [B, D]."""
+        return self.net(x.float())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_features(x)
+
+
+BUILTIN_ENCODERS: dict[str, type[nn.Module]] = {
+    "frames_cnn": FramesEncoder,
+    "logmel_cnn": LogMelEncoder,
+    "series_cnn": SeriesEncoder,
+    "vector_mlp": VectorEncoder,
+}
+
+
+@hookimpl
+def fusiond_add_encoders(registry: EncoderRegistry) -> None:
+    """The built-in encoders, registered like any plugin's."""
+    for name, cls in BUILTIN_ENCODERS.items():
+        registry.add(name, cls)

@@ -1,0 +1,92 @@
+"""Fusion strategies: combine per-modality features under a presence mask.
+
+Every strategy takes ``features`` [B, M, D] (modalities in the model's order) and
+``mask`` [B, M] (True where the modality is present) and returns logits [B, K]. A masked
+modality never influences the output.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class ConcatFusion(nn.Module):
+    """Feature-level (early) fusion: zero the missing features, concatenate with the mask."""
+
+    def __init__(self, modalities: int, dim: int, classes: int, hidden: int = 128) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(
+            nn.Linear(modalities * (dim + 1), hidden), nn.ReLU(), nn.Dropout(0.1),
+            nn.Linear(hidden, classes),
+        )  # fmt: skip
+
+    def forward(self, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        m = mask.unsqueeze(-1).to(features.dtype)
+        joined = torch.cat([features * m, m], dim=-1).flatten(1)
+        return self.mlp(joined)
+
+
+class LateFusion(nn.Module):
+    """Decision-level fusion: a head per modality, averaged with learned modality weights."""
+
+    def __init__(self, modalities: int, dim: int, classes: int) -> None:
+        super().__init__()
+        self.heads = nn.ModuleList(nn.Linear(dim, classes) for _ in range(modalities))
+        self.weight_logits = nn.Parameter(torch.zeros(modalities))
+
+    def forward(self, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        logits = torch.stack([head(features[:, i]) for i, head in enumerate(self.heads)], dim=1)
+        weights = self.weight_logits.expand_as(mask).masked_fill(~mask, float("-inf"))
+        weights = torch.softmax(weights, dim=1).nan_to_num(0.0)
+        return (logits * weights.unsqueeze(-1)).sum(dim=1)
+
+
+class GatedFusion(nn.Module):
+    """Gated modality weighting: each feature scores its own reliability per sample."""
+
+    def __init__(self, modalities: int, dim: int, classes: int) -> None:
+        super().__init__()
+        self.gate = nn.Linear(dim, 1)
+        self.head = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, classes))
+
+    def forward(self, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        scores = self.gate(features).squeeze(-1).masked_fill(~mask, float("-inf"))
+        weights = torch.softmax(scores, dim=1).nan_to_num(0.0)
+        return self.head((features * weights.unsqueeze(-1)).sum(dim=1))
+
+
+class AttentionFusion(nn.Module):
+    """Modality tokens plus a summary token through a transformer encoder.
+
+    Missing modalities are removed with the key-padding mask, so attention (cross-modal,
+    every token attends to every present token) only reads what is there.
+    """
+
+    def __init__(
+        self, modalities: int, dim: int, classes: int, heads: int = 4, layers: int = 2
+    ) -> None:
+        super().__init__()
+        self.modality_embedding = nn.Parameter(torch.randn(modalities, dim) * 0.02)
+        self.summary = nn.Parameter(torch.zeros(1, 1, dim))
+        layer = nn.TransformerEncoderLayer(
+            dim, heads, dim_feedforward=2 * dim, dropout=0.1, batch_first=True
+        )
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, classes)
+
+    def forward(self, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        b = features.shape[0]
+        tokens = torch.cat([self.summary.expand(b, -1, -1), features + self.modality_embedding], 1)
+        keep = torch.cat([mask.new_ones(b, 1), mask], dim=1)
+        out = self.encoder(tokens, src_key_padding_mask=~keep)
+        return self.head(self.norm(out[:, 0]))
+
+
+FUSIONS: dict[str, type[nn.Module]] = {
+    "concat": ConcatFusion,
+    "late": LateFusion,
+    "gated": GatedFusion,
+    "attention": AttentionFusion,
+}

@@ -1,0 +1,53 @@
+"""The fusion model: one encoder per modality, then a fusion strategy."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from fusiond.align.spec import InputSpec
+from fusiond.errors import ModelError
+from fusiond.models.fusion import FUSIONS
+
+
+class FusionModel(nn.Module):
+    """Encoders (one per modality, in ``spec`` order) feeding one fusion module."""
+
+    def __init__(
+        self,
+        spec: InputSpec,
+        classes: list[str],
+        encoders: Mapping[str, dict[str, Any]],
+        fusion: dict[str, Any],
+        encoder_types: Mapping[str, type[nn.Module]],
+        dim: int = 64,
+    ) -> None:
+        super().__init__()
+        self.modalities = list(spec.modalities)
+        self.spec = spec
+        self.classes = list(classes)
+        modules = {}
+        for name in self.modalities:
+            entry = encoders.get(name)
+            if entry is None or entry.get("name") not in encoder_types:
+                msg = f"no encoder for modality {name!r} (asked for {entry!r})"
+                raise ModelError(msg)
+            cls = encoder_types[entry["name"]]
+            modules[name] = cls(spec.modalities[name], dim=dim, **entry.get("args", {}))
+        self.encoders = nn.ModuleDict(modules)
+        if fusion.get("name") not in FUSIONS:
+            msg = f"unknown fusion strategy {fusion.get('name')!r}; known: {sorted(FUSIONS)}"
+            raise ModelError(msg)
+        fusion_cls = FUSIONS[fusion["name"]]
+        self.fusion = fusion_cls(len(self.modalities), dim, len(classes), **fusion.get("args", {}))
+
+    def features(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """[B, M, D] features, modalities in model order."""
+        return torch.stack([self.encoders[m](inputs[m]) for m in self.modalities], dim=1)
+
+    def forward(self, inputs: Mapping[str, torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
+        """Logits [B, K]; ``mask`` [B, M] is True where a modality is present."""
+        return self.fusion(self.features(inputs), mask)
