@@ -1,0 +1,43 @@
+"""The hooks a fusiond plugin can implement (documented in docs/plugins.md).
+
+A plugin is a module (or object) exposing functions marked ``@fusiond.hookimpl`` and named
+after these specs, found through the ``fusiond`` entry-point group. Samples never pass
+through hooks: hooks only add kinds to registries at start-up.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pluggy
+
+if TYPE_CHECKING:
+    from fusiond.plugin.registry import EncoderRegistry, SourceRegistry
+
+hookspec = pluggy.HookspecMarker("fusiond")
+hookimpl = pluggy.HookimplMarker("fusiond")
+
+
+@hookspec
+def fusiond_add_sources(registry: SourceRegistry) -> None:
+    """Add source kinds.
+
+    Called once when fusiond starts (daemon, ``fusiond source``, ``fusiond plugins``),
+    before any config is validated. Call ``registry.add(cls)`` for each
+    :class:`fusiond.sources.Source` subclass the plugin provides; its ``kind`` must be
+    unique across all installed plugins.
+
+    :param registry: the source registry being built.
+    """
+
+
+@hookspec
+def fusiond_add_encoders(registry: EncoderRegistry) -> None:
+    """Add modality encoders that checkpoints can name.
+
+    Called once when a model is loaded or built. Call ``registry.add(name, cls)`` where
+    ``cls(spec, dim=..., **args)`` is a ``torch.nn.Module`` whose ``forward_features``
+    maps a batch of one modality to features of shape ``[B, dim]``.
+
+    :param registry: the encoder registry being built.
+    """
