@@ -1,0 +1,87 @@
+"""What a source kind implements. The framework does the rest (see sources/runner.py).
+
+A source opens its device or file, then yields :class:`Block` objects: arrays whose first
+axis is time. It never touches sockets, sequence numbers or framing.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+
+class SourceConfig(BaseModel):
+    """Base of every kind's typed config: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass(frozen=True, slots=True)
+class StreamInfo:
+    """What :meth:`Source.open` found: the sample rate and a line for the log."""
+
+    rate_hz: float
+    description: str
+
+
+@dataclass(frozen=True, slots=True)
+class Block:
+    """Samples ``data[i]`` captured at ``t_ns + i / rate_hz`` (realtime clock, ns).
+
+    ``t_ns=None`` lets the framework stamp the time the block was read. ``payload``
+    carries an already-encoded image (JPEG) whose decoded form ``data`` describes.
+    """
+
+    data: np.ndarray
+    t_ns: int | None = None
+    payload: bytes | None = None
+
+
+@dataclass(frozen=True)
+class SourceContext:
+    """What the framework hands a source: who it is and when to stop."""
+
+    rig: str
+    stream: str
+    modality: str
+    anchor_ns: int
+    stop: threading.Event
+    log: logging.Logger
+
+    def sleep_until(self, t_ns: int) -> bool:
+        """Wait until realtime ``t_ns``; False when the source is asked to stop first."""
+        delay = (t_ns - time.time_ns()) / 1e9
+        if delay > 0:
+            return not self.stop.wait(delay)
+        return not self.stop.is_set()
+
+
+class Source(abc.ABC):
+    """One source kind. Subclasses set ``kind``, ``modality`` and ``Config``."""
+
+    kind: ClassVar[str]
+    modality: ClassVar[str]
+    Config: ClassVar[type[SourceConfig]]
+
+    def __init__(self, config: SourceConfig, context: SourceContext) -> None:
+        self.config = config
+        self.context = context
+
+    @abc.abstractmethod
+    def open(self) -> StreamInfo:
+        """Open the device or file; raise :class:`fusiond.errors.SourceError` if it can't."""
+
+    @abc.abstractmethod
+    def read(self) -> Iterator[Block]:
+        """Yield blocks until the end of the data or ``context.stop`` is set."""
+
+    def close(self) -> None:  # noqa: B027 - optional for subclasses
+        """Release the device or file."""

@@ -1,0 +1,132 @@
+"""Run one source: open it, stamp and frame its blocks, publish them, retry with backoff."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+import zmq
+from zmq.utils.monitor import recv_monitor_message
+
+from fusiond.bus.wire import encode_sample
+from fusiond.errors import SourceError
+from fusiond.sources.base import Source, SourceConfig, SourceContext
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Exponential backoff: ``first * 2**n`` seconds, capped."""
+
+    first_s: float = 0.5
+    cap_s: float = 30.0
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait before retry number ``attempt`` (0-based)."""
+        return float(min(self.cap_s, self.first_s * 2 ** min(attempt, 30)))
+
+
+def wait_connected(sock: zmq.Socket[bytes], timeout_s: float) -> bool:
+    """Block until the socket's first connection completes its handshake (or time out)."""
+    monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+    try:
+        if monitor.poll(int(timeout_s * 1000)):
+            recv_monitor_message(monitor)
+            return True
+        return False
+    finally:
+        sock.disable_monitor()
+        monitor.close(linger=0)
+
+
+def run_source(
+    cls: type[Source],
+    config: SourceConfig,
+    context: SourceContext,
+    connect: str,
+    *,
+    backoff: Backoff | None = None,
+    zmq_context: zmq.Context[zmq.Socket[bytes]] | None = None,
+) -> int:
+    """Publish the source until it ends (0) or ``context.stop`` is set (0)."""
+    backoff = backoff or Backoff()
+    ctx = zmq_context or zmq.Context()
+    sock = ctx.socket(zmq.PUB)
+    sock.setsockopt(zmq.SNDHWM, 1000)
+    sock.setsockopt(zmq.LINGER, 500)
+    name = f"{context.rig}/{context.stream}"
+    try:
+        sock.connect(connect)
+        if not wait_connected(sock, 5.0):
+            log.warning("source %s: no bus at %s yet; publishing anyway", name, connect)
+        # Subscriptions reach a new publisher just after the handshake.
+        context.stop.wait(0.1)
+        return _publish_until_done(cls, config, context, sock, backoff)
+    finally:
+        sock.close()
+        if zmq_context is None:
+            ctx.term()
+
+
+def _publish_until_done(
+    cls: type[Source],
+    config: SourceConfig,
+    context: SourceContext,
+    sock: zmq.Socket[bytes],
+    backoff: Backoff,
+) -> int:
+    name = f"{context.rig}/{context.stream}"
+    seq = 0
+    attempt = 0
+    while not context.stop.is_set():
+        source = cls(config, context)
+        try:
+            info = source.open()
+            log.info("source %s (%s): %s", name, cls.kind, info.description)
+            attempt = 0
+            for block in source.read():
+                t_pub = time.time_ns()
+                frames = encode_sample(
+                    rig=context.rig,
+                    stream=context.stream,
+                    modality=context.modality,
+                    seq=seq,
+                    t_ns=block.t_ns if block.t_ns is not None else t_pub,
+                    t_pub_ns=t_pub,
+                    rate_hz=info.rate_hz,
+                    data=block.data,
+                    encoding="raw" if block.payload is None else "jpeg",
+                    payload=block.payload,
+                )
+                sock.send_multipart(frames, copy=False)
+                seq += 1
+                if context.stop.is_set():
+                    break
+            if not context.stop.is_set():
+                log.info("source %s: end of data after %d messages", name, seq)
+            return 0
+        except SourceError as exc:
+            delay = backoff.delay(attempt)
+            attempt += 1
+            log.error("source %s (%s): %s; retrying in %.1f s", name, cls.kind, exc, delay)
+            context.stop.wait(delay)
+        finally:
+            source.close()
+    return 0
+
+
+def stop_event_from_signals() -> threading.Event:
+    """An event set by SIGINT or SIGTERM (main thread only)."""
+    import signal
+
+    stop = threading.Event()
+
+    def handler(signum: int, _frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+    return stop

@@ -1,0 +1,114 @@
+"""Run each configured source in its own process; restart it with backoff when it dies."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fusiond.sources.runner import Backoff
+
+log = logging.getLogger(__name__)
+STABLE_S = 10.0
+
+
+@dataclass
+class Child:
+    """One source process and its restart state."""
+
+    name: str
+    argv: list[str]
+    cwd: Path
+    backoff: Backoff
+    proc: subprocess.Popen[bytes] | None = None
+    state: str = "waiting"
+    restarts: int = 0
+    attempt: int = 0
+    started: float = 0.0
+    next_start: float = 0.0
+    exit_codes: list[int] = field(default_factory=list)
+
+
+class Supervisor:
+    """Owns the source processes; ``poll`` is called from the daemon's loop."""
+
+    def __init__(self, children: Sequence[Child]) -> None:
+        self.children = list(children)
+        self._stopping = False
+
+    def poll(self, now: float | None = None) -> None:
+        """Reap dead children and start the ones whose time has come."""
+        now = time.monotonic() if now is None else now
+        for child in self.children:
+            if child.proc is not None and child.proc.poll() is not None:
+                self._reaped(child, child.proc.returncode, now)
+            if child.proc is None and child.state == "waiting" and now >= child.next_start:
+                self._spawn(child, now)
+
+    def _spawn(self, child: Child, now: float) -> None:
+        try:
+            child.proc = subprocess.Popen(child.argv, cwd=child.cwd)
+        except OSError as exc:
+            log.error("source %s: cannot start: %s", child.name, exc)
+            self._schedule(child, now)
+            return
+        child.state, child.started = "running", now
+
+    def _reaped(self, child: Child, code: int, now: float) -> None:
+        child.proc = None
+        child.exit_codes = [*child.exit_codes[-9:], code]
+        if self._stopping:
+            child.state = "stopped"
+            return
+        if code == 0:
+            child.state = "finished"
+            log.info("source %s finished (end of its data)", child.name)
+            return
+        if now - child.started >= STABLE_S:
+            child.attempt = 0
+        how = f"signal {-code}" if code < 0 else f"exit code {code}"
+        delay = self._schedule(child, now)
+        log.error("source %s died (%s); restarting in %.1f s", child.name, how, delay)
+
+    def _schedule(self, child: Child, now: float) -> float:
+        delay = child.backoff.delay(child.attempt)
+        child.attempt += 1
+        child.restarts += 1
+        child.state, child.next_start = "waiting", now + delay
+        return delay
+
+    def stop(self, timeout_s: float = 1.5) -> None:
+        """SIGTERM every child, then SIGKILL what is left after ``timeout_s``."""
+        self._stopping = True
+        running = [c.proc for c in self.children if c.proc is not None and c.proc.poll() is None]
+        for proc in running:
+            proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        for proc in running:
+            try:
+                proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("source pid %d ignored SIGTERM; killing it", proc.pid)
+                proc.kill()
+                proc.wait()
+        for child in self.children:
+            child.proc, child.state = None, "stopped"
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Ask Linux to SIGTERM this process when its parent dies (no orphans on kill -9)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent_pid:
+        os.kill(os.getpid(), signal.SIGTERM)

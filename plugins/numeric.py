@@ -1,0 +1,99 @@
+"""``csvfile``: replays a CSV recording of an IMU or any numeric sensor in real time."""
+
+from __future__ import annotations
+
+import csv
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from fusiond.errors import SourceError
+from fusiond.plugin import SourceRegistry, hookimpl
+from fusiond.sources import Block, Source, SourceConfig, StreamInfo
+from fusiond.sources.timeline import play_time, start_position
+
+
+class CsvFileConfig(SourceConfig):
+    """Options of the ``csvfile`` kind."""
+
+    path: Path
+    """CSV with a header row: a time column in seconds, then numeric columns."""
+    time_column: str = "t_s"
+    columns: list[str] | None = None
+    """Value columns to publish, in order; default: every column but the time column."""
+    block: int = 10
+    """Samples per message."""
+    loop: bool = False
+
+
+class CsvFileSource(Source):
+    """Blocks of float32 samples [block, columns] at the recording's rate."""
+
+    kind = "csvfile"
+    modality = "imu"
+    Config = CsvFileConfig
+
+    def open(self) -> StreamInfo:
+        cfg: CsvFileConfig = self.config  # type: ignore[assignment]
+        try:
+            with cfg.path.open(newline="") as f:
+                rows = list(csv.reader(f))
+        except FileNotFoundError:
+            msg = f"no such recording: {cfg.path.resolve()}"
+            raise SourceError(msg) from None
+        if len(rows) < 3:
+            msg = f"{cfg.path}: needs a header and at least two rows"
+            raise SourceError(msg)
+        header, body = rows[0], rows[1:]
+        if cfg.time_column not in header:
+            msg = f"{cfg.path}: no time column {cfg.time_column!r} in {header}"
+            raise SourceError(msg)
+        names = cfg.columns or [c for c in header if c != cfg.time_column]
+        missing = [c for c in names if c not in header]
+        if missing:
+            msg = f"{cfg.path}: no columns {missing} in {header}"
+            raise SourceError(msg)
+        picks = [header.index(cfg.time_column)] + [header.index(c) for c in names]
+        try:
+            table = np.array([[float(row[i]) for i in picks] for row in body], np.float64)
+        except (ValueError, IndexError) as exc:
+            msg = f"{cfg.path}: non-numeric or short row ({exc})"
+            raise SourceError(msg) from None
+        steps = np.diff(table[:, 0])
+        if (steps <= 0).any():
+            msg = f"{cfg.path}: time column must increase"
+            raise SourceError(msg)
+        self.rate = float(1.0 / np.median(steps))
+        self.values = np.ascontiguousarray(table[:, 1:], np.float32)
+        return StreamInfo(self.rate, f"{cfg.path}: {len(body)} rows of {names} at {self.rate:g} Hz")
+
+    def read(self) -> Iterator[Block]:
+        cfg: CsvFileConfig = self.config  # type: ignore[assignment]
+        ctx = self.context
+        total = len(self.values)
+        period_ns = 1e9 / self.rate
+        duration_ns = round(total * period_ns)
+        start = start_position(ctx.anchor_ns, time.time_ns(), duration_ns, cfg.loop)
+        if start is None:
+            return
+        loop_index, offset_ns = start
+        index = int(offset_ns // period_ns) // cfg.block * cfg.block
+        while True:
+            if index >= total:
+                if not cfg.loop:
+                    return
+                loop_index, index = loop_index + 1, 0
+            chunk = self.values[index : index + cfg.block]
+            t_ns = play_time(ctx.anchor_ns, loop_index, duration_ns, round(index * period_ns))
+            if not ctx.sleep_until(t_ns + round(len(chunk) * period_ns)):
+                return
+            yield Block(chunk, t_ns)
+            index += cfg.block
+
+
+@hookimpl
+def fusiond_add_sources(registry: SourceRegistry) -> None:
+    """Register the csvfile kind."""
+    registry.add(CsvFileSource)

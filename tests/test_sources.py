@@ -1,0 +1,142 @@
+"""Built-in sources run as real ``fusiond source`` processes publishing to a real socket."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+import wave
+
+import cv2
+import numpy as np
+import pytest
+import zmq
+
+from fusiond.bus.wire import decode_sample
+
+
+@pytest.fixture
+def bus(endpoints):
+    """A SUB socket bound where the source connects: stands in for the daemon."""
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.SUB)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.bind(endpoints[0])
+    sock.subscribe(b"")
+    yield endpoints[0], sock
+    sock.close()
+    ctx.term()
+
+
+def run_source(endpoint, kind, *sets, anchor_ns=None, stream="s"):
+    anchor_ns = anchor_ns or time.time_ns() + 1_500_000_000
+    args = [sys.executable, "-m", "fusiond", "source", kind, "--connect", endpoint, "--rig", "t",
+            "--stream", stream, "--anchor-ns", str(anchor_ns)]  # fmt: skip
+    for s in sets:
+        args += ["--set", s]
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True), anchor_ns
+
+
+def collect(sock, proc, timeout_s=20.0):
+    samples = []
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if sock.poll(100):
+            samples.append(decode_sample(sock.recv_multipart()))
+        elif proc.poll() is not None:
+            break
+    proc.communicate(timeout=5)
+    return samples
+
+
+@pytest.mark.parametrize("fourcc", ["MJPG", "mp4v", "FFV1"])
+def test_camera_plays_a_video_file_in_order_on_the_anchored_timeline(bus, tmp_path, fourcc):
+    endpoint, sock = bus
+    path = tmp_path / f"clip-{fourcc}.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), 20.0, (64, 48))
+    for i in range(20):
+        writer.write(np.full((48, 64, 3), i * 12, np.uint8))
+    writer.release()
+    proc, anchor = run_source(endpoint, "camera", f"uri='{path}'")
+    samples = collect(sock, proc)
+    assert proc.returncode == 0
+    assert [s.seq for s in samples] == list(range(20))
+    assert all(s.data.shape == (1, 48, 64, 3) and s.data.dtype == np.uint8 for s in samples)
+    assert [s.t_ns - anchor for s in samples] == [i * 50_000_000 for i in range(20)]
+    assert all(s.rate_hz == 20.0 and s.modality == "video" for s in samples)
+    levels = [int(s.data.mean()) for s in samples]
+    # Lossy codecs shift grey levels a little; order and rough level must survive.
+    assert levels == sorted(levels) and len(set(levels)) == 20, levels
+    assert all(abs(level - i * 12) <= 8 for i, level in enumerate(levels)), levels
+
+
+def test_camera_reads_real_footage_from_the_demo(bus):
+    from .helpers import ROOT
+
+    endpoint, sock = bus
+    proc, anchor = run_source(endpoint, "camera", f"uri='{ROOT}/demo/digits.mp4'",
+                              anchor_ns=time.time_ns() - 56_000_000_000)  # fmt: skip
+    samples = collect(sock, proc)  # joins 56 s (+ start-up) into the 60 s file: seeks there
+    assert 20 <= len(samples) <= 40
+    assert [s.t_ns - anchor for s in samples] == [
+        (600 - len(samples) + i) * 100_000_000 for i in range(len(samples))
+    ]
+    assert samples[-1].t_ns - anchor == 599 * 100_000_000
+    assert samples[0].data.shape == (1, 96, 96, 3)
+
+
+def test_audio_file_arrives_intact_with_sample_accurate_times(bus, tmp_path):
+    endpoint, sock = bus
+    audio = (np.sin(np.arange(8000) / 7.0) * 20000).astype(np.int16)
+    path = tmp_path / "tone.wav"
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes(audio.tobytes())
+    proc, anchor = run_source(endpoint, "audiofile", f"path='{path}'", "block=512")
+    samples = collect(sock, proc)
+    assert [s.t_ns - anchor for s in samples] == [i * 32_000_000 for i in range(len(samples))]
+    np.testing.assert_array_equal(np.concatenate([s.data[:, 0] for s in samples]), audio)
+
+
+def test_csv_recording_replays_its_columns(bus, tmp_path):
+    endpoint, sock = bus
+    path = tmp_path / "imu.csv"
+    rows = ["t_s,ax,ay"] + [f"{i / 50:.2f},{i},{-i}" for i in range(100)]
+    path.write_text("\n".join(rows) + "\n")
+    proc, anchor = run_source(endpoint, "csvfile", f"path='{path}'", "columns=['ay']", "block=25")
+    samples = collect(sock, proc)
+    assert len(samples) == 4 and samples[0].rate_hz == pytest.approx(50.0)
+    values = np.concatenate([s.data for s in samples])
+    np.testing.assert_array_equal(values[:, 0], -np.arange(100, dtype=np.float32))
+    assert samples[1].t_ns - anchor == 500_000_000
+
+
+@pytest.mark.parametrize(
+    ("kind", "setting", "message"),
+    [
+        ("camera", "uri='/nonexistent/cam.mp4'", "no such video file: /nonexistent/cam.mp4"),
+        ("audiofile", "path='/nonexistent/a.wav'", "no such audio file: /nonexistent/a.wav"),
+        ("csvfile", "path='/nonexistent/i.csv'", "no such recording: /nonexistent/i.csv"),
+    ],
+)
+def test_a_source_that_cannot_open_says_why_and_retries_with_backoff(bus, kind, setting, message):
+    proc, _ = run_source(bus[0], kind, setting)
+    time.sleep(4.0)
+    proc.terminate()
+    out, _ = proc.communicate(timeout=5)
+    lines = [line for line in out.splitlines() if message in line]
+    assert len(lines) >= 2, out
+    assert "retrying in 0.5 s" in lines[0] and "retrying in 1.0 s" in lines[1]
+    assert "Traceback" not in out
+    assert proc.returncode == 0
+
+
+def test_unknown_kind_and_bad_option_exit_with_one_line(bus):
+    from .helpers import fusiond
+
+    result = fusiond("source", "sonar", "--connect", bus[0])
+    assert result.returncode == 2 and "unknown source kind 'sonar'" in result.stderr
+    result = fusiond("source", "camera", "--connect", bus[0], "--set", "uri=x", "--set", "zoom=2")
+    assert result.returncode == 2 and "source camera.zoom: unknown key (value 2)" in result.stderr
