@@ -1,0 +1,204 @@
+"""The daemon's config: TOML -> typed, validated objects.
+
+Unknown keys are errors, and every error names the TOML path and the bad value. Source
+options are checked in a second pass, against the ``Config`` model of the source's kind.
+Relative paths are taken from the config file's folder.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from fusiond.align.windows import WindowConfig
+from fusiond.bus.wire import NAME_RE
+from fusiond.errors import ConfigError
+from fusiond.plugin.registry import SourceRegistry
+from fusiond.sources.base import SourceConfig
+
+DEFAULT_PUBLISH = "tcp://127.0.0.1:7710"
+DEFAULT_SUBSCRIBE = "tcp://127.0.0.1:7711"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BusSection(_Section):
+    """``[bus]``: where publishers and subscribers connect."""
+
+    publish: str = DEFAULT_PUBLISH
+    subscribe: str = DEFAULT_SUBSCRIBE
+    queue: int = Field(1000, ge=10)
+
+    @field_validator("publish", "subscribe")
+    @classmethod
+    def _endpoint(cls, value: str) -> str:
+        if not value.startswith(("tcp://", "ipc://", "inproc://")):
+            msg = "must be a tcp://, ipc:// or inproc:// endpoint"
+            raise ValueError(msg)
+        return value
+
+
+class ModelSection(_Section):
+    """``[model]``: the checkpoint and how to batch windows into it."""
+
+    path: Path
+    device: str = "auto"
+    max_batch: int = Field(32, ge=1, le=4096)
+    max_delay_ms: float = Field(5.0, ge=0)
+    queue: int = Field(8, ge=1)
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if value not in ("auto", "cpu") and not value.startswith("cuda"):
+            msg = "must be auto, cpu or cuda[:N]"
+            raise ValueError(msg)
+        return value
+
+
+class WindowSection(_Section):
+    """``[window]``: window length, hop and how long to wait for late samples."""
+
+    length_ms: float = Field(1000.0, gt=0)
+    hop_ms: float = Field(500.0, gt=0)
+    lateness_ms: float = Field(300.0, ge=0)
+    min_coverage: float = Field(0.5, gt=0, le=1)
+
+    def to_config(self) -> WindowConfig:
+        """The aligner's view, in nanoseconds."""
+        return WindowConfig(
+            length_ns=round(self.length_ms * 1e6),
+            hop_ns=round(self.hop_ms * 1e6),
+            lateness_ns=round(self.lateness_ms * 1e6),
+            min_coverage=self.min_coverage,
+        )
+
+
+class SourceSection(BaseModel):
+    """``[rigs.R.sources.S]``: ``kind``, the modality it feeds, then the kind's options."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    kind: str
+    modality: str | None = None
+    restart_max_s: float = Field(30.0, gt=0)
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """The keys left for the kind's own config."""
+        return dict(self.model_extra or {})
+
+
+class RigSection(_Section):
+    """``[rigs.R]``: one set of co-located sensors."""
+
+    sources: dict[str, SourceSection]
+
+
+class LogSection(_Section):
+    """``[log]``: level and how often to print the one-line summary."""
+
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    summary_s: float = Field(5.0, gt=0)
+
+
+class Config(_Section):
+    """The whole file."""
+
+    bus: BusSection = BusSection()
+    model: ModelSection
+    window: WindowSection = WindowSection()
+    log: LogSection = LogSection()
+    rigs: dict[str, RigSection]
+    base_dir: Path = Path(".")
+
+    def source_options(self, registry: SourceRegistry) -> dict[tuple[str, str], SourceConfig]:
+        """Every source's options validated by its kind (raises ConfigError)."""
+        out = {}
+        for rig, section in self.rigs.items():
+            for name, source in section.sources.items():
+                path = f"rigs.{rig}.sources.{name}"
+                out[rig, name] = validate_source(registry, source, path)
+        return out
+
+
+def validate_source(registry: SourceRegistry, source: SourceSection, path: str) -> SourceConfig:
+    """One source's options, validated against its kind's ``Config``."""
+    cls = registry.get(source.kind)
+    if cls is None:
+        known = ", ".join(registry) or "none"
+        msg = f"unknown source kind {source.kind!r} (known: {known})"
+        raise ConfigError(msg, path=f"{path}.kind")
+    try:
+        return cls.Config.model_validate(source.options)
+    except ValidationError as exc:
+        raise _config_error(exc, prefix=path) from None
+
+
+def _config_error(exc: ValidationError, prefix: str = "", source: str = "") -> ConfigError:
+    lines = []
+    for error in exc.errors():
+        where = ".".join([prefix, *map(str, error["loc"])] if prefix else map(str, error["loc"]))
+        if error["type"] == "extra_forbidden":
+            lines.append(f"{where}: unknown key (value {error['input']!r})")
+        elif error["type"] == "missing":
+            lines.append(f"{where}: required key is missing")
+        else:
+            message = error["msg"].removeprefix("Value error, ")
+            lines.append(f"{where}: {message} (got {error['input']!r})")
+    where = f"{source}: " if source else ""
+    return ConfigError(where + "; ".join(lines))
+
+
+def _check_names(data: dict[str, Any]) -> None:
+    rigs = data.get("rigs")
+    if not isinstance(rigs, dict):
+        return
+    for rig, section in rigs.items():
+        if not NAME_RE.match(rig):
+            msg = f"rig name must be letters, digits, _ or - (got {rig!r})"
+            raise ConfigError(msg, path=f"rigs.{rig}")
+        sources = section.get("sources", {}) if isinstance(section, dict) else {}
+        for name in sources if isinstance(sources, dict) else ():
+            if not NAME_RE.match(name):
+                msg = f"source name must be letters, digits, _ or - (got {name!r})"
+                raise ConfigError(msg, path=f"rigs.{rig}.sources.{name}")
+
+
+def parse(data: dict[str, Any], base_dir: Path, source: str = "<config>") -> Config:
+    """Validate already-parsed TOML data."""
+    if "base_dir" in data:
+        raise ConfigError(f"base_dir: unknown key (value {data['base_dir']!r})", source=source)
+    try:
+        _check_names(data)
+    except ConfigError as exc:
+        raise ConfigError(str(exc), source=source) from None
+    try:
+        config = Config.model_validate({**data, "base_dir": base_dir})
+    except ValidationError as exc:
+        raise _config_error(exc, source=source) from None
+    model = config.model.model_copy(update={"path": base_dir / config.model.path})
+    return config.model_copy(update={"model": model})
+
+
+def load(path: Path) -> Config:
+    """Read and validate a config file."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        msg = f"config file not found: {path}"
+        raise ConfigError(msg) from None
+    except OSError as exc:
+        msg = f"cannot read config file {path}: {exc.strerror}"
+        raise ConfigError(msg) from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        msg = f"not valid TOML: {exc}"
+        raise ConfigError(msg, source=str(path)) from None
+    return parse(data, path.resolve().parent, source=str(path))
