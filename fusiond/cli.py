@@ -1,0 +1,234 @@
+"""The ``fusiond`` command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+import tomllib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from fusiond import __version__
+from fusiond.errors import ConfigError, FusiondError
+
+log = logging.getLogger("fusiond")
+
+
+def _logging(level: str = "info") -> None:
+    # Under systemd the journal stamps each line itself.
+    stamp = "" if os.environ.get("JOURNAL_STREAM") else "%(asctime)s "
+    logging.basicConfig(
+        level=level.upper(), format=f"{stamp}%(levelname)s %(name)s[%(process)d]: %(message)s"
+    )
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Start the daemon on a config file."""
+    from fusiond import config as config_mod
+    from fusiond.daemon import Daemon
+    from fusiond.plugin import load_plugins
+    from fusiond.sources.runner import stop_event_from_signals
+
+    stop = stop_event_from_signals()
+    config = config_mod.load(args.config)
+    logging.getLogger().setLevel(config.log.level.upper())
+    with Daemon(config, load_plugins()) as daemon:
+        daemon.run(stop)
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    """Validate a config file, its source options and its model."""
+    from fusiond import config as config_mod
+    from fusiond.daemon import Daemon
+    from fusiond.plugin import load_plugins
+
+    config = config_mod.load(args.config)
+    daemon = Daemon(config, load_plugins(), start_sources=False)
+    ck = daemon.checkpoint
+    print(f"{args.config}: OK ({len(config.rigs)} rig(s), {len(daemon.streams)} source(s), "
+          f"model {ck.name} {ck.content_hash})")  # fmt: skip
+    return 0
+
+
+def cmd_echo(args: argparse.Namespace) -> int:
+    """Print messages of any topic (predictions by default)."""
+    import zmq
+
+    from fusiond.bus.wire import describe
+    from fusiond.errors import WireError
+
+    endpoint = args.connect or _subscribe_endpoint(args.config)
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    sock = ctx.socket(zmq.SUB)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(endpoint)
+    for topic in args.topics or ["p/"]:
+        sock.subscribe(topic.encode())
+    seen = 0
+    timeout_ms = None if args.timeout is None else int(args.timeout * 1000)
+    try:
+        while args.count is None or seen < args.count:
+            if not sock.poll(timeout_ms):
+                print(f"fusiond echo: nothing on {endpoint} for {args.timeout} s", file=sys.stderr)
+                return 1
+            frames = sock.recv_multipart()
+            try:
+                message = describe(frames)
+            except WireError as exc:
+                print(f"fusiond echo: malformed message: {exc}", file=sys.stderr)
+                continue
+            print(json.dumps(message) if args.json else _pretty(message), flush=True)
+            seen += 1
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sock.close()
+        ctx.term()
+    return 0
+
+
+def _pretty(message: dict[str, Any]) -> str:
+    if message.get("type") == "prediction":
+        best = max(message["scores"]) if message["scores"] else 0.0
+        lat = message["latency_ns"]["close_to_publish"] / 1e6
+        missing = f" missing={','.join(message['missing'])}" if message["missing"] else ""
+        return (f"{message['topic']} #{message['seq']} {message['label']} ({best:.2f}) "
+                f"window={message['window_start_ns']}..{message['window_end_ns']} "
+                f"latency={lat:.1f}ms{missing}")  # fmt: skip
+    shapes = [b.get("shape") for b in message.get("buffers", [])]
+    return f"{message['topic']} #{message.get('seq')} t={message.get('t_ns')} {shapes}"
+
+
+def _subscribe_endpoint(config_path: Path | None) -> str:
+    from fusiond import config as config_mod
+    from fusiond.daemon import local_endpoint
+
+    if config_path is None:
+        return config_mod.DEFAULT_SUBSCRIBE
+    return local_endpoint(config_mod.load(config_path).bus.subscribe)
+
+
+def _parse_set(pairs: Sequence[str]) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            msg = f"--set takes key=value, got {pair!r}"
+            raise ConfigError(msg)
+        try:
+            options[key] = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            options[key] = raw
+    return options
+
+
+def cmd_source(args: argparse.Namespace) -> int:
+    """Run one source standalone, publishing to a bus endpoint."""
+    from fusiond.config import SourceSection, validate_source
+    from fusiond.plugin import load_plugins
+    from fusiond.sources.base import SourceContext
+    from fusiond.sources.runner import run_source, stop_event_from_signals
+    from fusiond.sources.supervisor import die_with_parent
+
+    stop = stop_event_from_signals()
+    if args.parent_pid:
+        die_with_parent(args.parent_pid)
+    options = json.loads(args.options_json) if args.options_json else {}
+    options.update(_parse_set(args.set))
+    plugins = load_plugins()
+    section = SourceSection(kind=args.kind, **options)
+    config = validate_source(plugins.sources, section, f"source {args.kind}")
+    cls = plugins.sources.get(args.kind)
+    assert cls is not None  # validate_source raised otherwise
+    name = f"fusiond.source.{args.rig}.{args.stream}"
+    anchor = args.anchor_ns if args.anchor_ns is not None else time.time_ns()
+    context = SourceContext(
+        args.rig, args.stream, args.modality or cls.modality, anchor, stop, logging.getLogger(name)
+    )
+    return run_source(cls, config, context, args.connect)
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    """List the source kinds and encoders found, and where each came from."""
+    from fusiond.plugin import load_plugins
+
+    plugins = load_plugins()
+    rows = []
+    for kind in plugins.sources:
+        cls = plugins.sources.get(kind)
+        assert cls is not None
+        rows.append({"type": "source", "name": kind, "modality": cls.modality,
+                     "from": plugins.origin(cls)})  # fmt: skip
+    for name, enc in sorted(plugins.encoders.types.items()):
+        rows.append({"type": "encoder", "name": name, "modality": "", "from": plugins.origin(enc)})
+    for name, why in sorted(plugins.failures.items()):
+        rows.append({"type": "failed", "name": name, "modality": "", "from": why})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for row in rows:
+            print(f"{row['type']:<8} {row['name']:<14} {row['modality']:<8} {row['from']}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    parser = argparse.ArgumentParser(prog="fusiond", description="Streaming sensor-fusion daemon.")
+    parser.add_argument("--version", action="version", version=f"fusiond {__version__}")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="start the daemon")
+    run.add_argument("--config", type=Path, default=Path("config.toml"))
+    run.set_defaults(func=cmd_run)
+
+    check = sub.add_parser("check-config", help="validate a config file and exit")
+    check.add_argument("--config", type=Path, default=Path("config.toml"))
+    check.set_defaults(func=cmd_check_config)
+
+    echo = sub.add_parser("echo", help="print messages from the bus (predictions by default)")
+    echo.add_argument("topics", nargs="*", help="topic prefixes, e.g. p/ or s/demo/cam")
+    echo.add_argument("--connect", help="subscriber endpoint of the daemon")
+    echo.add_argument("--config", type=Path, help="read the endpoint from this config")
+    echo.add_argument("--json", action="store_true", help="one JSON object a line")
+    echo.add_argument("--count", type=int, help="exit after this many messages")
+    echo.add_argument("--timeout", type=float, help="exit 1 if nothing arrives for this long (s)")
+    echo.set_defaults(func=cmd_echo)
+
+    source = sub.add_parser("source", help="run one source, publishing to a bus")
+    source.add_argument("kind")
+    source.add_argument("--connect", default="tcp://127.0.0.1:7710", help="publisher endpoint")
+    source.add_argument("--rig", default="default")
+    source.add_argument("--stream", default=None)
+    source.add_argument("--modality", default=None)
+    source.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    source.add_argument("--options-json", help=argparse.SUPPRESS)
+    source.add_argument("--anchor-ns", type=int, help="realtime ns at which file media start")
+    source.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
+    source.set_defaults(func=cmd_source)
+
+    plugins = sub.add_parser("plugins", help="list source kinds and encoders, and their origin")
+    plugins.add_argument("--json", action="store_true")
+    plugins.set_defaults(func=cmd_plugins)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``fusiond`` command."""
+    args = build_parser().parse_args(argv)
+    if args.command == "source" and args.stream is None:
+        args.stream = args.kind
+    _logging(args.log_level)
+    try:
+        return int(args.func(args))
+    except FusiondError as exc:
+        print(f"fusiond: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,73 @@
+"""Subscribe to predictions (or any topic) from Python.
+
+    from fusiond.client import Subscriber
+
+    with Subscriber() as predictions:
+        for p in predictions:
+            print(p.rig, p.label, max(p.scores))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from types import TracebackType
+
+import zmq
+
+from fusiond.bus.wire import PREDICTION_PREFIX, Prediction, decode_prediction, prediction_topic
+from fusiond.config import DEFAULT_SUBSCRIBE
+from fusiond.errors import WireError
+
+
+class Subscriber:
+    """Iterates predictions of the given rigs (all rigs by default).
+
+    ``timeout_s`` bounds the wait for each prediction; iteration stops when it passes.
+    """
+
+    def __init__(self, endpoint: str = DEFAULT_SUBSCRIBE, rigs: Sequence[str] = (),
+                 timeout_s: float | None = None) -> None:  # fmt: skip
+        self.endpoint = endpoint
+        self.rigs = set(rigs)
+        self.timeout_ms = None if timeout_s is None else int(timeout_s * 1000)
+        self.malformed = 0
+        self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        self._sock = self._ctx.socket(zmq.SUB)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.connect(endpoint)
+        for topic in [prediction_topic(r) for r in self.rigs] or [PREDICTION_PREFIX]:
+            self._sock.subscribe(topic.encode())
+
+    def __enter__(self) -> Subscriber:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:  # fmt: skip
+        self.close()
+
+    def close(self) -> None:
+        """Close the socket."""
+        self._sock.close()
+        self._ctx.term()
+
+    def __iter__(self) -> Iterator[Prediction]:
+        while True:
+            prediction = self.next()
+            if prediction is None:
+                return
+            yield prediction
+
+    def next(self) -> Prediction | None:
+        """The next prediction, or None when ``timeout_s`` passes first."""
+        while True:
+            if not self._sock.poll(self.timeout_ms):
+                return None
+            frames = self._sock.recv_multipart(copy=False)
+            try:
+                prediction = decode_prediction(frames)
+            except WireError:
+                self.malformed += 1
+                continue
+            # Topics match by prefix: p/rig1 also matches p/rig10.
+            if not self.rigs or prediction.rig in self.rigs:
+                return prediction

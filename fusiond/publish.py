@@ -1,0 +1,51 @@
+"""Turn a scored batch into prediction messages (pure code, clock passed in)."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from fusiond.bus.wire import Prediction
+from fusiond.models.runner import BatchResult
+
+
+class PredictionBuilder:
+    """Numbers each rig's predictions and fills in the latency breakdown."""
+
+    def __init__(self, classes: list[str], model: dict[str, str]) -> None:
+        self.classes = classes
+        self.model = model
+        self._seq: Counter[str] = Counter()
+
+    def build(self, result: BatchResult, t_pub_ns: int) -> list[Prediction]:
+        """One prediction per window of the batch."""
+        scores = result.probs.astype(float).round(5).tolist()
+        infer_ns = result.t_end_ns - result.t_start_ns
+        out = []
+        for window, label, row in zip(result.windows, result.labels.tolist(), scores, strict=True):
+            seq = self._seq[window.rig]
+            self._seq[window.rig] += 1
+            out.append(
+                Prediction(
+                    rig=window.rig,
+                    seq=seq,
+                    window_start_ns=window.start_ns,
+                    window_end_ns=window.end_ns,
+                    label=self.classes[label],
+                    classes=self.classes,
+                    scores=row,
+                    present=[m for m, ok in window.present.items() if ok],
+                    missing=window.missing,
+                    model=self.model,
+                    latency_ns={
+                        "capture_to_ingest": window.capture_to_ingest_ns,
+                        "close_to_infer": result.t_start_ns - window.t_close_ns,
+                        "infer": infer_ns,
+                        "publish": t_pub_ns - result.t_end_ns,
+                        "close_to_publish": t_pub_ns - window.t_close_ns,
+                        "end_to_publish": t_pub_ns - window.end_ns,
+                    },
+                    t_pub_ns=t_pub_ns,
+                    extra={"window_index": window.index, "closed_by": window.closed_by},
+                )
+            )
+        return out

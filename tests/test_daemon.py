@@ -1,0 +1,173 @@
+"""The real daemon, as a subprocess on the demo config, read through the real client."""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import msgpack
+import pytest
+import zmq
+
+from fusiond.client import Subscriber
+from fusiond.models import load
+
+from .helpers import ROOT, demo_config, fusiond
+
+pytestmark = pytest.mark.slow
+SEGMENTS = [
+    (float(r["start_s"]), int(r["label"]))
+    for r in csv.DictReader((ROOT / "demo/labels.csv").read_text().splitlines())
+]
+SEGMENT_NS = 2_000_000_000
+LOOP_NS = len(SEGMENTS) * SEGMENT_NS
+
+
+class Daemon:
+    def __init__(self, config: Path, log: Path) -> None:
+        self.log = log
+        self._out = log.open("w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "fusiond", "run", "--config", str(config)],
+            stdout=subprocess.DEVNULL, stderr=self._out, start_new_session=True,
+        )
+
+    def text(self) -> str:
+        return self.log.read_text()
+
+    def wait_for(self, pattern: str, timeout_s: float = 30) -> re.Match[str]:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if m := re.search(pattern, self.text()):
+                return m
+            assert self.proc.poll() is None, self.text()
+            time.sleep(0.1)
+        raise AssertionError(f"{pattern!r} not in log:\n{self.text()}")
+
+    def source_pids(self) -> set[int]:
+        return {int(p) for p in re.findall(r"fusiond\.sources\.runner\[(\d+)\]", self.text())}
+
+    def stop(self, sig: int = signal.SIGTERM, group: bool = False) -> float:
+        started = time.monotonic()
+        if group:
+            os.killpg(self.proc.pid, sig)
+        else:
+            self.proc.send_signal(sig)
+        self.proc.wait(10)
+        return time.monotonic() - started
+
+
+@pytest.fixture
+def daemon(tmp_path, endpoints):
+    started: list[Daemon] = []
+
+    def start(**replace: str) -> Daemon:
+        d = Daemon(demo_config(tmp_path, *endpoints, **replace), tmp_path / "daemon.log")
+        started.append(d)
+        return d
+
+    yield start
+    for d in started:
+        if d.proc.poll() is None:
+            os.killpg(d.proc.pid, signal.SIGKILL)
+            d.proc.wait()
+        d._out.close()
+
+
+def truth(anchor_ns: int, start_ns: int) -> int | None:
+    """The digit of the demo segment that holds the whole window, or None."""
+    offset = (start_ns - anchor_ns) % LOOP_NS
+    segment = offset // SEGMENT_NS
+    if offset + 1_000_000_000 > (segment + 1) * SEGMENT_NS:
+        return None
+    return SEGMENTS[segment][1]
+
+
+def test_demo_predictions_are_right_and_the_daemon_stops_cleanly(daemon, endpoints):
+    d = daemon()
+    with Subscriber(endpoints[1], rigs=["demo"], timeout_s=30) as predictions:
+        anchor = int(d.wait_for(r"media anchor: file sources start at (\d+)").group(1))
+        got = []
+        for p in predictions:
+            got.append(p)
+            if len(got) == 30:
+                break
+    assert len(got) == 30
+    checkpoint = load(ROOT / "demo/model.pt")
+    assert [p.seq for p in got] == list(range(got[0].seq, got[0].seq + 30))
+    inside = [(p, truth(anchor, p.window_start_ns)) for p in got]
+    inside = [(p, digit) for p, digit in inside if digit is not None and not p.missing]
+    assert len(inside) >= 12
+    right = sum(p.label == str(digit) for p, digit in inside)
+    assert right / len(inside) >= 0.9, [(p.label, d) for p, d in inside]
+    for p in got:
+        assert p.model == {"name": "demo-digits", "hash": checkpoint.content_hash}
+        assert p.window_end_ns - p.window_start_ns == 1_000_000_000
+        assert p.window_start_ns % 500_000_000 == 0
+        assert abs(sum(p.scores) - 1) < 1e-3 and p.label == p.classes[p.scores.index(max(p.scores))]
+        assert set(p.latency_ns) >= {"capture_to_ingest", "close_to_infer", "infer", "publish"}
+        assert all(v >= 0 for v in p.latency_ns.values()), p.latency_ns
+    assert re.search(r"windows/s, latency p50 [\d.]+ ms p99 [\d.]+ ms .* last: demo:\d", d.text())
+
+    children = d.source_pids()
+    assert len(children) == 3
+    assert d.stop(signal.SIGTERM) < 2.0
+    assert d.proc.returncode == 0
+    assert not [pid for pid in children if Path(f"/proc/{pid}").exists()]
+
+
+def test_ctrl_c_stops_the_daemon_and_its_sources(daemon, endpoints):
+    d = daemon()
+    d.wait_for(r"demo/imu \(csvfile\)")
+    d.wait_for(r"demo/cam \(camera\)")
+    d.wait_for(r"demo/mic \(audiofile\)")
+    children = d.source_pids()
+    assert d.stop(signal.SIGINT, group=True) < 2.0  # what a terminal's Ctrl-C does
+    assert not [pid for pid in children if Path(f"/proc/{pid}").exists()]
+    assert "Traceback" not in d.text()
+
+
+def test_echo_prints_predictions_as_json(daemon, endpoints):
+    daemon()
+    result = fusiond("echo", "--connect", endpoints[1], "--json", "--count", "3", "--timeout", "30")
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stdout.splitlines() if line]
+    assert len(lines) == 3
+    import json
+
+    first = json.loads(lines[0])
+    assert first["type"] == "prediction" and first["topic"] == "p/demo"
+    assert first["label"] in first["classes"]
+
+
+def test_bad_input_is_counted_and_logged_and_the_rest_keeps_serving(daemon, endpoints):
+    d = daemon(**{'uri = "': 'uri = "/nonexistent/'})
+    d.wait_for(r"no such video file: /nonexistent/.*retrying in")
+    ctx = zmq.Context()
+    pub = ctx.socket(zmq.PUB)
+    pub.setsockopt(zmq.LINGER, 0)
+    pub.connect(endpoints[0])
+    time.sleep(1.0)  # let the daemon's subscription reach this new publisher
+    bad_size = {"v": [1, 0], "type": "sample", "rig": "demo", "stream": "imu", "modality": "imu",
+                "seq": 0, "t_ns": 1, "clock": "realtime", "t_pub_ns": 1, "rate_hz": 100.0,
+                "buffers": [{"dtype": "<f4", "shape": [10, 1], "encoding": "raw"}]}  # fmt: skip
+    for _ in range(5):
+        pub.send_multipart([b"s/demo/cam", b"\xc1garbage"])
+        pub.send_multipart([b"s/demo/imu", msgpack.packb(bad_size), b"\x00" * 7])
+        pub.send_multipart([b"s/demo/imu", msgpack.packb({**bad_size, "v": [9, 0]})])
+    pub.close()
+    ctx.term()
+    with Subscriber(endpoints[1], timeout_s=30) as predictions:
+        later = [next(iter(predictions)) for _ in range(4)]
+    assert all(p.missing == ["video"] and p.present == ["audio", "imu"] for p in later)
+    line = d.wait_for(r"drops: ([^\n]*)bad_version=5").group(0)
+    assert "bad_header=5" in line and "bad_size=5" in line
+    assert d.text().count("malformed message on the bus") == 3  # once per reason, then counted
+    assert d.proc.poll() is None
+    assert d.stop() < 2.0
