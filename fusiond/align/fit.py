@@ -40,22 +40,24 @@ def fit(spec: ModalitySpec, blocks: Sequence[Block], start_ns: int, end_ns: int)
     return _fit_series(spec, blocks, start_ns, end_ns)
 
 
-def _sample_times(block: Block) -> np.ndarray:
-    n = len(block.data)
-    if block.period_ns <= 0:
-        return np.full(n, float(block.t_ns))
-    return block.t_ns + np.arange(n) * block.period_ns
+def _sample_times(blocks: Sequence[Block], origin_ns: int) -> np.ndarray:
+    """Capture time of every sample of the blocks, relative to ``origin_ns`` (float64 ns)."""
+    lengths = np.fromiter((len(b.data) for b in blocks), np.int64, len(blocks))
+    starts = np.fromiter((b.t_ns - origin_ns for b in blocks), np.float64, len(blocks))
+    periods = np.fromiter((b.period_ns for b in blocks), np.float64, len(blocks))
+    first = np.cumsum(lengths) - lengths
+    index = np.arange(lengths.sum()) - np.repeat(first, lengths)
+    times: np.ndarray = np.repeat(starts, lengths) + index * np.repeat(periods, lengths)
+    return times
 
 
 def _fit_series(spec: ModalitySpec, blocks: Sequence[Block], start_ns: int, end_ns: int) -> np.ndarray:
-    times = np.concatenate([_sample_times(b) for b in blocks])
+    times = _sample_times(blocks, start_ns)
     values = np.concatenate([b.data.reshape(len(b.data), -1) for b in blocks])
-    if np.issubdtype(values.dtype, np.integer):
-        scale = 1.0 / np.iinfo(values.dtype).max
-    else:
-        scale = 1.0
+    integer = np.issubdtype(values.dtype, np.integer)
+    scale = 1.0 / np.iinfo(values.dtype).max if integer else 1.0
     order = np.argsort(times, kind="stable")
-    times, values = times[order] - start_ns, values[order]
+    times, values = times[order], values[order]
     step = (end_ns - start_ns) / spec.length
     targets = np.arange(spec.length) * step
     out = np.zeros(spec.shape, np.float32)
@@ -65,12 +67,12 @@ def _fit_series(spec: ModalitySpec, blocks: Sequence[Block], start_ns: int, end_
 
 
 def _fit_frames(spec: ModalitySpec, blocks: Sequence[Block], start_ns: int, end_ns: int) -> np.ndarray:
-    starts = np.concatenate([_sample_times(b) for b in blocks])
+    starts = _sample_times(blocks, start_ns)
     owners = [(b, i) for b in blocks for i in range(len(b.data))]
     order = np.argsort(starts, kind="stable")
     starts = starts[order]
     step = (end_ns - start_ns) / spec.length
-    targets = start_ns + (np.arange(spec.length) + 0.5) * step
+    targets = (np.arange(spec.length) + 0.5) * step
     # Sample-and-hold: the newest frame captured at or before each target time.
     picks = np.clip(np.searchsorted(starts, targets, side="right") - 1, 0, len(starts) - 1)
     out = np.empty(spec.shape, np.uint8)

@@ -5,6 +5,8 @@ Pure code: no sockets. Decoding returns numpy views of the received frames, not 
 
 from __future__ import annotations
 
+import functools
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -21,7 +23,7 @@ SAMPLE_PREFIX: Final = "s/"
 PREDICTION_PREFIX: Final = "p/"
 NAME_RE: Final = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 CLOCKS: Final = frozenset({"realtime", "monotonic"})
-DTYPES: Final = frozenset({"|u1", "|i1", "<u2", "<i2", "<i4", "<f4", "<f8"})
+DTYPES: Final = {s: np.dtype(s) for s in ("|u1", "|i1", "<u2", "<i2", "<i4", "<f4", "<f8")}
 ENCODINGS: Final = frozenset({"raw", "jpeg"})
 MAX_DIMS: Final = 6
 
@@ -143,7 +145,7 @@ def encode_sample(
         "rate_hz": float(rate_hz),
         "buffers": [{"dtype": array.dtype.str, "shape": list(array.shape), "encoding": encoding}],
     }
-    body: bytes | memoryview = payload if payload is not None else memoryview(array).cast("B")
+    body: bytes | memoryview = payload if payload is not None else array.data.cast("B")
     return [sample_topic(rig, stream).encode(), msgpack.packb(header), body]
 
 
@@ -201,10 +203,10 @@ _SAMPLE_FIELDS: Final = (
 def _check_fields(header: dict[str, Any], fields: Sequence[tuple[str, type]]) -> None:
     for name, kind in fields:
         value = header.get(name)
-        ok = isinstance(value, kind) or (kind is float and isinstance(value, int))
-        if not ok or isinstance(value, bool):
-            msg = f"header field {name} must be {kind.__name__}, got {value!r}"
-            raise FrameError(msg)
+        if type(value) is kind or (kind is float and type(value) is int):
+            continue
+        msg = f"header field {name} must be {kind.__name__}, got {value!r}"
+        raise FrameError(msg)
 
 
 def _array(spec: Any, frame: Frame) -> np.ndarray:
@@ -228,7 +230,7 @@ def _array(spec: Any, frame: Frame) -> np.ndarray:
     view = _view(frame)
     if encoding == "jpeg":
         return _decode_jpeg(view, shape)
-    expected = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    expected = math.prod(shape) * DTYPES[dtype].itemsize
     if view.nbytes != expected:
         msg = f"buffer holds {view.nbytes} bytes, header shape {shape} of {dtype} needs {expected}"
         raise FrameError(msg, "bad_size")
@@ -246,6 +248,15 @@ def _decode_jpeg(view: memoryview, shape: list[int]) -> np.ndarray:
     return image
 
 
+@functools.lru_cache(maxsize=4096)
+def _check_names(rig: str, stream: str, modality: str) -> None:
+    # The same few names arrive on every message: match each triple once (errors aren't cached).
+    for field_name, value in (("rig", rig), ("stream", stream), ("modality", modality)):
+        if not NAME_RE.match(value):
+            msg = f"header field {field_name} is not a valid name: {value!r}"
+            raise FrameError(msg)
+
+
 def decode_sample(frames: Sequence[Frame]) -> Sample:
     """Decode a sensor message; arrays are read-only views of the frames."""
     header = decode_header(frames)
@@ -257,10 +268,7 @@ def decode_sample(frames: Sequence[Frame]) -> Sample:
     if len(buffers) != len(frames) - 2 or not buffers:
         msg = f"header lists {len(buffers)} buffers, message carries {len(frames) - 2}"
         raise FrameError(msg, "bad_size")
-    for name in ("rig", "stream", "modality"):
-        if not NAME_RE.match(header[name]):
-            msg = f"header field {name} is not a valid name: {header[name]!r}"
-            raise FrameError(msg)
+    _check_names(header["rig"], header["stream"], header["modality"])
     if header["clock"] not in CLOCKS:
         msg = f"unknown clock {header['clock']!r}"
         raise FrameError(msg)

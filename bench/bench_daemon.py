@@ -1,0 +1,199 @@
+"""Daemon benchmark: prints figures, asserts nothing.
+
+    python bench/bench_daemon.py [--seconds 30] [--messages 200000]
+
+1. Latency on the demo rig: the real daemon on config.toml (fresh ports), predictions read
+   with fusiond.client; percentiles of the latency breakdown each prediction carries.
+2. Ingest rate for small messages (one 3-axis float32 sample each): a publisher process
+   floods the daemon's publish endpoint; the daemon (in this process, so its counters can
+   be read) decodes, clock-corrects and aligns them. The same publisher then floods a
+   bare pyzmq SUB socket that only unpacks the msgpack header. The ratio is the figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import msgpack
+import numpy as np
+import zmq
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def free_endpoint() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
+
+
+def demo_config(folder: Path, publish: str, subscribe: str, extra: str = "") -> Path:
+    text = (ROOT / "config.toml").read_text()
+    text = text.replace("tcp://127.0.0.1:7710", publish).replace("tcp://127.0.0.1:7711", subscribe)
+    text = text.replace('"demo/', f'"{ROOT}/demo/') + extra
+    path = folder / "config.toml"
+    path.write_text(text)
+    return path
+
+
+def bench_latency(seconds: float) -> None:
+    from fusiond.client import Subscriber
+
+    publish, subscribe = free_endpoint(), free_endpoint()
+    with tempfile.TemporaryDirectory() as tmp:
+        config = demo_config(Path(tmp), publish, subscribe)
+        log = Path(tmp) / "log"
+        with log.open("w") as out:
+            proc = subprocess.Popen([sys.executable, "-m", "fusiond", "run", "--config", str(config)],
+                                    stderr=out, start_new_session=True)  # fmt: skip
+        try:
+            got = []
+            with Subscriber(subscribe, timeout_s=30) as predictions:
+                first = predictions.next()
+                deadline = time.monotonic() + seconds
+                for p in predictions:
+                    got.append(p)
+                    if time.monotonic() > deadline:
+                        break
+            del first
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(10)
+        device = re.search(r"on (\w+), \d+ rig", log.read_text())
+    print(f"\n## Latency, demo rig (3 sources), {len(got)} predictions over {seconds:.0f} s, "
+          f"model on {device.group(1) if device else '?'}")  # fmt: skip
+    print(f"{'stage':<22} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}")
+    for key in ("capture_to_ingest", "close_to_infer", "infer", "publish", "close_to_publish",
+                "end_to_publish"):  # fmt: skip
+        values = np.array([p.latency_ns[key] for p in got]) / 1e6
+        p50, p99 = np.percentile(values, [50, 99])
+        print(f"{key:<22} {p50:8.2f} {p99:8.2f} {values.max():8.2f}")
+    print("(end_to_publish includes waiting for the window's last samples and the batch delay)")
+
+
+def publisher(endpoint: str, count: int) -> None:
+    """Flood ``endpoint`` with small sample messages (run as a child process)."""
+    from fusiond.bus.wire import encode_sample
+
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.PUB)
+    sock.setsockopt(zmq.SNDHWM, 100_000)
+    sock.connect(endpoint)
+    time.sleep(1.0)
+    data = np.zeros((1, 3), np.float32)
+    t0 = time.time_ns()
+    for i in range(count):
+        t = t0 + i * 1_000_000
+        sock.send_multipart(encode_sample(rig="bench", stream="imu", modality="imu", seq=i, t_ns=t,
+                                          t_pub_ns=time.time_ns(), rate_hz=1000.0, data=data))  # fmt: skip
+    time.sleep(2.0)
+    sock.close(linger=2000)
+    ctx.term()
+
+
+def spawn_publisher(endpoint: str, count: int) -> subprocess.Popen[bytes]:
+    code = (f"import sys; sys.path.insert(0, {str(ROOT / 'bench')!r}); import bench_daemon; "
+            f"bench_daemon.publisher({endpoint!r}, {count})")
+    return subprocess.Popen([sys.executable, "-c", code])
+
+
+def measure(count_fn, proc: subprocess.Popen[bytes], total: int) -> tuple[float, int]:
+    """Messages/s from the first to the last message received, and how many arrived."""
+    first_t = last_t = None
+    seen = 0
+    while proc.poll() is None or seen != count_fn():
+        now, seen = time.perf_counter(), count_fn()
+        if seen and first_t is None:
+            first_t, first_n = now, seen
+        if first_t is not None and seen > first_n:
+            last_t, last_n = now, seen
+        if seen >= total:
+            break
+        time.sleep(0.002)
+    proc.wait()
+    if first_t is None or last_t is None:
+        return 0.0, seen
+    return (last_n - first_n) / (last_t - first_t), seen
+
+
+def bench_raw(count: int) -> tuple[float, int]:
+    endpoint = free_endpoint()
+    ctx = zmq.Context()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.RCVHWM, 100_000)
+    sub.bind(endpoint)
+    sub.subscribe(b"s/")
+    received = [0]
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.is_set():
+            if sub.poll(50):
+                for _ in range(512):
+                    try:
+                        frames = sub.recv_multipart(zmq.NOBLOCK, copy=False)
+                    except zmq.Again:
+                        break
+                    msgpack.unpackb(frames[1].buffer)
+                    received[0] += 1
+
+    thread = threading.Thread(target=loop)
+    thread.start()
+    result = measure(lambda: received[0], spawn_publisher(endpoint, count), count)
+    stop.set()
+    thread.join()
+    sub.close(linger=0)
+    ctx.term()
+    return result
+
+
+def bench_daemon_ingest(count: int) -> tuple[float, int, dict[str, int]]:
+    from fusiond import config as config_mod
+    from fusiond.daemon import Daemon
+    from fusiond.plugin import load_plugins
+
+    publish, subscribe = free_endpoint(), free_endpoint()
+    extra = '\n[rigs.bench.sources.imu]\nkind = "csvfile"\npath = "unused.csv"\n'
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = config_mod.load(demo_config(Path(tmp), publish, subscribe, extra))
+        cfg = cfg.model_copy(update={"bus": cfg.bus.model_copy(update={"queue": 100_000}),
+                                     "rigs": {"bench": cfg.rigs["bench"]}})  # fmt: skip
+        stop = threading.Event()
+        with Daemon(cfg, load_plugins(), start_sources=False) as daemon:
+            thread = threading.Thread(target=daemon.run, args=(stop,))
+            thread.start()
+            rate, seen = measure(lambda: daemon.stats.ingested["bench"],
+                                 spawn_publisher(publish, count), count)  # fmt: skip
+            stop.set()
+            thread.join()
+            drops = dict(daemon.stats.drops)
+    return rate, seen, drops
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--messages", type=int, default=200_000)
+    args = parser.parse_args()
+    bench_latency(args.seconds)
+    raw_rate, raw_seen = bench_raw(args.messages)
+    rate, seen, drops = bench_daemon_ingest(args.messages)
+    print(f"\n## Ingest, {args.messages} small messages ([1, 3] float32 each) from one publisher process")
+    print(f"{'subscriber':<42} {'msg/s':>10} {'received':>9}")
+    print(f"{'raw pyzmq SUB + msgpack.unpackb':<42} {raw_rate:10.0f} {raw_seen:9d}")
+    print(f"{'fusiond daemon (decode, clock, align)':<42} {rate:10.0f} {seen:9d}")
+    print(f"ratio daemon / raw: {rate / raw_rate:.2f}   daemon drops: {drops or 'none'}")
+
+
+if __name__ == "__main__":
+    main()
