@@ -173,7 +173,8 @@ def _check_names(data: dict[str, Any]) -> None:
 def parse(data: dict[str, Any], base_dir: Path, source: str = "<config>") -> Config:
     """Validate already-parsed TOML data."""
     if "base_dir" in data:
-        raise ConfigError(f"base_dir: unknown key (value {data['base_dir']!r})", source=source)
+        msg = f"base_dir: unknown key (value {data['base_dir']!r})"
+        raise ConfigError(msg, source=source)
     try:
         _check_names(data)
     except ConfigError as exc:

@@ -79,7 +79,8 @@ class Daemon:
                 modality = source.modality or (cls.modality if cls else "")
                 path = f"rigs.{rig}.sources.{name}.modality"
                 if modality not in modalities:
-                    msg = f"model {self.checkpoint.name!r} has no {modality!r} input (it takes {sorted(modalities)})"
+                    name_ = self.checkpoint.name
+                    msg = f"model {name_!r} has no {modality!r} input (it takes {sorted(modalities)})"
                     raise ConfigError(msg, path=path)
                 if modality in seen:
                     msg = f"rig already has a {modality!r} source ({seen[modality]}); the model takes one"

@@ -40,7 +40,8 @@ class CameraSource(Source):
     def open(self) -> StreamInfo:
         cfg: CameraConfig = self.config  # type: ignore[assignment]
         target: str | int = int(cfg.uri) if cfg.uri.isdigit() else cfg.uri
-        self.is_file = isinstance(target, str) and "://" not in target and not target.startswith("/dev/")
+        self.is_file = isinstance(target, str) and "://" not in target
+        self.is_file = self.is_file and not cfg.uri.startswith("/dev/")
         if self.is_file and not Path(cfg.uri).is_file():
             msg = f"no such video file: {Path(cfg.uri).resolve()}"
             raise SourceError(msg)
@@ -58,8 +59,9 @@ class CameraSource(Source):
         return StreamInfo(self.fps, f"{cfg.uri}: {w}x{h} at {self.fps:g} fps, {what}")
 
     def _request(self, cfg: CameraConfig) -> None:
-        for prop, value in ((cv2.CAP_PROP_FRAME_WIDTH, cfg.width),
-                            (cv2.CAP_PROP_FRAME_HEIGHT, cfg.height), (cv2.CAP_PROP_FPS, cfg.fps)):  # fmt: skip
+        wanted = {cv2.CAP_PROP_FRAME_WIDTH: cfg.width, cv2.CAP_PROP_FRAME_HEIGHT: cfg.height,
+                  cv2.CAP_PROP_FPS: cfg.fps}  # fmt: skip
+        for prop, value in wanted.items():
             if value:
                 self.capture.set(prop, value)
 

@@ -42,7 +42,8 @@ def test_the_demo_config_is_valid():
         (GOOD.replace('path = "m.pt"', 'path = "m.pt"\ndevice = "tpu"'),
          "model.device: must be auto, cpu or cuda[:N] (got 'tpu')"),
         (GOOD + "[window]\nhop_ms = 'fast'\n", "window.hop_ms: Input should be a valid number"),
-        (GOOD + "[bus]\npublish = 'http://x'\n", "bus.publish: must be a tcp://, ipc:// or inproc:// endpoint (got 'http://x')"),
+        (GOOD + "[bus]\npublish = 'http://x'\n",
+         "bus.publish: must be a tcp://, ipc:// or inproc:// endpoint (got 'http://x')"),
         (GOOD.replace("[model]\npath = \"m.pt\"\n", ""), "model: required key is missing"),
         (GOOD.replace("rigs.lab", "rigs.'my lab'"), "rigs.my lab: rig name must be"),
     ],
@@ -58,7 +59,7 @@ def test_errors_name_the_toml_path_and_the_value(tmp_path, edit, expected):
     ("edit", "expected"),
     [
         (GOOD.replace('kind = "camera"', 'kind = "lidar"'),
-         "rigs.lab.sources.cam.kind: unknown source kind 'lidar' (known: audiofile, camera, csvfile"),
+         "rigs.lab.sources.cam.kind: unknown source kind 'lidar' (known: audiofile, camera"),
         (GOOD + "fps = 'many'\n", "rigs.lab.sources.cam.fps: Input should be a valid number"),
         (GOOD + "exposure = 3\n", "rigs.lab.sources.cam.exposure: unknown key (value 3)"),
         (GOOD.replace('uri = "x.mp4"', ""), "rigs.lab.sources.cam.uri: required key is missing"),

@@ -34,7 +34,8 @@ class FramesEncoder(nn.Module):
         b, n, h, w, c = x.shape
         images = x.reshape(b * n, h, w, c).permute(0, 3, 1, 2).float().div_(255.0)
         feats = self.net(images).reshape(b, n, -1).mean(dim=1)
-        return self.proj(feats)
+        out: torch.Tensor = self.proj(feats)
+        return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_features(x)
@@ -54,11 +55,15 @@ def mel_filterbank(sample_rate: float, n_fft: int, n_mels: int) -> np.ndarray:
     lower, centre, upper = edges[:-2, None], edges[1:-1, None], edges[2:, None]
     rising = (bins[None, :] - lower) / (centre - lower)
     falling = (upper - bins[None, :]) / (upper - centre)
-    return np.maximum(0.0, np.minimum(rising, falling)).astype(np.float32)
+    filters: np.ndarray = np.maximum(0.0, np.minimum(rising, falling)).astype(np.float32)
+    return filters
 
 
 class LogMelEncoder(nn.Module):
     """Log-mel spectrogram computed in torch, then a CNN. Input float [B, S, C]."""
+
+    window: torch.Tensor
+    mel: torch.Tensor
 
     def __init__(
         self,
@@ -95,7 +100,8 @@ class LogMelEncoder(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """[B, S, C] -> [B, D]."""
-        return self.proj(self.net(self.logmel(x)))
+        out: torch.Tensor = self.proj(self.net(self.logmel(x)))
+        return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_features(x)
@@ -119,7 +125,8 @@ class SeriesEncoder(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """[B, S, C] -> [B, D]."""
-        return self.proj(self.net(x.float().transpose(1, 2)))
+        out: torch.Tensor = self.proj(self.net(x.float().transpose(1, 2)))
+        return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_features(x)
@@ -136,7 +143,8 @@ class VectorEncoder(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """[B, ...] -> [B, D]."""
-        return self.net(x.float())
+        out: torch.Tensor = self.net(x.float())
+        return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_features(x)

@@ -24,7 +24,8 @@ class ConcatFusion(nn.Module):
     def forward(self, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         m = mask.unsqueeze(-1).to(features.dtype)
         joined = torch.cat([features * m, m], dim=-1).flatten(1)
-        return self.mlp(joined)
+        out: torch.Tensor = self.mlp(joined)
+        return out
 
 
 class LateFusion(nn.Module):
@@ -53,7 +54,8 @@ class GatedFusion(nn.Module):
     def forward(self, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         scores = self.gate(features).squeeze(-1).masked_fill(~mask, float("-inf"))
         weights = torch.softmax(scores, dim=1).nan_to_num(0.0)
-        return self.head((features * weights.unsqueeze(-1)).sum(dim=1))
+        out: torch.Tensor = self.head((features * weights.unsqueeze(-1)).sum(dim=1))
+        return out
 
 
 class AttentionFusion(nn.Module):
@@ -81,7 +83,8 @@ class AttentionFusion(nn.Module):
         tokens = torch.cat([self.summary.expand(b, -1, -1), features + self.modality_embedding], 1)
         keep = torch.cat([mask.new_ones(b, 1), mask], dim=1)
         out = self.encoder(tokens, src_key_padding_mask=~keep)
-        return self.head(self.norm(out[:, 0]))
+        logits: torch.Tensor = self.head(self.norm(out[:, 0]))
+        return logits
 
 
 FUSIONS: dict[str, type[nn.Module]] = {

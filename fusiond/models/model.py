@@ -50,4 +50,5 @@ class FusionModel(nn.Module):
 
     def forward(self, inputs: Mapping[str, torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
         """Logits [B, K]; ``mask`` [B, M] is True where a modality is present."""
-        return self.fusion(self.features(inputs), mask)
+        logits: torch.Tensor = self.fusion(self.features(inputs), mask)
+        return logits
