@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Set up fusiond in ./.venv: the Debian libraries it needs (when run as root), then the
+# package with its test tools. Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+debs=(libportaudio2)   # sounddevice's PortAudio; the wheel does not bundle it on Linux
+missing=()
+for deb in "${debs[@]}"; do
+  dpkg -s "$deb" >/dev/null 2>&1 || missing+=("$deb")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  else
+    echo "setup: please install: ${missing[*]} (sudo apt-get install ${missing[*]})" >&2
+  fi
+fi
+
+python3 -m venv .venv
+# torch first, pinned: a loose range would fetch the multi-GB CUDA build on a CPU-only box.
+# On a CUDA machine, install the torch build you want first; the range in pyproject.toml
+# (>=2.4,<3) accepts it.
+if ! .venv/bin/python -c "import torch" 2>/dev/null; then
+  .venv/bin/pip install -q torch==2.13.0
+fi
+.venv/bin/pip install -q -e '.[test]'
+echo "setup: done; run .venv/bin/fusiond run --config config.toml"
