@@ -212,4 +212,5 @@ class Daemon:
         self.sub.close()
         self.broker.__exit__(None, None, None)
         self.ctx.term()
+        self.broker.join(1.0)
         log.info("fusiond stopped")

@@ -45,7 +45,11 @@ class PredictionBuilder:
                         "end_to_publish": t_pub_ns - window.end_ns,
                     },
                     t_pub_ns=t_pub_ns,
-                    extra={"window_index": window.index, "closed_by": window.closed_by},
+                    extra={
+                        "window_index": window.index,
+                        "closed_by": window.closed_by,
+                        "batch_size": len(result.windows),
+                    },
                 )
             )
         return out

@@ -39,13 +39,21 @@ class Broker:
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:  # fmt: skip
+        """Ask the proxy to stop; the owner's ``ctx.term()`` ends it if it has not yet."""
         if self._thread is None:
             return
         control = self.ctx.socket(zmq.PAIR)
         control.connect(self._control)
         control.send(b"TERMINATE")
-        control.close(linger=100)
-        self._thread.join(2)
+        control.close(linger=0)
+        # libzmq's steerable proxy can take seconds to read TERMINATE once a peer has gone;
+        # terminating the context interrupts it at once (ETERM), so don't wait long here.
+        self._thread.join(0.2)
+
+    def join(self, timeout_s: float) -> None:
+        """Wait for the proxy thread (after the context was terminated)."""
+        if self._thread is not None:
+            self._thread.join(timeout_s)
 
     def _run(self) -> None:
         xsub = self.ctx.socket(zmq.XSUB)

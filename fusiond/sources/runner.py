@@ -29,13 +29,15 @@ class Backoff:
         return float(min(self.cap_s, self.first_s * 2 ** min(attempt, 30)))
 
 
-def wait_connected(sock: zmq.Socket[bytes], timeout_s: float) -> bool:
-    """Block until the socket's first connection completes its handshake (or time out)."""
+def wait_connected(sock: zmq.Socket[bytes], timeout_s: float, stop: threading.Event) -> bool:
+    """Block until the socket's first connection completes its handshake, time-out or stop."""
     monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+    deadline = time.monotonic() + timeout_s
     try:
-        if monitor.poll(int(timeout_s * 1000)):
-            recv_monitor_message(monitor)
-            return True
+        while not stop.is_set() and time.monotonic() < deadline:
+            if monitor.poll(100):
+                recv_monitor_message(monitor)
+                return True
         return False
     finally:
         sock.disable_monitor()
@@ -60,7 +62,7 @@ def run_source(
     name = f"{context.rig}/{context.stream}"
     try:
         sock.connect(connect)
-        if not wait_connected(sock, 5.0):
+        if not wait_connected(sock, 5.0, context.stop) and not context.stop.is_set():
             log.warning("source %s: no bus at %s yet; publishing anyway", name, connect)
         # Subscriptions reach a new publisher just after the handshake.
         context.stop.wait(0.1)

@@ -1,0 +1,102 @@
+"""Helpers for testing plugins and programs that use fusiond (as ``tox.pytest`` does for tox).
+
+* :class:`FakeSource` -- a source kind (``fake``) that publishes a known ramp, so a test
+  can check what comes out of the bus or the aligner.
+* :func:`bus_pair` -- a connected PUB/SUB pair on inproc, to feed or read messages.
+* :func:`tiny_model` -- writes a small untrained checkpoint for any input spec.
+
+Register the fake kind with ``load_plugins(extra=[fusiond.testing])``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import zmq
+
+from fusiond.align.spec import InputSpec, ModalitySpec
+from fusiond.plugin import SourceRegistry, hookimpl
+from fusiond.sources import Block, Source, SourceConfig, StreamInfo
+
+
+class FakeConfig(SourceConfig):
+    """Options of the ``fake`` kind."""
+
+    rate_hz: float = 100.0
+    block: int = 10
+    channels: int = 1
+    count: int | None = None
+    """Stop after this many messages (default: run until stopped)."""
+
+
+class FakeSource(Source):
+    """Publishes float32 blocks whose values are the sample index: 0, 1, 2, ..."""
+
+    kind = "fake"
+    modality = "imu"
+    Config = FakeConfig
+
+    def open(self) -> StreamInfo:
+        cfg: FakeConfig = self.config  # type: ignore[assignment]
+        return StreamInfo(cfg.rate_hz, f"fake ramp at {cfg.rate_hz:g} Hz, {cfg.channels} ch")
+
+    def read(self) -> Iterator[Block]:
+        cfg: FakeConfig = self.config  # type: ignore[assignment]
+        start = time.time_ns()
+        sent = 0
+        while cfg.count is None or sent < cfg.count:
+            first = sent * cfg.block
+            t_ns = start + round(first * 1e9 / cfg.rate_hz)
+            if not self.context.sleep_until(t_ns + round(cfg.block * 1e9 / cfg.rate_hz)):
+                return
+            ramp = np.arange(first, first + cfg.block, dtype=np.float32)
+            yield Block(np.repeat(ramp[:, None], cfg.channels, axis=1), t_ns)
+            sent += 1
+
+
+@hookimpl
+def fusiond_add_sources(registry: SourceRegistry) -> None:
+    """Register the fake kind."""
+    registry.add(FakeSource)
+
+
+@contextmanager
+def bus_pair(topic: bytes = b"") -> Iterator[tuple[zmq.Socket[bytes], zmq.Socket[bytes]]]:
+    """``(pub, sub)`` connected over inproc, ``sub`` subscribed to ``topic``."""
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    pub, sub = ctx.socket(zmq.PUB), ctx.socket(zmq.SUB)
+    try:
+        # Over inproc, a SUB that binds never hears back from a later PUB: the PUB binds.
+        pub.bind(f"inproc://fusiond-testing-{id(pub)}")
+        sub.connect(f"inproc://fusiond-testing-{id(pub)}")
+        sub.subscribe(topic)
+        time.sleep(0.05)  # the subscription reaches the publisher
+        yield pub, sub
+    finally:
+        pub.close(linger=0)
+        sub.close(linger=0)
+        ctx.term()
+
+
+def tiny_model(path: Path, spec: InputSpec | None = None, classes: list[str] | None = None,
+               fusion: str = "attention", seed: int = 0) -> str:  # fmt: skip
+    """Write an untrained checkpoint with small encoders; returns its content hash."""
+    import torch
+
+    from fusiond.models import BUILTIN_ENCODERS, FusionModel, save
+
+    spec = spec or InputSpec({"imu": ModalitySpec("series", length=32, channels=1)})
+    encoders = {
+        m: {"name": "frames_cnn" if s.kind == "frames" else "series_cnn", "args": {}}
+        for m, s in spec.modalities.items()
+    }
+    torch.manual_seed(seed)
+    classes = classes or ["low", "high"]
+    model = FusionModel(spec, classes, encoders, {"name": fusion}, BUILTIN_ENCODERS, dim=16)
+    window = {"length_ns": 1_000_000_000, "hop_ns": 500_000_000}
+    return save(model.eval(), path, name="tiny", encoders=encoders, fusion={"name": fusion},
+                dim=16, window=window)  # fmt: skip

@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+import json
+import types
+
+import numpy as np
+import pytest
+
+from fusiond import testing
+from fusiond.bus.wire import decode_sample, encode_sample
+from fusiond.errors import PluginError
+from fusiond.plugin import hookimpl, load_plugins
+from fusiond.sources import Source
+
+from .helpers import fusiond
+
+
+def test_builtin_kinds_come_from_the_entry_point_group():
+    result = fusiond("plugins", "--json")
+    assert result.returncode == 0, result.stderr
+    rows = {(r["type"], r["name"]): r for r in json.loads(result.stdout)}
+    for kind, module in [("camera", "camera"), ("audiofile", "audiofile"), ("csvfile", "numeric")]:
+        assert rows["source", kind]["from"].startswith("fusiond ")
+        assert rows["source", kind]["from"].endswith(f"(fusiond_plugins.{module})")
+    assert ("encoder", "logmel_cnn") in rows
+
+
+def test_a_plugin_registers_through_the_same_hook():
+    plugins = load_plugins(extra=[testing])
+    assert plugins.sources.get("fake") is testing.FakeSource
+    assert {"camera", "fake"} <= set(plugins.sources)
+
+
+def test_a_misspelled_hook_fails_at_start():
+    bad = types.ModuleType("bad_plugin")
+
+    @hookimpl
+    def fusiond_add_source(registry):  # missing the final s
+        pass
+
+    bad.fusiond_add_source = fusiond_add_source
+    with pytest.raises(PluginError, match="fusiond does not define"):
+        load_plugins(extra=[bad])
+
+
+def test_registries_reject_what_they_cannot_use():
+    class NoKind(Source):
+        kind = "Not A Name"
+        Config = testing.FakeConfig
+
+    bad = types.ModuleType("clash")
+
+    @hookimpl
+    def fusiond_add_sources(registry):
+        registry.add(NoKind)
+
+    bad.fusiond_add_sources = fusiond_add_sources
+    with pytest.raises(PluginError, match="must be a lowercase name"):
+        load_plugins(extra=[bad])
+
+
+def test_bus_pair_carries_frames():
+    with testing.bus_pair(b"s/") as (pub, sub):
+        pub.send_multipart(encode_sample(rig="r", stream="x", modality="imu", seq=0, t_ns=0,
+                                         t_pub_ns=0, rate_hz=1.0, data=np.ones((2, 2), np.float32)))
+        assert sub.poll(2000)
+        assert decode_sample(sub.recv_multipart()).data.sum() == 4
