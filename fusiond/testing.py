@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import zmq
@@ -90,7 +91,7 @@ def tiny_model(path: Path, spec: InputSpec | None = None, classes: list[str] | N
     from fusiond.models import BUILTIN_ENCODERS, FusionModel, save
 
     spec = spec or InputSpec({"imu": ModalitySpec("series", length=32, channels=1)})
-    encoders = {
+    encoders: dict[str, dict[str, Any]] = {
         m: {"name": "frames_cnn" if s.kind == "frames" else "series_cnn", "args": {}}
         for m, s in spec.modalities.items()
     }
