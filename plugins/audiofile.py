@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 import wave
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +11,7 @@ import numpy as np
 from fusiond.errors import SourceError
 from fusiond.plugin import SourceRegistry, hookimpl
 from fusiond.sources import Block, Source, SourceConfig, StreamInfo
-from fusiond.sources.timeline import play_time, start_position
+from fusiond.sources.playback import play
 
 
 class AudioFileConfig(SourceConfig):
@@ -54,25 +53,7 @@ class AudioFileSource(Source):
 
     def read(self) -> Iterator[Block]:
         cfg: AudioFileConfig = self.config  # type: ignore[assignment]
-        ctx = self.context
-        total = len(self.samples)
-        duration_ns = round(total * 1e9 / self.rate)
-        start = start_position(ctx.anchor_ns, time.time_ns(), duration_ns, cfg.loop)
-        if start is None or total == 0:
-            return
-        loop_index, offset_ns = start
-        index = (offset_ns * self.rate // 1_000_000_000) // cfg.block * cfg.block
-        while True:
-            if index >= total:
-                if not cfg.loop:
-                    return
-                loop_index, index = loop_index + 1, 0
-            chunk = self.samples[index : index + cfg.block]
-            t_ns = play_time(ctx.anchor_ns, loop_index, duration_ns, index * 1_000_000_000 // self.rate)
-            if not ctx.sleep_until(t_ns + len(chunk) * 1_000_000_000 // self.rate):
-                return
-            yield Block(chunk, t_ns)
-            index += cfg.block
+        return play(self.samples, float(self.rate), cfg.block, cfg.loop, self.context)
 
 
 @hookimpl

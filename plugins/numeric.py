@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import numpy as np
 from fusiond.errors import SourceError
 from fusiond.plugin import SourceRegistry, hookimpl
 from fusiond.sources import Block, Source, SourceConfig, StreamInfo
-from fusiond.sources.timeline import play_time, start_position
+from fusiond.sources.playback import play
 
 
 class CsvFileConfig(SourceConfig):
@@ -71,26 +70,7 @@ class CsvFileSource(Source):
 
     def read(self) -> Iterator[Block]:
         cfg: CsvFileConfig = self.config  # type: ignore[assignment]
-        ctx = self.context
-        total = len(self.values)
-        period_ns = 1e9 / self.rate
-        duration_ns = round(total * period_ns)
-        start = start_position(ctx.anchor_ns, time.time_ns(), duration_ns, cfg.loop)
-        if start is None:
-            return
-        loop_index, offset_ns = start
-        index = int(offset_ns // period_ns) // cfg.block * cfg.block
-        while True:
-            if index >= total:
-                if not cfg.loop:
-                    return
-                loop_index, index = loop_index + 1, 0
-            chunk = self.values[index : index + cfg.block]
-            t_ns = play_time(ctx.anchor_ns, loop_index, duration_ns, round(index * period_ns))
-            if not ctx.sleep_until(t_ns + round(len(chunk) * period_ns)):
-                return
-            yield Block(chunk, t_ns)
-            index += cfg.block
+        return play(self.values, self.rate, cfg.block, cfg.loop, self.context)
 
 
 @hookimpl
