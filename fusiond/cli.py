@@ -28,17 +28,94 @@ def _logging(level: str = "info") -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """Start the daemon on a config file."""
+    """Start the daemon on a config file (or run it offline over a recording)."""
     from fusiond import config as config_mod
     from fusiond.daemon import Daemon
     from fusiond.plugin import load_plugins
     from fusiond.sources.runner import stop_event_from_signals
 
-    stop = stop_event_from_signals()
     config = config_mod.load(args.config)
     logging.getLogger().setLevel(config.log.level.upper())
-    with Daemon(config, load_plugins()) as daemon:
+    if args.replay is not None:
+        return _run_offline(config, args.replay, args.output)
+    stop = stop_event_from_signals()
+    with Daemon(config, load_plugins(), start_sources=not args.no_sources) as daemon:
         daemon.run(stop)
+    return 0
+
+
+def _run_offline(config: Any, recording: Path, output: Path | None) -> int:
+    from fusiond.bus.wire import Prediction
+    from fusiond.daemon import run_offline
+    from fusiond.plugin import load_plugins
+
+    out = output.open("w") if output else sys.stdout
+    try:
+
+        def emit(prediction: Prediction) -> None:
+            out.write(json.dumps(prediction.to_dict()) + "\n")
+
+        stats = run_offline(config, load_plugins(), recording, emit)
+    finally:
+        if output:
+            out.close()
+    drops = ", ".join(f"{k}={v}" for k, v in sorted(stats.drops.items())) or "none"
+    log.info("offline run over %s: %d predictions, drops: %s", recording, stats.predictions, drops)
+    return 0
+
+
+def cmd_record(args: argparse.Namespace) -> int:
+    """Record the bus to an MCAP file."""
+    from fusiond.recording.recorder import Recorder
+    from fusiond.sources.runner import stop_event_from_signals
+
+    stop = stop_event_from_signals()
+    endpoint = args.connect or _subscribe_endpoint(args.config)
+    with Recorder(args.output, endpoint, args.topics) as recorder:
+        log.info("recording %s to %s", endpoint, args.output)
+        recorder.run(stop, args.duration)
+    total = sum(recorder.messages.values())
+    lost = sum(recorder.gaps.values())
+    log.info("recorded %d messages (%.1f MB) on %d topics to %s; lost before the recorder "
+             "(sequence gaps): %d; malformed: %d", total, recorder.bytes / 1e6,
+             len(recorder.messages), args.output, lost, recorder.malformed)  # fmt: skip
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    """Publish a recording's sensor messages again, as if live."""
+    from fusiond.recording.replay import replay
+    from fusiond.sources.runner import stop_event_from_signals
+
+    stop = stop_event_from_signals()
+    endpoint = args.connect or _publish_endpoint(args.config)
+    speed = None if args.fast else args.speed
+    sent = replay(args.recording, endpoint, stop, speed=speed, loop=args.loop,
+                  topics=args.topics or ["s/"])  # fmt: skip
+    log.info("replayed %d messages on %d topics", sum(sent.values()), len(sent))
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    """Channels, message counts, duration and rates of a recording."""
+    from fusiond.recording import info
+
+    summary = info(args.recording)
+    rows = []
+    for topic in sorted(summary.messages):
+        span = (summary.last_ns[topic] - summary.first_ns[topic]) / 1e9
+        count = summary.messages[topic]
+        rate = (count - 1) / span if span > 0 else 0.0
+        rows.append({"topic": topic, "messages": count, "rate_hz": round(rate, 2)})
+    if args.json:
+        print(json.dumps({"path": str(summary.path), "complete": summary.complete,
+                          "duration_s": round(summary.duration_s, 3), "channels": rows,
+                          "metadata": summary.metadata}))  # fmt: skip
+        return 0
+    state = "complete" if summary.complete else "cut off (no summary: writer was killed)"
+    print(f"{summary.path}: {summary.duration_s:.1f} s, {sum(summary.messages.values())} messages, {state}")
+    for row in rows:
+        print(f"  {row['topic']:<28} {row['messages']:>8} msgs {row['rate_hz']:>9.2f} Hz")
     return 0
 
 
@@ -103,6 +180,15 @@ def _pretty(message: dict[str, Any]) -> str:
                 f"latency={lat:.1f}ms{missing}")  # fmt: skip
     shapes = [b.get("shape") for b in message.get("buffers", [])]
     return f"{message['topic']} #{message.get('seq')} t={message.get('t_ns')} {shapes}"
+
+
+def _publish_endpoint(config_path: Path | None) -> str:
+    from fusiond import config as config_mod
+    from fusiond.daemon import local_endpoint
+
+    if config_path is None:
+        return config_mod.DEFAULT_PUBLISH
+    return local_endpoint(config_mod.load(config_path).bus.publish)
 
 
 def _subscribe_endpoint(config_path: Path | None) -> str:
@@ -186,7 +272,36 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="start the daemon")
     run.add_argument("--config", type=Path, default=Path("config.toml"))
+    run.add_argument("--no-sources", action="store_true",
+                     help="start no source processes; serve what publishers (e.g. replay) send")
+    run.add_argument("--replay", type=Path, metavar="FILE.mcap",
+                     help="offline: run the pipeline over a recording and print predictions")
+    run.add_argument("--output", type=Path, help="with --replay: write predictions here (JSON lines)")
     run.set_defaults(func=cmd_run)
+
+    record = sub.add_parser("record", help="record the bus to an MCAP file")
+    record.add_argument("-o", "--output", type=Path, required=True)
+    record.add_argument("--topics", nargs="*", default=[], help="topic prefixes (default: all)")
+    record.add_argument("--duration", type=float, help="stop after this many seconds")
+    record.add_argument("--connect", help="subscriber endpoint of the daemon")
+    record.add_argument("--config", type=Path, help="read the endpoint from this config")
+    record.set_defaults(func=cmd_record)
+
+    replay = sub.add_parser("replay", help="publish a recording's sensor messages again")
+    replay.add_argument("recording", type=Path)
+    pace = replay.add_mutually_exclusive_group()
+    pace.add_argument("--speed", type=float, default=1.0, help="1 = recorded timing")
+    pace.add_argument("--fast", action="store_true", help="no pacing")
+    replay.add_argument("--loop", action="store_true")
+    replay.add_argument("--topics", nargs="*", default=[], help="topic prefixes (default: s/)")
+    replay.add_argument("--connect", help="publisher endpoint of the daemon")
+    replay.add_argument("--config", type=Path, help="read the endpoint from this config")
+    replay.set_defaults(func=cmd_replay)
+
+    info = sub.add_parser("info", help="channels, counts, duration and rates of a recording")
+    info.add_argument("recording", type=Path)
+    info.add_argument("--json", action="store_true")
+    info.set_defaults(func=cmd_info)
 
     check = sub.add_parser("check-config", help="validate a config file and exit")
     check.add_argument("--config", type=Path, default=Path("config.toml"))

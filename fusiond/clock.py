@@ -6,6 +6,12 @@ span is the offset plus the *smallest* delay (tens of microseconds on one host, 
 one network hop between hosts), the same one-way estimate NTP's and LSL's filters start
 from. Adding it to the capture time gives the capture time on the daemon's clock. The
 span slides, so a drifting clock is followed.
+
+Small estimates are taken as zero, larger ones rounded to whole milliseconds. Processes
+on one host read the same realtime clock, so an estimate under ``deadband_ns`` (2 ms) is
+transport delay, not clock offset: it differs from one subscriber to the next (the
+daemon, a recorder, a replay) and, corrected for, would make the same samples land up
+to a millisecond apart in each of them, which is 16 audio samples at 16 kHz.
 """
 
 from __future__ import annotations
@@ -14,8 +20,9 @@ from __future__ import annotations
 class OffsetEstimator:
     """Sliding minimum of ``recv - t_pub`` over two buckets of ``span_ns`` each."""
 
-    def __init__(self, span_ns: int = 10_000_000_000) -> None:
+    def __init__(self, span_ns: int = 10_000_000_000, deadband_ns: int = 2_000_000) -> None:
         self.span_ns = span_ns
+        self.deadband_ns = deadband_ns
         self._bucket_start: int | None = None
         self._current: int | None = None
         self._previous: int | None = None
@@ -33,6 +40,8 @@ class OffsetEstimator:
 
     @property
     def offset_ns(self) -> int:
-        """The current estimate (0 before any message)."""
+        """The current estimate, in whole milliseconds (0 before any message)."""
         values = [v for v in (self._current, self._previous) if v is not None]
-        return min(values) if values else 0
+        if not values or abs(min(values)) < self.deadband_ns:
+            return 0
+        return round(min(values), -6)

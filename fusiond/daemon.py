@@ -15,6 +15,8 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from types import TracebackType
 
 import zmq
@@ -22,7 +24,7 @@ import zmq
 from fusiond.align.windows import RigAligner, Window
 from fusiond.batch import Batcher
 from fusiond.bus.broker import Broker
-from fusiond.bus.wire import SAMPLE_PREFIX, encode_prediction
+from fusiond.bus.wire import SAMPLE_PREFIX, Prediction, encode_prediction
 from fusiond.config import Config
 from fusiond.errors import ConfigError
 from fusiond.ingest import Ingest
@@ -164,11 +166,16 @@ class Daemon:
                 return
             self.ingest.handle(frames, time.time_ns())
 
-    def _close_windows(self, now: int) -> None:
+    def due_batches(self, now: int) -> Iterator[list[Window]]:
+        """Close every due window and yield the batches that are ready at ``now``."""
         for aligner in self.aligners.values():
             for window in aligner.poll(now):
                 self.batcher.add(window, now)
         while batch := self.batcher.take(now):
+            yield batch
+
+    def _close_windows(self, now: int) -> None:
+        for batch in self.due_batches(now):
             try:
                 self._queue.put_nowait(batch)
             except queue.Full:
@@ -214,3 +221,33 @@ class Daemon:
         self.ctx.term()
         self.broker.join(1.0)
         log.info("fusiond stopped")
+
+
+def run_offline(config: Config, plugins: Plugins, recording: Path,
+                emit: Callable[[Prediction], None]) -> Stats:  # fmt: skip
+    """Run the pipeline over a recording with no wall clock: the recorded receive time is
+    the processing clock and the model runs in line, so a recording always gives the same
+    windows, batches, labels and scores."""
+    from fusiond.recording import read
+
+    daemon = Daemon(config, plugins, start_sources=False)
+    runner = ModelRunner(daemon.checkpoint, plugins.encoders.types, config.model.device)
+    ck = daemon.checkpoint
+    builder = PredictionBuilder(ck.classes, {"name": ck.name, "hash": ck.content_hash})
+
+    def run(batches: Iterator[list[Window]], now: int) -> None:
+        for batch in batches:
+            for prediction in builder.build(runner.run(batch), now):
+                daemon.stats.predicted([(prediction.rig, prediction.label)], [])
+                emit(prediction)
+
+    now = 0
+    for rec in read(recording, [SAMPLE_PREFIX]):
+        now = rec.log_time_ns
+        daemon.ingest.handle(rec.frames, now)
+        run(daemon.due_batches(now), now)
+    # The end of the recording: close what is left as a quiet rig would be closed.
+    window = config.window.to_config()
+    final = now + window.length_ns + window.lateness_ns + daemon.batcher.max_delay_ns
+    run(daemon.due_batches(final), final)
+    return daemon.stats

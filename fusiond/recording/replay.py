@@ -1,0 +1,87 @@
+"""``fusiond replay``: publish a recording's sensor messages again, as if live.
+
+Each message keeps its recorded spacing (or ``speed`` times faster) and is re-stamped so
+the daemon cannot tell it from a live sensor: ``t_pub_ns`` becomes the send time, and
+every capture time moves by one constant ``shift_ns``, a whole number of seconds. Windows
+on any hop that divides a second therefore cut the same samples as in the live run,
+``shift_ns / hop`` window indexes later.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+import msgpack
+import zmq
+
+from fusiond.bus.wire import SAMPLE_PREFIX
+from fusiond.recording.mcapfile import read
+from fusiond.sources.runner import wait_connected
+
+log = logging.getLogger(__name__)
+SECOND = 1_000_000_000
+
+
+def shift_for(first_log_ns: int, now_ns: int, lead_ns: int = SECOND // 2) -> int:
+    """Whole seconds that move the recording's start to just after ``now_ns``."""
+    return -(-(now_ns + lead_ns - first_log_ns) // SECOND) * SECOND
+
+
+def restamp(frames: list[bytes], shift_ns: int, t_pub_ns: int) -> list[bytes]:
+    """The message with capture time moved by ``shift_ns`` and a fresh publish time."""
+    header = msgpack.unpackb(frames[1])
+    if isinstance(header.get("t_ns"), int):
+        header["t_ns"] += shift_ns
+    header["t_pub_ns"] = t_pub_ns
+    return [frames[0], msgpack.packb(header), *frames[2:]]
+
+
+def replay(path: Path, endpoint: str, stop: threading.Event, *, speed: float | None = 1.0,
+           loop: bool = False, topics: Sequence[str] = (SAMPLE_PREFIX,)) -> Counter[str]:  # fmt: skip
+    """Publish until the end (or ``stop``); ``speed=None`` sends as fast as possible."""
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    sock = ctx.socket(zmq.PUB)
+    sock.setsockopt(zmq.SNDHWM, 100_000 if speed is None else 10_000)
+    sock.setsockopt(zmq.LINGER, 2000)
+    sent: Counter[str] = Counter()
+    try:
+        sock.connect(endpoint)
+        wait_connected(sock, 5.0, stop)
+        stop.wait(0.2)  # the daemon's subscription reaches this new publisher
+        pass_index = 0
+        while not stop.is_set():
+            _one_pass(path, sock, stop, speed, topics, sent, pass_index)
+            pass_index += 1
+            if not loop:
+                break
+    finally:
+        sock.close()
+        ctx.term()
+    return sent
+
+
+def _one_pass(path: Path, sock: zmq.Socket[bytes], stop: threading.Event, speed: float | None,
+              topics: Sequence[str], sent: Counter[str], pass_index: int) -> None:  # fmt: skip
+    start_ns = shift_ns = first = None
+    for rec in read(path, topics):
+        if stop.is_set():
+            return
+        now = time.time_ns()
+        if first is None:
+            first, start_ns = rec.log_time_ns, now
+            shift_ns = shift_for(first, now)
+            log.info("replay %s (pass %d): capture times move by %+.0f s", path, pass_index + 1,
+                     shift_ns / SECOND)  # fmt: skip
+        assert start_ns is not None and shift_ns is not None
+        if speed is not None:
+            due = (first + shift_ns if speed == 1.0 else start_ns) + (rec.log_time_ns - first) / speed
+            delay = (due - now) / 1e9
+            if delay > 0 and stop.wait(delay):
+                return
+        sock.send_multipart(restamp(rec.frames, shift_ns, time.time_ns()), copy=False)
+        sent[rec.topic] += 1

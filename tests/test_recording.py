@@ -1,0 +1,153 @@
+"""Record a live demo run to MCAP, read it back, replay it, run it offline."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mcap.reader import make_reader
+
+from fusiond.bus.wire import decode_prediction
+from fusiond.client import Subscriber
+from fusiond.recording import info, read
+
+from .helpers import demo_config, free_port, fusiond
+
+pytestmark = pytest.mark.slow
+HOP_NS = 500_000_000
+
+
+def start(*args: str, log: Path) -> subprocess.Popen[bytes]:
+    with log.open("w") as out:
+        return subprocess.Popen([sys.executable, "-m", "fusiond", *args], stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory):
+    """A live demo run recorded for 8 s: (config, recording, live predictions)."""
+    tmp = tmp_path_factory.mktemp("live")
+    pub, sub = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+    config = demo_config(tmp, pub, sub)
+    daemon = start("run", "--config", str(config), log=tmp / "daemon.log")
+    try:
+        with Subscriber(sub, timeout_s=30) as predictions:
+            assert predictions.next() is not None  # the rig is up
+        path = tmp / "run.mcap"
+        result = fusiond("record", "-o", str(path), "--connect", sub, "--duration", "8")
+        assert result.returncode == 0, result.stderr
+    finally:
+        stop(daemon)
+    recorded = [decode_prediction(r.frames) for r in read(path, ["p/"])]
+    return config, path, recorded, result.stderr
+
+
+def test_the_recording_is_indexed_mcap_with_every_stream(live):
+    _, path, recorded, log = live
+    with path.open("rb") as f:
+        reader = make_reader(f)
+        summary = reader.get_summary()
+        topics = {c.topic: c for c in summary.channels.values()}
+        counts = {topics_id: n for topics_id, n in summary.statistics.channel_message_counts.items()}
+        assert summary.chunk_indexes and all(c.compression == "zstd" for c in summary.chunk_indexes)
+        meta = {m.name: m.metadata for m in reader.iter_metadata()}
+    assert set(topics) == {"s/demo/cam", "s/demo/mic", "s/demo/imu", "p/demo"}
+    assert topics["s/demo/cam"].metadata["modality"] == "video"
+    by_topic = {c.topic: counts[cid] for cid, c in summary.channels.items()}
+    assert 70 <= by_topic["s/demo/cam"] <= 82  # 10 fps for 8 s
+    assert 14 <= by_topic["p/demo"] <= 17  # 2 windows/s
+    assert meta["fusiond"]["protocol"] == "1.0"
+    assert "lost before the recorder (sequence gaps): 0" in log
+    assert len(recorded) == by_topic["p/demo"]
+
+
+def test_info_reports_channels_counts_and_rates(live):
+    result = fusiond("info", str(live[1]), "--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["complete"] and 7.0 <= summary["duration_s"] <= 8.5
+    rates = {row["topic"]: row["rate_hz"] for row in summary["channels"]}
+    assert rates["s/demo/cam"] == pytest.approx(10.0, abs=0.3)
+    assert rates["s/demo/imu"] == pytest.approx(10.0, abs=0.3)  # 10-sample blocks at 100 Hz
+
+
+def offline(config: Path, path: Path, out: Path) -> list[dict]:
+    result = fusiond("run", "--config", str(config), "--replay", str(path), "--output", str(out))
+    assert result.returncode == 0, result.stderr
+    return [json.loads(line) for line in out.read_text().splitlines()]
+
+
+def test_an_offline_run_is_deterministic_and_matches_the_live_windows(live, tmp_path):
+    config, path, recorded, _ = live
+    first = offline(config, path, tmp_path / "a.jsonl")
+    second = offline(config, path, tmp_path / "b.jsonl")
+    key = [(p["window_index"], p["label"], p["scores"], p["present"]) for p in first]
+    assert key == [(p["window_index"], p["label"], p["scores"], p["present"]) for p in second]
+    assert len(first) >= 14
+    live_by_index = {p.extra["window_index"]: p for p in recorded if not p.missing}
+    # The recording starts mid-stream: its first windows are only partly covered.
+    same = [(p, live_by_index[p["window_index"]]) for p in first[2:]
+            if p["window_index"] in live_by_index and not p["missing"]]  # fmt: skip
+    assert len(same) >= 10
+    assert [p["label"] for p, _ in same] == [q.label for _, q in same]
+    diffs = [max(abs(a - b) for a, b in zip(p["scores"], q.scores, strict=True)) for p, q in same]
+    assert max(diffs) < 1e-3, diffs
+
+
+def test_replay_into_a_second_daemon_gives_the_live_predictions(live, tmp_path):
+    _, path, recorded, _ = live
+    pub, sub = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+    config = demo_config(tmp_path, pub, sub)
+    daemon = start("run", "--config", str(config), "--no-sources", log=tmp_path / "d.log")
+    try:
+        time.sleep(3)  # model loaded, broker bound
+        with Subscriber(sub, timeout_s=15) as predictions:
+            replay = start("replay", str(path), "--connect", pub, log=tmp_path / "replay.log")
+            got = list(predictions)
+            replay.wait(30)
+    finally:
+        stop(daemon)
+    log = (tmp_path / "replay.log").read_text()
+    shift_s = int(log.split("capture times move by ")[1].split(" s")[0])
+    offset = shift_s * 1_000_000_000 // HOP_NS
+    live_by_index = {p.extra["window_index"]: p for p in recorded if not p.missing}
+    # As offline: the first windows of the recording are only partly covered.
+    same = [(p, live_by_index[p.extra["window_index"] - offset]) for p in got[2:]
+            if p.extra["window_index"] - offset in live_by_index and not p.missing]  # fmt: skip
+    assert len(same) >= 10, (len(got), log)
+    assert all(p.window_start_ns - q.window_start_ns == shift_s * 10**9 for p, q in same)
+    assert [p.label for p, _ in same] == [q.label for _, q in same], [
+        (p.extra["window_index"], p.scores, q.scores) for p, q in same if p.label != q.label
+    ]
+
+
+def test_a_recorder_killed_with_sigkill_leaves_a_readable_file(tmp_path):
+    pub, sub = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+    daemon = start("run", "--config", str(demo_config(tmp_path, pub, sub)), log=tmp_path / "d.log")
+    path = tmp_path / "killed.mcap"
+    try:
+        with Subscriber(sub, timeout_s=30) as predictions:
+            assert predictions.next() is not None
+        recorder = start("record", "-o", str(path), "--connect", sub, log=tmp_path / "r.log")
+        time.sleep(4)
+        recorder.kill()
+        recorder.wait()
+    finally:
+        stop(daemon)
+    summary = info(path)
+    assert not summary.complete
+    assert summary.messages["s/demo/cam"] >= 20  # 4 s at 10 fps, less at most the last chunk
+    result = fusiond("info", str(path))
+    assert result.returncode == 0 and "cut off" in result.stdout
