@@ -77,7 +77,7 @@ class Recorder:
                         break
                     self._write([f.buffer for f in frames], time.time_ns())
             if time.time_ns() >= next_flush:
-                self.writer.flush()
+                self.writer.flush()  # type: ignore[no-untyped-call]
                 next_flush = time.time_ns() + FLUSH_EVERY_NS
 
     def _write(self, frames: list[memoryview], t_recv_ns: int) -> None:
