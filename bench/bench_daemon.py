@@ -40,6 +40,7 @@ def free_endpoint() -> str:
 def demo_config(folder: Path, publish: str, subscribe: str, extra: str = "") -> Path:
     text = (ROOT / "config.toml").read_text()
     text = text.replace("tcp://127.0.0.1:7710", publish).replace("tcp://127.0.0.1:7711", subscribe)
+    text = text.replace("tcp://127.0.0.1:7712", free_endpoint())
     text = text.replace('"demo/', f'"{ROOT}/demo/') + extra
     path = folder / "config.toml"
     path.write_text(text)
@@ -172,7 +173,7 @@ def bench_daemon_ingest(count: int) -> tuple[float, int, dict[str, int]]:
         with Daemon(cfg, load_plugins(), start_sources=False) as daemon:
             thread = threading.Thread(target=daemon.run, args=(stop,))
             thread.start()
-            rate, seen = measure(lambda: daemon.stats.ingested["bench"],
+            rate, seen = measure(lambda: daemon.stats.stream("bench", "imu").samples,
                                  spawn_publisher(publish, count), count)  # fmt: skip
             stop.set()
             thread.join()

@@ -20,10 +20,16 @@ log = logging.getLogger("fusiond")
 
 
 def _logging(level: str = "info") -> None:
-    # Under systemd the journal stamps each line itself.
-    stamp = "" if os.environ.get("JOURNAL_STREAM") else "%(asctime)s "
+    if os.environ.get("JOURNAL_STREAM"):
+        # journald stamps each line itself and reads the level from a "<N>" prefix.
+        from fusiond.service import JournalFormatter
+
+        handler = logging.StreamHandler()
+        handler.setFormatter(JournalFormatter("%(name)s[%(process)d]: %(message)s"))
+        logging.basicConfig(level=level.upper(), handlers=[handler])
+        return
     logging.basicConfig(
-        level=level.upper(), format=f"{stamp}%(levelname)s %(name)s[%(process)d]: %(message)s"
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"
     )
 
 
@@ -38,9 +44,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     logging.getLogger().setLevel(config.log.level.upper())
     if args.replay is not None:
         return _run_offline(config, args.replay, args.output)
+    import signal
+    import threading
+
     stop = stop_event_from_signals()
-    with Daemon(config, load_plugins(), start_sources=not args.no_sources) as daemon:
-        daemon.run(stop)
+    reload = threading.Event()
+    signal.signal(signal.SIGHUP, lambda *_: reload.set())
+    plugins = load_plugins()
+    with Daemon(config, plugins, start_sources=not args.no_sources, config_path=args.config) as daemon:
+        daemon.run(stop, reload)
     return 0
 
 
@@ -216,6 +228,8 @@ def _parse_set(pairs: Sequence[str]) -> dict[str, Any]:
 
 def cmd_source(args: argparse.Namespace) -> int:
     """Run one source standalone, publishing to a bus endpoint."""
+    import signal
+
     from fusiond.config import SourceSection, validate_source
     from fusiond.plugin import load_plugins
     from fusiond.sources.base import SourceContext
@@ -223,6 +237,7 @@ def cmd_source(args: argparse.Namespace) -> int:
     from fusiond.sources.supervisor import die_with_parent
 
     stop = stop_event_from_signals()
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a reload is the daemon's business
     if args.parent_pid:
         die_with_parent(args.parent_pid)
     options = json.loads(args.options_json) if args.options_json else {}
@@ -238,6 +253,105 @@ def cmd_source(args: argparse.Namespace) -> int:
         args.rig, args.stream, args.modality or cls.modality, anchor, stop, logging.getLogger(name)
     )
     return run_source(cls, config, context, args.connect)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Ask a running daemon how it is doing."""
+    import zmq
+
+    from fusiond import config as config_mod
+    from fusiond.daemon import local_endpoint
+
+    endpoint = args.connect or (
+        local_endpoint(config_mod.load(args.config).bus.control)
+        if args.config
+        else config_mod.DEFAULT_CONTROL
+    )
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    sock = ctx.socket(zmq.REQ)
+    sock.setsockopt(zmq.LINGER, 0)
+    try:
+        sock.connect(endpoint)
+        sock.send(b"status")
+        if not sock.poll(int(args.timeout * 1000)):
+            print(f"fusiond status: no daemon answered at {endpoint}", file=sys.stderr)
+            return 1
+        reply = json.loads(sock.recv())
+    finally:
+        sock.close()
+        ctx.term()
+    print(json.dumps(reply, indent=2) if args.json else _status_text(reply))
+    return 0
+
+
+def _status_text(s: dict[str, Any]) -> str:
+    model = s["model"]
+    lines = [
+        f"fusiond up {s['uptime_s']:.0f} s, model {model['name']} ({model['hash']}) on {model['device']}"
+    ]
+    lines.append("sources:")
+    for src in s["sources"]:
+        age = src["last_sample_age_s"]
+        age_text = "never" if age is None else f"{age:.1f} s ago"
+        error = f"  ERROR: {src['error']}" if src["error"] else ""
+        lines.append(
+            f"  {src['rig']}/{src['stream']:<10} {src['state']:<9} restarts {src['restarts']:<3} "
+            f"{src['rate_hz']:6.1f} msg/s  last sample {age_text}{error}"
+        )
+    lines.append("rigs:")
+    for rig in s["rigs"]:
+        lat = rig["latency_ms"]
+        masked = ", ".join(f"{m}={n}" for m, n in rig["masked"].items()) or "none"
+        lines.append(
+            f"  {rig['rig']:<12} {rig['windows_per_s']:.1f} windows/s, {rig['predictions']} predictions, "
+            f"latency p50 {lat['p50']} ms p99 {lat['p99']} ms, masked {masked}, "
+            f"last {rig['last_label'] or '-'}"
+        )
+        if rig["quiet"]:
+            lines.append(f"    quiet: {rig['quiet']}")
+    drops = ", ".join(f"{k}={v}" for k, v in sorted(s["drops"].items())) or "none"
+    lines.append(f"drops: {drops}")
+    return "\n".join(lines)
+
+
+def cmd_hz(args: argparse.Namespace) -> int:
+    """Rate and jitter of a topic, from its capture times (like ``ros2 topic hz``)."""
+    import zmq
+
+    from fusiond.bus.wire import decode_header
+    from fusiond.errors import WireError
+    from fusiond.hz import RateWindow
+
+    endpoint = args.connect or _subscribe_endpoint(args.config)
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    sock = ctx.socket(zmq.SUB)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(endpoint)
+    sock.subscribe(args.topic.encode())
+    window = RateWindow(args.window)
+    next_print = time.monotonic() + 1.0
+    end = None if args.duration is None else time.monotonic() + args.duration
+    try:
+        while end is None or time.monotonic() < end:
+            if sock.poll(100):
+                frames = sock.recv_multipart()
+                try:
+                    header = decode_header(frames)
+                except WireError:
+                    continue
+                t_ns = header.get("t_ns", header.get("window_start_ns"))
+                if isinstance(t_ns, int):
+                    shape = header.get("buffers", [{}])[0].get("shape") if header.get("buffers") else None
+                    window.add(t_ns, time.time_ns(), shape[0] if shape else 1)
+            if time.monotonic() >= next_print:
+                print(window.line(), flush=True)
+                next_print += 1.0
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sock.close()
+        ctx.term()
+    return 0
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
@@ -272,10 +386,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="start the daemon")
     run.add_argument("--config", type=Path, default=Path("config.toml"))
-    run.add_argument("--no-sources", action="store_true",
-                     help="start no source processes; serve what publishers (e.g. replay) send")
-    run.add_argument("--replay", type=Path, metavar="FILE.mcap",
-                     help="offline: run the pipeline over a recording and print predictions")
+    run.add_argument(
+        "--no-sources",
+        action="store_true",
+        help="start no source processes; serve what publishers (e.g. replay) send",
+    )
+    run.add_argument(
+        "--replay",
+        type=Path,
+        metavar="FILE.mcap",
+        help="offline: run the pipeline over a recording and print predictions",
+    )
     run.add_argument("--output", type=Path, help="with --replay: write predictions here (JSON lines)")
     run.set_defaults(func=cmd_run)
 
@@ -327,6 +448,21 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--anchor-ns", type=int, help="realtime ns at which file media start")
     source.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
     source.set_defaults(func=cmd_source)
+
+    status = sub.add_parser("status", help="ask a running daemon how it is doing")
+    status.add_argument("--json", action="store_true")
+    status.add_argument("--connect", help="control endpoint of the daemon")
+    status.add_argument("--config", type=Path, help="read the endpoint from this config")
+    status.add_argument("--timeout", type=float, default=3.0)
+    status.set_defaults(func=cmd_status)
+
+    hz = sub.add_parser("hz", help="rate and jitter of a topic, from its capture times")
+    hz.add_argument("topic", help="a topic (prefix), e.g. s/demo/cam")
+    hz.add_argument("--window", type=int, default=100, help="messages to average over")
+    hz.add_argument("--duration", type=float, help="stop after this many seconds")
+    hz.add_argument("--connect", help="subscriber endpoint of the daemon")
+    hz.add_argument("--config", type=Path, help="read the endpoint from this config")
+    hz.set_defaults(func=cmd_hz)
 
     plugins = sub.add_parser("plugins", help="list source kinds and encoders, and their origin")
     plugins.add_argument("--json", action="store_true")

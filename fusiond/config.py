@@ -21,6 +21,7 @@ from fusiond.sources.base import SourceConfig
 
 DEFAULT_PUBLISH = "tcp://127.0.0.1:7710"
 DEFAULT_SUBSCRIBE = "tcp://127.0.0.1:7711"
+DEFAULT_CONTROL = "tcp://127.0.0.1:7712"
 
 
 class _Section(BaseModel):
@@ -32,9 +33,10 @@ class BusSection(_Section):
 
     publish: str = DEFAULT_PUBLISH
     subscribe: str = DEFAULT_SUBSCRIBE
+    control: str = DEFAULT_CONTROL
     queue: int = Field(1000, ge=10)
 
-    @field_validator("publish", "subscribe")
+    @field_validator("publish", "subscribe", "control")
     @classmethod
     def _endpoint(cls, value: str) -> str:
         if not value.startswith(("tcp://", "ipc://", "inproc://")):
@@ -107,10 +109,27 @@ class LogSection(_Section):
     summary_s: float = Field(5.0, gt=0)
 
 
+class MetricsSection(_Section):
+    """``[metrics]``: Prometheus exposition over HTTP, off unless ``listen`` is set."""
+
+    listen: str = ""
+    """``host:port`` to serve ``/metrics`` on, e.g. ``127.0.0.1:9464``."""
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if value and (not sep or not host or not port.isdigit()):
+            msg = "must be host:port"
+            raise ValueError(msg)
+        return value
+
+
 class Config(_Section):
     """The whole file."""
 
     bus: BusSection = BusSection()
+    metrics: MetricsSection = MetricsSection()
     model: ModelSection
     window: WindowSection = WindowSection()
     log: LogSection = LogSection()

@@ -42,7 +42,7 @@ class Ingest:
                 f"{key[0]}/{key[1]} sent modality {sample.modality!r}, config says {expected!r}",
             )
         offset = self.clocks[key].update(sample.t_pub_ns, now_ns)
-        self.stats.ingested[sample.rig] += 1
+        self.stats.sampled(sample.rig, sample.stream, now_ns)
         aligner = self.aligners[sample.rig]
         reason = aligner.add(sample.stream, sample.t_ns + offset, sample.rate_hz, sample.data, now_ns)
         if reason is not None:

@@ -1,9 +1,13 @@
-"""Counters and latency figures for the summary line (and, later, status and metrics)."""
+"""Counters and latency figures: the summary line, ``fusiond status`` and Prometheus.
+
+Writers only increment; anything derived (rates, percentiles) is computed when read.
+"""
 
 from __future__ import annotations
 
 import threading
 from collections import Counter, deque
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -29,23 +33,96 @@ class LatencyWindow:
         return [float(v) / 1e6 for v in np.percentile(data, qs)]
 
 
+class RateMeter:
+    """Events per second over the last whole second (cheap enough for every message)."""
+
+    def __init__(self) -> None:
+        self._second = 0
+        self._count = 0
+        self._last_full = 0
+
+    def tick(self, now_ns: int, n: int = 1) -> None:
+        """Count ``n`` events at ``now_ns``."""
+        second = now_ns // 1_000_000_000
+        if second != self._second:
+            self._last_full = self._count if second == self._second + 1 else 0
+            self._second, self._count = second, 0
+        self._count += n
+
+    def rate(self, now_ns: int) -> float:
+        """Events in the last whole second."""
+        second = now_ns // 1_000_000_000
+        if second == self._second + 1:
+            return float(self._count)
+        return float(self._last_full) if second == self._second else 0.0
+
+
+@dataclass
+class StreamStats:
+    """One source stream, as the daemon sees it."""
+
+    samples: int = 0
+    last_recv_ns: int | None = None
+    rate: RateMeter = field(default_factory=RateMeter)
+    error: str = ""
+    error_ns: int | None = None
+
+
+@dataclass
+class RigStats:
+    """One rig's published windows."""
+
+    predictions: int = 0
+    last_label: str = ""
+    last_prediction_ns: int | None = None
+    rate: RateMeter = field(default_factory=RateMeter)
+    latency: LatencyWindow = field(default_factory=LatencyWindow)
+
+
 class Stats:
-    """Everything the daemon counts. Writers: the loop and the inference thread."""
+    """Everything the daemon counts. Writers: the loop thread and the inference thread."""
 
     def __init__(self) -> None:
         self.drops: Counter[str] = Counter()
-        self.ingested: Counter[str] = Counter()
-        self.predictions = 0
+        self.streams: dict[tuple[str, str], StreamStats] = {}
+        self.rigs: dict[str, RigStats] = {}
         self.latency = LatencyWindow()
-        self.last: dict[str, str] = {}
+        self.predictions = 0
+        self.last_window_ns: int | None = None
         self._lock = threading.Lock()
 
-    def predicted(self, rig_labels: list[tuple[str, str]], latencies: list[int]) -> None:
-        """Record a published batch."""
-        self.latency.add_many(latencies)
+    def stream(self, rig: str, stream: str) -> StreamStats:
+        """The stats of one stream (created on first use)."""
+        found = self.streams.get((rig, stream))
+        if found is None:
+            found = self.streams[rig, stream] = StreamStats()
+        return found
+
+    def rig(self, rig: str) -> RigStats:
+        """The stats of one rig (created on first use)."""
+        found = self.rigs.get(rig)
+        if found is None:
+            found = self.rigs[rig] = RigStats()
+        return found
+
+    def sampled(self, rig: str, stream: str, now_ns: int) -> None:
+        """Count one accepted sample message."""
+        s = self.stream(rig, stream)
+        s.samples += 1
+        s.last_recv_ns = now_ns
+        s.rate.tick(now_ns)
+
+    def predicted(self, rig: str, label: str, latency_ns: int, now_ns: int) -> None:
+        """Record one published prediction."""
+        r = self.rig(rig)
         with self._lock:
-            self.predictions += len(rig_labels)
-            self.last.update(rig_labels)
+            r.predictions += 1
+            r.last_label = label
+            r.last_prediction_ns = now_ns
+            r.rate.tick(now_ns)
+            self.predictions += 1
+        r.latency.add_many([latency_ns])
+        self.latency.add_many([latency_ns])
 
     def drop(self, reason: str, count: int = 1) -> None:
         """Count discarded samples or windows."""
@@ -69,7 +146,8 @@ class Summary:
         p50, p99 = self.stats.latency.percentiles(50, 99)
         drops = ", ".join(f"{k}={v}" for k, v in sorted(self.stats.drops.items())) or "none"
         masks = ", ".join(f"{k}={v}" for k, v in sorted(masked.items())) or "none"
-        last = ", ".join(f"{rig}:{label}" for rig, label in sorted(self.stats.last.items()))
+        rigs = sorted(self.stats.rigs.items())
+        last = ", ".join(f"{rig}:{r.last_label}" for rig, r in rigs if r.last_label)
         return (
             f"{rate:.1f} windows/s, latency p50 {p50:.1f} ms p99 {p99:.1f} ms "
             f"(window close -> published), drops: {drops}, masked: {masks}, last: {last or '-'}"

@@ -24,10 +24,11 @@ def fusiond(*args: str, timeout: float = 60, **kwargs) -> subprocess.CompletedPr
 
 
 
-def demo_config(tmp_path: Path, publish: str, subscribe: str, **replace: str) -> Path:
+def demo_config(tmp_path: Path, publish: str, subscribe: str, control: str = "", **replace: str) -> Path:
     """The repository's config.toml on fresh ports, with absolute paths and edits."""
     text = (ROOT / "config.toml").read_text()
     text = text.replace("tcp://127.0.0.1:7710", publish).replace("tcp://127.0.0.1:7711", subscribe)
+    text = text.replace("tcp://127.0.0.1:7712", control or f"tcp://127.0.0.1:{free_port()}")
     text = text.replace('"demo/', f'"{ROOT}/demo/').replace("summary_s = 5", "summary_s = 1")
     for old, new in replace.items():
         assert old in text, old

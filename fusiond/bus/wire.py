@@ -21,6 +21,7 @@ from fusiond.errors import FrameError, VersionError, WireError
 PROTOCOL_VERSION: Final = (1, 0)
 SAMPLE_PREFIX: Final = "s/"
 PREDICTION_PREFIX: Final = "p/"
+ERROR_PREFIX: Final = "e/"
 NAME_RE: Final = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 CLOCKS: Final = frozenset({"realtime", "monotonic"})
 DTYPES: Final = {s: np.dtype(s) for s in ("|u1", "|i1", "<u2", "<i2", "<i4", "<f4", "<f8")}
@@ -147,6 +148,15 @@ def encode_sample(
     }
     body: bytes | memoryview = payload if payload is not None else array.data.cast("B")
     return [sample_topic(rig, stream).encode(), msgpack.packb(header), body]
+
+
+def encode_source_error(*, rig: str, stream: str, kind: str, error: str, attempt: int,
+                        retry_in_s: float, t_ns: int) -> list[bytes]:  # fmt: skip
+    """Frames telling subscribers that a source could not open or lost its device."""
+    header = {"v": list(PROTOCOL_VERSION), "type": "source_error", "rig": rig, "stream": stream,
+              "kind": kind, "error": error, "attempt": attempt, "retry_in_s": retry_in_s,
+              "t_ns": t_ns}  # fmt: skip
+    return [f"{ERROR_PREFIX}{rig}/{stream}".encode(), msgpack.packb(header)]
 
 
 def encode_prediction(prediction: Prediction) -> list[bytes]:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from fusiond.bus.wire import encode_sample
+from fusiond.bus.wire import encode_sample, encode_source_error
 from fusiond.errors import SourceError
 from fusiond.sources.base import Source, SourceConfig, SourceContext
 
@@ -114,6 +114,10 @@ def _publish_until_done(
             delay = backoff.delay(attempt)
             attempt += 1
             log.error("source %s (%s): %s; retrying in %.1f s", name, cls.kind, exc, delay)
+            sock.send_multipart(encode_source_error(
+                rig=context.rig, stream=context.stream, kind=cls.kind, error=str(exc),
+                attempt=attempt, retry_in_s=delay, t_ns=time.time_ns(),
+            ))  # fmt: skip
             context.stop.wait(delay)
         finally:
             source.close()

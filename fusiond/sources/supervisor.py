@@ -15,6 +15,7 @@ from fusiond.sources.runner import Backoff
 
 log = logging.getLogger(__name__)
 STABLE_S = 10.0
+FAIL_AFTER = 5
 
 
 @dataclass
@@ -47,7 +48,7 @@ class Supervisor:
         for child in self.children:
             if child.proc is not None and child.proc.poll() is not None:
                 self._reaped(child, child.proc.returncode, now)
-            if child.proc is None and child.state == "waiting" and now >= child.next_start:
+            if child.proc is None and child.state in ("waiting", "failed") and now >= child.next_start:
                 self._spawn(child, now)
 
     def _spawn(self, child: Child, now: float) -> None:
@@ -73,7 +74,13 @@ class Supervisor:
             child.attempt = 0
         how = f"signal {-code}" if code < 0 else f"exit code {code}"
         delay = self._schedule(child, now)
-        log.error("source %s died (%s); restarting in %.1f s", child.name, how, delay)
+        if child.attempt >= FAIL_AFTER:
+            # Still retried (at the backoff cap), but reported as failed until it runs stably.
+            child.state = "failed"
+            log.error("source %s failed %d times in a row (%s); next try in %.1f s",
+                      child.name, child.attempt, how, delay)  # fmt: skip
+        else:
+            log.error("source %s died (%s); restarting in %.1f s", child.name, how, delay)
 
     def _schedule(self, child: Child, now: float) -> float:
         delay = child.backoff.delay(child.attempt)

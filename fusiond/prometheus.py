@@ -1,0 +1,87 @@
+"""Prometheus metrics over HTTP (``[metrics] listen``), read from the counters at scrape time.
+
+Nothing is updated per message for Prometheus: a collector walks the daemon's counters
+when scraped. Metric names are listed in docs/operations.md.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from fusiond.daemon import Daemon
+
+
+class DaemonCollector(Collector):
+    """Exposes one daemon's counters."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily | InfoMetricFamily]:
+        d, now = self.daemon, time.time_ns()
+        ck = d.serving.checkpoint
+        yield InfoMetricFamily(
+            "fusiond_model", "The model being served", {"name": ck.name, "hash": ck.content_hash}
+        )
+        yield GaugeMetricFamily("fusiond_uptime_seconds", "Seconds since start", (now - d.started_ns) / 1e9)
+        samples = CounterMetricFamily("fusiond_samples", "Sample messages accepted", labels=["rig", "stream"])
+        rate = GaugeMetricFamily(
+            "fusiond_stream_rate_hz", "Messages in the last second", labels=["rig", "stream"]
+        )
+        age = GaugeMetricFamily("fusiond_stream_last_sample_age_seconds", "Since the last message",
+                                labels=["rig", "stream"])  # fmt: skip
+        for (rig, stream), s in d.stats.streams.items():
+            samples.add_metric([rig, stream], s.samples)
+            rate.add_metric([rig, stream], s.rate.rate(now))
+            if s.last_recv_ns is not None:
+                age.add_metric([rig, stream], (now - s.last_recv_ns) / 1e9)
+        yield from (samples, rate, age)
+        up = GaugeMetricFamily("fusiond_source_up", "1 while the source process runs", labels=["source"])
+        restarts = CounterMetricFamily(
+            "fusiond_source_restarts", "Source process restarts", labels=["source"]
+        )
+        for child in d.supervisor.children:
+            up.add_metric([child.name], 1.0 if child.state == "running" else 0.0)
+            restarts.add_metric([child.name], child.restarts)
+        yield from (up, restarts)
+        drops = CounterMetricFamily(
+            "fusiond_drops", "Samples, messages or windows discarded", labels=["reason"]
+        )
+        for reason, count in d.stats.drops.items():
+            drops.add_metric([reason], count)
+        yield drops
+        yield from self._rigs(now)
+
+    def _rigs(self, now: int) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        d = self.daemon
+        predictions = CounterMetricFamily("fusiond_predictions", "Predictions published", labels=["rig"])
+        masked = CounterMetricFamily("fusiond_masked_windows", "Windows with a modality masked",
+                                     labels=["rig", "modality"])  # fmt: skip
+        latency = GaugeMetricFamily("fusiond_latency_seconds", "Window close to published, recent windows",
+                                    labels=["rig", "quantile"])  # fmt: skip
+        for rig, aligner in d.aligners.items():
+            r = d.stats.rig(rig)
+            predictions.add_metric([rig], r.predictions)
+            for key, count in aligner.stats.items():
+                if key.startswith("masked:"):
+                    masked.add_metric([rig, key.split(":", 1)[1]], count)
+            for q, value in zip(("0.5", "0.99"), r.latency.percentiles(50, 99), strict=True):
+                if value == value:  # not NaN
+                    latency.add_metric([rig, q], value / 1e3)
+        yield from (predictions, masked, latency)
+
+
+def serve(listen: str, daemon: Daemon) -> object:
+    """Start the HTTP server in a thread; returns it (``.shutdown()`` stops it)."""
+    host, _, port = listen.rpartition(":")
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(DaemonCollector(daemon))
+    server, _thread = start_http_server(int(port), addr=host, registry=registry)
+    return server

@@ -1,0 +1,223 @@
+"""The daemon as a system service: sd_notify, reload, status, metrics, hz, journald."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from fusiond.client import Subscriber
+from fusiond.models import load
+from fusiond.service import Liveness, Notifier, alive
+
+from .helpers import ROOT, demo_config, free_port, fusiond
+
+S = 1_000_000_000
+
+
+def test_liveness_rule():
+    def check(**kw):
+        base = dict(now_ns=100 * S, started_ns=0, last_sample_ns=99 * S, last_window_ns=99 * S,
+                    oldest_pending_ns=None, stall_ns=10 * S)  # fmt: skip
+        return alive(Liveness(**{**base, **kw}))
+
+    assert check() == (True, "windows flowing")
+    assert check(last_sample_ns=None)[0] and check(last_sample_ns=50 * S)[1] == "idle: no samples"
+    assert check(last_window_ns=80 * S) == (False, "samples arrive but no window has closed")
+    assert check(last_window_ns=None, started_ns=95 * S) == (True, "starting")
+    assert not check(last_window_ns=None)[0]
+    assert not check(oldest_pending_ns=85 * S)[0]
+
+
+def test_notifier_sends_datagrams_to_a_real_socket(tmp_path):
+    path = str(tmp_path / "notify")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server:
+        server.bind(path)
+        notifier = Notifier(path)
+        notifier.notify(READY=1, STATUS="two\nlines")
+        notifier.close()
+        assert server.recv(4096) == b"READY=1\nSTATUS=two lines"
+    assert not Notifier("").enabled
+
+
+class Daemon:
+    def __init__(self, tmp: Path, config: Path, env: dict[str, str] | None = None) -> None:
+        self.log = tmp / "daemon.log"
+        self._out = self.log.open("w")
+        self.proc = subprocess.Popen([sys.executable, "-m", "fusiond", "run", "--config", str(config)],
+                                     stdout=self._out, stderr=subprocess.STDOUT,
+                                     env={**os.environ, **(env or {})}, start_new_session=True)  # fmt: skip
+
+    def text(self) -> str:
+        return self.log.read_text()
+
+    def wait_for(self, pattern: str, timeout_s: float = 30) -> re.Match[str]:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if m := re.search(pattern, self.text()):
+                return m
+            assert self.proc.poll() is None, self.text()
+            time.sleep(0.1)
+        raise AssertionError(f"{pattern!r} not in log:\n{self.text()}")
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        self._out.close()
+
+
+@pytest.fixture
+def daemons():
+    started: list[Daemon] = []
+
+    def start(tmp, config, env=None):
+        started.append(Daemon(tmp, config, env))
+        return started[-1]
+
+    yield start
+    for d in started:
+        d.close()
+
+
+def endpoints_with_control(tmp_path: Path, extra: str = "", **replace: str) -> tuple[Path, str, str, str]:
+    pub, sub, control = (f"tcp://127.0.0.1:{free_port()}" for _ in range(3))
+    config = demo_config(tmp_path, pub, sub, control, **replace)
+    config.write_text(config.read_text() + extra)
+    return config, pub, sub, control
+
+
+@pytest.mark.slow
+def test_sd_notify_ready_status_watchdog_stopping_in_order(tmp_path, daemons):
+    config, *_ = endpoints_with_control(tmp_path)
+    path = str(tmp_path / "notify.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server:
+        server.bind(path)
+        server.settimeout(0.5)
+        d = daemons(tmp_path, config, {"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "1000000"})
+        messages: list[tuple[float, str]] = []
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and sum("WATCHDOG=1" in m for _, m in messages) < 6:
+            with contextlib.suppress(TimeoutError):
+                messages.append((time.monotonic(), server.recv(4096).decode()))
+        os.kill(d.proc.pid, signal.SIGTERM)
+        d.proc.wait(5)
+        server.settimeout(0.2)
+        while True:
+            try:
+                messages.append((time.monotonic(), server.recv(4096).decode()))
+            except TimeoutError:
+                break
+    texts = [m for _, m in messages]
+    assert texts, d.text()
+    assert texts[0].startswith("READY=1\nSTATUS=serving 3 source(s)"), texts
+    assert texts[-1] == "STOPPING=1"
+    assert sum(t == "WATCHDOG=1" for t in texts) >= 6
+    assert any(t.startswith("STATUS=") and "windows/s" in t for t in texts)
+    # READY only once the model is warm and every source has delivered.
+    log = d.text()
+    ready_at = log.index("fusiond ready: sources up")
+    for stream in ("cam", "mic", "imu"):
+        assert log.index(f"source demo/{stream} (") < ready_at
+
+
+@pytest.mark.slow
+def test_sighup_swaps_the_model_between_batches_without_losing_a_window(tmp_path, daemons):
+    ck = load(ROOT / "demo/model.pt")
+    from fusiond.models import BUILTIN_ENCODERS, save
+
+    second = tmp_path / "second.pt"
+    digest = save(ck.build(BUILTIN_ENCODERS), second, name="demo-digits-b", encoders=ck.encoders,
+                  fusion=ck.fusion, dim=ck.dim, window=ck.window)  # fmt: skip
+    config, _, sub, _ = endpoints_with_control(tmp_path)
+    d = daemons(tmp_path, config)
+    with Subscriber(sub, timeout_s=20) as predictions:
+        got = [predictions.next() for _ in range(4)]
+        config.write_text(config.read_text().replace(f'"{ROOT}/demo/model.pt"', f'"{second}"'))
+        os.kill(d.proc.pid, signal.SIGHUP)
+        while got[-1] is not None and got[-1].model["hash"] != digest or len(got) < 14:
+            got.append(predictions.next())
+        config.write_text("[model\nbroken = ")
+        os.kill(d.proc.pid, signal.SIGHUP)
+        d.wait_for(r"reload failed, still serving demo-digits-b .*not valid TOML")
+        after = [predictions.next() for _ in range(3)]
+    assert None not in got and None not in after
+    indexes = [p.extra["window_index"] for p in got + after]
+    assert indexes == list(range(indexes[0], indexes[0] + len(indexes))), indexes  # none lost
+    models = [p.model["name"] for p in got + after]
+    switch = models.index("demo-digits-b")
+    assert set(models[:switch]) == {"demo-digits"} and set(models[switch:]) == {"demo-digits-b"}
+    assert all(p.model["hash"] == digest for p in got[switch:] + after)
+    assert "reloaded: now serving demo-digits-b" in d.text()
+
+
+BLIND = '[rigs.blind.sources.cam]\nkind = "camera"\nuri = "/nonexistent/x.mp4"\n\n'
+
+
+@pytest.mark.slow
+def test_status_says_why_a_rig_is_quiet_and_metrics_are_served(tmp_path, daemons):
+    port = free_port()
+    config, _, _, control = endpoints_with_control(
+        tmp_path,
+        **{'listen = ""': f'listen = "127.0.0.1:{port}"'},
+        **{"[rigs.demo.sources.cam]": BLIND + "[rigs.demo.sources.cam]"},
+    )  # fmt: skip
+    d = daemons(tmp_path, config)
+    d.wait_for(r"windows/s.*last: demo:\d")
+    d.wait_for(r"no such video file: /nonexistent/x\.mp4; retrying")
+    result = fusiond("status", "--connect", control, "--json")
+    assert result.returncode == 0, result.stderr
+    status = json.loads(result.stdout)
+    rigs = {r["rig"]: r for r in status["rigs"]}
+    assert "cam: no such video file: /nonexistent/x.mp4" in rigs["blind"]["quiet"]
+    assert rigs["demo"]["quiet"] == "" and rigs["demo"]["predictions"] > 0
+    sources = {(s["rig"], s["stream"]): s for s in status["sources"]}
+    assert sources["demo", "cam"]["rate_hz"] > 0 and sources["demo", "cam"]["state"] == "running"
+    assert sources["blind", "cam"]["samples"] == 0 and sources["blind", "cam"]["error"]
+    text = fusiond("status", "--connect", control).stdout
+    assert "quiet: cam: no such video file" in text
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    assert re.search(r'fusiond_samples_total\{rig="demo",stream="cam"\} \d+', metrics)
+    assert re.search(r'fusiond_predictions_total\{rig="demo"\} [1-9]', metrics)
+    assert 'fusiond_source_up{source="demo/mic"} 1.0' in metrics
+    assert 'fusiond_model_info{hash="' in metrics
+    assert 'fusiond_latency_seconds{quantile="0.5",rig="demo"}' in metrics
+
+
+@pytest.mark.slow
+def test_hz_measures_a_camera_stream(tmp_path, daemons):
+    config, _, sub, _ = endpoints_with_control(tmp_path)
+    d = daemons(tmp_path, config)
+    d.wait_for(r"fusiond ready")
+    result = fusiond("hz", "s/demo/cam", "--connect", sub, "--duration", "3.5")
+    rates = [float(r) for r in re.findall(r"average rate: ([\d.]+) Hz", result.stdout)]
+    assert rates and abs(rates[-1] - 10.0) < 0.2, result.stdout
+
+
+def test_logs_suit_journald_when_journal_stream_is_set(endpoints):
+    import zmq
+
+    ctx = zmq.Context()
+    bus = ctx.socket(zmq.SUB)
+    bus.bind(endpoints[0])
+    env = {**os.environ, "JOURNAL_STREAM": "8:12345"}
+    args = ["source", "camera", "--connect", endpoints[0], "--set", "uri='/nonexistent/j.mp4'"]
+    cmd = [sys.executable, "-m", "fusiond", *args]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env)
+    time.sleep(2.5)
+    proc.terminate()
+    _, err = proc.communicate(timeout=5)
+    bus.close(linger=0)
+    ctx.term()
+    line = next(x for x in err.splitlines() if "no such video file" in x)
+    assert re.match(r"<3>fusiond\.sources\.runner\[\d+\]: source default/camera", line), line
