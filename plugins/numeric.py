@@ -1,8 +1,14 @@
-"""``csvfile``: replays a CSV recording of an IMU or any numeric sensor in real time."""
+"""Numeric sensors from files: ``csvfile`` replays a recording in real time; ``lines``
+reads lines of numbers as they are written to a file, a FIFO or standard input."""
 
 from __future__ import annotations
 
 import csv
+import os
+import queue
+import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,6 +17,7 @@ import numpy as np
 from fusiond.errors import SourceError
 from fusiond.plugin import SourceRegistry, hookimpl
 from fusiond.sources import Block, Source, SourceConfig, StreamInfo
+from fusiond.sources.lines import LineOptions, LineReader
 from fusiond.sources.playback import play
 
 
@@ -73,7 +80,73 @@ class CsvFileSource(Source):
         return play(self.values, self.rate, cfg.block, cfg.loop, self.context)
 
 
+class LinesConfig(LineOptions):
+    """Options of the ``lines`` kind (plus the line options: format, values, ...)."""
+
+    path: str
+    """A file (followed as it grows, like ``tail -f``), a FIFO, or ``-`` for standard input."""
+
+
+class LinesSource(Source):
+    """Lines of numbers as they arrive; stamped when read unless they carry a time column.
+
+    A reader thread does the blocking reads (a FIFO blocks until a writer comes) and hands
+    lines over through a bounded queue; lines beyond it are counted as dropped.
+    """
+
+    kind = "lines"
+    modality = "imu"
+    Config = LinesConfig
+
+    def open(self) -> StreamInfo:
+        cfg: LinesConfig = self.config  # type: ignore[assignment]
+        try:
+            self.reader = LineReader(cfg, f"lines {cfg.path}", self.context.log)
+        except ValueError as exc:
+            raise SourceError(str(exc)) from None
+        if cfg.path != "-" and not os.path.exists(cfg.path):
+            msg = f"cannot open {cfg.path}: no such file or FIFO"
+            raise SourceError(msg)
+        self.lines: queue.Queue[tuple[bytes, int]] = queue.Queue(maxsize=10_000)
+        self.dropped = 0
+        self.thread = threading.Thread(target=self._read_lines, name="fusiond-lines", daemon=True)
+        self.thread.start()
+        return StreamInfo(cfg.rate_hz, f"{cfg.path}: {cfg.format} {cfg.values}")
+
+    def _read_lines(self) -> None:
+        cfg: LinesConfig = self.config  # type: ignore[assignment]
+        stop = self.context.stop
+        try:
+            stream = sys.stdin.buffer if cfg.path == "-" else open(cfg.path, "rb")  # noqa: SIM115
+        except OSError as exc:
+            self.context.log.error("lines %s: %s", cfg.path, exc)
+            return
+        with stream:
+            if stream.seekable():
+                stream.seek(0, os.SEEK_END)  # like tail -f: what is written from now on
+            while not stop.is_set():
+                line = stream.readline()
+                if not line:  # end of a file (wait for more) or a FIFO's writer left
+                    stop.wait(0.05)
+                    continue
+                try:
+                    self.lines.put_nowait((line, time.time_ns()))
+                except queue.Full:
+                    self.dropped += 1
+
+    def read(self) -> Iterator[Block]:
+        while not self.context.stop.is_set():
+            try:
+                line, host_ns = self.lines.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            block = self.reader.feed(line, host_ns)
+            if block is not None:
+                yield block
+
+
 @hookimpl
 def fusiond_add_sources(registry: SourceRegistry) -> None:
-    """Register the csvfile kind."""
+    """Register the csvfile and lines kinds."""
     registry.add(CsvFileSource)
+    registry.add(LinesSource)

@@ -1,0 +1,72 @@
+"""``serial``: an IMU or any sensor that writes lines of numbers to a serial port."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import serial
+
+from fusiond.errors import SourceError
+from fusiond.plugin import SourceRegistry, hookimpl
+from fusiond.sources import Block, Source, StreamInfo
+from fusiond.sources.lines import LineOptions, LineReader
+
+
+class SerialConfig(LineOptions):
+    """Options of the ``serial`` kind (plus the line options: format, values, ...)."""
+
+    port: str
+    """``/dev/ttyUSB0``, ``/dev/serial/by-id/...``, or any pyserial URL."""
+    baud: int = 115200
+
+
+class SerialSource(Source):
+    """Blocks of float32 samples [block, len(values)]; reconnects when the port vanishes."""
+
+    kind = "serial"
+    modality = "imu"
+    Config = SerialConfig
+
+    def open(self) -> StreamInfo:
+        cfg: SerialConfig = self.config  # type: ignore[assignment]
+        try:
+            self.reader = LineReader(cfg, f"serial {cfg.port}", self.context.log)
+        except ValueError as exc:
+            raise SourceError(str(exc)) from None
+        try:
+            self.port = serial.serial_for_url(cfg.port, baudrate=cfg.baud, timeout=0.2)
+        except (serial.SerialException, OSError) as exc:
+            msg = f"cannot open {cfg.port}: {exc}"
+            raise SourceError(msg) from None
+        self.port.reset_input_buffer()
+        return StreamInfo(cfg.rate_hz, f"{cfg.port} at {cfg.baud} baud, {cfg.format} {cfg.values}")
+
+    def read(self) -> Iterator[Block]:
+        cfg: SerialConfig = self.config  # type: ignore[assignment]
+        first = True
+        while not self.context.stop.is_set():
+            try:
+                raw = self.port.readline()
+            except (serial.SerialException, OSError) as exc:
+                msg = f"{cfg.port} lost: {exc}"
+                raise SourceError(msg) from None
+            if not raw.endswith(b"\n"):
+                continue  # a timeout, or a partial line
+            if first:  # the first line may have started before the port opened
+                first = False
+                continue
+            block = self.reader.feed(raw, time.time_ns())
+            if block is not None:
+                yield block
+
+    def close(self) -> None:
+        port = getattr(self, "port", None)
+        if port is not None:
+            port.close()
+
+
+@hookimpl
+def fusiond_add_sources(registry: SourceRegistry) -> None:
+    """Register the serial kind."""
+    registry.add(SerialSource)
