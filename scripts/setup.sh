@@ -4,7 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-debs=(libportaudio2)   # sounddevice's PortAudio; the wheel does not bundle it on Linux
+# libportaudio2: sounddevice's PortAudio (the wheel does not bundle it on Linux);
+# pulseaudio, pulseaudio-utils, libasound2-plugins: the virtual microphone the tests use.
+debs=(libportaudio2 pulseaudio pulseaudio-utils libasound2-plugins)
 missing=()
 for deb in "${debs[@]}"; do
   dpkg -s "$deb" >/dev/null 2>&1 || missing+=("$deb")
