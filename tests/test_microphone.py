@@ -61,15 +61,17 @@ def test_a_clip_played_into_the_microphone_arrives_intact_and_on_time(pulse, tmp
     clip = speech[int(0.05 * RATE) : int(0.85 * RATE)]  # a spoken digit from the demo
     np.save(tmp_path / "clip.npy", clip)
     # The writer must run before the capture stream opens (PortAudio spins without data).
-    writer = subprocess.Popen([sys.executable, str(Path(__file__).parent / "scripts/vmic_writer.py"), str(fifo),
-                               str(tmp_path / "clip.npy"), "4.0", "9.0"], stdout=subprocess.PIPE, text=True)  # fmt: skip
+    script = str(Path(__file__).parent / "scripts/vmic_writer.py")
+    feed = [sys.executable, script, str(fifo), str(tmp_path / "clip.npy"), "4.0", "9.0"]
+    writer = subprocess.Popen(feed, stdout=subprocess.PIPE, text=True)
     ctx = zmq.Context()
     bus = ctx.socket(zmq.SUB)
     bus.bind(endpoints[0])
     bus.subscribe(b"s/")
     args = ["source", "microphone", "--connect", endpoints[0], "--rig", "lab", "--stream", "mic",
             "--set", "device='pulse'", "--set", f"rate_hz={RATE}", "--set", "block=320"]  # fmt: skip
-    source = subprocess.Popen([sys.executable, "-m", "fusiond", *args], env=env, stderr=subprocess.PIPE, text=True)
+    cmd = [sys.executable, "-m", "fusiond", *args]
+    source = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
     samples = []
     try:
         end = time.monotonic() + 7.0  # the clip plays at 4.0-4.8 s; the writer feeds until 9 s
