@@ -36,3 +36,13 @@ def demo_config(tmp_path: Path, publish: str, subscribe: str, control: str = "",
     path = tmp_path / "config.toml"
     path.write_text(text)
     return path
+
+
+def opencv_data(name: str) -> Path:
+    """A file of opencv-doc's sample data (.ci/run fetches it into .cache/)."""
+    for folder in (ROOT / ".cache/opencv-doc/usr/share/doc/opencv-doc/examples/data",
+                   Path("/usr/share/doc/opencv-doc/examples/data")):  # fmt: skip
+        if (folder / name).exists():
+            return folder / name
+    msg = f"{name} not found: apt-get download opencv-doc && dpkg -x opencv-doc_*.deb .cache/opencv-doc"
+    raise FileNotFoundError(msg)

@@ -85,6 +85,43 @@ def test_camera_reads_real_footage_from_the_demo(bus):
     assert samples[0].data.shape == (1, 96, 96, 3)
 
 
+def test_camera_plays_real_footage_faster_in_order(bus):
+    from .helpers import opencv_data
+
+    endpoint, sock = bus
+    path = opencv_data("vtest.avi")  # 795 frames of pedestrians, 768x576
+    proc, anchor = run_source(endpoint, "camera", f"uri='{path}'", "speed=20.0")
+    samples = collect(sock, proc, timeout_s=30)
+    assert proc.returncode == 0
+    assert len(samples) == 795 and [s.seq for s in samples] == list(range(795))
+    assert samples[0].data.shape == (1, 576, 768, 3)
+    period = 1e9 / samples[0].rate_hz / 20
+    assert all(s.t_ns - anchor == round(i * period) for i, s in enumerate(samples))
+    assert len({int(s.data[0, ::64, ::64].sum()) for s in samples[::50]}) == 16  # frames differ
+
+
+def test_camera_can_send_jpeg(bus, tmp_path):
+    endpoint, sock = bus
+    path = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 20.0, (64, 48))
+    for i in range(10):
+        writer.write(np.full((48, 64, 3), 20 + i * 20, np.uint8))
+    writer.release()
+    proc, _ = run_source(endpoint, "camera", f"uri='{path}'", "jpeg_quality=90")
+    frames = []
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if sock.poll(100):
+            frames.append(sock.recv_multipart())
+        elif proc.poll() is not None:
+            break
+    proc.communicate(timeout=5)
+    assert len(frames) == 10
+    assert all(f[2][:2] == b"\xff\xd8" and len(f[2]) < 48 * 64 * 3 for f in frames)  # JPEG on the wire
+    levels = [int(decode_sample(f).data.mean()) for f in frames]
+    assert all(abs(level - (20 + i * 20)) <= 8 for i, level in enumerate(levels)), levels
+
+
 def test_audio_file_arrives_intact_with_sample_accurate_times(bus, tmp_path):
     endpoint, sock = bus
     audio = (np.sin(np.arange(8000) / 7.0) * 20000).astype(np.int16)
