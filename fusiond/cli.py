@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import sys
 import time
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -145,23 +146,33 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_echo(args: argparse.Namespace) -> int:
-    """Print messages of any topic (predictions by default)."""
+@contextlib.contextmanager
+def _subscriber(endpoint: str, topics: Sequence[str]) -> Iterator[Any]:
+    """A SUB socket connected to ``endpoint`` and subscribed to ``topics``, closed after."""
     import zmq
 
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    sock = ctx.socket(zmq.SUB)
+    sock.setsockopt(zmq.LINGER, 0)
+    try:
+        sock.connect(endpoint)
+        for topic in topics:
+            sock.subscribe(topic.encode())
+        yield sock
+    finally:
+        sock.close()
+        ctx.term()
+
+
+def cmd_echo(args: argparse.Namespace) -> int:
+    """Print messages of any topic (predictions by default)."""
     from fusiond.bus.wire import describe
     from fusiond.errors import WireError
 
     endpoint = args.connect or _subscribe_endpoint(args.config)
-    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    sock = ctx.socket(zmq.SUB)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(endpoint)
-    for topic in args.topics or ["p/"]:
-        sock.subscribe(topic.encode())
     seen = 0
     timeout_ms = None if args.timeout is None else int(args.timeout * 1000)
-    try:
+    with contextlib.suppress(KeyboardInterrupt), _subscriber(endpoint, args.topics or ["p/"]) as sock:
         while args.count is None or seen < args.count:
             if not sock.poll(timeout_ms):
                 print(f"fusiond echo: nothing on {endpoint} for {args.timeout} s", file=sys.stderr)
@@ -174,11 +185,6 @@ def cmd_echo(args: argparse.Namespace) -> int:
                 continue
             print(json.dumps(message) if args.json else _pretty(message), flush=True)
             seen += 1
-    except KeyboardInterrupt:
-        pass
-    finally:
-        sock.close()
-        ctx.term()
     return 0
 
 
@@ -316,22 +322,15 @@ def _status_text(s: dict[str, Any]) -> str:
 
 def cmd_hz(args: argparse.Namespace) -> int:
     """Rate and jitter of a topic, from its capture times (like ``ros2 topic hz``)."""
-    import zmq
-
     from fusiond.bus.wire import decode_header
     from fusiond.errors import WireError
     from fusiond.hz import RateWindow
 
     endpoint = args.connect or _subscribe_endpoint(args.config)
-    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    sock = ctx.socket(zmq.SUB)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(endpoint)
-    sock.subscribe(args.topic.encode())
     window = RateWindow(args.window)
     next_print = time.monotonic() + 1.0
     end = None if args.duration is None else time.monotonic() + args.duration
-    try:
+    with contextlib.suppress(KeyboardInterrupt), _subscriber(endpoint, [args.topic]) as sock:
         while end is None or time.monotonic() < end:
             if sock.poll(100):
                 frames = sock.recv_multipart()
@@ -346,11 +345,6 @@ def cmd_hz(args: argparse.Namespace) -> int:
             if time.monotonic() >= next_print:
                 print(window.line(), flush=True)
                 next_print += 1.0
-    except KeyboardInterrupt:
-        pass
-    finally:
-        sock.close()
-        ctx.term()
     return 0
 
 

@@ -16,3 +16,18 @@ def endpoints() -> tuple[str, str]:
 def _no_proxy_env(monkeypatch):
     monkeypatch.delenv("JOURNAL_STREAM", raising=False)
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
+
+
+@pytest.fixture
+def bus(endpoints):
+    """A SUB socket bound where sources connect, subscribed to samples: a stand-in daemon."""
+    import zmq
+
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.SUB)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.bind(endpoints[0])
+    sock.subscribe(b"s/")
+    yield endpoints[0], sock
+    sock.close()
+    ctx.term()

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import re
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).parent.parent
@@ -46,3 +50,47 @@ def opencv_data(name: str) -> Path:
             return folder / name
     msg = f"{name} not found: apt-get download opencv-doc && dpkg -x opencv-doc_*.deb .cache/opencv-doc"
     raise FileNotFoundError(msg)
+
+
+class DaemonProcess:
+    """``fusiond run`` as a subprocess in its own process group, its log in a file."""
+
+    def __init__(self, config: Path, log: Path, env: dict[str, str] | None = None) -> None:
+        self.log = log
+        self._out = log.open("w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "fusiond", "run", "--config", str(config)],
+            stdout=subprocess.DEVNULL, stderr=self._out, env={**os.environ, **(env or {})},
+            start_new_session=True,
+        )  # fmt: skip
+
+    def text(self) -> str:
+        return self.log.read_text()
+
+    def wait_for(self, pattern: str, timeout_s: float = 30) -> re.Match[str]:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if m := re.search(pattern, self.text()):
+                return m
+            assert self.proc.poll() is None, self.text()
+            time.sleep(0.1)
+        raise AssertionError(f"{pattern!r} not in log:\n{self.text()}")
+
+    def source_pids(self) -> set[int]:
+        return {int(p) for p in re.findall(r"fusiond\.sources\.runner\[(\d+)\]", self.text())}
+
+    def stop(self, sig: int = signal.SIGTERM, group: bool = False) -> float:
+        """Signal the daemon (or its whole group, as a terminal's Ctrl-C does); seconds to exit."""
+        started = time.monotonic()
+        if group:
+            os.killpg(self.proc.pid, sig)
+        else:
+            self.proc.send_signal(sig)
+        self.proc.wait(10)
+        return time.monotonic() - started
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        self._out.close()

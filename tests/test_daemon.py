@@ -6,8 +6,6 @@ import csv
 import os
 import re
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,7 +16,7 @@ import zmq
 from fusiond.client import Subscriber
 from fusiond.models import load
 
-from .helpers import ROOT, demo_config, fusiond
+from .helpers import ROOT, DaemonProcess, demo_config, fusiond
 
 pytestmark = pytest.mark.slow
 SEGMENTS = [
@@ -29,55 +27,18 @@ SEGMENT_NS = 2_000_000_000
 LOOP_NS = len(SEGMENTS) * SEGMENT_NS
 
 
-class Daemon:
-    def __init__(self, config: Path, log: Path) -> None:
-        self.log = log
-        self._out = log.open("w")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "fusiond", "run", "--config", str(config)],
-            stdout=subprocess.DEVNULL, stderr=self._out, start_new_session=True,
-        )
-
-    def text(self) -> str:
-        return self.log.read_text()
-
-    def wait_for(self, pattern: str, timeout_s: float = 30) -> re.Match[str]:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if m := re.search(pattern, self.text()):
-                return m
-            assert self.proc.poll() is None, self.text()
-            time.sleep(0.1)
-        raise AssertionError(f"{pattern!r} not in log:\n{self.text()}")
-
-    def source_pids(self) -> set[int]:
-        return {int(p) for p in re.findall(r"fusiond\.sources\.runner\[(\d+)\]", self.text())}
-
-    def stop(self, sig: int = signal.SIGTERM, group: bool = False) -> float:
-        started = time.monotonic()
-        if group:
-            os.killpg(self.proc.pid, sig)
-        else:
-            self.proc.send_signal(sig)
-        self.proc.wait(10)
-        return time.monotonic() - started
-
-
 @pytest.fixture
 def daemon(tmp_path, endpoints):
-    started: list[Daemon] = []
+    started: list[DaemonProcess] = []
 
-    def start(**replace: str) -> Daemon:
-        d = Daemon(demo_config(tmp_path, *endpoints, **replace), tmp_path / "daemon.log")
+    def start(**replace: str) -> DaemonProcess:
+        d = DaemonProcess(demo_config(tmp_path, *endpoints, **replace), tmp_path / "daemon.log")
         started.append(d)
         return d
 
     yield start
     for d in started:
-        if d.proc.poll() is None:
-            os.killpg(d.proc.pid, signal.SIGKILL)
-            d.proc.wait()
-        d._out.close()
+        d.close()
 
 
 def truth(anchor_ns: int, start_ns: int) -> int | None:

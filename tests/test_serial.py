@@ -10,25 +10,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
-import zmq
 
 from fusiond.bus.wire import decode_sample
 
 RATE = 150.0
 PER_SESSION = 300
-
-
-@pytest.fixture
-def bus(endpoints):
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.SUB)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.bind(endpoints[0])
-    sock.subscribe(b"s/")
-    yield endpoints[0], sock
-    sock.close()
-    ctx.term()
 
 
 class Collector:

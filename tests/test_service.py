@@ -20,7 +20,7 @@ from fusiond.client import Subscriber
 from fusiond.models import load
 from fusiond.service import Liveness, Notifier, alive
 
-from .helpers import ROOT, demo_config, free_port, fusiond
+from .helpers import ROOT, DaemonProcess, demo_config, free_port, fusiond
 
 S = 1_000_000_000
 
@@ -50,39 +50,12 @@ def test_notifier_sends_datagrams_to_a_real_socket(tmp_path):
     assert not Notifier("").enabled
 
 
-class Daemon:
-    def __init__(self, tmp: Path, config: Path, env: dict[str, str] | None = None) -> None:
-        self.log = tmp / "daemon.log"
-        self._out = self.log.open("w")
-        self.proc = subprocess.Popen([sys.executable, "-m", "fusiond", "run", "--config", str(config)],
-                                     stdout=self._out, stderr=subprocess.STDOUT,
-                                     env={**os.environ, **(env or {})}, start_new_session=True)  # fmt: skip
-
-    def text(self) -> str:
-        return self.log.read_text()
-
-    def wait_for(self, pattern: str, timeout_s: float = 30) -> re.Match[str]:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if m := re.search(pattern, self.text()):
-                return m
-            assert self.proc.poll() is None, self.text()
-            time.sleep(0.1)
-        raise AssertionError(f"{pattern!r} not in log:\n{self.text()}")
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-        self._out.close()
-
-
 @pytest.fixture
 def daemons():
-    started: list[Daemon] = []
+    started: list[DaemonProcess] = []
 
     def start(tmp, config, env=None):
-        started.append(Daemon(tmp, config, env))
+        started.append(DaemonProcess(config, tmp / "daemon.log", env))
         return started[-1]
 
     yield start

@@ -10,22 +10,8 @@ import wave
 import cv2
 import numpy as np
 import pytest
-import zmq
 
 from fusiond.bus.wire import decode_sample
-
-
-@pytest.fixture
-def bus(endpoints):
-    """A SUB socket bound where the source connects: stands in for the daemon."""
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.SUB)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.bind(endpoints[0])
-    sock.subscribe(b"")
-    yield endpoints[0], sock
-    sock.close()
-    ctx.term()
 
 
 def run_source(endpoint, kind, *sets, anchor_ns=None, stream="s"):
@@ -45,7 +31,7 @@ def collect(sock, proc, timeout_s=20.0):
             samples.append(decode_sample(sock.recv_multipart()))
         elif proc.poll() is not None:
             break
-    proc.communicate(timeout=5)
+    proc.log, _ = proc.communicate(timeout=5)
     return samples
 
 
@@ -93,11 +79,21 @@ def test_camera_plays_real_footage_faster_in_order(bus):
     proc, anchor = run_source(endpoint, "camera", f"uri='{path}'", "speed=20.0")
     samples = collect(sock, proc, timeout_s=30)
     assert proc.returncode == 0
-    assert len(samples) == 795 and [s.seq for s in samples] == list(range(795))
     assert samples[0].data.shape == (1, 576, 768, 3)
     period = 1e9 / samples[0].rate_hz / 20
-    assert all(s.t_ns - anchor == round(i * period) for i, s in enumerate(samples))
-    assert len({int(s.data[0, ::64, ::64].sum()) for s in samples[::50]}) == 16  # frames differ
+    index = [round((s.t_ns - anchor) / period) for s in samples]
+    assert all(s.t_ns - anchor == round(i * period) for i, s in zip(index, samples, strict=True))
+    assert index[0] == 0 and index[-1] == 794 and index == sorted(set(index))
+    # At 200 frames/s a loaded machine may fall behind: skipped frames must be reported.
+    assert len(samples) == 795 or "frame(s) dropped so far" in proc.log
+    assert len(samples) >= 700
+    capture = cv2.VideoCapture(str(path))
+    for i in range(0, 795, 200):  # each frame is the one its timestamp says
+        capture.set(cv2.CAP_PROP_POS_FRAMES, i)
+        ok, frame = capture.read()
+        if i in index:
+            np.testing.assert_array_equal(samples[index.index(i)].data[0], frame)
+    capture.release()
 
 
 def test_camera_can_send_jpeg(bus, tmp_path):
