@@ -34,27 +34,38 @@ class LatencyWindow:
 
 
 class RateMeter:
-    """Events per second over the last whole second (cheap enough for every message)."""
+    """Events per second over the last few complete seconds (cheap enough for every message).
+
+    Averaging over several seconds keeps a one-second stall of a busy host from reading as
+    a dead stream.
+    """
+
+    SPAN = 5
 
     def __init__(self) -> None:
-        self._second = 0
-        self._count = 0
-        self._last_full = 0
+        self._counts = [0] * self.SPAN
+        self._seconds = [-1] * self.SPAN
+        self._first: int | None = None
 
     def tick(self, now_ns: int, n: int = 1) -> None:
         """Count ``n`` events at ``now_ns``."""
         second = now_ns // 1_000_000_000
-        if second != self._second:
-            self._last_full = self._count if second == self._second + 1 else 0
-            self._second, self._count = second, 0
-        self._count += n
+        slot = second % self.SPAN
+        if self._seconds[slot] != second:
+            self._seconds[slot], self._counts[slot] = second, 0
+        self._counts[slot] += n
+        if self._first is None:
+            self._first = second
 
     def rate(self, now_ns: int) -> float:
-        """Events in the last whole second."""
+        """Mean events per second over the complete seconds of the last ``SPAN - 1``."""
         second = now_ns // 1_000_000_000
-        if second == self._second + 1:
-            return float(self._count)
-        return float(self._last_full) if second == self._second else 0.0
+        if self._first is None or second <= self._first:
+            return 0.0
+        span = min(self.SPAN - 1, second - self._first)
+        slots = zip(self._counts, self._seconds, strict=True)
+        total = sum(c for c, s in slots if second - span <= s < second)
+        return total / span
 
 
 @dataclass

@@ -47,3 +47,16 @@ def test_batcher_releases_on_size_or_delay():
     assert b.take(200) == [] and len(b) == 1
     assert [w.index for w in b.take(300)] == [6]
     assert b.deadline_ns() is None
+
+
+def test_rate_meter_averages_complete_seconds_and_survives_a_stall():
+    from fusiond.metrics import RateMeter
+
+    meter = RateMeter()
+    s = 1_000_000_000
+    for i in range(100):  # 10 per second for 10 s, then nothing during second 10
+        meter.tick(100 * s + i * s // 10)
+    assert meter.rate(100 * s + s // 2) == 0.0  # nothing complete yet
+    assert meter.rate(110 * s + s // 2) == 10.0
+    assert meter.rate(111 * s + s // 2) == 7.5  # one silent second of the last four
+    assert meter.rate(130 * s) == 0.0
