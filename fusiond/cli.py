@@ -83,7 +83,7 @@ def cmd_record(args: argparse.Namespace) -> int:
     from fusiond.sources.runner import stop_event_from_signals
 
     stop = stop_event_from_signals()
-    endpoint = args.connect or _subscribe_endpoint(args.config)
+    endpoint = _endpoint(args.connect, args.config, "subscribe")
     with Recorder(args.output, endpoint, args.topics) as recorder:
         log.info("recording %s to %s", endpoint, args.output)
         recorder.run(stop, args.duration)
@@ -101,7 +101,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from fusiond.sources.runner import stop_event_from_signals
 
     stop = stop_event_from_signals()
-    endpoint = args.connect or _publish_endpoint(args.config)
+    endpoint = _endpoint(args.connect, args.config, "publish")
     speed = None if args.fast else args.speed
     sent = replay(args.recording, endpoint, stop, speed=speed, loop=args.loop,
                   topics=args.topics or ["s/"])  # fmt: skip
@@ -169,7 +169,7 @@ def cmd_echo(args: argparse.Namespace) -> int:
     from fusiond.bus.wire import describe
     from fusiond.errors import WireError
 
-    endpoint = args.connect or _subscribe_endpoint(args.config)
+    endpoint = _endpoint(args.connect, args.config, "subscribe")
     seen = 0
     timeout_ms = None if args.timeout is None else int(args.timeout * 1000)
     with contextlib.suppress(KeyboardInterrupt), _subscriber(endpoint, args.topics or ["p/"]) as sock:
@@ -200,22 +200,16 @@ def _pretty(message: dict[str, Any]) -> str:
     return f"{message['topic']} #{message.get('seq')} t={message.get('t_ns')} {shapes}"
 
 
-def _publish_endpoint(config_path: Path | None) -> str:
+def _endpoint(connect: str | None, config_path: Path | None, which: str) -> str:
+    """``--connect`` if given, else ``[bus] which`` of ``--config``, else the default."""
     from fusiond import config as config_mod
     from fusiond.daemon import local_endpoint
 
+    if connect:
+        return connect
     if config_path is None:
-        return config_mod.DEFAULT_PUBLISH
-    return local_endpoint(config_mod.load(config_path).bus.publish)
-
-
-def _subscribe_endpoint(config_path: Path | None) -> str:
-    from fusiond import config as config_mod
-    from fusiond.daemon import local_endpoint
-
-    if config_path is None:
-        return config_mod.DEFAULT_SUBSCRIBE
-    return local_endpoint(config_mod.load(config_path).bus.subscribe)
+        return str(getattr(config_mod.BusSection(), which))
+    return local_endpoint(getattr(config_mod.load(config_path).bus, which))
 
 
 def _parse_set(pairs: Sequence[str]) -> dict[str, Any]:
@@ -265,14 +259,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     """Ask a running daemon how it is doing."""
     import zmq
 
-    from fusiond import config as config_mod
-    from fusiond.daemon import local_endpoint
-
-    endpoint = args.connect or (
-        local_endpoint(config_mod.load(args.config).bus.control)
-        if args.config
-        else config_mod.DEFAULT_CONTROL
-    )
+    endpoint = _endpoint(args.connect, args.config, "control")
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     sock = ctx.socket(zmq.REQ)
     sock.setsockopt(zmq.LINGER, 0)
@@ -326,7 +313,7 @@ def cmd_hz(args: argparse.Namespace) -> int:
     from fusiond.errors import WireError
     from fusiond.hz import RateWindow
 
-    endpoint = args.connect or _subscribe_endpoint(args.config)
+    endpoint = _endpoint(args.connect, args.config, "subscribe")
     window = RateWindow(args.window)
     next_print = time.monotonic() + 1.0
     end = None if args.duration is None else time.monotonic() + args.duration

@@ -28,7 +28,7 @@ from fusiond import config as config_mod
 from fusiond import status
 from fusiond.align.windows import RigAligner, Window
 from fusiond.batch import Batcher
-from fusiond.bus.broker import Broker
+from fusiond.bus.broker import Broker, bind
 from fusiond.bus.wire import ERROR_PREFIX, SAMPLE_PREFIX, Prediction, decode_header, encode_prediction
 from fusiond.config import Config
 from fusiond.errors import ConfigError, FusiondError, WireError
@@ -133,7 +133,7 @@ class Daemon:
             self.broker.__enter__()
             self.control = self.ctx.socket(zmq.REP)
             self.control.setsockopt(zmq.LINGER, 0)
-            Broker._bind(self.control, bus.control, "bus.control")
+            bind(self.control, bus.control, "bus.control")
         except BaseException:
             self.ctx.destroy(linger=0)
             raise

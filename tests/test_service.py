@@ -63,10 +63,9 @@ def daemons():
         d.close()
 
 
-def endpoints_with_control(tmp_path: Path, extra: str = "", **replace: str) -> tuple[Path, str, str, str]:
+def endpoints_with_control(tmp_path: Path, **replace: str) -> tuple[Path, str, str, str]:
     pub, sub, control = (f"tcp://127.0.0.1:{free_port()}" for _ in range(3))
     config = demo_config(tmp_path, pub, sub, control, **replace)
-    config.write_text(config.read_text() + extra)
     return config, pub, sub, control
 
 

@@ -7,6 +7,7 @@ topics somebody subscribed to. The daemon's own sockets reach it over inproc.
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 from types import TracebackType
 
 import zmq
@@ -64,8 +65,8 @@ class Broker:
             sock.setsockopt(zmq.RCVHWM, self._queue)
             sock.setsockopt(zmq.SNDHWM, self._queue)
         try:
-            self._bind(xsub, self.publish, "bus.publish")
-            self._bind(xpub, self.subscribe, "bus.subscribe")
+            bind(xsub, self.publish, "bus.publish")
+            bind(xpub, self.subscribe, "bus.subscribe")
             xsub.bind(self.inproc_publish)
             xpub.bind(self.inproc_subscribe)
             control.bind(self._control)
@@ -86,14 +87,13 @@ class Broker:
             for sock in (xsub, xpub, control):
                 sock.close(linger=0)
 
-    @staticmethod
-    def _bind(sock: zmq.Socket[bytes], endpoint: str, where: str) -> None:
-        if endpoint.startswith("ipc://"):
-            from pathlib import Path
 
-            Path(endpoint.removeprefix("ipc://")).parent.mkdir(parents=True, exist_ok=True)
-        try:
-            sock.bind(endpoint)
-        except zmq.ZMQError as exc:
-            msg = f"cannot bind {endpoint}: {exc} (is another fusiond running?)"
-            raise ConfigError(msg, path=where) from None
+def bind(sock: zmq.Socket[bytes], endpoint: str, where: str) -> None:
+    """Bind, turning a failure into a ConfigError that names the config key."""
+    if endpoint.startswith("ipc://"):
+        Path(endpoint.removeprefix("ipc://")).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        sock.bind(endpoint)
+    except zmq.ZMQError as exc:
+        msg = f"cannot bind {endpoint}: {exc} (is another fusiond running?)"
+        raise ConfigError(msg, path=where) from None

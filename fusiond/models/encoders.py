@@ -13,7 +13,20 @@ from fusiond.plugin.hookspecs import hookimpl
 from fusiond.plugin.registry import EncoderRegistry
 
 
-class FramesEncoder(nn.Module):
+class Encoder(nn.Module):
+    """Base of the encoders: ``forward`` is ``forward_features`` ([B, ...] -> [B, D])."""
+
+    dim: int
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Features of shape [B, D]."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_features(x)
+
+
+class FramesEncoder(Encoder):
     """Small CNN over each of N frames, averaged over time. Input uint8 [B, N, H, W, C]."""
 
     def __init__(self, spec: ModalitySpec, dim: int = 64, width: int = 16) -> None:
@@ -37,8 +50,6 @@ class FramesEncoder(nn.Module):
         out: torch.Tensor = self.proj(feats)
         return out
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_features(x)
 
 
 def mel_filterbank(sample_rate: float, n_fft: int, n_mels: int) -> np.ndarray:
@@ -59,7 +70,7 @@ def mel_filterbank(sample_rate: float, n_fft: int, n_mels: int) -> np.ndarray:
     return filters
 
 
-class LogMelEncoder(nn.Module):
+class LogMelEncoder(Encoder):
     """Log-mel spectrogram computed in torch, then a CNN. Input float [B, S, C]."""
 
     window: torch.Tensor
@@ -103,11 +114,9 @@ class LogMelEncoder(nn.Module):
         out: torch.Tensor = self.proj(self.net(self.logmel(x)))
         return out
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_features(x)
 
 
-class SeriesEncoder(nn.Module):
+class SeriesEncoder(Encoder):
     """1D CNN over a multichannel series (IMU and other numeric sensors). Input [B, S, C]."""
 
     def __init__(self, spec: ModalitySpec, dim: int = 64, width: int = 32) -> None:
@@ -128,11 +137,9 @@ class SeriesEncoder(nn.Module):
         out: torch.Tensor = self.proj(self.net(x.float().transpose(1, 2)))
         return out
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_features(x)
 
 
-class VectorEncoder(nn.Module):
+class VectorEncoder(Encoder):
     """MLP over the flattened input, for small generic numeric inputs."""
 
     def __init__(self, spec: ModalitySpec, dim: int = 64, hidden: int = 128) -> None:
@@ -146,8 +153,6 @@ class VectorEncoder(nn.Module):
         out: torch.Tensor = self.net(x.float())
         return out
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_features(x)
 
 
 BUILTIN_ENCODERS: dict[str, type[nn.Module]] = {
