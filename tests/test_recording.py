@@ -141,6 +141,11 @@ def test_a_recorder_killed_with_sigkill_leaves_a_readable_file(tmp_path):
         with Subscriber(sub, timeout_s=30) as predictions:
             assert predictions.next() is not None
         recorder = start("record", "-o", str(path), "--connect", sub, log=tmp_path / "r.log")
+        # Count from when the recorder is subscribed, not from when its process began:
+        # interpreter start-up is slow and uneven on a loaded machine.
+        deadline = time.monotonic() + 30
+        while "recording tcp" not in (tmp_path / "r.log").read_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
         time.sleep(4)
         recorder.kill()
         recorder.wait()
