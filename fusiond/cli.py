@@ -358,6 +358,68 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     return 0
 
 
+def _progress(line: Any) -> None:
+    val = "" if line.val_score is None else f", validation {line.val_score:.3f}"
+    print(f"epoch {line.epoch}/{line.epochs}: loss {line.loss:.4f}{val} ({line.seconds:.1f} s)", flush=True)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train a model from labelled recordings (or a config of file sources)."""
+    from fusiond.plugin import load_plugins
+    from fusiond.training.recipe import load_recipe
+    from fusiond.training.train import data_items, summary_line, train
+
+    only = args.modalities.split(",") if args.modalities else None
+    recipe = load_recipe(args.recipe, name=args.name, fusion=args.fusion, train_epochs=args.epochs,
+                         train_seed=args.seed, train_device=args.device)  # fmt: skip
+    if only:
+        recipe = recipe.only(only)
+    plugins = load_plugins()
+    data = data_items(args.data, args.labels)
+    test = data_items(args.test, args.test_labels) if args.test else []
+    log.info("training %s (%s fusion of %s) on %d data item(s)", recipe.name, recipe.fusion,
+             ", ".join(recipe.inputs), len(data))  # fmt: skip
+    trained = train(recipe, data, args.output, plugins, test=test, progress=_progress)
+    metrics = trained.metrics
+    if metrics["test"]:
+        print(f"test: {summary_line(metrics['test'])}")
+    print(f"wrote {args.output} ({trained.content_hash}); best epoch {metrics['best_epoch']}, "
+          f"{metrics['seconds']:.0f} s on {metrics['device']}")  # fmt: skip
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Score a model on labelled data, or show the scores it was saved with."""
+    from fusiond.models import load
+    from fusiond.plugin import load_plugins
+    from fusiond.training.evaluate import confusion_png
+    from fusiond.training.train import data_items, evaluate_checkpoint, summary_line
+
+    checkpoint = load(args.model)
+    if args.data:
+        data = data_items(args.data, args.labels)
+        result = evaluate_checkpoint(checkpoint, data, load_plugins(), args.device)
+    else:
+        result = dict(checkpoint.metrics.get("test") or {})
+        if not result:
+            msg = f"{args.model} carries no test scores; give --data"
+            raise FusiondError(msg)
+        result["model"] = {"name": checkpoint.name, "hash": checkpoint.content_hash,
+                           "fusion": checkpoint.fusion["name"]}  # fmt: skip
+    if args.report:
+        args.report.mkdir(parents=True, exist_ok=True)
+        (args.report / "report.json").write_text(json.dumps(result, indent=2) + "\n")
+        if "confusion" in result:
+            confusion_png(result["confusion"], checkpoint.classes, args.report / "confusion.png")
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{checkpoint.name} ({checkpoint.content_hash}): {summary_line(result)}")
+        if args.report:
+            print(f"report in {args.report}/")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(prog="fusiond", description="Streaming sensor-fusion daemon.")
@@ -444,6 +506,36 @@ def build_parser() -> argparse.ArgumentParser:
     hz.add_argument("--connect", help="subscriber endpoint of the daemon")
     hz.add_argument("--config", type=Path, help="read the endpoint from this config")
     hz.set_defaults(func=cmd_hz)
+
+    train = sub.add_parser(
+        "train",
+        help="train a model from labelled recordings",
+        description="Train a model. DATA: .mcap recordings (labelled by X.labels.csv beside X.mcap "
+        "unless --labels), folders of them, or a daemon config of file sources (with --labels). "
+        "Windows are cut by the daemon's own aligner.",
+    )
+    train.add_argument("recipe", type=Path, help="the recipe TOML (inputs, encoders, fusion, [train])")
+    train.add_argument("--data", type=Path, nargs="+", required=True)
+    train.add_argument("--labels", type=Path, help="label CSV for every DATA item")
+    train.add_argument("--test", type=Path, nargs="+", help="held-out data (default: split off DATA)")
+    train.add_argument("--test-labels", type=Path)
+    train.add_argument("-o", "--output", type=Path, required=True, help="checkpoint to write")
+    train.add_argument("--name", help="model name (default: the recipe's)")
+    train.add_argument("--fusion", help="fusion strategy (default: the recipe's)")
+    train.add_argument("--modalities", help="train on these inputs only, comma-separated")
+    train.add_argument("--epochs", type=int)
+    train.add_argument("--seed", type=int)
+    train.add_argument("--device", help="auto (CUDA when present), cpu or cuda[:N]")
+    train.set_defaults(func=cmd_train)
+
+    evaluate = sub.add_parser("eval", help="score a model on labelled data")
+    evaluate.add_argument("model", type=Path)
+    evaluate.add_argument("--data", type=Path, nargs="+", help="as for train (default: saved test scores)")
+    evaluate.add_argument("--labels", type=Path)
+    evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+    evaluate.add_argument("--report", type=Path, help="write report.json and confusion.png here")
+    evaluate.add_argument("--device", default="auto")
+    evaluate.set_defaults(func=cmd_eval)
 
     plugins = sub.add_parser("plugins", help="list source kinds and encoders, and their origin")
     plugins.add_argument("--json", action="store_true")

@@ -156,10 +156,10 @@ def validate_source(registry: SourceRegistry, source: SourceSection, path: str) 
     try:
         return cls.Config.model_validate(source.options)
     except ValidationError as exc:
-        raise _config_error(exc, prefix=path) from None
+        raise config_error(exc, prefix=path) from None
 
 
-def _config_error(exc: ValidationError, prefix: str = "", source: str = "") -> ConfigError:
+def config_error(exc: ValidationError, prefix: str = "", source: str = "") -> ConfigError:
     lines = []
     for error in exc.errors():
         where = ".".join([prefix, *map(str, error["loc"])] if prefix else map(str, error["loc"]))
@@ -201,7 +201,7 @@ def parse(data: dict[str, Any], base_dir: Path, source: str = "<config>") -> Con
     try:
         config = Config.model_validate({**data, "base_dir": base_dir})
     except ValidationError as exc:
-        raise _config_error(exc, source=source) from None
+        raise config_error(exc, source=source) from None
     model = config.model.model_copy(update={"path": base_dir / config.model.path})
     return config.model_copy(update={"model": model})
 

@@ -89,7 +89,7 @@ def serving(checkpoint: Checkpoint, plugins: Plugins, config: Config) -> Serving
     runner = ModelRunner(checkpoint, plugins.encoders.types, config.model.device)
     runner.warm_up(config.model.max_batch)
     model = {"name": checkpoint.name, "hash": checkpoint.content_hash}
-    return Serving(checkpoint, runner, PredictionBuilder(checkpoint.classes, model))
+    return Serving(checkpoint, runner, PredictionBuilder(checkpoint.classes, model, checkpoint.task))
 
 
 class Daemon:

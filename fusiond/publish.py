@@ -11,9 +11,12 @@ from fusiond.models.runner import BatchResult
 class PredictionBuilder:
     """Numbers each rig's predictions and fills in the latency breakdown."""
 
-    def __init__(self, classes: list[str], model: dict[str, str]) -> None:
+    def __init__(self, classes: list[str], model: dict[str, str], task: str = "classification") -> None:
         self.classes = classes
         self.model = model
+        # A regressor's message carries its values in ``scores`` (one per name in
+        # ``classes``), an empty label and ``task: "regression"`` (docs/protocol.md).
+        self.regression = task == "regression"
         self._seq: Counter[str] = Counter()
 
     def build(self, result: BatchResult, t_pub_ns: int) -> list[Prediction]:
@@ -30,7 +33,7 @@ class PredictionBuilder:
                     seq=seq,
                     window_start_ns=window.start_ns,
                     window_end_ns=window.end_ns,
-                    label=self.classes[label],
+                    label="" if self.regression else self.classes[label],
                     classes=self.classes,
                     scores=row,
                     present=[m for m, ok in window.present.items() if ok],
@@ -49,6 +52,7 @@ class PredictionBuilder:
                         "window_index": window.index,
                         "closed_by": window.closed_by,
                         "batch_size": len(result.windows),
+                        **({"task": "regression"} if self.regression else {}),
                     },
                 )
             )

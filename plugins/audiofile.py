@@ -51,6 +51,9 @@ class AudioFileSource(Source):
         channels = self.samples.shape[1]
         return StreamInfo(float(self.rate), f"{cfg.path}: {seconds:.1f} s, {self.rate} Hz, {channels} ch")
 
+    def from_file(self) -> bool:
+        return True
+
     def read(self) -> Iterator[Block]:
         cfg: AudioFileConfig = self.config  # type: ignore[assignment]
         return play(self.samples, float(self.rate), cfg.block, cfg.loop, self.context)

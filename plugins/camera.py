@@ -157,6 +157,9 @@ class CameraSource(Source):
             if ok:
                 yield Block(frame[None], t_ns)
 
+    def from_file(self) -> bool:
+        return self.is_file
+
     def close(self) -> None:
         capture = getattr(self, "capture", None)
         if capture is not None:

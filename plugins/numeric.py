@@ -75,6 +75,9 @@ class CsvFileSource(Source):
         self.values = np.ascontiguousarray(table[:, 1:], np.float32)
         return StreamInfo(self.rate, f"{cfg.path}: {len(body)} rows of {names} at {self.rate:g} Hz")
 
+    def from_file(self) -> bool:
+        return True
+
     def read(self) -> Iterator[Block]:
         cfg: CsvFileConfig = self.config  # type: ignore[assignment]
         return play(self.values, self.rate, cfg.block, cfg.loop, self.context)

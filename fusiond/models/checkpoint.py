@@ -34,11 +34,12 @@ class Checkpoint:
     data_hash: str = ""
     content_hash: str = ""
     state_dict: dict[str, torch.Tensor] = field(default_factory=dict)
+    task: str = "classification"
 
     def build(self, encoder_types: Mapping[str, type[nn.Module]]) -> FusionModel:
         """The model with its weights loaded, in eval mode."""
         model = FusionModel(
-            self.spec, self.classes, self.encoders, self.fusion, encoder_types, self.dim
+            self.spec, self.classes, self.encoders, self.fusion, encoder_types, self.dim, self.task
         )
         if self.state_dict:
             try:
@@ -57,6 +58,7 @@ def save(model: FusionModel, path: Path, *, name: str, encoders: dict[str, dict[
         "format": FORMAT,
         "name": name,
         "spec": model.spec.to_dict(),
+        "task": model.task,
         "classes": model.classes,
         "encoders": encoders,
         "fusion": fusion,
@@ -101,6 +103,7 @@ def load(path: Path) -> Checkpoint:
             data_hash=payload.get("data_hash", ""),
             content_hash=hashlib.sha256(data).hexdigest()[:16],
             state_dict=payload["state_dict"],
+            task=payload.get("task", "classification"),
         )
     except (KeyError, TypeError, ValueError) as exc:
         msg = f"{path}: checkpoint field missing or invalid: {exc}"

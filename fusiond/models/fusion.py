@@ -1,8 +1,17 @@
 """Fusion strategies: combine per-modality features under a presence mask.
 
 Every strategy takes ``features`` [B, M, D] (modalities in the model's order) and
-``mask`` [B, M] (True where the modality is present) and returns logits [B, K]. A masked
-modality never influences the output.
+``mask`` [B, M] (True where the modality is present) and returns [B, K]: class logits
+for a classifier, the K target values for a regressor. A masked modality never
+influences the output.
+
+=============  ==============================================================
+``early``      feature-level concatenation (``concat`` is the same strategy)
+``late``       decision-level: a head per modality, learned modality weights
+``intermediate``  layer-wise: modality streams exchange a shared context at every layer
+``gated``      per-sample gates score each modality's reliability
+``attention``  cross-modal transformer over modality tokens, key-padding mask
+=============  ==============================================================
 """
 
 from __future__ import annotations
@@ -58,6 +67,38 @@ class GatedFusion(nn.Module):
         return out
 
 
+class IntermediateFusion(nn.Module):
+    """Layer-wise fusion: each modality keeps its own stream of layers, and before every
+    layer it is given the masked mean of all present streams (the shared context).
+
+    Modalities thus shape each other at every depth, not only at the input (early) or at
+    the decision (late). The output reads the masked mean of the last layer.
+    """
+
+    def __init__(self, modalities: int, dim: int, classes: int, layers: int = 2) -> None:
+        super().__init__()
+        self.own = nn.ModuleList(
+            nn.ModuleList(nn.Linear(dim, dim) for _ in range(modalities)) for _ in range(layers)
+        )
+        self.shared = nn.ModuleList(nn.Linear(dim, dim, bias=False) for _ in range(layers))
+        self.norms = nn.ModuleList(nn.LayerNorm(dim) for _ in range(layers))
+        self.head = nn.Linear(dim, classes)
+
+    @staticmethod
+    def _pool(h: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        return (h * m).sum(dim=1) / m.sum(dim=1).clamp(min=1.0)
+
+    def forward(self, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        m = mask.unsqueeze(-1).to(features.dtype)
+        h = features * m
+        for own, shared, norm in zip(self.own, self.shared, self.norms, strict=True):
+            context = shared(self._pool(h, m)).unsqueeze(1)
+            mixed = torch.stack([layer(h[:, i]) for i, layer in enumerate(own)], dim=1)
+            h = (h + torch.relu(norm(mixed + context))) * m
+        out: torch.Tensor = self.head(self._pool(h, m))
+        return out
+
+
 class AttentionFusion(nn.Module):
     """Modality tokens plus a summary token through a transformer encoder.
 
@@ -88,8 +129,10 @@ class AttentionFusion(nn.Module):
 
 
 FUSIONS: dict[str, type[nn.Module]] = {
+    "early": ConcatFusion,
     "concat": ConcatFusion,
     "late": LateFusion,
+    "intermediate": IntermediateFusion,
     "gated": GatedFusion,
     "attention": AttentionFusion,
 }

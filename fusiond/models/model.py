@@ -12,9 +12,15 @@ from fusiond.align.spec import InputSpec
 from fusiond.errors import ModelError
 from fusiond.models.fusion import FUSIONS
 
+TASKS = ("classification", "regression")
+
 
 class FusionModel(nn.Module):
-    """Encoders (one per modality, in ``spec`` order) feeding one fusion module."""
+    """Encoders (one per modality, in ``spec`` order) feeding one fusion module.
+
+    ``classes`` names the outputs: class names for ``task="classification"`` (the output
+    is logits), target names for ``task="regression"`` (the output is the values).
+    """
 
     def __init__(
         self,
@@ -24,8 +30,13 @@ class FusionModel(nn.Module):
         fusion: dict[str, Any],
         encoder_types: Mapping[str, type[nn.Module]],
         dim: int = 64,
+        task: str = "classification",
     ) -> None:
         super().__init__()
+        if task not in TASKS:
+            msg = f"unknown task {task!r}; known: {list(TASKS)}"
+            raise ModelError(msg)
+        self.task = task
         self.modalities = list(spec.modalities)
         self.spec = spec
         self.classes = list(classes)
@@ -49,6 +60,6 @@ class FusionModel(nn.Module):
         return torch.stack([self.encoders[m](inputs[m]) for m in self.modalities], dim=1)
 
     def forward(self, inputs: Mapping[str, torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
-        """Logits [B, K]; ``mask`` [B, M] is True where a modality is present."""
+        """Logits (or values) [B, K]; ``mask`` [B, M] is True where a modality is present."""
         logits: torch.Tensor = self.fusion(self.features(inputs), mask)
         return logits

@@ -49,6 +49,7 @@ class ModelRunner:
         self.model = checkpoint.build(encoder_types).to(self.device)
         self.modalities = self.model.modalities
         self.classes = checkpoint.classes
+        self.regression = checkpoint.task == "regression"
 
     def warm_up(self, batch_size: int = 1) -> None:
         """One forward pass on zeros, so the first real batch pays no start-up cost."""
@@ -58,7 +59,7 @@ class ModelRunner:
         self._forward(inputs, mask)
 
     def run(self, windows: Sequence[Window]) -> BatchResult:
-        """Scores for every window, in one forward pass."""
+        """Scores for every window, in one forward pass (a regressor's scores are its values)."""
         inputs = {m: np.stack([w.inputs[m] for w in windows]) for m in self.modalities}
         mask = np.array([[w.present[m] for m in self.modalities] for w in windows], dtype=bool)
         t0 = time.time_ns()
@@ -71,5 +72,5 @@ class ModelRunner:
             tensors = {
                 m: torch.from_numpy(a).to(self.device, non_blocking=True) for m, a in inputs.items()
             }
-            logits = self.model(tensors, torch.from_numpy(mask).to(self.device))
-            return torch.softmax(logits.float(), dim=1).cpu().numpy()
+            out = self.model(tensors, torch.from_numpy(mask).to(self.device)).float()
+            return (out if self.regression else torch.softmax(out, dim=1)).cpu().numpy()

@@ -112,6 +112,22 @@ def _read_cut_off(path: Path, topics: Sequence[str]) -> Iterator[Recorded]:
                     yield _unpack(topic, record)
 
 
+def channel_metadata(path: Path) -> dict[str, dict[str, str]] | None:
+    """Each channel's metadata from the summary (the recorder stores a sample stream's rig,
+    stream and modality there); None for a cut-off file, which has no summary."""
+    try:
+        with path.open("rb") as f:
+            summary = make_reader(f).get_summary()
+    except (McapError, struct.error, ValueError, EOFError, AssertionError):
+        return None
+    except FileNotFoundError:
+        msg = f"no such recording: {path}"
+        raise FusiondError(msg) from None
+    if summary is None:
+        return None
+    return {c.topic: dict(c.metadata) for c in summary.channels.values()}
+
+
 def info(path: Path) -> RecordingInfo:
     """Channels, counts and times of a recording (read through, so cut-off files work too)."""
     complete = True

@@ -9,7 +9,7 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import BinaryIO
+from typing import BinaryIO, Self
 
 import zmq
 from mcap.writer import CompressionType, Writer
@@ -23,21 +23,18 @@ log = logging.getLogger(__name__)
 FLUSH_EVERY_NS = 500_000_000
 
 
-class Recorder:
-    """Writes what a SUB socket receives into a chunked, compressed, indexed MCAP file.
+class RecordingWriter:
+    """An MCAP file of bus messages: ``with RecordingWriter(path) as w: w.write(frames, t)``.
 
-    A chunk is closed when it holds ``chunk_size`` bytes or, at the latest, half a second
-    after the last one, and written out at once: a recorder killed with SIGKILL loses at
-    most the chunk it was filling (half a second of data).
+    Used by the recorder, and by programs that write recordings of their own.
     """
 
-    def __init__(self, path: Path, endpoint: str, topics: Sequence[str] = (),
-                 chunk_size: int = 4 << 20, queue: int = 10_000) -> None:  # fmt: skip
+    def __init__(self, path: Path, endpoint: str = "", topics: Sequence[str] = (),
+                 chunk_size: int = 4 << 20) -> None:  # fmt: skip
         self.path = path
         self.endpoint = endpoint
         self.topics = list(topics) or [""]
         self.chunk_size = chunk_size
-        self.queue = queue
         self.messages: Counter[str] = Counter()
         self.bytes = 0
         self.gaps: Counter[str] = Counter()
@@ -45,7 +42,7 @@ class Recorder:
         self._channels: dict[str, int] = {}
         self._last_seq: dict[str, int] = {}
 
-    def __enter__(self) -> Recorder:
+    def __enter__(self) -> Self:
         self._file: BinaryIO = self.path.open("wb")
         self.writer = Writer(self._file, chunk_size=self.chunk_size, compression=CompressionType.ZSTD)
         self.writer.start(profile=PROFILE, library=f"fusiond {__version__}")
@@ -55,32 +52,10 @@ class Recorder:
             "endpoint": self.endpoint,
             "topics": ",".join(self.topics),
         })  # fmt: skip
-        self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-        self.sock = self.ctx.socket(zmq.SUB)
-        self.sock.setsockopt(zmq.RCVHWM, self.queue)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.connect(self.endpoint)
-        for topic in self.topics:
-            self.sock.subscribe(topic.encode())
         return self
 
-    def run(self, stop: threading.Event, duration_s: float | None = None) -> None:
-        """Record until ``stop`` is set or ``duration_s`` has passed."""
-        end = None if duration_s is None else time.monotonic() + duration_s
-        next_flush = time.time_ns() + FLUSH_EVERY_NS
-        while not stop.is_set() and (end is None or time.monotonic() < end):
-            if self.sock.poll(100):
-                for _ in range(256):
-                    try:
-                        frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
-                    except zmq.Again:
-                        break
-                    self._write([f.buffer for f in frames], time.time_ns())
-            if time.time_ns() >= next_flush:
-                self.writer.flush()  # type: ignore[no-untyped-call]
-                next_flush = time.time_ns() + FLUSH_EVERY_NS
-
-    def _write(self, frames: list[memoryview], t_recv_ns: int) -> None:
+    def write(self, frames: Sequence[bytes | memoryview], t_recv_ns: int) -> None:
+        """One bus message, received at ``t_recv_ns``; malformed ones are counted, not written."""
         topic = bytes(frames[0]).decode(errors="replace")
         try:
             header = decode_header(frames)
@@ -112,7 +87,52 @@ class Recorder:
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:  # fmt: skip
-        self.sock.close()
-        self.ctx.term()
         self.writer.finish()  # type: ignore[no-untyped-call]
         self._file.close()
+
+
+class Recorder(RecordingWriter):
+    """Writes what a SUB socket receives into a chunked, compressed, indexed MCAP file.
+
+    A chunk is closed when it holds ``chunk_size`` bytes or, at the latest, half a second
+    after the last one, and written out at once: a recorder killed with SIGKILL loses at
+    most the chunk it was filling (half a second of data).
+    """
+
+    def __init__(self, path: Path, endpoint: str, topics: Sequence[str] = (),
+                 chunk_size: int = 4 << 20, queue: int = 10_000) -> None:  # fmt: skip
+        super().__init__(path, endpoint, topics, chunk_size)
+        self.queue = queue
+
+    def __enter__(self) -> Self:
+        super().__enter__()
+        self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        self.sock = self.ctx.socket(zmq.SUB)
+        self.sock.setsockopt(zmq.RCVHWM, self.queue)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.connect(self.endpoint)
+        for topic in self.topics:
+            self.sock.subscribe(topic.encode())
+        return self
+
+    def run(self, stop: threading.Event, duration_s: float | None = None) -> None:
+        """Record until ``stop`` is set or ``duration_s`` has passed."""
+        end = None if duration_s is None else time.monotonic() + duration_s
+        next_flush = time.time_ns() + FLUSH_EVERY_NS
+        while not stop.is_set() and (end is None or time.monotonic() < end):
+            if self.sock.poll(100):
+                for _ in range(256):
+                    try:
+                        frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                    except zmq.Again:
+                        break
+                    self.write([f.buffer for f in frames], time.time_ns())
+            if time.time_ns() >= next_flush:
+                self.writer.flush()  # type: ignore[no-untyped-call]
+                next_flush = time.time_ns() + FLUSH_EVERY_NS
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:  # fmt: skip
+        self.sock.close()
+        self.ctx.term()
+        super().__exit__(exc_type, exc, tb)

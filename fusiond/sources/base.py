@@ -83,5 +83,10 @@ class Source(abc.ABC):
     def read(self) -> Iterator[Block]:
         """Yield blocks until the end of the data or ``context.stop`` is set."""
 
+    def from_file(self) -> bool:
+        """True when the open source reads a finite file, so ``fusiond train`` may read it
+        as fast as it decodes rather than in real time (asked after :meth:`open`)."""
+        return False
+
     def close(self) -> None:  # noqa: B027 - optional for subclasses
         """Release the device or file."""

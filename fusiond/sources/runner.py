@@ -12,7 +12,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from fusiond.bus.wire import encode_sample, encode_source_error
 from fusiond.errors import SourceError
-from fusiond.sources.base import Source, SourceConfig, SourceContext
+from fusiond.sources.base import Block, Source, SourceConfig, SourceContext
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,24 @@ def wait_connected(sock: zmq.Socket[bytes], timeout_s: float, stop: threading.Ev
     finally:
         sock.disable_monitor()
         monitor.close(linger=0)
+
+
+def encode_block(
+    context: SourceContext, seq: int, block: Block, rate_hz: float, t_pub_ns: int
+) -> list[bytes | memoryview]:
+    """A block as a sample message; a block without a time is stamped ``t_pub_ns``."""
+    return encode_sample(
+        rig=context.rig,
+        stream=context.stream,
+        modality=context.modality,
+        seq=seq,
+        t_ns=block.t_ns if block.t_ns is not None else t_pub_ns,
+        t_pub_ns=t_pub_ns,
+        rate_hz=rate_hz,
+        data=block.data,
+        encoding="raw" if block.payload is None else "jpeg",
+        payload=block.payload,
+    )
 
 
 def run_source(
@@ -90,19 +108,7 @@ def _publish_until_done(
             log.info("source %s (%s): %s", name, cls.kind, info.description)
             attempt = 0
             for block in source.read():
-                t_pub = time.time_ns()
-                frames = encode_sample(
-                    rig=context.rig,
-                    stream=context.stream,
-                    modality=context.modality,
-                    seq=seq,
-                    t_ns=block.t_ns if block.t_ns is not None else t_pub,
-                    t_pub_ns=t_pub,
-                    rate_hz=info.rate_hz,
-                    data=block.data,
-                    encoding="raw" if block.payload is None else "jpeg",
-                    payload=block.payload,
-                )
+                frames = encode_block(context, seq, block, info.rate_hz, time.time_ns())
                 sock.send_multipart(frames, copy=False)
                 seq += 1
                 if context.stop.is_set():

@@ -1,0 +1,142 @@
+"""The training loop: AdamW with a one-cycle schedule, modality dropout, best-epoch weights.
+
+Runs on CPU by default and on CUDA with mixed precision when there is a GPU. With the
+same seed, data and device it gives the same model.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from fusiond.models.model import FusionModel
+from fusiond.models.runner import pick_device
+from fusiond.training.data import WindowSet
+from fusiond.training.recipe import TrainTable
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Epoch:
+    """One line of progress."""
+
+    epoch: int
+    epochs: int
+    loss: float
+    val_score: float | None
+    seconds: float
+
+
+@dataclass
+class History:
+    """What :func:`fit` did."""
+
+    epochs: list[Epoch] = field(default_factory=list)
+    best_epoch: int = 0
+    device: str = "cpu"
+    amp: str = "off"
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    torch.manual_seed(seed)
+    np.random.seed(seed)  # noqa: NPY002 - third-party code may draw from it
+    return torch.Generator().manual_seed(seed)
+
+
+def batches(data: WindowSet, size: int, order: torch.Tensor | None = None) -> Iterator[np.ndarray]:
+    index = order.numpy() if order is not None else np.arange(len(data))
+    for i in range(0, len(index), size):
+        yield np.sort(index[i : i + size])  # sorted: faster fancy indexing, same batch
+
+
+def to_device(
+    data: WindowSet, index: np.ndarray, device: torch.device
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    inputs = {m: torch.from_numpy(a[index]).to(device, non_blocking=True) for m, a in data.inputs.items()}
+    return inputs, torch.from_numpy(data.mask[index]).to(device)
+
+
+def drop_modalities(mask: torch.Tensor, p: float, gen: torch.Generator) -> torch.Tensor:
+    """Hide each present modality with probability ``p``, keeping at least one per window."""
+    if p <= 0 or mask.shape[1] < 2:
+        return mask
+    drop = torch.rand(mask.shape, generator=gen).to(mask.device) < p
+    kept = mask & ~drop
+    empty = ~kept.any(dim=1)
+    return torch.where(empty.unsqueeze(1), mask, kept)
+
+
+def loss_fn(model: FusionModel, out: torch.Tensor, target: torch.Tensor, smoothing: float) -> torch.Tensor:
+    if model.task == "regression":
+        return nn.functional.mse_loss(out.float(), target)
+    return nn.functional.cross_entropy(out.float(), target, label_smoothing=smoothing)
+
+
+def _autocast(device: torch.device, enabled: bool) -> tuple[torch.autocast, str]:
+    if device.type != "cuda" or not enabled:
+        return torch.autocast(device.type, enabled=False), "off"
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast("cuda", dtype=dtype), str(dtype).removeprefix("torch.")
+
+
+def fit(
+    model: FusionModel,
+    train: WindowSet,
+    val: WindowSet | None,
+    options: TrainTable,
+    score: Callable[[FusionModel, WindowSet, torch.device], float],
+    progress: Callable[[Epoch], None] | None = None,
+) -> History:
+    """Train in place; the model ends with the weights of its best validation epoch
+    (``score``, higher is better), or of the last epoch without validation data."""
+    if len(train) == 0:
+        msg = "no labelled training windows"
+        raise ValueError(msg)
+    gen = seed_everything(options.seed)
+    device = pick_device(options.device)
+    model.to(device)
+    autocast, amp = _autocast(device, options.amp)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp == "float16")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=options.lr, weight_decay=options.weight_decay)
+    steps = options.epochs * -(-len(train) // options.batch_size)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=options.lr, total_steps=steps)
+    targets = torch.from_numpy(train.targets)
+    history = History(device=str(device), amp=amp)
+    best: tuple[float, dict[str, torch.Tensor]] | None = None
+    for epoch in range(1, options.epochs + 1):
+        started = time.monotonic()
+        model.train()
+        total = 0.0
+        for index in batches(train, options.batch_size, torch.randperm(len(train), generator=gen)):
+            inputs, mask = to_device(train, index, device)
+            mask = drop_modalities(mask, options.modality_dropout, gen)
+            with autocast:
+                out = model(inputs, mask)
+            loss = loss_fn(model, out, targets[index].to(device), options.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            schedule.step()
+            total += loss.item() * len(index)
+        val_score = score(model, val, device) if val is not None and len(val) else None
+        line = Epoch(epoch, options.epochs, total / len(train), val_score, time.monotonic() - started)
+        history.epochs.append(line)
+        if progress is not None:
+            progress(line)
+        if val_score is not None and (best is None or val_score > best[0]):
+            best = (val_score, copy.deepcopy(model.state_dict()))
+            history.best_epoch = epoch
+    if best is not None:
+        model.load_state_dict(best[1])
+    else:
+        history.best_epoch = options.epochs
+    return history

@@ -1,0 +1,257 @@
+"""``fusiond train`` and ``fusiond eval``: data in, checkpoint and score sheet out."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fusiond import config as config_mod
+from fusiond.align.spec import InputSpec
+from fusiond.align.windows import WindowConfig
+from fusiond.errors import ConfigError
+from fusiond.models.checkpoint import Checkpoint, save
+from fusiond.models.model import FusionModel
+from fusiond.models.runner import pick_device
+from fusiond.plugin import Plugins
+from fusiond.training.data import (
+    LabelRange,
+    WindowSet,
+    cut,
+    first_capture_ns,
+    label_windows,
+    read_labels,
+    recording_messages,
+    recording_streams,
+    split,
+)
+from fusiond.training.evaluate import evaluate, headline
+from fusiond.training.loop import Epoch, fit
+from fusiond.training.recipe import Recipe
+
+log = logging.getLogger("fusiond.train")
+
+LABELS_SUFFIX = ".labels.csv"
+
+
+@dataclass(frozen=True)
+class DataItem:
+    """One piece of labelled data: a recording, or a daemon config of file sources."""
+
+    path: Path
+    labels: Path
+
+    @property
+    def is_config(self) -> bool:
+        return self.path.suffix == ".toml"
+
+
+def data_items(paths: Sequence[Path], labels: Path | None = None) -> list[DataItem]:
+    """Recordings (``X.mcap`` labelled by ``X.labels.csv`` beside it, unless ``labels``
+    is given), folders of recordings, and configs (which need ``labels``)."""
+    items = []
+    for path in paths:
+        found = sorted(path.glob("*.mcap")) if path.is_dir() else [path]
+        if path.is_dir() and not found:
+            msg = f"no .mcap recordings in {path}"
+            raise ConfigError(msg)
+        for p in found:
+            if not p.exists():
+                msg = f"no such data: {p}"
+                raise ConfigError(msg)
+            if p.suffix == ".toml" and labels is None:
+                msg = f"{p}: a config of file sources needs --labels"
+                raise ConfigError(msg)
+            sidecar = p.with_name(p.name.removesuffix(p.suffix) + LABELS_SUFFIX)
+            items.append(DataItem(p, labels or sidecar))
+    return items
+
+
+def _labels(
+    item: DataItem, messages: Callable[[], Any], origin: int | None, targets: Sequence[str]
+) -> list[LabelRange]:
+    try:
+        with item.labels.open() as f:
+            header = f.readline()
+    except FileNotFoundError:
+        msg = f"label file not found for {item.path}: {item.labels}"
+        raise ConfigError(msg) from None
+    if "start_ns" in header:
+        origin = 0
+    elif origin is None:
+        origin = first_capture_ns(messages())
+    return read_labels(item.labels, origin, targets)
+
+
+def _messages(item: DataItem, plugins: Plugins) -> tuple[dict[tuple[str, str], str], int | None, Any]:
+    """``(streams, origin, make_messages)`` for one item."""
+    if item.is_config:
+        from fusiond.sources.offline import file_messages
+
+        config = config_mod.load(item.path)
+        streams = {}
+        for rig, section in config.rigs.items():
+            for name, source in section.sources.items():
+                cls = plugins.sources.get(source.kind)
+                streams[rig, name] = source.modality or (cls.modality if cls else "")
+        anchor, messages = file_messages(config, plugins)
+        return streams, anchor, lambda: messages
+    return recording_streams(item.path), None, lambda: recording_messages(item.path)
+
+
+def load_windows(
+    items: Sequence[DataItem],
+    spec: InputSpec,
+    window: WindowConfig,
+    plugins: Plugins,
+    classes: list[str] | None,
+    targets: Sequence[str] = (),
+) -> tuple[WindowSet, list[str]]:
+    """Labelled windows of every item and the class list (found in the labels when not given)."""
+    loaded: list[tuple[DataItem, Any, list[LabelRange]]] = []
+    for item in items:
+        streams, origin, messages = _messages(item, plugins)
+        loaded.append((item, (streams, messages), _labels(item, messages, origin, targets)))
+    if classes is None and not targets:
+        classes = _sorted_labels({str(r.label) for _, _, rows in loaded for r in rows})
+    parts, base = [], 0
+    for item, (streams, messages), rows in loaded:
+        windows = cut(messages(), streams, spec, window)
+        part = label_windows(windows, rows, spec, None if targets else classes, base)
+        log.info(
+            "%s: %d windows (%s)",
+            item.path,
+            len(part),
+            ", ".join(f"{k} {v}" for k, v in sorted(part.counts.items())),
+        )
+        parts.append(part)
+        base += len(rows)
+    return WindowSet.concat(parts), list(classes or targets)
+
+
+def _sorted_labels(labels: set[str]) -> list[str]:
+    try:
+        return sorted(labels, key=float)
+    except ValueError:
+        return sorted(labels)
+
+
+def build(recipe: Recipe, classes: list[str], plugins: Plugins) -> FusionModel:
+    fusion = {"name": recipe.fusion, "args": dict(recipe.fusion_args)}
+    return FusionModel(recipe.spec, classes, recipe.encoders, fusion, plugins.encoders.types, recipe.dim,
+                       recipe.task)  # fmt: skip
+
+
+@dataclass
+class Trained:
+    """What :func:`train` made."""
+
+    model: FusionModel
+    metrics: dict[str, Any]
+    content_hash: str
+
+
+def train(
+    recipe: Recipe,
+    data: Sequence[DataItem],
+    output: Path,
+    plugins: Plugins,
+    *,
+    test: Sequence[DataItem] = (),
+    progress: Callable[[Epoch], None] | None = None,
+) -> Trained:
+    """Cut, split, train, score on the test windows and write the checkpoint."""
+    started = time.monotonic()
+    window = recipe.window.to_config()
+    targets = recipe.targets if recipe.task == "regression" else ()
+    windows, classes = load_windows(data, recipe.spec, window, plugins, recipe.classes or None, targets)
+    options = recipe.train
+    if test:
+        held_out, _ = load_windows(test, recipe.spec, window, plugins, classes, targets)
+        val_index, train_index = split(windows, [options.val_fraction], options.seed)
+        test_index = None
+    else:
+        val_index, test_index, train_index = split(
+            windows, [options.val_fraction, options.test_fraction], options.seed
+        )
+        held_out = windows.take(test_index)
+    train_set, val_set = windows.take(train_index), windows.take(val_index)
+    log.info("%d training, %d validation, %d test windows (%s test data; cut in %.0f s)",
+             len(train_set), len(val_set), len(held_out), "separate" if test else "split-off",
+             time.monotonic() - started)  # fmt: skip
+    if len(train_set) == 0:
+        msg = "no labelled training windows: check the label file's times against the data (fusiond info)"
+        raise ConfigError(msg)
+    model = build(recipe, classes, plugins)
+    history = fit(model, train_set, val_set, options, headline, progress)
+    device = pick_device(options.device)
+    metrics: dict[str, Any] = {
+        "test": evaluate(model, held_out, device) if len(held_out) else {},
+        "validation": headline(model, val_set, device) if len(val_set) else None,
+        "windows": {"train": len(train_set), "validation": len(val_set), "test": len(held_out)},
+        "best_epoch": history.best_epoch,
+        "epochs": options.epochs,
+        "seed": options.seed,
+        "device": history.device,
+        "amp": history.amp,
+        "seconds": round(time.monotonic() - started, 1),
+    }
+    model.cpu()
+    window_meta = {"length_ns": window.length_ns, "hop_ns": window.hop_ns, "lateness_ns": window.lateness_ns,
+                   "min_coverage": window.min_coverage}  # fmt: skip
+    digest = save(model, output, name=recipe.name, encoders=recipe.encoders,
+                  fusion={"name": recipe.fusion, "args": dict(recipe.fusion_args)}, dim=recipe.dim,
+                  window=window_meta, metrics=metrics, data_hash=train_set.digest())  # fmt: skip
+    return Trained(model, metrics, digest)
+
+
+def checkpoint_window(checkpoint: Checkpoint) -> WindowConfig:
+    """The window a checkpoint was trained on (defaults for what it does not say)."""
+    base = config_mod.WindowSection().to_config()
+    w = checkpoint.window
+    return WindowConfig(
+        length_ns=int(w.get("length_ns", base.length_ns)),
+        hop_ns=int(w.get("hop_ns", base.hop_ns)),
+        lateness_ns=int(w.get("lateness_ns", base.lateness_ns)),
+        min_coverage=float(w.get("min_coverage", base.min_coverage)),
+    )
+
+
+def evaluate_checkpoint(
+    checkpoint: Checkpoint,
+    data: Sequence[DataItem],
+    plugins: Plugins,
+    device: str = "auto",
+    window: WindowConfig | None = None,
+) -> dict[str, Any]:
+    """Score a checkpoint on labelled data, cut with the checkpoint's own window."""
+    model = checkpoint.build(plugins.encoders.types)
+    if window is None:
+        window = checkpoint_window(checkpoint)
+    targets = checkpoint.classes if checkpoint.task == "regression" else ()
+    windows, _ = load_windows(
+        data, checkpoint.spec, window, plugins, None if targets else checkpoint.classes, targets
+    )
+    result = evaluate(model, windows, pick_device(device))
+    result["model"] = {
+        "name": checkpoint.name,
+        "hash": checkpoint.content_hash,
+        "fusion": checkpoint.fusion["name"],
+    }
+    return result
+
+
+def summary_line(metrics: dict[str, Any]) -> str:
+    """One line of the headline figures of a score sheet."""
+    if metrics.get("task") == "regression":
+        head = f"MAE {metrics['mae']:.4g}, RMSE {metrics['rmse']:.4g}"
+    else:
+        head = f"accuracy {metrics['accuracy']:.3f}, macro F1 {metrics['macro_f1']:.3f}"
+    parts = [f"{metrics.get('windows', 0)} windows: {head}"]
+    for key in ("ablation", "noisy"):
+        if key in metrics:
+            parts.append(f"{key}: " + ", ".join(f"{m} {v:.3f}" for m, v in metrics[key].items()))
+    return "; ".join(parts)
