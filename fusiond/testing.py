@@ -4,6 +4,8 @@
   can check what comes out of the bus or the aligner.
 * :func:`bus_pair` -- a connected PUB/SUB pair on inproc, to feed or read messages.
 * :func:`tiny_model` -- writes a small untrained checkpoint for any input spec.
+* :func:`write_recording` and :func:`write_labels` -- a labelled MCAP recording of
+  arrays you choose, as ``fusiond record`` would have written it, for ``fusiond train``.
 
 Register the fake kind with ``load_plugins(extra=[fusiond.testing])``.
 """
@@ -19,6 +21,7 @@ from typing import Any
 import numpy as np
 import zmq
 
+from fusiond.align.offline import RecordedStream
 from fusiond.align.spec import InputSpec, ModalitySpec
 from fusiond.plugin import SourceRegistry, hookimpl
 from fusiond.sources import Block, Source, SourceConfig, StreamInfo
@@ -101,3 +104,32 @@ def tiny_model(path: Path, spec: InputSpec | None = None, classes: list[str] | N
     window = {"length_ns": 1_000_000_000, "hop_ns": 500_000_000}
     return save(model.eval(), path, name="tiny", encoders=encoders, fusion={"name": fusion},
                 dim=16, window=window)  # fmt: skip
+
+
+def write_recording(path: Path, streams: dict[str, RecordedStream], rig: str = "rig") -> Path:
+    """An MCAP recording of whole streams, framed as sources frame them; each block is
+    received the moment its last sample was captured."""
+    import heapq
+
+    from fusiond.bus.wire import encode_sample
+    from fusiond.recording.recorder import RecordingWriter
+
+    def messages(name: str, s: RecordedStream) -> Iterator[tuple[int, list[bytes | memoryview]]]:
+        for seq, i in enumerate(range(0, len(s.data), s.block)):
+            chunk = s.data[i : i + s.block]
+            t_ns = s.t0_ns + round(i * 1e9 / s.rate_hz)
+            end = t_ns + round(len(chunk) * 1e9 / s.rate_hz)
+            yield end, encode_sample(rig=rig, stream=name, modality=s.modality, seq=seq, t_ns=t_ns,
+                                     t_pub_ns=end, rate_hz=s.rate_hz, data=chunk)  # fmt: skip
+
+    with RecordingWriter(path, "fusiond.testing") as out:
+        for t_recv, frames in heapq.merge(*(messages(n, s) for n, s in streams.items()), key=lambda m: m[0]):
+            out.write(frames, t_recv)
+    return path
+
+
+def write_labels(path: Path, rows: list[tuple[int, int, str]]) -> Path:
+    """A label file of ``(start_ns, end_ns, label)`` rows (see fusiond/training/data.py)."""
+    lines = ["start_ns,end_ns,label", *(f"{a},{b},{label}" for a, b, label in rows)]
+    path.write_text("\n".join(lines) + "\n")
+    return path

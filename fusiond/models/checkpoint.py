@@ -29,7 +29,7 @@ class Checkpoint:
     encoders: dict[str, dict[str, Any]]
     fusion: dict[str, Any]
     dim: int
-    window: dict[str, int]
+    window: Mapping[str, float]
     metrics: dict[str, Any] = field(default_factory=dict)
     data_hash: str = ""
     content_hash: str = ""
@@ -51,7 +51,7 @@ class Checkpoint:
 
 
 def save(model: FusionModel, path: Path, *, name: str, encoders: dict[str, dict[str, Any]],
-         fusion: dict[str, Any], dim: int, window: dict[str, int],
+         fusion: dict[str, Any], dim: int, window: Mapping[str, float],
          metrics: dict[str, Any] | None = None, data_hash: str = "") -> str:  # fmt: skip
     """Write a checkpoint; returns its content hash."""
     payload = {
@@ -63,7 +63,7 @@ def save(model: FusionModel, path: Path, *, name: str, encoders: dict[str, dict[
         "encoders": encoders,
         "fusion": fusion,
         "dim": dim,
-        "window": window,
+        "window": dict(window),
         "metrics": metrics or {},
         "data_hash": data_hash,
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},

@@ -93,7 +93,7 @@ class IntermediateFusion(nn.Module):
         h = features * m
         for own, shared, norm in zip(self.own, self.shared, self.norms, strict=True):
             context = shared(self._pool(h, m)).unsqueeze(1)
-            mixed = torch.stack([layer(h[:, i]) for i, layer in enumerate(own)], dim=1)
+            mixed = torch.stack([layer(h[:, i]) for i, layer in enumerate(own)], dim=1)  # type: ignore[arg-type,var-annotated]
             h = (h + torch.relu(norm(mixed + context))) * m
         out: torch.Tensor = self.head(self._pool(h, m))
         return out

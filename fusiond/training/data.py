@@ -70,6 +70,12 @@ class WindowSet:
         return WindowSet(self.modalities, {m: a[index] for m, a in self.inputs.items()},
                          self.mask[index], self.targets[index], self.groups[index])  # fmt: skip
 
+    def select(self, modalities: Sequence[str]) -> WindowSet:
+        """Only some modalities, in the given order."""
+        cols = [self.modalities.index(m) for m in modalities]
+        return WindowSet(list(modalities), {m: self.inputs[m] for m in modalities}, self.mask[:, cols],
+                         self.targets, self.groups)  # fmt: skip
+
     def digest(self) -> str:
         """Hash of the inputs, mask and targets: the ``data_hash`` of a checkpoint."""
         h = hashlib.sha256()
@@ -198,7 +204,7 @@ def cut(
     for aligner in aligners.values():
         yield from aligner.poll(final)
     if stats.drops:
-        log.info("while cutting windows: %s", dict(stats.drops))
+        log.debug("while cutting windows: %s", dict(stats.drops))
 
 
 def _configured(frames: Sequence[bytes | memoryview], used: dict[tuple[str, str], str]) -> bool:
@@ -220,7 +226,9 @@ def label_windows(
     ranges = sorted(enumerate(labels), key=lambda r: r[1].start_ns)
     starts = np.array([r.start_ns for _, r in ranges], np.int64)
     inputs: dict[str, list[np.ndarray]] = {m: [] for m in modalities}
-    mask, targets, groups = [], [], []
+    mask: list[list[bool]] = []
+    targets: list[int | str | tuple[float, ...]] = []
+    groups: list[int] = []
     counts: Counter[str] = Counter()
     index = {c: i for i, c in enumerate(classes)} if classes is not None else {}
     for w in windows:
@@ -236,10 +244,10 @@ def label_windows(
             counts["all_missing"] += 1
             continue
         if classes is not None:
-            if row.label not in index:
+            if not isinstance(row.label, str) or row.label not in index:
                 counts["unknown_class"] += 1
                 continue
-            targets.append(index[row.label])  # type: ignore[index]
+            targets.append(index[row.label])
         else:
             targets.append(row.label)
         for m in modalities:

@@ -74,6 +74,27 @@ def drop_modalities(mask: torch.Tensor, p: float, gen: torch.Generator) -> torch
     return torch.where(empty.unsqueeze(1), mask, kept)
 
 
+def add_noise(inputs: dict[str, torch.Tensor], p: float, gen: torch.Generator) -> dict[str, torch.Tensor]:
+    """Corrupt each modality of each window with probability ``p`` by Gaussian noise as
+    strong as the window's own signal (0 dB SNR), so the model learns to distrust a
+    sensor that has gone bad, not only one that has gone silent."""
+    if p <= 0:
+        return inputs
+    out = {}
+    for name, x in inputs.items():
+        rows = (torch.rand(x.shape[0], generator=gen) < p).to(x.device)
+        if not rows.any():
+            out[name] = x
+            continue
+        values = x.float()
+        dims = tuple(range(1, x.ndim))
+        std = values.std(dim=dims, keepdim=True).clamp(min=1e-6)
+        noise = torch.randn(x.shape, generator=gen).to(x.device) * std
+        noisy = values + noise * rows.view(-1, *([1] * (x.ndim - 1)))
+        out[name] = noisy.round().clamp(0, 255).to(x.dtype) if x.dtype == torch.uint8 else noisy.to(x.dtype)
+    return out
+
+
 def loss_fn(model: FusionModel, out: torch.Tensor, target: torch.Tensor, smoothing: float) -> torch.Tensor:
     if model.task == "regression":
         return nn.functional.mse_loss(out.float(), target)
@@ -118,11 +139,12 @@ def fit(
         for index in batches(train, options.batch_size, torch.randperm(len(train), generator=gen)):
             inputs, mask = to_device(train, index, device)
             mask = drop_modalities(mask, options.modality_dropout, gen)
+            inputs = add_noise(inputs, options.modality_noise, gen)
             with autocast:
                 out = model(inputs, mask)
             loss = loss_fn(model, out, targets[index].to(device), options.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
+            scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
             scaler.step(optimizer)
             scaler.update()
             schedule.step()
@@ -132,7 +154,8 @@ def fit(
         history.epochs.append(line)
         if progress is not None:
             progress(line)
-        if val_score is not None and (best is None or val_score > best[0]):
+        # On a tie the later epoch wins: it has seen more data at a lower learning rate.
+        if val_score is not None and (best is None or val_score >= best[0]):
             best = (val_score, copy.deepcopy(model.state_dict()))
             history.best_epoch = epoch
     if best is not None:

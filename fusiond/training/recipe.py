@@ -70,6 +70,8 @@ class TrainTable(_Table):
     weight_decay: float = Field(1e-3, ge=0)
     modality_dropout: float = Field(0.3, ge=0, lt=1)
     """Each modality of each training window is hidden with this probability (never all)."""
+    modality_noise: float = Field(0.15, ge=0, lt=1)
+    """Each modality of each training window is drowned in noise (0 dB SNR) with this probability."""
     label_smoothing: float = Field(0.1, ge=0, lt=1)
     val_fraction: float = Field(0.15, ge=0, lt=1)
     test_fraction: float = Field(0.15, ge=0, lt=1)

@@ -121,15 +121,13 @@ def load_windows(
     for item, (streams, messages), rows in loaded:
         windows = cut(messages(), streams, spec, window)
         part = label_windows(windows, rows, spec, None if targets else classes, base)
-        log.info(
-            "%s: %d windows (%s)",
-            item.path,
-            len(part),
-            ", ".join(f"{k} {v}" for k, v in sorted(part.counts.items())),
-        )
+        log.debug("%s: %d windows (%s)", item.path, len(part), dict(part.counts))
         parts.append(part)
         base += len(rows)
-    return WindowSet.concat(parts), list(classes or targets)
+    joined = WindowSet.concat(parts)
+    counts = ", ".join(f"{k} {v}" for k, v in sorted(joined.counts.items()))
+    log.info("%d data item(s): %d labelled windows (%s)", len(items), len(joined), counts)
+    return joined, list(classes or targets)
 
 
 def _sorted_labels(labels: set[str]) -> list[str]:
@@ -154,6 +152,69 @@ class Trained:
     content_hash: str
 
 
+@dataclass
+class Splits:
+    """Training, validation and test windows, and the class (or target) names."""
+
+    train: WindowSet
+    val: WindowSet
+    test: WindowSet
+    classes: list[str]
+
+    def select(self, modalities: Sequence[str]) -> Splits:
+        """The same windows with only some modalities (for a model over fewer inputs)."""
+        train, val, test = (s.select(modalities) for s in (self.train, self.val, self.test))
+        return Splits(train, val, test, self.classes)
+
+
+def prepare(
+    recipe: Recipe, data: Sequence[DataItem], plugins: Plugins, test: Sequence[DataItem] = ()
+) -> Splits:
+    """Cut and label every item's windows, then split them (whole label ranges at a time)."""
+    started = time.monotonic()
+    window = recipe.window.to_config()
+    targets = recipe.targets if recipe.task == "regression" else ()
+    windows, classes = load_windows(data, recipe.spec, window, plugins, recipe.classes or None, targets)
+    options = recipe.train
+    if test:
+        held_out, _ = load_windows(test, recipe.spec, window, plugins, classes, targets)
+        val_index, train_index = split(windows, [options.val_fraction], options.seed)
+    else:
+        fractions = [options.val_fraction, options.test_fraction]
+        val_index, test_index, train_index = split(windows, fractions, options.seed)
+        held_out = windows.take(test_index)
+    splits = Splits(windows.take(train_index), windows.take(val_index), held_out, classes)
+    log.info("%d training, %d validation, %d test windows (%s test data; cut in %.0f s)",
+             len(splits.train), len(splits.val), len(held_out), "separate" if test else "split-off",
+             time.monotonic() - started)  # fmt: skip
+    if len(splits.train) == 0:
+        msg = "no labelled training windows: check the label file's times against the data (fusiond info)"
+        raise ConfigError(msg)
+    return splits
+
+
+def fit_recipe(
+    recipe: Recipe, splits: Splits, plugins: Plugins, progress: Callable[[Epoch], None] | None = None
+) -> tuple[FusionModel, dict[str, Any]]:
+    """Build the recipe's model, train it, and score it on the test windows."""
+    started = time.monotonic()
+    model = build(recipe, splits.classes, plugins)
+    history = fit(model, splits.train, splits.val, recipe.train, headline, progress)
+    device = pick_device(recipe.train.device)
+    metrics: dict[str, Any] = {
+        "test": evaluate(model, splits.test, device) if len(splits.test) else {},
+        "validation": headline(model, splits.val, device) if len(splits.val) else None,
+        "windows": {"train": len(splits.train), "validation": len(splits.val), "test": len(splits.test)},
+        "best_epoch": history.best_epoch,
+        "epochs": recipe.train.epochs,
+        "seed": recipe.train.seed,
+        "device": history.device,
+        "amp": history.amp,
+        "seconds": round(time.monotonic() - started, 1),
+    }
+    return model.cpu(), metrics
+
+
 def train(
     recipe: Recipe,
     data: Sequence[DataItem],
@@ -164,47 +225,14 @@ def train(
     progress: Callable[[Epoch], None] | None = None,
 ) -> Trained:
     """Cut, split, train, score on the test windows and write the checkpoint."""
-    started = time.monotonic()
+    splits = prepare(recipe, data, plugins, test)
+    model, metrics = fit_recipe(recipe, splits, plugins, progress)
     window = recipe.window.to_config()
-    targets = recipe.targets if recipe.task == "regression" else ()
-    windows, classes = load_windows(data, recipe.spec, window, plugins, recipe.classes or None, targets)
-    options = recipe.train
-    if test:
-        held_out, _ = load_windows(test, recipe.spec, window, plugins, classes, targets)
-        val_index, train_index = split(windows, [options.val_fraction], options.seed)
-        test_index = None
-    else:
-        val_index, test_index, train_index = split(
-            windows, [options.val_fraction, options.test_fraction], options.seed
-        )
-        held_out = windows.take(test_index)
-    train_set, val_set = windows.take(train_index), windows.take(val_index)
-    log.info("%d training, %d validation, %d test windows (%s test data; cut in %.0f s)",
-             len(train_set), len(val_set), len(held_out), "separate" if test else "split-off",
-             time.monotonic() - started)  # fmt: skip
-    if len(train_set) == 0:
-        msg = "no labelled training windows: check the label file's times against the data (fusiond info)"
-        raise ConfigError(msg)
-    model = build(recipe, classes, plugins)
-    history = fit(model, train_set, val_set, options, headline, progress)
-    device = pick_device(options.device)
-    metrics: dict[str, Any] = {
-        "test": evaluate(model, held_out, device) if len(held_out) else {},
-        "validation": headline(model, val_set, device) if len(val_set) else None,
-        "windows": {"train": len(train_set), "validation": len(val_set), "test": len(held_out)},
-        "best_epoch": history.best_epoch,
-        "epochs": options.epochs,
-        "seed": options.seed,
-        "device": history.device,
-        "amp": history.amp,
-        "seconds": round(time.monotonic() - started, 1),
-    }
-    model.cpu()
     window_meta = {"length_ns": window.length_ns, "hop_ns": window.hop_ns, "lateness_ns": window.lateness_ns,
                    "min_coverage": window.min_coverage}  # fmt: skip
     digest = save(model, output, name=recipe.name, encoders=recipe.encoders,
                   fusion={"name": recipe.fusion, "args": dict(recipe.fusion_args)}, dim=recipe.dim,
-                  window=window_meta, metrics=metrics, data_hash=train_set.digest())  # fmt: skip
+                  window=window_meta, metrics=metrics, data_hash=splits.train.digest())  # fmt: skip
     return Trained(model, metrics, digest)
 
 

@@ -1,0 +1,60 @@
+"""Write labelled training and test recordings from real packaged data.
+
+    python scripts/make_training_data.py --out .cache/data [--train 200] [--test 20] [--seed 0]
+
+Each recording is an MCAP file of the bus, as ``fusiond record`` writes it: one rig with
+a camera (digit cards, 10 fps), a microphone (spoken digits, 16 kHz, blocks of 1024) and
+an IMU (Wiimote gestures, 100 Hz, blocks of 10), framed by the wire codec the sources
+use; beside it ``<name>.labels.csv`` gives each 2 s segment's digit. ``train/`` uses the
+training writers, voices and gesture recordings, ``test/`` only the held-out ones (see
+scripts/demo_data.py). Then ``fusiond train`` makes the demo model (docs/models.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import demo_data
+import numpy as np
+
+from fusiond.align.offline import RecordedStream
+from fusiond.testing import write_labels, write_recording
+
+T0_NS = 1_700_000_000_000_000_000
+
+
+def write(path: Path, seq: demo_data.Sequence, t0_ns: int) -> None:
+    write_recording(path, {
+        "cam": RecordedStream("video", t0_ns, demo_data.VIDEO_FPS, seq.frames, 1),
+        "mic": RecordedStream("audio", t0_ns, demo_data.AUDIO_RATE, seq.audio[:, None], 1024),
+        "imu": RecordedStream("imu", t0_ns, demo_data.IMU_RATE, seq.imu, 10),
+    })  # fmt: skip
+    seg_ns = round(seq.segment_s * 1e9)
+    rows = [(t0_ns + i * seg_ns, t0_ns + (i + 1) * seg_ns, str(d)) for i, d in enumerate(seq.labels)]
+    write_labels(path.with_name(path.stem + ".labels.csv"), rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path(".cache/data"))
+    parser.add_argument("--train", type=int, default=200, help="training recordings (20 s each)")
+    parser.add_argument("--test", type=int, default=20, help="held-out recordings")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--digits-png", type=Path, default=demo_data.DIGITS_PNG)
+    args = parser.parse_args()
+    demo_data.DIGITS_PNG = args.digits_png
+    rng = np.random.default_rng(args.seed)
+    for split, count in (("train", args.train), ("test", args.test)):
+        folder = args.out / split
+        folder.mkdir(parents=True, exist_ok=True)
+        for n in range(count):
+            labels = [int(d) for d in rng.integers(0, 10, 10)]
+            # Recordings lie an hour apart on the capture clock, like separate sessions.
+            write(folder / f"{split}-{n:03d}.mcap", demo_data.make_sequence(labels, split, rng),
+                  T0_NS + n * 3600 * 10**9)  # fmt: skip
+        print(f"{count} {split} recordings in {folder}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
