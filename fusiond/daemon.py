@@ -108,6 +108,11 @@ class Daemon:
         self.streams = resolve_streams(config, plugins, self.checkpoint)
         self.start_sources = start_sources
         window = config.window.to_config()
+        trained = self.checkpoint.window
+        if trained.get("length_ns", window.length_ns) != window.length_ns:
+            log.warning("window.length_ms is %g but model %s was trained on %g ms windows: its scores "
+                        "will not hold", config.window.length_ms, self.checkpoint.name,
+                        trained["length_ns"] / 1e6)  # fmt: skip
         specs = self.checkpoint.spec.modalities
         self.aligners = {
             rig: RigAligner(

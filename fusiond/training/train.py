@@ -29,7 +29,7 @@ from fusiond.training.data import (
     split,
 )
 from fusiond.training.evaluate import evaluate, headline
-from fusiond.training.loop import Epoch, fit
+from fusiond.training.loop import Epoch, fit, seed_everything
 from fusiond.training.recipe import Recipe
 
 log = logging.getLogger("fusiond.train")
@@ -198,6 +198,7 @@ def fit_recipe(
 ) -> tuple[FusionModel, dict[str, Any]]:
     """Build the recipe's model, train it, and score it on the test windows."""
     started = time.monotonic()
+    seed_everything(recipe.train.seed)  # the initial weights too
     model = build(recipe, splits.classes, plugins)
     history = fit(model, splits.train, splits.val, recipe.train, headline, progress)
     device = pick_device(recipe.train.device)
