@@ -274,3 +274,13 @@ def test_train_on_the_demo_media_and_the_daemon_serves_the_model(tmp_path):
         assert got is not None and got.model["hash"] == digest
     finally:
         daemon.close()
+
+
+def test_labels_that_miss_the_data_are_reported_not_trained_on(data, tmp_path):
+    # Relative times where the data's clock is absolute: a common slip.
+    (tmp_path / "far.csv").write_text("start_ns,end_ns,label\n0,2000000000,low\n2000000000,4000000000,high\n")
+    result = fusiond("train", str(recipe(tmp_path)), "--data", str(data / "test.mcap"), "--labels",
+                     str(tmp_path / "far.csv"), "-o", str(tmp_path / "x.pt"))  # fmt: skip
+    assert result.returncode == 2 and not (tmp_path / "x.pt").exists()
+    assert "no window lies inside a labelled range" in result.stderr
+    assert "no labelled training windows" in result.stderr

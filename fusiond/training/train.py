@@ -118,10 +118,18 @@ def load_windows(
     if classes is None and not targets:
         classes = _sorted_labels({str(r.label) for _, _, rows in loaded for r in rows})
     parts, base = [], 0
-    for item, (streams, messages), rows in loaded:
+    next_log = time.monotonic() + 5
+    for n, (item, (streams, messages), rows) in enumerate(loaded, start=1):
         windows = cut(messages(), streams, spec, window)
         part = label_windows(windows, rows, spec, None if targets else classes, base)
         log.debug("%s: %d windows (%s)", item.path, len(part), dict(part.counts))
+        if not len(part):
+            log.warning("%s: no window lies inside a labelled range of %s (%s); do the label "
+                        "times match the data's capture times?", item.path, item.labels,
+                        dict(part.counts))  # fmt: skip
+        if time.monotonic() >= next_log:
+            log.info("cutting windows: %d/%d data items", n, len(loaded))
+            next_log += 5
         parts.append(part)
         base += len(rows)
     joined = WindowSet.concat(parts)
