@@ -24,6 +24,7 @@ class Ingest:
         self.modalities = modalities
         self.stats = stats
         self.clocks = {key: OffsetEstimator() for key in modalities}
+        self._last_seq: dict[tuple[str, str], int] = {}
         self._logged: set[str] = set()
 
     def handle(self, frames: Sequence[Frame], now_ns: int) -> bool:
@@ -41,6 +42,16 @@ class Ingest:
                 "wrong_modality",
                 f"{key[0]}/{key[1]} sent modality {sample.modality!r}, config says {expected!r}",
             )
+        last = self._last_seq.get(key)
+        if last is not None and sample.seq > last + 1:
+            # The bus drops silently when a socket's queue is full (or a link breaks);
+            # sequence numbers are how those losses become visible. A lower number is a
+            # restarted source or a replay starting over, not a loss.
+            missed = sample.seq - last - 1
+            self.stats.drop("lost_in_transport", missed)
+            where = f"{key[0]}/{key[1]}"
+            self._log_once("lost_in_transport", f"{where}: {missed} message(s) lost on the way in")
+        self._last_seq[key] = sample.seq
         offset = self.clocks[key].update(sample.t_pub_ns, now_ns)
         self.stats.sampled(sample.rig, sample.stream, now_ns)
         aligner = self.aligners[sample.rig]

@@ -2,9 +2,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from fusiond.align import ModalitySpec, Window
+from fusiond.align import ModalitySpec, RigAligner, Window, WindowConfig
 from fusiond.batch import Batcher
+from fusiond.bus.wire import encode_sample
 from fusiond.clock import OffsetEstimator
+from fusiond.ingest import Ingest
+from fusiond.metrics import Stats
 
 
 def test_offset_is_the_minimum_delay_and_follows_a_clock_step():
@@ -60,3 +63,22 @@ def test_rate_meter_averages_complete_seconds_and_survives_a_stall():
     assert meter.rate(110 * s + s // 2) == 10.0
     assert meter.rate(111 * s + s // 2) == 7.5  # one silent second of the last four
     assert meter.rate(130 * s) == 0.0
+
+
+def test_ingest_counts_sequence_gaps_as_lost_and_a_restart_as_no_loss():
+    stats = Stats()
+    window = WindowConfig(10**9, 5 * 10**8, 3 * 10**8)
+    aligner = RigAligner("r", {"imu": "imu"}, {"imu": ModalitySpec("series", 100, 1)}, window, stats.drops)
+    ingest = Ingest({"r": aligner}, {("r", "imu"): "imu"}, stats)
+    t0 = 10**18
+    data = np.zeros((10, 1), np.float32)
+
+    def send(seq: int, i: int) -> bool:
+        frames = encode_sample(rig="r", stream="imu", modality="imu", seq=seq, t_ns=t0 + i * 10**8,
+                               t_pub_ns=t0 + i * 10**8, rate_hz=100.0, data=data)  # fmt: skip
+        return ingest.handle([bytes(f) for f in frames], t0 + i * 10**8)
+
+    assert all(send(seq, i) for i, seq in enumerate([0, 1, 2, 5, 6, 10]))
+    assert stats.drops["lost_in_transport"] == 2 + 3
+    assert send(0, 6) and send(1, 7)  # the source restarted: numbering starts again
+    assert stats.drops["lost_in_transport"] == 5
