@@ -87,7 +87,8 @@ class LinesConfig(LineOptions):
     """Options of the ``lines`` kind (plus the line options: format, values, ...)."""
 
     path: str
-    """A file (followed as it grows, like ``tail -f``), a FIFO, or ``-`` for standard input."""
+    """A file (followed as it grows, like ``tail -f``), a FIFO, or ``-`` for standard input
+    (the source ends when it does)."""
 
 
 class LinesSource(Source):
@@ -112,6 +113,7 @@ class LinesSource(Source):
             raise SourceError(msg)
         self.lines: queue.Queue[tuple[bytes, int]] = queue.Queue(maxsize=10_000)
         self.dropped = 0
+        self.ended = threading.Event()
         self.thread = threading.Thread(target=self._read_lines, name="fusiond-lines", daemon=True)
         self.thread.start()
         return StreamInfo(cfg.rate_hz, f"{cfg.path}: {cfg.format} {cfg.values}")
@@ -129,6 +131,10 @@ class LinesSource(Source):
                 stream.seek(0, os.SEEK_END)  # like tail -f: what is written from now on
             while not stop.is_set():
                 line = stream.readline()
+                if not line and cfg.path == "-":
+                    # stdin at its end: the program writing into the pipe is gone for good.
+                    self.ended.set()
+                    return
                 if not line:  # end of a file (wait for more) or a FIFO's writer left
                     stop.wait(0.05)
                     continue
@@ -142,6 +148,8 @@ class LinesSource(Source):
             try:
                 line, host_ns = self.lines.get(timeout=0.2)
             except queue.Empty:
+                if self.ended.is_set() and self.lines.empty():
+                    return
                 continue
             block = self.reader.feed(line, host_ns)
             if block is not None:

@@ -1,4 +1,4 @@
-"""Serial IMU over a real pty, and the generic ``lines`` source over a real FIFO."""
+"""Serial IMU over a real pty, and the generic ``lines`` source over a real FIFO and a pipe."""
 
 from __future__ import annotations
 
@@ -140,3 +140,29 @@ def test_lines_source_reads_a_fifo(bus, tmp_path):
     values = np.concatenate([s.data for s in samples])[:, 0]
     np.testing.assert_array_equal(values, np.arange(50) * 2.0)
     assert "Traceback" not in log
+
+
+def test_lines_source_reads_a_pipe_on_stdin_and_ends_with_it(bus):
+    endpoint, sock = bus
+    args = ["source", "lines", "--connect", endpoint, "--set", "path='-'", "--set", "format='csv'",
+            "--set", "columns=['a','b']", "--set", "values=['a','b']", "--set", "rate_hz=100.0"]  # fmt: skip
+    collector = Collector(sock)
+    with subprocess.Popen([sys.executable, "-m", "fusiond", *args], stdin=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True) as source:  # fmt: skip
+        time.sleep(2.0)  # let the PUB connect: what is sent before the subscription is lost
+        for i in range(60):
+            source.stdin.write(f"{i},{-i}\n" if i != 30 else "thirty,-30\n")
+            source.stdin.flush()
+            time.sleep(0.01)
+        source.stdin.close()
+        try:
+            rc = source.wait(timeout=10)  # stdin ended: the source ends by itself
+        finally:
+            source.kill()
+            log = source.stderr.read()
+            samples = collector.finish()
+    assert rc == 0, log
+    data = np.concatenate([s.data for s in samples])
+    expected = np.array([[i, -i] for i in range(60) if i != 30], np.float32)
+    np.testing.assert_array_equal(data, expected)
+    assert "1 garbage line(s) so far" in log and "end of data after 59 messages" in log
