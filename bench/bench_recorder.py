@@ -4,7 +4,8 @@
 
 A publisher process sends a realistic rig through a broker: 640x480x3 raw camera frames at
 30 fps, 16 kHz int16 audio in 1024-sample blocks, 100 Hz 6-axis IMU in 10-sample blocks;
-then, a second run, camera frames as fast as it can. ``fusiond record`` (a real
+then the same with ``--foxglove`` (every frame also JPEG-encoded for viewing); then camera
+frames as fast as the publisher can. ``fusiond record`` (a real
 subprocess) writes the bus to MCAP. The figures: what the publisher sent next to what
 the recorder wrote (messages/s, MB/s), and the messages the recorder saw go missing
 (sequence gaps).
@@ -65,7 +66,7 @@ def publisher(endpoint: str, seconds: float, flood: bool) -> None:
     ctx.term()
 
 
-def run(seconds: float, flood: bool) -> tuple[float, float, float, float, int, float]:
+def run(seconds: float, flood: bool, foxglove: bool = False) -> tuple[float, float, float, float, int, float]:
     from fusiond.bus.broker import Broker
 
     publish, subscribe = (f"ipc://{tempfile.mkdtemp()}/{n}" for n in ("pub", "sub"))
@@ -74,7 +75,8 @@ def run(seconds: float, flood: bool) -> tuple[float, float, float, float, int, f
         out = Path(tmp) / "bench.mcap"
         recorder = subprocess.Popen(
             [sys.executable, "-m", "fusiond", "record", "-o", str(out), "--connect", subscribe,
-             "--duration", str(seconds + 3)], stderr=subprocess.PIPE, text=True,
+             "--duration", str(seconds + 3), *(["--foxglove"] if foxglove else [])],
+            stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         code = f"import bench_recorder; bench_recorder.publisher({publish!r}, {seconds}, {flood})"
         pub = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -96,12 +98,15 @@ def main() -> None:
     args = parser.parse_args()
     print(f"{'run':<34} {'bus msg/s':>9} {'bus MB/s':>9} {'rec msg/s':>9} {'rec MB/s':>9} "
           f"{'gaps':>5} {'file MB':>8}")  # fmt: skip
-    for label, flood in (("rig: 640x480@30 + audio + IMU", False), ("camera flood (640x480 raw)", True)):
-        bus_n, bus_mb, rec_n, rec_mb, gaps, size = run(args.seconds, flood)
+    runs = (("rig: 640x480@30 + audio + IMU", False, False), ("same, record --foxglove", False, True),
+            ("camera flood (640x480 raw)", True, False))  # fmt: skip
+    for label, flood, foxglove in runs:
+        bus_n, bus_mb, rec_n, rec_mb, gaps, size = run(args.seconds, flood, foxglove)
         print(f"{label:<34} {bus_n:9.1f} {bus_mb:9.1f} {rec_n:9.1f} {rec_mb:9.1f} {gaps:5d} {size:8.1f}")
     print("(rec MB/s counts message bodies before compression; file MB is after zstd. In the")
     print(" flood, 'bus' counts attempted sends: a PUB socket drops what no queue can take, so")
-    print(" the recorder's own rate there is its ceiling, and gaps are mostly the publisher's.)")
+    print(" the recorder's own rate there is its ceiling, and gaps are mostly the publisher's.")
+    print(" --foxglove JPEG-encodes every frame; these frames are noise, the worst case for JPEG.)")
 
 
 if __name__ == "__main__":

@@ -84,7 +84,7 @@ def cmd_record(args: argparse.Namespace) -> int:
 
     stop = stop_event_from_signals()
     endpoint = _endpoint(args.connect, args.config, "subscribe")
-    with Recorder(args.output, endpoint, args.topics) as recorder:
+    with Recorder(args.output, endpoint, args.topics, foxglove=args.foxglove) as recorder:
         log.info("recording %s to %s", endpoint, args.output)
         recorder.run(stop, args.duration)
     total = sum(recorder.messages.values())
@@ -92,6 +92,10 @@ def cmd_record(args: argparse.Namespace) -> int:
     log.info("recorded %d messages (%.1f MB) on %d topics to %s; lost before the recorder "
              "(sequence gaps): %d; malformed: %d", total, recorder.bytes / 1e6,
              len(recorder.messages), args.output, lost, recorder.malformed)  # fmt: skip
+    if args.foxglove:
+        failed = recorder.views.pop("failed", 0)
+        views = ", ".join(f"{t} {n}" for t, n in sorted(recorder.views.items())) or "none"
+        log.info("foxglove views: %s%s", views, f"; {failed} message(s) without a view" if failed else "")
     return 0
 
 
@@ -449,6 +453,8 @@ def build_parser() -> argparse.ArgumentParser:
     record.add_argument("--duration", type=float, help="stop after this many seconds")
     record.add_argument("--connect", help="subscriber endpoint of the daemon")
     record.add_argument("--config", type=Path, help="read the endpoint from this config")
+    record.add_argument("--foxglove", action="store_true",
+                        help="add Foxglove channels: camera JPEGs, predictions")  # fmt: skip
     record.set_defaults(func=cmd_record)
 
     replay = sub.add_parser("replay", help="publish a recording's sensor messages again")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -10,10 +11,12 @@ import sys
 import time
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 from mcap.reader import make_reader
 
-from fusiond.bus.wire import decode_prediction
+from fusiond.bus.wire import decode_prediction, decode_sample
 from fusiond.client import Subscriber
 from fusiond.recording import info, read
 
@@ -46,7 +49,7 @@ def live(tmp_path_factory):
         with Subscriber(sub, timeout_s=30) as predictions:
             assert predictions.next() is not None  # the rig is up
         path = tmp / "run.mcap"
-        result = fusiond("record", "-o", str(path), "--connect", sub, "--duration", "8")
+        result = fusiond("record", "-o", str(path), "--connect", sub, "--duration", "8", "--foxglove")
         assert result.returncode == 0, result.stderr
     finally:
         stop(daemon)
@@ -63,7 +66,9 @@ def test_the_recording_is_indexed_mcap_with_every_stream(live):
         counts = {topics_id: n for topics_id, n in summary.statistics.channel_message_counts.items()}
         assert summary.chunk_indexes and all(c.compression == "zstd" for c in summary.chunk_indexes)
         meta = {m.name: m.metadata for m in reader.iter_metadata()}
-    assert set(topics) == {"s/demo/cam", "s/demo/mic", "s/demo/imu", "p/demo"}
+    bus = {t for t, c in topics.items() if c.message_encoding == "fusiond-frames"}
+    assert bus == {"s/demo/cam", "s/demo/mic", "s/demo/imu", "p/demo"}
+    assert set(topics) - bus == {"foxglove/s/demo/cam", "foxglove/p/demo"}
     assert topics["s/demo/cam"].metadata["modality"] == "video"
     by_topic = {c.topic: counts[cid] for cid, c in summary.channels.items()}
     assert 70 <= by_topic["s/demo/cam"] <= 82  # 10 fps for 8 s
@@ -71,6 +76,36 @@ def test_the_recording_is_indexed_mcap_with_every_stream(live):
     assert meta["fusiond"]["protocol"] == "1.0"
     assert "lost before the recorder (sequence gaps): 0" in log
     assert len(recorded) == by_topic["p/demo"]
+
+
+def test_foxglove_channels_hold_the_camera_frames_and_the_predictions(live):
+    _, path, recorded, log = live
+    with path.open("rb") as f:
+        reader = make_reader(f)
+        summary = reader.get_summary()
+        schemas = {c.topic: summary.schemas[c.schema_id] for c in summary.channels.values()
+                   if c.topic.startswith("foxglove/")}  # fmt: skip
+        views = {t: [] for t in schemas}
+        for _, channel, message in reader.iter_messages(topics=list(schemas)):
+            views[channel.topic].append((message.publish_time, json.loads(message.data)))
+    assert schemas["foxglove/s/demo/cam"].name == "foxglove.CompressedImage"
+    assert schemas["foxglove/p/demo"].name == "fusiond.Prediction"
+    assert all(s.encoding == "jsonschema" for s in schemas.values())
+    samples = [decode_sample(r.frames) for r in read(path, ["s/demo/cam"])]
+    frames = {s.t_ns: s.data[0] for s in samples}
+    assert len(views["foxglove/s/demo/cam"]) == len(frames) > 0
+    for t_ns, image in views["foxglove/s/demo/cam"]:
+        assert image["format"] == "jpeg" and image["frame_id"] == "cam"
+        assert image["timestamp"] == {"sec": t_ns // 10**9, "nsec": t_ns % 10**9}
+        jpeg = np.frombuffer(base64.b64decode(image["data"]), np.uint8)
+        shown = cv2.imdecode(jpeg, cv2.IMREAD_COLOR)
+        raw = frames[t_ns]
+        assert shown.shape == raw.shape
+        assert np.abs(shown.astype(int) - raw).mean() < 4  # JPEG at quality 85
+    shown = [p for _, p in views["foxglove/p/demo"]]
+    assert [p["label"] for p in shown] == [p.label for p in recorded]
+    assert [p["scores"] for p in shown] == [dict(zip(p.classes, p.scores, strict=True)) for p in recorded]
+    assert "foxglove views: foxglove/p/demo" in log
 
 
 def test_info_reports_channels_counts_and_rates(live):
@@ -156,3 +191,22 @@ def test_a_recorder_killed_with_sigkill_leaves_a_readable_file(tmp_path):
     assert summary.messages["s/demo/cam"] >= 20  # 4 s at 10 fps, less at most the last chunk
     result = fusiond("info", str(path))
     assert result.returncode == 0 and "cut off" in result.stdout
+
+
+def test_a_frame_sent_as_jpeg_is_shown_as_sent_and_other_streams_get_no_view():
+    from fusiond.bus.wire import decode_header, encode_sample
+    from fusiond.recording.foxglove import view_messages
+
+    image = np.random.default_rng(0).integers(0, 255, (24, 32, 3), np.uint8)
+    ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 40])
+    assert ok
+    frames = encode_sample(rig="r", stream="c", modality="video", seq=0, t_ns=5 * 10**9 + 7, t_pub_ns=0,
+                           rate_hz=30, data=image[None], encoding="jpeg", payload=jpeg.tobytes())  # fmt: skip
+    [(topic, schema, t_ns, body)] = view_messages(decode_header(frames), frames)
+    shown = json.loads(body)
+    assert (topic, schema, t_ns) == ("foxglove/s/r/c", "image", 5 * 10**9 + 7)
+    assert base64.b64decode(shown["data"]) == jpeg.tobytes()  # the source's JPEG, not encoded again
+    assert shown["timestamp"] == {"sec": 5, "nsec": 7}
+    imu = encode_sample(rig="r", stream="i", modality="imu", seq=0, t_ns=0, t_pub_ns=0, rate_hz=100,
+                        data=np.zeros((10, 3), np.float32))  # fmt: skip
+    assert list(view_messages(decode_header(imu), imu)) == []

@@ -5,6 +5,7 @@ a MessagePack array of the bus message's frames after the topic (the msgpack hea
 then the raw buffers), byte for byte. ``log_time`` is when the recorder received it,
 ``publish_time`` the header's ``t_pub_ns``. Chunks are zstd-compressed and indexed.
 
+Channels in other encodings (the views of ``fusiond record --foxglove``) are skipped.
 Reading tolerates a file whose writer was killed: without a summary section the records
 are walked in order and the cut-off tail is dropped.
 """
@@ -78,6 +79,8 @@ def read(path: Path, topics: Sequence[str] = ()) -> Iterator[Recorded]:
             reader = make_reader(f)
             reader.get_summary()
             for _, channel, message in reader.iter_messages(log_time_order=True):
+                if channel.message_encoding != MESSAGE_ENCODING:
+                    continue  # a view for other tools (fusiond.recording.foxglove)
                 if not topics or channel.topic.startswith(tuple(topics)):
                     yield _unpack(channel.topic, message)
             return
@@ -103,7 +106,7 @@ def _read_cut_off(path: Path, topics: Sequence[str]) -> Iterator[Recorded]:
                 log.warning("%s ends mid-record after %d messages (%s); the rest is lost",
                             path, count, type(exc).__name__)  # fmt: skip
                 return
-            if isinstance(record, Channel):
+            if isinstance(record, Channel) and record.message_encoding == MESSAGE_ENCODING:
                 channels[record.id] = record.topic
             elif isinstance(record, Message) and record.channel_id in channels:
                 topic = channels[record.channel_id]
@@ -125,7 +128,8 @@ def channel_metadata(path: Path) -> dict[str, dict[str, str]] | None:
         raise FusiondError(msg) from None
     if summary is None:
         return None
-    return {c.topic: dict(c.metadata) for c in summary.channels.values()}
+    return {c.topic: dict(c.metadata) for c in summary.channels.values()
+            if c.message_encoding == MESSAGE_ENCODING}  # fmt: skip
 
 
 def info(path: Path) -> RecordingInfo:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -9,7 +10,7 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import BinaryIO, Self
+from typing import Any, BinaryIO, Self
 
 import zmq
 from mcap.writer import CompressionType, Writer
@@ -17,6 +18,7 @@ from mcap.writer import CompressionType, Writer
 from fusiond import __version__
 from fusiond.bus.wire import PROTOCOL_VERSION, decode_header
 from fusiond.errors import WireError
+from fusiond.recording import foxglove
 from fusiond.recording.mcapfile import MESSAGE_ENCODING, PROFILE, pack
 
 log = logging.getLogger(__name__)
@@ -26,15 +28,20 @@ FLUSH_EVERY_NS = 500_000_000
 class RecordingWriter:
     """An MCAP file of bus messages: ``with RecordingWriter(path) as w: w.write(frames, t)``.
 
-    Used by the recorder, and by programs that write recordings of their own.
+    Used by the recorder, and by programs that write recordings of their own. With
+    ``foxglove``, camera frames and predictions are also written as channels Foxglove
+    displays (:mod:`fusiond.recording.foxglove`).
     """
 
     def __init__(self, path: Path, endpoint: str = "", topics: Sequence[str] = (),
-                 chunk_size: int = 4 << 20) -> None:  # fmt: skip
+                 chunk_size: int = 4 << 20, foxglove: bool = False) -> None:  # fmt: skip
         self.path = path
         self.endpoint = endpoint
         self.topics = list(topics) or [""]
         self.chunk_size = chunk_size
+        self.foxglove = foxglove
+        self.views: Counter[str] = Counter()
+        self._schemas: dict[str, int] = {}
         self.messages: Counter[str] = Counter()
         self.bytes = 0
         self.gaps: Counter[str] = Counter()
@@ -78,6 +85,32 @@ class RecordingWriter:
                                 sequence=seq if isinstance(seq, int) else 0)  # fmt: skip
         self.messages[topic] += 1
         self.bytes += len(body)
+        if self.foxglove:
+            self._write_views(header, frames, t_recv_ns)
+
+    def _write_views(self, header: dict[str, Any], frames: Sequence[bytes | memoryview],
+                     t_recv_ns: int) -> None:  # fmt: skip
+        try:
+            views = list(foxglove.view_messages(header, frames))
+        except (WireError, ValueError, KeyError, IndexError, TypeError):
+            self.views["failed"] += 1  # the bus copy is written; only the view is missing
+            return
+        for topic, schema, t_ns, body in views:
+            channel = self._channels.get(topic)
+            if channel is None:
+                channel = self._register_view(topic, schema)
+            self.writer.add_message(channel, log_time=t_recv_ns, publish_time=t_ns, data=body)
+            self.views[topic] += 1
+
+    def _register_view(self, topic: str, schema: str) -> int:
+        schema_id = self._schemas.get(schema)
+        if schema_id is None:
+            definition = foxglove.SCHEMAS[schema]
+            schema_id = self.writer.register_schema(str(definition["title"]), foxglove.SCHEMA_ENCODING,
+                                                    json.dumps(definition).encode())  # fmt: skip
+            self._schemas[schema] = schema_id
+        self._channels[topic] = self.writer.register_channel(topic, foxglove.MESSAGE_ENCODING, schema_id)
+        return self._channels[topic]
 
     def _register(self, topic: str, header: dict[str, object]) -> int:
         keys = ("type", "rig", "stream", "modality", "rate_hz")
@@ -100,8 +133,8 @@ class Recorder(RecordingWriter):
     """
 
     def __init__(self, path: Path, endpoint: str, topics: Sequence[str] = (),
-                 chunk_size: int = 4 << 20, queue: int = 10_000) -> None:  # fmt: skip
-        super().__init__(path, endpoint, topics, chunk_size)
+                 chunk_size: int = 4 << 20, queue: int = 10_000, foxglove: bool = False) -> None:  # fmt: skip
+        super().__init__(path, endpoint, topics, chunk_size, foxglove)
         self.queue = queue
 
     def __enter__(self) -> Self:
