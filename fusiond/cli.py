@@ -127,12 +127,18 @@ def cmd_info(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"path": str(summary.path), "complete": summary.complete,
                           "duration_s": round(summary.duration_s, 3), "channels": rows,
-                          "metadata": summary.metadata}))  # fmt: skip
+                          "metadata": summary.metadata,
+                          "views": [{"topic": t, "schema": schema, "messages": n}
+                                    for t, (schema, n) in sorted(summary.views.items())]}))  # fmt: skip
         return 0
     state = "complete" if summary.complete else "cut off (no summary: writer was killed)"
     print(f"{summary.path}: {summary.duration_s:.1f} s, {sum(summary.messages.values())} messages, {state}")
     for row in rows:
         print(f"  {row['topic']:<28} {row['messages']:>8} msgs {row['rate_hz']:>9.2f} Hz")
+    if summary.views:
+        print("  views for other tools (not replayed):")
+        for topic, (schema, n) in sorted(summary.views.items()):
+            print(f"  {topic:<28} {n:>8} msgs  {schema}")
     return 0
 
 

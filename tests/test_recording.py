@@ -114,6 +114,10 @@ def test_info_reports_channels_counts_and_rates(live):
     summary = json.loads(result.stdout)
     assert summary["complete"] and 7.0 <= summary["duration_s"] <= 8.5
     rates = {row["topic"]: row["rate_hz"] for row in summary["channels"]}
+    assert set(rates) == {"s/demo/cam", "s/demo/mic", "s/demo/imu", "p/demo"}
+    views = {row["topic"]: row for row in summary["views"]}
+    assert views["foxglove/s/demo/cam"]["schema"] == "foxglove.CompressedImage"
+    assert views["foxglove/p/demo"]["messages"] == sum(1 for _ in read(live[1], ["p/"]))
     assert rates["s/demo/cam"] == pytest.approx(10.0, abs=0.3)
     assert rates["s/demo/imu"] == pytest.approx(10.0, abs=0.3)  # 10-sample blocks at 100 Hz
 

@@ -58,6 +58,8 @@ class RecordingInfo:
     first_ns: dict[str, int] = field(default_factory=dict)
     last_ns: dict[str, int] = field(default_factory=dict)
     metadata: dict[str, dict[str, str]] = field(default_factory=dict)
+    views: dict[str, tuple[str, int]] = field(default_factory=dict)
+    """Channels for other tools (``record --foxglove``): topic -> (schema, messages)."""
 
     @property
     def duration_s(self) -> float:
@@ -151,6 +153,14 @@ def info(path: Path) -> RecordingInfo:
         result.last_ns[rec.topic] = rec.log_time_ns
     if complete:
         with path.open("rb") as f:
-            for meta in make_reader(f).iter_metadata():
+            reader = make_reader(f)
+            for meta in reader.iter_metadata():
                 result.metadata[meta.name] = dict(meta.metadata)
+            summary = reader.get_summary()
+        if summary is not None:
+            counts = summary.statistics.channel_message_counts if summary.statistics else {}
+            for cid, channel in summary.channels.items():
+                if channel.message_encoding != MESSAGE_ENCODING:
+                    schema = summary.schemas.get(channel.schema_id)
+                    result.views[channel.topic] = (schema.name if schema else "", counts.get(cid, 0))
     return result
