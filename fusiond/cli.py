@@ -93,8 +93,8 @@ def cmd_record(args: argparse.Namespace) -> int:
              "(sequence gaps): %d; malformed: %d", total, recorder.bytes / 1e6,
              len(recorder.messages), args.output, lost, recorder.malformed)  # fmt: skip
     if args.foxglove:
-        failed = recorder.views.pop("failed", 0)
         views = ", ".join(f"{t} {n}" for t, n in sorted(recorder.views.items())) or "none"
+        failed = recorder.view_failures
         log.info("foxglove views: %s%s", views, f"; {failed} message(s) without a view" if failed else "")
     return 0
 

@@ -6,7 +6,7 @@ import logging
 from collections.abc import Mapping, Sequence
 
 from fusiond.align.windows import RigAligner
-from fusiond.bus.wire import Frame, decode_sample
+from fusiond.bus.wire import Frame, SequenceGaps, decode_sample
 from fusiond.clock import OffsetEstimator
 from fusiond.errors import WireError
 from fusiond.metrics import Stats
@@ -24,7 +24,7 @@ class Ingest:
         self.modalities = modalities
         self.stats = stats
         self.clocks = {key: OffsetEstimator() for key in modalities}
-        self._last_seq: dict[tuple[str, str], int] = {}
+        self.gaps = SequenceGaps()
         self._logged: set[str] = set()
 
     def handle(self, frames: Sequence[Frame], now_ns: int) -> bool:
@@ -42,16 +42,10 @@ class Ingest:
                 "wrong_modality",
                 f"{key[0]}/{key[1]} sent modality {sample.modality!r}, config says {expected!r}",
             )
-        last = self._last_seq.get(key)
-        if last is not None and sample.seq > last + 1:
-            # The bus drops silently when a socket's queue is full (or a link breaks);
-            # sequence numbers are how those losses become visible. A lower number is a
-            # restarted source or a replay starting over, not a loss.
-            missed = sample.seq - last - 1
+        missed = self.gaps.missed(key, sample.seq)
+        if missed:
             self.stats.drop("lost_in_transport", missed)
-            where = f"{key[0]}/{key[1]}"
-            self._log_once("lost_in_transport", f"{where}: {missed} message(s) lost on the way in")
-        self._last_seq[key] = sample.seq
+            self._log_once("lost_in_transport", f"{key[0]}/{key[1]}: {missed} message(s) lost on the way in")
         offset = self.clocks[key].update(sample.t_pub_ns, now_ns)
         self.stats.sampled(sample.rig, sample.stream, now_ns)
         aligner = self.aligners[sample.rig]

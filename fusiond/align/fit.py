@@ -62,7 +62,8 @@ def _fit_series(spec: ModalitySpec, blocks: Sequence[Block], start_ns: int, end_
     step = (end_ns - start_ns) / spec.length
     targets = np.arange(spec.length) * step
     periods = [b.period_ns for b in blocks if b.period_ns > 0]
-    taps = anti_alias(step / min(periods)) if periods else None
+    # Rounded, so streams whose periods differ in the last digits share one cached filter.
+    taps = anti_alias(round(step / min(periods), 2)) if periods else None
     out = np.zeros(spec.shape, np.float32)
     for c in range(min(spec.channels, values.shape[1])):
         column = values[:, c] if taps is None else _low_pass(values[:, c], taps)
@@ -80,7 +81,6 @@ def anti_alias(ratio: float) -> np.ndarray | None:
     """
     if ratio < 1.05:
         return None
-    ratio = round(ratio, 2)  # one filter for nearby ratios (jittered periods)
     half = int(np.ceil(8 * ratio))
     n = np.arange(-half, half + 1)
     taps = np.sinc(n / ratio) * np.blackman(2 * half + 1)

@@ -47,6 +47,24 @@ def prediction_topic(rig: str) -> str:
     return f"{PREDICTION_PREFIX}{rig}"
 
 
+class SequenceGaps:
+    """Messages missing from each stream, from its ``seq`` numbers.
+
+    ZeroMQ drops silently when a queue is full or a link breaks; a jump in ``seq`` is how
+    such losses become visible. A lower number than the last is a restarted source (or a
+    replay starting over), not a loss.
+    """
+
+    def __init__(self) -> None:
+        self._last: dict[Any, int] = {}
+
+    def missed(self, key: Any, seq: int) -> int:
+        """How many messages of ``key`` went missing just before this one."""
+        last = self._last.get(key)
+        self._last[key] = seq
+        return seq - last - 1 if last is not None and seq > last + 1 else 0
+
+
 @dataclass(frozen=True, slots=True)
 class Sample:
     """A block of samples from one stream: ``data[i]`` was captured at ``t_ns + i / rate_hz``."""

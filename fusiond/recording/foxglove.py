@@ -68,12 +68,12 @@ def _time(t_ns: int) -> dict[str, int]:
     return {"sec": sec, "nsec": nsec}
 
 
-def _jpeg(frame: np.ndarray) -> bytes:
+def _jpeg(frame: np.ndarray) -> memoryview:
     ok, buf = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
     if not ok:
         msg = f"cannot JPEG-encode a frame of shape {frame.shape}"
         raise ValueError(msg)
-    return buf.tobytes()
+    return buf.data
 
 
 def view_messages(
@@ -104,7 +104,7 @@ def view_messages(
     topic = f"{PREFIX}s/{header['rig']}/{header['stream']}"
     buffer = header["buffers"][0]
     if buffer.get("encoding") == "jpeg" and buffer["shape"][0] == 1:
-        yield topic, "image", header["t_ns"], _image(header["stream"], header["t_ns"], bytes(frames[2]))
+        yield topic, "image", header["t_ns"], _image(header["stream"], header["t_ns"], frames[2])
         return
     sample = decode_sample(frames)
     if sample.data.ndim != 4 or sample.data.dtype != np.uint8:
@@ -115,7 +115,8 @@ def view_messages(
         yield topic, "image", t_ns, _image(sample.stream, t_ns, _jpeg(frame))
 
 
-def _image(frame_id: str, t_ns: int, jpeg: bytes) -> bytes:
+def _image(frame_id: str, t_ns: int, jpeg: bytes | memoryview) -> bytes:
+    # base64 reads any contiguous buffer: the JPEG is not copied before it is encoded.
     body = {"timestamp": _time(t_ns), "frame_id": frame_id, "format": "jpeg",
             "data": base64.b64encode(jpeg).decode()}  # fmt: skip
     return json.dumps(body).encode()

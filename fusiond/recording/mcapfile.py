@@ -69,6 +69,11 @@ class RecordingInfo:
         return (max(self.last_ns.values()) - min(self.first_ns.values())) / 1e9
 
 
+def _bus(channel: Channel) -> bool:
+    """A channel of bus messages (not a view written for another tool)."""
+    return channel.message_encoding == MESSAGE_ENCODING
+
+
 def _unpack(topic: str, message: Message) -> Recorded:
     frames = msgpack.unpackb(message.data)
     return Recorded(topic, message.log_time, [topic.encode(), *frames])
@@ -81,7 +86,7 @@ def read(path: Path, topics: Sequence[str] = ()) -> Iterator[Recorded]:
             reader = make_reader(f)
             reader.get_summary()
             for _, channel, message in reader.iter_messages(log_time_order=True):
-                if channel.message_encoding != MESSAGE_ENCODING:
+                if not _bus(channel):
                     continue  # a view for other tools (fusiond.recording.foxglove)
                 if not topics or channel.topic.startswith(tuple(topics)):
                     yield _unpack(channel.topic, message)
@@ -108,7 +113,7 @@ def _read_cut_off(path: Path, topics: Sequence[str]) -> Iterator[Recorded]:
                 log.warning("%s ends mid-record after %d messages (%s); the rest is lost",
                             path, count, type(exc).__name__)  # fmt: skip
                 return
-            if isinstance(record, Channel) and record.message_encoding == MESSAGE_ENCODING:
+            if isinstance(record, Channel) and _bus(record):
                 channels[record.id] = record.topic
             elif isinstance(record, Message) and record.channel_id in channels:
                 topic = channels[record.channel_id]
@@ -130,37 +135,32 @@ def channel_metadata(path: Path) -> dict[str, dict[str, str]] | None:
         raise FusiondError(msg) from None
     if summary is None:
         return None
-    return {c.topic: dict(c.metadata) for c in summary.channels.values()
-            if c.message_encoding == MESSAGE_ENCODING}  # fmt: skip
+    return {c.topic: dict(c.metadata) for c in summary.channels.values() if _bus(c)}
 
 
 def info(path: Path) -> RecordingInfo:
     """Channels, counts and times of a recording (read through, so cut-off files work too)."""
-    complete = True
+    result = RecordingInfo(path, complete=False)
     try:
         with path.open("rb") as f:
-            summary = make_reader(f).get_summary()
-            complete = summary is not None
+            reader = make_reader(f)
+            summary = reader.get_summary()
+            if summary is not None:
+                result.complete = True
+                result.metadata = {meta.name: dict(meta.metadata) for meta in reader.iter_metadata()}
     except (McapError, struct.error, ValueError, EOFError, AssertionError):
-        complete = False
+        summary = None
     except FileNotFoundError:
         msg = f"no such recording: {path}"
         raise FusiondError(msg) from None
-    result = RecordingInfo(path, complete)
+    if summary is not None:
+        counts = summary.statistics.channel_message_counts if summary.statistics else {}
+        for cid, channel in summary.channels.items():
+            if not _bus(channel):
+                schema = summary.schemas.get(channel.schema_id)
+                result.views[channel.topic] = (schema.name if schema else "", counts.get(cid, 0))
     for rec in read(path):
         result.messages[rec.topic] += 1
         result.first_ns.setdefault(rec.topic, rec.log_time_ns)
         result.last_ns[rec.topic] = rec.log_time_ns
-    if complete:
-        with path.open("rb") as f:
-            reader = make_reader(f)
-            for meta in reader.iter_metadata():
-                result.metadata[meta.name] = dict(meta.metadata)
-            summary = reader.get_summary()
-        if summary is not None:
-            counts = summary.statistics.channel_message_counts if summary.statistics else {}
-            for cid, channel in summary.channels.items():
-                if channel.message_encoding != MESSAGE_ENCODING:
-                    schema = summary.schemas.get(channel.schema_id)
-                    result.views[channel.topic] = (schema.name if schema else "", counts.get(cid, 0))
     return result

@@ -16,7 +16,7 @@ import zmq
 from mcap.writer import CompressionType, Writer
 
 from fusiond import __version__
-from fusiond.bus.wire import PROTOCOL_VERSION, decode_header
+from fusiond.bus.wire import PROTOCOL_VERSION, SequenceGaps, decode_header
 from fusiond.errors import WireError
 from fusiond.recording import foxglove
 from fusiond.recording.mcapfile import MESSAGE_ENCODING, PROFILE, pack
@@ -41,13 +41,14 @@ class RecordingWriter:
         self.chunk_size = chunk_size
         self.foxglove = foxglove
         self.views: Counter[str] = Counter()
+        self.view_failures = 0
         self._schemas: dict[str, int] = {}
         self.messages: Counter[str] = Counter()
         self.bytes = 0
         self.gaps: Counter[str] = Counter()
         self.malformed = 0
         self._channels: dict[str, int] = {}
-        self._last_seq: dict[str, int] = {}
+        self._seq = SequenceGaps()
 
     def __enter__(self) -> Self:
         self._file: BinaryIO = self.path.open("wb")
@@ -73,11 +74,8 @@ class RecordingWriter:
         if channel is None:
             channel = self._register(topic, header)
         seq = header.get("seq")
-        if isinstance(seq, int):
-            last = self._last_seq.get(topic)
-            if last is not None and seq > last + 1:
-                self.gaps[topic] += seq - last - 1
-            self._last_seq[topic] = seq
+        if isinstance(seq, int) and (missed := self._seq.missed(topic, seq)):
+            self.gaps[topic] += missed
         body = pack(frames)
         t_pub = header.get("t_pub_ns")
         self.writer.add_message(channel, log_time=t_recv_ns, data=body,
@@ -93,7 +91,7 @@ class RecordingWriter:
         try:
             views = list(foxglove.view_messages(header, frames))
         except (WireError, ValueError, KeyError, IndexError, TypeError):
-            self.views["failed"] += 1  # the bus copy is written; only the view is missing
+            self.view_failures += 1  # the bus copy is written; only the view is missing
             return
         for topic, schema, t_ns, body in views:
             channel = self._channels.get(topic)
