@@ -8,6 +8,8 @@
    floods the daemon's publish endpoint; the daemon (in this process, so its counters can
    be read) decodes, clock-corrects and aligns them. The same publisher then floods a
    bare pyzmq SUB socket that only unpacks the msgpack header. The ratio is the figure.
+3. Fitting one second of microphone audio to an 8000-sample input (what the demo model
+   takes): ms per window, and the share of it spent in the anti-alias low-pass filter.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import msgpack
@@ -208,6 +211,34 @@ def bench_core(count: int) -> float:
     return count / (time.perf_counter() - started)
 
 
+def bench_fit(repeats: int = 200) -> None:
+    """One audio window through the aligner's fit, at two microphone rates."""
+    from fusiond.align import ModalitySpec
+    from fusiond.align.fit import Block, _low_pass, anti_alias, fit
+
+    spec = ModalitySpec("series", length=8000, channels=1)
+    print("\n## Fitting one 1 s audio window to 8000 samples")
+    print(f"{'microphone':<12} {'fit ms':>8} {'of which low-pass ms':>21} {'taps':>5}")
+    for rate in (16_000, 48_000):
+        period = 1e9 / rate
+        audio = np.random.default_rng(0).normal(0, 3000, (rate, 1)).astype(np.int16)
+        blocks = [Block(round(i * period), round((i + 1024) * period), period, audio[i : i + 1024], 0)
+                  for i in range(0, rate, 1024)]  # fmt: skip
+        taps = anti_alias(round(rate / 8000, 2))
+        assert taps is not None
+        fit_ms = _ms_per_call(lambda b=blocks: fit(spec, b, 0, 10**9), repeats)
+        filter_ms = _ms_per_call(lambda a=audio[:, 0], t=taps: _low_pass(a, t), repeats)
+        print(f"{rate / 1000:>6.0f} kHz   {fit_ms:8.2f} {filter_ms:21.2f} {len(taps):5d}")
+
+
+def _ms_per_call(work: Callable[[], object], repeats: int) -> float:
+    work()
+    started = time.perf_counter()
+    for _ in range(repeats):
+        work()
+    return (time.perf_counter() - started) / repeats * 1e3
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=30.0)
@@ -228,6 +259,7 @@ def main() -> None:
     if seen < args.messages:
         print(f"(the daemon received {seen} of {args.messages}: the publisher quits 2 s after its last send,")
         print(" so what was still queued then is never sent; a cut-off tail, no gap in seq)")
+    bench_fit()
 
 
 if __name__ == "__main__":
