@@ -38,6 +38,21 @@ class OffsetEstimator:
         self._current = delay if self._current is None else min(self._current, delay)
         return self.offset_ns
 
+    def accepts(self, t_pub_ns: int, t_recv_ns: int, clock: str, max_skew_ns: int) -> bool:
+        """Whether a message published at ``t_pub_ns`` is plausible for this source.
+
+        A ``realtime`` source shares the daemon's epoch: its publish time must lie within
+        ``max_skew_ns`` of the receive time. A ``monotonic`` source counts from its own boot,
+        so only its first message sets the scale; later ones must agree with the estimate
+        within ``max_skew_ns``. Either way, one forged publish time cannot drag the offset
+        (and with it every later sample of the stream) away.
+        """
+        delay = t_recv_ns - t_pub_ns
+        if clock == "realtime":
+            return abs(delay) <= max_skew_ns
+        values = [v for v in (self._current, self._previous) if v is not None]
+        return not values or abs(delay - min(values)) <= max_skew_ns
+
     @property
     def offset_ns(self) -> int:
         """The current estimate, in whole milliseconds (0 before any message)."""

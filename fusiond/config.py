@@ -8,6 +8,7 @@ Relative paths are taken from the config file's folder.
 from __future__ import annotations
 
 import tomllib
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -16,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from fusiond.align.windows import WindowConfig
 from fusiond.bus.wire import NAME_RE
 from fusiond.errors import ConfigError
+from fusiond.ingest import Limits
 from fusiond.plugin.registry import SourceRegistry
 from fusiond.sources.base import SourceConfig
 
@@ -35,6 +37,11 @@ class BusSection(_Section):
     subscribe: str = DEFAULT_SUBSCRIBE
     control: str = DEFAULT_CONTROL
     queue: int = Field(1000, ge=10)
+    """Messages each socket queue holds (ZeroMQ's high-water mark), before ``queue_mb`` caps it."""
+    max_message_mb: float = Field(1.0, gt=0, le=2048)
+    """Largest frame a publisher may send (ZMQ_MAXMSGSIZE); a larger one drops its connection."""
+    queue_mb: float = Field(1024.0, gt=0)
+    """Bytes any one socket queue may hold: its message limit is cut to ``queue_mb / max_message_mb``."""
 
     @field_validator("publish", "subscribe", "control")
     @classmethod
@@ -43,6 +50,44 @@ class BusSection(_Section):
             msg = "must be a tcp://, ipc:// or inproc:// endpoint"
             raise ValueError(msg)
         return value
+
+    @property
+    def max_message_bytes(self) -> int:
+        """``max_message_mb`` in bytes."""
+        return round(self.max_message_mb * 2**20)
+
+    @property
+    def hwm(self) -> int:
+        """Messages per socket queue such that a full queue holds at most ``queue_mb``.
+
+        ZeroMQ bounds its queues in messages only; bounding each message's size as well
+        makes ``messages * max_message_mb`` a bound in bytes.
+        """
+        return max(10, min(self.queue, int(self.queue_mb // self.max_message_mb)))
+
+
+class IngestSection(_Section):
+    """``[ingest]``: what the daemon accepts from any one publisher; the rest is counted and dropped."""
+
+    max_clock_skew_ms: float = Field(5000.0, gt=0, le=3_600_000)
+    """A block must end within this much of the daemon's clock (after offset correction)."""
+    max_block_s: float = Field(60.0, gt=0, le=3600)
+    """Longest time span one message may cover."""
+    max_frame_pixels: int = Field(3840 * 2160, ge=1, le=2**28)
+    """Largest image (height x width) a frame may declare, checked before a JPEG is decoded."""
+    max_message_rate: float = Field(1000.0, gt=0, le=1_000_000)
+    """Messages per second one stream may send (a source may set its own); excess is ``over_rate``."""
+    max_stream_buffer_mb: float = Field(256.0, gt=0)
+    """Bytes of samples the aligner holds per stream while its windows are open."""
+
+    def limits(self) -> Limits:
+        """The ingest's view, in nanoseconds and bytes."""
+        return Limits(
+            max_clock_skew_ns=round(self.max_clock_skew_ms * 1e6),
+            max_block_ns=round(self.max_block_s * 1e9),
+            max_frame_pixels=self.max_frame_pixels,
+            max_message_rate=self.max_message_rate,
+        )
 
 
 class ModelSection(_Section):
@@ -80,6 +125,11 @@ class WindowSection(_Section):
             min_coverage=self.min_coverage,
         )
 
+    def with_buffer(self, ingest: IngestSection) -> WindowConfig:
+        """:meth:`to_config` with the per-stream byte bound of ``[ingest]``."""
+        config = self.to_config()
+        return replace(config, max_bytes=round(ingest.max_stream_buffer_mb * 2**20))
+
 
 class SourceSection(BaseModel):
     """``[rigs.R.sources.S]``: ``kind``, the modality it feeds, then the kind's options."""
@@ -89,6 +139,8 @@ class SourceSection(BaseModel):
     kind: str
     modality: str | None = None
     restart_max_s: float = Field(30.0, gt=0)
+    max_message_rate: float | None = Field(None, gt=0, le=1_000_000)
+    """Messages per second this stream may send; ``ingest.max_message_rate`` when unset."""
 
     @property
     def options(self) -> dict[str, Any]:
@@ -130,6 +182,7 @@ class Config(_Section):
 
     bus: BusSection = BusSection()
     metrics: MetricsSection = MetricsSection()
+    ingest: IngestSection = IngestSection()
     model: ModelSection
     window: WindowSection = WindowSection()
     log: LogSection = LogSection()

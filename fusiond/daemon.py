@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import zmq
 
@@ -29,7 +30,14 @@ from fusiond import status
 from fusiond.align.windows import RigAligner, Window
 from fusiond.batch import Batcher
 from fusiond.bus.broker import Broker, bind
-from fusiond.bus.wire import ERROR_PREFIX, SAMPLE_PREFIX, Prediction, decode_header, encode_prediction
+from fusiond.bus.wire import (
+    ERROR_PREFIX,
+    SAMPLE_PREFIX,
+    Prediction,
+    decode_header,
+    encode_prediction,
+    sample_topic,
+)
 from fusiond.config import Config
 from fusiond.errors import ConfigError, FusiondError, WireError
 from fusiond.ingest import Ingest
@@ -84,12 +92,14 @@ class Serving:
     builder: PredictionBuilder
 
 
-def serving(checkpoint: Checkpoint, plugins: Plugins, config: Config) -> Serving:
-    """Load a checkpoint onto its device and warm it up."""
+def serving(checkpoint: Checkpoint, plugins: Plugins, config: Config,
+            seq: Counter[str] | None = None) -> Serving:  # fmt: skip
+    """Load a checkpoint onto its device and warm it up; ``seq`` numbers predictions on
+    from where the model this one replaces left off."""
     runner = ModelRunner(checkpoint, plugins.encoders.types, config.model.device)
     runner.warm_up(config.model.max_batch)
     model = {"name": checkpoint.name, "hash": checkpoint.content_hash}
-    return Serving(checkpoint, runner, PredictionBuilder(checkpoint.classes, model, checkpoint.task))
+    return Serving(checkpoint, runner, PredictionBuilder(checkpoint.classes, model, checkpoint.task, seq))
 
 
 class Daemon:
@@ -107,7 +117,7 @@ class Daemon:
         self.checkpoint = load(config.model.path)
         self.streams = resolve_streams(config, plugins, self.checkpoint)
         self.start_sources = start_sources
-        window = config.window.to_config()
+        window = config.window.with_buffer(config.ingest)
         trained = self.checkpoint.window
         if trained.get("length_ns", window.length_ns) != window.length_ns:
             log.warning("window.length_ms is %g but model %s was trained on %g ms windows: its scores "
@@ -121,8 +131,13 @@ class Daemon:
             for rig in config.rigs
         }
         self.batcher = Batcher(config.model.max_batch, round(config.model.max_delay_ms * 1e6))
-        self.ingest = Ingest(self.aligners, self.streams, self.stats)
+        rates = {(rig, name): s.max_message_rate for rig, section in config.rigs.items()
+                 for name, s in section.sources.items() if s.max_message_rate is not None}  # fmt: skip
+        self.ingest = Ingest(self.aligners, self.streams, self.stats, config.ingest.limits(), rates)
         self._queue: queue.Queue[list[Window] | None] = queue.Queue(config.model.queue)
+        self._seq: Counter[str] = Counter()
+        self._reload_again = False
+        self._failed: set[str] = set()
         self.started_ns = time.time_ns()
         self._busy_since: int | None = None
         self._reload: threading.Thread | None = None
@@ -133,7 +148,7 @@ class Daemon:
         bus = self.config.bus
         self.notifier = Notifier()
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-        self.broker = Broker(self.ctx, bus.publish, bus.subscribe, bus.queue)
+        self.broker = Broker(self.ctx, bus.publish, bus.subscribe, bus.hwm, bus.max_message_bytes)
         try:
             self.broker.__enter__()
             self.control = self.ctx.socket(zmq.REP)
@@ -142,13 +157,16 @@ class Daemon:
         except BaseException:
             self.ctx.destroy(linger=0)
             raise
-        self.serving = serving(self.checkpoint, self.plugins, self.config)
+        self.serving = serving(self.checkpoint, self.plugins, self.config, self._seq)
         self.sub = self.ctx.socket(zmq.SUB)
-        self.sub.setsockopt(zmq.RCVHWM, bus.queue)
+        self.sub.setsockopt(zmq.RCVHWM, bus.hwm)
         self.sub.setsockopt(zmq.LINGER, 0)
         self.sub.connect(self.broker.inproc_subscribe)
-        self.sub.subscribe(SAMPLE_PREFIX.encode())
-        self.sub.subscribe(ERROR_PREFIX.encode())
+        # Only the configured streams: the broker then filters a flood on any other topic
+        # before it costs this loop anything (subscriptions travel upstream to publishers).
+        for rig, stream in self.streams:
+            self.sub.subscribe(sample_topic(rig, stream).encode())
+            self.sub.subscribe(f"{ERROR_PREFIX}{rig}/{stream}".encode())
         self._infer = threading.Thread(target=self._infer_loop, name="fusiond-infer", daemon=True)
         self._infer.start()
         self.supervisor = Supervisor(self._children() if self.start_sources else [])
@@ -157,8 +175,9 @@ class Daemon:
         ck = self.checkpoint
         log.info(
             "fusiond started: model %s (%s) on %s, %d rig(s), %d source(s); publishers connect to "
-            "%s, subscribers to %s, control at %s", ck.name, ck.content_hash, self.serving.runner.device,
-            len(self.config.rigs), len(self.streams), bus.publish, bus.subscribe, bus.control,
+            "%s, subscribers to %s, control at %s; socket queues hold %d messages of at most %g MB",
+            ck.name, ck.content_hash, self.serving.runner.device, len(self.config.rigs), len(self.streams),
+            bus.publish, bus.subscribe, bus.control, bus.hwm, bus.max_message_mb,
         )  # fmt: skip
         return self
 
@@ -203,11 +222,11 @@ class Daemon:
             wait_ms = 20 if deadline is None else max(0, min(20, (deadline - time.time_ns()) // 1_000_000))
             events = dict(poller.poll(wait_ms))
             if self.sub in events:
-                self._drain()
+                self._guarded("ingest", self._drain)
             if self.control in events:
-                self._answer()
+                self._guarded("control", self._answer)
             now = time.time_ns()
-            self._close_windows(now)
+            self._guarded("close", self._close_windows, now)
             self.supervisor.poll()
             if reload is not None and reload.is_set():
                 reload.clear()
@@ -227,6 +246,17 @@ class Daemon:
                 self._watchdog(now)
                 next_ping = now + watchdog_ns
 
+    def _guarded(self, where: str, step: Callable[..., object], *args: Any) -> None:
+        """The last resort: a bug in one step is counted and logged once, and the loop goes on."""
+        try:
+            step(*args)
+        except Exception:
+            self.stats.drop("internal_error")
+            if where not in self._failed:
+                self._failed.add(where)
+                log.exception("internal error in %s (counted as drops.internal_error; further ones only "
+                              "counted)", where)  # fmt: skip
+
     def _drain(self) -> None:
         for _ in range(_DRAIN):
             try:
@@ -234,9 +264,9 @@ class Daemon:
             except zmq.Again:
                 return
             if frames[0].bytes.startswith(b"e/"):
-                self._source_error(frames)
+                self._guarded("source_error", self._source_error, frames)
             else:
-                self.ingest.handle(frames, time.time_ns())
+                self._guarded("ingest", self.ingest.handle, frames, time.time_ns())
 
     def _source_error(self, frames: list[zmq.Frame]) -> None:
         try:
@@ -250,12 +280,18 @@ class Daemon:
             s.error, s.error_ns = str(header.get("error", "")), time.time_ns()
 
     def _answer(self) -> None:
-        request = self.control.recv()
-        if request == b"status":
-            reply: dict[str, object] = self.status(time.time_ns())
-        else:
-            reply = {"error": f"unknown request {request[:40]!r}; try 'status'"}
-        self.control.send(json.dumps(reply).encode())
+        # A REP socket must answer every request, whatever it holds, or it stops taking more.
+        request = self.control.recv_multipart()
+        try:
+            if request == [b"status"]:
+                reply: dict[str, object] = self.status(time.time_ns())
+            else:
+                reply = {"error": f"unknown request {request[0][:40]!r}; send one frame: 'status'"}
+            body = json.dumps(reply).encode()
+        except Exception:
+            self.control.send(json.dumps({"error": "internal error; see the daemon's log"}).encode())
+            raise
+        self.control.send(body)
 
     def status(self, now_ns: int) -> dict[str, object]:
         """Everything ``fusiond status`` prints."""
@@ -324,18 +360,22 @@ class Daemon:
         try:
             while (batch := self._queue.get()) is not None:
                 self._busy_since = time.time_ns()
-                current = self.serving  # read once: a reload swaps models between batches
-                predictions = current.builder.build(current.runner.run(batch), time.time_ns())
-                for p in predictions:
-                    pub.send_multipart(encode_prediction(p))
-                    self.stats.predicted(p.rig, p.label, p.latency_ns["close_to_publish"], p.t_pub_ns)
+                self._guarded("inference", self._infer_batch, pub, batch)
                 self._busy_since = None
         finally:
             pub.close()
 
+    def _infer_batch(self, pub: zmq.Socket[bytes], batch: list[Window]) -> None:
+        current = self.serving  # read once: a reload swaps models between batches
+        predictions = current.builder.build(current.runner.run(batch), time.time_ns())
+        for p in predictions:
+            pub.send_multipart(encode_prediction(p))
+            self.stats.predicted(p.rig, p.label, p.latency_ns["close_to_publish"], p.t_pub_ns)
+
     def _start_reload(self) -> None:
         if self._reload is not None and self._reload.is_alive():
-            log.warning("reload already in progress; this SIGHUP waits for it")
+            log.warning("reload already in progress; this SIGHUP reloads again once it is done")
+            self._reload_again = True
             return
         if self.config_path is None:
             log.warning("SIGHUP ignored: this daemon was not started from a config file")
@@ -356,7 +396,7 @@ class Daemon:
                 raise ConfigError(msg, path="model.path")
             resolve_streams(new, self.plugins, checkpoint)
             self._reload_config = new
-            self._reloaded = serving(checkpoint, self.plugins, new)
+            self._reloaded = serving(checkpoint, self.plugins, new, self._seq)
         except (FusiondError, OSError) as exc:
             self._reloaded = exc
 
@@ -365,6 +405,16 @@ class Daemon:
         if result is None:
             return
         self._reloaded = None
+        if self._reload is not None:
+            self._reload.join()  # it has set its result: only its last instructions are left
+        try:
+            self._apply_reload(result)
+        finally:
+            if self._reload_again:  # a SIGHUP came during this reload: the file may have changed since
+                self._reload_again = False
+                self._start_reload()
+
+    def _apply_reload(self, result: Serving | Exception) -> None:
         old = self.serving.checkpoint
         if isinstance(result, Exception):
             log.error("reload failed, still serving %s (%s): %s", old.name, old.content_hash, result)
@@ -375,7 +425,8 @@ class Daemon:
         self.batcher.max_batch = new.model.max_batch
         self.batcher.max_delay_ns = round(new.model.max_delay_ms * 1e6)
         logging.getLogger().setLevel(new.log.level.upper())
-        restart_only = [k for k in ("bus", "window", "rigs") if getattr(new, k) != getattr(self.config, k)]
+        restart_only = [k for k in ("bus", "ingest", "window", "rigs")
+                        if getattr(new, k) != getattr(self.config, k)]  # fmt: skip
         self.config = self.config.model_copy(update={"model": new.model, "log": new.log})
         ck = result.checkpoint
         log.info("reloaded: now serving %s (%s), was %s (%s)", ck.name, ck.content_hash,

@@ -1,12 +1,30 @@
-"""Ingest: decode bus messages, put them on the daemon clock, hand them to the aligners."""
+"""Ingest: check bus messages, put them on the daemon clock, hand them to the aligners.
+
+Every message is treated as hostile until checked. The cheap checks come first, so a
+flood costs as little as possible: the topic (a dict lookup), the stream's rate budget,
+the header's types and ranges, the block's shape against the model's spec for its
+modality, the clock, and only then are buffers decoded (a JPEG after its declared size
+was checked) and their values checked. Whatever fails is counted under its reason in
+``stats.drops`` and logged once; nothing a publisher sends raises out of :meth:`handle`.
+"""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
 
 from fusiond.align.windows import RigAligner
-from fusiond.bus.wire import Frame, SequenceGaps, decode_sample
+from fusiond.bus.wire import (
+    Frame,
+    SampleHeader,
+    SequenceGaps,
+    decode_arrays,
+    decode_sample_header,
+    sample_topic,
+)
 from fusiond.clock import OffsetEstimator
 from fusiond.errors import WireError
 from fusiond.metrics import Stats
@@ -14,45 +32,121 @@ from fusiond.metrics import Stats
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What ingest accepts from any one publisher (``[ingest]`` in the config)."""
+
+    max_clock_skew_ns: int = 5_000_000_000
+    max_block_ns: int = 60_000_000_000
+    max_frame_pixels: int = 3840 * 2160
+    max_message_rate: float = 1000.0
+
+
+class RateLimit:
+    """A token bucket: ``rate`` messages a second on average, bursts of one second's worth."""
+
+    __slots__ = ("rate", "_tokens", "_last_ns")
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self._tokens = max(1.0, rate)
+        self._last_ns: int | None = None
+
+    def allow(self, now_ns: int) -> bool:
+        """Take one token at ``now_ns``; False when the bucket is empty."""
+        if self._last_ns is not None:
+            elapsed = max(0, now_ns - self._last_ns)
+            self._tokens = min(max(1.0, self.rate), self._tokens + elapsed * self.rate / 1e9)
+        self._last_ns = now_ns
+        if self._tokens < 1.0:
+            return False
+        self._tokens -= 1.0
+        return True
+
+
 class Ingest:
     """Routes each sample to its rig's aligner; anything it can't use is counted, not fatal."""
 
     def __init__(self, aligners: Mapping[str, RigAligner], modalities: Mapping[tuple[str, str], str],
-                 stats: Stats) -> None:  # fmt: skip
-        """``modalities`` maps ``(rig, stream)`` to the modality the config expects."""
+                 stats: Stats, limits: Limits | None = None,
+                 rates: Mapping[tuple[str, str], float] | None = None) -> None:  # fmt: skip
+        """``modalities`` maps ``(rig, stream)`` to the modality the config expects;
+        ``rates`` overrides ``limits.max_message_rate`` for some streams."""
         self.aligners = aligners
         self.modalities = modalities
         self.stats = stats
+        self.limits = limits or Limits()
         self.clocks = {key: OffsetEstimator() for key in modalities}
-        self.gaps = SequenceGaps()
+        self.gaps = SequenceGaps(max_rate_hz=max([self.limits.max_message_rate, *(rates or {}).values()]))
+        self._topics = {sample_topic(*key).encode(): key for key in modalities}
+        self._budgets = {key: RateLimit((rates or {}).get(key, self.limits.max_message_rate))
+                         for key in modalities}  # fmt: skip
         self._logged: set[str] = set()
 
     def handle(self, frames: Sequence[Frame], now_ns: int) -> bool:
         """Take one message; False when it was dropped (and counted)."""
+        key = self._topics.get(_topic(frames[0])) if frames else None
+        if key is None:
+            return self._drop("unknown_stream", "message on an unconfigured topic (no such rig/stream)")
+        if not self._budgets[key].allow(now_ns):
+            return self._drop("over_rate", f"{key[0]}/{key[1]} sends faster than its message rate limit")
         try:
-            sample = decode_sample(frames)
+            header = decode_sample_header(frames)
+            reason = self._check(key, header, now_ns)
+            if reason is not None:
+                return False
+            arrays = decode_arrays(header, frames)
         except WireError as exc:
             return self._drop(exc.reason, f"malformed message on the bus: {exc}")
-        key = (sample.rig, sample.stream)
-        expected = self.modalities.get(key)
-        if expected is None:
-            return self._drop("unknown_stream", f"message from unconfigured stream {key[0]}/{key[1]}")
-        if sample.modality != expected:
-            return self._drop(
-                "wrong_modality",
-                f"{key[0]}/{key[1]} sent modality {sample.modality!r}, config says {expected!r}",
-            )
-        missed = self.gaps.missed(key, sample.seq)
-        if missed:
-            self.stats.drop("lost_in_transport", missed)
-            self._log_once("lost_in_transport", f"{key[0]}/{key[1]}: {missed} message(s) lost on the way in")
-        offset = self.clocks[key].update(sample.t_pub_ns, now_ns)
-        self.stats.sampled(sample.rig, sample.stream, now_ns)
-        aligner = self.aligners[sample.rig]
-        reason = aligner.add(sample.stream, sample.t_ns + offset, sample.rate_hz, sample.data, now_ns)
+        data = arrays[0]
+        if data.dtype.kind == "f" and not np.isfinite(data).all():
+            return self._drop("bad_value", f"{key[0]}/{key[1]} sent NaN or infinite values")
+        self.stats.sampled(key[0], key[1], now_ns)
+        offset = self.clocks[key].offset_ns
+        reason = self.aligners[key[0]].add(key[1], header.t_ns + offset, header.rate_hz, data, now_ns)
         if reason is not None:
             self._log_once(reason, f"{key[0]}/{key[1]}: sample dropped ({reason})")
         return reason is None
+
+    def _check(self, key: tuple[str, str], header: SampleHeader, now_ns: int) -> str | None:
+        """Everything the header alone can tell; the drop reason (counted) or None."""
+        name = f"{key[0]}/{key[1]}"
+        if (header.rig, header.stream) != key:
+            return self._reason("bad_header", f"topic s/{name} carries a header for "
+                                              f"{header.rig}/{header.stream}")  # fmt: skip
+        expected = self.modalities[key]
+        if header.modality != expected:
+            return self._reason("wrong_modality", f"{name} sent modality {header.modality!r}, "
+                                                  f"config says {expected!r}")  # fmt: skip
+        first = header.buffers[0]
+        spec = self.aligners[key[0]].specs[expected]
+        why = spec.check_block(first.shape, first.dtype, self.limits.max_frame_pixels)
+        if why is not None:
+            return self._reason("bad_shape", f"{name}: {why}")
+        limits = self.limits
+        if header.rate_hz > 0 and first.shape[0] * 1e9 / header.rate_hz > limits.max_block_ns:
+            return self._reason("bad_value", f"{name}: one block spans more than ingest.max_block_s")
+        if not self.clocks[key].accepts(header.t_pub_ns, now_ns, header.clock, limits.max_clock_skew_ns):
+            return self._reason("clock_skew", f"{name}: publish time {header.t_pub_ns} is off the daemon's "
+                                              f"clock by more than ingest.max_clock_skew_ms")  # fmt: skip
+        missed = self.gaps.missed(key, header.seq, now_ns)
+        if missed is None:
+            # Dropped: the next message continues from here if the source really jumped.
+            return self._reason("seq_reset", f"{name}: seq jumped to {header.seq}, more than it "
+                                             f"could have sent")  # fmt: skip
+        if missed:
+            self.stats.drop("lost_in_transport", missed)
+            self._log_once("lost_in_transport", f"{name}: {missed} message(s) lost on the way in")
+        offset = self.clocks[key].update(header.t_pub_ns, now_ns)
+        end = header.end_ns + offset
+        if abs(end - now_ns) > limits.max_clock_skew_ns:
+            why = f"{name}: a block ending at {end} is off the daemon's clock ({now_ns}) by more than "
+            return self._reason("clock_skew", why + "ingest.max_clock_skew_ms")
+        return None
+
+    def _reason(self, reason: str, message: str) -> str:
+        self._drop(reason, message)
+        return reason
 
     def _drop(self, reason: str, message: str) -> bool:
         self.stats.drop(reason)
@@ -64,3 +158,11 @@ class Ingest:
         if reason not in self._logged:
             self._logged.add(reason)
             log.warning("%s (counted as drops.%s; further ones only counted)", message, reason)
+
+
+def _topic(frame: Frame) -> bytes:
+    if isinstance(frame, bytes):
+        return frame
+    if isinstance(frame, memoryview):
+        return frame.tobytes()
+    return bytes(frame.buffer)

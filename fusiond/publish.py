@@ -11,13 +11,16 @@ from fusiond.models.runner import BatchResult
 class PredictionBuilder:
     """Numbers each rig's predictions and fills in the latency breakdown."""
 
-    def __init__(self, classes: list[str], model: dict[str, str], task: str = "classification") -> None:
+    def __init__(self, classes: list[str], model: dict[str, str], task: str = "classification",
+                 seq: Counter[str] | None = None) -> None:  # fmt: skip
+        """``seq`` carries each rig's next number over from the builder this one replaces,
+        so a reload does not start the count again (docs/protocol.md: per-rig, since start)."""
         self.classes = classes
         self.model = model
         # A regressor's message carries its values in ``scores`` (one per name in
         # ``classes``), an empty label and ``task: "regression"`` (docs/protocol.md).
         self.regression = task == "regression"
-        self._seq: Counter[str] = Counter()
+        self._seq: Counter[str] = seq if seq is not None else Counter()
 
     def build(self, result: BatchResult, t_pub_ns: int) -> list[Prediction]:
         """One prediction per window of the batch."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import re
 import signal
@@ -40,6 +41,25 @@ def demo_config(tmp_path: Path, publish: str, subscribe: str, control: str = "",
     path = tmp_path / "config.toml"
     path.write_text(text)
     return path
+
+
+def _segments() -> list[tuple[float, int]]:
+    rows = csv.DictReader((ROOT / "demo/labels.csv").read_text().splitlines())
+    return [(float(r["start_s"]), int(r["label"])) for r in rows]
+
+
+SEGMENTS = _segments()
+SEGMENT_NS = 2_000_000_000
+LOOP_NS = len(SEGMENTS) * SEGMENT_NS
+
+
+def truth(anchor_ns: int, start_ns: int) -> int | None:
+    """The digit of the demo segment that holds the whole window, or None."""
+    offset = (start_ns - anchor_ns) % LOOP_NS
+    segment = offset // SEGMENT_NS
+    if offset + 1_000_000_000 > (segment + 1) * SEGMENT_NS:
+        return None
+    return SEGMENTS[segment][1]
 
 
 def opencv_data(name: str) -> Path:

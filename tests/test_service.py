@@ -126,11 +126,40 @@ def test_sighup_swaps_the_model_between_batches_without_losing_a_window(tmp_path
     assert None not in got and None not in after
     indexes = [p.extra["window_index"] for p in got + after]
     assert indexes == list(range(indexes[0], indexes[0] + len(indexes))), indexes  # none lost
+    seqs = [p.seq for p in got + after]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), seqs  # a reload does not restart the count
     models = [p.model["name"] for p in got + after]
     switch = models.index("demo-digits-b")
     assert set(models[:switch]) == {"demo-digits"} and set(models[switch:]) == {"demo-digits-b"}
     assert all(p.model["hash"] == digest for p in got[switch:] + after)
     assert "reloaded: now serving demo-digits-b" in d.text()
+
+
+@pytest.mark.slow
+def test_a_sighup_during_a_reload_reloads_again_afterwards(tmp_path, daemons):
+    ck = load(ROOT / "demo/model.pt")
+    from fusiond.models import BUILTIN_ENCODERS, save
+
+    names = {}
+    for name in ("b", "c"):
+        names[name] = tmp_path / f"{name}.pt"
+        save(ck.build(BUILTIN_ENCODERS), names[name], name=f"demo-digits-{name}", encoders=ck.encoders,
+             fusion=ck.fusion, dim=ck.dim, window=ck.window)  # fmt: skip
+    config, *_ = endpoints_with_control(tmp_path)
+    d = daemons(tmp_path, config)
+    d.wait_for("fusiond ready")
+    original = config.read_text()
+    config.write_text(original.replace(f'"{ROOT}/demo/model.pt"', f'"{names["b"]}"'))
+    os.kill(d.proc.pid, signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while "SIGHUP: reloading" not in d.text() and time.monotonic() < deadline:
+        time.sleep(0.002)
+    # The second arrives while the first still loads and warms its model.
+    config.write_text(original.replace(f'"{ROOT}/demo/model.pt"', f'"{names["c"]}"'))
+    os.kill(d.proc.pid, signal.SIGHUP)
+    # Whether the second came during the first reload (usually) or just after it, the
+    # daemon ends up serving what the file said at the last SIGHUP.
+    d.wait_for(r"reloaded: now serving demo-digits-c")
 
 
 BLIND = '[rigs.blind.sources.cam]\nkind = "camera"\nuri = "/nonexistent/x.mp4"\n\n'

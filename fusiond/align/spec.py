@@ -48,6 +48,24 @@ class ModalitySpec:
         """Element type of one window's array."""
         return np.dtype(np.uint8 if self.kind == "frames" else np.float32)
 
+    def check_block(self, shape: tuple[int, ...], dtype: str, max_frame_pixels: int) -> str | None:
+        """Why a block of ``shape`` and ``dtype`` cannot feed this modality, or None if it can.
+
+        Checked from the message header, before any buffer is decoded: the aligner and
+        the fit then only ever see blocks they can use.
+        """
+        if not shape or min(shape) < 1:
+            return f"empty block, shape {list(shape)}"
+        if self.kind == "series":
+            return None
+        if dtype != "|u1":
+            return f"frames must be |u1, got {dtype}"
+        if len(shape) not in (3, 4) or (len(shape) == 4 and shape[3] not in (1, 3)):
+            return f"frames must be [n, H, W] or [n, H, W, 1|3], got {list(shape)}"
+        if shape[1] * shape[2] > max_frame_pixels:
+            return f"a {shape[1]}x{shape[2]} frame is over ingest.max_frame_pixels ({max_frame_pixels})"
+        return None
+
     def zeros(self) -> np.ndarray:
         """A read-only all-zero input, used where the modality is missing."""
         array = np.zeros(self.shape, self.dtype)

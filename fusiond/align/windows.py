@@ -24,6 +24,7 @@ that only covers windows already closed is dropped and counted as ``late``.
 from __future__ import annotations
 
 import bisect
+import logging
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ from fusiond.align.fit import Block, coverage, fit
 from fusiond.align.spec import ModalitySpec
 
 _NEVER = -(2**62)
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +47,8 @@ class WindowConfig:
     lateness_ns: int
     min_coverage: float = 0.5
     max_blocks: int = 4096
+    max_bytes: int = 256 * 2**20
+    """Bytes of samples buffered per stream; the oldest go first (``buffer_full``)."""
 
     def __post_init__(self) -> None:
         if self.length_ns <= 0 or self.hop_ns <= 0 or self.lateness_ns < 0:
@@ -81,6 +85,7 @@ class _Stream:
     blocks: list[Block] = field(default_factory=list)
     watermark_ns: int = _NEVER
     ingest_latency_ns: int = 0
+    nbytes: int = 0
 
 
 class RigAligner:
@@ -107,6 +112,7 @@ class RigAligner:
         self._streams = {name: _Stream(modality) for name, modality in streams.items()}
         self._zeros = {m: spec.zeros() for m, spec in specs.items()}
         self._next: int | None = None
+        self._logged: set[str] = set()
 
     @property
     def next_start_ns(self) -> int | None:
@@ -129,9 +135,11 @@ class RigAligner:
         elif end <= self._next * self.config.hop_ns:
             self.drops["late"] += 1
             return "late"
-        if len(state.blocks) >= self.config.max_blocks:
-            state.blocks.pop(0)
+        while state.blocks and (len(state.blocks) >= self.config.max_blocks
+                                or state.nbytes + data.nbytes > self.config.max_bytes):  # fmt: skip
+            state.nbytes -= state.blocks.pop(0).data.nbytes
             self.drops["buffer_full"] += 1
+        state.nbytes += data.nbytes
         block = Block(t_ns, end, period, data, t_recv_ns)
         if not state.blocks or state.blocks[-1].t_ns <= t_ns:
             state.blocks.append(block)
@@ -150,6 +158,9 @@ class RigAligner:
             reason = self._due(end, now_ns)
             if reason is None:
                 break
+            if reason == "timeout" and not any(s.blocks for s in self._streams.values()):
+                self._skip_quiet(now_ns)
+                continue
             window = self._close(self._next, start, end, reason, now_ns)
             self._next += 1
             self._evict(self._next * self.config.hop_ns)
@@ -159,11 +170,22 @@ class RigAligner:
                 closed.append(window)
         return closed
 
+    def _skip_quiet(self, now_ns: int) -> None:
+        """Count every window due by ``now_ns`` as empty in one step: nothing is buffered,
+        so a rig back after an hour's silence does not close 7,200 windows one by one."""
+        c = self.config
+        assert self._next is not None
+        last_due = (now_ns - c.lateness_ns - c.length_ns) // c.hop_ns
+        self.drops["window_empty"] += last_due - self._next + 1
+        self._next = last_due + 1
+
     def _due(self, end: int, now_ns: int) -> str | None:
         marks = [s.watermark_ns for s in self._streams.values()]
         if min(marks) >= end:
             return "complete"
-        if max(marks) >= end + self.config.lateness_ns:
+        # A stream's watermark counts for the others only up to the processing clock: one
+        # whose clock runs ahead must not close windows the others are still filling.
+        if min(max(marks), now_ns) >= end + self.config.lateness_ns:
             return "lateness"
         if now_ns >= end + self.config.lateness_ns:
             return "timeout"
@@ -177,7 +199,12 @@ class RigAligner:
             blocks = [b for b in state.blocks if b.end_ns > start and b.t_ns < end]
             if not blocks or coverage(blocks, start, end) < self.config.min_coverage:
                 continue
-            inputs[state.modality] = fit(self.specs[state.modality], blocks, start, end)
+            try:
+                inputs[state.modality] = fit(self.specs[state.modality], blocks, start, end)
+            except Exception:  # a bug in a fit must mask one modality, never stall the rig
+                self.drops["internal_error"] += 1
+                self._log_once(f"fit:{state.modality}", f"rig {self.rig}: fitting {state.modality} failed")
+                continue
             present[state.modality] = True
             latency = max(latency, state.ingest_latency_ns)
         if not any(present.values()):
@@ -192,6 +219,13 @@ class RigAligner:
         for state in self._streams.values():
             keep = 0
             while keep < len(state.blocks) and state.blocks[keep].end_ns <= before_ns:
+                state.nbytes -= state.blocks[keep].data.nbytes
                 keep += 1
             if keep:
                 del state.blocks[:keep]
+
+    def _log_once(self, key: str, message: str) -> None:
+        # With its traceback, once per key: the counter says how often it happened since.
+        if key not in self._logged:
+            self._logged.add(key)
+            log.exception("%s (counted as drops.internal_error; further ones only counted)", message)

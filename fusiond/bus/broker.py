@@ -19,13 +19,16 @@ class Broker:
     """Binds ``publish`` (XSUB) and ``subscribe`` (XPUB) and forwards between them."""
 
     def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]], publish: str, subscribe: str,
-                 queue: int = 1000) -> None:  # fmt: skip
+                 queue: int = 1000, max_message_bytes: int = -1) -> None:  # fmt: skip
+        """``queue`` is every socket's high-water mark; a publisher that sends a frame over
+        ``max_message_bytes`` (-1: no limit) is disconnected by ZeroMQ before it is read."""
         self.ctx = ctx
         self.publish, self.subscribe = publish, subscribe
         self.inproc_publish = f"inproc://fusiond-publish-{id(self)}"
         self.inproc_subscribe = f"inproc://fusiond-subscribe-{id(self)}"
         self._control = f"inproc://fusiond-broker-control-{id(self)}"
         self._queue = queue
+        self._max_message_bytes = max_message_bytes
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._error: Exception | None = None
@@ -64,6 +67,7 @@ class Broker:
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.RCVHWM, self._queue)
             sock.setsockopt(zmq.SNDHWM, self._queue)
+        xsub.setsockopt(zmq.MAXMSGSIZE, self._max_message_bytes)
         try:
             bind(xsub, self.publish, "bus.publish")
             bind(xpub, self.subscribe, "bus.subscribe")

@@ -27,6 +27,12 @@ CLOCKS: Final = frozenset({"realtime", "monotonic"})
 DTYPES: Final = {s: np.dtype(s) for s in ("|u1", "|i1", "<u2", "<i2", "<i4", "<f4", "<f8")}
 ENCODINGS: Final = frozenset({"raw", "jpeg"})
 MAX_DIMS: Final = 6
+MAX_INT: Final = 2**63 - 1
+MIN_RATE_HZ: Final = 1e-3
+"""The slowest regular rate a block may declare: one sample per 1000 s."""
+MAX_RATE_HZ: Final = 1e8
+MAX_ELEMENTS: Final = 2**31
+"""No buffer may declare more elements than this, whatever its encoding."""
 
 
 class _Buffer(Protocol):
@@ -52,17 +58,68 @@ class SequenceGaps:
 
     ZeroMQ drops silently when a queue is full or a link breaks; a jump in ``seq`` is how
     such losses become visible. A lower number than the last is a restarted source (or a
-    replay starting over), not a loss.
+    replay starting over), not a loss. A jump larger than the stream could have sent in
+    the time since its last message (``slack`` plus ``max_rate_hz`` messages a second) is
+    a reset too: one forged ``seq`` must not add a billion to the loss counter.
     """
 
-    def __init__(self) -> None:
-        self._last: dict[Any, int] = {}
+    def __init__(self, max_rate_hz: float = 10_000.0, slack: int = 1000) -> None:
+        self.max_rate_hz = max_rate_hz
+        self.slack = slack
+        self._last: dict[Any, tuple[int, int]] = {}
 
-    def missed(self, key: Any, seq: int) -> int:
-        """How many messages of ``key`` went missing just before this one."""
+    def missed(self, key: Any, seq: int, now_ns: int) -> int | None:
+        """How many messages of ``key`` went missing just before this one; None for a jump
+        too large to be a loss (the stream restarted its count, or the number is forged)."""
         last = self._last.get(key)
-        self._last[key] = seq
-        return seq - last - 1 if last is not None and seq > last + 1 else 0
+        self._last[key] = (seq, now_ns)
+        if last is None or seq <= last[0] + 1:
+            return 0
+        gap = seq - last[0] - 1
+        if gap > self.slack + max(0, now_ns - last[1]) * self.max_rate_hz / 1e9:
+            return None
+        return gap
+
+
+@dataclass(frozen=True, slots=True)
+class BufferSpec:
+    """How one buffer frame is laid out, as its header declares it (checked, not decoded)."""
+
+    dtype: str
+    shape: tuple[int, ...]
+    encoding: str
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the decoded array."""
+        return math.prod(self.shape) * DTYPES[self.dtype].itemsize
+
+
+@dataclass(frozen=True, slots=True)
+class SampleHeader:
+    """A sample message's header, every field type- and range-checked; buffers not decoded."""
+
+    rig: str
+    stream: str
+    modality: str
+    seq: int
+    t_ns: int
+    clock: str
+    t_pub_ns: int
+    rate_hz: float
+    buffers: tuple[BufferSpec, ...]
+
+    @property
+    def end_ns(self) -> int:
+        """End of the time span the block covers (one sample period past the last sample)."""
+        return block_end_ns(self.t_ns, self.buffers[0].shape[0], self.rate_hz)
+
+
+def block_end_ns(t_ns: int, length: int, rate_hz: float) -> int:
+    """End of a block of ``length`` samples from ``t_ns`` (``t_ns + 1`` when irregular)."""
+    if rate_hz <= 0:
+        return t_ns + 1
+    return t_ns + round(length * 1e9 / rate_hz)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,9 +144,7 @@ class Sample:
     @property
     def end_ns(self) -> int:
         """End of the time span the block covers (one sample period past the last sample)."""
-        if self.rate_hz <= 0:
-            return self.t_ns + 1
-        return self.t_ns + round(len(self.data) * 1e9 / self.rate_hz)
+        return block_end_ns(self.t_ns, len(self.data), self.rate_hz)
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,7 +219,8 @@ def encode_sample(
         "rate_hz": float(rate_hz),
         "buffers": [{"dtype": array.dtype.str, "shape": list(array.shape), "encoding": encoding}],
     }
-    body: bytes | memoryview = payload if payload is not None else array.data.cast("B")
+    # A flat byte view of the array's memory (no copy; works for empty arrays too).
+    body: bytes | memoryview = payload if payload is not None else array.reshape(-1).view(np.uint8).data
     return [sample_topic(rig, stream).encode(), msgpack.packb(header), body]
 
 
@@ -233,63 +289,71 @@ def _check_fields(header: dict[str, Any], fields: Sequence[tuple[str, type]]) ->
         value = header.get(name)
         if type(value) is kind or (kind is float and type(value) is int):
             continue
-        msg = f"header field {name} must be {kind.__name__}, got {value!r}"
+        msg = f"header field {name} must be {kind.__name__}, got {_short(value)}"
         raise FrameError(msg)
 
 
-def _array(spec: Any, frame: Frame) -> np.ndarray:
+def _short(value: Any) -> str:
+    # Hostile headers can carry megabytes in one field: never log more than a glimpse.
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _check_ranges(header: dict[str, Any]) -> None:
+    for name in ("seq", "t_ns", "t_pub_ns"):
+        if not 0 <= header[name] <= MAX_INT:
+            msg = f"header field {name} must lie in [0, 2**63), got {header[name]}"
+            raise FrameError(msg, "bad_value")
+    rate = float(header["rate_hz"])
+    if not (rate == 0.0 or MIN_RATE_HZ <= rate <= MAX_RATE_HZ):
+        msg = f"header field rate_hz must be 0 (irregular) or in [{MIN_RATE_HZ:g}, {MAX_RATE_HZ:g}], " \
+              f"got {rate!r}"
+        raise FrameError(msg, "bad_value")
+
+
+def buffer_spec(spec: Any) -> BufferSpec:
+    """Check one entry of ``header.buffers`` (types, ranges, element count)."""
     if not isinstance(spec, dict):
-        msg = f"buffer description must be a map, got {spec!r}"
+        msg = f"buffer description must be a map, got {_short(spec)}"
         raise FrameError(msg)
     dtype, shape, encoding = spec.get("dtype"), spec.get("shape"), spec.get("encoding", "raw")
-    if dtype not in DTYPES:
-        msg = f"unsupported dtype {dtype!r}"
+    if not isinstance(dtype, str) or dtype not in DTYPES:
+        msg = f"unsupported dtype {_short(dtype)}"
         raise FrameError(msg)
     if (
         not isinstance(shape, list)
         or not 1 <= len(shape) <= MAX_DIMS
-        or not all(isinstance(n, int) and n >= 0 for n in shape)
+        or not all(type(n) is int and 0 <= n <= MAX_ELEMENTS for n in shape)
+        or math.prod(shape) > MAX_ELEMENTS
     ):
-        msg = f"bad shape {shape!r}"
+        msg = f"bad shape {_short(shape)}"
         raise FrameError(msg)
-    if encoding not in ENCODINGS:
-        msg = f"unsupported encoding {encoding!r}"
+    if not isinstance(encoding, str) or encoding not in ENCODINGS:
+        msg = f"unsupported encoding {_short(encoding)}"
         raise FrameError(msg)
-    view = _view(frame)
-    if encoding == "jpeg":
-        return _decode_jpeg(view, shape)
-    expected = math.prod(shape) * DTYPES[dtype].itemsize
-    if view.nbytes != expected:
-        msg = f"buffer holds {view.nbytes} bytes, header shape {shape} of {dtype} needs {expected}"
-        raise FrameError(msg, "bad_size")
-    array = np.frombuffer(view, dtype=dtype).reshape(shape)
-    array.flags.writeable = False  # a view of the received frame: never write through it
-    return array
+    if encoding == "jpeg" and (dtype != "|u1" or _jpeg_dims(shape) is None):
+        msg = f"a JPEG buffer is one |u1 image [1, H, W, 1|3], [H, W, 1|3] or [H, W]; got {dtype} {shape}"
+        raise FrameError(msg)
+    return BufferSpec(dtype, tuple(shape), encoding)
 
 
-def _decode_jpeg(view: memoryview, shape: list[int]) -> np.ndarray:
-    image = cv2.imdecode(np.frombuffer(view, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
-    if image is None:
-        msg = "JPEG buffer does not decode"
-        raise FrameError(msg, "decode_error")
-    image = image.reshape(shape)
-    return image
+def _jpeg_dims(shape: Sequence[int]) -> tuple[int, int, int] | None:
+    """``(H, W, C)`` of a JPEG buffer's declared shape, or None if it is not one image."""
+    dims = list(shape)
+    if len(dims) == 4 and dims[0] == 1:
+        dims = dims[1:]
+    if len(dims) == 2:
+        dims.append(1)
+    if len(dims) != 3 or dims[2] not in (1, 3) or min(dims) < 1:
+        return None
+    return dims[0], dims[1], dims[2]
 
 
-@functools.lru_cache(maxsize=4096)
-def _check_names(rig: str, stream: str, modality: str) -> None:
-    # The same few names arrive on every message: match each triple once (errors aren't cached).
-    for field_name, value in (("rig", rig), ("stream", stream), ("modality", modality)):
-        if not NAME_RE.match(value):
-            msg = f"header field {field_name} is not a valid name: {value!r}"
-            raise FrameError(msg)
-
-
-def decode_sample(frames: Sequence[Frame]) -> Sample:
-    """Decode a sensor message; arrays are read-only views of the frames."""
+def decode_sample_header(frames: Sequence[Frame]) -> SampleHeader:
+    """Check a sample message's header (and frame count) without touching its buffers."""
     header = decode_header(frames)
     if header.get("type") != "sample":
-        msg = f"expected a sample, got type {header.get('type')!r}"
+        msg = f"expected a sample, got type {_short(header.get('type'))}"
         raise FrameError(msg)
     _check_fields(header, _SAMPLE_FIELDS)
     buffers = header["buffers"]
@@ -298,10 +362,10 @@ def decode_sample(frames: Sequence[Frame]) -> Sample:
         raise FrameError(msg, "bad_size")
     _check_names(header["rig"], header["stream"], header["modality"])
     if header["clock"] not in CLOCKS:
-        msg = f"unknown clock {header['clock']!r}"
+        msg = f"unknown clock {_short(header['clock'])}"
         raise FrameError(msg)
-    arrays = tuple(_array(spec, frame) for spec, frame in zip(buffers, frames[2:], strict=True))
-    return Sample(
+    _check_ranges(header)
+    return SampleHeader(
         rig=header["rig"],
         stream=header["stream"],
         modality=header["modality"],
@@ -310,6 +374,102 @@ def decode_sample(frames: Sequence[Frame]) -> Sample:
         clock=header["clock"],
         t_pub_ns=header["t_pub_ns"],
         rate_hz=float(header["rate_hz"]),
+        buffers=tuple(buffer_spec(b) for b in buffers),
+    )
+
+
+def decode_arrays(header: SampleHeader, frames: Sequence[Frame]) -> tuple[np.ndarray, ...]:
+    """The buffers of a checked header as arrays: read-only views of raw frames, or decoded JPEGs."""
+    return tuple(_array(spec, frame) for spec, frame in zip(header.buffers, frames[2:], strict=True))
+
+
+def _array(spec: BufferSpec, frame: Frame) -> np.ndarray:
+    view = _view(frame)
+    if spec.encoding == "jpeg":
+        return _decode_jpeg(view, spec.shape)
+    expected = spec.nbytes
+    if view.nbytes != expected:
+        msg = f"buffer holds {view.nbytes} bytes, shape {list(spec.shape)} of {spec.dtype} needs {expected}"
+        raise FrameError(msg, "bad_size")
+    array = np.frombuffer(view, dtype=spec.dtype).reshape(spec.shape)
+    array.flags.writeable = False  # a view of the received frame: never write through it
+    return array
+
+
+def jpeg_size(data: memoryview | bytes) -> tuple[int, int, int] | None:
+    """``(H, W, components)`` from a JPEG's frame header, without decoding; None if absent.
+
+    Walks the marker segments up to the first start-of-frame, so a small file that
+    declares a huge image is caught before any pixel is decoded.
+    """
+    buf = bytes(data[: min(len(data), 1 << 16)])
+    if buf[:2] != b"\xff\xd8":
+        return None
+    i = 2
+    while i + 4 <= len(buf):
+        if buf[i] != 0xFF:
+            return None
+        marker = buf[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        length = int.from_bytes(buf[i + 2 : i + 4], "big")
+        if marker in _SOF_MARKERS:
+            if i + 10 > len(buf):
+                return None
+            h = int.from_bytes(buf[i + 5 : i + 7], "big")
+            w = int.from_bytes(buf[i + 7 : i + 9], "big")
+            return h, w, buf[i + 9]
+        if marker == 0xDA or length < 2:  # scan data before any frame header
+            return None
+        i += 2 + length
+    return None
+
+
+_SOF_MARKERS: Final = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE,
+                                 0xCF})  # fmt: skip
+
+
+def _decode_jpeg(view: memoryview, shape: tuple[int, ...]) -> np.ndarray:
+    declared = _jpeg_dims(shape)
+    found = jpeg_size(view)
+    if declared is None or found is None or found[:2] != declared[:2]:
+        msg = f"JPEG frame header says {found}, message header says {list(shape)}"
+        raise FrameError(msg, "decode_error")
+    flag = cv2.IMREAD_GRAYSCALE if declared[2] == 1 else cv2.IMREAD_COLOR
+    image = cv2.imdecode(np.frombuffer(view, dtype=np.uint8), flag)
+    if image is None or image.size != math.prod(shape):
+        msg = "JPEG buffer does not decode to its declared shape"
+        raise FrameError(msg, "decode_error")
+    return image.reshape(shape)
+
+
+@functools.lru_cache(maxsize=4096)
+def _check_names(rig: str, stream: str, modality: str) -> None:
+    # The same few names arrive on every message: match each triple once (errors aren't cached).
+    for field_name, value in (("rig", rig), ("stream", stream), ("modality", modality)):
+        if not NAME_RE.match(value):
+            msg = f"header field {field_name} is not a valid name: {_short(value)}"
+            raise FrameError(msg)
+
+
+def decode_sample(frames: Sequence[Frame]) -> Sample:
+    """Decode a sensor message; arrays are read-only views of the frames."""
+    header = decode_sample_header(frames)
+    return sample_of(header, decode_arrays(header, frames))
+
+
+def sample_of(header: SampleHeader, arrays: tuple[np.ndarray, ...]) -> Sample:
+    """A :class:`Sample` from a checked header and its decoded arrays."""
+    return Sample(
+        rig=header.rig,
+        stream=header.stream,
+        modality=header.modality,
+        seq=header.seq,
+        t_ns=header.t_ns,
+        clock=header.clock,
+        t_pub_ns=header.t_pub_ns,
+        rate_hz=header.rate_hz,
         arrays=arrays,
     )
 
@@ -342,10 +502,14 @@ __all__ = [
     "PROTOCOL_VERSION",
     "SAMPLE_PREFIX",
     "Prediction",
+    "BufferSpec",
     "Sample",
+    "SampleHeader",
     "WireError",
+    "decode_arrays",
     "decode_prediction",
     "decode_sample",
+    "decode_sample_header",
     "describe",
     "encode_prediction",
     "encode_sample",

@@ -74,13 +74,15 @@ class RecordingWriter:
         if channel is None:
             channel = self._register(topic, header)
         seq = header.get("seq")
-        if isinstance(seq, int) and (missed := self._seq.missed(topic, seq)):
+        if isinstance(seq, int) and (missed := self._seq.missed(topic, seq, t_recv_ns)):
             self.gaps[topic] += missed
         body = pack(frames)
         t_pub = header.get("t_pub_ns")
+        # MCAP stores these as uint64 and uint32: a hostile header must not break the file.
         self.writer.add_message(channel, log_time=t_recv_ns, data=body,
-                                publish_time=t_pub if isinstance(t_pub, int) else t_recv_ns,
-                                sequence=seq if isinstance(seq, int) else 0)  # fmt: skip
+                                publish_time=t_pub if isinstance(t_pub, int) and 0 <= t_pub < 2**64
+                                else t_recv_ns,
+                                sequence=seq % 2**32 if isinstance(seq, int) else 0)  # fmt: skip
         self.messages[topic] += 1
         self.bytes += len(body)
         if self.foxglove:

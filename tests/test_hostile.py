@@ -1,0 +1,404 @@
+"""Well-formed messages with absurd values, and fuzzed ones: counted and dropped, never fatal.
+
+Each case is a message that once crashed, hung or wedged the daemon. They go through the
+daemon's own Ingest and RigAligner (real wire frames), then the aligner is polled well
+past the message, which is where a bad block used to blow up or spin.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+import cv2
+import msgpack
+import numpy as np
+import pytest
+
+from fusiond.align.spec import ModalitySpec
+from fusiond.align.windows import RigAligner, WindowConfig
+from fusiond.bus import wire
+from fusiond.errors import FrameError
+from fusiond.ingest import Ingest, Limits
+from fusiond.metrics import Stats
+
+S = 1_000_000_000
+T0 = 1_800_000_000 * S  # a realtime clock reading
+SPECS = {
+    "video": ModalitySpec("frames", 4, 1, 32, 32),
+    "audio": ModalitySpec("series", 800, 1),
+    "imu": ModalitySpec("series", 100, 1),
+}
+STREAMS = {("r", "cam"): "video", ("r", "mic"): "audio", ("r", "imu"): "imu"}
+# Drop reasons that count a whole message; the others count samples, windows or losses.
+MESSAGE_REASONS = {"unknown_stream", "over_rate", "bad_header", "bad_framing", "bad_size", "bad_version",
+                   "bad_value", "bad_shape", "decode_error", "wrong_modality", "clock_skew", "seq_reset",
+                   "late"}  # fmt: skip
+
+
+class Rig:
+    """Ingest and aligner of one rig with a camera, a microphone and an IMU, fed on a clock."""
+
+    def __init__(self, limits: Limits | None = None) -> None:
+        self.stats = Stats()
+        config = WindowConfig(S, S // 2, 3 * S // 10)
+        self.aligner = RigAligner("r", {s: m for (_, s), m in STREAMS.items()}, SPECS, config,
+                                  self.stats.drops)  # fmt: skip
+        self.ingest = Ingest({"r": self.aligner}, STREAMS, self.stats, limits)
+        self.now = T0
+        self.seq: Counter[str] = Counter()
+        self.windows: list = []
+
+    def honest(self, seconds: float) -> None:
+        """The three streams at their rates for ``seconds``, each message handled on time."""
+        for _ in range(round(seconds * 10)):
+            self.send("cam", np.full((1, 32, 32, 3), 100, np.uint8), 10.0)
+            self.send("mic", np.zeros((100, 1), np.int16), 1000.0)
+            self.send("imu", np.zeros((10, 1), np.float32), 100.0)
+            self.now += S // 10
+            self.poll()
+
+    def send(self, stream: str, data: np.ndarray, rate: float, /, **header) -> bool:
+        frames = wire.encode_sample(rig="r", stream=stream, modality=STREAMS["r", stream],
+                                    seq=self.seq[stream], t_ns=self.now - S // 10, t_pub_ns=self.now,
+                                    rate_hz=rate, data=data)  # fmt: skip
+        self.seq[stream] += 1
+        if header:
+            frames = _with_header(frames, header)
+        return self.raw([bytes(f) for f in frames])
+
+    def raw(self, frames) -> bool:
+        return self.ingest.handle(frames, self.now)
+
+    def poll(self, later_ns: int = 0) -> list:
+        closed = self.aligner.poll(self.now + later_ns)
+        self.windows += closed
+        return closed
+
+
+def _with_header(frames, changes) -> list[bytes]:
+    header = msgpack.unpackb(frames[1])
+    for key, value in changes.items():
+        if key.startswith("buffer."):
+            header["buffers"][0][key.removeprefix("buffer.")] = value
+        else:
+            header[key] = value
+    return [bytes(frames[0]), msgpack.packb(header), *map(bytes, frames[2:])]
+
+
+def _jpeg(height: int, width: int) -> bytes:
+    ok, data = cv2.imencode(".jpg", np.full((height, width, 3), 128, np.uint8))
+    assert ok
+    return data.tobytes()
+
+
+def _declaring(jpeg: bytes, height: int, width: int) -> bytes:
+    """The same JPEG with its frame header claiming another size (a decompression bomb)."""
+    at = jpeg.index(b"\xff\xc0")
+    return jpeg[: at + 5] + height.to_bytes(2, "big") + width.to_bytes(2, "big") + jpeg[at + 9 :]
+
+
+def test_the_honest_rig_gives_every_window_with_every_modality():
+    rig = Rig()
+    rig.honest(5)
+    assert len(rig.windows) >= 8 and all(all(w.present.values()) for w in rig.windows[1:])
+    assert not rig.stats.drops
+
+
+def jpeg_frames(rig: Rig, payload: bytes, shape: list[int], stream: str = "cam") -> list[bytes]:
+    frames = wire.encode_sample(rig="r", stream=stream, modality="video", seq=rig.seq[stream],
+                                t_ns=rig.now, t_pub_ns=rig.now, rate_hz=10.0,
+                                data=np.zeros(shape, np.uint8), encoding="jpeg", payload=payload)  # fmt: skip
+    rig.seq[stream] += 1
+    return [bytes(f) for f in frames]
+
+
+HOSTILE = {
+    # (what it once did) -> (the message, the reason it is counted under)
+    "jpeg_size_differs": (lambda r: r.raw(jpeg_frames(r, _jpeg(8, 8), [1, 32, 32, 3])), "decode_error"),
+    "jpeg_on_unconfigured_stream": (lambda r: r.raw(jpeg_frames(r, _jpeg(8, 8), [1, 32, 32, 3], "x")),
+                                    "unknown_stream"),
+    "dtype_is_a_list": (lambda r: r.send("imu", np.zeros((10, 1), np.float32), 100.0,
+                                         **{"buffer.dtype": ["<f4"]}), "bad_header"),
+    "encoding_is_a_map": (lambda r: r.send("imu", np.zeros((10, 1), np.float32), 100.0,
+                                           **{"buffer.encoding": {"a": 1}}), "bad_header"),
+    "rate_1e-300": (lambda r: r.send("imu", np.zeros((10, 1), np.float32), 1e-300), "bad_value"),
+    "rate_1e-10": (lambda r: r.send("imu", np.zeros((10, 1), np.float32), 1e-10), "bad_value"),
+    "rate_nan": (lambda r: r.send("imu", np.zeros((10, 1), np.float32), math.nan), "bad_value"),
+    "empty_block": (lambda r: r.send("imu", np.zeros((0, 1), np.float32), 100.0), "bad_shape"),
+    "frame_is_2d": (lambda r: r.send("cam", np.zeros((1, 5), np.uint8), 10.0), "bad_shape"),
+    "frame_has_2_channels": (lambda r: r.send("cam", np.zeros((1, 4, 4, 2), np.uint8), 10.0), "bad_shape"),
+    "frame_is_float": (lambda r: r.send("cam", np.zeros((1, 4, 4, 3), np.float32), 10.0), "bad_shape"),
+    "t_near_2_63": (lambda r: r.send("imu", np.zeros((10, 1), np.float32), 100.0, t_ns=2**63 - 2),
+                    "clock_skew"),
+    "t_pub_near_2_63": (lambda r: r.send("imu", np.zeros((10, 1), np.float32), 100.0, t_pub_ns=2**63 - 2),
+                        "clock_skew"),
+    "t_one_hour_ahead": (lambda r: r.send("imu", np.zeros((10, 1), np.float32), 100.0,
+                                          t_ns=r.now + 3600 * S), "clock_skew"),
+    "t_in_1970": (lambda r: r.send("imu", np.zeros((10, 1), np.float32), 100.0, t_ns=5), "clock_skew"),
+    "t_negative": (lambda r: r.send("imu", np.zeros((10, 1), np.float32), 100.0, t_ns=-5), "bad_value"),
+    "nan_values": (lambda r: r.send("imu", np.full((10, 1), np.nan, np.float32), 100.0), "bad_value"),
+    "inf_values": (lambda r: r.send("mic", np.full((10, 1), np.inf, np.float64), 1000.0), "bad_value"),
+    "header_for_another_stream": (lambda r: r.send("imu", np.zeros((10, 1), np.float32), 100.0,
+                                                   stream="mic", modality="audio"), "bad_header"),
+    "block_of_a_day": (lambda r: r.send("imu", np.zeros((10, 1), np.float32), 1e-3 * 10 / 86.4),
+                       "bad_value"),
+    "huge_declared_shape": (lambda r: r.send("imu", np.zeros((10, 1), np.float32), 100.0,
+                                             **{"buffer.shape": [2**40, 1]}), "bad_header"),
+    "jpeg_bomb_declared": (lambda r: r.raw(jpeg_frames(r, _declaring(_jpeg(8, 8), 16384, 16384),
+                                                       [1, 16384, 16384, 3])), "bad_shape"),
+    "jpeg_bomb_hidden": (lambda r: r.raw(jpeg_frames(r, _declaring(_jpeg(8, 8), 16384, 16384),
+                                                     [1, 32, 32, 3])), "decode_error"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_a_hostile_message_is_counted_under_its_reason_and_the_rig_goes_on(case):
+    send, reason = HOSTILE[case]
+    rig = Rig()
+    rig.honest(2)
+    before = len(rig.windows)
+    assert send(rig) is False
+    assert rig.stats.drops == Counter({reason: 1}), rig.stats.drops
+    # Poll far ahead: this is where a bad block used to raise or spin through 2**63 windows.
+    rig.poll(later_ns=0)
+    rig.honest(3)
+    after = rig.windows[before:]
+    assert len(after) >= 5 and all(all(w.present.values()) for w in after[1:]), after
+    indexes = [w.index for w in rig.windows]
+    assert indexes == list(range(indexes[0], indexes[0] + len(indexes)))
+
+
+def test_a_future_watermark_within_the_skew_cannot_close_the_others_windows():
+    rig = Rig()
+    rig.honest(2)
+    # The IMU's clock runs 4 s ahead (inside the 5 s skew): its watermark jumps ahead,
+    # but the camera's and microphone's windows are not closed before they arrive.
+    assert rig.send("imu", np.zeros((10, 1), np.float32), 100.0, t_ns=rig.now + 4 * S - S // 10)
+    rig.poll()
+    rig.honest(2)
+    assert rig.stats.drops["late"] == 0
+    assert all(w.present["video"] and w.present["audio"] for w in rig.windows[1:])
+
+
+def test_a_seq_jump_is_a_reset_not_a_billion_lost_and_real_losses_still_count():
+    rig = Rig()
+    rig.honest(1)
+    rig.seq["imu"] += 10**9
+    assert rig.send("imu", np.zeros((10, 1), np.float32), 100.0) is False
+    assert rig.stats.drops["seq_reset"] == 1 and rig.stats.drops["lost_in_transport"] == 0
+    rig.seq["imu"] -= 10**9  # the real source carries on from where it was
+    rig.honest(1)
+    rig.seq["mic"] += 3  # three messages lost
+    rig.honest(1)
+    assert rig.stats.drops["lost_in_transport"] == 3
+
+
+def test_a_stream_over_its_rate_is_dropped_and_its_neighbours_are_not():
+    rig = Rig(Limits(max_message_rate=50.0))
+    rig.honest(1)
+    flood = [rig.send("imu", np.zeros((10, 1), np.float32), 100.0) for _ in range(1000)]
+    assert 0 < rig.stats.drops["over_rate"] <= 1000 and sum(flood) <= 50
+    before = len(rig.windows)
+    rig.honest(3)  # the other streams were never touched; the IMU's bucket refills
+    assert all(all(w.present.values()) for w in rig.windows[before + 1 :])
+    assert rig.stats.drops["over_rate"] <= 1000 - sum(flood) + 1  # the first honest one may find it empty
+
+
+def test_a_rig_back_after_an_hour_skips_the_empty_windows_in_one_step():
+    rig = Rig()
+    rig.honest(1)
+    rig.now += 3600 * S
+    rig.poll()
+    assert rig.stats.drops["window_empty"] >= 7000
+    rig.honest(2)
+    assert all(all(w.present.values()) for w in rig.windows[-2:])
+
+
+def test_the_stream_buffer_is_bounded_in_bytes():
+    stats = Stats()
+    config = WindowConfig(S, S // 2, 10**12, max_bytes=4 * 2**20)  # a huge lateness keeps blocks
+    aligner = RigAligner("r", {"cam": "video"}, SPECS, config, stats.drops)
+    frame = np.zeros((1, 512, 512, 3), np.uint8)  # 768 KiB each
+    for i in range(20):
+        aligner.add("cam", T0 + i * S // 10, 10.0, frame, T0 + i * S // 10)
+    held = sum(b.data.nbytes for b in aligner._streams["cam"].blocks)
+    assert held <= 4 * 2**20 and stats.drops["buffer_full"] == 20 - 5
+
+
+def test_jpeg_size_reads_the_frame_header_without_decoding():
+    assert wire.jpeg_size(_jpeg(24, 40)) == (24, 40, 3)
+    assert wire.jpeg_size(_declaring(_jpeg(8, 8), 16384, 16384)) == (16384, 16384, 3)
+    assert wire.jpeg_size(b"\xff\xd8\xff") is None and wire.jpeg_size(b"GIF89a") is None
+
+
+def _mutations(rng: np.random.Generator, base: list[bytes]) -> list[bytes]:
+    """One message broken in one of many ways."""
+    header = msgpack.unpackb(base[1])
+    weird = [None, True, -1, 2**64 - 1, -(2**63), 1e308, math.nan, -math.inf, "", "x" * 300, [], {},
+             [1, 2], {"a": []}, b"\x00", 0.5]  # fmt: skip
+    kind = rng.integers(0, 7)
+    if kind == 0:  # a field replaced by a value of another type or range
+        key = rng.choice(sorted(header))
+        header[key] = weird[rng.integers(len(weird))]
+    elif kind == 1:  # a buffer description broken
+        key = rng.choice(["dtype", "shape", "encoding"])
+        header["buffers"][0][key] = weird[rng.integers(len(weird))]
+    elif kind == 2:  # a shape of random rank and size
+        header["buffers"][0]["shape"] = [int(n) for n in rng.integers(0, 70, rng.integers(0, 8))]
+    elif kind == 3:  # truncated header bytes
+        packed = msgpack.packb(header)
+        return [base[0], packed[: rng.integers(0, len(packed))], *base[2:]]
+    elif kind == 4:  # frames missing or extra
+        return base[: rng.integers(0, 3)] if rng.random() < 0.5 else [*base, b"\x00" * 8]
+    elif kind == 5:  # a buffer of the wrong size
+        return [*base[:2], base[2][: rng.integers(0, len(base[2]))]]
+    else:  # random bytes as the header
+        return [base[0], rng.bytes(int(rng.integers(0, 64))), *base[2:]]
+    return [base[0], msgpack.packb(header), *base[2:]]
+
+
+def test_ten_thousand_fuzzed_messages_are_each_counted_and_nothing_raises():
+    rig = Rig(Limits(max_message_rate=1e6))
+    rng = np.random.default_rng(20261123)
+    bases = {
+        "cam": (np.full((1, 32, 32, 3), 7, np.uint8), 10.0),
+        "mic": (np.zeros((100, 1), np.int16), 1000.0),
+        "imu": (np.zeros((10, 1), np.float32), 100.0),
+    }
+    dropped = accepted = 0
+    for i in range(10_000):
+        stream = ("cam", "mic", "imu")[i % 3]
+        data, rate = bases[stream]
+        frames = [bytes(f) for f in wire.encode_sample(
+            rig="r", stream=stream, modality=STREAMS["r", stream], seq=i, t_ns=rig.now - S // 10,
+            t_pub_ns=rig.now, rate_hz=rate, data=data)]  # fmt: skip
+        if rig.raw(_mutations(rng, frames)):
+            accepted += 1
+        else:
+            dropped += 1
+        rig.now += S // 100
+        rig.poll()
+    counted = sum(n for reason, n in rig.stats.drops.items() if reason in MESSAGE_REASONS)
+    assert dropped == counted, rig.stats.drops
+    assert dropped > 9000 and "internal_error" not in rig.stats.drops
+    assert rig.windows  # what was well-formed still made windows
+
+
+def test_wire_checks_reject_absurd_header_values():
+    frames = wire.encode_sample(rig="r", stream="s", modality="m", seq=0, t_ns=1, t_pub_ns=1, rate_hz=1.0,
+                                data=np.zeros((1, 1), np.float32))  # fmt: skip
+    for change in ({"seq": -1}, {"t_ns": 2**64 - 1}, {"rate_hz": 1e-300}, {"rate_hz": math.inf},
+                   {"buffer.shape": [2**31, 2**31]}, {"buffer.dtype": {"x": 1}}):  # fmt: skip
+        with pytest.raises(FrameError):
+            wire.decode_sample(_with_header(frames, change))
+
+
+@pytest.mark.slow
+def test_the_real_daemon_survives_every_attack_and_its_rig_keeps_rate_and_accuracy(tmp_path, endpoints):
+    """Each crash, hang and wedge class over real sockets, plus a flood on a topic nobody reads."""
+    import json
+    import threading
+    import time
+
+    import zmq
+
+    from fusiond.client import Subscriber
+
+    from .helpers import DaemonProcess, demo_config, free_port, fusiond, truth
+
+    control = f"tcp://127.0.0.1:{free_port()}"
+    d = DaemonProcess(demo_config(tmp_path, *endpoints, control), tmp_path / "daemon.log")
+    ctx = zmq.Context()
+    try:
+        with Subscriber(endpoints[1], rigs=["demo"], timeout_s=30) as predictions:
+            assert predictions.next() is not None
+            anchor = int(d.wait_for(r"media anchor: file sources start at (\d+)").group(1))
+            pub = ctx.socket(zmq.PUB)
+            pub.setsockopt(zmq.LINGER, 0)
+            pub.connect(endpoints[0])
+            time.sleep(1.0)  # the daemon's subscriptions reach this new publisher
+            stop = threading.Event()
+            flood = threading.Thread(target=_flood, args=(ctx, endpoints[0], stop))
+            flood.start()
+            for frames in _attacks(time.time_ns()):
+                pub.send_multipart(frames)
+            req = ctx.socket(zmq.REQ)
+            req.setsockopt(zmq.LINGER, 0)
+            req.connect(control)
+            req.send_multipart([b"status", b"and more"])
+            assert req.poll(5000) and "error" in json.loads(req.recv())
+            req.close()
+            got = [predictions.next() for _ in range(16)]
+            stop.set()
+            flood.join()
+            pub.close()
+    finally:
+        ctx.term()
+    assert None not in got
+    indexes = [p.extra["window_index"] for p in got]
+    assert indexes == list(range(indexes[0], indexes[0] + 16)), indexes  # none lost: the rate held
+    assert all(p.missing == [] for p in got), [p.missing for p in got]
+    inside = [(p, truth(anchor, p.window_start_ns)) for p in got]
+    inside = [(p, digit) for p, digit in inside if digit is not None]
+    assert sum(p.label == str(digit) for p, digit in inside) >= 0.85 * len(inside) > 0
+    status = fusiond("status", "--json", "--connect", control)
+    assert status.returncode == 0, status.stderr
+    drops = json.loads(status.stdout)["drops"]
+    for reason in ("decode_error", "bad_header", "bad_value", "bad_shape", "clock_skew", "seq_reset"):
+        assert drops.get(reason, 0) >= 1, (reason, drops)
+    assert "unknown_stream" not in drops  # the flood never reached the daemon: nobody subscribed to it
+    assert "internal_error" not in drops and d.proc.poll() is None
+    assert d.stop() < 2.0, d.text()
+    assert "Traceback" not in d.text()
+    d.close()
+
+
+def _attacks(now_ns: int) -> list[list[bytes]]:
+    def sample(stream: str, modality: str, data: np.ndarray, rate: float, **change) -> list[bytes]:
+        frames = wire.encode_sample(rig="demo", stream=stream, modality=modality, seq=0, t_ns=now_ns,
+                                    t_pub_ns=now_ns, rate_hz=rate, data=data)  # fmt: skip
+        return _with_header(frames, change) if change else [bytes(f) for f in frames]
+
+    def jpeg(payload: bytes, shape: list[int]) -> list[bytes]:
+        frames = wire.encode_sample(rig="demo", stream="cam", modality="video", seq=0, t_ns=now_ns,
+                                    t_pub_ns=now_ns, rate_hz=10.0, data=np.zeros(shape, np.uint8),
+                                    encoding="jpeg", payload=payload)  # fmt: skip
+        return [bytes(f) for f in frames]
+
+    imu = np.zeros((10, 1), np.float32)
+    return [
+        jpeg(_jpeg(8, 8), [1, 96, 96, 3]),
+        jpeg(_declaring(_jpeg(8, 8), 16384, 16384), [1, 16384, 16384, 3]),
+        jpeg(_declaring(_jpeg(8, 8), 16384, 16384), [1, 96, 96, 3]),
+        sample("imu", "imu", imu, 100.0, **{"buffer.dtype": ["<f4"]}),
+        sample("imu", "imu", imu, 100.0, **{"buffer.encoding": {"a": 1}}),
+        sample("imu", "imu", imu, 1e-300),
+        sample("imu", "imu", imu, 1e-10),
+        sample("imu", "imu", np.zeros((0, 1), np.float32), 100.0),
+        sample("cam", "video", np.zeros((1, 5), np.uint8), 10.0),
+        sample("cam", "video", np.zeros((1, 4, 4, 2), np.uint8), 10.0),
+        sample("imu", "imu", imu, 100.0, t_ns=2**63 - 2),
+        sample("imu", "imu", imu, 100.0, t_ns=now_ns + 3600 * S),
+        sample("imu", "imu", np.full((10, 1), np.nan, np.float32), 100.0),
+        sample("imu", "imu", imu, 100.0, seq=10**9),
+    ]
+
+
+def _flood(ctx, endpoint: str, stop) -> None:
+    """Well-formed samples on a stream no config has, as fast as one thread sends (at most 5 s)."""
+    import time
+
+    import zmq
+
+    pub = ctx.socket(zmq.PUB)
+    pub.setsockopt(zmq.LINGER, 0)
+    pub.connect(endpoint)
+    frames = [bytes(f) for f in wire.encode_sample(rig="evil", stream="x", modality="imu", seq=0,
+              t_ns=time.time_ns(), t_pub_ns=time.time_ns(), rate_hz=100.0,
+              data=np.zeros((10, 1), np.float32))]  # fmt: skip
+    deadline = time.monotonic() + 5
+    while not stop.is_set() and time.monotonic() < deadline:
+        for _ in range(1000):
+            pub.send_multipart(frames)
+    pub.close()
