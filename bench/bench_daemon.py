@@ -95,11 +95,10 @@ def publisher(endpoint: str, count: int) -> None:
     sock.connect(endpoint)
     time.sleep(1.0)
     data = np.zeros((1, 3), np.float32)
-    t0 = time.time_ns()
     for i in range(count):
-        t = t0 + i * 1_000_000
+        t = time.time_ns()  # captured now: a flood of real samples, not a timeline racing ahead
         sock.send_multipart(encode_sample(rig="bench", stream="imu", modality="imu", seq=i, t_ns=t,
-                                          t_pub_ns=time.time_ns(), rate_hz=1000.0, data=data))  # fmt: skip
+                                          t_pub_ns=t, rate_hz=1000.0, data=data))  # fmt: skip
     time.sleep(2.0)
     sock.close(linger=2000)
     ctx.term()
@@ -161,16 +160,19 @@ def bench_raw(count: int) -> tuple[float, int]:
     return result
 
 
-def bench_daemon_ingest(count: int) -> tuple[float, int, dict[str, int]]:
+def bench_daemon_ingest(count: int, workers: int | str = 1) -> tuple[float, int, dict[str, int]]:
     from fusiond import config as config_mod
     from fusiond.daemon import Daemon
     from fusiond.plugin import load_plugins
 
     publish, subscribe = free_endpoint(), free_endpoint()
-    extra = '\n[rigs.bench.sources.imu]\nkind = "csvfile"\npath = "unused.csv"\n'
+    extra = '\n[rigs.bench.sources.imu]\nkind = "csvfile"\npath = "unused.csv"\nmax_message_rate = 1e6\n'
     with tempfile.TemporaryDirectory() as tmp:
         cfg = config_mod.load(demo_config(Path(tmp), publish, subscribe, extra))
-        cfg = cfg.model_copy(update={"bus": cfg.bus.model_copy(update={"queue": 100_000}),
+        # Queues of 100,000 small messages: max_message_mb bounds their bytes (10 KB each).
+        bus = cfg.bus.model_copy(update={"queue": 100_000, "max_message_mb": 0.01})
+        cfg = cfg.model_copy(update={"bus": bus,
+                                     "runtime": cfg.runtime.model_copy(update={"workers": workers}),
                                      "rigs": {"bench": cfg.rigs["bench"]}})  # fmt: skip
         stop = threading.Event()
         with Daemon(cfg, load_plugins(), start_sources=False) as daemon:
@@ -180,34 +182,34 @@ def bench_daemon_ingest(count: int) -> tuple[float, int, dict[str, int]]:
                                  spawn_publisher(publish, count), count)  # fmt: skip
             stop.set()
             thread.join()
-            drops = dict(daemon.stats.drops)
+            time.sleep(0.6)  # the worker's last counters reach the daemon
+            drops = dict(daemon.stats.all_drops())
     return rate, seen, drops
 
 
 def bench_core(count: int) -> float:
     """Decode + clock + align with no sockets: the per-message cost of the daemon's loop."""
-    from fusiond.align import ModalitySpec, RigAligner, WindowConfig
+    from fusiond.align import InputSpec, ModalitySpec, WindowConfig
     from fusiond.bus.wire import encode_sample
-    from fusiond.ingest import Ingest
-    from fusiond.metrics import Stats
+    from fusiond.ingest import Limits
+    from fusiond.pipeline import Pipeline
 
-    stats = Stats()
-    spec = {"imu": ModalitySpec("series", 100, 3)}
+    spec = InputSpec({"imu": ModalitySpec("series", 100, 3)})
     window = WindowConfig(10**9, 5 * 10**8, 3 * 10**8)
-    aligner = RigAligner("bench", {"imu": "imu"}, spec, window, stats.drops)
-    ingest = Ingest({"bench": aligner}, {("bench", "imu"): "imu"}, stats)
+    pipeline = Pipeline({("bench", "imu"): "imu"}, spec, window, limits=Limits(max_message_rate=1e6))
     data = np.zeros((1, 3), np.float32)
     t0 = time.time_ns()
     messages = [
         [bytes(f) for f in encode_sample(rig="bench", stream="imu", modality="imu", seq=i,
-                                         t_ns=t0 + i * 10**6, t_pub_ns=t0, rate_hz=1000.0, data=data)]
+                                         t_ns=t0 + i * 10**6, t_pub_ns=t0 + i * 10**6, rate_hz=1000.0,
+                                         data=data)]
         for i in range(count)
     ]  # fmt: skip
     started = time.perf_counter()
     for i, frames in enumerate(messages):
-        ingest.handle(frames, t0 + i * 10**6)
+        pipeline.handle(frames, t0 + i * 10**6)
         if i % 512 == 0:
-            aligner.poll(t0 + i * 10**6)
+            pipeline.due(t0 + i * 10**6)
     return count / (time.perf_counter() - started)
 
 

@@ -68,10 +68,11 @@ def publisher(endpoint: str, seconds: float, flood: bool) -> None:
 
 def run(seconds: float, flood: bool, foxglove: bool = False) -> tuple[float, float, float, float, int, float]:
     from fusiond.bus.broker import Broker
+    from fusiond.bus.sockets import Sockets
 
     publish, subscribe = (f"ipc://{tempfile.mkdtemp()}/{n}" for n in ("pub", "sub"))
-    ctx = zmq.Context()
-    with tempfile.TemporaryDirectory() as tmp, Broker(ctx, publish, subscribe, 1000):
+    sockets = Sockets(hwm=1000)
+    with tempfile.TemporaryDirectory() as tmp, Broker(sockets, publish, subscribe):
         out = Path(tmp) / "bench.mcap"
         recorder = subprocess.Popen(
             [sys.executable, "-m", "fusiond", "record", "-o", str(out), "--connect", subscribe,
@@ -83,7 +84,7 @@ def run(seconds: float, flood: bool, foxglove: bool = False) -> tuple[float, flo
                              cwd=ROOT / "bench", env={"PYTHONPATH": str(ROOT / "bench")})  # fmt: skip
         _, log = recorder.communicate(timeout=seconds + 30)
         size = out.stat().st_size
-    ctx.term()
+    sockets.close()
     sent, sent_bytes, elapsed = pub.stdout.split("SENT ")[1].split()
     m = re.search(r"recorded (\d+) messages \(([\d.]+) MB\).*sequence gaps\): (\d+)", log)
     assert m, log

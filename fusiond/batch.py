@@ -1,4 +1,12 @@
-"""Gather closed windows from every rig into batches (pure code, clock passed in)."""
+"""Gather closed windows from every rig into batches (pure code, clock passed in).
+
+Every rig's windows sit on one grid (window ``k`` starts at ``k * hop``), so the batcher
+knows who is coming: once every live rig has closed grid index ``k``, nobody else will
+add a window ``k`` and the batch goes at once. ``max_delay_ns`` only bounds the wait for
+a straggler, and ``max_batch`` the size. A rig is live while its progress is within
+``live_for`` grid steps of the most advanced rig's; one that went quiet, or never
+started, holds nobody up.
+"""
 
 from __future__ import annotations
 
@@ -8,32 +16,51 @@ from fusiond.align.windows import Window
 
 
 class Batcher:
-    """Releases a batch when ``max_batch`` windows wait or the oldest waited ``max_delay_ns``."""
+    """Releases a batch when its grid index is complete, ``max_batch`` windows wait, or the
+    oldest waited ``max_delay_ns``."""
 
-    def __init__(self, max_batch: int, max_delay_ns: int) -> None:
+    def __init__(self, max_batch: int, max_delay_ns: int, live_for: int = 4) -> None:
         if max_batch < 1 or max_delay_ns < 0:
             msg = "max_batch must be positive and max_delay_ns not negative"
             raise ValueError(msg)
         self.max_batch = max_batch
         self.max_delay_ns = max_delay_ns
+        self.live_for = live_for
         self._waiting: deque[tuple[int, Window]] = deque()
+        self._closed: dict[str, int] = {}  # rig -> every grid index below this one is closed
 
     def __len__(self) -> int:
         return len(self._waiting)
 
     def add(self, window: Window, now_ns: int) -> None:
-        """Queue a closed window."""
+        """Queue a closed window (it also marks its rig's progress)."""
         self._waiting.append((now_ns, window))
+        self.progress(window.rig, window.index + 1)
+
+    def progress(self, rig: str, closed_before: int) -> None:
+        """``rig`` closed every window below grid index ``closed_before`` (empty ones too)."""
+        if closed_before > self._closed.get(rig, -(2**62)):
+            self._closed[rig] = closed_before
+
+    def complete(self, index: int) -> bool:
+        """Whether every live rig has closed grid index ``index``."""
+        if not self._closed:
+            return False
+        front = max(self._closed.values())
+        return all(c > index for c in self._closed.values() if c >= front - self.live_for)
 
     def deadline_ns(self) -> int | None:
         """When the oldest waiting window must go, or None when nothing waits."""
         return self._waiting[0][0] + self.max_delay_ns if self._waiting else None
 
-    def take(self, now_ns: int) -> list[Window]:
-        """The next batch, if one is due (else an empty list)."""
+    def take(self, now_ns: int, *, flush: bool = False) -> list[Window]:
+        """The next batch, if one is due (else an empty list); ``flush`` takes what waits."""
         if not self._waiting:
             return []
-        if len(self._waiting) < self.max_batch and now_ns < self._waiting[0][0] + self.max_delay_ns:
+        since, oldest = self._waiting[0]
+        due = (flush or len(self._waiting) >= self.max_batch or now_ns >= since + self.max_delay_ns
+               or self.complete(oldest.index))  # fmt: skip
+        if not due:
             return []
         count = min(self.max_batch, len(self._waiting))
         return [self._waiting.popleft()[1] for _ in range(count)]

@@ -72,7 +72,7 @@ def _run_offline(config: Any, recording: Path, output: Path | None) -> int:
     finally:
         if output:
             out.close()
-    drops = ", ".join(f"{k}={v}" for k, v in sorted(stats.drops.items())) or "none"
+    drops = ", ".join(f"{k}={v}" for k, v in sorted(stats.all_drops().items())) or "none"
     log.info("offline run over %s: %d predictions, drops: %s", recording, stats.predictions, drops)
     return 0
 
@@ -145,13 +145,16 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_check_config(args: argparse.Namespace) -> int:
     """Validate a config file, its source options and its model."""
     from fusiond import config as config_mod
-    from fusiond.daemon import Daemon
+    from fusiond.models import load
+    from fusiond.pipeline import Pipeline
     from fusiond.plugin import load_plugins
 
     config = config_mod.load(args.config)
-    daemon = Daemon(config, load_plugins(), start_sources=False)
-    ck = daemon.checkpoint
-    print(f"{args.config}: OK ({len(config.rigs)} rig(s), {len(daemon.streams)} source(s), "
+    plugins = load_plugins()
+    config.source_options(plugins.sources)
+    ck = load(config.model.path)
+    pipeline = Pipeline.from_config(config, plugins.sources, ck)
+    print(f"{args.config}: OK ({len(config.rigs)} rig(s), {len(pipeline.streams)} source(s), "
           f"model {ck.name} {ck.content_hash})")  # fmt: skip
     return 0
 
@@ -159,19 +162,10 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 @contextlib.contextmanager
 def _subscriber(endpoint: str, topics: Sequence[str]) -> Iterator[Any]:
     """A SUB socket connected to ``endpoint`` and subscribed to ``topics``, closed after."""
-    import zmq
+    from fusiond.bus.sockets import Sockets
 
-    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    sock = ctx.socket(zmq.SUB)
-    sock.setsockopt(zmq.LINGER, 0)
-    try:
-        sock.connect(endpoint)
-        for topic in topics:
-            sock.subscribe(topic.encode())
-        yield sock
-    finally:
-        sock.close()
-        ctx.term()
+    with Sockets() as sockets:
+        yield sockets.subscriber(endpoint, topics)
 
 
 def cmd_echo(args: argparse.Namespace) -> int:
@@ -213,7 +207,7 @@ def _pretty(message: dict[str, Any]) -> str:
 def _endpoint(connect: str | None, config_path: Path | None, which: str) -> str:
     """``--connect`` if given, else ``[bus] which`` of ``--config``, else the default."""
     from fusiond import config as config_mod
-    from fusiond.daemon import local_endpoint
+    from fusiond.bus.sockets import local_endpoint
 
     if connect:
         return connect
@@ -262,27 +256,47 @@ def cmd_source(args: argparse.Namespace) -> int:
     context = SourceContext(
         args.rig, args.stream, args.modality or cls.modality, anchor, stop, logging.getLogger(name)
     )
-    return run_source(cls, config, context, args.connect)
+    return run_source(cls, config, context, args.connect, sync_clock=args.sync_clock or "")
+
+
+def cmd_component(args: argparse.Namespace) -> int:
+    """One of the daemon's own components (it starts them; not for people)."""
+    import signal
+
+    from fusiond.runtime.engine import component_main
+    from fusiond.sources.supervisor import die_with_parent
+
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a reload is the daemon's business
+    if args.parent_pid:
+        die_with_parent(args.parent_pid)
+    return component_main(args.role, json.loads(args.spec_json))
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Write a checkpoint's model as ONNX, for ``[model] runtime = "onnx"``."""
+    from fusiond.models import load
+    from fusiond.models.onnx import export, onnx_path
+    from fusiond.plugin import load_plugins
+
+    checkpoint = load(args.model)
+    out = args.output or onnx_path(args.model)
+    export(checkpoint, load_plugins().encoders.types, out)
+    print(f"{out}: ONNX export of {checkpoint.name} ({checkpoint.content_hash})")
+    return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     """Ask a running daemon how it is doing."""
-    import zmq
+    from fusiond.bus.sockets import Sockets
 
     endpoint = _endpoint(args.connect, args.config, "control")
-    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    sock = ctx.socket(zmq.REQ)
-    sock.setsockopt(zmq.LINGER, 0)
-    try:
-        sock.connect(endpoint)
+    with Sockets() as sockets:
+        sock = sockets.request(endpoint)
         sock.send(b"status")
         if not sock.poll(int(args.timeout * 1000)):
             print(f"fusiond status: no daemon answered at {endpoint}", file=sys.stderr)
             return 1
         reply = json.loads(sock.recv())
-    finally:
-        sock.close()
-        ctx.term()
     print(json.dumps(reply, indent=2) if args.json else _status_text(reply))
     return 0
 
@@ -502,7 +516,21 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--options-json", help=argparse.SUPPRESS)
     source.add_argument("--anchor-ns", type=int, help="realtime ns at which file media start")
     source.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
+    source.add_argument("--sync-clock", metavar="CONTROL", help="the daemon's control endpoint: stamp blocks "
+                        "on its clock (for a source on another host)")  # fmt: skip
     source.set_defaults(func=cmd_source)
+
+    component = sub.add_parser("component", help=argparse.SUPPRESS)
+    component.add_argument("role", choices=["worker", "server"])
+    component.add_argument("--spec-json", required=True)
+    component.add_argument("--parent-pid", type=int)
+    component.set_defaults(func=cmd_component)
+
+    export = sub.add_parser("export", help="write a model as ONNX for onnxruntime")
+    export.add_argument("model", type=Path)
+    export.add_argument("--onnx", action="store_true", help="the format (the only one for now)")
+    export.add_argument("-o", "--output", type=Path, help="default: MODEL.onnx beside the checkpoint")
+    export.set_defaults(func=cmd_export)
 
     status = sub.add_parser("status", help="ask a running daemon how it is doing")
     status.add_argument("--json", action="store_true")

@@ -26,6 +26,7 @@ class OffsetEstimator:
         self._bucket_start: int | None = None
         self._current: int | None = None
         self._previous: int | None = None
+        self._offset = 0
 
     def update(self, t_pub_ns: int, t_recv_ns: int) -> int:
         """Add one message; return the offset to add to this source's timestamps."""
@@ -35,8 +36,11 @@ class OffsetEstimator:
         elif t_recv_ns - self._bucket_start >= self.span_ns:
             self._previous, self._current = self._current, None
             self._bucket_start = t_recv_ns
+        elif self._current is not None and delay >= self._current:
+            return self._offset  # the usual case: the minimum stands, nothing to recompute
         self._current = delay if self._current is None else min(self._current, delay)
-        return self.offset_ns
+        self._offset = self._estimate()
+        return self._offset
 
     def accepts(self, t_pub_ns: int, t_recv_ns: int, clock: str, max_skew_ns: int) -> bool:
         """Whether a message published at ``t_pub_ns`` is plausible for this source.
@@ -56,7 +60,65 @@ class OffsetEstimator:
     @property
     def offset_ns(self) -> int:
         """The current estimate, in whole milliseconds (0 before any message)."""
+        return self._offset
+
+    def _estimate(self) -> int:
         values = [v for v in (self._current, self._previous) if v is not None]
         if not values or abs(min(values)) < self.deadband_ns:
             return 0
         return round(min(values), -6)
+
+
+class ClockSync:
+    """The offset of this host's clock from the daemon's, NTP style, from round-trip probes.
+
+    Each probe has four stamps: ``t1`` sent (here), ``t2`` received and ``t3`` answered
+    (the daemon), ``t4`` back (here). Its round trip is ``(t4 - t1) - (t3 - t2)``; its
+    offset ``((t2 - t1) + (t3 - t4)) / 2`` is exact when both legs took equally long and
+    off by at most half the round trip otherwise, so the fastest probe of a burst is the
+    one to trust. Bursts' best offsets are then dejittered: the estimate is their median
+    over the last ``keep`` bursts, which rides out a burst whose fastest probe was still
+    lopsided. Add the offset to this host's timestamps to put them on the daemon's clock.
+    """
+
+    def __init__(self, keep: int = 15) -> None:
+        self.keep = keep
+        self._burst: list[tuple[int, float]] = []  # (round trip, offset)
+        self._best: list[tuple[int, float]] = []  # the fastest probe of each burst
+
+    def add(self, t1: int, t2: int, t3: int, t4: int) -> None:
+        """One probe's four stamps (ns)."""
+        rtt = (t4 - t1) - (t3 - t2)
+        if rtt >= 0:  # else a clock stepped during the probe
+            self._burst.append((rtt, ((t2 - t1) + (t3 - t4)) / 2))
+
+    def end_burst(self) -> None:
+        """Keep the fastest probe of the burst just sent."""
+        if self._burst:
+            self._best = [*self._best[-(self.keep - 1) :], min(self._burst)]
+            self._burst = []
+
+    @property
+    def bursts(self) -> int:
+        """Bursts the estimate rests on."""
+        return len(self._best)
+
+    @property
+    def ready(self) -> bool:
+        """Whether there is a probe to estimate from."""
+        return bool(self._best or self._burst)
+
+    @property
+    def offset_ns(self) -> int:
+        """Daemon clock minus this clock (0 before any probe)."""
+        best = self._best or ([min(self._burst)] if self._burst else [])
+        if not best:
+            return 0
+        offsets = sorted(offset for _, offset in best)
+        return round(offsets[len(offsets) // 2])
+
+    @property
+    def best_rtt_ns(self) -> int:
+        """The shortest round trip kept: the bound on one burst's error is half of it."""
+        kept = self._best or self._burst
+        return min(rtt for rtt, _ in kept) if kept else 0

@@ -7,12 +7,13 @@ Relative paths are taken from the config file's folder.
 
 from __future__ import annotations
 
+import os
 import tomllib
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fusiond.align.windows import WindowConfig
 from fusiond.bus.wire import NAME_RE
@@ -90,6 +91,38 @@ class IngestSection(_Section):
         )
 
 
+class RuntimeSection(_Section):
+    """``[runtime]``: where the pipeline runs (docs/operations.md, "Scaling out")."""
+
+    engine: Literal["local", "ray"] = "local"
+    workers: int | Literal["auto"] = 1
+    """Ingest workers; 1 runs everything in the daemon's process, ``auto`` one per core."""
+    address: str = ""
+    """``engine = "ray"``: the cluster to join (``ray start --head`` prints it); "" starts one."""
+    advertise: str = "127.0.0.1"
+    """``engine = "ray"``: the address at which actors on other machines reach this daemon."""
+    num_gpus: float = Field(0.0, ge=0)
+    """``engine = "ray"``: GPUs to reserve for the inference server."""
+
+    @field_validator("workers")
+    @classmethod
+    def _workers(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and not 1 <= value <= 256:
+            msg = "must be between 1 and 256, or \"auto\""
+            raise ValueError(msg)
+        return value
+
+    def worker_count(self, rigs: int) -> int:
+        """Workers to start: ``auto`` is the core count; never more than there are rigs."""
+        wanted = (os.cpu_count() or 1) if self.workers == "auto" else int(self.workers)
+        return max(1, min(wanted, rigs))
+
+    @property
+    def sharded(self) -> bool:
+        """Whether workers and the server run outside the daemon's process."""
+        return self.engine == "ray" or self.workers != 1
+
+
 class ModelSection(_Section):
     """``[model]``: the checkpoint and how to batch windows into it."""
 
@@ -98,6 +131,11 @@ class ModelSection(_Section):
     max_batch: int = Field(32, ge=1, le=4096)
     max_delay_ms: float = Field(5.0, ge=0)
     queue: int = Field(8, ge=1)
+    runtime: Literal["auto", "torch", "onnx"] = "auto"
+    """``onnx``: the model's ONNX export on onnxruntime (CPU; ``pip install fusiond[onnx]``);
+    ``auto``: onnx on a CPU when onnxruntime is installed (3-5x faster here), else torch."""
+    threads: int = Field(0, ge=0, le=1024)
+    """Threads for one forward pass; 0 takes the cores the ingest workers leave."""
 
     @field_validator("device")
     @classmethod
@@ -136,11 +174,26 @@ class SourceSection(BaseModel):
 
     model_config = ConfigDict(extra="allow", frozen=True)
 
-    kind: str
+    kind: str = ""
     modality: str | None = None
+    external: bool = False
+    """Published by a process the daemon does not start (``fusiond source`` on a sensor host)."""
     restart_max_s: float = Field(30.0, gt=0)
     max_message_rate: float | None = Field(None, gt=0, le=1_000_000)
     """Messages per second this stream may send; ``ingest.max_message_rate`` when unset."""
+
+    @model_validator(mode="after")
+    def _kind_or_external(self) -> SourceSection:
+        if self.external and not self.modality:
+            msg = "an external source needs its modality (the daemon starts nothing to ask)"
+            raise ValueError(msg)
+        if not self.external and not self.kind:
+            msg = "kind is required (or external = true, with a modality)"
+            raise ValueError(msg)
+        if self.external and self.model_extra:
+            msg = f"an external source takes no kind options (got {sorted(self.model_extra)})"
+            raise ValueError(msg)
+        return self
 
     @property
     def options(self) -> dict[str, Any]:
@@ -183,6 +236,7 @@ class Config(_Section):
     bus: BusSection = BusSection()
     metrics: MetricsSection = MetricsSection()
     ingest: IngestSection = IngestSection()
+    runtime: RuntimeSection = RuntimeSection()
     model: ModelSection
     window: WindowSection = WindowSection()
     log: LogSection = LogSection()
@@ -194,6 +248,8 @@ class Config(_Section):
         out = {}
         for rig, section in self.rigs.items():
             for name, source in section.sources.items():
+                if source.external:
+                    continue
                 path = f"rigs.{rig}.sources.{name}"
                 out[rig, name] = validate_source(registry, source, path)
         return out

@@ -1,10 +1,13 @@
-"""The daemon: broker, source processes, ingest -> align -> batch -> model -> publish.
+"""The daemon: the I/O shell around the pipeline's components.
 
-The only module that owns threads, sockets and processes together. One loop thread
-ingests, aligns, answers the control socket and talks to systemd; one inference thread
-runs batches and publishes, fed by a bounded queue so a slow model drops counted windows
-instead of stalling ingest. SIGHUP loads the new config and model beside the running
-ones; the inference thread picks the new model up between two batches.
+    sources ─> broker ─> worker(s): ingest, align ─> server: batch, model ─> broker ─> clients
+                  │                                                            │
+    daemon loop: control socket, counters from the components, predictions seen, systemd
+
+The daemon binds the broker and the control socket, starts the sources and the
+components (:mod:`fusiond.runtime`), restarts what dies, and turns the components'
+counters and the predictions it sees on the bus into status, the summary line, metrics
+and systemd's watchdog. It does no per-sample work itself.
 """
 
 from __future__ import annotations
@@ -12,13 +15,11 @@ from __future__ import annotations
 import json
 import logging
 import os
-import queue
 import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -27,79 +28,43 @@ import zmq
 
 from fusiond import config as config_mod
 from fusiond import status
-from fusiond.align.windows import RigAligner, Window
-from fusiond.batch import Batcher
-from fusiond.bus.broker import Broker, bind
-from fusiond.bus.wire import (
-    ERROR_PREFIX,
-    SAMPLE_PREFIX,
-    Prediction,
-    decode_header,
-    encode_prediction,
-    sample_topic,
-)
+from fusiond.bus.broker import Broker
+from fusiond.bus.sockets import Sockets, local_endpoint
+from fusiond.bus.wire import decode_prediction, prediction_topic
 from fusiond.config import Config
 from fusiond.errors import ConfigError, FusiondError, WireError
-from fusiond.ingest import Ingest
 from fusiond.metrics import Stats, Summary
 from fusiond.models import Checkpoint, load
-from fusiond.models.runner import ModelRunner
+from fusiond.pipeline import resolve_streams
 from fusiond.plugin import Plugins
-from fusiond.publish import PredictionBuilder
+from fusiond.runtime.engine import Engine, ProcessEngine, ThreadEngine, endpoints_for, make_plan
+from fusiond.runtime.handoff import decode_body
+from fusiond.runtime.server import RELOAD
 from fusiond.service import Liveness, Notifier, alive, watchdog_interval_ns
 from fusiond.sources.runner import Backoff
 from fusiond.sources.supervisor import Child, Supervisor
 
 log = logging.getLogger("fusiond")
-_DRAIN = 512
+
+__all__ = ["Daemon", "local_endpoint", "run_offline"]
 
 
-def local_endpoint(endpoint: str) -> str:
-    """The address a process on this host connects to for a bound endpoint."""
-    for wildcard in ("tcp://*:", "tcp://0.0.0.0:"):
-        if endpoint.startswith(wildcard):
-            return "tcp://127.0.0.1:" + endpoint.removeprefix(wildcard)
-    return endpoint
+def engine_mode(config: Config) -> str:
+    """``threads`` (one process), ``processes`` or ``ray``."""
+    if config.runtime.engine == "ray":
+        return "ray"
+    return "processes" if config.runtime.sharded else "threads"
 
 
-def resolve_streams(config: Config, plugins: Plugins, checkpoint: Checkpoint) -> dict[tuple[str, str], str]:
-    """``(rig, stream) -> modality`` for every source, checked against the model's inputs."""
-    modalities = checkpoint.spec.modalities
-    out: dict[tuple[str, str], str] = {}
-    for rig, section in config.rigs.items():
-        seen: dict[str, str] = {}
-        for name, source in section.sources.items():
-            cls = plugins.sources.get(source.kind)
-            modality = source.modality or (cls.modality if cls else "")
-            path = f"rigs.{rig}.sources.{name}.modality"
-            if modality not in modalities:
-                msg = f"model {checkpoint.name!r} has no {modality!r} input (it takes {sorted(modalities)})"
-                raise ConfigError(msg, path=path)
-            if modality in seen:
-                msg = f"rig already has a {modality!r} source ({seen[modality]}); the model takes one"
-                raise ConfigError(msg, path=path)
-            seen[modality] = name
-            out[rig, name] = modality
-    return out
+def make_engine(mode: str, config: Config, plan: Any, ctx: zmq.Context[zmq.Socket[bytes]]) -> Engine:
+    """The engine that runs ``plan``'s components."""
+    if mode == "ray":
+        from fusiond.runtime.ray_engine import RayEngine
 
-
-@dataclass(frozen=True)
-class Serving:
-    """The model the inference thread runs; replaced as a whole on reload."""
-
-    checkpoint: Checkpoint
-    runner: ModelRunner
-    builder: PredictionBuilder
-
-
-def serving(checkpoint: Checkpoint, plugins: Plugins, config: Config,
-            seq: Counter[str] | None = None) -> Serving:  # fmt: skip
-    """Load a checkpoint onto its device and warm it up; ``seq`` numbers predictions on
-    from where the model this one replaces left off."""
-    runner = ModelRunner(checkpoint, plugins.encoders.types, config.model.device)
-    runner.warm_up(config.model.max_batch)
-    model = {"name": checkpoint.name, "hash": checkpoint.content_hash}
-    return Serving(checkpoint, runner, PredictionBuilder(checkpoint.classes, model, checkpoint.task, seq))
+        return RayEngine(plan, config.runtime.address, config.runtime.num_gpus)
+    if mode == "processes":
+        return ProcessEngine(plan)
+    return ThreadEngine(plan, ctx)
 
 
 class Daemon:
@@ -115,71 +80,70 @@ class Daemon:
         self.options = config.source_options(plugins.sources)
         self.stats = Stats()
         self.checkpoint = load(config.model.path)
-        self.streams = resolve_streams(config, plugins, self.checkpoint)
+        self.streams = resolve_streams(config, plugins.sources, self.checkpoint.spec, self.checkpoint.name)
         self.start_sources = start_sources
-        window = config.window.with_buffer(config.ingest)
         trained = self.checkpoint.window
-        if trained.get("length_ns", window.length_ns) != window.length_ns:
+        length_ns = round(config.window.length_ms * 1e6)
+        if trained.get("length_ns", length_ns) != length_ns:
             log.warning("window.length_ms is %g but model %s was trained on %g ms windows: its scores "
                         "will not hold", config.window.length_ms, self.checkpoint.name,
                         trained["length_ns"] / 1e6)  # fmt: skip
-        specs = self.checkpoint.spec.modalities
-        self.aligners = {
-            rig: RigAligner(
-                rig, {s: m for (r, s), m in self.streams.items() if r == rig}, specs, window, self.stats.drops
-            )  # fmt: skip
-            for rig in config.rigs
-        }
-        self.batcher = Batcher(config.model.max_batch, round(config.model.max_delay_ms * 1e6))
-        rates = {(rig, name): s.max_message_rate for rig, section in config.rigs.items()
-                 for name, s in section.sources.items() if s.max_message_rate is not None}  # fmt: skip
-        self.ingest = Ingest(self.aligners, self.streams, self.stats, config.ingest.limits(), rates)
-        self._queue: queue.Queue[list[Window] | None] = queue.Queue(config.model.queue)
-        self._seq: Counter[str] = Counter()
+        self.mode = engine_mode(config)
+        self.workers = config.runtime.worker_count(len(config.rigs))
+        self.started_ns = time.time_ns()
+        self.components: dict[str, dict[str, Any]] = {}
+        self._next_seq: Counter[str] = Counter()
+        self._last_index: dict[str, int] = {}
+        self._resumed: set[str] = set()
+        self._reload: threading.Thread | None = None
+        self._reloaded: Config | Exception | None = None
         self._reload_again = False
         self._failed: set[str] = set()
-        self.started_ns = time.time_ns()
-        self._busy_since: int | None = None
-        self._reload: threading.Thread | None = None
-        self._reloaded: Serving | Exception | None = None
-        self._reload_config: Config | None = None
 
     def __enter__(self) -> Daemon:
         bus = self.config.bus
         self.notifier = Notifier()
-        self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-        self.broker = Broker(self.ctx, bus.publish, bus.subscribe, bus.hwm, bus.max_message_bytes)
+        self.sockets = Sockets(hwm=bus.hwm, max_message_bytes=bus.max_message_bytes)
         try:
-            self.broker.__enter__()
-            self.control = self.ctx.socket(zmq.REP)
-            self.control.setsockopt(zmq.LINGER, 0)
-            bind(self.control, bus.control, "bus.control")
+            self.broker = Broker(self.sockets, bus.publish, bus.subscribe).__enter__()
+            self.control = self.sockets.reply(bus.control, "bus.control")
+            self.inbox = self._bind_inbox()
+            topics = [prediction_topic(r) for r in self.config.rigs]
+            self.monitor = self.sockets.subscriber(self.broker.inproc_subscribe, topics)
+            endpoints = endpoints_for(self.mode, self.config, self.broker, self._inbox_endpoint)
+            self.plan = make_plan(self.config, self.streams, self.checkpoint.spec, endpoints, self.workers)
+            self.plan.seq = lambda: dict(self._next_seq)
+            self.engine = make_engine(self.mode, self.config, self.plan, self.sockets.ctx)
+            self.engine.start()
+            self.reloader = self.sockets.push(self.engine.server_inbox, hwm=4)
         except BaseException:
-            self.ctx.destroy(linger=0)
+            self.sockets.close()
             raise
-        self.serving = serving(self.checkpoint, self.plugins, self.config, self._seq)
-        self.sub = self.ctx.socket(zmq.SUB)
-        self.sub.setsockopt(zmq.RCVHWM, bus.hwm)
-        self.sub.setsockopt(zmq.LINGER, 0)
-        self.sub.connect(self.broker.inproc_subscribe)
-        # Only the configured streams: the broker then filters a flood on any other topic
-        # before it costs this loop anything (subscriptions travel upstream to publishers).
-        for rig, stream in self.streams:
-            self.sub.subscribe(sample_topic(rig, stream).encode())
-            self.sub.subscribe(f"{ERROR_PREFIX}{rig}/{stream}".encode())
-        self._infer = threading.Thread(target=self._infer_loop, name="fusiond-infer", daemon=True)
-        self._infer.start()
         self.supervisor = Supervisor(self._children() if self.start_sources else [])
         self.supervisor.poll()
         self.metrics_server = self._start_metrics()
         ck = self.checkpoint
         log.info(
-            "fusiond started: model %s (%s) on %s, %d rig(s), %d source(s); publishers connect to "
-            "%s, subscribers to %s, control at %s; socket queues hold %d messages of at most %g MB",
-            ck.name, ck.content_hash, self.serving.runner.device, len(self.config.rigs), len(self.streams),
-            bus.publish, bus.subscribe, bus.control, bus.hwm, bus.max_message_mb,
+            "fusiond started: model %s (%s), %d rig(s), %d source(s), %d ingest worker(s) as %s; publishers "
+            "connect to %s, subscribers to %s, control at %s; socket queues hold %d messages of at most "
+            "%g MB", ck.name, ck.content_hash, len(self.config.rigs), len(self.streams),
+            len(self.plan.workers), self.mode, bus.publish, bus.subscribe, bus.control, bus.hwm,
+            bus.max_message_mb,
         )  # fmt: skip
         return self
+
+    def _bind_inbox(self) -> zmq.Socket[bytes]:
+        if self.mode == "threads":
+            endpoint = f"inproc://fusiond-stats-{id(self)}"
+        elif self.mode == "processes":
+            from fusiond.runtime.engine import runtime_dir
+
+            endpoint = f"ipc://{runtime_dir()}/stats-{os.getpid()}"
+        else:
+            endpoint = f"tcp://{self.config.runtime.advertise}:*"
+        sock = self.sockets.pull(endpoint, bind=True, where="runtime.advertise")
+        self._inbox_endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        return sock
 
     def _start_metrics(self) -> object | None:
         if not self.config.metrics.listen:
@@ -194,8 +158,10 @@ class Daemon:
         children = []
         for rig, section in self.config.rigs.items():
             for name, source in section.sources.items():
+                if source.external:
+                    continue
                 argv = [
-                    sys.executable, "-m", "fusiond", "source", source.kind,
+                    sys.executable, "-P", "-m", "fusiond", "source", source.kind,
                     "--connect", connect, "--rig", rig, "--stream", name,
                     "--modality", self.streams[rig, name], "--anchor-ns", str(anchor_ns),
                     "--options-json", json.dumps(source.options), "--parent-pid", str(os.getpid()),
@@ -209,8 +175,8 @@ class Daemon:
     def run(self, stop: threading.Event, reload: threading.Event | None = None) -> None:
         """Serve until ``stop`` is set; reload config and model whenever ``reload`` is set."""
         poller = zmq.Poller()
-        poller.register(self.sub, zmq.POLLIN)
-        poller.register(self.control, zmq.POLLIN)
+        for sock in (self.inbox, self.monitor, self.control):
+            poller.register(sock, zmq.POLLIN)
         summary = Summary(self.stats, time.time_ns())
         every_ns = round(self.config.log.summary_s * 1e9)
         next_summary = time.time_ns() + every_ns
@@ -218,15 +184,16 @@ class Daemon:
         next_ping = time.time_ns()
         ready = False
         while not stop.is_set():
-            deadline = self.batcher.deadline_ns()
-            wait_ms = 20 if deadline is None else max(0, min(20, (deadline - time.time_ns()) // 1_000_000))
-            events = dict(poller.poll(wait_ms))
-            if self.sub in events:
-                self._guarded("ingest", self._drain)
+            events = dict(poller.poll(50))
+            if self.inbox in events:
+                self._guarded("counters", self._take_counters)
+            if self.monitor in events:
+                self._guarded("monitor", self._take_predictions)
             if self.control in events:
                 self._guarded("control", self._answer)
             now = time.time_ns()
-            self._guarded("close", self._close_windows, now)
+            for name in self.engine.poll():
+                self._restarted(name)
             self.supervisor.poll()
             if reload is not None and reload.is_set():
                 reload.clear()
@@ -235,7 +202,7 @@ class Daemon:
             if not ready and self._sources_up(now):
                 ready = True
                 self.notifier.notify(READY=1, STATUS=f"serving {len(self.streams)} source(s)")
-                log.info("fusiond ready: sources up, model %s warmed", self.serving.checkpoint.name)
+                log.info("fusiond ready: sources up, model %s warmed", self.checkpoint.name)
             if now >= next_summary:
                 line = summary.line(now, self._masked())
                 log.info("%s", line)
@@ -257,32 +224,52 @@ class Daemon:
                 log.exception("internal error in %s (counted as drops.internal_error; further ones only "
                               "counted)", where)  # fmt: skip
 
-    def _drain(self) -> None:
-        for _ in range(_DRAIN):
+    def _take_counters(self) -> None:
+        for _ in range(256):
             try:
-                frames = self.sub.recv_multipart(zmq.NOBLOCK, copy=False)
+                frames = self.inbox.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            if frames[0].bytes.startswith(b"e/"):
-                self._guarded("source_error", self._source_error, frames)
-            else:
-                self._guarded("ingest", self.ingest.handle, frames, time.time_ns())
+            snapshot = decode_body(frames)
+            self.components[str(snapshot["name"])] = snapshot
+            self.stats.absorb(snapshot)
 
-    def _source_error(self, frames: list[zmq.Frame]) -> None:
-        try:
-            header = decode_header(frames)
-            key = (str(header["rig"]), str(header["stream"]))
-        except (WireError, KeyError):
-            self.stats.drop("bad_header")
-            return
-        if key in self.streams:
-            s = self.stats.stream(*key)
-            s.error, s.error_ns = str(header.get("error", "")), time.time_ns()
+    def _take_predictions(self) -> None:
+        for _ in range(1024):
+            try:
+                frames = self.monitor.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            try:
+                p = decode_prediction(frames)
+            except WireError:
+                continue
+            if p.rig not in self.config.rigs:
+                continue  # p/lab also matches p/lab2
+            index = int(p.extra.get("window_index", -1))
+            last = self._last_index.get(p.rig)
+            if p.rig in self._resumed and last is not None and index > last + 1:
+                self.stats.drop("lost_in_restart", index - last - 1)
+            self._resumed.discard(p.rig)
+            self._last_index[p.rig] = max(index, last if last is not None else index)
+            self._next_seq[p.rig] = max(self._next_seq[p.rig], p.seq + 1)
+            self.stats.predicted(p.rig, p.label, p.latency_ns.get("close_to_publish", 0), p.t_pub_ns)
+
+    def _restarted(self, name: str) -> None:
+        """A component (re)started: its rigs' next gap in windows is a loss, counted."""
+        self.stats.restarted(name)
+        self._resumed.update(self.plan.rigs_of(name))
 
     def _answer(self) -> None:
         # A REP socket must answer every request, whatever it holds, or it stops taking more.
         request = self.control.recv_multipart()
+        t2 = time.time_ns()
         try:
+            if len(request) == 2 and request[0] == b"time" and request[1].isdigit() and len(request[1]) < 20:
+                # A clock probe from a source on another host (fusiond.sources.clocksync).
+                answer = {"t1": int(request[1]), "t2": t2, "t3": time.time_ns()}
+                self.control.send(json.dumps(answer).encode())
+                return
             if request == [b"status"]:
                 reply: dict[str, object] = self.status(time.time_ns())
             else:
@@ -293,21 +280,32 @@ class Daemon:
             raise
         self.control.send(body)
 
+    def model_info(self) -> dict[str, str]:
+        """The model being served, as its server reports it."""
+        reported = self.components.get(self.plan.server.name, {}).get("model")
+        if reported:
+            return {k: str(v) for k, v in reported.items()}
+        ck = self.checkpoint
+        runtime = self.config.model.runtime
+        return {"name": ck.name, "hash": ck.content_hash, "device": "loading", "runtime": runtime}
+
     def status(self, now_ns: int) -> dict[str, object]:
         """Everything ``fusiond status`` prints."""
-        ck = self.serving.checkpoint
         rows = status.sources(now_ns, self.stats, self.supervisor.children, self.streams)
-        window_ns = self.config.window.to_config()
-        quiet_after = window_ns.length_ns + window_ns.lateness_ns + 2_000_000_000
+        window = self.config.window
+        quiet_after = round((window.length_ms + window.lateness_ms) * 1e6) + 2_000_000_000
         return {
             "uptime_s": round((now_ns - self.started_ns) / 1e9, 1),
-            "model": {"name": ck.name, "hash": ck.content_hash, "device": str(self.serving.runner.device)},
+            "model": self.model_info(),
+            "runtime": {"engine": self.mode, "components": self.engine.rows()},
             "sources": rows,
-            "rigs": status.rigs(now_ns, self.stats, self.aligners, quiet_after, rows),
-            "drops": dict(self.stats.drops),
+            "rigs": status.rigs(now_ns, self.stats, list(self.config.rigs), quiet_after, rows),
+            "drops": dict(self.stats.all_drops()),
         }
 
     def _sources_up(self, now: int) -> bool:
+        if self.plan.server.name not in self.components:
+            return False  # the model is not loaded and warmed yet
         if now - self.started_ns > self.READY_TIMEOUT_NS:
             return True
         states = {c.name: c.state for c in self.supervisor.children}
@@ -320,57 +318,23 @@ class Daemon:
 
     def _watchdog(self, now: int) -> None:
         last_samples = [s.last_recv_ns for s in self.stats.streams.values() if s.last_recv_ns]
+        busy = self.components.get(self.plan.server.name, {}).get("busy_since")
         ok, why = alive(Liveness(
             now_ns=now, started_ns=self.started_ns,
             last_sample_ns=max(last_samples) if last_samples else None,
             last_window_ns=self.stats.last_window_ns,
-            oldest_pending_ns=self._busy_since, stall_ns=10_000_000_000,
+            oldest_pending_ns=busy, stall_ns=10_000_000_000,
         ))  # fmt: skip
-        if ok and self._infer.is_alive():
+        if ok:
             self.notifier.notify(WATCHDOG=1)
         else:
             log.error("watchdog: pipeline wedged (%s); not telling systemd it is alive", why)
 
-    def due_batches(self, now: int) -> Iterator[list[Window]]:
-        """Close every due window and yield the batches that are ready at ``now``."""
-        for aligner in self.aligners.values():
-            for window in aligner.poll(now):
-                self.batcher.add(window, now)
-                self.stats.last_window_ns = now
-        while batch := self.batcher.take(now):
-            yield batch
-
-    def _close_windows(self, now: int) -> None:
-        for batch in self.due_batches(now):
-            try:
-                self._queue.put_nowait(batch)
-            except queue.Full:
-                self.stats.drop("inference_busy", len(batch))
-
     def _masked(self) -> Counter[str]:
         total: Counter[str] = Counter()
-        for aligner in self.aligners.values():
-            total.update({k: v for k, v in aligner.stats.items() if k.startswith("masked:")})
+        for per_rig in self.stats.masked.values():
+            total.update({f"masked:{m}": n for m, n in per_rig.items()})
         return total
-
-    def _infer_loop(self) -> None:
-        pub = self.ctx.socket(zmq.PUB)
-        pub.setsockopt(zmq.LINGER, 0)
-        pub.connect(self.broker.inproc_publish)
-        try:
-            while (batch := self._queue.get()) is not None:
-                self._busy_since = time.time_ns()
-                self._guarded("inference", self._infer_batch, pub, batch)
-                self._busy_since = None
-        finally:
-            pub.close()
-
-    def _infer_batch(self, pub: zmq.Socket[bytes], batch: list[Window]) -> None:
-        current = self.serving  # read once: a reload swaps models between batches
-        predictions = current.builder.build(current.runner.run(batch), time.time_ns())
-        for p in predictions:
-            pub.send_multipart(encode_prediction(p))
-            self.stats.predicted(p.rig, p.label, p.latency_ns["close_to_publish"], p.t_pub_ns)
 
     def _start_reload(self) -> None:
         if self._reload is not None and self._reload.is_alive():
@@ -385,7 +349,7 @@ class Daemon:
         self._reload.start()
 
     def _prepare_reload(self) -> None:
-        """Load and warm the new model beside the running one (reload thread)."""
+        """Check the new config and model beside the running ones (reload thread)."""
         assert self.config_path is not None
         try:
             new = config_mod.load(self.config_path)
@@ -394,9 +358,8 @@ class Daemon:
             if checkpoint.spec != self.checkpoint.spec:
                 msg = "the new model's inputs differ from the running one's; restart to change them"
                 raise ConfigError(msg, path="model.path")
-            resolve_streams(new, self.plugins, checkpoint)
-            self._reload_config = new
-            self._reloaded = serving(checkpoint, self.plugins, new, self._seq)
+            resolve_streams(new, self.plugins.sources, checkpoint.spec, checkpoint.name)
+            self._reloaded = new
         except (FusiondError, OSError) as exc:
             self._reloaded = exc
 
@@ -414,73 +377,47 @@ class Daemon:
                 self._reload_again = False
                 self._start_reload()
 
-    def _apply_reload(self, result: Serving | Exception) -> None:
-        old = self.serving.checkpoint
+    def _apply_reload(self, result: Config | Exception) -> None:
+        old = self.model_info()
         if isinstance(result, Exception):
-            log.error("reload failed, still serving %s (%s): %s", old.name, old.content_hash, result)
+            log.error("reload failed, still serving %s (%s): %s", old["name"], old["hash"], result)
             return
-        new = self._reload_config
-        assert new is not None
-        self.serving = result
-        self.batcher.max_batch = new.model.max_batch
-        self.batcher.max_delay_ns = round(new.model.max_delay_ms * 1e6)
-        logging.getLogger().setLevel(new.log.level.upper())
-        restart_only = [k for k in ("bus", "ingest", "window", "rigs")
-                        if getattr(new, k) != getattr(self.config, k)]  # fmt: skip
-        self.config = self.config.model_copy(update={"model": new.model, "log": new.log})
-        ck = result.checkpoint
-        log.info("reloaded: now serving %s (%s), was %s (%s)", ck.name, ck.content_hash,
-                 old.name, old.content_hash)  # fmt: skip
+        # The server loads the new model beside the old and swaps between two batches.
+        self.reloader.send_multipart([RELOAD, str(result.model.path).encode()])
+        logging.getLogger().setLevel(result.log.level.upper())
+        restart_only = [k for k in ("bus", "ingest", "runtime", "window", "rigs")
+                        if getattr(result, k) != getattr(self.config, k)]  # fmt: skip
+        if result.model.model_copy(update={"path": self.config.model.path}) != self.config.model:
+            restart_only.append("model (except path)")
+        self.config = self.config.model_copy(update={"model": self.config.model.model_copy(
+            update={"path": result.model.path}), "log": result.log})  # fmt: skip
+        log.info("reloading the model: %s (was %s, %s)", result.model.path, old["name"], old["hash"])
         if restart_only:
-            log.warning(
-                "changes to [%s] take effect on restart; kept the running ones", ", ".join(restart_only)
-            )
+            log.warning("changes to [%s] take effect on restart; kept the running ones",
+                        ", ".join(restart_only))  # fmt: skip
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:  # fmt: skip
         self.notifier.notify(STOPPING=1)
         self.supervisor.stop()
-        while True:
-            try:
-                self._queue.put_nowait(None)
-                break
-            except queue.Full:
-                self._queue.get_nowait()
-        self._infer.join(2)
+        self.engine.stop()
         if self.metrics_server is not None:
             self.metrics_server.shutdown()  # type: ignore[attr-defined]
-        self.sub.close()
-        self.control.close()
         self.broker.__exit__(None, None, None)
-        self.ctx.term()
+        self.sockets.close()
         self.broker.join(1.0)
         self.notifier.close()
         log.info("fusiond stopped")
 
 
 def run_offline(config: Config, plugins: Plugins, recording: Path,
-                emit: Callable[[Prediction], None]) -> Stats:  # fmt: skip
+                emit: Callable[[Any], None]) -> Stats:  # fmt: skip
     """Run the pipeline over a recording with no wall clock: the recorded receive time is
-    the processing clock and the model runs in line, so a recording always gives the same
-    windows, batches, labels and scores."""
-    from fusiond.recording import read
+    the processing clock, so a recording always gives the same windows and labels."""
+    from fusiond.runtime.offline import run_inline, run_sharded
 
-    daemon = Daemon(config, plugins, start_sources=False)
-    model = serving(daemon.checkpoint, plugins, config)
-
-    def run(batches: Iterator[list[Window]], now: int) -> None:
-        for batch in batches:
-            for prediction in model.builder.build(model.runner.run(batch), now):
-                daemon.stats.predicted(prediction.rig, prediction.label, 0, now)
-                emit(prediction)
-
-    now = 0
-    for rec in read(recording, [SAMPLE_PREFIX]):
-        now = rec.log_time_ns
-        daemon.ingest.handle(rec.frames, now)
-        run(daemon.due_batches(now), now)
-    # The end of the recording: close what is left as a quiet rig would be closed.
-    window = config.window.to_config()
-    final = now + window.length_ns + window.lateness_ns + daemon.batcher.max_delay_ns
-    run(daemon.due_batches(final), final)
-    return daemon.stats
+    checkpoint: Checkpoint = load(config.model.path)
+    streams = resolve_streams(config, plugins.sources, checkpoint.spec, checkpoint.name)
+    if engine_mode(config) == "threads":
+        return run_inline(config, plugins, checkpoint, streams, recording, emit)
+    return run_sharded(config, checkpoint, streams, recording, emit, engine_mode(config))

@@ -11,6 +11,7 @@ was checked) and their values checked. Whatever fails is counted under its reaso
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -82,71 +83,82 @@ class Ingest:
         self._budgets = {key: RateLimit((rates or {}).get(key, self.limits.max_message_rate))
                          for key in modalities}  # fmt: skip
         self._logged: set[str] = set()
+        self._fits: dict[tuple[str, str], set[tuple[tuple[int, ...], str]]] = {k: set() for k in modalities}
 
-    def handle(self, frames: Sequence[Frame], now_ns: int) -> bool:
-        """Take one message; False when it was dropped (and counted)."""
-        key = self._topics.get(_topic(frames[0])) if frames else None
+    def handle(self, frames: Sequence[Frame], now_ns: int, topic: bytes | None = None) -> bool:
+        """Take one message (``topic``: its first frame's bytes, if the caller has them);
+        False when it was dropped (and counted)."""
+        if topic is None and frames:
+            topic = _topic(frames[0])
+        key = self._topics.get(topic) if topic is not None else None
         if key is None:
             return self._drop("unknown_stream", "message on an unconfigured topic (no such rig/stream)")
         if not self._budgets[key].allow(now_ns):
             return self._drop("over_rate", f"{key[0]}/{key[1]} sends faster than its message rate limit")
         try:
             header = decode_sample_header(frames)
-            reason = self._check(key, header, now_ns)
-            if reason is not None:
+            offset = self._check(key, header, now_ns)
+            if offset is None:
                 return False
-            arrays = decode_arrays(header, frames)
+            data = decode_arrays(header, frames)[0]
         except WireError as exc:
             return self._drop(exc.reason, f"malformed message on the bus: {exc}")
-        data = arrays[0]
-        if data.dtype.kind == "f" and not np.isfinite(data).all():
+        # A sum is finite when every value is (the exact check runs only when it is not).
+        if data.dtype.kind == "f" and not math.isfinite(data.sum()) and not np.isfinite(data).all():
             return self._drop("bad_value", f"{key[0]}/{key[1]} sent NaN or infinite values")
         self.stats.sampled(key[0], key[1], now_ns)
-        offset = self.clocks[key].offset_ns
         reason = self.aligners[key[0]].add(key[1], header.t_ns + offset, header.rate_hz, data, now_ns)
         if reason is not None:
             self._log_once(reason, f"{key[0]}/{key[1]}: sample dropped ({reason})")
         return reason is None
 
-    def _check(self, key: tuple[str, str], header: SampleHeader, now_ns: int) -> str | None:
-        """Everything the header alone can tell; the drop reason (counted) or None."""
-        name = f"{key[0]}/{key[1]}"
-        if (header.rig, header.stream) != key:
-            return self._reason("bad_header", f"topic s/{name} carries a header for "
+    def _check(self, key: tuple[str, str], header: SampleHeader, now_ns: int) -> int | None:
+        """Everything the header alone can tell: the stream's clock offset, or None when the
+        message is dropped (and counted)."""
+        rig, stream = key
+        if header.rig != rig or header.stream != stream:
+            return self._reason("bad_header", f"topic s/{rig}/{stream} carries a header for "
                                               f"{header.rig}/{header.stream}")  # fmt: skip
         expected = self.modalities[key]
         if header.modality != expected:
-            return self._reason("wrong_modality", f"{name} sent modality {header.modality!r}, "
+            return self._reason("wrong_modality", f"{rig}/{stream} sent modality {header.modality!r}, "
                                                   f"config says {expected!r}")  # fmt: skip
         first = header.buffers[0]
-        spec = self.aligners[key[0]].specs[expected]
-        why = spec.check_block(first.shape, first.dtype, self.limits.max_frame_pixels)
-        if why is not None:
-            return self._reason("bad_shape", f"{name}: {why}")
         limits = self.limits
-        if header.rate_hz > 0 and first.shape[0] * 1e9 / header.rate_hz > limits.max_block_ns:
-            return self._reason("bad_value", f"{name}: one block spans more than ingest.max_block_s")
-        if not self.clocks[key].accepts(header.t_pub_ns, now_ns, header.clock, limits.max_clock_skew_ns):
-            return self._reason("clock_skew", f"{name}: publish time {header.t_pub_ns} is off the daemon's "
-                                              f"clock by more than ingest.max_clock_skew_ms")  # fmt: skip
-        missed = self.gaps.missed(key, header.seq, now_ns)
+        if (first.shape, first.dtype) not in self._fits[key]:
+            why = self.aligners[rig].specs[expected].check_block(first.shape, first.dtype,
+                                                                 limits.max_frame_pixels)  # fmt: skip
+            if why is not None:
+                return self._reason("bad_shape", f"{rig}/{stream}: {why}")
+            if len(self._fits[key]) < 64:
+                self._fits[key].add((first.shape, first.dtype))
+        rate = header.rate_hz
+        if rate > 0 and first.shape[0] * 1e9 / rate > limits.max_block_ns:
+            return self._reason("bad_value", f"{rig}/{stream}: a block spans over ingest.max_block_s")
+        clock = self.clocks[key]
+        if not clock.accepts(header.t_pub_ns, now_ns, header.clock, limits.max_clock_skew_ns):
+            why = f"{rig}/{stream}: publish time {header.t_pub_ns} is off the daemon's clock by over "
+            return self._reason("clock_skew", why + "ingest.max_clock_skew_ms")
+        # Against publish times: a burst lost in a flood spans the time it took to send it.
+        missed = self.gaps.missed(key, header.seq, header.t_pub_ns)
         if missed is None:
             # Dropped: the next message continues from here if the source really jumped.
-            return self._reason("seq_reset", f"{name}: seq jumped to {header.seq}, more than it "
-                                             f"could have sent")  # fmt: skip
+            return self._reason("seq_reset", f"{rig}/{stream}: seq jumped to {header.seq}, more than "
+                                             f"it could have sent")  # fmt: skip
         if missed:
             self.stats.drop("lost_in_transport", missed)
-            self._log_once("lost_in_transport", f"{name}: {missed} message(s) lost on the way in")
-        offset = self.clocks[key].update(header.t_pub_ns, now_ns)
-        end = header.end_ns + offset
+            self._log_once("lost_in_transport", f"{rig}/{stream}: {missed} message(s) lost on the way in")
+        offset = clock.update(header.t_pub_ns, now_ns)
+        end = (header.t_ns + round(first.shape[0] * 1e9 / rate) if rate > 0 else header.t_ns + 1) + offset
         if abs(end - now_ns) > limits.max_clock_skew_ns:
-            why = f"{name}: a block ending at {end} is off the daemon's clock ({now_ns}) by more than "
+            why = f"{rig}/{stream}: a block ending at {end} is off the daemon's clock ({now_ns}) by over "
             return self._reason("clock_skew", why + "ingest.max_clock_skew_ms")
-        return None
+        return offset
 
-    def _reason(self, reason: str, message: str) -> str:
+    def _reason(self, reason: str, message: str) -> int | None:
+        """Count and log a drop; None, for :meth:`_check` to return."""
         self._drop(reason, message)
-        return reason
+        return None
 
     def _drop(self, reason: str, message: str) -> bool:
         self.stats.drop(reason)

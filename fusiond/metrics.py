@@ -8,6 +8,7 @@ from __future__ import annotations
 import threading
 from collections import Counter, deque
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -77,6 +78,12 @@ class StreamStats:
     rate: RateMeter = field(default_factory=RateMeter)
     error: str = ""
     error_ns: int | None = None
+    reported_rate_hz: float | None = None
+    """The rate a worker measured, when this stream is ingested in another process."""
+
+    def rate_hz(self, now_ns: int) -> float:
+        """Messages per second lately."""
+        return self.reported_rate_hz if self.reported_rate_hz is not None else self.rate.rate(now_ns)
 
 
 @dataclass
@@ -100,6 +107,8 @@ class Stats:
         self.latency = LatencyWindow()
         self.predictions = 0
         self.last_window_ns: int | None = None
+        self.components: dict[str, Counter[str]] = {}
+        self.masked: dict[str, dict[str, int]] = {}
         self._lock = threading.Lock()
 
     def stream(self, rig: str, stream: str) -> StreamStats:
@@ -140,6 +149,33 @@ class Stats:
         with self._lock:
             self.drops[reason] += count
 
+    def absorb(self, snapshot: dict[str, Any]) -> None:
+        """Take one component's counters (running totals) into this daemon-wide view."""
+        name = str(snapshot["name"])
+        with self._lock:
+            self.components[name] = Counter(snapshot.get("drops", {}))
+        for key, (samples, last, rate, error, error_ns) in snapshot.get("streams", {}).items():
+            s = self.stream(*key.split("/", 1))
+            s.samples, s.last_recv_ns, s.reported_rate_hz = samples, last, rate
+            s.error, s.error_ns = error, error_ns
+        self.masked.update(snapshot.get("masked", {}))
+        last = snapshot.get("last_window_ns")
+        if last is not None and (self.last_window_ns is None or last > self.last_window_ns):
+            self.last_window_ns = last
+
+    def restarted(self, name: str) -> None:
+        """A component started again from zero: keep what it had counted."""
+        with self._lock:
+            self.drops.update(self.components.pop(name, Counter()))
+
+    def all_drops(self) -> Counter[str]:
+        """Every drop, this process's and its components'."""
+        with self._lock:
+            total = Counter(self.drops)
+            for counts in self.components.values():
+                total.update(counts)
+        return total
+
 
 class Summary:
     """Builds the periodic one-line summary from deltas of :class:`Stats`."""
@@ -155,7 +191,7 @@ class Summary:
         rate = (self.stats.predictions - self._predictions) / elapsed
         self._since, self._predictions = now_ns, self.stats.predictions
         p50, p99 = self.stats.latency.percentiles(50, 99)
-        drops = ", ".join(f"{k}={v}" for k, v in sorted(self.stats.drops.items())) or "none"
+        drops = ", ".join(f"{k}={v}" for k, v in sorted(self.stats.all_drops().items()) if v) or "none"
         masks = ", ".join(f"{k}={v}" for k, v in sorted(masked.items())) or "none"
         rigs = sorted(self.stats.rigs.items())
         last = ", ".join(f"{rig}:{r.last_label}" for rig, r in rigs if r.last_label)

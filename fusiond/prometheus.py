@@ -26,9 +26,9 @@ class DaemonCollector(Collector):
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily | InfoMetricFamily]:
         d, now = self.daemon, time.time_ns()
-        ck = d.serving.checkpoint
+        model = d.model_info()
         yield InfoMetricFamily(
-            "fusiond_model", "The model being served", {"name": ck.name, "hash": ck.content_hash}
+            "fusiond_model", "The model being served", {"name": model["name"], "hash": model["hash"]}
         )
         yield GaugeMetricFamily("fusiond_uptime_seconds", "Seconds since start", (now - d.started_ns) / 1e9)
         samples = CounterMetricFamily("fusiond_samples", "Sample messages accepted", labels=["rig", "stream"])
@@ -39,7 +39,7 @@ class DaemonCollector(Collector):
                                 labels=["rig", "stream"])  # fmt: skip
         for (rig, stream), s in d.stats.streams.items():
             samples.add_metric([rig, stream], s.samples)
-            rate.add_metric([rig, stream], s.rate.rate(now))
+            rate.add_metric([rig, stream], s.rate_hz(now))
             if s.last_recv_ns is not None:
                 age.add_metric([rig, stream], (now - s.last_recv_ns) / 1e9)
         yield from (samples, rate, age)
@@ -54,7 +54,7 @@ class DaemonCollector(Collector):
         drops = CounterMetricFamily(
             "fusiond_drops", "Samples, messages or windows discarded", labels=["reason"]
         )
-        for reason, count in d.stats.drops.items():
+        for reason, count in d.stats.all_drops().items():
             drops.add_metric([reason], count)
         yield drops
         yield from self._rigs(now)
@@ -66,12 +66,11 @@ class DaemonCollector(Collector):
                                      labels=["rig", "modality"])  # fmt: skip
         latency = GaugeMetricFamily("fusiond_latency_seconds", "Window close to published, recent windows",
                                     labels=["rig", "quantile"])  # fmt: skip
-        for rig, aligner in d.aligners.items():
+        for rig in d.config.rigs:
             r = d.stats.rig(rig)
             predictions.add_metric([rig], r.predictions)
-            for key, count in aligner.stats.items():
-                if key.startswith("masked:"):
-                    masked.add_metric([rig, key.split(":", 1)[1]], count)
+            for modality, count in d.stats.masked.get(rig, {}).items():
+                masked.add_metric([rig, modality], count)
             for q, value in zip(("0.5", "0.99"), r.latency.percentiles(50, 99), strict=True):
                 if value == value:  # not NaN
                     latency.add_metric([rig, q], value / 1e3)

@@ -6,7 +6,6 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from fusiond.align.windows import RigAligner
 from fusiond.metrics import Stats
 from fusiond.sources.supervisor import Child
 
@@ -33,22 +32,23 @@ def sources(now_ns: int, stats: Stats, children: Sequence[Child],
             "state": child.state if child else "external",
             "pid": child.proc.pid if child and child.proc else None,
             "restarts": child.restarts if child else 0,
-            "rate_hz": s.rate.rate(now_ns), "samples": s.samples,
+            "rate_hz": s.rate_hz(now_ns), "samples": s.samples,
             "last_sample_age_s": _age_s(now_ns, s.last_recv_ns), "error": error,
         })  # fmt: skip
     return out
 
 
-def rigs(now_ns: int, stats: Stats, aligners: Mapping[str, RigAligner], window_ns: int,
+def rigs(now_ns: int, stats: Stats, names: Sequence[str], window_ns: int,
          source_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:  # fmt: skip
     """One entry per rig; ``quiet`` says why a rig publishes nothing."""
     out = []
-    for name, aligner in aligners.items():
+    drops = stats.all_drops()
+    for name in names:
         r = stats.rig(name)
         p50, p99 = r.latency.percentiles(50, 99)
-        masked = {k.split(":", 1)[1]: v for k, v in aligner.stats.items() if k.startswith("masked:")}
+        masked = dict(stats.masked.get(name, {}))
         age = _age_s(now_ns, r.last_prediction_ns)
-        quiet = "" if age is not None and age * 1e9 < window_ns else _why_quiet(name, source_rows, stats)
+        quiet = "" if age is not None and age * 1e9 < window_ns else _why_quiet(name, source_rows, drops)
         out.append({
             "rig": name, "windows_per_s": r.rate.rate(now_ns), "predictions": r.predictions,
             "masked": masked, "latency_ms": {"p50": _ms(p50), "p99": _ms(p99)},
@@ -57,7 +57,7 @@ def rigs(now_ns: int, stats: Stats, aligners: Mapping[str, RigAligner], window_n
     return out
 
 
-def _why_quiet(rig: str, source_rows: list[dict[str, Any]], stats: Stats) -> str:
+def _why_quiet(rig: str, source_rows: list[dict[str, Any]], drops: Mapping[str, int]) -> str:
     mine = [s for s in source_rows if s["rig"] == rig]
     reasons = []
     for s in mine:
@@ -69,8 +69,8 @@ def _why_quiet(rig: str, source_rows: list[dict[str, Any]], stats: Stats) -> str
             reasons.append(f"{s['stream']}: no samples received yet")
         elif s["last_sample_age_s"] is not None and s["last_sample_age_s"] > 2:
             reasons.append(f"{s['stream']}: no samples for {s['last_sample_age_s']:.0f} s")
-    if not reasons and stats.drops["inference_busy"]:
+    if not reasons and drops.get("inference_busy"):
         reasons.append("the model cannot keep up: windows dropped as inference_busy")
-    if not reasons and stats.drops["window_empty"]:
+    if not reasons and drops.get("window_empty"):
         reasons.append("windows close with no modality covered (window_empty)")
     return "; ".join(reasons) or "waiting for the first window"

@@ -23,6 +23,7 @@ import zmq
 
 from fusiond.align.offline import RecordedStream
 from fusiond.align.spec import InputSpec, ModalitySpec
+from fusiond.align.windows import Window
 from fusiond.plugin import SourceRegistry, hookimpl
 from fusiond.sources import Block, Source, SourceConfig, StreamInfo
 
@@ -84,6 +85,23 @@ def bus_pair(topic: bytes = b"") -> Iterator[tuple[zmq.Socket[bytes], zmq.Socket
         pub.close(linger=0)
         sub.close(linger=0)
         ctx.term()
+
+
+def random_windows(spec: InputSpec, count: int, seed: int = 0, rig: str = "r") -> list[Window]:
+    """``count`` closed windows of random inputs for ``spec``, some modalities masked."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(count):
+        inputs = {}
+        for name, s in spec.modalities.items():
+            if s.kind == "frames":
+                inputs[name] = rng.integers(0, 256, s.shape, dtype=np.uint8)
+            else:
+                inputs[name] = rng.normal(0, 0.3, s.shape).astype(np.float32)
+        present = {name: bool(rng.random() > 0.2) or j == 0 for j, name in enumerate(spec.modalities)}
+        start = i * 500_000_000
+        out.append(Window(rig, i, start, start + 10**9, inputs, present, "complete", 0, 0))
+    return out
 
 
 def tiny_model(path: Path, spec: InputSpec | None = None, classes: list[str] | None = None,

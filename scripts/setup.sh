@@ -27,5 +27,5 @@ python3 -m venv .venv
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   .venv/bin/pip install -q torch==2.13.0
 fi
-.venv/bin/pip install -q -e '.[test]'
+.venv/bin/pip install -q -e '.[test,onnx,ray]'
 echo "setup: done; run .venv/bin/fusiond run --config config.toml"

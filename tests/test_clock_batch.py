@@ -32,17 +32,19 @@ def test_offset_is_the_minimum_delay_and_follows_a_clock_step():
     assert far.offset_ns == 38_000_000
 
 
-def _window(i: int) -> Window:
+def _window(i: int, rig: str = "r") -> Window:
     spec = ModalitySpec("series", 4, 1)
-    return Window("r", i, i, i + 1, {"x": spec.zeros()}, {"x": True}, "complete", 0, 0)
+    return Window(rig, i, i, i + 1, {"x": spec.zeros()}, {"x": True}, "complete", 0, 0)
 
 
 def test_batcher_releases_on_size_or_delay():
     b = Batcher(max_batch=3, max_delay_ns=100)
+    b.progress("slow", 0)  # a live rig that has not closed window 0 yet: the others wait for it
     b.add(_window(0), now_ns=0)
     b.add(_window(1), now_ns=10)
     assert b.take(50) == [] and b.deadline_ns() == 100
     assert [w.index for w in b.take(100)] == [0, 1]
+    b.progress("slow", 6)
     for i in range(7):
         b.add(_window(i), now_ns=200)
     assert [w.index for w in b.take(200)] == [0, 1, 2]
@@ -50,6 +52,27 @@ def test_batcher_releases_on_size_or_delay():
     assert b.take(200) == [] and len(b) == 1
     assert [w.index for w in b.take(300)] == [6]
     assert b.deadline_ns() is None
+
+
+def test_batcher_releases_at_once_when_every_live_rig_has_delivered():
+    b = Batcher(max_batch=32, max_delay_ns=10**9)
+    for rig in ("a", "b", "c"):
+        b.progress(rig, 10)
+    b.progress("gone", 3)  # quiet for 7 grid steps: not waited for
+    b.add(_window(10, "a"), now_ns=0)
+    b.add(_window(10, "b"), now_ns=1)
+    assert b.take(2) == []  # c is live and has not closed window 10
+    b.add(_window(10, "c"), now_ns=3)
+    assert sorted(w.rig for w in b.take(3)) == ["a", "b", "c"]  # long before the 1 s delay
+    # An empty window counts as delivered: progress alone completes the index.
+    b.add(_window(11, "a"), now_ns=4)
+    b.add(_window(11, "b"), now_ns=4)
+    b.progress("c", 12)
+    assert len(b.take(5)) == 2
+    # One rig alone never waits.
+    solo = Batcher(max_batch=32, max_delay_ns=10**9)
+    solo.add(_window(0), now_ns=0)
+    assert len(solo.take(0)) == 1
 
 
 def test_rate_meter_averages_complete_seconds_and_survives_a_stall():

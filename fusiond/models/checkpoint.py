@@ -35,6 +35,8 @@ class Checkpoint:
     content_hash: str = ""
     state_dict: dict[str, torch.Tensor] = field(default_factory=dict)
     task: str = "classification"
+    path: Path | None = None
+    """The file it was loaded from (None when built in memory)."""
 
     def build(self, encoder_types: Mapping[str, type[nn.Module]]) -> FusionModel:
         """The model with its weights loaded, in eval mode."""
@@ -104,6 +106,7 @@ def load(path: Path) -> Checkpoint:
             content_hash=hashlib.sha256(data).hexdigest()[:16],
             state_dict=payload["state_dict"],
             task=payload.get("task", "classification"),
+            path=path,
         )
     except (KeyError, TypeError, ValueError) as exc:
         msg = f"{path}: checkpoint field missing or invalid: {exc}"

@@ -73,7 +73,7 @@ def mel_filterbank(sample_rate: float, n_fft: int, n_mels: int) -> np.ndarray:
 class LogMelEncoder(Encoder):
     """Log-mel spectrogram computed in torch, then a CNN. Input float [B, S, C]."""
 
-    window: torch.Tensor
+    dft: torch.Tensor
     mel: torch.Tensor
 
     def __init__(
@@ -88,7 +88,15 @@ class LogMelEncoder(Encoder):
     ) -> None:
         super().__init__()
         self.n_fft, self.hop = n_fft, hop
-        self.register_buffer("window", torch.hann_window(n_fft), persistent=False)
+        # The STFT as two strided convolutions with windowed cosine and sine kernels: the
+        # same numbers as torch.stft (onesided, centred, reflect-padded), in operations
+        # every runtime has (ONNX has no complex STFT).
+        n = torch.arange(n_fft, dtype=torch.float64)
+        k = torch.arange(n_fft // 2 + 1, dtype=torch.float64)[:, None]
+        angle = 2 * torch.pi * k * n / n_fft
+        hann = torch.hann_window(n_fft, dtype=torch.float64)
+        self.register_buffer("dft", torch.cat([torch.cos(angle) * hann, torch.sin(angle) * hann])
+                             .float().unsqueeze(1), persistent=False)  # fmt: skip
         fb = torch.from_numpy(mel_filterbank(sample_rate, n_fft, n_mels))
         self.register_buffer("mel", fb, persistent=False)
         self.net = nn.Sequential(
@@ -103,9 +111,12 @@ class LogMelEncoder(Encoder):
 
     def logmel(self, x: torch.Tensor) -> torch.Tensor:
         """[B, S, C] -> [B, 1, n_mels, frames]."""
-        mono = x.float().mean(dim=2)
-        stft = torch.stft(mono, self.n_fft, self.hop, window=self.window, return_complex=True)
-        power = stft.real.square() + stft.imag.square()
+        mono = x.float().mean(dim=2, keepdim=True).transpose(1, 2)  # [B, 1, S]
+        half = self.n_fft // 2
+        padded = nn.functional.pad(mono, (half, half), mode="reflect")
+        spectrum = nn.functional.conv1d(padded, self.dft, stride=self.hop)  # [B, 2F, frames]
+        real, imag = spectrum.chunk(2, dim=1)
+        power = real.square() + imag.square()
         mel = torch.matmul(self.mel, power)
         return torch.log(mel + 1e-6).unsqueeze(1)
 

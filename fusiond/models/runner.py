@@ -6,6 +6,7 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -13,6 +14,9 @@ from torch import nn
 
 from fusiond.align.windows import Window
 from fusiond.models.checkpoint import Checkpoint
+
+if TYPE_CHECKING:
+    from fusiond.models.onnx import OnnxRunner
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +39,40 @@ class BatchResult:
     t_end_ns: int
 
 
+def set_threads(threads: int) -> None:
+    """Torch's intra-op threads: ``threads`` if positive, else torch's own default.
+
+    Set on purpose: each ingest worker is a process of its own, and a model that also
+    takes every core makes them fight for it.
+    """
+    if threads > 0:
+        torch.set_num_threads(threads)
+
+
+def make_runner(checkpoint: Checkpoint, encoder_types: Mapping[str, type[nn.Module]], device: str = "auto",
+                runtime: str = "torch", threads: int = 0) -> ModelRunner | OnnxRunner:  # fmt: skip
+    """A runner for ``runtime``: ``torch`` on ``device``, ``onnx`` (onnxruntime, CPU), or
+    ``auto``: onnx when the device is a CPU and onnxruntime is installed, else torch."""
+    if runtime == "auto":
+        runtime = "onnx" if pick_device(device).type == "cpu" and _has_onnxruntime() else "torch"
+    if runtime == "onnx":
+        from fusiond.models.onnx import OnnxRunner
+
+        return OnnxRunner(checkpoint, encoder_types, threads)
+    set_threads(threads)
+    return ModelRunner(checkpoint, encoder_types, device)
+
+
+def _has_onnxruntime() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("onnxruntime") is not None
+
+
 class ModelRunner:
     """A loaded model on its device, ready for batches of windows."""
+
+    runtime = "torch"
 
     def __init__(
         self,
@@ -46,7 +82,7 @@ class ModelRunner:
     ) -> None:
         self.checkpoint = checkpoint
         self.device = pick_device(device)
-        self.model = checkpoint.build(encoder_types).to(self.device)
+        self.model = checkpoint.build(encoder_types).to(self.device).eval()
         self.modalities = self.model.modalities
         self.classes = checkpoint.classes
         self.regression = checkpoint.task == "regression"

@@ -64,6 +64,6 @@ def file_messages(config: Config, plugins: Plugins) -> tuple[int, Iterator[Messa
     # The timeline starts ahead of the clock: a source that opens late would otherwise
     # seek past the start of its file to stay in step.
     anchor = time.time_ns() + 3600 * 10**9
-    streams = [_messages(config, plugins, rig, name, anchor)
-               for rig, section in config.rigs.items() for name in section.sources]  # fmt: skip
+    streams = [_messages(config, plugins, rig, name, anchor) for rig, section in config.rigs.items()
+               for name, source in section.sources.items() if not source.external]  # fmt: skip
     return anchor, heapq.merge(*streams, key=lambda m: m[0])

@@ -6,6 +6,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
@@ -13,6 +14,9 @@ from zmq.utils.monitor import recv_monitor_message
 from fusiond.bus.wire import encode_sample, encode_source_error
 from fusiond.errors import SourceError
 from fusiond.sources.base import Block, Source, SourceConfig, SourceContext
+
+if TYPE_CHECKING:
+    from fusiond.sources.clocksync import ClockFollower
 
 log = logging.getLogger(__name__)
 
@@ -45,15 +49,19 @@ def wait_connected(sock: zmq.Socket[bytes], timeout_s: float, stop: threading.Ev
 
 
 def encode_block(
-    context: SourceContext, seq: int, block: Block, rate_hz: float, t_pub_ns: int
+    context: SourceContext, seq: int, block: Block, rate_hz: float, t_pub_ns: int, offset_ns: int = 0
 ) -> list[bytes | memoryview]:
-    """A block as a sample message; a block without a time is stamped ``t_pub_ns``."""
+    """A block as a sample message; a block without a time is stamped ``t_pub_ns``.
+
+    ``offset_ns`` moves this host's stamps onto the daemon's clock (a source on another
+    host, see :mod:`fusiond.sources.clocksync`); ``t_pub_ns`` already includes it.
+    """
     return encode_sample(
         rig=context.rig,
         stream=context.stream,
         modality=context.modality,
         seq=seq,
-        t_ns=block.t_ns if block.t_ns is not None else t_pub_ns,
+        t_ns=block.t_ns + offset_ns if block.t_ns is not None else t_pub_ns,
         t_pub_ns=t_pub_ns,
         rate_hz=rate_hz,
         data=block.data,
@@ -70,25 +78,33 @@ def run_source(
     *,
     backoff: Backoff | None = None,
     zmq_context: zmq.Context[zmq.Socket[bytes]] | None = None,
+    sync_clock: str = "",
 ) -> int:
-    """Publish the source until it ends (0) or ``context.stop`` is set (0)."""
+    """Publish the source until it ends (0) or ``context.stop`` is set (0).
+
+    With ``sync_clock`` (the daemon's control endpoint), blocks are stamped on the
+    daemon's clock, from round-trip probes (:mod:`fusiond.sources.clocksync`).
+    """
+    from fusiond.bus.sockets import Sockets
+    from fusiond.sources.clocksync import ClockFollower
+
     backoff = backoff or Backoff()
-    ctx = zmq_context or zmq.Context()
-    sock = ctx.socket(zmq.PUB)
-    sock.setsockopt(zmq.SNDHWM, 1000)
-    sock.setsockopt(zmq.LINGER, 500)
     name = f"{context.rig}/{context.stream}"
-    try:
-        sock.connect(connect)
-        if not wait_connected(sock, 5.0, context.stop) and not context.stop.is_set():
-            log.warning("source %s: no bus at %s yet; publishing anyway", name, connect)
-        # Subscriptions reach a new publisher just after the handshake.
-        context.stop.wait(0.1)
-        return _publish_until_done(cls, config, context, sock, backoff)
-    finally:
-        sock.close()
-        if zmq_context is None:
-            ctx.term()
+    with Sockets(zmq_context, hwm=1000) as sockets:
+        follower = ClockFollower(sync_clock, sockets) if sync_clock else None
+        if follower is not None:
+            follower.start()
+        sock = sockets.publisher(connect, linger_ms=500)
+        try:
+            if not wait_connected(sock, 5.0, context.stop) and not context.stop.is_set():
+                log.warning("source %s: no bus at %s yet; publishing anyway", name, connect)
+            # Subscriptions reach a new publisher just after the handshake.
+            context.stop.wait(0.1)
+            return _publish_until_done(cls, config, context, sock, backoff, follower)
+        finally:
+            if follower is not None:
+                follower.stop()
+            sock.close()
 
 
 def _publish_until_done(
@@ -97,6 +113,7 @@ def _publish_until_done(
     context: SourceContext,
     sock: zmq.Socket[bytes],
     backoff: Backoff,
+    follower: ClockFollower | None = None,
 ) -> int:
     name = f"{context.rig}/{context.stream}"
     seq = 0
@@ -108,7 +125,8 @@ def _publish_until_done(
             log.info("source %s (%s): %s", name, cls.kind, info.description)
             attempt = 0
             for block in source.read():
-                frames = encode_block(context, seq, block, info.rate_hz, time.time_ns())
+                offset = follower.offset_ns if follower is not None else 0
+                frames = encode_block(context, seq, block, info.rate_hz, time.time_ns() + offset, offset)
                 sock.send_multipart(frames, copy=False)
                 seq += 1
                 if context.stop.is_set():

@@ -7,7 +7,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +33,9 @@ class Child:
     started: float = 0.0
     next_start: float = 0.0
     exit_codes: list[int] = field(default_factory=list)
+    argv_fn: Callable[[], list[str]] | None = None
+    """Makes the command line at each start (a restarted component gets fresh state)."""
+    role: str = "source"
 
 
 class Supervisor:
@@ -53,9 +56,10 @@ class Supervisor:
 
     def _spawn(self, child: Child, now: float) -> None:
         try:
-            child.proc = subprocess.Popen(child.argv, cwd=child.cwd)
+            argv = child.argv_fn() if child.argv_fn is not None else child.argv
+            child.proc = subprocess.Popen(argv, cwd=child.cwd)
         except OSError as exc:
-            log.error("source %s: cannot start: %s", child.name, exc)
+            log.error("%s %s: cannot start: %s", child.role, child.name, exc)
             self._schedule(child, now)
             return
         child.state, child.started = "running", now
@@ -68,7 +72,7 @@ class Supervisor:
             return
         if code == 0:
             child.state = "finished"
-            log.info("source %s finished (end of its data)", child.name)
+            log.info("%s %s finished (end of its data)", child.role, child.name)
             return
         if now - child.started >= STABLE_S:
             child.attempt = 0
@@ -77,10 +81,10 @@ class Supervisor:
         if child.attempt >= FAIL_AFTER:
             # Still retried (at the backoff cap), but reported as failed until it runs stably.
             child.state = "failed"
-            log.error("source %s failed %d times in a row (%s); next try in %.1f s",
-                      child.name, child.attempt, how, delay)  # fmt: skip
+            log.error("%s %s failed %d times in a row (%s); next try in %.1f s",
+                      child.role, child.name, child.attempt, how, delay)  # fmt: skip
         else:
-            log.error("source %s died (%s); restarting in %.1f s", child.name, how, delay)
+            log.error("%s %s died (%s); restarting in %.1f s", child.role, child.name, how, delay)
 
     def _schedule(self, child: Child, now: float) -> float:
         delay = child.backoff.delay(child.attempt)
@@ -100,7 +104,7 @@ class Supervisor:
             try:
                 proc.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                log.warning("source pid %d ignored SIGTERM; killing it", proc.pid)
+                log.warning("child pid %d ignored SIGTERM; killing it", proc.pid)
                 proc.kill()
                 proc.wait()
         for child in self.children:

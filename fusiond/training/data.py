@@ -26,11 +26,10 @@ from pathlib import Path
 import numpy as np
 
 from fusiond.align.spec import InputSpec
-from fusiond.align.windows import RigAligner, Window, WindowConfig
+from fusiond.align.windows import Window, WindowConfig
 from fusiond.bus.wire import SAMPLE_PREFIX, decode_header
 from fusiond.errors import ConfigError, FusiondError
-from fusiond.ingest import Ingest
-from fusiond.metrics import Stats
+from fusiond.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
 
@@ -189,22 +188,15 @@ def cut(
         found = sorted(set(streams.values()))
         msg = f"no stream of the model's modalities {list(spec.modalities)} (found {found})"
         raise FusiondError(msg)
-    stats = Stats()
-    rigs = sorted({r for r, _ in used})
-    aligners = {r: RigAligner(r, {s: m for (q, s), m in used.items() if q == r}, spec.modalities, window,
-                              stats.drops) for r in rigs}  # fmt: skip
-    ingest = Ingest(aligners, used, stats)
+    pipeline = Pipeline(used, spec, window)
     now = 0
     for now, frames in messages:
         if frames and bytes(frames[0][:2]) == SAMPLE_PREFIX.encode() and _configured(frames, used):
-            ingest.handle(frames, now)
-        for aligner in aligners.values():
-            yield from aligner.poll(now)
-    final = now + window.length_ns + window.lateness_ns
-    for aligner in aligners.values():
-        yield from aligner.poll(final)
-    if stats.drops:
-        log.debug("while cutting windows: %s", dict(stats.drops))
+            pipeline.handle(frames, now)
+        yield from pipeline.close_windows(now)
+    yield from pipeline.close_windows(now + window.length_ns + window.lateness_ns)
+    if pipeline.stats.drops:
+        log.debug("while cutting windows: %s", dict(pipeline.stats.drops))
 
 
 def _configured(frames: Sequence[bytes | memoryview], used: dict[tuple[str, str], str]) -> bool:

@@ -1,0 +1,134 @@
+"""The one place fusiond makes ZeroMQ sockets.
+
+Every socket gets its limits here: linger (so closing never blocks on a dead peer),
+queue length (high-water mark) and, on sockets that read from other processes, the
+largest message ZeroMQ will accept. The daemon, its workers, sources, the client, the
+CLI, the recorder and replay all take their sockets from a :class:`Sockets`, which owns
+its ZeroMQ context unless it was handed one.
+
+    with Sockets(hwm=1000) as sockets:
+        sub = sockets.subscriber("tcp://127.0.0.1:7711", ["p/"])
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+import zmq
+
+from fusiond.errors import ConfigError
+
+Socket = zmq.Socket[bytes]
+
+
+class Sockets:
+    """Makes sockets with one set of limits, in one context."""
+
+    def __init__(self, ctx: zmq.Context[Socket] | None = None, *, hwm: int = 1000,
+                 max_message_bytes: int = -1) -> None:  # fmt: skip
+        """``hwm``: messages each queue holds; ``max_message_bytes``: the largest frame a
+        receiving socket accepts from another process (-1: no limit)."""
+        self._owned = ctx is None
+        self.ctx: zmq.Context[Socket] = ctx if ctx is not None else zmq.Context()
+        self.hwm = hwm
+        self.max_message_bytes = max_message_bytes
+        self._made: list[tuple[Socket, int]] = []
+        self._lock = threading.Lock()  # sockets are made from several threads
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:  # fmt: skip
+        self.close()
+
+    def close(self) -> None:
+        """Close the sockets this thread made here, then end the context if this object made it.
+
+        Sockets of other threads are theirs to close (a socket must never be closed from
+        a thread that is not using it): ending the context wakes their blocking calls with
+        ETERM, and they close on the way out.
+        """
+        me = threading.get_ident()
+        with self._lock:
+            mine = [s for s, owner in self._made if owner == me and not s.closed]
+        for sock in mine:
+            sock.close(linger=0)
+        if self._owned:
+            self.ctx.term()
+
+    def make(self, kind: int, *, hwm: int | None = None, linger_ms: int = 0) -> Socket:
+        """A bare socket of ``kind`` with this factory's limits."""
+        sock = self.ctx.socket(kind)
+        with self._lock:
+            self._made = [(s, o) for s, o in self._made if not s.closed]
+            self._made.append((sock, threading.get_ident()))
+        sock.setsockopt(zmq.LINGER, linger_ms)
+        sock.setsockopt(zmq.SNDHWM, hwm or self.hwm)
+        sock.setsockopt(zmq.RCVHWM, hwm or self.hwm)
+        if kind in (zmq.SUB, zmq.XSUB, zmq.PULL, zmq.REP, zmq.ROUTER):
+            sock.setsockopt(zmq.MAXMSGSIZE, self.max_message_bytes)
+        return sock
+
+    def publisher(self, endpoint: str, *, bind: bool = False, hwm: int | None = None,
+                  linger_ms: int = 0, where: str = "") -> Socket:  # fmt: skip
+        """A PUB socket connected to (or bound at) ``endpoint``."""
+        return self._attach(self.make(zmq.PUB, hwm=hwm, linger_ms=linger_ms), endpoint, bind, where)
+
+    def subscriber(self, endpoint: str, topics: Sequence[str | bytes] = (), *, bind: bool = False,
+                   hwm: int | None = None, where: str = "") -> Socket:  # fmt: skip
+        """A SUB socket connected to ``endpoint`` and subscribed to each topic prefix."""
+        sock = self._attach(self.make(zmq.SUB, hwm=hwm), endpoint, bind, where)
+        for topic in topics:
+            sock.subscribe(topic.encode() if isinstance(topic, str) else topic)
+        return sock
+
+    def request(self, endpoint: str) -> Socket:
+        """A REQ socket connected to ``endpoint`` (the daemon's control endpoint)."""
+        return self._attach(self.make(zmq.REQ), endpoint, False, "")
+
+    def reply(self, endpoint: str, where: str) -> Socket:
+        """A REP socket bound at ``endpoint``; ``where`` is the config key that names it."""
+        return self._attach(self.make(zmq.REP), endpoint, True, where)
+
+    def push(self, endpoint: str, *, bind: bool = False, hwm: int | None = None, where: str = "") -> Socket:
+        """A PUSH socket: windows from an ingest worker to the inference server."""
+        return self._attach(self.make(zmq.PUSH, hwm=hwm), endpoint, bind, where)
+
+    def pull(self, endpoint: str, *, bind: bool = False, hwm: int | None = None, where: str = "") -> Socket:
+        """A PULL socket: the inference server's inbox, or the daemon's from its workers."""
+        return self._attach(self.make(zmq.PULL, hwm=hwm), endpoint, bind, where)
+
+    def _attach(self, sock: Socket, endpoint: str, bind: bool, where: str) -> Socket:
+        try:
+            if bind:
+                bind_to(sock, endpoint, where)
+            else:
+                sock.connect(endpoint)
+        except BaseException:
+            sock.close(linger=0)
+            raise
+        return sock
+
+
+def bind_to(sock: Socket, endpoint: str, where: str) -> None:
+    """Bind, turning a failure into a ConfigError that names the config key."""
+    if endpoint.startswith("ipc://"):
+        Path(endpoint.removeprefix("ipc://")).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        sock.bind(endpoint)
+    except zmq.ZMQError as exc:
+        msg = f"cannot bind {endpoint}: {exc} (is another fusiond running?)"
+        raise ConfigError(msg, path=where) from None
+
+
+def local_endpoint(endpoint: str) -> str:
+    """The address a process on this host connects to for a bound endpoint."""
+    for wildcard in ("tcp://*:", "tcp://0.0.0.0:"):
+        if endpoint.startswith(wildcard):
+            return "tcp://127.0.0.1:" + endpoint.removeprefix(wildcard)
+    return endpoint

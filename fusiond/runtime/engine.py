@@ -1,0 +1,285 @@
+"""Start, watch and restart the pipeline's components: ingest workers and the inference server.
+
+Three ways to run the same two loops (:func:`~fusiond.runtime.worker.run_worker`,
+:func:`~fusiond.runtime.server.run_server`):
+
+* ``threads``: ``[runtime] workers = 1``; one worker and the server as threads of the
+  daemon's process, over inproc sockets (what a small box or a laptop wants);
+* ``processes``: ``workers = N`` or ``"auto"``; each a process of its own (``python -P -m
+  fusiond component ...``), over ipc sockets, restarted with backoff when it dies;
+* ``ray``: ``engine = "ray"``; each a Ray actor anywhere in the cluster, over TCP
+  (:mod:`fusiond.runtime.ray_engine`).
+
+Rigs are dealt to workers in name order, round robin. The daemon hands each component
+its spec as plain data, including, for a restarted server, every rig's next prediction
+number, so numbering carries on across restarts.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import zmq
+
+from fusiond.align.spec import InputSpec
+from fusiond.runtime.server import ServerSpec, run_server
+from fusiond.runtime.worker import WorkerSpec, run_worker
+from fusiond.sources.runner import Backoff
+from fusiond.sources.supervisor import Child, Supervisor
+
+if TYPE_CHECKING:
+    from fusiond.bus.broker import Broker
+    from fusiond.config import Config
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    """Where the components meet; inproc for threads, ipc for processes, TCP for Ray."""
+
+    inbox: str
+    """Workers' input: the broker's subscriber side (live); offline, a prefix for each feed."""
+    windows: str
+    """The server's inbox ("" lets a Ray server pick a port and report it)."""
+    publish: str
+    """Where the server sends predictions: the broker's publisher side, or the offline collector."""
+    stats: str
+    """The daemon's counters inbox."""
+    feeds: tuple[str, ...] = ()
+    """Offline: each worker's feed from the daemon, in worker order."""
+
+
+def endpoints_for(mode: str, config: Config, broker: Broker | None, stats: str,
+                  feeds: tuple[str, ...] = (), collector: str = "") -> Endpoints:  # fmt: skip
+    """The endpoints of one engine; ``stats`` (and offline, the feeds and collector) are bound already."""
+    if feeds:
+        inbox, publish = "", collector
+    elif mode == "threads" and broker is not None:
+        inbox, publish = broker.inproc_subscribe, broker.inproc_publish
+    else:
+        host = config.runtime.advertise if mode == "ray" else "127.0.0.1"
+        inbox, publish = (reachable(e, host) for e in (config.bus.subscribe, config.bus.publish))
+    if mode == "threads":
+        windows = f"inproc://fusiond-windows-{id(config)}"
+    elif mode == "processes":
+        windows = f"ipc://{runtime_dir()}/windows-{os.getpid()}"
+    else:
+        windows = ""
+    return Endpoints(inbox, windows, publish, stats, feeds)
+
+
+def reachable(endpoint: str, host: str) -> str:
+    """``endpoint`` as another process connects to it: a wildcard bind becomes ``host``."""
+    for wildcard in ("tcp://*:", "tcp://0.0.0.0:"):
+        if endpoint.startswith(wildcard):
+            return f"tcp://{host}:" + endpoint.removeprefix(wildcard)
+    return endpoint
+
+
+def runtime_dir() -> Path:
+    """systemd's RuntimeDirectory when there is one, else a private folder under /tmp."""
+    found = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
+    path = Path(found) if found else Path(tempfile.gettempdir()) / f"fusiond-{os.getuid()}"
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return path
+
+
+def make_plan(config: Config, streams: Mapping[tuple[str, str], str], spec: InputSpec,
+              endpoints: Endpoints, workers: int, offline: bool = False) -> Plan:  # fmt: skip
+    """Worker and server specs for a config, ``workers`` ingest workers."""
+    window = asdict(config.window.with_buffer(config.ingest))
+    limits = asdict(config.ingest.limits())
+    rates = [(rig, name, s.max_message_rate) for rig, section in config.rigs.items()
+             for name, s in section.sources.items() if s.max_message_rate is not None]  # fmt: skip
+    rigs = sorted({rig for rig, _ in streams})
+    specs = []
+    for i, share in enumerate(deal(rigs, workers)):
+        mine = [(r, s, m) for (r, s), m in sorted(streams.items()) if r in share]
+        inbox = endpoints.feeds[i] if offline else endpoints.inbox
+        specs.append(WorkerSpec(f"worker-{i}", mine, spec.to_dict(), window, inbox, endpoints.windows,
+                                endpoints.stats, offline, limits, [r for r in rates if r[0] in share],
+                                config.bus.hwm, config.bus.max_message_bytes))  # fmt: skip
+    cores = os.cpu_count() or 1
+    threads = config.model.threads or (0 if workers == 1 else max(1, cores - len(specs)))
+    server = ServerSpec("server", str(config.model.path), endpoints.windows, endpoints.publish,
+                        endpoints.stats, config.model.device, config.model.runtime, threads,
+                        config.model.max_batch, round(config.model.max_delay_ms * 1e6), len(specs),
+                        offline, hwm=config.bus.hwm)  # fmt: skip
+    return Plan(specs, server)
+
+
+def deal(rigs: list[str], workers: int) -> list[list[str]]:
+    """Rigs for each worker: sorted, round robin, no worker empty."""
+    ordered = sorted(rigs)
+    return [ordered[i::workers] for i in range(min(workers, len(ordered)))]
+
+
+@dataclass
+class Plan:
+    """What to run: the worker specs, the server spec, and how to reach the server."""
+
+    workers: list[WorkerSpec]
+    server: ServerSpec
+    seq: Callable[[], dict[str, int]] = field(default=dict)
+    """Each rig's next prediction number, asked for when the server (re)starts."""
+
+    def rigs_of(self, name: str) -> list[str]:
+        """The rigs whose windows a component handles (the server: all of them)."""
+        for spec in self.workers:
+            if spec.name == name:
+                return spec.rigs
+        return sorted({rig for spec in self.workers for rig in spec.rigs})
+
+    def server_spec(self) -> ServerSpec:
+        """The server's spec with the current prediction numbers."""
+        return ServerSpec.from_dict({**asdict(self.server), "seq": self.seq()})
+
+
+class Engine(Protocol):
+    """How the daemon drives its components."""
+
+    server_inbox: str
+
+    def start(self) -> None:
+        """Start every component."""
+
+    def poll(self) -> list[str]:
+        """Restart what died; the names of components (re)started since the last poll."""
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One row per component for ``fusiond status``."""
+
+    def stop(self) -> None:
+        """Stop every component."""
+
+
+class ThreadEngine:
+    """The worker and the server as threads of this process, over inproc sockets."""
+
+    def __init__(self, plan: Plan, ctx: zmq.Context[zmq.Socket[bytes]]) -> None:
+        self.plan, self.ctx = plan, ctx
+        self.server_inbox = plan.server.inbox
+        self._threads: dict[str, threading.Thread] = {}
+        self._stop = threading.Event()
+        self._restarts: dict[str, int] = {}
+        self._next_start: dict[str, float] = {}
+        self._backoff = Backoff()
+        self._started: list[str] = []
+
+    def _targets(self) -> dict[str, Callable[[], None]]:
+        out: dict[str, Callable[[], None]] = {}
+        for spec in self.plan.workers:
+            out[spec.name] = functools.partial(run_worker, spec, self._stop, self.ctx)
+        out[self.plan.server.name] = lambda: run_server(self.plan.server_spec(), self._stop, self.ctx)
+        return out
+
+    def start(self) -> None:
+        """Start the server first, so its inbox is bound before workers send."""
+        for name, target in sorted(self._targets().items(), key=lambda kv: kv[0] != self.plan.server.name):
+            self._spawn(name, target)
+
+    def _spawn(self, name: str, target: Callable[[], None]) -> None:
+        thread = threading.Thread(target=self._guard, args=(name, target), name=f"fusiond-{name}",
+                                  daemon=True)  # fmt: skip
+        self._threads[name] = thread
+        self._started.append(name)
+        thread.start()
+
+    @staticmethod
+    def _guard(name: str, target: Callable[[], None]) -> None:
+        try:
+            target()
+        except Exception:
+            log.exception("%s crashed; it will be restarted", name)
+
+    def poll(self) -> list[str]:
+        now = time.monotonic()
+        targets = self._targets()
+        for name, thread in list(self._threads.items()):
+            if thread.is_alive() or self._stop.is_set():
+                continue
+            due = self._next_start.setdefault(name, now + self._backoff.delay(self._restarts.get(name, 0)))
+            if now >= due:
+                self._restarts[name] = self._restarts.get(name, 0) + 1
+                del self._next_start[name]
+                self._spawn(name, targets[name])
+        started, self._started = self._started, []
+        return started
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [{"name": n, "state": "running" if t.is_alive() else "waiting", "pid": os.getpid(),
+                 "restarts": self._restarts.get(n, 0), "rigs": self.plan.rigs_of(n)}
+                for n, t in sorted(self._threads.items())]  # fmt: skip
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads.values():
+            thread.join(2)
+
+
+class ProcessEngine:
+    """Each worker and the server a process of its own, supervised like the sources."""
+
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+        self.server_inbox = plan.server.inbox
+        self._children: list[Child] = []
+        for spec in plan.workers:
+            self._children.append(self._child(spec.name, "worker", functools.partial(asdict, spec)))
+        self._children.insert(0, self._child(plan.server.name, "server", lambda: asdict(plan.server_spec())))
+        self.supervisor = Supervisor(self._children)
+        self._seen: dict[str, int | None] = {}
+
+    @staticmethod
+    def _child(name: str, role: str, spec: Callable[[], dict[str, Any]]) -> Child:
+        def argv() -> list[str]:
+            # -P: the working folder must not shadow the installed package.
+            return [sys.executable, "-P", "-m", "fusiond", "component", role, "--spec-json",
+                    json.dumps(spec()), "--parent-pid", str(os.getpid())]  # fmt: skip
+
+        return Child(name, [], Path(tempfile.gettempdir()), Backoff(cap_s=5.0), argv_fn=argv, role=role)
+
+    def start(self) -> None:
+        self.supervisor.poll()
+
+    def poll(self) -> list[str]:
+        self.supervisor.poll()
+        started = []
+        for child in self._children:
+            pid = child.proc.pid if child.proc is not None else None
+            if pid is not None and self._seen.get(child.name) != pid:
+                started.append(child.name)
+            self._seen[child.name] = pid
+        return started
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [{"name": c.name, "state": c.state, "pid": c.proc.pid if c.proc else None,
+                 "restarts": c.restarts, "rigs": self.plan.rigs_of(c.name)}
+                for c in self._children]  # fmt: skip
+
+    def stop(self) -> None:
+        self.supervisor.stop()
+
+
+def component_main(role: str, spec: Mapping[str, Any]) -> int:
+    """``fusiond component worker|server``: one component, until SIGTERM or the end of its data."""
+    from fusiond.sources.runner import stop_event_from_signals
+
+    stop = stop_event_from_signals()
+    if role == "worker":
+        run_worker(WorkerSpec.from_dict(dict(spec)), stop)
+    else:
+        run_server(ServerSpec.from_dict(dict(spec)), stop)
+    return 0

@@ -1,0 +1,121 @@
+"""``fusiond run --replay``: the pipeline over a recording, with the recorded times as its clock.
+
+Inline (``workers = 1``): the pipeline and the model run in this thread, message by
+message, so a recording always gives the same windows, batches and scores. Sharded
+(``workers > 1`` or Ray): the same workers and server as live, fed the recording through
+sockets with each message's recorded receive time; the predictions are collected, then
+given back in rig and window order.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from fusiond.bus.sockets import Sockets
+from fusiond.bus.wire import SAMPLE_PREFIX, Prediction, decode_prediction, sample_topic
+from fusiond.config import Config
+from fusiond.metrics import Stats
+from fusiond.models.checkpoint import Checkpoint
+from fusiond.pipeline import Pipeline
+from fusiond.plugin import Plugins
+from fusiond.runtime.handoff import END, decode_body
+from fusiond.runtime.worker import FLUSH
+
+log = logging.getLogger(__name__)
+
+
+def run_inline(config: Config, plugins: Plugins, checkpoint: Checkpoint,
+               streams: Mapping[tuple[str, str], str], recording: Path,
+               emit: Callable[[Prediction], None]) -> Stats:  # fmt: skip
+    """The pipeline and the model in this thread: deterministic."""
+    from fusiond.models.runner import make_runner
+    from fusiond.publish import PredictionBuilder
+    from fusiond.recording import read
+
+    pipeline = Pipeline.from_config(config, plugins.sources, checkpoint)
+    runner = make_runner(checkpoint, plugins.encoders.types, config.model.device, config.model.runtime,
+                         config.model.threads)  # fmt: skip
+    model = {"name": checkpoint.name, "hash": checkpoint.content_hash}
+    builder = PredictionBuilder(checkpoint.classes, model, checkpoint.task)
+
+    def run(batches: list[list[Any]], now: int) -> None:
+        for batch in batches:
+            for prediction in builder.build(runner.run(batch), now):
+                pipeline.stats.predicted(prediction.rig, prediction.label, 0, now)
+                emit(prediction)
+
+    now = 0
+    for rec in read(recording, [SAMPLE_PREFIX]):
+        now = rec.log_time_ns
+        pipeline.handle(rec.frames, now)
+        run(pipeline.due(now), now)
+    run(pipeline.flush(now), now)
+    return pipeline.stats
+
+
+def run_sharded(config: Config, checkpoint: Checkpoint, streams: Mapping[tuple[str, str], str],
+                recording: Path, emit: Callable[[Prediction], None], mode: str) -> Stats:  # fmt: skip
+    """The live components, fed the recording; predictions come back in window order."""
+    from fusiond.daemon import make_engine
+    from fusiond.recording import read
+    from fusiond.runtime.engine import endpoints_for, make_plan, runtime_dir
+
+    stats = Stats()
+    workers = config.runtime.worker_count(len(config.rigs))
+    with Sockets(hwm=100_000) as sockets:
+        base = {"threads": "inproc://fusiond-offline", "processes": f"ipc://{runtime_dir()}/offline"}.get(
+            mode, f"tcp://{config.runtime.advertise}:*")  # fmt: skip
+        feeds = [sockets.push(f"{base}-feed-{i}" if "*" not in base else base, bind=True, where="runtime")
+                 for i in range(workers)]  # fmt: skip
+        collector = sockets.pull(base + "-out" if "*" not in base else base, bind=True, where="runtime")
+        inbox = sockets.pull(base + "-stats" if "*" not in base else base, bind=True, where="runtime")
+        endpoints = endpoints_for(mode, config, None, _bound(inbox), tuple(_bound(f) for f in feeds),
+                                  _bound(collector))  # fmt: skip
+        plan = make_plan(config, streams, checkpoint.spec, endpoints, workers, offline=True)
+        owner = {rig: i for i, spec in enumerate(plan.workers) for rig in spec.rigs}
+        topics = {sample_topic(r, s).encode(): owner[r] for r, s in streams}
+        engine = make_engine(mode, config, plan, sockets.ctx)
+        engine.start()
+        try:
+            now = 0
+            for rec in read(recording, [SAMPLE_PREFIX]):
+                now = rec.log_time_ns
+                target = topics.get(bytes(rec.frames[0]))
+                if target is not None:
+                    feeds[target].send_multipart([now.to_bytes(8, "little"), *rec.frames], copy=False)
+            for feed in feeds:
+                feed.send_multipart([now.to_bytes(8, "little"), FLUSH])
+            predictions = _collect(collector, inbox, stats, engine)
+        finally:
+            engine.stop()
+    for p in sorted(predictions, key=lambda p: (p.rig, p.window_start_ns)):
+        stats.predicted(p.rig, p.label, 0, p.t_pub_ns)
+        emit(p)
+    return stats
+
+
+def _bound(sock: zmq.Socket[bytes]) -> str:
+    return sock.getsockopt_string(zmq.LAST_ENDPOINT)
+
+
+def _collect(collector: zmq.Socket[bytes], inbox: zmq.Socket[bytes], stats: Stats,
+             engine: Any) -> list[Prediction]:  # fmt: skip
+    out: list[Prediction] = []
+    done = threading.Event()
+    while not done.is_set():
+        engine.poll()
+        if collector.poll(100):
+            frames = collector.recv_multipart()
+            if frames[0] == END:
+                done.set()
+            else:
+                out.append(decode_prediction(frames))
+        while inbox.poll(0):
+            stats.absorb(decode_body(inbox.recv_multipart(copy=False)))
+    return out

@@ -1,0 +1,188 @@
+"""The inference server: closed windows from every worker in, predictions out.
+
+One per device. It batches across all workers (a grid index goes as soon as every live
+rig has closed it, see :mod:`fusiond.batch`), runs the model once per batch, numbers each
+rig's predictions and publishes them. Each rig's windows come from one worker over one
+connection, so its predictions leave in window order. A reload message swaps the model
+between two batches; the windows that arrive meanwhile wait in the socket's queue.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from fusiond.batch import Batcher
+from fusiond.bus.sockets import Sockets
+from fusiond.bus.wire import encode_prediction
+from fusiond.errors import FusiondError
+from fusiond.metrics import Stats
+from fusiond.runtime.handoff import END, PROGRESS, WINDOW, decode_body, decode_window, encode_stats
+from fusiond.runtime.worker import STATS_EVERY_NS
+
+log = logging.getLogger(__name__)
+RELOAD = b"reload"
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    """Everything the server needs, as plain data (JSON to a process or a Ray actor)."""
+
+    name: str
+    model: str
+    inbox: str
+    """Where it binds for windows (workers connect); "" lets it pick a TCP port (Ray)."""
+    publish: str
+    """The broker's publisher endpoint (live), or the daemon's collector (offline)."""
+    stats: str
+    device: str = "auto"
+    runtime: str = "torch"
+    threads: int = 0
+    max_batch: int = 32
+    max_delay_ns: int = 5_000_000
+    workers: int = 1
+    offline: bool = False
+    seq: dict[str, int] = field(default_factory=dict)
+    """Each rig's next prediction number: a restarted server carries the count on."""
+    hwm: int = 1000
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ServerSpec:
+        """Inverse of ``dataclasses.asdict``."""
+        return cls(**data)
+
+
+@dataclass
+class Serving:
+    """A loaded model, its numbering and where it came from; replaced whole on reload."""
+
+    runner: Any
+    builder: Any
+    name: str
+    hash: str
+
+
+def load_serving(path: Path, device: str, runtime: str, threads: int, max_batch: int,
+                 seq: Counter[str]) -> Serving:  # fmt: skip
+    """Load a checkpoint for serving on ``runtime`` (torch or onnx), warmed up."""
+    from fusiond.models import load
+    from fusiond.models.runner import make_runner
+    from fusiond.plugin import load_plugins
+    from fusiond.publish import PredictionBuilder
+
+    checkpoint = load(path)
+    runner = make_runner(checkpoint, load_plugins().encoders.types, device, runtime, threads)
+    runner.warm_up(max_batch)
+    model = {"name": checkpoint.name, "hash": checkpoint.content_hash}
+    builder = PredictionBuilder(checkpoint.classes, model, checkpoint.task, seq)
+    return Serving(runner, builder, checkpoint.name, checkpoint.content_hash)
+
+
+def run_server(spec: ServerSpec, stop: threading.Event, ctx: zmq.Context[zmq.Socket[bytes]] | None = None,
+               bound: list[str] | None = None) -> None:  # fmt: skip
+    """Serve until ``stop`` is set (offline: until every worker has sent its last window).
+
+    ``bound`` receives the endpoint the inbox was bound at (with the port it picked)."""
+    seq: Counter[str] = Counter(spec.seq)
+    serving = load_serving(Path(spec.model), spec.device, spec.runtime, spec.threads, spec.max_batch, seq)
+    with Sockets(ctx, hwm=spec.hwm) as sockets:
+        inbox = sockets.pull(spec.inbox or "tcp://0.0.0.0:*", bind=True, where="runtime")
+        if bound is not None:
+            bound.append(inbox.getsockopt_string(zmq.LAST_ENDPOINT))
+        out = sockets.push(spec.publish) if spec.offline else sockets.publisher(spec.publish)
+        report = sockets.push(spec.stats, hwm=16)
+        loop = _Loop(spec, serving, seq, out, report)
+        try:
+            loop.run(inbox, stop)
+        finally:
+            for sock in (inbox, out, report):
+                sock.close(linger=2000 if spec.offline else 0)
+
+
+class _Loop:
+    def __init__(self, spec: ServerSpec, serving: Serving, seq: Counter[str], out: zmq.Socket[bytes],
+                 report: zmq.Socket[bytes]) -> None:  # fmt: skip
+        self.spec, self.serving, self.seq = spec, serving, seq
+        self.out, self.report = out, report
+        self.stats = Stats()
+        # Offline, a batch is one complete grid index: the same batches whatever the timing.
+        self.batcher = Batcher(spec.max_batch, 10**18 if spec.offline else spec.max_delay_ns)
+        self.ended = 0
+        self.busy_since: int | None = None
+        self.next_stats = 0
+        self.published = 0
+
+    def run(self, inbox: zmq.Socket[bytes], stop: threading.Event) -> None:
+        while not stop.is_set():
+            deadline = self.batcher.deadline_ns()
+            wait = 20 if deadline is None else max(0, min(20, (deadline - time.time_ns()) // 1_000_000))
+            if inbox.poll(wait):
+                for _ in range(1024):
+                    try:
+                        frames = inbox.recv_multipart(zmq.NOBLOCK, copy=False)
+                    except zmq.Again:
+                        break
+                    self.take(frames)
+            now = time.time_ns()
+            while batch := self.batcher.take(now, flush=self.ended >= self.spec.workers):
+                self.infer(batch)
+            self.send_stats(now)
+            if self.spec.offline and self.ended >= self.spec.workers and not len(self.batcher):
+                self.out.send_multipart([END, b""])
+                return
+
+    def take(self, frames: list[zmq.Frame]) -> None:
+        kind = frames[0].bytes
+        now = time.time_ns()
+        if kind == WINDOW:
+            self.batcher.add(decode_window(frames), now)
+        elif kind == PROGRESS:
+            for rig, index in decode_body(frames).items():
+                self.batcher.progress(rig, index)
+        elif kind == END:
+            self.ended += 1
+        elif kind == RELOAD:
+            self.reload(frames[1].bytes.decode())
+
+    def infer(self, batch: list[Any]) -> None:
+        self.busy_since = time.time_ns()
+        try:
+            current = self.serving
+            for p in current.builder.build(current.runner.run(batch), time.time_ns()):
+                self.out.send_multipart(encode_prediction(p))
+                self.published += 1
+        except Exception:
+            self.stats.drop("internal_error", len(batch))
+            log.exception("inference failed on a batch of %d window(s); dropped", len(batch))
+        self.busy_since = None
+
+    def reload(self, path: str) -> None:
+        old = self.serving
+        try:
+            self.serving = load_serving(Path(path), self.spec.device, self.spec.runtime, self.spec.threads,
+                                        self.batcher.max_batch, self.seq)  # fmt: skip
+        except (FusiondError, OSError) as exc:
+            log.error("reload failed, still serving %s (%s): %s", old.name, old.hash, exc)
+            return
+        log.info("reloaded: now serving %s (%s), was %s (%s)", self.serving.name, self.serving.hash,
+                 old.name, old.hash)  # fmt: skip
+
+    def send_stats(self, now: int) -> None:
+        if now < self.next_stats:
+            return
+        self.next_stats = now + STATS_EVERY_NS
+        runner = self.serving.runner
+        snapshot = {"name": self.spec.name, "t": now, "drops": dict(self.stats.drops),
+                    "busy_since": self.busy_since, "waiting": len(self.batcher),
+                    "model": {"name": self.serving.name, "hash": self.serving.hash,
+                              "device": str(runner.device), "runtime": runner.runtime}}  # fmt: skip
+        with contextlib.suppress(zmq.Again):  # the daemon is busy: the next snapshot says the same
+            self.report.send_multipart(encode_stats(snapshot), zmq.NOBLOCK)

@@ -1,0 +1,53 @@
+"""``fusiond export --onnx`` and ``[model] runtime = "onnx"``: onnxruntime gives torch's scores."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+from fusiond.align.spec import InputSpec, ModalitySpec
+from fusiond.models import load
+from fusiond.models.fusion import FUSIONS
+from fusiond.models.onnx import OnnxRunner
+from fusiond.models.runner import ModelRunner
+from fusiond.plugin import load_plugins
+from fusiond.testing import random_windows, tiny_model
+
+from .helpers import ROOT, fusiond
+
+SPEC = InputSpec({
+    "video": ModalitySpec("frames", 2, 1, 16, 16),
+    "audio": ModalitySpec("series", 800, 1),
+    "imu": ModalitySpec("series", 20, 3),
+})  # fmt: skip
+
+
+def _compare(path, spec: InputSpec) -> None:
+    checkpoint = load(path)
+    encoders = load_plugins().encoders.types
+    torch_runner = ModelRunner(checkpoint, encoders, "cpu")
+    onnx_runner = OnnxRunner(checkpoint, encoders)
+    assert onnx_runner.session is not None
+    for batch in (1, 7):
+        windows = random_windows(spec, batch, seed=batch)
+        a, b = torch_runner.run(windows), onnx_runner.run(windows)
+        np.testing.assert_allclose(a.probs, b.probs, atol=1e-4)
+        assert list(a.labels) == list(b.labels)
+
+
+@pytest.mark.parametrize("fusion", sorted(FUSIONS))
+def test_every_fusion_strategy_exports_and_scores_as_torch_does(tmp_path, fusion):
+    path = tmp_path / "tiny.pt"
+    tiny_model(path, SPEC, classes=["a", "b", "c"], fusion=fusion)
+    _compare(path, SPEC)
+
+
+def test_the_demo_model_exports_with_the_command_and_matches_torch(tmp_path):
+    path = tmp_path / "model.pt"
+    shutil.copy(ROOT / "demo/model.pt", path)
+    result = fusiond("export", str(path), "--onnx")
+    assert result.returncode == 0, result.stderr
+    assert "ONNX export of demo-digits" in result.stdout
+    _compare(path, load(path).spec)

@@ -1,0 +1,254 @@
+"""The runtime: one recording through one process, through worker processes and through a
+two-node Ray cluster gives the same predictions, window by window; killed components
+come back, their losses are counted, and the other rigs keep their rate."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import time
+
+import numpy as np
+import pytest
+import zmq
+
+from fusiond.align.spec import ModalitySpec
+from fusiond.align.windows import Window
+from fusiond.runtime.handoff import decode_window, encode_window
+
+from .helpers import ROOT, DaemonProcess, demo_config, free_port, fusiond
+
+RIGS = ("demo", "lab", "yard")
+
+
+def test_a_window_crosses_a_socket_as_raw_buffers_and_comes_back_as_views():
+    frames = np.random.default_rng(0).integers(0, 255, (4, 32, 32, 1), dtype=np.uint8)
+    audio = np.random.default_rng(1).normal(size=(800, 1)).astype(np.float32)
+    window = Window("r", 7, 3_500_000_000, 4_500_000_000,
+                    {"video": frames, "audio": audio, "imu": ModalitySpec("series", 10, 1).zeros()},
+                    {"video": True, "audio": True, "imu": False}, "lateness", 5, 6)  # fmt: skip
+    ctx = zmq.Context()
+    push, pull = ctx.socket(zmq.PUSH), ctx.socket(zmq.PULL)
+    try:
+        pull.bind("inproc://handoff")
+        push.connect("inproc://handoff")
+        push.send_multipart(encode_window(window), copy=False)
+        received = pull.recv_multipart(copy=False)
+        back = decode_window(received)
+    finally:
+        push.close(linger=0)
+        pull.close(linger=0)
+        ctx.term()
+    assert (back.rig, back.index, back.start_ns, back.end_ns, back.closed_by) == ("r", 7, 3_500_000_000,
+                                                                                  4_500_000_000, "lateness")
+    assert back.present == window.present and back.missing == ["imu"]
+    np.testing.assert_array_equal(back.inputs["video"], frames)
+    np.testing.assert_array_equal(back.inputs["audio"], audio)
+    # Not unpickled copies: views of the received frames' memory.
+    assert np.shares_memory(back.inputs["audio"], np.frombuffer(received[3].buffer, np.uint8))
+
+
+def rigs_config(tmp_path, runtime: str = "", rigs=RIGS, loop: bool = False) -> tuple:
+    """The demo config with one rig per name, all playing the demo media, on fresh ports."""
+    flag = str(loop).lower()
+    sections = "\n".join(
+        f'[rigs.{rig}.sources.{name}]\nkind = "{kind}"\n{key} = "{ROOT}/demo/{file}"\nloop = {flag}\n'
+        for rig in rigs
+        for name, kind, key, file in [("cam", "camera", "uri", "digits.mp4"),
+                                      ("mic", "audiofile", "path", "digits.wav"),
+                                      ("imu", "csvfile", "path", "imu.csv")]
+    )  # fmt: skip
+    pub, sub, control = (f"tcp://127.0.0.1:{free_port()}" for _ in range(3))
+    text = (ROOT / "config.toml").read_text().split("[rigs.")[0]
+    text = text.replace("tcp://127.0.0.1:7710", pub).replace("tcp://127.0.0.1:7711", sub)
+    text = text.replace("tcp://127.0.0.1:7712", control).replace('"demo/', f'"{ROOT}/demo/')
+    text = text.replace("summary_s = 5", "summary_s = 1")
+    path = tmp_path / "config.toml"
+    text = re.sub(r"\[runtime\]\nworkers = 1[^\n]*\n", "", text)  # the test's own [runtime] instead
+    path.write_text(text + "\n" + runtime + "\n" + sections)
+    return path, pub, sub, control
+
+
+@pytest.fixture(scope="module")
+def recording(tmp_path_factory):
+    """Three rigs of the demo media, read offline and written as a bus recording."""
+    from fusiond import config as config_mod
+    from fusiond.plugin import load_plugins
+    from fusiond.recording.recorder import RecordingWriter
+    from fusiond.sources.offline import file_messages
+
+    tmp = tmp_path_factory.mktemp("runtime")
+    config_path, *_ = rigs_config(tmp)
+    _, messages = file_messages(config_mod.load(config_path), load_plugins())
+    path = tmp / "three-rigs.mcap"
+    with RecordingWriter(path) as writer:
+        for i, (now, frames) in enumerate(messages):
+            writer.write([bytes(f) for f in frames], now)
+            if i > 3000:
+                break
+    return path
+
+
+def offline(tmp_path, recording, runtime: str, name: str) -> dict:
+    config, *_ = rigs_config(tmp_path, runtime)
+    out = tmp_path / f"{name}.jsonl"
+    result = fusiond("run", "--config", str(config), "--replay", str(recording), "--output", str(out),
+                     timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    return {(p["rig"], p["window_index"]): p for p in lines}
+
+
+def assert_same(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert a[key]["label"] == b[key]["label"], key
+        assert a[key]["present"] == b[key]["present"], key
+        np.testing.assert_allclose(a[key]["scores"], b[key]["scores"], atol=1e-4, err_msg=str(key))
+
+
+@pytest.mark.slow
+def test_one_process_and_two_worker_processes_give_the_same_predictions(tmp_path, recording):
+    single = offline(tmp_path, recording, "", "single")
+    assert len(single) >= 3 * 20 and {rig for rig, _ in single} == set(RIGS)
+    sharded = offline(tmp_path, recording, "[runtime]\nworkers = 2", "sharded")
+    assert_same(single, sharded)
+
+
+@pytest.mark.slow
+def test_a_two_node_ray_cluster_gives_the_same_predictions(tmp_path, recording):
+    from ray.cluster_utils import Cluster
+
+    single = offline(tmp_path, recording, "", "single")
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
+    try:
+        cluster.add_node(num_cpus=2)
+        cluster.wait_for_nodes()
+        runtime = f'[runtime]\nengine = "ray"\nworkers = 2\naddress = "{cluster.address}"'
+        on_ray = offline(tmp_path, recording, runtime, "ray")
+    finally:
+        cluster.shutdown()
+    assert_same(single, on_ray)
+
+
+def _pids(d: DaemonProcess, role: str) -> list[int]:
+    status = json.loads(fusiond("status", "--json", "--connect", d.control).stdout)
+    return [c["pid"] for c in status["runtime"]["components"] if c["name"].startswith(role) and c["pid"]]
+
+
+@pytest.mark.slow
+def test_killed_workers_and_server_are_restarted_their_losses_counted_and_other_rigs_go_on(tmp_path):
+    from fusiond.client import Subscriber
+
+    config, _, sub, control = rigs_config(tmp_path, "[runtime]\nworkers = 2", loop=True)
+    d = DaemonProcess(config, tmp_path / "daemon.log")
+    d.control = control
+    try:
+        with Subscriber(sub, timeout_s=40) as predictions:
+            assert predictions.next() is not None
+            d.wait_for(r"fusiond ready")
+            status = json.loads(fusiond("status", "--json", "--connect", control).stdout)
+            components = {c["name"]: c for c in status["runtime"]["components"]}
+            assert set(components) == {"server", "worker-0", "worker-1"}
+            victim = components["worker-0"]  # rigs demo and yard; worker-1 has lab
+            assert victim["rigs"] == ["demo", "yard"] and components["worker-1"]["rigs"] == ["lab"]
+            os.kill(victim["pid"], signal.SIGKILL)
+            d.wait_for(r"worker worker-0 died \(signal 9\); restarting")
+            got = [predictions.next() for _ in range(36)]
+            assert None not in got
+            lab = [p.extra["window_index"] for p in got if p.rig == "lab"]
+            assert lab == list(range(lab[0], lab[0] + len(lab))), lab  # the untouched rig lost nothing
+            assert {"demo", "yard"} <= {p.rig for p in got[-12:]}  # the killed worker's rigs resumed
+            server = _pids(d, "server")[0]
+            os.kill(server, signal.SIGKILL)
+            d.wait_for(r"server server died \(signal 9\); restarting")
+            after = [predictions.next() for _ in range(24)]
+            assert None not in after and {p.rig for p in after} == set(RIGS)
+            seqs = {rig: [p.seq for p in got + after if p.rig == rig] for rig in RIGS}
+            assert all(s == sorted(s) and len(set(s)) == len(s) for s in seqs.values())  # numbering goes on
+        time.sleep(1.5)  # a counters snapshot reaches the daemon
+        status = json.loads(fusiond("status", "--json", "--connect", control).stdout)
+        restarts = {c["name"]: c["restarts"] for c in status["runtime"]["components"]}
+        assert restarts["worker-0"] >= 1 and restarts["server"] >= 1
+        assert status["drops"].get("lost_in_restart", 0) >= 1, status["drops"]
+        assert re.search(r"lost_in_restart=\d+", d.text())
+    finally:
+        d.close()
+
+
+@pytest.mark.slow
+def test_a_source_clock_37_ms_off_with_5_ms_jitter_is_corrected_to_half_a_millisecond(tmp_path, endpoints):
+    """Round-trip probes against the real daemon's control endpoint, from a clock that runs
+    37 ms ahead and a path that delays each leg of each probe by 0 to 5 ms at random."""
+    import random
+
+    from fusiond.bus.sockets import Sockets
+    from fusiond.sources.clocksync import ClockFollower
+
+    control = f"tcp://127.0.0.1:{free_port()}"
+    d = DaemonProcess(demo_config(tmp_path, *endpoints, control), tmp_path / "daemon.log")
+    rng = random.Random(37)
+
+    def skewed_jittery_clock() -> int:
+        # Sleeping before the stamp delays t4 (the way back); after it, the send of t1 (the way out).
+        time.sleep(rng.uniform(0, 0.005))
+        t = time.time_ns() + 37_000_000
+        time.sleep(rng.uniform(0, 0.005))
+        return t
+
+    try:
+        d.wait_for("fusiond started")
+        with Sockets() as sockets:
+            follower = ClockFollower(control, sockets, skewed_jittery_clock, burst=32, every_s=0.01)
+            follower.start(wait_s=20)
+            deadline = time.monotonic() + 30
+            while follower.sync.bursts < 15 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            follower.stop()
+        assert follower.sync.bursts >= 15
+        # A stamp of this clock, corrected, against the daemon's clock: 37 ms + offset apart.
+        true_ns = time.time_ns()
+        corrected_ns = (true_ns + 37_000_000) + follower.offset_ns
+        assert abs(corrected_ns - true_ns) < 500_000, follower.offset_ns
+    finally:
+        d.close()
+
+
+@pytest.mark.slow
+def test_an_external_stream_is_expected_not_started_and_fed_from_another_process(tmp_path, endpoints):
+    import subprocess
+    import sys
+
+    from fusiond.client import Subscriber
+
+    control = f"tcp://127.0.0.1:{free_port()}"
+    imu = '[rigs.demo.sources.imu]\nkind = "csvfile"\npath = "'
+    config = demo_config(tmp_path, *endpoints, control)
+    text = config.read_text()
+    head, tail = text.split(imu)
+    config.write_text(head + '[rigs.demo.sources.imu]\nexternal = true\nmodality = "imu"\n'
+                      + "\n".join(line for line in tail.splitlines()[1:] if not line.startswith("loop")))
+    d = DaemonProcess(config, tmp_path / "daemon.log")
+    remote = None
+    try:
+        d.wait_for("fusiond started")
+        status = json.loads(fusiond("status", "--json", "--connect", control).stdout)
+        assert {s["stream"]: s["state"] for s in status["sources"]}["imu"] == "external"
+        assert "demo/imu (" not in d.text()  # no process was started for it
+        remote = subprocess.Popen(
+            [sys.executable, "-m", "fusiond", "source", "csvfile", "--connect", endpoints[0], "--rig", "demo",
+             "--stream", "imu", "--modality", "imu", "--sync-clock", control,
+             "--set", f"path='{ROOT}/demo/imu.csv'", "--set", "loop=true"],
+            stderr=subprocess.PIPE, text=True)  # fmt: skip
+        with Subscriber(endpoints[1], rigs=["demo"], timeout_s=30) as predictions:
+            got = [predictions.next() for _ in range(12)]
+        assert None not in got
+        assert any("imu" in p.present for p in got[-4:]), [p.present for p in got]
+    finally:
+        if remote is not None:
+            remote.terminate()
+            _, err = remote.communicate(timeout=10)
+            assert "clock: " in err and "from the daemon's" in err, err
+        d.close()
