@@ -12,8 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from types import TracebackType
 
-import zmq
-
+from fusiond.bus.sockets import Sockets
 from fusiond.bus.wire import PREDICTION_PREFIX, Prediction, decode_prediction, prediction_topic
 from fusiond.config import DEFAULT_SUBSCRIBE
 from fusiond.errors import WireError
@@ -31,12 +30,9 @@ class Subscriber:
         self.rigs = set(rigs)
         self.timeout_ms = None if timeout_s is None else int(timeout_s * 1000)
         self.malformed = 0
-        self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-        self._sock = self._ctx.socket(zmq.SUB)
-        self._sock.setsockopt(zmq.LINGER, 0)
-        self._sock.connect(endpoint)
-        for topic in [prediction_topic(r) for r in self.rigs] or [PREDICTION_PREFIX]:
-            self._sock.subscribe(topic.encode())
+        self._sockets = Sockets()
+        topics = [prediction_topic(r) for r in self.rigs] or [PREDICTION_PREFIX]
+        self._sock = self._sockets.subscriber(endpoint, topics)
 
     def __enter__(self) -> Subscriber:
         return self
@@ -47,8 +43,7 @@ class Subscriber:
 
     def close(self) -> None:
         """Close the socket."""
-        self._sock.close()
-        self._ctx.term()
+        self._sockets.close()
 
     def __iter__(self) -> Iterator[Prediction]:
         while True:

@@ -30,7 +30,7 @@ from fusiond import config as config_mod
 from fusiond import status
 from fusiond.bus.broker import Broker
 from fusiond.bus.sockets import Sockets, local_endpoint
-from fusiond.bus.wire import decode_prediction, prediction_topic
+from fusiond.bus.wire import PREDICTION_PREFIX, decode_prediction
 from fusiond.config import Config
 from fusiond.errors import ConfigError, FusiondError, WireError
 from fusiond.metrics import Stats, Summary
@@ -108,8 +108,7 @@ class Daemon:
             self.broker = Broker(self.sockets, bus.publish, bus.subscribe).__enter__()
             self.control = self.sockets.reply(bus.control, "bus.control")
             self.inbox = self._bind_inbox()
-            topics = [prediction_topic(r) for r in self.config.rigs]
-            self.monitor = self.sockets.subscriber(self.broker.inproc_subscribe, topics)
+            self.monitor = self.sockets.subscriber(self.broker.inproc_subscribe, [PREDICTION_PREFIX])
             endpoints = endpoints_for(self.mode, self.config, self.broker, self._inbox_endpoint)
             self.plan = make_plan(self.config, self.streams, self.checkpoint.spec, endpoints, self.workers)
             self.plan.seq = lambda: dict(self._next_seq)

@@ -14,13 +14,13 @@ daemon, each ingest worker, ``run --replay``, ``fusiond train``'s window cutting
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from fusiond.align.spec import InputSpec
 from fusiond.align.windows import RigAligner, Window, WindowConfig
 from fusiond.batch import Batcher
-from fusiond.bus.wire import ERROR_PREFIX, Frame, sample_topic
+from fusiond.bus.wire import ERROR_PREFIX, SAMPLE_PREFIX, Frame
 from fusiond.errors import ConfigError
 from fusiond.ingest import Ingest, Limits
 from fusiond.metrics import Stats
@@ -91,10 +91,14 @@ class Pipeline:
                    max_delay_ns=round(config.model.max_delay_ms * 1e6))  # fmt: skip
 
     def topics(self) -> list[bytes]:
-        """The topic prefixes to subscribe to: each stream's samples and source errors."""
+        """The topic prefixes to subscribe to: each rig's samples and source errors.
+
+        One prefix per rig, not per stream: every subscription travels upstream to every
+        publisher, and ZeroMQ queues them like messages. Another stream of a configured
+        rig still reaches ingest and is counted there (``unknown_stream``)."""
         out = []
-        for rig, stream in self.streams:
-            out += [sample_topic(rig, stream).encode(), f"{ERROR_PREFIX}{rig}/{stream}".encode()]
+        for rig in self.aligners:
+            out += [f"{SAMPLE_PREFIX}{rig}/".encode(), f"{ERROR_PREFIX}{rig}/".encode()]
         return out
 
     def handle(self, frames: Sequence[Frame], now_ns: int, topic: bytes | None = None) -> bool:
@@ -103,14 +107,18 @@ class Pipeline:
 
     def close_windows(self, now_ns: int) -> list[Window]:
         """Close every window due at ``now_ns``, rig by rig (not batched: :meth:`due` batches)."""
-        closed = []
+        return list(self.closing(now_ns))
+
+    def closing(self, now_ns: int) -> Iterator[Window]:
+        """:meth:`close_windows` one rig at a time, so a caller can pass each rig's windows
+        on while the next rig's are still being fitted."""
         for rig, aligner in self.aligners.items():
-            closed += aligner.poll(now_ns)
+            windows = aligner.poll(now_ns)
             if aligner.next_start_ns is not None:
                 self.batcher.progress(rig, aligner.next_start_ns // self.window.hop_ns)
-        if closed:
-            self.stats.last_window_ns = now_ns
-        return closed
+            if windows:
+                self.stats.last_window_ns = now_ns
+            yield from windows
 
     def due(self, now_ns: int) -> list[list[Window]]:
         """Close what is due and return the batches ready at ``now_ns``."""

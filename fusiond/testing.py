@@ -24,6 +24,7 @@ import zmq
 from fusiond.align.offline import RecordedStream
 from fusiond.align.spec import InputSpec, ModalitySpec
 from fusiond.align.windows import Window
+from fusiond.bus.sockets import Sockets
 from fusiond.plugin import SourceRegistry, hookimpl
 from fusiond.sources import Block, Source, SourceConfig, StreamInfo
 
@@ -72,19 +73,13 @@ def fusiond_add_sources(registry: SourceRegistry) -> None:
 @contextmanager
 def bus_pair(topic: bytes = b"") -> Iterator[tuple[zmq.Socket[bytes], zmq.Socket[bytes]]]:
     """``(pub, sub)`` connected over inproc, ``sub`` subscribed to ``topic``."""
-    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    pub, sub = ctx.socket(zmq.PUB), ctx.socket(zmq.SUB)
-    try:
+    with Sockets() as sockets:
         # Over inproc, a SUB that binds never hears back from a later PUB: the PUB binds.
-        pub.bind(f"inproc://fusiond-testing-{id(pub)}")
-        sub.connect(f"inproc://fusiond-testing-{id(pub)}")
-        sub.subscribe(topic)
+        endpoint = f"inproc://fusiond-testing-{id(sockets)}"
+        pub = sockets.publisher(endpoint, bind=True)
+        sub = sockets.subscriber(endpoint, [topic])
         time.sleep(0.05)  # the subscription reaches the publisher
         yield pub, sub
-    finally:
-        pub.close(linger=0)
-        sub.close(linger=0)
-        ctx.term()
 
 
 def random_windows(spec: InputSpec, count: int, seed: int = 0, rig: str = "r") -> list[Window]:

@@ -58,7 +58,11 @@ class Broker:
 
     def _run(self) -> None:
         xsub = self.sockets.make(zmq.XSUB)
+        # Only subscriptions travel from XSUB to the publishers: one per rig and reader,
+        # which must never be dropped as a full queue drops messages.
+        xsub.setsockopt(zmq.SNDHWM, 0)
         xpub = self.sockets.make(zmq.XPUB)
+        xpub.setsockopt(zmq.RCVHWM, 0)
         control = self.sockets.make(zmq.PAIR)
         try:
             bind_to(xsub, self.publish, "bus.publish")

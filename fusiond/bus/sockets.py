@@ -57,7 +57,7 @@ class Sockets:
         with self._lock:
             mine = [s for s, owner in self._made if owner == me and not s.closed]
         for sock in mine:
-            sock.close(linger=0)
+            sock.close()  # with the linger it was made with
         if self._owned:
             self.ctx.term()
 

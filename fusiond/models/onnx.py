@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +20,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from fusiond.align.windows import Window
 from fusiond.errors import ModelError
 from fusiond.models.checkpoint import Checkpoint
 from fusiond.models.model import FusionModel
-from fusiond.models.runner import BatchResult
+from fusiond.models.runner import Runner
 
 log = logging.getLogger(__name__)
 OPSET = 17
@@ -88,8 +86,8 @@ def _torch_dtype(dtype: np.dtype[Any]) -> torch.dtype:
     return torch.from_numpy(np.zeros(1, dtype)).dtype
 
 
-class OnnxRunner:
-    """Runs a checkpoint's ONNX export on CPU; same interface as ``ModelRunner``."""
+class OnnxRunner(Runner):
+    """Runs a checkpoint's ONNX export on CPU with onnxruntime."""
 
     runtime = "onnx"
 
@@ -126,21 +124,6 @@ class OnnxRunner:
             log.info("exporting %s to %s for onnxruntime", checkpoint.path, cached)
             export(checkpoint, encoder_types, cached)
         return cached
-
-    def warm_up(self, batch_size: int = 1) -> None:
-        """One run on zeros, so the first real batch pays no start-up cost."""
-        spec = self.checkpoint.spec.modalities
-        inputs = {m: np.zeros((batch_size, *s.shape), s.dtype) for m, s in spec.items()}
-        self._forward(inputs, np.ones((batch_size, len(self.modalities)), bool))
-
-    def run(self, windows: Sequence[Window]) -> BatchResult:
-        """Scores for every window, in one run."""
-        inputs = {m: np.stack([w.inputs[m] for w in windows]) for m in self.modalities}
-        mask = np.array([[w.present[m] for m in self.modalities] for w in windows], dtype=bool)
-        t0 = time.time_ns()
-        probs = self._forward(inputs, mask)
-        t1 = time.time_ns()
-        return BatchResult(windows, probs, probs.argmax(axis=1), t0, t1)
 
     def _forward(self, inputs: Mapping[str, np.ndarray], mask: np.ndarray) -> np.ndarray:
         feeds = {**inputs, "mask": mask}

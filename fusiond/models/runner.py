@@ -6,7 +6,6 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -14,9 +13,6 @@ from torch import nn
 
 from fusiond.align.windows import Window
 from fusiond.models.checkpoint import Checkpoint
-
-if TYPE_CHECKING:
-    from fusiond.models.onnx import OnnxRunner
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +46,7 @@ def set_threads(threads: int) -> None:
 
 
 def make_runner(checkpoint: Checkpoint, encoder_types: Mapping[str, type[nn.Module]], device: str = "auto",
-                runtime: str = "torch", threads: int = 0) -> ModelRunner | OnnxRunner:  # fmt: skip
+                runtime: str = "torch", threads: int = 0) -> Runner:  # fmt: skip
     """A runner for ``runtime``: ``torch`` on ``device``, ``onnx`` (onnxruntime, CPU), or
     ``auto``: onnx when the device is a CPU and onnxruntime is installed, else torch."""
     if runtime == "auto":
@@ -69,23 +65,13 @@ def _has_onnxruntime() -> bool:
     return importlib.util.find_spec("onnxruntime") is not None
 
 
-class ModelRunner:
-    """A loaded model on its device, ready for batches of windows."""
+class Runner:
+    """What every runtime shares: windows in, one batched call, scores out."""
 
-    runtime = "torch"
-
-    def __init__(
-        self,
-        checkpoint: Checkpoint,
-        encoder_types: Mapping[str, type[nn.Module]],
-        device: str = "auto",
-    ) -> None:
-        self.checkpoint = checkpoint
-        self.device = pick_device(device)
-        self.model = checkpoint.build(encoder_types).to(self.device).eval()
-        self.modalities = self.model.modalities
-        self.classes = checkpoint.classes
-        self.regression = checkpoint.task == "regression"
+    runtime = ""
+    checkpoint: Checkpoint
+    device: torch.device
+    modalities: list[str]
 
     def warm_up(self, batch_size: int = 1) -> None:
         """One forward pass on zeros, so the first real batch pays no start-up cost."""
@@ -102,6 +88,28 @@ class ModelRunner:
         probs = self._forward(inputs, mask)
         t1 = time.time_ns()
         return BatchResult(windows, probs, probs.argmax(axis=1), t0, t1)
+
+    def _forward(self, inputs: Mapping[str, np.ndarray], mask: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+
+class ModelRunner(Runner):
+    """A loaded model on its device (torch), ready for batches of windows."""
+
+    runtime = "torch"
+
+    def __init__(
+        self,
+        checkpoint: Checkpoint,
+        encoder_types: Mapping[str, type[nn.Module]],
+        device: str = "auto",
+    ) -> None:
+        self.checkpoint = checkpoint
+        self.device = pick_device(device)
+        self.model = checkpoint.build(encoder_types).to(self.device).eval()
+        self.modalities = self.model.modalities
+        self.classes = checkpoint.classes
+        self.regression = checkpoint.task == "regression"
 
     def _forward(self, inputs: Mapping[str, np.ndarray], mask: np.ndarray) -> np.ndarray:
         with torch.inference_mode():

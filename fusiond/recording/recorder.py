@@ -16,6 +16,7 @@ import zmq
 from mcap.writer import CompressionType, Writer
 
 from fusiond import __version__
+from fusiond.bus.sockets import Sockets
 from fusiond.bus.wire import PROTOCOL_VERSION, SequenceGaps, decode_header
 from fusiond.errors import WireError
 from fusiond.recording import foxglove
@@ -139,13 +140,8 @@ class Recorder(RecordingWriter):
 
     def __enter__(self) -> Self:
         super().__enter__()
-        self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-        self.sock = self.ctx.socket(zmq.SUB)
-        self.sock.setsockopt(zmq.RCVHWM, self.queue)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.connect(self.endpoint)
-        for topic in self.topics:
-            self.sock.subscribe(topic.encode())
+        self.sockets = Sockets(hwm=self.queue)
+        self.sock = self.sockets.subscriber(self.endpoint, self.topics)
         return self
 
     def run(self, stop: threading.Event, duration_s: float | None = None) -> None:
@@ -166,6 +162,5 @@ class Recorder(RecordingWriter):
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:  # fmt: skip
-        self.sock.close()
-        self.ctx.term()
+        self.sockets.close()
         super().__exit__(exc_type, exc, tb)

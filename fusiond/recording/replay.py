@@ -19,6 +19,7 @@ from pathlib import Path
 import msgpack
 import zmq
 
+from fusiond.bus.sockets import Sockets
 from fusiond.bus.wire import SAMPLE_PREFIX
 from fusiond.recording.mcapfile import read
 from fusiond.sources.runner import wait_connected
@@ -44,13 +45,10 @@ def restamp(frames: list[bytes], shift_ns: int, t_pub_ns: int) -> list[bytes]:
 def replay(path: Path, endpoint: str, stop: threading.Event, *, speed: float | None = 1.0,
            loop: bool = False, topics: Sequence[str] = (SAMPLE_PREFIX,)) -> Counter[str]:  # fmt: skip
     """Publish until the end (or ``stop``); ``speed=None`` sends as fast as possible."""
-    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    sock = ctx.socket(zmq.PUB)
-    sock.setsockopt(zmq.SNDHWM, 100_000 if speed is None else 10_000)
-    sock.setsockopt(zmq.LINGER, 2000)
+    sockets = Sockets(hwm=100_000 if speed is None else 10_000)
+    sock = sockets.publisher(endpoint, linger_ms=2000)
     sent: Counter[str] = Counter()
     try:
-        sock.connect(endpoint)
         wait_connected(sock, 5.0, stop)
         stop.wait(0.2)  # the daemon's subscription reaches this new publisher
         pass_index = 0
@@ -60,8 +58,7 @@ def replay(path: Path, endpoint: str, stop: threading.Event, *, speed: float | N
             if not loop:
                 break
     finally:
-        sock.close()
-        ctx.term()
+        sockets.close()  # waits up to the socket's linger for what is still queued
     return sent
 
 

@@ -13,13 +13,14 @@ import contextlib
 import logging
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import zmq
 
 from fusiond.align.spec import InputSpec
-from fusiond.align.windows import WindowConfig
+from fusiond.align.windows import Window, WindowConfig
 from fusiond.bus.sockets import Sockets
 from fusiond.bus.wire import decode_header
 from fusiond.errors import WireError
@@ -111,7 +112,7 @@ class _Loop:
                     if self.spec.offline:
                         now = int.from_bytes(frames[0].bytes, "little")
                         if frames[1].bytes == FLUSH:
-                            self.hand_off(self.pipeline.close_windows(
+                            self.hand_off(self.pipeline.closing(
                                 now + self.pipeline.window.length_ns + self.pipeline.window.lateness_ns))
                             self.out.send_multipart([END, self.spec.name.encode()])
                             self.send_stats(now, force=True)
@@ -122,7 +123,7 @@ class _Loop:
                     self.take(frames, now)
             if not self.spec.offline:
                 now = time.time_ns()
-            self.hand_off(self.pipeline.close_windows(now))
+            self.hand_off(self.pipeline.closing(now))
             self.send_stats(now)
 
     def take(self, frames: list[zmq.Frame], now: int) -> None:
@@ -140,7 +141,7 @@ class _Loop:
             return
         self.pipeline.handle(frames, now, topic)
 
-    def hand_off(self, windows: list[Any]) -> None:
+    def hand_off(self, windows: Iterable[Window]) -> None:
         flags = 0 if self.spec.offline else zmq.NOBLOCK  # offline nothing may be dropped
         for window in windows:
             try:
