@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import signal
 import socket
@@ -87,12 +88,12 @@ def bench_latency(seconds: float) -> None:
 
 def publisher(endpoint: str, count: int) -> None:
     """Flood ``endpoint`` with small sample messages (run as a child process)."""
+    from fusiond.bus.security import client_keys
+    from fusiond.bus.sockets import Sockets
     from fusiond.bus.wire import encode_sample
 
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.PUB)
-    sock.setsockopt(zmq.SNDHWM, 100_000)
-    sock.connect(endpoint)
+    sockets = Sockets(hwm=100_000, keys=client_keys())  # CURVE when FUSIOND_KEY is set
+    sock = sockets.publisher(endpoint, linger_ms=2000)
     time.sleep(1.0)
     data = np.zeros((1, 3), np.float32)
     for i in range(count):
@@ -100,14 +101,13 @@ def publisher(endpoint: str, count: int) -> None:
         sock.send_multipart(encode_sample(rig="bench", stream="imu", modality="imu", seq=i, t_ns=t,
                                           t_pub_ns=t, rate_hz=1000.0, data=data))  # fmt: skip
     time.sleep(2.0)
-    sock.close(linger=2000)
-    ctx.term()
+    sockets.close()
 
 
-def spawn_publisher(endpoint: str, count: int) -> subprocess.Popen[bytes]:
+def spawn_publisher(endpoint: str, count: int, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     code = (f"import sys; sys.path.insert(0, {str(ROOT / 'bench')!r}); import bench_daemon; "
             f"bench_daemon.publisher({endpoint!r}, {count})")
-    return subprocess.Popen([sys.executable, "-c", code])
+    return subprocess.Popen([sys.executable, "-c", code], env={**os.environ, **(env or {})})
 
 
 def measure(count_fn, proc: subprocess.Popen[bytes], total: int) -> tuple[float, int]:
@@ -160,7 +160,24 @@ def bench_raw(count: int) -> tuple[float, int]:
     return result
 
 
-def bench_daemon_ingest(count: int, workers: int | str = 1) -> tuple[float, int, dict[str, int]]:
+def secure(folder: Path, rules: bool) -> tuple[str, dict[str, str]]:
+    """Keys for a CURVE bench: the config section, and the publisher's environment."""
+    from fusiond.bus.security import generate
+
+    generate("server", folder / "keys")
+    for name in ("daemon", "bench"):
+        generate(name, folder / "clients")
+    section = (f'\n[bus.security]\nmode = "curve"\nserver_key = "{folder}/keys/server.key_secret"\n'
+               f'clients = "{folder}/clients"\nclient_key = "{folder}/clients/daemon.key_secret"\n')
+    if rules:
+        section += '\n[bus.security.publishers]\nbench = ["bench"]\n'
+    env = {"FUSIOND_KEY": f"{folder}/clients/bench.key_secret",
+           "FUSIOND_SERVER_KEY": f"{folder}/keys/server.key"}
+    return section, env
+
+
+def bench_daemon_ingest(count: int, workers: int | str = 1,
+                        security: str = "none") -> tuple[float, int, dict[str, int]]:  # fmt: skip
     from fusiond import config as config_mod
     from fusiond.daemon import Daemon
     from fusiond.plugin import load_plugins
@@ -168,6 +185,10 @@ def bench_daemon_ingest(count: int, workers: int | str = 1) -> tuple[float, int,
     publish, subscribe = free_endpoint(), free_endpoint()
     extra = '\n[rigs.bench.sources.imu]\nkind = "csvfile"\npath = "unused.csv"\nmax_message_rate = 1e6\n'
     with tempfile.TemporaryDirectory() as tmp:
+        env: dict[str, str] = {}
+        if security != "none":
+            section, env = secure(Path(tmp), rules=security == "curve+rules")
+            extra = section + extra
         cfg = config_mod.load(demo_config(Path(tmp), publish, subscribe, extra))
         # Queues of 100,000 small messages: max_message_mb bounds their bytes (10 KB each).
         bus = cfg.bus.model_copy(update={"queue": 100_000, "max_message_mb": 0.01})
@@ -179,7 +200,7 @@ def bench_daemon_ingest(count: int, workers: int | str = 1) -> tuple[float, int,
             thread = threading.Thread(target=daemon.run, args=(stop,))
             thread.start()
             rate, seen = measure(lambda: daemon.stats.stream("bench", "imu").samples,
-                                 spawn_publisher(publish, count), count)  # fmt: skip
+                                 spawn_publisher(publish, count, env), count)  # fmt: skip
             stop.set()
             thread.join()
             time.sleep(0.6)  # the worker's last counters reach the daemon
@@ -245,7 +266,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--messages", type=int, default=200_000)
+    parser.add_argument("--curve", action="store_true",
+                        help="only the ingest rate: plain, CURVE, CURVE + publish rules")
     args = parser.parse_args()
+    if args.curve:
+        print(f"\n## Ingest, {args.messages} small messages, by bus security")
+        for security in ("none", "curve", "curve+rules"):
+            rate, seen, drops = bench_daemon_ingest(args.messages, security=security)
+            print(f"{security:<12} {rate:10.0f} msg/s  received {seen}  drops {drops or 'none'}", flush=True)
+        return
     bench_latency(args.seconds)
     raw_rate, raw_seen = bench_raw(args.messages)
     rate, seen, drops = bench_daemon_ingest(args.messages)

@@ -84,7 +84,7 @@ def cmd_record(args: argparse.Namespace) -> int:
 
     stop = stop_event_from_signals()
     endpoint = _endpoint(args.connect, args.config, "subscribe")
-    with Recorder(args.output, endpoint, args.topics, foxglove=args.foxglove) as recorder:
+    with Recorder(args.output, endpoint, args.topics, foxglove=args.foxglove, keys=_keys(args)) as recorder:
         log.info("recording %s to %s", endpoint, args.output)
         recorder.run(stop, args.duration)
     total = sum(recorder.messages.values())
@@ -108,7 +108,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     endpoint = _endpoint(args.connect, args.config, "publish")
     speed = None if args.fast else args.speed
     sent = replay(args.recording, endpoint, stop, speed=speed, loop=args.loop,
-                  topics=args.topics or ["s/"])  # fmt: skip
+                  topics=args.topics or ["s/"], keys=_keys(args))  # fmt: skip
     log.info("replayed %d messages on %d topics", sum(sent.values()), len(sent))
     return 0
 
@@ -160,11 +160,11 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 @contextlib.contextmanager
-def _subscriber(endpoint: str, topics: Sequence[str]) -> Iterator[Any]:
+def _subscriber(endpoint: str, topics: Sequence[str], args: argparse.Namespace) -> Iterator[Any]:
     """A SUB socket connected to ``endpoint`` and subscribed to ``topics``, closed after."""
     from fusiond.bus.sockets import Sockets
 
-    with Sockets() as sockets:
+    with Sockets(keys=_keys(args)) as sockets:
         yield sockets.subscriber(endpoint, topics)
 
 
@@ -176,7 +176,7 @@ def cmd_echo(args: argparse.Namespace) -> int:
     endpoint = _endpoint(args.connect, args.config, "subscribe")
     seen = 0
     timeout_ms = None if args.timeout is None else int(args.timeout * 1000)
-    with contextlib.suppress(KeyboardInterrupt), _subscriber(endpoint, args.topics or ["p/"]) as sock:
+    with contextlib.suppress(KeyboardInterrupt), _subscriber(endpoint, args.topics or ["p/"], args) as sock:
         while args.count is None or seen < args.count:
             if not sock.poll(timeout_ms):
                 print(f"fusiond echo: nothing on {endpoint} for {args.timeout} s", file=sys.stderr)
@@ -214,6 +214,20 @@ def _endpoint(connect: str | None, config_path: Path | None, which: str) -> str:
     if config_path is None:
         return str(getattr(config_mod.BusSection(), which))
     return local_endpoint(getattr(config_mod.load(config_path).bus, which))
+
+
+def _keys(args: argparse.Namespace) -> Any:
+    """CURVE keys from --key/--server-key, else FUSIOND_KEY/FUSIOND_SERVER_KEY (none: plain)."""
+    from fusiond.bus.security import client_keys
+
+    return client_keys(args.key, args.server_key)
+
+
+def _key_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--key", type=Path, help="this client's NAME.key_secret on a secured bus "
+                        "(default $FUSIOND_KEY)")  # fmt: skip
+    parser.add_argument("--server-key", type=Path, help="the daemon's public key file "
+                        "(default $FUSIOND_SERVER_KEY)")  # fmt: skip
 
 
 def _parse_set(pairs: Sequence[str]) -> dict[str, Any]:
@@ -256,7 +270,7 @@ def cmd_source(args: argparse.Namespace) -> int:
     context = SourceContext(
         args.rig, args.stream, args.modality or cls.modality, anchor, stop, logging.getLogger(name)
     )
-    return run_source(cls, config, context, args.connect, sync_clock=args.sync_clock or "")
+    return run_source(cls, config, context, args.connect, sync_clock=args.sync_clock or "", keys=_keys(args))
 
 
 def cmd_component(args: argparse.Namespace) -> int:
@@ -285,12 +299,29 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_keys(args: argparse.Namespace) -> int:
+    """Make or list CurveZMQ key pairs (zmq's certificate format)."""
+    from fusiond.bus.security import generate, listing
+
+    if args.action == "generate":
+        if not args.name:
+            print("fusiond keys generate: give a NAME", file=sys.stderr)
+            return 2
+        public, secret = generate(args.name, args.dir)
+        print(f"{public} (public: give it to the daemon's [bus.security] clients folder)")
+        print(f"{secret} (secret: keep it on this host only)")
+        return 0
+    for key_name, public_key, has_secret in listing(args.dir):
+        print(f"{key_name:<24} {public_key}  {'public + secret' if has_secret else 'public'}")
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     """Ask a running daemon how it is doing."""
     from fusiond.bus.sockets import Sockets
 
     endpoint = _endpoint(args.connect, args.config, "control")
-    with Sockets() as sockets:
+    with Sockets(keys=_keys(args)) as sockets:
         sock = sockets.request(endpoint)
         sock.send(b"status")
         if not sock.poll(int(args.timeout * 1000)):
@@ -341,7 +372,7 @@ def cmd_hz(args: argparse.Namespace) -> int:
     window = RateWindow(args.window)
     next_print = time.monotonic() + 1.0
     end = None if args.duration is None else time.monotonic() + args.duration
-    with contextlib.suppress(KeyboardInterrupt), _subscriber(endpoint, [args.topic]) as sock:
+    with contextlib.suppress(KeyboardInterrupt), _subscriber(endpoint, [args.topic], args) as sock:
         while end is None or time.monotonic() < end:
             if sock.poll(100):
                 frames = sock.recv_multipart()
@@ -475,6 +506,7 @@ def build_parser() -> argparse.ArgumentParser:
     record.add_argument("--config", type=Path, help="read the endpoint from this config")
     record.add_argument("--foxglove", action="store_true",
                         help="add Foxglove channels: camera JPEGs, predictions")  # fmt: skip
+    _key_options(record)
     record.set_defaults(func=cmd_record)
 
     replay = sub.add_parser("replay", help="publish a recording's sensor messages again")
@@ -486,6 +518,7 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--topics", nargs="*", default=[], help="topic prefixes (default: s/)")
     replay.add_argument("--connect", help="publisher endpoint of the daemon")
     replay.add_argument("--config", type=Path, help="read the endpoint from this config")
+    _key_options(replay)
     replay.set_defaults(func=cmd_replay)
 
     info = sub.add_parser("info", help="channels, counts, duration and rates of a recording")
@@ -504,6 +537,7 @@ def build_parser() -> argparse.ArgumentParser:
     echo.add_argument("--json", action="store_true", help="one JSON object a line")
     echo.add_argument("--count", type=int, help="exit after this many messages")
     echo.add_argument("--timeout", type=float, help="exit 1 if nothing arrives for this long (s)")
+    _key_options(echo)
     echo.set_defaults(func=cmd_echo)
 
     source = sub.add_parser("source", help="run one source, publishing to a bus")
@@ -518,6 +552,7 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
     source.add_argument("--sync-clock", metavar="CONTROL", help="the daemon's control endpoint: stamp blocks "
                         "on its clock (for a source on another host)")  # fmt: skip
+    _key_options(source)
     source.set_defaults(func=cmd_source)
 
     component = sub.add_parser("component", help=argparse.SUPPRESS)
@@ -532,11 +567,18 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("-o", "--output", type=Path, help="default: MODEL.onnx beside the checkpoint")
     export.set_defaults(func=cmd_export)
 
+    keys = sub.add_parser("keys", help="make or list CurveZMQ keys for a secured bus")
+    keys.add_argument("action", choices=["generate", "list"])
+    keys.add_argument("name", nargs="?", help="generate: the key's name (its file stem)")
+    keys.add_argument("--dir", type=Path, default=Path("."), help="the folder of key files")
+    keys.set_defaults(func=cmd_keys)
+
     status = sub.add_parser("status", help="ask a running daemon how it is doing")
     status.add_argument("--json", action="store_true")
     status.add_argument("--connect", help="control endpoint of the daemon")
     status.add_argument("--config", type=Path, help="read the endpoint from this config")
     status.add_argument("--timeout", type=float, default=3.0)
+    _key_options(status)
     status.set_defaults(func=cmd_status)
 
     hz = sub.add_parser("hz", help="rate and jitter of a topic, from its capture times")
@@ -545,6 +587,7 @@ def build_parser() -> argparse.ArgumentParser:
     hz.add_argument("--duration", type=float, help="stop after this many seconds")
     hz.add_argument("--connect", help="subscriber endpoint of the daemon")
     hz.add_argument("--config", type=Path, help="read the endpoint from this config")
+    _key_options(hz)
     hz.set_defaults(func=cmd_hz)
 
     train = sub.add_parser(

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from types import TracebackType
 
+from fusiond.bus.security import Keys, client_keys
 from fusiond.bus.sockets import Sockets
 from fusiond.bus.wire import PREDICTION_PREFIX, Prediction, decode_prediction, prediction_topic
 from fusiond.config import DEFAULT_SUBSCRIBE
@@ -25,12 +26,13 @@ class Subscriber:
     """
 
     def __init__(self, endpoint: str = DEFAULT_SUBSCRIBE, rigs: Sequence[str] = (),
-                 timeout_s: float | None = None) -> None:  # fmt: skip
+                 timeout_s: float | None = None, keys: Keys | None = None) -> None:  # fmt: skip
+        """``keys``: for a secured bus (default: from ``FUSIOND_KEY`` and ``FUSIOND_SERVER_KEY``)."""
         self.endpoint = endpoint
         self.rigs = set(rigs)
         self.timeout_ms = None if timeout_s is None else int(timeout_s * 1000)
         self.malformed = 0
-        self._sockets = Sockets()
+        self._sockets = Sockets(keys=keys if keys is not None else client_keys())
         topics = [prediction_topic(r) for r in self.rigs] or [PREDICTION_PREFIX]
         self._sock = self._sockets.subscriber(endpoint, topics)
 

@@ -31,6 +31,33 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class SecuritySection(_Section):
+    """``[bus.security]``: CurveZMQ on every TCP endpoint (docs/operations.md, "Security")."""
+
+    mode: Literal["none", "curve"] = "none"
+    server_key: Path | None = None
+    """The daemon's secret certificate (``fusiond keys generate server``)."""
+    clients: Path | None = None
+    """A folder of the public certificates (``NAME.key``) allowed to connect."""
+    client_key: Path | None = None
+    """The secret certificate the daemon's own sources and workers connect with; its
+    public half must be in ``clients``. It may publish on every topic."""
+    allow_insecure: bool = False
+    """Bind a non-loopback TCP address with ``mode = "none"`` anyway."""
+    publishers: dict[str, list[str]] = Field(default_factory=dict)
+    """Key name -> the rigs (``demo``) or streams (``demo/cam``) it may publish; when set,
+    any other key may only subscribe."""
+
+    @model_validator(mode="after")
+    def _complete(self) -> SecuritySection:
+        if self.mode == "curve":
+            missing = [k for k in ("server_key", "clients", "client_key") if getattr(self, k) is None]
+            if missing:
+                msg = f"mode = \"curve\" needs {', '.join(missing)}"
+                raise ValueError(msg)
+        return self
+
+
 class BusSection(_Section):
     """``[bus]``: where publishers and subscribers connect."""
 
@@ -43,6 +70,19 @@ class BusSection(_Section):
     """Largest frame a publisher may send (ZMQ_MAXMSGSIZE); a larger one drops its connection."""
     queue_mb: float = Field(1024.0, gt=0)
     """Bytes any one socket queue may hold: its message limit is cut to ``queue_mb / max_message_mb``."""
+    security: SecuritySection = SecuritySection()
+
+    @model_validator(mode="after")
+    def _exposed(self) -> BusSection:
+        if self.security.mode == "none" and not self.security.allow_insecure:
+            for key in ("publish", "subscribe", "control"):
+                endpoint = getattr(self, key)
+                host = endpoint.removeprefix("tcp://").rpartition(":")[0]
+                if endpoint.startswith("tcp://") and host not in ("127.0.0.1", "localhost", "[::1]", "::1"):
+                    msg = (f"{key} = {endpoint!r} is reachable from other hosts with no authentication: "
+                           "set [bus.security] mode = \"curve\", or allow_insecure = true")
+                    raise ValueError(msg)
+        return self
 
     @field_validator("publish", "subscribe", "control")
     @classmethod
@@ -312,7 +352,10 @@ def parse(data: dict[str, Any], base_dir: Path, source: str = "<config>") -> Con
     except ValidationError as exc:
         raise config_error(exc, source=source) from None
     model = config.model.model_copy(update={"path": base_dir / config.model.path})
-    return config.model_copy(update={"model": model})
+    security = config.bus.security
+    paths = {k: base_dir / v for k in ("server_key", "clients", "client_key") if (v := getattr(security, k))}
+    bus = config.bus.model_copy(update={"security": security.model_copy(update=paths)})
+    return config.model_copy(update={"model": model, "bus": bus})
 
 
 def load(path: Path) -> Config:

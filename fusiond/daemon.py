@@ -29,6 +29,7 @@ import zmq
 from fusiond import config as config_mod
 from fusiond import status
 from fusiond.bus.broker import Broker
+from fusiond.bus.security import Gatekeeper, Keys, PublishRules, load_pair
 from fusiond.bus.sockets import Sockets, local_endpoint
 from fusiond.bus.wire import PREDICTION_PREFIX, decode_prediction
 from fusiond.config import Config
@@ -49,6 +50,23 @@ log = logging.getLogger("fusiond")
 __all__ = ["Daemon", "local_endpoint", "run_offline"]
 
 
+def daemon_keys(config: Config) -> Keys:
+    """The daemon's CURVE keys: its server pair and its own sources' client pair."""
+    security = config.bus.security
+    if security.mode != "curve":
+        return Keys()
+    assert security.server_key is not None and security.client_key is not None
+    public, secret = load_pair(security.server_key, "bus.security.server_key")
+    if secret is None:
+        msg = f"{security.server_key} holds no secret key: give the NAME.key_secret file"
+        raise ConfigError(msg, path="bus.security.server_key")
+    client_public, client_secret = load_pair(security.client_key, "bus.security.client_key")
+    if client_secret is None:
+        msg = f"{security.client_key} holds no secret key: give the NAME.key_secret file"
+        raise ConfigError(msg, path="bus.security.client_key")
+    return Keys(public, secret, client_public, client_secret)
+
+
 def engine_mode(config: Config) -> str:
     """``threads`` (one process), ``processes`` or ``ray``."""
     if config.runtime.engine == "ray":
@@ -56,14 +74,18 @@ def engine_mode(config: Config) -> str:
     return "processes" if config.runtime.sharded else "threads"
 
 
-def make_engine(mode: str, config: Config, plan: Any, ctx: zmq.Context[zmq.Socket[bytes]]) -> Engine:
-    """The engine that runs ``plan``'s components."""
+def make_engine(mode: str, config: Config, plan: Any, ctx: zmq.Context[zmq.Socket[bytes]],
+                keys: Keys | None = None) -> Engine:  # fmt: skip
+    """The engine that runs ``plan``'s components (``keys``: what child processes connect with)."""
     if mode == "ray":
+        if config.bus.security.mode != "none":
+            msg = "engine 'ray' with a secured bus is not supported: the actors would need the keys"
+            raise ConfigError(msg, path="runtime.engine")
         from fusiond.runtime.ray_engine import RayEngine
 
         return RayEngine(plan, config.runtime.address, config.runtime.num_gpus)
     if mode == "processes":
-        return ProcessEngine(plan)
+        return ProcessEngine(plan, (keys or Keys()).env())
     return ThreadEngine(plan, ctx)
 
 
@@ -103,16 +125,19 @@ class Daemon:
     def __enter__(self) -> Daemon:
         bus = self.config.bus
         self.notifier = Notifier()
-        self.sockets = Sockets(hwm=bus.hwm, max_message_bytes=bus.max_message_bytes)
+        self.keys = daemon_keys(self.config)
+        self.sockets = Sockets(hwm=bus.hwm, max_message_bytes=bus.max_message_bytes, keys=self.keys)
+        self.gatekeeper: Gatekeeper | None = None
         try:
-            self.broker = Broker(self.sockets, bus.publish, bus.subscribe).__enter__()
+            rules = self._secure()
+            self.broker = Broker(self.sockets, bus.publish, bus.subscribe, rules, self.stats.drop).__enter__()
             self.control = self.sockets.reply(bus.control, "bus.control")
             self.inbox = self._bind_inbox()
             self.monitor = self.sockets.subscriber(self.broker.inproc_subscribe, [PREDICTION_PREFIX])
             endpoints = endpoints_for(self.mode, self.config, self.broker, self._inbox_endpoint)
             self.plan = make_plan(self.config, self.streams, self.checkpoint.spec, endpoints, self.workers)
             self.plan.seq = lambda: dict(self._next_seq)
-            self.engine = make_engine(self.mode, self.config, self.plan, self.sockets.ctx)
+            self.engine = make_engine(self.mode, self.config, self.plan, self.sockets.ctx, self.keys)
             self.engine.start()
             self.reloader = self.sockets.push(self.engine.server_inbox, hwm=4)
         except BaseException:
@@ -130,6 +155,27 @@ class Daemon:
             bus.max_message_mb,
         )  # fmt: skip
         return self
+
+    def _secure(self) -> PublishRules | None:
+        """Start ZAP on a secured bus; the publish rules, if any."""
+        security = self.config.bus.security
+        if security.mode != "curve":
+            return None
+        assert security.clients is not None and security.client_key is not None
+        self.gatekeeper = Gatekeeper(self.sockets.ctx, security.clients, self._refused)
+        self.gatekeeper.start()
+        if not security.publishers:
+            return None
+        own = security.client_key.name.removesuffix(".key_secret")
+        return PublishRules(security.publishers, trusted=[own])
+
+    def _refused(self, why: str) -> None:
+        """A connection's key was refused (ZAP thread): counted, logged once."""
+        self.stats.drop("unauthenticated")
+        if "unauthenticated" not in self._failed:
+            self._failed.add("unauthenticated")
+            log.warning("refused a connection: %s (counted as drops.unauthenticated; further ones only "
+                        "counted)", why)  # fmt: skip
 
     def _bind_inbox(self) -> zmq.Socket[bytes]:
         if self.mode == "threads":
@@ -166,7 +212,8 @@ class Daemon:
                     "--options-json", json.dumps(source.options), "--parent-pid", str(os.getpid()),
                 ]  # fmt: skip
                 backoff = Backoff(cap_s=source.restart_max_s)
-                children.append(Child(f"{rig}/{name}", argv, self.config.base_dir, backoff))
+                env = self.keys.env()
+                children.append(Child(f"{rig}/{name}", argv, self.config.base_dir, backoff, env=env))
         # File sources map media position p to anchor + p, so a rig's files play in step.
         log.info("media anchor: file sources start at %d (realtime ns)", anchor_ns)
         return children
@@ -403,6 +450,8 @@ class Daemon:
         if self.metrics_server is not None:
             self.metrics_server.shutdown()  # type: ignore[attr-defined]
         self.broker.__exit__(None, None, None)
+        if self.gatekeeper is not None:
+            self.gatekeeper.stop()
         self.sockets.close()
         self.broker.join(1.0)
         self.notifier.close()

@@ -6,22 +6,41 @@ topics somebody subscribed to. The daemon's own sockets reach it over inproc.
 
 from __future__ import annotations
 
+import logging
 import threading
+from collections.abc import Callable
 from types import TracebackType
 
 import zmq
 
-from fusiond.bus.sockets import Sockets, bind_to
+from fusiond.bus.security import PublishRules
+from fusiond.bus.sockets import Sockets
 from fusiond.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def _user(frame: zmq.Frame) -> str:
+    """The key name ZAP gave the connection a frame came in on ("" on an unsecured one)."""
+    try:
+        return str(frame.get("User-Id"))
+    except zmq.ZMQError:
+        return ""
 
 
 class Broker:
     """Binds ``publish`` (XSUB) and ``subscribe`` (XPUB) and forwards between them."""
 
-    def __init__(self, sockets: Sockets, publish: str, subscribe: str) -> None:
+    def __init__(self, sockets: Sockets, publish: str, subscribe: str, rules: PublishRules | None = None,
+                 on_drop: Callable[[str], None] | None = None) -> None:  # fmt: skip
         """Its sockets come from ``sockets``, with their queue and message-size limits: a
-        publisher that sends a frame over the limit is disconnected before it is read."""
+        publisher that sends a frame over the limit is disconnected before it is read.
+
+        With ``rules``, each message is checked against what its sender's key may publish
+        (a forwarding loop here instead of libzmq's proxy); refusals go to ``on_drop``."""
         self.sockets = sockets
+        self.rules = rules
+        self.on_drop = on_drop or (lambda reason: None)
         self.publish, self.subscribe = publish, subscribe
         self.inproc_publish = f"inproc://fusiond-publish-{id(self)}"
         self.inproc_subscribe = f"inproc://fusiond-subscribe-{id(self)}"
@@ -65,8 +84,8 @@ class Broker:
         xpub.setsockopt(zmq.RCVHWM, 0)
         control = self.sockets.make(zmq.PAIR)
         try:
-            bind_to(xsub, self.publish, "bus.publish")
-            bind_to(xpub, self.subscribe, "bus.subscribe")
+            self.sockets.bind(xsub, self.publish, "bus.publish")
+            self.sockets.bind(xpub, self.subscribe, "bus.subscribe")
             xsub.bind(self.inproc_publish)
             xpub.bind(self.inproc_subscribe)
             control.bind(self._control)
@@ -80,9 +99,41 @@ class Broker:
                     sock.close(linger=0)
         self._ready.set()
         try:
-            zmq.proxy_steerable(xsub, xpub, None, control)
+            if self.rules is None:
+                zmq.proxy_steerable(xsub, xpub, None, control)
+            else:
+                self._checking_proxy(xsub, xpub, control, self.rules)
         except zmq.ContextTerminated:
             pass
         finally:
             for sock in (xsub, xpub, control):
                 sock.close(linger=0)
+
+    def _checking_proxy(self, xsub: zmq.Socket[bytes], xpub: zmq.Socket[bytes], control: zmq.Socket[bytes],
+                        rules: PublishRules) -> None:  # fmt: skip
+        """Forward like the proxy, but only what each sender's key may publish."""
+        poller = zmq.Poller()
+        for sock in (xsub, xpub, control):
+            poller.register(sock, zmq.POLLIN)
+        refused: set[str] = set()
+        while True:
+            events = dict(poller.poll())
+            if control in events:
+                return
+            if xpub in events:  # subscriptions, upstream
+                xsub.send_multipart(xpub.recv_multipart())
+            if xsub in events:
+                for _ in range(1024):
+                    try:
+                        frames = xsub.recv_multipart(zmq.NOBLOCK, copy=False)
+                    except zmq.Again:
+                        break
+                    who = _user(frames[0])
+                    if rules.allows(who, frames[0].bytes):
+                        xpub.send_multipart(frames, copy=False)
+                        continue
+                    self.on_drop("not_allowed")
+                    if who not in refused:
+                        refused.add(who)
+                        log.warning("key %r may not publish %r (counted as drops.not_allowed; further ones "
+                                    "only counted)", who, frames[0].bytes[:80])  # fmt: skip

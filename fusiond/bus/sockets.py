@@ -20,6 +20,7 @@ from typing import Self
 
 import zmq
 
+from fusiond.bus.security import Keys
 from fusiond.errors import ConfigError
 
 Socket = zmq.Socket[bytes]
@@ -29,13 +30,15 @@ class Sockets:
     """Makes sockets with one set of limits, in one context."""
 
     def __init__(self, ctx: zmq.Context[Socket] | None = None, *, hwm: int = 1000,
-                 max_message_bytes: int = -1) -> None:  # fmt: skip
+                 max_message_bytes: int = -1, keys: Keys | None = None) -> None:  # fmt: skip
         """``hwm``: messages each queue holds; ``max_message_bytes``: the largest frame a
-        receiving socket accepts from another process (-1: no limit)."""
+        receiving socket accepts from another process (-1: no limit); ``keys``: CURVE for
+        every TCP socket (:mod:`fusiond.bus.security`)."""
         self._owned = ctx is None
         self.ctx: zmq.Context[Socket] = ctx if ctx is not None else zmq.Context()
         self.hwm = hwm
         self.max_message_bytes = max_message_bytes
+        self.keys = keys or Keys()
         self._made: list[tuple[Socket, int]] = []
         self._lock = threading.Lock()  # sockets are made from several threads
 
@@ -103,11 +106,17 @@ class Sockets:
         """A PULL socket: the inference server's inbox, or the daemon's from its workers."""
         return self._attach(self.make(zmq.PULL, hwm=hwm), endpoint, bind, where)
 
+    def bind(self, sock: Socket, endpoint: str, where: str) -> None:
+        """Bind ``sock`` (as a CURVE server on a secured bus's TCP endpoints)."""
+        self.keys.serve(sock, endpoint)
+        bind_to(sock, endpoint, where)
+
     def _attach(self, sock: Socket, endpoint: str, bind: bool, where: str) -> Socket:
         try:
             if bind:
-                bind_to(sock, endpoint, where)
+                self.bind(sock, endpoint, where)
             else:
+                self.keys.connect(sock, endpoint)
                 sock.connect(endpoint)
         except BaseException:
             sock.close(linger=0)

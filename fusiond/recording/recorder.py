@@ -16,6 +16,7 @@ import zmq
 from mcap.writer import CompressionType, Writer
 
 from fusiond import __version__
+from fusiond.bus.security import Keys, client_keys
 from fusiond.bus.sockets import Sockets
 from fusiond.bus.wire import PROTOCOL_VERSION, SequenceGaps, decode_header
 from fusiond.errors import WireError
@@ -134,13 +135,15 @@ class Recorder(RecordingWriter):
     """
 
     def __init__(self, path: Path, endpoint: str, topics: Sequence[str] = (),
-                 chunk_size: int = 4 << 20, queue: int = 10_000, foxglove: bool = False) -> None:  # fmt: skip
+                 chunk_size: int = 4 << 20, queue: int = 10_000, foxglove: bool = False,
+                 keys: Keys | None = None) -> None:  # fmt: skip
         super().__init__(path, endpoint, topics, chunk_size, foxglove)
         self.queue = queue
+        self.keys = keys
 
     def __enter__(self) -> Self:
         super().__enter__()
-        self.sockets = Sockets(hwm=self.queue)
+        self.sockets = Sockets(hwm=self.queue, keys=self.keys if self.keys is not None else client_keys())
         self.sock = self.sockets.subscriber(self.endpoint, self.topics)
         return self
 

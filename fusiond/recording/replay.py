@@ -19,6 +19,7 @@ from pathlib import Path
 import msgpack
 import zmq
 
+from fusiond.bus.security import Keys, client_keys
 from fusiond.bus.sockets import Sockets
 from fusiond.bus.wire import SAMPLE_PREFIX
 from fusiond.recording.mcapfile import read
@@ -43,9 +44,11 @@ def restamp(frames: list[bytes], shift_ns: int, t_pub_ns: int) -> list[bytes]:
 
 
 def replay(path: Path, endpoint: str, stop: threading.Event, *, speed: float | None = 1.0,
-           loop: bool = False, topics: Sequence[str] = (SAMPLE_PREFIX,)) -> Counter[str]:  # fmt: skip
+           loop: bool = False, topics: Sequence[str] = (SAMPLE_PREFIX,),
+           keys: Keys | None = None) -> Counter[str]:  # fmt: skip
     """Publish until the end (or ``stop``); ``speed=None`` sends as fast as possible."""
-    sockets = Sockets(hwm=100_000 if speed is None else 10_000)
+    keys = keys if keys is not None else client_keys()
+    sockets = Sockets(hwm=100_000 if speed is None else 10_000, keys=keys)
     sock = sockets.publisher(endpoint, linger_ms=2000)
     sent: Counter[str] = Counter()
     try:

@@ -232,8 +232,10 @@ class ThreadEngine:
 class ProcessEngine:
     """Each worker and the server a process of its own, supervised like the sources."""
 
-    def __init__(self, plan: Plan) -> None:
+    def __init__(self, plan: Plan, env: Mapping[str, str] | None = None) -> None:
+        """``env``: extra environment for the children (the bus keys on a secured bus)."""
         self.plan = plan
+        self.env = dict(env or {})
         self.server_inbox = plan.server.inbox
         self._children: list[Child] = []
         for spec in plan.workers:
@@ -242,14 +244,14 @@ class ProcessEngine:
         self.supervisor = Supervisor(self._children)
         self._seen: dict[str, int | None] = {}
 
-    @staticmethod
-    def _child(name: str, role: str, spec: Callable[[], dict[str, Any]]) -> Child:
+    def _child(self, name: str, role: str, spec: Callable[[], dict[str, Any]]) -> Child:
         def argv() -> list[str]:
             # -P: the working folder must not shadow the installed package.
             return [sys.executable, "-P", "-m", "fusiond", "component", role, "--spec-json",
                     json.dumps(spec()), "--parent-pid", str(os.getpid())]  # fmt: skip
 
-        return Child(name, [], Path(tempfile.gettempdir()), Backoff(cap_s=5.0), argv_fn=argv, role=role)
+        return Child(name, [], Path(tempfile.gettempdir()), Backoff(cap_s=5.0), argv_fn=argv, role=role,
+                     env=self.env)  # fmt: skip
 
     def start(self) -> None:
         self.supervisor.poll()
@@ -275,11 +277,13 @@ class ProcessEngine:
 
 def component_main(role: str, spec: Mapping[str, Any]) -> int:
     """``fusiond component worker|server``: one component, until SIGTERM or the end of its data."""
+    from fusiond.bus.security import client_keys
     from fusiond.sources.runner import stop_event_from_signals
 
     stop = stop_event_from_signals()
+    keys = client_keys()  # a secured bus: the daemon put its own sources' keys in the environment
     if role == "worker":
-        run_worker(WorkerSpec.from_dict(dict(spec)), stop)
+        run_worker(WorkerSpec.from_dict(dict(spec)), stop, keys=keys)
     else:
-        run_server(ServerSpec.from_dict(dict(spec)), stop)
+        run_server(ServerSpec.from_dict(dict(spec)), stop, keys=keys)
     return 0

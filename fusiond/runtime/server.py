@@ -21,6 +21,7 @@ from typing import Any
 import zmq
 
 from fusiond.batch import Batcher
+from fusiond.bus.security import Keys
 from fusiond.bus.sockets import Sockets
 from fusiond.bus.wire import encode_prediction
 from fusiond.errors import FusiondError
@@ -87,13 +88,13 @@ def load_serving(path: Path, device: str, runtime: str, threads: int, max_batch:
 
 
 def run_server(spec: ServerSpec, stop: threading.Event, ctx: zmq.Context[zmq.Socket[bytes]] | None = None,
-               bound: list[str] | None = None) -> None:  # fmt: skip
+               bound: list[str] | None = None, keys: Keys | None = None) -> None:  # fmt: skip
     """Serve until ``stop`` is set (offline: until every worker has sent its last window).
 
     ``bound`` receives the endpoint the inbox was bound at (with the port it picked)."""
     seq: Counter[str] = Counter(spec.seq)
     serving = load_serving(Path(spec.model), spec.device, spec.runtime, spec.threads, spec.max_batch, seq)
-    with Sockets(ctx, hwm=spec.hwm) as sockets:
+    with Sockets(ctx, hwm=spec.hwm, keys=keys) as sockets:
         inbox = sockets.pull(spec.inbox or "tcp://0.0.0.0:*", bind=True, where="runtime")
         if bound is not None:
             bound.append(inbox.getsockopt_string(zmq.LAST_ENDPOINT))

@@ -21,6 +21,7 @@ import zmq
 
 from fusiond.align.spec import InputSpec
 from fusiond.align.windows import Window, WindowConfig
+from fusiond.bus.security import Keys
 from fusiond.bus.sockets import Sockets
 from fusiond.bus.wire import decode_header
 from fusiond.errors import WireError
@@ -72,12 +73,12 @@ class WorkerSpec:
                       "rates": [tuple(r) for r in data["rates"]]})  # fmt: skip
 
 
-def run_worker(spec: WorkerSpec, stop: threading.Event,
-               ctx: zmq.Context[zmq.Socket[bytes]] | None = None) -> None:  # fmt: skip
+def run_worker(spec: WorkerSpec, stop: threading.Event, ctx: zmq.Context[zmq.Socket[bytes]] | None = None,
+               keys: Keys | None = None) -> None:  # fmt: skip
     """Cut windows until ``stop`` is set (or, offline, until the feed says flush)."""
     stats = Stats()
     pipeline = spec.pipeline(stats)
-    with Sockets(ctx, hwm=spec.hwm, max_message_bytes=spec.max_message_bytes) as sockets:
+    with Sockets(ctx, hwm=spec.hwm, max_message_bytes=spec.max_message_bytes, keys=keys) as sockets:
         if spec.offline:
             inbox = sockets.pull(spec.inbox)
         else:

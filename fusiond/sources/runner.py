@@ -16,6 +16,7 @@ from fusiond.errors import SourceError
 from fusiond.sources.base import Block, Source, SourceConfig, SourceContext
 
 if TYPE_CHECKING:
+    from fusiond.bus.security import Keys
     from fusiond.sources.clocksync import ClockFollower
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,7 @@ def run_source(
     backoff: Backoff | None = None,
     zmq_context: zmq.Context[zmq.Socket[bytes]] | None = None,
     sync_clock: str = "",
+    keys: Keys | None = None,
 ) -> int:
     """Publish the source until it ends (0) or ``context.stop`` is set (0).
 
@@ -90,7 +92,7 @@ def run_source(
 
     backoff = backoff or Backoff()
     name = f"{context.rig}/{context.stream}"
-    with Sockets(zmq_context, hwm=1000) as sockets:
+    with Sockets(zmq_context, hwm=1000, keys=keys) as sockets:
         follower = ClockFollower(sync_clock, sockets) if sync_clock else None
         if follower is not None:
             follower.start()

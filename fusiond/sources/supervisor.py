@@ -36,6 +36,8 @@ class Child:
     argv_fn: Callable[[], list[str]] | None = None
     """Makes the command line at each start (a restarted component gets fresh state)."""
     role: str = "source"
+    env: dict[str, str] = field(default_factory=dict)
+    """Added to the daemon's environment (the bus keys, on a secured bus)."""
 
 
 class Supervisor:
@@ -57,7 +59,8 @@ class Supervisor:
     def _spawn(self, child: Child, now: float) -> None:
         try:
             argv = child.argv_fn() if child.argv_fn is not None else child.argv
-            child.proc = subprocess.Popen(argv, cwd=child.cwd)
+            env = {**os.environ, **child.env} if child.env else None
+            child.proc = subprocess.Popen(argv, cwd=child.cwd, env=env)
         except OSError as exc:
             log.error("%s %s: cannot start: %s", child.role, child.name, exc)
             self._schedule(child, now)

@@ -1,0 +1,150 @@
+"""Attack benchmark: the demo rig's prediction rate and accuracy under each attack. Prints, asserts nothing.
+
+    python bench/bench_attacks.py [--seconds 10]
+
+The real daemon on config.toml (fresh ports). For each attack, a clean span then the same
+span under attack, over real sockets from another process: predictions per second of
+rig demo, accuracy on windows wholly inside one demo segment (labels in demo/labels.csv),
+and what the daemon counted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import zmq
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from bench_daemon import demo_config, free_endpoint  # noqa: E402
+
+from fusiond.bus.wire import encode_sample  # noqa: E402
+from fusiond.client import Subscriber  # noqa: E402
+
+SEGMENTS = [int(r["label"]) for r in csv.DictReader((ROOT / "demo/labels.csv").read_text().splitlines())]
+
+
+def truth(anchor: int, start: int) -> int | None:
+    offset = (start - anchor) % (len(SEGMENTS) * 2 * 10**9)
+    segment = offset // (2 * 10**9)
+    return None if offset + 10**9 > (segment + 1) * 2 * 10**9 else SEGMENTS[segment]
+
+
+def imu(seq: int, t_ns: int, t_pub_ns: int | None = None) -> list:
+    return encode_sample(rig="demo", stream="imu", modality="imu", seq=seq, t_ns=t_ns,
+                         t_pub_ns=t_pub_ns if t_pub_ns is not None else time.time_ns(), rate_hz=100.0,
+                         data=np.zeros((10, 1), np.float32))  # fmt: skip
+
+
+def future(pub: zmq.Socket, stop: threading.Event) -> None:
+    pub.send_multipart(imu(10**6, time.time_ns() + 3600 * 10**9))
+
+
+def seq_jump(pub: zmq.Socket, stop: threading.Event) -> None:
+    pub.send_multipart(imu(10**9, time.time_ns()))
+
+
+def flood_unconfigured(pub: zmq.Socket, stop: threading.Event) -> None:
+    frames = encode_sample(rig="evil", stream="x", modality="imu", seq=0, t_ns=time.time_ns(),
+                           t_pub_ns=time.time_ns(), rate_hz=100.0, data=np.zeros((10, 1), np.float32))
+    while not stop.is_set():
+        for _ in range(1000):
+            pub.send_multipart(frames)
+
+
+def flood_rig_prefix(pub: zmq.Socket, stop: threading.Event) -> None:
+    """A stream of the demo rig that the config does not have: reaches ingest, dropped there."""
+    frames = encode_sample(rig="demo", stream="x", modality="imu", seq=0, t_ns=time.time_ns(),
+                           t_pub_ns=time.time_ns(), rate_hz=100.0, data=np.zeros((10, 1), np.float32))
+    while not stop.is_set():
+        for _ in range(1000):
+            pub.send_multipart(frames)
+
+
+ATTACKS: dict[str, Callable[[zmq.Socket, threading.Event], None]] = {
+    "one IMU sample 1 h ahead": future,
+    "seq jump of 1e9": seq_jump,
+    "flood, unconfigured rig": flood_unconfigured,
+    "flood, unconfigured stream of rig demo": flood_rig_prefix,
+}
+
+
+def span(predictions: Subscriber, anchor: int, seconds: float) -> tuple[float, float, int]:
+    got = []
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        p = predictions.next()
+        if p is not None:
+            got.append(p)
+    inside = [(p, truth(anchor, p.window_start_ns)) for p in got if not p.missing]
+    inside = [(p, d) for p, d in inside if d is not None]
+    accuracy = sum(p.label == str(d) for p, d in inside) / len(inside) if inside else float("nan")
+    return len(got) / seconds, accuracy, len(inside)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=10.0)
+    args = parser.parse_args()
+    publish, subscribe, control = free_endpoint(), free_endpoint(), free_endpoint()
+    with tempfile.TemporaryDirectory() as tmp:
+        config = demo_config(Path(tmp), publish, subscribe)
+        config.write_text(config.read_text().replace(re.search(r'control = "[^"]+"', config.read_text())[0],
+                                                     f'control = "{control}"'))  # fmt: skip
+        log = (Path(tmp) / "log").open("w")
+        daemon = subprocess.Popen([sys.executable, "-m", "fusiond", "run", "--config", str(config)],
+                                  stderr=log)  # fmt: skip
+        ctx = zmq.Context()
+        try:
+            with Subscriber(subscribe, rigs=["demo"], timeout_s=1) as predictions:
+                while predictions.next() is None:
+                    pass
+                anchor = int(re.search(r"media anchor: file sources start at (\d+)",
+                                       (Path(tmp) / "log").read_text())[1])  # fmt: skip
+                pub = ctx.socket(zmq.PUB)
+                pub.setsockopt(zmq.SNDHWM, 100_000)
+                pub.connect(publish)
+                time.sleep(1.0)
+                print(f"{'attack':<40} {'clean /s':>8} {'acc':>5} {'attacked /s':>11} {'acc':>5}  counted")
+                for name, attack in ATTACKS.items():
+                    clean_rate, clean_acc, _ = span(predictions, anchor, args.seconds)
+                    stop = threading.Event()
+                    thread = threading.Thread(target=attack, args=(pub, stop))
+                    thread.start()
+                    rate, acc, _ = span(predictions, anchor, args.seconds)
+                    stop.set()
+                    thread.join()
+                    print(f"{name:<40} {clean_rate:8.2f} {clean_acc:5.2f} {rate:11.2f} {acc:5.2f}  "
+                          f"{_drops(ctx, control)}", flush=True)
+                pub.close(linger=0)
+        finally:
+            daemon.terminate()
+            daemon.wait(10)
+            ctx.term()
+
+
+def _drops(ctx: zmq.Context, control: str) -> dict[str, int]:
+    req = ctx.socket(zmq.REQ)
+    req.setsockopt(zmq.LINGER, 0)
+    req.connect(control)
+    req.send(b"status")
+    reply = json.loads(req.recv()) if req.poll(5000) else {"drops": {"no_status": 1}}
+    req.close()
+    return {k: v for k, v in reply["drops"].items() if v}
+
+
+if __name__ == "__main__":
+    main()
