@@ -42,6 +42,18 @@ class OffsetEstimator:
         self._offset = self._estimate()
         return self._offset
 
+    def peek(self, t_pub_ns: int, t_recv_ns: int) -> int:
+        """The offset :meth:`update` would return for this message, changing nothing."""
+        delay = t_recv_ns - t_pub_ns
+        if self._current is not None and delay >= self._current and self._bucket_start is not None \
+                and t_recv_ns - self._bucket_start < self.span_ns:  # fmt: skip
+            return self._offset
+        saved = (self._bucket_start, self._current, self._previous, self._offset)
+        try:
+            return self.update(t_pub_ns, t_recv_ns)
+        finally:
+            self._bucket_start, self._current, self._previous, self._offset = saved
+
     def accepts(self, t_pub_ns: int, t_recv_ns: int, clock: str, max_skew_ns: int) -> bool:
         """Whether a message published at ``t_pub_ns`` is plausible for this source.
 

@@ -139,6 +139,12 @@ class Ingest:
         if not clock.accepts(header.t_pub_ns, now_ns, header.clock, limits.max_clock_skew_ns):
             why = f"{rig}/{stream}: publish time {header.t_pub_ns} is off the daemon's clock by over "
             return self._reason("clock_skew", why + "ingest.max_clock_skew_ms")
+        # The block's end on the daemon's clock, with the offset this message would give:
+        # a stamp far off is clock_skew whatever else is wrong with the message.
+        end = (header.t_ns + round(first.shape[0] * 1e9 / rate) if rate > 0 else header.t_ns + 1)
+        if abs(end + clock.peek(header.t_pub_ns, now_ns) - now_ns) > limits.max_clock_skew_ns:
+            why = f"{rig}/{stream}: a block ending at {end} is off the daemon's clock ({now_ns}) by over "
+            return self._reason("clock_skew", why + "ingest.max_clock_skew_ms")
         # Against publish times: a burst lost in a flood spans the time it took to send it.
         missed = self.gaps.missed(key, header.seq, header.t_pub_ns)
         if missed is None:
@@ -148,12 +154,7 @@ class Ingest:
         if missed:
             self.stats.drop("lost_in_transport", missed)
             self._log_once("lost_in_transport", f"{rig}/{stream}: {missed} message(s) lost on the way in")
-        offset = clock.update(header.t_pub_ns, now_ns)
-        end = (header.t_ns + round(first.shape[0] * 1e9 / rate) if rate > 0 else header.t_ns + 1) + offset
-        if abs(end - now_ns) > limits.max_clock_skew_ns:
-            why = f"{rig}/{stream}: a block ending at {end} is off the daemon's clock ({now_ns}) by over "
-            return self._reason("clock_skew", why + "ingest.max_clock_skew_ms")
-        return offset
+        return clock.update(header.t_pub_ns, now_ns)
 
     def _reason(self, reason: str, message: str) -> int | None:
         """Count and log a drop; None, for :meth:`_check` to return."""

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from fusiond.align.spec import InputSpec
 from fusiond.align.windows import RigAligner, Window, WindowConfig
 from fusiond.batch import Batcher
-from fusiond.bus.wire import ERROR_PREFIX, SAMPLE_PREFIX, Frame
+from fusiond.bus.wire import ERROR_PREFIX, Frame, sample_topic
 from fusiond.errors import ConfigError
 from fusiond.ingest import Ingest, Limits
 from fusiond.metrics import Stats
@@ -91,14 +91,15 @@ class Pipeline:
                    max_delay_ns=round(config.model.max_delay_ms * 1e6))  # fmt: skip
 
     def topics(self) -> list[bytes]:
-        """The topic prefixes to subscribe to: each rig's samples and source errors.
+        """The topics to subscribe to: each stream's samples and source errors.
 
-        One prefix per rig, not per stream: every subscription travels upstream to every
-        publisher, and ZeroMQ queues them like messages. Another stream of a configured
-        rig still reaches ingest and is counted there (``unknown_stream``)."""
+        Subscriptions travel upstream to every publisher, which then sends only what
+        somebody subscribed to: a flood on any other topic, even another stream of a
+        configured rig, is dropped by its publisher before it costs this process anything.
+        (Subscriptions are never dropped: the sockets that carry them have no limit.)"""
         out = []
-        for rig in self.aligners:
-            out += [f"{SAMPLE_PREFIX}{rig}/".encode(), f"{ERROR_PREFIX}{rig}/".encode()]
+        for rig, stream in self.streams:
+            out += [sample_topic(rig, stream).encode(), f"{ERROR_PREFIX}{rig}/{stream}".encode()]
         return out
 
     def handle(self, frames: Sequence[Frame], now_ns: int, topic: bytes | None = None) -> bool:

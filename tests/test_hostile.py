@@ -386,7 +386,8 @@ def _attacks(now_ns: int) -> list[list[bytes]]:
 
 
 def _flood(ctx, endpoint: str, stop) -> None:
-    """Well-formed samples on a stream no config has, as fast as one thread sends (at most 5 s)."""
+    """Well-formed samples on a stream of the demo rig that its config lacks, as fast as one thread
+    sends (at most 5 s)."""
     import time
 
     import zmq
@@ -394,7 +395,7 @@ def _flood(ctx, endpoint: str, stop) -> None:
     pub = ctx.socket(zmq.PUB)
     pub.setsockopt(zmq.LINGER, 0)
     pub.connect(endpoint)
-    frames = [bytes(f) for f in wire.encode_sample(rig="evil", stream="x", modality="imu", seq=0,
+    frames = [bytes(f) for f in wire.encode_sample(rig="demo", stream="x", modality="imu", seq=0,
               t_ns=time.time_ns(), t_pub_ns=time.time_ns(), rate_hz=100.0,
               data=np.zeros((10, 1), np.float32))]  # fmt: skip
     deadline = time.monotonic() + 5

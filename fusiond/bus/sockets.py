@@ -85,7 +85,9 @@ class Sockets:
     def subscriber(self, endpoint: str, topics: Sequence[str | bytes] = (), *, bind: bool = False,
                    hwm: int | None = None, where: str = "") -> Socket:  # fmt: skip
         """A SUB socket connected to ``endpoint`` and subscribed to each topic prefix."""
-        sock = self._attach(self.make(zmq.SUB, hwm=hwm), endpoint, bind, where)
+        sock = self.make(zmq.SUB, hwm=hwm)
+        sock.setsockopt(zmq.SNDHWM, 0)  # it sends only subscriptions, and none may be lost
+        sock = self._attach(sock, endpoint, bind, where)
         for topic in topics:
             sock.subscribe(topic.encode() if isinstance(topic, str) else topic)
         return sock
