@@ -57,28 +57,24 @@ def seq_jump(pub: zmq.Socket, stop: threading.Event) -> None:
     pub.send_multipart(imu(10**9, time.time_ns()))
 
 
-def flood_unconfigured(pub: zmq.Socket, stop: threading.Event) -> None:
-    frames = encode_sample(rig="evil", stream="x", modality="imu", seq=0, t_ns=time.time_ns(),
-                           t_pub_ns=time.time_ns(), rate_hz=100.0, data=np.zeros((10, 1), np.float32))
-    while not stop.is_set():
-        for _ in range(1000):
-            pub.send_multipart(frames)
+def flood(rig: str) -> Callable[[zmq.Socket, threading.Event], None]:
+    """Samples of stream x of ``rig`` (no config has it), as fast as one thread sends."""
 
+    def attack(pub: zmq.Socket, stop: threading.Event) -> None:
+        frames = encode_sample(rig=rig, stream="x", modality="imu", seq=0, t_ns=time.time_ns(),
+                               t_pub_ns=time.time_ns(), rate_hz=100.0, data=np.zeros((10, 1), np.float32))
+        while not stop.is_set():
+            for _ in range(1000):
+                pub.send_multipart(frames)
 
-def flood_rig_prefix(pub: zmq.Socket, stop: threading.Event) -> None:
-    """A stream of the demo rig that the config does not have: reaches ingest, dropped there."""
-    frames = encode_sample(rig="demo", stream="x", modality="imu", seq=0, t_ns=time.time_ns(),
-                           t_pub_ns=time.time_ns(), rate_hz=100.0, data=np.zeros((10, 1), np.float32))
-    while not stop.is_set():
-        for _ in range(1000):
-            pub.send_multipart(frames)
+    return attack
 
 
 ATTACKS: dict[str, Callable[[zmq.Socket, threading.Event], None]] = {
     "one IMU sample 1 h ahead": future,
     "seq jump of 1e9": seq_jump,
-    "flood, unconfigured rig": flood_unconfigured,
-    "flood, unconfigured stream of rig demo": flood_rig_prefix,
+    "flood, unconfigured rig": flood("evil"),
+    "flood, unconfigured stream of rig demo": flood("demo"),
 }
 
 

@@ -30,7 +30,8 @@ class Sockets:
     """Makes sockets with one set of limits, in one context."""
 
     def __init__(self, ctx: zmq.Context[Socket] | None = None, *, hwm: int = 1000,
-                 max_message_bytes: int = -1, keys: Keys | None = None) -> None:  # fmt: skip
+                 max_message_bytes: int = -1, keys: Keys | None = None,
+                 linger_ms: int = 0) -> None:  # fmt: skip
         """``hwm``: messages each queue holds; ``max_message_bytes``: the largest frame a
         receiving socket accepts from another process (-1: no limit); ``keys``: CURVE for
         every TCP socket (:mod:`fusiond.bus.security`)."""
@@ -39,6 +40,7 @@ class Sockets:
         self.hwm = hwm
         self.max_message_bytes = max_message_bytes
         self.keys = keys or Keys()
+        self.linger_ms = linger_ms
         self._made: list[tuple[Socket, int]] = []
         self._lock = threading.Lock()  # sockets are made from several threads
 
@@ -64,13 +66,13 @@ class Sockets:
         if self._owned:
             self.ctx.term()
 
-    def make(self, kind: int, *, hwm: int | None = None, linger_ms: int = 0) -> Socket:
+    def make(self, kind: int, *, hwm: int | None = None, linger_ms: int | None = None) -> Socket:
         """A bare socket of ``kind`` with this factory's limits."""
         sock = self.ctx.socket(kind)
         with self._lock:
             self._made = [(s, o) for s, o in self._made if not s.closed]
             self._made.append((sock, threading.get_ident()))
-        sock.setsockopt(zmq.LINGER, linger_ms)
+        sock.setsockopt(zmq.LINGER, self.linger_ms if linger_ms is None else linger_ms)
         sock.setsockopt(zmq.SNDHWM, hwm or self.hwm)
         sock.setsockopt(zmq.RCVHWM, hwm or self.hwm)
         if kind in (zmq.SUB, zmq.XSUB, zmq.PULL, zmq.REP, zmq.ROUTER):
@@ -78,7 +80,7 @@ class Sockets:
         return sock
 
     def publisher(self, endpoint: str, *, bind: bool = False, hwm: int | None = None,
-                  linger_ms: int = 0, where: str = "") -> Socket:  # fmt: skip
+                  linger_ms: int | None = None, where: str = "") -> Socket:  # fmt: skip
         """A PUB socket connected to (or bound at) ``endpoint``."""
         return self._attach(self.make(zmq.PUB, hwm=hwm, linger_ms=linger_ms), endpoint, bind, where)
 

@@ -78,19 +78,15 @@ def run_worker(spec: WorkerSpec, stop: threading.Event, ctx: zmq.Context[zmq.Soc
     """Cut windows until ``stop`` is set (or, offline, until the feed says flush)."""
     stats = Stats()
     pipeline = spec.pipeline(stats)
-    with Sockets(ctx, hwm=spec.hwm, max_message_bytes=spec.max_message_bytes, keys=keys) as sockets:
+    # Offline, what is still queued at the end must get out; live, nothing waits on a dead peer.
+    with Sockets(ctx, hwm=spec.hwm, max_message_bytes=spec.max_message_bytes, keys=keys,
+                 linger_ms=2000 if spec.offline else 0) as sockets:  # fmt: skip
         if spec.offline:
             inbox = sockets.pull(spec.inbox)
         else:
             inbox = sockets.subscriber(spec.inbox, pipeline.topics())
         out = sockets.push(spec.windows)
-        report = sockets.push(spec.stats, hwm=16)
-        loop = _Loop(spec, pipeline, stats, out, report)
-        try:
-            loop.run(inbox, stop)
-        finally:
-            for sock in (inbox, out, report):
-                sock.close(linger=2000 if spec.offline else 0)
+        _Loop(spec, pipeline, stats, out, sockets.push(spec.stats, hwm=16)).run(inbox, stop)
 
 
 class _Loop:
