@@ -252,3 +252,46 @@ def test_an_external_stream_is_expected_not_started_and_fed_from_another_process
             _, err = remote.communicate(timeout=10)
             assert "clock: " in err and "from the daemon's" in err, err
         d.close()
+
+
+def test_the_server_counts_a_malformed_inbox_message_and_goes_on(tmp_path):
+    """On Ray the server's inbox is a TCP port anyone on the network reaches."""
+    import threading
+    from dataclasses import asdict
+
+    import msgpack
+
+    from fusiond.align.spec import InputSpec
+    from fusiond.bus.sockets import Sockets
+    from fusiond.runtime.server import ServerSpec, run_server
+    from fusiond.testing import random_windows, tiny_model
+
+    spec_in = InputSpec({"imu": ModalitySpec("series", 32, 1)})
+    model = tmp_path / "tiny.pt"
+    tiny_model(model, spec_in)
+    with Sockets() as sockets:
+        out = sockets.pull("inproc://out", bind=True)
+        stats = sockets.pull("inproc://stats", bind=True)
+        spec = ServerSpec("server", str(model), "inproc://inbox", "inproc://out", "inproc://stats",
+                          runtime="torch", max_delay_ns=0, offline=True)  # fmt: skip
+        stop = threading.Event()
+        thread = threading.Thread(target=run_server, args=(ServerSpec(**asdict(spec)), stop, sockets.ctx))
+        thread.start()
+        time.sleep(0.5)
+        push = sockets.push("inproc://inbox")
+        for junk in ([b"w", b"\x00not msgpack"], [b"w", b"\x81\xa1x\x01"], [b"p", b"\xc1"], [b"?"]):
+            push.send_multipart(junk)
+        push.send_multipart(encode_window(random_windows(spec_in, 1)[0]), copy=False)
+        push.send_multipart([b"end", b"worker-0"])
+        got = []
+        while out.poll(10_000):
+            frames = out.recv_multipart()
+            if frames[0] == b"end":
+                break
+            got.append(frames)
+        thread.join(10)
+        assert len(got) == 1 and not thread.is_alive()
+        snapshots = []
+        while stats.poll(0):
+            snapshots.append(msgpack.unpackb(stats.recv_multipart()[1], strict_map_key=False))
+        assert snapshots[-1]["drops"] == {"bad_window": 4}  # counted, not fatal

@@ -69,6 +69,7 @@ class Serving:
     builder: Any
     name: str
     hash: str
+    spec: Any
 
 
 def load_serving(path: Path, device: str, runtime: str, threads: int, max_batch: int,
@@ -84,7 +85,7 @@ def load_serving(path: Path, device: str, runtime: str, threads: int, max_batch:
     runner.warm_up(max_batch)
     model = {"name": checkpoint.name, "hash": checkpoint.content_hash}
     builder = PredictionBuilder(checkpoint.classes, model, checkpoint.task, seq)
-    return Serving(runner, builder, checkpoint.name, checkpoint.content_hash)
+    return Serving(runner, builder, checkpoint.name, checkpoint.content_hash, checkpoint.spec)
 
 
 def run_server(spec: ServerSpec, stop: threading.Event, ctx: zmq.Context[zmq.Socket[bytes]] | None = None,
@@ -131,10 +132,21 @@ class _Loop:
                 self.infer(batch)
             self.send_stats(now)
             if self.spec.offline and self.ended >= self.spec.workers and not len(self.batcher):
+                self.next_stats = 0
+                self.send_stats(now)  # the final counters
                 self.out.send_multipart([END, b""])
                 return
 
     def take(self, frames: list[zmq.Frame]) -> None:
+        # On Ray the inbox is a TCP port: whatever reaches it is checked, counted, never fatal.
+        try:
+            self._take(frames)
+        except Exception as exc:
+            self.stats.drop("bad_window")
+            log.warning("server %s: unreadable message on its inbox (%s: %s); counted as drops.bad_window",
+                        self.spec.name, type(exc).__name__, str(exc)[:200])  # fmt: skip
+
+    def _take(self, frames: list[zmq.Frame]) -> None:
         kind = frames[0].bytes
         now = time.time_ns()
         if kind == WINDOW:
@@ -146,6 +158,9 @@ class _Loop:
             self.ended += 1
         elif kind == RELOAD:
             self.reload(frames[1].bytes.decode())
+        else:
+            msg = f"unknown message kind {kind[:16]!r}"
+            raise ValueError(msg)
 
     def infer(self, batch: list[Any]) -> None:
         self.busy_since = time.time_ns()
@@ -167,6 +182,9 @@ class _Loop:
         except (FusiondError, OSError) as exc:
             log.error("reload failed, still serving %s (%s): %s", old.name, old.hash, exc)
             return
+        if self.serving.spec != old.spec:  # the workers cut windows for the old inputs
+            log.error("reload refused, still serving %s (%s): %s takes other inputs", old.name, old.hash, path)
+            self.serving = old
         log.info("reloaded: now serving %s (%s), was %s (%s)", self.serving.name, self.serving.hash,
                  old.name, old.hash)  # fmt: skip
 
