@@ -183,7 +183,8 @@ class _Loop:
             log.error("reload failed, still serving %s (%s): %s", old.name, old.hash, exc)
             return
         if self.serving.spec != old.spec:  # the workers cut windows for the old inputs
-            log.error("reload refused, still serving %s (%s): %s takes other inputs", old.name, old.hash, path)
+            log.error("reload refused, still serving %s (%s): %s takes other inputs",
+                      old.name, old.hash, path)  # fmt: skip
             self.serving = old
         log.info("reloaded: now serving %s (%s), was %s (%s)", self.serving.name, self.serving.hash,
                  old.name, old.hash)  # fmt: skip
