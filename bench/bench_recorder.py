@@ -86,7 +86,7 @@ def run(seconds: float, flood: bool, foxglove: bool = False) -> tuple[float, flo
         size = out.stat().st_size
     sockets.close()
     sent, sent_bytes, elapsed = pub.stdout.split("SENT ")[1].split()
-    m = re.search(r"recorded (\d+) messages \(([\d.]+) MB\).*sequence gaps\): (\d+)", log)
+    m = re.search(r"recorded (\d+) messages \(([\d.]+) MB of messages.*sequence gaps\): (\d+)", log)
     assert m, log
     n, mb, gaps = int(m.group(1)), float(m.group(2)), int(m.group(3))
     e = float(elapsed)

@@ -89,9 +89,10 @@ def cmd_record(args: argparse.Namespace) -> int:
         recorder.run(stop, args.duration)
     total = sum(recorder.messages.values())
     lost = sum(recorder.gaps.values())
-    log.info("recorded %d messages (%.1f MB) on %d topics to %s; lost before the recorder "
-             "(sequence gaps): %d; malformed: %d", total, recorder.bytes / 1e6,
-             len(recorder.messages), args.output, lost, recorder.malformed)  # fmt: skip
+    log.info("recorded %d messages (%.1f MB of messages, %.1f MB on disk after compression) on %d "
+             "topics to %s; lost before the recorder (sequence gaps): %d; malformed: %d", total,
+             recorder.bytes / 1e6, args.output.stat().st_size / 1e6, len(recorder.messages), args.output,
+             lost, recorder.malformed)  # fmt: skip
     if args.foxglove:
         views = ", ".join(f"{t} {n}" for t, n in sorted(recorder.views.items())) or "none"
         failed = recorder.view_failures
@@ -127,7 +128,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"path": str(summary.path), "complete": summary.complete,
                           "duration_s": round(summary.duration_s, 3), "channels": rows,
-                          "metadata": summary.metadata,
+                          "metadata": _metadata(summary.metadata),
                           "views": [{"topic": t, "schema": schema, "messages": n}
                                     for t, (schema, n) in sorted(summary.views.items())]}))  # fmt: skip
         return 0
@@ -140,6 +141,15 @@ def cmd_info(args: argparse.Namespace) -> int:
         for topic, (schema, n) in sorted(summary.views.items()):
             print(f"  {topic:<28} {n:>8} msgs  {schema}")
     return 0
+
+
+def _metadata(metadata: dict[str, Any]) -> dict[str, Any]:
+    """A recording's metadata for JSON: the recorded topic prefixes as a list ("" = every topic)."""
+    out = {name: dict(values) for name, values in metadata.items()}
+    for values in out.values():
+        if isinstance(values.get("topics"), str):
+            values["topics"] = [t for t in values["topics"].split(",") if t] or ["(every topic)"]
+    return out
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -369,6 +379,7 @@ def cmd_hz(args: argparse.Namespace) -> int:
     from fusiond.hz import RateWindow
 
     endpoint = _endpoint(args.connect, args.config, "subscribe")
+    topic = args.topic.encode()
     window = RateWindow(args.window)
     next_print = time.monotonic() + 1.0
     end = None if args.duration is None else time.monotonic() + args.duration
@@ -376,18 +387,28 @@ def cmd_hz(args: argparse.Namespace) -> int:
         while end is None or time.monotonic() < end:
             if sock.poll(100):
                 frames = sock.recv_multipart()
+                # ZeroMQ matches prefixes: s/demo/cam also brings s/demo/cam2. One topic, unless asked.
+                if not args.prefix and frames[0] != topic:
+                    continue
                 try:
                     header = decode_header(frames)
                 except WireError:
                     continue
                 t_ns = header.get("t_ns", header.get("window_start_ns"))
                 if isinstance(t_ns, int):
-                    shape = header.get("buffers", [{}])[0].get("shape") if header.get("buffers") else None
-                    window.add(t_ns, time.time_ns(), shape[0] if shape else 1)
+                    window.add(t_ns, time.time_ns(), _samples(header))
             if time.monotonic() >= next_print:
                 print(window.line(), flush=True)
                 next_print += 1.0
     return 0
+
+
+def _samples(header: dict[str, Any]) -> int:
+    """Samples in a message (the first axis of its first buffer; 1 when it says nothing)."""
+    buffers = header.get("buffers")
+    first = buffers[0] if isinstance(buffers, list) and buffers else None
+    shape = first.get("shape") if isinstance(first, dict) else None
+    return shape[0] if isinstance(shape, list) and shape and type(shape[0]) is int and shape[0] > 0 else 1
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
@@ -408,8 +429,9 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
+        print(f"{'TYPE':<8} {'NAME':<14} {'MODALITY':<8} FROM")
         for row in rows:
-            print(f"{row['type']:<8} {row['name']:<14} {row['modality']:<8} {row['from']}")
+            print(f"{row['type']:<8} {row['name']:<14} {row['modality'] or '-':<8} {row['from']}")
     return 0
 
 
@@ -582,7 +604,8 @@ def build_parser() -> argparse.ArgumentParser:
     status.set_defaults(func=cmd_status)
 
     hz = sub.add_parser("hz", help="rate and jitter of a topic, from its capture times")
-    hz.add_argument("topic", help="a topic (prefix), e.g. s/demo/cam")
+    hz.add_argument("topic", help="a topic, e.g. s/demo/cam")
+    hz.add_argument("--prefix", action="store_true", help="every topic that starts with TOPIC, together")
     hz.add_argument("--window", type=int, default=100, help="messages to average over")
     hz.add_argument("--duration", type=float, help="stop after this many seconds")
     hz.add_argument("--connect", help="subscriber endpoint of the daemon")

@@ -13,9 +13,8 @@ from collections.abc import Iterator, Sequence
 from types import TracebackType
 
 from fusiond.bus.security import Keys, client_keys
-from fusiond.bus.sockets import Sockets
+from fusiond.bus.sockets import DEFAULT_SUBSCRIBE, Sockets
 from fusiond.bus.wire import PREDICTION_PREFIX, Prediction, decode_prediction, prediction_topic
-from fusiond.config import DEFAULT_SUBSCRIBE
 from fusiond.errors import WireError
 
 

@@ -16,15 +16,12 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fusiond.align.windows import WindowConfig
+from fusiond.bus.sockets import DEFAULT_CONTROL, DEFAULT_PUBLISH, DEFAULT_SUBSCRIBE
 from fusiond.bus.wire import NAME_RE
 from fusiond.errors import ConfigError
 from fusiond.ingest import Limits
 from fusiond.plugin.registry import SourceRegistry
 from fusiond.sources.base import SourceConfig
-
-DEFAULT_PUBLISH = "tcp://127.0.0.1:7710"
-DEFAULT_SUBSCRIBE = "tcp://127.0.0.1:7711"
-DEFAULT_CONTROL = "tcp://127.0.0.1:7712"
 
 
 class _Section(BaseModel):

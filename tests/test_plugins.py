@@ -15,6 +15,12 @@ from fusiond.sources import Source
 from .helpers import fusiond
 
 
+def test_the_plugin_table_has_column_headers():
+    lines = fusiond("plugins").stdout.splitlines()
+    assert lines[0].split() == ["TYPE", "NAME", "MODALITY", "FROM"]
+    assert any(line.split()[:2] == ["source", "camera"] for line in lines[1:])
+
+
 def test_builtin_kinds_come_from_the_entry_point_group():
     result = fusiond("plugins", "--json")
     assert result.returncode == 0, result.stderr
@@ -65,3 +71,13 @@ def test_bus_pair_carries_frames():
                                          t_pub_ns=0, rate_hz=1.0, data=np.ones((2, 2), np.float32)))
         assert sub.poll(2000)
         assert decode_sample(sub.recv_multipart()).data.sum() == 4
+
+
+def test_a_client_program_loads_neither_torch_nor_opencv_nor_the_config_machinery():
+    import subprocess
+    import sys
+
+    code = ("import sys, fusiond.client; "
+            "print(sorted(m for m in ('torch', 'cv2', 'pydantic', 'pluggy', 'mcap') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"

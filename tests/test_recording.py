@@ -120,6 +120,7 @@ def test_info_reports_channels_counts_and_rates(live):
     assert views["foxglove/p/demo"]["messages"] == sum(1 for _ in read(live[1], ["p/"]))
     assert rates["s/demo/cam"] == pytest.approx(10.0, abs=0.3)
     assert rates["s/demo/imu"] == pytest.approx(10.0, abs=0.3)  # 10-sample blocks at 100 Hz
+    assert summary["metadata"]["fusiond"]["topics"] == ["(every topic)"]  # a list, not ""
 
 
 def offline(config: Path, path: Path, out: Path) -> list[dict]:

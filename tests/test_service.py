@@ -203,6 +203,11 @@ def test_hz_measures_a_camera_stream(tmp_path, daemons):
     result = fusiond("hz", "s/demo/cam", "--connect", sub, "--duration", "3.5")
     rates = [float(r) for r in re.findall(r"average rate: ([\d.]+) Hz", result.stdout)]
     assert rates and abs(rates[-1] - 10.0) < 0.2, result.stdout
+    # A prefix is not a topic: nothing matches it exactly, unless --prefix asks for all of them.
+    exact = fusiond("hz", "s/demo", "--connect", sub, "--duration", "2.5")
+    assert "average rate" not in exact.stdout, exact.stdout
+    mixed = fusiond("hz", "s/demo", "--prefix", "--connect", sub, "--duration", "2.5")
+    assert "average rate" in mixed.stdout, mixed.stdout
 
 
 def test_logs_suit_journald_when_journal_stream_is_set(endpoints):

@@ -24,6 +24,9 @@ from fusiond.bus.security import Keys
 from fusiond.errors import ConfigError
 
 Socket = zmq.Socket[bytes]
+DEFAULT_PUBLISH = "tcp://127.0.0.1:7710"
+DEFAULT_SUBSCRIBE = "tcp://127.0.0.1:7711"
+DEFAULT_CONTROL = "tcp://127.0.0.1:7712"
 
 
 class Sockets:

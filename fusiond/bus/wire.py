@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, NamedTuple, Protocol
 
-import cv2
 import msgpack
 import numpy as np
 
@@ -483,6 +482,8 @@ def _decode_jpeg(view: memoryview, shape: tuple[int, ...]) -> np.ndarray:
     if declared is None or found is None or found[:2] != declared[:2]:
         msg = f"JPEG frame header says {found}, message header says {list(shape)}"
         raise FrameError(msg, "decode_error")
+    import cv2  # here, not at the top: a client that reads predictions never loads OpenCV
+
     flag = cv2.IMREAD_GRAYSCALE if declared[2] == 1 else cv2.IMREAD_COLOR
     image = cv2.imdecode(np.frombuffer(view, dtype=np.uint8), flag)
     if image is None or image.size != math.prod(shape):
