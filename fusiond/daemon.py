@@ -277,8 +277,11 @@ class Daemon:
             except zmq.Again:
                 return
             snapshot = decode_body(frames)
-            self.components[str(snapshot["name"])] = snapshot
-            self.stats.absorb(snapshot)
+            names = [spec.name for spec in self.plan.workers] + [self.plan.server.name]
+            if isinstance(snapshot, dict) and self.stats.absorb(snapshot, names, self.streams):
+                self.components[snapshot["name"]] = snapshot
+            else:
+                self.stats.drop("bad_window")
 
     def _take_predictions(self) -> None:
         for _ in range(1024):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter, deque
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -149,19 +150,39 @@ class Stats:
         with self._lock:
             self.drops[reason] += count
 
-    def absorb(self, snapshot: dict[str, Any]) -> None:
-        """Take one component's counters (running totals) into this daemon-wide view."""
-        name = str(snapshot["name"])
+    def absorb(self, snapshot: dict[str, Any], components: Collection[str],
+               streams: Collection[tuple[str, str]]) -> bool:  # fmt: skip
+        """Take one component's counters (running totals) into this daemon-wide view.
+
+        Only what the daemon knows is taken (its components, streams and rigs), so a
+        forged snapshot cannot grow these tables; False when the snapshot was refused.
+        """
+        name = snapshot.get("name")
+        if not isinstance(name, str) or name not in components:
+            return False
+        try:
+            drops = Counter({str(k): int(v) for k, v in dict(snapshot.get("drops", {})).items()})
+            rows = {}
+            for key, (samples, last, rate, error, error_ns) in dict(snapshot.get("streams", {})).items():
+                rig, _, stream = str(key).partition("/")
+                if (rig, stream) in streams:
+                    rows[rig, stream] = (int(samples), last, float(rate), str(error)[:500], error_ns)
+            rigs = {rig for rig, _ in streams}
+            masked = {rig: {str(m): int(n) for m, n in dict(v).items()}
+                      for rig, v in dict(snapshot.get("masked", {})).items() if rig in rigs}  # fmt: skip
+        except (TypeError, ValueError):
+            return False
         with self._lock:
-            self.components[name] = Counter(snapshot.get("drops", {}))
-        for key, (samples, last, rate, error, error_ns) in snapshot.get("streams", {}).items():
-            s = self.stream(*key.split("/", 1))
+            self.components[name] = drops
+        for key, (samples, last, rate, error, error_ns) in rows.items():
+            s = self.stream(*key)
             s.samples, s.last_recv_ns, s.reported_rate_hz = samples, last, rate
             s.error, s.error_ns = error, error_ns
-        self.masked.update(snapshot.get("masked", {}))
+        self.masked.update(masked)
         last = snapshot.get("last_window_ns")
-        if last is not None and (self.last_window_ns is None or last > self.last_window_ns):
+        if type(last) is int and (self.last_window_ns is None or last > self.last_window_ns):
             self.last_window_ns = last
+        return True
 
     def restarted(self, name: str) -> None:
         """A component started again from zero: keep what it had counted."""

@@ -91,7 +91,8 @@ def run_sharded(config: Config, checkpoint: Checkpoint, streams: Mapping[tuple[s
                     feeds[target].send_multipart([now.to_bytes(8, "little"), *rec.frames], copy=False)
             for feed in feeds:
                 feed.send_multipart([now.to_bytes(8, "little"), FLUSH])
-            predictions = _collect(collector, inbox, stats, engine)
+            names = [spec.name for spec in plan.workers] + [plan.server.name]
+            predictions = _collect(collector, inbox, stats, engine, names, streams)
         finally:
             engine.stop()
     for p in sorted(predictions, key=lambda p: (p.rig, p.window_start_ns)):
@@ -104,8 +105,8 @@ def _bound(sock: zmq.Socket[bytes]) -> str:
     return sock.getsockopt_string(zmq.LAST_ENDPOINT)
 
 
-def _collect(collector: zmq.Socket[bytes], inbox: zmq.Socket[bytes], stats: Stats,
-             engine: Any) -> list[Prediction]:  # fmt: skip
+def _collect(collector: zmq.Socket[bytes], inbox: zmq.Socket[bytes], stats: Stats, engine: Any,
+             names: list[str], streams: Mapping[tuple[str, str], str]) -> list[Prediction]:  # fmt: skip
     out: list[Prediction] = []
     done = threading.Event()
     while not done.is_set():
@@ -117,5 +118,5 @@ def _collect(collector: zmq.Socket[bytes], inbox: zmq.Socket[bytes], stats: Stat
             else:
                 out.append(decode_prediction(frames))
         while inbox.poll(0):
-            stats.absorb(decode_body(inbox.recv_multipart(copy=False)))
+            stats.absorb(decode_body(inbox.recv_multipart(copy=False)), names, streams)
     return out
