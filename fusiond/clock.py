@@ -30,29 +30,28 @@ class OffsetEstimator:
 
     def update(self, t_pub_ns: int, t_recv_ns: int) -> int:
         """Add one message; return the offset to add to this source's timestamps."""
-        delay = t_recv_ns - t_pub_ns
-        if self._bucket_start is None:
-            self._bucket_start = t_recv_ns
-        elif t_recv_ns - self._bucket_start >= self.span_ns:
-            self._previous, self._current = self._current, None
-            self._bucket_start = t_recv_ns
-        elif self._current is not None and delay >= self._current:
-            return self._offset  # the usual case: the minimum stands, nothing to recompute
-        self._current = delay if self._current is None else min(self._current, delay)
-        self._offset = self._estimate()
+        state = self._after(t_pub_ns, t_recv_ns)
+        if state is not None:
+            self._bucket_start, self._current, self._previous = state
+            self._offset = self._estimate(self._current, self._previous)
         return self._offset
 
     def peek(self, t_pub_ns: int, t_recv_ns: int) -> int:
         """The offset :meth:`update` would return for this message, changing nothing."""
+        state = self._after(t_pub_ns, t_recv_ns)
+        return self._offset if state is None else self._estimate(state[1], state[2])
+
+    def _after(self, t_pub_ns: int, t_recv_ns: int) -> tuple[int, int, int | None] | None:
+        """``(bucket start, current, previous)`` once this message is in; None when the
+        estimate stands (the usual case: the minimum is not beaten, no bucket ends)."""
         delay = t_recv_ns - t_pub_ns
-        if self._current is not None and delay >= self._current and self._bucket_start is not None \
-                and t_recv_ns - self._bucket_start < self.span_ns:  # fmt: skip
-            return self._offset
-        saved = (self._bucket_start, self._current, self._previous, self._offset)
-        try:
-            return self.update(t_pub_ns, t_recv_ns)
-        finally:
-            self._bucket_start, self._current, self._previous, self._offset = saved
+        if self._bucket_start is None:
+            return t_recv_ns, delay, self._previous
+        if t_recv_ns - self._bucket_start >= self.span_ns:
+            return t_recv_ns, delay, self._current
+        if self._current is not None and delay >= self._current:
+            return None
+        return self._bucket_start, delay, self._previous
 
     def accepts(self, t_pub_ns: int, t_recv_ns: int, clock: str, max_skew_ns: int) -> bool:
         """Whether a message published at ``t_pub_ns`` is plausible for this source.
@@ -74,8 +73,8 @@ class OffsetEstimator:
         """The current estimate, in whole milliseconds (0 before any message)."""
         return self._offset
 
-    def _estimate(self) -> int:
-        values = [v for v in (self._current, self._previous) if v is not None]
+    def _estimate(self, current: int | None, previous: int | None) -> int:
+        values = [v for v in (current, previous) if v is not None]
         if not values or abs(min(values)) < self.deadband_ns:
             return 0
         return round(min(values), -6)

@@ -280,6 +280,11 @@ class Config(_Section):
     rigs: dict[str, RigSection]
     base_dir: Path = Path(".")
 
+    def message_rates(self) -> dict[tuple[str, str], float]:
+        """The sources that set their own ``max_message_rate``: ``(rig, stream) -> rate``."""
+        return {(rig, name): s.max_message_rate for rig, section in self.rigs.items()
+                for name, s in section.sources.items() if s.max_message_rate is not None}  # fmt: skip
+
     def source_options(self, registry: SourceRegistry) -> dict[tuple[str, str], SourceConfig]:
         """Every source's options validated by its kind (raises ConfigError)."""
         out = {}

@@ -30,7 +30,7 @@ from fusiond import config as config_mod
 from fusiond import status
 from fusiond.bus.broker import Broker
 from fusiond.bus.security import Gatekeeper, Keys, PublishRules, load_pair
-from fusiond.bus.sockets import Sockets, local_endpoint
+from fusiond.bus.sockets import Sockets, drain, local_endpoint
 from fusiond.bus.wire import PREDICTION_PREFIX, decode_prediction
 from fusiond.config import Config
 from fusiond.errors import ConfigError, FusiondError, WireError
@@ -271,11 +271,7 @@ class Daemon:
                               "counted)", where)  # fmt: skip
 
     def _take_counters(self) -> None:
-        for _ in range(256):
-            try:
-                frames = self.inbox.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return
+        for frames in drain(self.inbox, 256):
             snapshot = decode_body(frames)
             names = [spec.name for spec in self.plan.workers] + [self.plan.server.name]
             if isinstance(snapshot, dict) and self.stats.absorb(snapshot, names, self.streams):
@@ -284,11 +280,7 @@ class Daemon:
                 self.stats.drop("bad_window")
 
     def _take_predictions(self) -> None:
-        for _ in range(1024):
-            try:
-                frames = self.monitor.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return
+        for frames in drain(self.monitor, 1024):
             try:
                 p = decode_prediction(frames)
             except WireError:

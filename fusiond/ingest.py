@@ -22,8 +22,10 @@ from fusiond.bus.wire import (
     Frame,
     SampleHeader,
     SequenceGaps,
+    block_end_ns,
     decode_arrays,
     decode_sample_header,
+    frame_view,
     sample_topic,
 )
 from fusiond.clock import OffsetEstimator
@@ -141,7 +143,7 @@ class Ingest:
             return self._reason("clock_skew", why + "ingest.max_clock_skew_ms")
         # The block's end on the daemon's clock, with the offset this message would give:
         # a stamp far off is clock_skew whatever else is wrong with the message.
-        end = (header.t_ns + round(first.shape[0] * 1e9 / rate) if rate > 0 else header.t_ns + 1)
+        end = block_end_ns(header.t_ns, first.shape[0], rate)
         if abs(end + clock.peek(header.t_pub_ns, now_ns) - now_ns) > limits.max_clock_skew_ns:
             why = f"{rig}/{stream}: a block ending at {end} is off the daemon's clock ({now_ns}) by over "
             return self._reason("clock_skew", why + "ingest.max_clock_skew_ms")
@@ -174,8 +176,4 @@ class Ingest:
 
 
 def _topic(frame: Frame) -> bytes:
-    if isinstance(frame, bytes):
-        return frame
-    if isinstance(frame, memoryview):
-        return frame.tobytes()
-    return bytes(frame.buffer)
+    return frame if isinstance(frame, bytes) else bytes(frame_view(frame))

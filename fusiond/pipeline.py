@@ -84,10 +84,9 @@ class Pipeline:
         streams = resolve_streams(config, sources, checkpoint.spec, checkpoint.name)
         if rigs is not None:
             streams = {key: m for key, m in streams.items() if key[0] in rigs}
-        rates = {(rig, name): s.max_message_rate for rig, section in config.rigs.items()
-                 for name, s in section.sources.items() if s.max_message_rate is not None}  # fmt: skip
         return cls(streams, checkpoint.spec, config.window.with_buffer(config.ingest), stats=stats,
-                   limits=config.ingest.limits(), rates=rates, max_batch=config.model.max_batch,
+                   limits=config.ingest.limits(), rates=config.message_rates(),
+                   max_batch=config.model.max_batch,
                    max_delay_ns=round(config.model.max_delay_ms * 1e6))  # fmt: skip
 
     def topics(self) -> list[bytes]:

@@ -14,7 +14,7 @@ from types import TracebackType
 import zmq
 
 from fusiond.bus.security import PublishRules
-from fusiond.bus.sockets import Sockets
+from fusiond.bus.sockets import Sockets, drain
 from fusiond.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -123,11 +123,7 @@ class Broker:
             if xpub in events:  # subscriptions, upstream
                 xsub.send_multipart(xpub.recv_multipart())
             if xsub in events:
-                for _ in range(1024):
-                    try:
-                        frames = xsub.recv_multipart(zmq.NOBLOCK, copy=False)
-                    except zmq.Again:
-                        break
+                for frames in drain(xsub, 1024):
                     who = _user(frames[0])
                     if rules.allows(who, frames[0].bytes):
                         xpub.send_multipart(frames, copy=False)

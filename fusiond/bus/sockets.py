@@ -13,7 +13,7 @@ its ZeroMQ context unless it was handed one.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -129,6 +129,16 @@ class Sockets:
             sock.close(linger=0)
             raise
         return sock
+
+
+def drain(sock: Socket, limit: int) -> Iterator[list[zmq.Frame]]:
+    """The messages already queued on ``sock``, at most ``limit`` (zero-copy frames), so one
+    busy socket cannot keep a loop from its other work."""
+    for _ in range(limit):
+        try:
+            yield sock.recv_multipart(zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            return
 
 
 def bind_to(sock: Socket, endpoint: str, where: str) -> None:

@@ -12,12 +12,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO, Self
 
-import zmq
 from mcap.writer import CompressionType, Writer
 
 from fusiond import __version__
 from fusiond.bus.security import Keys, client_keys
-from fusiond.bus.sockets import Sockets
+from fusiond.bus.sockets import Sockets, drain
 from fusiond.bus.wire import PROTOCOL_VERSION, SequenceGaps, decode_header
 from fusiond.errors import WireError
 from fusiond.recording import foxglove
@@ -153,11 +152,7 @@ class Recorder(RecordingWriter):
         next_flush = time.time_ns() + FLUSH_EVERY_NS
         while not stop.is_set() and (end is None or time.monotonic() < end):
             if self.sock.poll(100):
-                for _ in range(256):
-                    try:
-                        frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
-                    except zmq.Again:
-                        break
+                for frames in drain(self.sock, 256):
                     self.write([f.buffer for f in frames], time.time_ns())
             if time.time_ns() >= next_flush:
                 self.writer.flush()  # type: ignore[no-untyped-call]

@@ -101,8 +101,7 @@ def make_plan(config: Config, streams: Mapping[tuple[str, str], str], spec: Inpu
     """Worker and server specs for a config, ``workers`` ingest workers."""
     window = asdict(config.window.with_buffer(config.ingest))
     limits = asdict(config.ingest.limits())
-    rates = [(rig, name, s.max_message_rate) for rig, section in config.rigs.items()
-             for name, s in section.sources.items() if s.max_message_rate is not None]  # fmt: skip
+    rates = [(rig, name, rate) for (rig, name), rate in config.message_rates().items()]
     rigs = sorted({rig for rig, _ in streams})
     specs = []
     for i, share in enumerate(deal(rigs, workers)):

@@ -22,7 +22,7 @@ import zmq
 
 from fusiond.batch import Batcher
 from fusiond.bus.security import Keys
-from fusiond.bus.sockets import Sockets
+from fusiond.bus.sockets import Sockets, drain
 from fusiond.bus.wire import encode_prediction
 from fusiond.errors import FusiondError
 from fusiond.metrics import Stats
@@ -121,11 +121,7 @@ class _Loop:
             deadline = self.batcher.deadline_ns()
             wait = 20 if deadline is None else max(0, min(20, (deadline - time.time_ns()) // 1_000_000))
             if inbox.poll(wait):
-                for _ in range(1024):
-                    try:
-                        frames = inbox.recv_multipart(zmq.NOBLOCK, copy=False)
-                    except zmq.Again:
-                        break
+                for frames in drain(inbox, 1024):
                     self.take(frames)
             now = time.time_ns()
             while batch := self.batcher.take(now, flush=self.ended >= self.spec.workers):

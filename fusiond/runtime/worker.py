@@ -22,7 +22,7 @@ import zmq
 from fusiond.align.spec import InputSpec
 from fusiond.align.windows import Window, WindowConfig
 from fusiond.bus.security import Keys
-from fusiond.bus.sockets import Sockets
+from fusiond.bus.sockets import Sockets, drain
 from fusiond.bus.wire import decode_header
 from fusiond.errors import WireError
 from fusiond.ingest import Limits
@@ -101,11 +101,7 @@ class _Loop:
         now = 0
         while not stop.is_set():
             if inbox.poll(20):
-                for _ in range(512):
-                    try:
-                        frames = inbox.recv_multipart(zmq.NOBLOCK, copy=False)
-                    except zmq.Again:
-                        break
+                for frames in drain(inbox, 512):
                     if self.spec.offline:
                         now = int.from_bytes(frames[0].bytes, "little")
                         if frames[1].bytes == FLUSH:
