@@ -45,6 +45,17 @@ class SecuritySection(_Section):
     """Key name -> the rigs (``demo``) or streams (``demo/cam``) it may publish; when set,
     any other key may only subscribe."""
 
+    @field_validator("publishers")
+    @classmethod
+    def _targets(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        for key, targets in value.items():
+            for target in targets:
+                parts = target.split("/")
+                if len(parts) > 2 or not all(NAME_RE.match(p) for p in parts):
+                    msg = f"{key}: {target!r} is neither a rig nor rig/stream"
+                    raise ValueError(msg)
+        return value
+
     @model_validator(mode="after")
     def _complete(self) -> SecuritySection:
         if self.mode == "curve":

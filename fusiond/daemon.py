@@ -271,13 +271,16 @@ class Daemon:
                               "counted)", where)  # fmt: skip
 
     def _take_counters(self) -> None:
+        names = [spec.name for spec in self.plan.workers] + [self.plan.server.name]
         for frames in drain(self.inbox, 256):
-            snapshot = decode_body(frames)
-            names = [spec.name for spec in self.plan.workers] + [self.plan.server.name]
+            try:
+                snapshot = decode_body(frames)
+            except Exception:  # on Ray this inbox is a TCP port: anything may arrive
+                snapshot = None
             if isinstance(snapshot, dict) and self.stats.absorb(snapshot, names, self.streams):
                 self.components[snapshot["name"]] = snapshot
             else:
-                self.stats.drop("bad_window")
+                self.stats.drop("bad_counters")
 
     def _take_predictions(self) -> None:
         for frames in drain(self.monitor, 1024):

@@ -97,3 +97,11 @@ def test_an_exposed_endpoint_without_security_is_refused(tmp_path, endpoints):
 def test_a_client_with_half_its_keys_gets_a_clear_error(tmp_path):
     with pytest.raises(ConfigError, match="FUSIOND_SERVER_KEY"):
         client_keys(environ={"FUSIOND_KEY": str(tmp_path / "x.key_secret")})
+
+
+def test_a_publish_rule_names_a_rig_or_a_stream(tmp_path, endpoints):
+    config = demo_config(tmp_path, *endpoints)
+    config.write_text(config.read_text() + '\n[bus.security.publishers]\ncam = ["demo/cam/extra"]\n')
+    result = fusiond("check-config", "--config", str(config))
+    assert result.returncode == 2
+    assert "bus.security.publishers" in result.stderr and "demo/cam/extra" in result.stderr
