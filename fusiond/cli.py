@@ -52,7 +52,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     reload = threading.Event()
     signal.signal(signal.SIGHUP, lambda *_: reload.set())
     plugins = load_plugins()
-    with Daemon(config, plugins, start_sources=not args.no_sources, config_path=args.config) as daemon:
+    with _in_config(config.source), Daemon(config, plugins, start_sources=not args.no_sources,
+                                           config_path=args.config) as daemon:  # fmt: skip
         daemon.run(stop, reload)
     return 0
 
@@ -153,20 +154,37 @@ def _metadata(metadata: dict[str, Any]) -> dict[str, Any]:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    """Validate a config file, its source options and its model."""
+    """Validate a config file, its source options, what each source needs (files, devices:
+    looked for, not opened), its model and device."""
     from fusiond import config as config_mod
-    from fusiond.models import load
+    from fusiond.daemon import prepare
     from fusiond.pipeline import Pipeline
     from fusiond.plugin import load_plugins
 
     config = config_mod.load(args.config)
     plugins = load_plugins()
-    config.source_options(plugins.sources)
-    ck = load(config.model.path)
-    pipeline = Pipeline.from_config(config, plugins.sources, ck)
+    with _in_config(config.source):
+        prepared = prepare(config, plugins)
+        ck = prepared.checkpoint
+        pipeline = Pipeline.from_config(config, plugins.sources, ck)
+    for problem in prepared.problems:
+        print(f"fusiond: error: {config.source}: {problem}", file=sys.stderr)
+    if prepared.problems:
+        return 2
+    for warning in config.warnings():
+        print(f"fusiond: warning: {config.source}: {warning}", file=sys.stderr)
     print(f"{args.config}: OK ({len(config.rigs)} rig(s), {len(pipeline.streams)} source(s), "
           f"model {ck.name} {ck.content_hash})")  # fmt: skip
     return 0
+
+
+@contextlib.contextmanager
+def _in_config(source: str) -> Iterator[None]:
+    """Config errors raised inside name ``source`` as their file, like the parser's own."""
+    try:
+        yield
+    except ConfigError as exc:
+        raise exc.in_file(source) from None
 
 
 @contextlib.contextmanager

@@ -1,17 +1,25 @@
 """The daemon's config: TOML -> typed, validated objects.
 
-Unknown keys are errors, and every error names the TOML path and the bad value. Source
-options are checked in a second pass, against the ``Config`` model of the source's kind.
-Relative paths are taken from the config file's folder.
+Validation is strict: a number is never read from a string (``hop_ms = "500"``), nor a bool
+from a string or a number (``loop = "yes"``); an integer is accepted where a float is
+meant. Unknown keys are errors with a "did you mean" when a known key is close, and every
+error names the file, the TOML path and the bad value. Source options are checked in a
+second pass, against the ``Config`` model of the source's kind. Relative paths are taken
+from the config file's folder.
 """
 
 from __future__ import annotations
 
+import difflib
+import json
 import os
+import re
 import tomllib
+import types
+import typing
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -188,7 +196,7 @@ class ModelSection(_Section):
     @field_validator("device")
     @classmethod
     def _device(cls, value: str) -> str:
-        if value not in ("auto", "cpu") and not value.startswith("cuda"):
+        if value not in ("auto", "cpu") and not re.fullmatch(r"cuda(:\d{1,2})?", value):
             msg = "must be auto, cpu or cuda[:N]"
             raise ValueError(msg)
         return value
@@ -197,10 +205,32 @@ class ModelSection(_Section):
 class WindowSection(_Section):
     """``[window]``: window length, hop and how long to wait for late samples."""
 
-    length_ms: float = Field(1000.0, gt=0)
-    hop_ms: float = Field(500.0, gt=0)
-    lateness_ms: float = Field(300.0, ge=0)
+    length_ms: float = Field(1000.0, ge=1, le=3_600_000)
+    hop_ms: float = Field(500.0, ge=1, le=3_600_000)
+    """At most ``length_ms``: a longer hop would leave samples that no window ever sees."""
+    lateness_ms: float = Field(300.0, ge=0, le=600_000)
+    """How long a window waits for late samples; every prediction lags by at least this much,
+    so more than ten minutes is refused as a mistake."""
     min_coverage: float = Field(0.5, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _hop(self) -> WindowSection:
+        if self.hop_ms > self.length_ms:
+            msg = (f"hop_ms ({self.hop_ms:g}) is longer than length_ms ({self.length_ms:g}): "
+                   "the samples between windows would never be seen")  # fmt: skip
+            raise ValueError(msg)
+        return self
+
+    def warnings(self) -> list[str]:
+        """Legal but probably unintended settings, one line each."""
+        out = []
+        if self.lateness_ms > 10 * self.length_ms:
+            out.append(f"window.lateness_ms = {self.lateness_ms:g}: every prediction waits at least "
+                       f"{self.lateness_ms / 1000:g} s, over ten windows")  # fmt: skip
+        if self.length_ms / self.hop_ms > 100:
+            out.append(f"window.hop_ms = {self.hop_ms:g}: each sample is in "
+                       f"{self.length_ms / self.hop_ms:.0f} windows")  # fmt: skip
+        return out
 
     def to_config(self) -> WindowConfig:
         """The aligner's view, in nanoseconds."""
@@ -290,6 +320,33 @@ class Config(_Section):
     log: LogSection = LogSection()
     rigs: dict[str, RigSection]
     base_dir: Path = Path(".")
+    source: str = "<config>"
+    """The file it was read from, for error messages."""
+
+    @model_validator(mode="after")
+    def _endpoints(self) -> Config:
+        seen: dict[str, str] = {}
+        for key in ("publish", "subscribe", "control"):
+            endpoint = getattr(self.bus, key)
+            if endpoint in seen:
+                msg = f"bus.{key} = {endpoint!r} is also bus.{seen[endpoint]}: each needs its own address"
+                raise ValueError(msg)
+            seen[endpoint] = key
+        if self.metrics.listen:
+            port = self.metrics.listen.rpartition(":")[2]
+            for endpoint, key in seen.items():
+                if endpoint.startswith("tcp://") and endpoint.rpartition(":")[2] == port:
+                    msg = f"metrics.listen = {self.metrics.listen!r} takes the port of bus.{key} ({endpoint})"
+                    raise ValueError(msg)
+        return self
+
+    def warnings(self) -> list[str]:
+        """Settings that are legal but probably not meant (logged at start, shown by check-config)."""
+        return self.window.warnings()
+
+    def error(self, message: str, path: str = "") -> ConfigError:
+        """A :class:`ConfigError` about this config, naming its file."""
+        return ConfigError(message, path=path, source=self.source)
 
     def message_rates(self) -> dict[tuple[str, str], float]:
         """The sources that set their own ``max_message_rate``: ``(rig, stream) -> rate``."""
@@ -304,36 +361,117 @@ class Config(_Section):
                 if source.external:
                     continue
                 path = f"rigs.{rig}.sources.{name}"
-                out[rig, name] = validate_source(registry, source, path)
+                out[rig, name] = validate_source(registry, source, path, self.source)
         return out
 
 
-def validate_source(registry: SourceRegistry, source: SourceSection, path: str) -> SourceConfig:
+_Model = TypeVar("_Model", bound=BaseModel)
+
+
+def validate(model: type[_Model], data: dict[str, Any], prefix: str = "", source: str = "") -> _Model:
+    """``data`` (parsed TOML) checked against ``model`` strictly; errors name ``prefix.key``.
+
+    Validating as JSON in strict mode refuses every string-to-number and string-to-bool
+    coercion, while a path may still be written as a string.
+    """
+    text = json.dumps(data, default=str)
+    try:
+        return model.model_validate_json(text, strict=True)
+    except ValidationError as exc:
+        raise config_error(exc, model, prefix=prefix, source=source) from None
+
+
+def validate_source(
+    registry: SourceRegistry, source: SourceSection, path: str, file: str = ""
+) -> SourceConfig:
     """One source's options, validated against its kind's ``Config``."""
     cls = registry.get(source.kind)
     if cls is None:
         known = ", ".join(registry) or "none"
-        msg = f"unknown source kind {source.kind!r} (known: {known})"
-        raise ConfigError(msg, path=f"{path}.kind")
-    try:
-        return cls.Config.model_validate(source.options)
-    except ValidationError as exc:
-        raise config_error(exc, prefix=path) from None
+        near = difflib.get_close_matches(source.kind, list(registry), n=1)
+        hint = f"; did you mean {near[0]!r}?" if near else ""
+        msg = f"unknown source kind {source.kind!r} (known: {known}){hint}"
+        raise ConfigError(msg, path=f"{path}.kind", source=file)
+    return validate(cls.Config, source.options, prefix=path, source=file)
 
 
-def config_error(exc: ValidationError, prefix: str = "", source: str = "") -> ConfigError:
-    lines = []
+_EXPECTED = {
+    "int_type": "an integer", "float_type": "a number", "bool_type": "true or false",
+    "string_type": "a string", "dict_type": "a table", "model_type": "a table",
+    "list_type": "an array", "tuple_type": "an array", "path_type": "a path",
+}  # fmt: skip
+_BOUNDS = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=", "less_than": "<"}
+
+
+def config_error(exc: ValidationError, model: type[BaseModel] | None = None, *, prefix: str = "",
+                 source: str = "") -> ConfigError:  # fmt: skip
+    """One line per problem, each naming the TOML path and the value."""
+    expected: dict[str, list[str]] = {}  # a union's members report one error each: merged
+    got: dict[str, Any] = {}
+    lines: dict[str, str] = {}
     for error in exc.errors():
-        where = ".".join([prefix, *map(str, error["loc"])] if prefix else map(str, error["loc"]))
-        if error["type"] == "extra_forbidden":
-            lines.append(f"{where}: unknown key (value {error['input']!r})")
-        elif error["type"] == "missing":
-            lines.append(f"{where}: required key is missing")
+        loc = [str(part) for part in error["loc"]]
+        if model is not None and len(loc) > 1 and _is_tag(loc[-1]) and not _known_keys(model, loc[:-1]):
+            loc = loc[:-1]
+        where = ".".join([prefix, *loc] if prefix else loc)
+        kind, value, ctx = error["type"], error["input"], error.get("ctx", {})
+        if kind in _EXPECTED or kind == "literal_error":
+            what = _EXPECTED.get(kind) or str(ctx.get("expected", "")).replace("'", '"')
+            expected.setdefault(where, []).append(what)
+            got[where] = value
+            lines[where] = ""
+            continue
+        if kind == "extra_forbidden":
+            near = difflib.get_close_matches(loc[-1], _known_keys(model, loc[:-1]), n=1) if model else []
+            hint = f"; did you mean {near[0]!r}?" if near else ""
+            line = f"unknown key (value {value!r}){hint}"
+        elif kind == "missing":
+            line = "required key is missing"
+        elif kind in _BOUNDS:
+            bound = next(iter(ctx.values()))
+            bound = f"{bound:g}" if isinstance(bound, float) else bound
+            line = f"must be {_BOUNDS[kind]} {bound} (got {value!r})"
+        elif isinstance(value, dict):  # a check across the table's keys: its message says it all
+            line = error["msg"].removeprefix("Value error, ")
         else:
-            message = error["msg"].removeprefix("Value error, ")
-            lines.append(f"{where}: {message} (got {error['input']!r})")
-    where = f"{source}: " if source else ""
-    return ConfigError(where + "; ".join(lines))
+            line = f"{error['msg'].removeprefix('Value error, ')} (got {value!r})"
+        lines[where] = line
+    for where, whats in expected.items():
+        value = got[where]
+        lines[where] = f"expected {' or '.join(whats)}, got {value!r} ({_toml_type(value)})"
+    text = "; ".join(f"{where}: {line}" if where else line for where, line in lines.items())
+    return ConfigError(text, source=source)
+
+
+def _is_tag(part: str) -> bool:
+    return part in ("int", "float", "str", "bool", "none") or part.startswith(("literal[", "function-"))
+
+
+def _toml_type(value: Any) -> str:
+    names = {bool: "a bool", int: "an integer", float: "a number", str: "a string", list: "an array",
+             dict: "a table"}  # fmt: skip
+    return names.get(type(value), type(value).__name__)
+
+
+def _known_keys(model: type[BaseModel], loc: list[str]) -> list[str]:
+    """The keys the table at ``loc`` takes (empty when ``loc`` is not a table of ``model``)."""
+    current: Any = model
+    for part in loc:
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            field = current.model_fields.get(part)
+            if field is None:
+                return []
+            current = field.annotation
+        elif typing.get_origin(current) is dict:
+            current = typing.get_args(current)[1]
+        else:
+            return []
+        if typing.get_origin(current) in (typing.Union, types.UnionType):
+            members = [a for a in typing.get_args(current) if a is not type(None)]
+            current = members[0] if len(members) == 1 else None
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return list(current.model_fields)
+    return []
 
 
 def _check_names(data: dict[str, Any]) -> None:
@@ -353,17 +491,15 @@ def _check_names(data: dict[str, Any]) -> None:
 
 def parse(data: dict[str, Any], base_dir: Path, source: str = "<config>") -> Config:
     """Validate already-parsed TOML data."""
-    if "base_dir" in data:
-        msg = f"base_dir: unknown key (value {data['base_dir']!r})"
-        raise ConfigError(msg, source=source)
+    for reserved in ("base_dir", "source"):
+        if reserved in data:
+            msg = f"{reserved}: unknown key (value {data[reserved]!r})"
+            raise ConfigError(msg, source=source)
     try:
         _check_names(data)
     except ConfigError as exc:
         raise ConfigError(str(exc), source=source) from None
-    try:
-        config = Config.model_validate({**data, "base_dir": base_dir})
-    except ValidationError as exc:
-        raise config_error(exc, source=source) from None
+    config = validate(Config, {**data, "base_dir": str(base_dir), "source": source}, source=source)
     model = config.model.model_copy(update={"path": base_dir / config.model.path})
     security = config.bus.security
     paths = {k: base_dir / v for k in ("server_key", "clients", "client_key") if (v := getattr(security, k))}

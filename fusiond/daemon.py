@@ -20,6 +20,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -33,15 +34,17 @@ from fusiond.bus.security import Gatekeeper, Keys, PublishRules, load_pair
 from fusiond.bus.sockets import Sockets, drain, local_endpoint
 from fusiond.bus.wire import PREDICTION_PREFIX, decode_prediction
 from fusiond.config import Config
-from fusiond.errors import ConfigError, FusiondError, WireError
+from fusiond.errors import ConfigError, FusiondError, ModelError, WireError
 from fusiond.metrics import Stats, Summary
 from fusiond.models import Checkpoint, load
+from fusiond.models.runner import pick_device
 from fusiond.pipeline import resolve_streams
 from fusiond.plugin import Plugins
 from fusiond.runtime.engine import Engine, ProcessEngine, ThreadEngine, endpoints_for, make_plan
 from fusiond.runtime.handoff import decode_body
 from fusiond.runtime.server import RELOAD
 from fusiond.service import Liveness, Notifier, alive, watchdog_interval_ns
+from fusiond.sources.base import SourceConfig
 from fusiond.sources.runner import Backoff
 from fusiond.sources.supervisor import Child, Supervisor
 
@@ -89,6 +92,41 @@ def make_engine(mode: str, config: Config, plan: Any, ctx: zmq.Context[zmq.Socke
     return ThreadEngine(plan, ctx)
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """What a config needs before anything starts, every part checked."""
+
+    options: dict[tuple[str, str], SourceConfig]
+    checkpoint: Checkpoint
+    streams: dict[tuple[str, str], str]
+    problems: list[str]
+    """What the source kinds see wrong without opening their devices (a missing file, say)."""
+
+
+def prepare(config: Config, plugins: Plugins) -> Prepared:
+    """Check ``config`` through and through; every error names the file and the TOML path.
+
+    Used by the daemon at start and on reload, and by ``fusiond check-config``.
+    """
+    options = config.source_options(plugins.sources)
+    try:
+        checkpoint = load(config.model.path)
+    except ModelError as exc:
+        raise config.error(str(exc), "model.path") from None
+    try:
+        pick_device(config.model.device)
+    except ModelError as exc:
+        raise config.error(str(exc), "model.device") from None
+    streams = resolve_streams(config, plugins.sources, checkpoint.spec, checkpoint.name)
+    problems = []
+    for (rig, name), source_options in options.items():
+        cls = plugins.sources.get(config.rigs[rig].sources[name].kind)
+        assert cls is not None  # source_options checked the kind
+        for problem in cls.check(source_options, config.base_dir):
+            problems.append(f"rigs.{rig}.sources.{name}.{problem}")
+    return Prepared(options, checkpoint, streams, problems)
+
+
 class Daemon:
     """``with Daemon(config, plugins) as d: d.run(stop)``."""
 
@@ -99,10 +137,15 @@ class Daemon:
         self.config = config
         self.config_path = config_path
         self.plugins = plugins
-        self.options = config.source_options(plugins.sources)
+        prepared = prepare(config, plugins)
+        for problem in prepared.problems:  # a device may come later: its source retries with backoff
+            log.warning("%s: %s", config.source, problem)
+        for warning in config.warnings():
+            log.warning("%s: %s", config.source, warning)
+        self.options = prepared.options
         self.stats = Stats()
-        self.checkpoint = load(config.model.path)
-        self.streams = resolve_streams(config, plugins.sources, self.checkpoint.spec, self.checkpoint.name)
+        self.checkpoint = prepared.checkpoint
+        self.streams = prepared.streams
         self.start_sources = start_sources
         trained = self.checkpoint.window
         length_ns = round(config.window.length_ms * 1e6)
@@ -397,12 +440,10 @@ class Daemon:
         assert self.config_path is not None
         try:
             new = config_mod.load(self.config_path)
-            new.source_options(self.plugins.sources)
-            checkpoint = load(new.model.path)
+            checkpoint = prepare(new, self.plugins).checkpoint
             if checkpoint.spec != self.checkpoint.spec:
                 msg = "the new model's inputs differ from the running one's; restart to change them"
-                raise ConfigError(msg, path="model.path")
-            resolve_streams(new, self.plugins.sources, checkpoint.spec, checkpoint.name)
+                raise new.error(msg, "model.path")
             self._reloaded = new
         except (FusiondError, OSError) as exc:
             self._reloaded = exc

@@ -23,11 +23,16 @@ class ConfigError(FusiondError):
     """A config file or value is unusable."""
 
     def __init__(self, message: str, *, path: str = "", source: str = "") -> None:
+        self.message = message
         self.path = path
         self.source = source
         where = f"{source}: " if source else ""
         at = f"{path}: " if path else ""
         super().__init__(f"{where}{at}{message}")
+
+    def in_file(self, source: str) -> ConfigError:
+        """This error, naming ``source`` as its file unless it names one already."""
+        return self if self.source else ConfigError(self.message, path=self.path, source=source)
 
 
 class PluginError(FusiondError):

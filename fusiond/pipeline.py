@@ -21,7 +21,6 @@ from fusiond.align.spec import InputSpec
 from fusiond.align.windows import RigAligner, Window, WindowConfig
 from fusiond.batch import Batcher
 from fusiond.bus.wire import ERROR_PREFIX, Frame, sample_topic
-from fusiond.errors import ConfigError
 from fusiond.ingest import Ingest, Limits
 from fusiond.metrics import Stats
 
@@ -46,10 +45,10 @@ def resolve_streams(config: Config, sources: SourceRegistry, spec: InputSpec,
             path = f"rigs.{rig}.sources.{name}.modality"
             if modality not in modalities:
                 msg = f"model {model_name!r} has no {modality!r} input (it takes {sorted(modalities)})"
-                raise ConfigError(msg, path=path)
+                raise config.error(msg, path)
             if modality in seen:
                 msg = f"rig already has a {modality!r} source ({seen[modality]}); the model takes one"
-                raise ConfigError(msg, path=path)
+                raise config.error(msg, path)
             seen[modality] = name
             out[rig, name] = modality
     return out

@@ -31,6 +31,19 @@ class AudioFileSource(Source):
     modality = "audio"
     Config = AudioFileConfig
 
+    @classmethod
+    def check(cls, config: SourceConfig, base_dir: Path) -> list[str]:
+        """The file is there and is 16-bit PCM WAV (its header only)."""
+        path = base_dir / config.path  # type: ignore[attr-defined]
+        try:
+            with wave.open(str(path)) as w:
+                width = w.getsampwidth()
+        except FileNotFoundError:
+            return [f"path: no such file: {path}"]
+        except (OSError, wave.Error, EOFError) as exc:
+            return [f"path: {path} is not a readable WAV file: {exc}"]
+        return [] if width == 2 else [f"path: {path} is {8 * width}-bit; only 16-bit PCM WAV is supported"]
+
     def open(self) -> StreamInfo:
         cfg: AudioFileConfig = self.config  # type: ignore[assignment]
         try:

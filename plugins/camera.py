@@ -50,6 +50,19 @@ class CameraSource(Source):
     modality = "video"
     Config = CameraConfig
 
+    @classmethod
+    def check(cls, config: SourceConfig, base_dir: Path) -> list[str]:
+        """A file or device node that is not there (a URL or pipeline needs opening to tell)."""
+        cfg: CameraConfig = config  # type: ignore[assignment]
+        if "!" in cfg.uri or "://" in cfg.uri:
+            return []
+        node = Path(f"/dev/video{cfg.uri}") if cfg.uri.isdigit() else None
+        if node is not None or cfg.uri.startswith("/dev/"):
+            node = node or Path(cfg.uri)
+            return [] if node.exists() or not Path("/dev").is_dir() else [f"uri: no such device: {node}"]
+        path = base_dir / cfg.uri
+        return [] if path.is_file() else [f"uri: no such video file: {path}"]
+
     def open(self) -> StreamInfo:
         cfg: CameraConfig = self.config  # type: ignore[assignment]
         target: str | int = int(cfg.uri) if cfg.uri.isdigit() else cfg.uri

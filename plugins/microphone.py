@@ -11,6 +11,7 @@ from __future__ import annotations
 import queue
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -39,6 +40,20 @@ class MicrophoneSource(Source):
     kind = "microphone"
     modality = "audio"
     Config = MicrophoneConfig
+
+    @classmethod
+    def check(cls, config: SourceConfig, base_dir: Path) -> list[str]:
+        """PortAudio is there and knows the input device (asked, not opened)."""
+        cfg: MicrophoneConfig = config  # type: ignore[assignment]
+        try:
+            import sounddevice as sd
+        except OSError as exc:
+            return [f"PortAudio is not available: {exc}"]
+        try:
+            sd.query_devices(cfg.device, kind="input")
+        except (sd.PortAudioError, ValueError) as exc:
+            return [f"device: no input device {cfg.device!r}: {exc}"]
+        return []
 
     def open(self) -> StreamInfo:
         cfg: MicrophoneConfig = self.config  # type: ignore[assignment]

@@ -17,7 +17,7 @@ import numpy as np
 from fusiond.errors import SourceError
 from fusiond.plugin import SourceRegistry, hookimpl
 from fusiond.sources import Block, Source, SourceConfig, StreamInfo
-from fusiond.sources.lines import LineOptions, LineReader
+from fusiond.sources.lines import LineOptions, LineReader, line_problems
 from fusiond.sources.playback import play
 
 
@@ -40,6 +40,11 @@ class CsvFileSource(Source):
     kind = "csvfile"
     modality = "imu"
     Config = CsvFileConfig
+
+    @classmethod
+    def check(cls, config: SourceConfig, base_dir: Path) -> list[str]:
+        path = base_dir / config.path  # type: ignore[attr-defined]
+        return [] if path.is_file() else [f"path: no such recording: {path}"]
 
     def open(self) -> StreamInfo:
         cfg: CsvFileConfig = self.config  # type: ignore[assignment]
@@ -101,6 +106,14 @@ class LinesSource(Source):
     kind = "lines"
     modality = "imu"
     Config = LinesConfig
+
+    @classmethod
+    def check(cls, config: SourceConfig, base_dir: Path) -> list[str]:
+        cfg: LinesConfig = config  # type: ignore[assignment]
+        problems = line_problems(cfg)
+        if cfg.path != "-" and not (base_dir / cfg.path).exists():
+            problems.append(f"path: no such file or FIFO: {base_dir / cfg.path}")
+        return problems
 
     def open(self) -> StreamInfo:
         cfg: LinesConfig = self.config  # type: ignore[assignment]

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import serial
 
 from fusiond.errors import SourceError
 from fusiond.plugin import SourceRegistry, hookimpl
-from fusiond.sources import Block, Source, StreamInfo
-from fusiond.sources.lines import LineOptions, LineReader
+from fusiond.sources import Block, Source, SourceConfig, StreamInfo
+from fusiond.sources.lines import LineOptions, LineReader, line_problems
 
 
 class SerialConfig(LineOptions):
@@ -27,6 +28,15 @@ class SerialSource(Source):
     kind = "serial"
     modality = "imu"
     Config = SerialConfig
+
+    @classmethod
+    def check(cls, config: SourceConfig, base_dir: Path) -> list[str]:
+        """The line options agree, and a port given as a path exists (a URL needs opening)."""
+        cfg: SerialConfig = config  # type: ignore[assignment]
+        problems = line_problems(cfg)
+        if "://" not in cfg.port and not (base_dir / cfg.port).exists():
+            problems.append(f"port: no such serial port: {cfg.port}")
+        return problems
 
     def open(self) -> StreamInfo:
         cfg: SerialConfig = self.config  # type: ignore[assignment]

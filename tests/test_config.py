@@ -38,10 +38,10 @@ def test_the_demo_config_is_valid():
     [
         ("colour = 'red'\n" + GOOD, "colour: unknown key (value 'red')"),
         (GOOD.replace('path = "m.pt"', 'path = "m.pt"\nmax_batch = 0'),
-         "model.max_batch: Input should be greater than or equal to 1 (got 0)"),
+         "model.max_batch: must be >= 1 (got 0)"),
         (GOOD.replace('path = "m.pt"', 'path = "m.pt"\ndevice = "tpu"'),
          "model.device: must be auto, cpu or cuda[:N] (got 'tpu')"),
-        (GOOD + "[window]\nhop_ms = 'fast'\n", "window.hop_ms: Input should be a valid number"),
+        (GOOD + "[window]\nhop_ms = 'fast'\n", "window.hop_ms: expected a number, got 'fast' (a string)"),
         (GOOD + "[bus]\npublish = 'http://x'\n",
          "bus.publish: must be a tcp://, ipc:// or inproc:// endpoint (got 'http://x')"),
         (GOOD.replace("[model]\npath = \"m.pt\"\n", ""), "model: required key is missing"),
@@ -60,7 +60,8 @@ def test_errors_name_the_toml_path_and_the_value(tmp_path, edit, expected):
     [
         (GOOD.replace('kind = "camera"', 'kind = "lidar"'),
          "rigs.lab.sources.cam.kind: unknown source kind 'lidar' (known: audiofile, camera"),
-        (GOOD + "fps = 'many'\n", "rigs.lab.sources.cam.fps: Input should be a valid number"),
+        (GOOD + "fps = 'many'\n", "rigs.lab.sources.cam.fps: expected a number, got 'many' (a string)"),
+        (GOOD + "jpeg_qualty = 3\n", "cam.jpeg_qualty: unknown key (value 3); did you mean 'jpeg_quality'?"),
         (GOOD + "exposure = 3\n", "rigs.lab.sources.cam.exposure: unknown key (value 3)"),
         (GOOD.replace('uri = "x.mp4"', ""), "rigs.lab.sources.cam.uri: required key is missing"),
     ],
@@ -70,6 +71,59 @@ def test_source_options_are_checked_against_their_kind(tmp_path, edit, expected)
     with pytest.raises(ConfigError) as info:
         cfg.source_options(load_plugins().sources)
     assert expected in str(info.value)
+    assert str(info.value).startswith(f"{tmp_path / 'c.toml'}: rigs.lab.sources.cam")
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        # A number or a bool is never read from a string, nor a bool from a number.
+        ("[window]\nhop_ms = '500'\n", "window.hop_ms: expected a number, got '500' (a string)"),
+        ("[log]\nsummary_s = '5'\n", "log.summary_s: expected a number, got '5' (a string)"),
+        ("[window]\nlateness_ms = true\n", "window.lateness_ms: expected a number, got True (a bool)"),
+        ("[runtime]\nworkers = '3'\n", "workers: expected an integer or \"auto\", got '3' (a string)"),
+        ("[runtime]\nworkers = 2.5\n", "workers: expected an integer or \"auto\", got 2.5 (a number)"),
+        ("[bus.security]\nallow_insecure = 1\n", "security.allow_insecure: expected true or false, got 1"),
+        # Misspelled keys get the nearest known one.
+        ("[window]\nlenght_ms = 900\n", "lenght_ms: unknown key (value 900); did you mean 'length_ms'?"),
+        ("[ingest]\nmax_clock_skew = 9\n", "did you mean 'max_clock_skew_ms'?"),
+        ("[bus.security]\nmod = 'curve'\n", "security.mod: unknown key (value 'curve'); did you mean"),
+        # Values that would only fail later, or silently do the wrong thing.
+        ("[window]\nhop_ms = 0.0000001\n", "window.hop_ms: must be >= 1 (got 1e-07)"),
+        ("[window]\nhop_ms = 2000\n", "window: hop_ms (2000) is longer than length_ms (1000)"),
+        ("[window]\nlateness_ms = 1e15\n", "window.lateness_ms: must be <= 600000 (got 1000000000000000.0)"),
+        ("[bus]\ncontrol = 'tcp://127.0.0.1:7710'\n",
+         "bus.control = 'tcp://127.0.0.1:7710' is also bus.publish: each needs its own address"),
+        ("[metrics]\nlisten = '127.0.0.1:7711'\n", "takes the port of bus.subscribe"),
+    ],
+)
+def test_strict_types_and_suggestions(tmp_path, edit, expected):
+    with pytest.raises(ConfigError) as info:
+        config.load(write(tmp_path, GOOD.replace('[model]', edit + '[model]', 1) if edit.startswith("[")
+                          else GOOD + edit))  # fmt: skip
+    assert expected in str(info.value)
+    assert str(info.value).startswith(f"{tmp_path / 'c.toml'}: ")
+    assert "\n" not in str(info.value)
+
+
+def test_model_key_misspelled_gets_a_suggestion(tmp_path):
+    with pytest.raises(ConfigError, match="max_bacth: unknown key \\(value 32\\); did you mean 'max_batch'"):
+        config.load(write(tmp_path, GOOD.replace('path = "m.pt"', 'path = "m.pt"\nmax_bacth = 32')))
+
+
+def test_bools_in_source_options_are_strict(tmp_path):
+    for value in ("'yes'", "'no'", "1"):
+        cfg = config.load(write(tmp_path, GOOD + f"loop = {value}\n"))
+        with pytest.raises(ConfigError, match="rigs.lab.sources.cam.loop: expected true or false"):
+            cfg.source_options(load_plugins().sources)
+
+
+def test_legal_but_doubtful_settings_are_warned_about(tmp_path):
+    cfg = config.load(write(tmp_path, "[window]\nlateness_ms = 120000\nhop_ms = 5\n" + GOOD))
+    warnings = cfg.warnings()
+    assert any("window.lateness_ms = 120000" in w for w in warnings)
+    assert any("window.hop_ms = 5: each sample is in 200 windows" in w for w in warnings)
+    assert config.load(write(tmp_path, GOOD)).warnings() == []
 
 
 def test_missing_file_and_bad_toml(tmp_path):
@@ -98,3 +152,80 @@ def test_a_modality_the_model_lacks_is_a_config_error(tmp_path):
     result = fusiond("check-config", "--config", str(write(tmp_path, text)))
     assert result.returncode == 2
     assert "rigs.demo.sources.imu.modality: model 'demo-digits' has no 'lidar' input" in result.stderr
+
+
+def absolute_demo(tmp_path: Path, *edits: tuple[str, str]) -> Path:
+    text = (ROOT / "config.toml").read_text().replace('"demo/', f'"{ROOT}/demo/')
+    for old, new in edits:
+        assert old in text, old
+        text = text.replace(old, new)
+    return write(tmp_path, text)
+
+
+def _cuda_missing() -> str:
+    import torch
+
+    return "cuda:63" if torch.cuda.is_available() else "cuda"
+
+
+@pytest.mark.parametrize(
+    ("edits", "expected"),
+    [
+        ([("demo/digits.mp4", "demo/digitz.mp4")],
+         f"rigs.demo.sources.cam.uri: no such video file: {ROOT}/demo/digitz.mp4"),
+        ([("demo/digits.wav", "demo/digitz.wav")], f"sources.mic.path: no such file: {ROOT}/demo/digitz.wav"),
+        ([("demo/imu.csv", "demo/imu2.csv")], f"sources.imu.path: no such recording: {ROOT}/demo/imu2.csv"),
+        ([('device = "auto"', f'device = "{_cuda_missing()}"')], "model.device: '"),
+        ([("demo/model.pt", "demo/imu.csv")], f"model.path: {ROOT}/demo/imu.csv is not a fusiond checkpoint"),
+        ([("demo/model.pt", "demo/absent.pt")], f"model.path: no such model file: {ROOT}/demo/absent.pt"),
+    ],
+)
+def test_check_config_finds_what_would_fail_later_in_one_line(tmp_path, edits, expected):
+    path = absolute_demo(tmp_path, *edits)
+    result = fusiond("check-config", "--config", str(path))
+    assert result.returncode == 2, result.stdout
+    assert result.stderr.startswith(f"fusiond: error: {path}: "), result.stderr
+    assert expected in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_check_config_prints_warnings_and_still_passes(tmp_path):
+    path = absolute_demo(tmp_path, ("lateness_ms = 300", "lateness_ms = 60000"))
+    result = fusiond("check-config", "--config", str(path))
+    assert result.returncode == 0, result.stderr
+    assert f"fusiond: warning: {path}: window.lateness_ms = 60000" in result.stderr
+
+
+def test_each_kind_checks_what_it_can_without_opening(tmp_path):
+    import os
+
+    sources = load_plugins().sources
+
+    def problems(kind, **options):
+        cls = sources.get(kind)
+        return cls.check(cls.Config.model_validate(options), tmp_path)
+
+    assert problems("camera", uri="/dev/video97") == ["uri: no such device: /dev/video97"]
+    assert problems("camera", uri="97") == ["uri: no such device: /dev/video97"]
+    assert problems("camera", uri="clip.mp4") == [f"uri: no such video file: {tmp_path}/clip.mp4"]
+    assert problems("camera", uri="rtsp://cam.local/stream") == []  # only opening tells
+    (tmp_path / "noise.wav").write_bytes(b"RIFF not really")
+    assert problems("audiofile", path="absent.wav") == [f"path: no such file: {tmp_path}/absent.wav"]
+    assert "is not a readable WAV file" in problems("audiofile", path="noise.wav")[0]
+    assert problems("audiofile", path=str(ROOT / "demo/digits.wav")) == []
+    assert problems("csvfile", path="imu.csv") == [f"path: no such recording: {tmp_path}/imu.csv"]
+    assert problems("serial", port="/dev/ttyNOPE", values=["ax"], format="keyvalue", rate_hz=10.0) == [
+        "port: no such serial port: /dev/ttyNOPE"
+    ]
+    leader, follower = os.openpty()
+    try:
+        assert problems("serial", port=os.ttyname(follower), values=["ax"], columns=["ax"], rate_hz=9.0) == []
+    finally:
+        os.close(leader)
+        os.close(follower)
+    assert problems("lines", path="-", values=["ax"], rate_hz=10.0, columns=["t"]) == [
+        "columns: fields ['ax'] are not among the CSV columns ['t']"
+    ]
+    assert problems("microphone", device="no such microphone anywhere")[0].startswith(
+        "device: no input device 'no such microphone anywhere'"
+    )

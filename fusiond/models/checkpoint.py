@@ -81,13 +81,17 @@ def load(path: Path) -> Checkpoint:
     """Read a checkpoint (weights only: no code in it is ever run)."""
     try:
         data = path.read_bytes()
+    except FileNotFoundError:
+        msg = f"no such model file: {path}"
+        raise ModelError(msg) from None
     except OSError as exc:
         msg = f"cannot read model {path}: {exc.strerror}"
         raise ModelError(msg) from None
     try:
         payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as exc:
-        msg = f"{path} is not a fusiond checkpoint: {exc}"
+    except Exception as exc:  # torch's own message runs to a dozen lines of advice on pickles
+        why = "torch could not read it" if data.startswith(b"PK\x03\x04") else "not a torch file"
+        msg = f"{path} is not a fusiond checkpoint ({why}: {type(exc).__name__})"
         raise ModelError(msg) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         msg = f"{path} is not a fusiond checkpoint of format {FORMAT}"

@@ -12,16 +12,31 @@ import torch
 from torch import nn
 
 from fusiond.align.windows import Window
+from fusiond.errors import ModelError
 from fusiond.models.checkpoint import Checkpoint
 
 log = logging.getLogger(__name__)
 
 
 def pick_device(wanted: str = "auto") -> torch.device:
-    """``auto`` takes CUDA when present, else CPU."""
+    """``auto`` takes CUDA when present, else CPU; a CUDA device that is not there is a
+    :class:`ModelError` (torch would only fail at the first forward pass)."""
     if wanted == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(wanted)
+    try:
+        device = torch.device(wanted)
+    except RuntimeError:
+        msg = f"unknown device {wanted!r}: use auto, cpu or cuda[:N]"
+        raise ModelError(msg) from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch is built without CUDA" if torch.version.cuda is None else "no GPU is visible"
+            msg = f"{wanted!r} asked for, but CUDA is not available ({why}): use \"auto\" or \"cpu\""
+            raise ModelError(msg)
+        if (device.index or 0) >= torch.cuda.device_count():
+            msg = f"{wanted!r} asked for, but this machine has {torch.cuda.device_count()} GPU(s)"
+            raise ModelError(msg)
+    return device
 
 
 @dataclass(frozen=True, slots=True)

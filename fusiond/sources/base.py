@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
@@ -74,6 +75,13 @@ class Source(abc.ABC):
     def __init__(self, config: SourceConfig, context: SourceContext) -> None:
         self.config = config
         self.context = context
+
+    @classmethod
+    def check(cls, config: SourceConfig, base_dir: Path) -> list[str]:
+        """What is wrong with ``config`` that can be seen without opening the device: a
+        missing file, an absent device node. One line per problem; relative paths are
+        taken from ``base_dir`` (where the source will run). ``fusiond check-config`` asks."""
+        return []
 
     @abc.abstractmethod
     def open(self) -> StreamInfo:

@@ -123,6 +123,15 @@ class LineOptions(SourceConfig):
                           self.time_unit, tuple(self.scale.items()))  # fmt: skip
 
 
+def line_problems(options: LineOptions) -> list[str]:
+    """What contradicts in ``options`` (for ``check``), one line each."""
+    try:
+        options.line_format()
+    except ValueError as exc:
+        return [f"columns: {exc}"]
+    return []
+
+
 class LineReader:
     """Turns raw lines into blocks: parse, stamp, count garbage, check the rate."""
 

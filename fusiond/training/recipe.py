@@ -28,10 +28,10 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fusiond.align.spec import InputSpec, ModalitySpec
-from fusiond.config import WindowSection, config_error
+from fusiond.config import WindowSection, validate
 from fusiond.errors import ConfigError
 
 
@@ -145,7 +145,4 @@ def load_recipe(path: Path, **overrides: Any) -> Recipe:
             data[key] = value
     if train:
         data["train"] = train
-    try:
-        return Recipe.model_validate(data)
-    except ValidationError as exc:
-        raise config_error(exc, source=str(path)) from None
+    return validate(Recipe, data, source=str(path))
