@@ -199,7 +199,7 @@ def bench_daemon_ingest(count: int, workers: int | str = 1,
         with Daemon(cfg, load_plugins(), start_sources=False) as daemon:
             thread = threading.Thread(target=daemon.run, args=(stop,))
             thread.start()
-            rate, seen = measure(lambda: daemon.stats.stream("bench", "imu").samples,
+            rate, seen = measure(lambda: daemon.stats.stream("bench", "imu").messages,
                                  spawn_publisher(publish, count, env), count)  # fmt: skip
             stop.set()
             thread.join()

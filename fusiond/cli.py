@@ -362,9 +362,11 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def _status_text(s: dict[str, Any]) -> str:
     model = s["model"]
-    lines = [
-        f"fusiond up {s['uptime_s']:.0f} s, model {model['name']} ({model['hash']}) on {model['device']}"
-    ]
+    state = "ready" if s.get("ready") else "not ready"
+    if s.get("never_delivered"):
+        state += f" (never delivered: {', '.join(s['never_delivered'])})"
+    lines = [f"fusiond up {s['uptime_s']:.0f} s, {state}, "
+             f"model {model['name']} ({model['hash']}) on {model['device']}"]  # fmt: skip
     lines.append("sources:")
     for src in s["sources"]:
         age = src["last_sample_age_s"]
@@ -372,7 +374,8 @@ def _status_text(s: dict[str, Any]) -> str:
         error = f"  ERROR: {src['error']}" if src["error"] else ""
         lines.append(
             f"  {src['rig']}/{src['stream']:<10} {src['state']:<9} restarts {src['restarts']:<3} "
-            f"{src['rate_hz']:6.1f} msg/s  last sample {age_text}{error}"
+            f"{src['messages_per_s']:6.1f} msg/s {src['sample_rate_hz']:8.1f} Hz  "
+            f"last sample {age_text}{error}"
         )
     lines.append("rigs:")
     for rig in s["rigs"]:

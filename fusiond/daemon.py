@@ -164,6 +164,9 @@ class Daemon:
         self._reloaded: Config | Exception | None = None
         self._reload_again = False
         self._failed: set[str] = set()
+        self._not_ready_logged = False
+        self.ready = False
+        """Whether READY was announced (see :meth:`_ready`)."""
 
     def __enter__(self) -> Daemon:
         bus = self.config.bus
@@ -271,7 +274,6 @@ class Daemon:
         next_summary = time.time_ns() + every_ns
         watchdog_ns = watchdog_interval_ns()
         next_ping = time.time_ns()
-        ready = False
         while not stop.is_set():
             events = dict(poller.poll(50))
             if self.inbox in events:
@@ -288,17 +290,15 @@ class Daemon:
                 reload.clear()
                 self._start_reload()
             self._finish_reload()
-            if not ready and self._sources_up(now):
-                ready = True
-                self.notifier.notify(READY=1, STATUS=f"serving {len(self.streams)} source(s)")
-                log.info("fusiond ready: sources up, model %s warmed", self.checkpoint.name)
+            if not self.ready:
+                self.ready = self._ready(now)
             if now >= next_summary:
                 line = summary.line(now, self._masked())
                 log.info("%s", line)
-                if ready:
+                if self.ready:
                     self.notifier.notify(STATUS=line)
                 next_summary = now + every_ns
-            if ready and watchdog_ns is not None and now >= next_ping:
+            if self.ready and watchdog_ns is not None and now >= next_ping:
                 self._watchdog(now)
                 next_ping = now + watchdog_ns
 
@@ -383,6 +383,8 @@ class Daemon:
         quiet_after = round((window.length_ms + window.lateness_ms) * 1e6) + 2_000_000_000
         return {
             "uptime_s": round((now_ns - self.started_ns) / 1e9, 1),
+            "ready": self.ready,
+            "never_delivered": self.silent(),
             "model": self.model_info(),
             "runtime": {"engine": self.mode, "components": self.engine.rows()},
             "sources": rows,
@@ -390,18 +392,48 @@ class Daemon:
             "drops": dict(self.stats.all_drops()),
         }
 
-    def _sources_up(self, now: int) -> bool:
+    def silent(self) -> list[str]:
+        """The streams this daemon starts that have not delivered a sample yet."""
+        started = {c.name for c in self.supervisor.children}
+        return [f"{rig}/{stream}" for rig, stream in self.streams
+                if f"{rig}/{stream}" in started and not self.stats.stream(rig, stream).messages]  # fmt: skip
+
+    def _ready(self, now: int) -> bool:
+        """Announce READY once the model is warm and every source has delivered a sample.
+
+        A source that never delivers is not counted: after ``READY_TIMEOUT_NS`` the daemon
+        is ready, degraded, if at least one source delivers (its windows mask the silent
+        ones, and those keep retrying); with none it stays not ready and says why, so a
+        service manager's start timeout can act. External streams are not waited for.
+        """
         if self.plan.server.name not in self.components:
             return False  # the model is not loaded and warmed yet
-        if now - self.started_ns > self.READY_TIMEOUT_NS:
-            return True
-        states = {c.name: c.state for c in self.supervisor.children}
-        for rig, stream in self.streams:
-            s = self.stats.stream(rig, stream)
-            state = states.get(f"{rig}/{stream}", "external")
-            if not (s.samples or s.error or state in ("failed", "finished") or state == "external"):
-                return False
+        silent = self.silent()
+        waited = now - self.started_ns > self.READY_TIMEOUT_NS
+        started = sum(1 for c in self.supervisor.children)
+        if silent and not waited:
+            return False
+        why = ", ".join(f"{name} ({self._error(name) or 'no samples'})" for name in silent)
+        if silent and len(silent) == started:
+            if not self._not_ready_logged:
+                self._not_ready_logged = True
+                log.error("fusiond not ready after %.0f s: no source has delivered a sample: %s",
+                          self.READY_TIMEOUT_NS / 1e9, why)  # fmt: skip
+            return False
+        delivering = started - len(silent)
+        status_line = f"serving {delivering} of {started} source(s)" if started else "serving external ones"
+        if silent:
+            self.notifier.notify(READY=1, STATUS=f"{status_line}; never delivered: {', '.join(silent)}")
+            log.warning("fusiond ready, degraded: %s, model %s warmed; never delivered: %s", status_line,
+                        self.checkpoint.name, why)  # fmt: skip
+        else:
+            self.notifier.notify(READY=1, STATUS=status_line)
+            log.info("fusiond ready: %s, model %s warmed", status_line, self.checkpoint.name)
         return True
+
+    def _error(self, name: str) -> str:
+        rig, _, stream = name.partition("/")
+        return self.stats.stream(rig, stream).error or ""
 
     def _watchdog(self, now: int) -> None:
         last_samples = [s.last_recv_ns for s in self.stats.streams.values() if s.last_recv_ns]

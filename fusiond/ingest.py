@@ -108,7 +108,7 @@ class Ingest:
         # A sum is finite when every value is (the exact check runs only when it is not).
         if data.dtype.kind == "f" and not math.isfinite(data.sum()) and not np.isfinite(data).all():
             return self._drop("bad_value", f"{key[0]}/{key[1]} sent NaN or infinite values")
-        self.stats.sampled(key[0], key[1], now_ns)
+        self.stats.sampled(key[0], key[1], now_ns, data.shape[0], header.rate_hz)
         reason = self.aligners[key[0]].add(key[1], header.t_ns + offset, header.rate_hz, data, now_ns)
         if reason is not None:
             self._log_once(reason, f"{key[0]}/{key[1]}: sample dropped ({reason})")

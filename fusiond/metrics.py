@@ -74,17 +74,22 @@ class RateMeter:
 class StreamStats:
     """One source stream, as the daemon sees it."""
 
+    messages: int = 0
+    """Sample messages accepted."""
     samples: int = 0
+    """Samples in them (a message carries a block: 1 frame, 1024 audio samples, ...)."""
+    sample_rate_hz: float = 0.0
+    """The rate the source declares (the protocol's ``rate_hz``), from its last message."""
     last_recv_ns: int | None = None
     rate: RateMeter = field(default_factory=RateMeter)
     error: str = ""
     error_ns: int | None = None
-    reported_rate_hz: float | None = None
-    """The rate a worker measured, when this stream is ingested in another process."""
+    reported_rate: float | None = None
+    """Messages per second a worker measured, when this stream is ingested in another process."""
 
-    def rate_hz(self, now_ns: int) -> float:
+    def messages_per_s(self, now_ns: int) -> float:
         """Messages per second lately."""
-        return self.reported_rate_hz if self.reported_rate_hz is not None else self.rate.rate(now_ns)
+        return self.reported_rate if self.reported_rate is not None else self.rate.rate(now_ns)
 
 
 @dataclass
@@ -126,10 +131,12 @@ class Stats:
             found = self.rigs[rig] = RigStats()
         return found
 
-    def sampled(self, rig: str, stream: str, now_ns: int) -> None:
-        """Count one accepted sample message."""
+    def sampled(self, rig: str, stream: str, now_ns: int, samples: int = 1, rate_hz: float = 0.0) -> None:
+        """Count one accepted message of ``samples`` samples at a declared ``rate_hz``."""
         s = self.stream(rig, stream)
-        s.samples += 1
+        s.messages += 1
+        s.samples += samples
+        s.sample_rate_hz = rate_hz
         s.last_recv_ns = now_ns
         s.rate.tick(now_ns)
 
@@ -163,10 +170,12 @@ class Stats:
         try:
             drops = Counter({str(k): int(v) for k, v in dict(snapshot.get("drops", {})).items()})
             rows = {}
-            for key, (samples, last, rate, error, error_ns) in dict(snapshot.get("streams", {})).items():
+            for key, row in dict(snapshot.get("streams", {})).items():
+                messages, samples, sample_rate, last, rate, error, error_ns = row
                 rig, _, stream = str(key).partition("/")
                 if (rig, stream) in streams:
-                    rows[rig, stream] = (int(samples), last, float(rate), str(error)[:500], error_ns)
+                    rows[rig, stream] = (int(messages), int(samples), float(sample_rate), last, float(rate),
+                                         str(error)[:500], error_ns)  # fmt: skip
             rigs = {rig for rig, _ in streams}
             masked = {rig: {str(m): int(n) for m, n in dict(v).items()}
                       for rig, v in dict(snapshot.get("masked", {})).items() if rig in rigs}  # fmt: skip
@@ -174,9 +183,10 @@ class Stats:
             return False
         with self._lock:
             self.components[name] = drops
-        for key, (samples, last, rate, error, error_ns) in rows.items():
+        for key, (messages, samples, sample_rate, last, rate, error, error_ns) in rows.items():
             s = self.stream(*key)
-            s.samples, s.last_recv_ns, s.reported_rate_hz = samples, last, rate
+            s.messages, s.samples, s.sample_rate_hz = messages, samples, sample_rate
+            s.last_recv_ns, s.reported_rate = last, rate
             s.error, s.error_ns = error, error_ns
         self.masked.update(masked)
         last = snapshot.get("last_window_ns")

@@ -31,18 +31,21 @@ class DaemonCollector(Collector):
             "fusiond_model", "The model being served", {"name": model["name"], "hash": model["hash"]}
         )
         yield GaugeMetricFamily("fusiond_uptime_seconds", "Seconds since start", (now - d.started_ns) / 1e9)
-        samples = CounterMetricFamily("fusiond_samples", "Sample messages accepted", labels=["rig", "stream"])
-        rate = GaugeMetricFamily(
-            "fusiond_stream_rate_hz", "Messages in the last second", labels=["rig", "stream"]
-        )
+        by = ["rig", "stream"]
+        messages = CounterMetricFamily("fusiond_messages", "Sample messages accepted", labels=by)
+        samples = CounterMetricFamily("fusiond_samples", "Samples in those messages", labels=by)
+        rate = GaugeMetricFamily("fusiond_stream_messages_per_second", "Messages per second", labels=by)
+        sample_rate = GaugeMetricFamily("fusiond_stream_sample_rate_hz", "Declared sample rate", labels=by)
         age = GaugeMetricFamily("fusiond_stream_last_sample_age_seconds", "Since the last message",
                                 labels=["rig", "stream"])  # fmt: skip
         for (rig, stream), s in d.stats.streams.items():
+            messages.add_metric([rig, stream], s.messages)
             samples.add_metric([rig, stream], s.samples)
-            rate.add_metric([rig, stream], s.rate_hz(now))
+            rate.add_metric([rig, stream], s.messages_per_s(now))
+            sample_rate.add_metric([rig, stream], s.sample_rate_hz)
             if s.last_recv_ns is not None:
                 age.add_metric([rig, stream], (now - s.last_recv_ns) / 1e9)
-        yield from (samples, rate, age)
+        yield from (messages, samples, rate, sample_rate, age)
         up = GaugeMetricFamily("fusiond_source_up", "1 while the source process runs", labels=["source"])
         restarts = CounterMetricFamily(
             "fusiond_source_restarts", "Source process restarts", labels=["source"]

@@ -32,7 +32,8 @@ def sources(now_ns: int, stats: Stats, children: Sequence[Child],
             "state": child.state if child else "external",
             "pid": child.proc.pid if child and child.proc else None,
             "restarts": child.restarts if child else 0,
-            "rate_hz": s.rate_hz(now_ns), "samples": s.samples,
+            "messages": s.messages, "messages_per_s": round(s.messages_per_s(now_ns), 2),
+            "samples": s.samples, "sample_rate_hz": s.sample_rate_hz,
             "last_sample_age_s": _age_s(now_ns, s.last_recv_ns), "error": error,
         })  # fmt: skip
     return out
@@ -65,7 +66,7 @@ def _why_quiet(rig: str, source_rows: list[dict[str, Any]], drops: Mapping[str, 
             reasons.append(f"{s['stream']}: {s['error']}")
         elif s["state"] in ("waiting", "failed", "finished"):
             reasons.append(f"{s['stream']}: source {s['state']} (restarts {s['restarts']})")
-        elif s["samples"] == 0:
+        elif s["messages"] == 0:
             reasons.append(f"{s['stream']}: no samples received yet")
         elif s["last_sample_age_s"] is not None and s["last_sample_age_s"] > 2:
             reasons.append(f"{s['stream']}: no samples for {s['last_sample_age_s']:.0f} s")

@@ -421,4 +421,4 @@ def test_a_forged_counters_snapshot_cannot_grow_the_daemons_tables():
     good = {"name": "worker-0", "drops": {"late": 2}, "streams": {"demo/cam": [5, 7, 10.0, "", None]},
             "masked": {"demo": {"video": 1}}, "last_window_ns": 9}  # fmt: skip
     assert stats.absorb(good, ["worker-0"], known)
-    assert stats.stream("demo", "cam").samples == 5 and stats.all_drops()["late"] == 2
+    assert stats.stream("demo", "cam").messages == 5 and stats.all_drops()["late"] == 2

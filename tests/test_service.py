@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -92,13 +93,13 @@ def test_sd_notify_ready_status_watchdog_stopping_in_order(tmp_path, daemons):
                 break
     texts = [m for _, m in messages]
     assert texts, d.text()
-    assert texts[0].startswith("READY=1\nSTATUS=serving 3 source(s)"), texts
+    assert texts[0].startswith("READY=1\nSTATUS=serving 3 of 3 source(s)"), texts
     assert texts[-1] == "STOPPING=1"
     assert sum(t == "WATCHDOG=1" for t in texts) >= 6
     assert any(t.startswith("STATUS=") and "windows/s" in t for t in texts)
     # READY only once the model is warm and every source has delivered.
     log = d.text()
-    ready_at = log.index("fusiond ready: sources up")
+    ready_at = log.index("fusiond ready: serving 3 of 3 source(s)")
     for stream in ("cam", "mic", "imu"):
         assert log.index(f"source demo/{stream} (") < ready_at
 
@@ -183,16 +184,62 @@ def test_status_says_why_a_rig_is_quiet_and_metrics_are_served(tmp_path, daemons
     assert "cam: no such video file: /nonexistent/x.mp4" in rigs["blind"]["quiet"]
     assert rigs["demo"]["quiet"] == "" and rigs["demo"]["predictions"] > 0
     sources = {(s["rig"], s["stream"]): s for s in status["sources"]}
-    assert sources["demo", "cam"]["rate_hz"] > 0 and sources["demo", "cam"]["state"] == "running"
-    assert sources["blind", "cam"]["samples"] == 0 and sources["blind", "cam"]["error"]
+    cam = sources["demo", "cam"]
+    assert cam["messages_per_s"] > 0 and cam["state"] == "running"
+    # Messages and samples apart: an audio message carries a block of samples.
+    mic = sources["demo", "mic"]
+    assert mic["samples"] >= 100 * mic["messages"] > 0 and mic["sample_rate_hz"] == 16000.0
+    assert sources["blind", "cam"]["messages"] == 0 and sources["blind", "cam"]["error"]
     text = fusiond("status", "--connect", control).stdout
     assert "quiet: cam: no such video file" in text
     metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    assert re.search(r'fusiond_samples_total\{rig="demo",stream="cam"\} \d+', metrics)
+    assert re.search(r'fusiond_messages_total\{rig="demo",stream="cam"\} [1-9]', metrics)
+    assert re.search(r'fusiond_stream_sample_rate_hz\{rig="demo",stream="mic"\} 16000', metrics)
     assert re.search(r'fusiond_predictions_total\{rig="demo"\} [1-9]', metrics)
     assert 'fusiond_source_up{source="demo/mic"} 1.0' in metrics
     assert 'fusiond_model_info{hash="' in metrics
     assert 'fusiond_latency_seconds{quantile="0.5",rig="demo"}' in metrics
+
+
+def notifications(path: str, until: Callable[[list[str]], bool], timeout_s: float) -> list[str]:
+    """sd_notify datagrams received on ``path`` until ``until(texts)`` or the timeout."""
+    texts: list[str] = []
+    deadline = time.monotonic() + timeout_s
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server:
+        server.bind(path)
+        server.settimeout(0.2)
+        while time.monotonic() < deadline and not until(texts):
+            with contextlib.suppress(TimeoutError):
+                texts.append(server.recv(4096).decode())
+    return texts
+
+
+@pytest.mark.slow
+def test_ready_never_counts_a_source_that_never_delivered(tmp_path, daemons):
+    """One broken source of four: READY only after the wait, degraded, naming it. All
+    broken: never READY, and the log says why."""
+    blind = {"[rigs.demo.sources.cam]": BLIND + "[rigs.demo.sources.cam]"}
+    partly, *_ = endpoints_with_control(tmp_path, **blind)
+    (tmp_path / "all").mkdir()
+    broken, _, _, control = endpoints_with_control(
+        tmp_path / "all", **{"demo/digits.mp4": "demo/absent.mp4", "demo/digits.wav": "demo/absent.wav",
+                             "demo/imu.csv": "demo/absent.csv"})  # fmt: skip
+    socket_path = str(tmp_path / "notify.sock")
+    d = daemons(tmp_path, partly, {"NOTIFY_SOCKET": socket_path})
+    dead = daemons(tmp_path / "all", broken)
+    started = time.monotonic()
+    texts = notifications(socket_path, lambda t: any(x.startswith("READY=1") for x in t), 30)
+    ready = [t for t in texts if t.startswith("READY=1")]
+    assert ready, d.text()
+    assert time.monotonic() - started > 10  # the demo rig delivered at once; blind/cam held it back
+    assert ready[0] == "READY=1\nSTATUS=serving 3 of 4 source(s); never delivered: blind/cam"
+    assert "fusiond ready, degraded: serving 3 of 4 source(s)" in d.text()
+    assert "blind/cam (no such video file: /nonexistent/x.mp4" in d.text()
+    dead.wait_for(r"not ready after 15 s: no source has delivered a sample: demo/cam \(no such video file")
+    status = json.loads(fusiond("status", "--connect", control, "--json").stdout)
+    assert status["ready"] is False
+    assert sorted(status["never_delivered"]) == ["demo/cam", "demo/imu", "demo/mic"]
+    assert "fusiond ready" not in dead.text()
 
 
 @pytest.mark.slow

@@ -161,7 +161,8 @@ def snapshot_of(name: str, stats: Stats, pipeline: Pipeline, now: int) -> dict[s
     """A worker's counters as plain data (totals, so a lost snapshot loses nothing)."""
     return {
         "name": name, "t": now, "drops": dict(stats.drops),
-        "streams": {f"{r}/{s}": [v.samples, v.last_recv_ns, v.rate.rate(now), v.error, v.error_ns]
+        "streams": {f"{r}/{s}": [v.messages, v.samples, v.sample_rate_hz, v.last_recv_ns, v.rate.rate(now),
+                                 v.error, v.error_ns]
                     for (r, s), v in stats.streams.items()},
         "masked": {rig: {k.split(":", 1)[1]: n for k, n in a.stats.items() if k.startswith("masked:")}
                    for rig, a in pipeline.aligners.items()},
