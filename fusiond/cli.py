@@ -234,14 +234,16 @@ def _pretty(message: dict[str, Any]) -> str:
 
 def _endpoint(connect: str | None, config_path: Path | None, which: str) -> str:
     """``--connect`` if given, else ``[bus] which`` of ``--config``, else the default."""
-    from fusiond import config as config_mod
-    from fusiond.bus.sockets import local_endpoint
+    from fusiond.bus import sockets
 
     if connect:
         return connect
-    if config_path is None:
-        return str(getattr(config_mod.BusSection(), which))
-    return local_endpoint(getattr(config_mod.load(config_path).bus, which))
+    if config_path is None:  # the defaults, without loading the config machinery (pydantic)
+        return {"publish": sockets.DEFAULT_PUBLISH, "subscribe": sockets.DEFAULT_SUBSCRIBE,
+                "control": sockets.DEFAULT_CONTROL}[which]  # fmt: skip
+    from fusiond import config as config_mod
+
+    return sockets.local_endpoint(getattr(config_mod.load(config_path).bus, which))
 
 
 def _keys(args: argparse.Namespace) -> Any:
@@ -424,6 +426,44 @@ def cmd_hz(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_topics(args: argparse.Namespace) -> int:
+    """Every topic on the bus with its rate, bandwidth and publishers (like ``ros2 topic list -v``)."""
+    from fusiond.bus.wire import decode_header, frame_view, publisher_of
+    from fusiond.errors import WireError
+    from fusiond.topics import TopicTable, bandwidth
+
+    endpoint = _endpoint(args.connect, args.config, "subscribe")
+    table = TopicTable()
+    start = time.monotonic()
+    end = start + args.duration
+    with contextlib.suppress(KeyboardInterrupt), _subscriber(endpoint, [""], args) as sock:
+        while (left := end - time.monotonic()) > 0:
+            if not sock.poll(max(1, int(left * 1000))):
+                continue
+            frames = sock.recv_multipart(copy=False)
+            topic = bytes(frame_view(frames[0])[:256]).decode(errors="replace")
+            try:
+                header: dict[str, Any] | None = decode_header(frames)
+            except WireError:
+                header = None
+            publisher = publisher_of(header) if header is not None else None
+            table.add(topic, sum(len(frame_view(f)) for f in frames), header, publisher)
+    rows = table.rows(time.monotonic() - start)
+    if args.json:
+        print(json.dumps({"endpoint": endpoint, "seconds": args.duration, "topics": rows,
+                          "untracked_messages": table.untracked}))  # fmt: skip
+        return 0
+    if not rows:
+        print(f"no messages on {endpoint} in {args.duration:g} s", file=sys.stderr)
+        return 1
+    print(f"{'TOPIC':<28} {'TYPE':<12} {'MODALITY':<9} {'MSG/S':>8} {'BANDWIDTH':>11} PUBLISHERS")
+    for row in rows:
+        publishers = f"{row['publishers']}{' + unnamed' if row['unnamed_messages'] else ''}"
+        print(f"{row['topic']:<28} {row['type']:<12} {row['modality'] or '-':<9} "
+              f"{row['messages_per_s']:>8.1f} {bandwidth(row['bytes_per_s']):>11} {publishers}")  # fmt: skip
+    return 0
+
+
 def _samples(header: dict[str, Any]) -> int:
     """Samples in a message (the first axis of its first buffer; 1 when it says nothing)."""
     buffers = header.get("buffers")
@@ -443,8 +483,8 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         assert cls is not None
         rows.append({"type": "source", "name": kind, "modality": cls.modality,
                      "from": plugins.origin(cls)})  # fmt: skip
-    for name, enc in sorted(plugins.encoders.types.items()):
-        rows.append({"type": "encoder", "name": name, "modality": "", "from": plugins.origin(enc)})
+    for name, module in plugins.encoders.modules().items():
+        rows.append({"type": "encoder", "name": name, "modality": "", "from": plugins.origin(module)})
     for name, why in sorted(plugins.failures.items()):
         rows.append({"type": "failed", "name": name, "modality": "", "from": why})
     if args.json:
@@ -633,6 +673,14 @@ def build_parser() -> argparse.ArgumentParser:
     hz.add_argument("--config", type=Path, help="read the endpoint from this config")
     _key_options(hz)
     hz.set_defaults(func=cmd_hz)
+
+    topics = sub.add_parser("topics", help="every topic on the bus: rate, bandwidth, publishers")
+    topics.add_argument("--connect", help="the bus's subscribe endpoint (default: from --config)")
+    topics.add_argument("--config", type=Path)
+    topics.add_argument("--duration", type=float, default=2.0, help="seconds to listen (default 2)")
+    topics.add_argument("--json", action="store_true", help="print one JSON object")
+    _key_options(topics)
+    topics.set_defaults(func=cmd_topics)
 
     train = sub.add_parser(
         "train",

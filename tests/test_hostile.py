@@ -411,14 +411,16 @@ def test_a_forged_counters_snapshot_cannot_grow_the_daemons_tables():
     stats = Stats()
     known = [("demo", "cam")]
     forged = {"name": "worker-0", "drops": {"x": 1},
-              "streams": {f"r{i}/s": [1, 1, 1.0, "", None] for i in range(10_000)},
+              "streams": {f"r{i}/s": [1, 1, 1.0, 1, 1.0, "", None] for i in range(10_000)},
               "masked": {f"r{i}": {"video": 1} for i in range(10_000)}}  # fmt: skip
     assert stats.absorb(forged, ["worker-0", "server"], known)
     assert not stats.streams and not stats.masked
     assert not stats.absorb({**forged, "name": "intruder"}, ["worker-0"], known)
     assert not stats.absorb({"name": "worker-0", "streams": {"demo/cam": [1, 2]}}, ["worker-0"], known)
     assert not stats.absorb({"name": "worker-0", "drops": {"x": "many"}}, ["worker-0"], known)
-    good = {"name": "worker-0", "drops": {"late": 2}, "streams": {"demo/cam": [5, 7, 10.0, "", None]},
+    row = [5, 50, 10.0, 7, 1.0, "", None]  # messages, samples, sample rate, last, msg/s, error, when
+    good = {"name": "worker-0", "drops": {"late": 2}, "streams": {"demo/cam": row},
             "masked": {"demo": {"video": 1}}, "last_window_ns": 9}  # fmt: skip
     assert stats.absorb(good, ["worker-0"], known)
-    assert stats.stream("demo", "cam").messages == 5 and stats.all_drops()["late"] == 2
+    cam = stats.stream("demo", "cam")
+    assert (cam.messages, cam.samples, cam.sample_rate_hz) == (5, 50, 10.0) and stats.all_drops()["late"] == 2

@@ -80,7 +80,7 @@ def test_checkpoint_round_trip_keeps_outputs_and_metadata(tmp_path):
 
 
 def test_bad_checkpoints_are_model_errors(tmp_path):
-    with pytest.raises(ModelError, match="cannot read"):
+    with pytest.raises(ModelError, match="no such model file"):
         load(tmp_path / "missing.pt")
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a checkpoint")

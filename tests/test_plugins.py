@@ -81,3 +81,52 @@ def test_a_client_program_loads_neither_torch_nor_opencv_nor_the_config_machiner
             "print(sorted(m for m in ('torch', 'cv2', 'pydantic', 'pluggy', 'mcap') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_the_everyday_commands_start_without_torch(tmp_path):
+    """status, echo, hz, plugins, info and keys import neither torch nor the model code."""
+    import json
+    import subprocess
+    import sys
+
+    from mcap.writer import Writer
+
+    with (tmp_path / "r.mcap").open("wb") as f:
+        writer = Writer(f)
+        writer.start()
+        channel = writer.register_channel("s/demo/imu", "fusiond", writer.register_schema("", "", b""))
+        writer.add_message(channel, log_time=1, data=b"x", publish_time=1)
+        writer.finish()
+    nowhere = "tcp://127.0.0.1:9"  # discard port: nothing answers there
+    commands = [
+        ["status", "--connect", nowhere, "--timeout", "0.1"],
+        ["echo", "--connect", nowhere, "--timeout", "0.1"],
+        ["hz", "s/demo/imu", "--connect", nowhere, "--duration", "0.1"],
+        ["plugins", "--json"],
+        ["info", str(tmp_path / "r.mcap"), "--json"],
+        ["keys", "generate", "reader", "--dir", str(tmp_path / "keys")],
+        ["keys", "list", "--dir", str(tmp_path / "keys")],
+    ]
+    code = ("import json, sys; from fusiond.cli import main; rc = main(json.loads(sys.argv[1])); "
+            "print('LOADED', json.dumps(sorted(m for m in ('torch', 'cv2', 'fusiond.models', 'onnxruntime') "
+            "if m in sys.modules)), rc)")  # fmt: skip
+    for argv in commands:
+        result = subprocess.run([sys.executable, "-c", code, json.dumps(argv)], capture_output=True,
+                                text=True)  # fmt: skip
+        last = result.stdout.strip().splitlines()[-1]
+        assert last.startswith("LOADED "), (argv, result.stdout, result.stderr)
+        loaded, rc = last.removeprefix("LOADED ").rsplit(" ", 1)
+        assert not {"torch", "fusiond.models"} & set(json.loads(loaded)), (argv, loaded)
+        assert rc == ("1" if argv[0] in ("status", "echo") else "0"), (argv, result.stderr)
+    listed = subprocess.run([sys.executable, "-m", "fusiond", "plugins", "--json"], capture_output=True,
+                            text=True)  # fmt: skip
+    encoders = {row["name"] for row in json.loads(listed.stdout) if row["type"] == "encoder"}
+    assert {"frames_cnn", "logmel_cnn", "series_cnn", "vector_mlp"} <= encoders
+
+
+def test_builtin_encoder_references_resolve_to_the_classes():
+    from fusiond.models import BUILTIN_ENCODERS
+    from fusiond.plugin import load_plugins
+
+    types = load_plugins().encoders.types
+    assert {name: types[name] for name in BUILTIN_ENCODERS} == BUILTIN_ENCODERS

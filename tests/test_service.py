@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Callable
@@ -243,8 +244,8 @@ def test_ready_never_counts_a_source_that_never_delivered(tmp_path, daemons):
 
 
 @pytest.mark.slow
-def test_hz_measures_a_camera_stream(tmp_path, daemons):
-    config, _, sub, _ = endpoints_with_control(tmp_path)
+def test_hz_and_topics_measure_the_bus(tmp_path, daemons):
+    config, pub, sub, _ = endpoints_with_control(tmp_path)
     d = daemons(tmp_path, config)
     d.wait_for(r"fusiond ready")
     result = fusiond("hz", "s/demo/cam", "--connect", sub, "--duration", "3.5")
@@ -255,6 +256,54 @@ def test_hz_measures_a_camera_stream(tmp_path, daemons):
     assert "average rate" not in exact.stdout, exact.stdout
     mixed = fusiond("hz", "s/demo", "--prefix", "--connect", sub, "--duration", "2.5")
     assert "average rate" in mixed.stdout, mixed.stdout
+    # fusiond topics, with two more publishers (one named for another host) and an unnamed one
+    # on a topic of their own.
+    import numpy as np
+    import zmq
+
+    from fusiond.bus.wire import encode_sample
+
+    stop = threading.Event()
+
+    def publish() -> None:
+        ctx = zmq.Context()
+        socks = [ctx.socket(zmq.PUB) for _ in range(3)]
+        for sock in socks:
+            sock.connect(pub)
+        data = np.zeros((10, 3), np.float32)
+        seq = 0
+        while not stop.wait(0.01):
+            seq += 1
+            for sock, who in zip(socks, (None, "far-host/7", ""), strict=True):
+                now = time.time_ns()
+                frames = encode_sample(rig="lab", stream="extra", modality="imu", seq=seq, t_ns=now,
+                                       t_pub_ns=now, rate_hz=100.0, data=data, publisher=who)  # fmt: skip
+                sock.send_multipart(frames)
+        for sock in socks:
+            sock.close(linger=0)
+        ctx.term()
+
+    thread = threading.Thread(target=publish)
+    thread.start()
+    try:
+        listed = fusiond("topics", "--connect", sub, "--duration", "2.5", "--json")
+        table = fusiond("topics", "--connect", sub, "--duration", "1.5")
+    finally:
+        stop.set()
+        thread.join()
+    assert listed.returncode == 0, listed.stderr
+    rows = {row["topic"]: row for row in json.loads(listed.stdout)["topics"]}
+    assert {"s/demo/cam", "s/demo/mic", "s/demo/imu", "p/demo", "s/lab/extra"} <= set(rows), rows
+    cam, mic, imu = rows["s/demo/cam"], rows["s/demo/mic"], rows["s/demo/imu"]
+    assert cam["type"] == "sample" and cam["modality"] == "video" and rows["p/demo"]["type"] == "prediction"
+    # 96x96x3 frames at 10/s against 16 kHz of 16-bit audio
+    assert 8 < cam["messages_per_s"] < 12 and cam["bytes_per_s"] > 4 * mic["bytes_per_s"] > 100_000
+    assert cam["publishers"] == mic["publishers"] == imu["publishers"] == rows["p/demo"]["publishers"] == 1
+    assert len({cam["publisher_ids"][0], mic["publisher_ids"][0], imu["publisher_ids"][0]}) == 3
+    extra = rows["s/lab/extra"]
+    assert extra["publishers"] == 2 and "far-host/7" in extra["publisher_ids"]
+    assert extra["unnamed_messages"] > 0
+    assert re.search(r"s/lab/extra +sample +imu +[\d.]+ +[\d.]+ KB/s 2 \+ unnamed", table.stdout), table.stdout  # noqa: E501
 
 
 def test_logs_suit_journald_when_journal_stream_is_set(endpoints):

@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+import dataclasses
+import os
+import socket
+
 import msgpack
 import numpy as np
 import pytest
@@ -121,6 +125,24 @@ def test_prediction_round_trip():
                         missing=["audio"], model={"name": "m", "hash": "h"},
                         latency_ns={"infer": 5}, t_pub_ns=9, extra={"window_index": 4})
     back = wire.decode_prediction(wire.encode_prediction(p))
-    assert back == p
+    assert back == dataclasses.replace(p, extra={**p.extra, "pub": wire.publisher_id()})  # who sent it
     with pytest.raises(FrameError):
         wire.decode_prediction(sample_frames(np.zeros((1, 1), np.float32)))
+
+
+def test_the_pub_field_is_only_trusted_as_a_short_string():
+    from fusiond.bus.wire import MAX_PUBLISHER_LEN, decode_header, publisher_id, publisher_of
+    from fusiond.topics import MAX_TOPICS, TopicTable
+
+    frames = wire.encode_sample(rig="r", stream="s", modality="imu", seq=0, t_ns=0, t_pub_ns=0, rate_hz=1.0,
+                                data=np.zeros((1, 1), np.float32))  # fmt: skip
+    assert publisher_of(decode_header(frames)) == publisher_id() == f"{socket.gethostname()}/{os.getpid()}"
+    for bad in (7, b"bytes", "", "x" * (MAX_PUBLISHER_LEN + 1), ["a"], None):
+        assert publisher_of({"pub": bad}) is None
+    table = TopicTable()
+    for i in range(MAX_TOPICS + 50):
+        table.add(f"s/r/{i}", 10, {"type": "sample", "modality": "m" * 999}, None)
+    assert len(table.topics) == MAX_TOPICS and table.untracked == 50
+    assert table.rows(1.0)[0]["modality"] == "m" * 32 and table.rows(1.0)[0]["unnamed_messages"] == 1
+    table.add("s/r/0", 10, None, None)  # unreadable header: counted, typed as before
+    assert table.topics["s/r/0"].messages == 2

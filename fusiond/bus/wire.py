@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import re
+import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, NamedTuple, Protocol
@@ -200,6 +202,7 @@ def encode_sample(
     clock: str = "realtime",
     encoding: str = "raw",
     payload: bytes | None = None,
+    publisher: str | None = None,
 ) -> list[bytes | memoryview]:
     """Frames for one sample block; the array travels as its own buffer, not copied.
 
@@ -219,6 +222,7 @@ def encode_sample(
         "t_pub_ns": t_pub_ns,
         "rate_hz": float(rate_hz),
         "buffers": [{"dtype": array.dtype.str, "shape": list(array.shape), "encoding": encoding}],
+        "pub": publisher_id() if publisher is None else publisher,
     }
     # A flat byte view of the array's memory (no copy; works for empty arrays too).
     body: bytes | memoryview = payload if payload is not None else array.reshape(-1).view(np.uint8).data
@@ -236,7 +240,29 @@ def encode_source_error(*, rig: str, stream: str, kind: str, error: str, attempt
 
 def encode_prediction(prediction: Prediction) -> list[bytes]:
     """Frames for one prediction (header only, no buffers)."""
-    return [prediction_topic(prediction.rig).encode(), msgpack.packb(prediction.to_dict())]
+    header = prediction.to_dict()
+    header.setdefault("pub", publisher_id())
+    return [prediction_topic(prediction.rig).encode(), msgpack.packb(header)]
+
+
+_publisher: tuple[int, str] = (0, "")
+MAX_PUBLISHER_LEN = 128
+
+
+def publisher_id() -> str:
+    """``host/pid`` of this process: the ``pub`` field, which tells publishers of one topic
+    apart (``fusiond topics``); informational, never trusted (use CURVE for that)."""
+    global _publisher
+    pid = os.getpid()
+    if _publisher[0] != pid:  # computed once per process, again after a fork
+        _publisher = (pid, f"{socket.gethostname()}/{pid}"[:MAX_PUBLISHER_LEN])
+    return _publisher[1]
+
+
+def publisher_of(header: dict[str, Any]) -> str | None:
+    """A header's ``pub`` when it is a string of at most 128 characters, else None."""
+    pub = header.get("pub")
+    return pub if type(pub) is str and 0 < len(pub) <= MAX_PUBLISHER_LEN else None
 
 
 def frame_view(frame: Frame) -> memoryview:

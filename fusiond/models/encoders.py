@@ -9,8 +9,6 @@ import torch
 from torch import nn
 
 from fusiond.align.spec import ModalitySpec
-from fusiond.plugin.hookspecs import hookimpl
-from fusiond.plugin.registry import EncoderRegistry
 
 
 class Encoder(nn.Module):
@@ -172,10 +170,3 @@ BUILTIN_ENCODERS: dict[str, type[nn.Module]] = {
     "series_cnn": SeriesEncoder,
     "vector_mlp": VectorEncoder,
 }
-
-
-@hookimpl
-def fusiond_add_encoders(registry: EncoderRegistry) -> None:
-    """The built-in encoders, registered like any plugin's."""
-    for name, cls in BUILTIN_ENCODERS.items():
-        registry.add(name, cls)

@@ -30,19 +30,19 @@ class Plugins:
 
     @property
     def encoders(self) -> EncoderRegistry:
-        """Encoders, collected on first use (it imports torch; sources never need it)."""
+        """Encoders, collected on first use (``types`` imports torch; sources never need it)."""
         if self._encoders is None:
-            from fusiond.models import encoders as builtin_encoders
+            from fusiond.plugin import builtin
 
             self._encoders = EncoderRegistry()
-            if not self.manager.is_registered(builtin_encoders):
-                self.manager.register(builtin_encoders, name="fusiond.models.encoders")
+            if not self.manager.is_registered(builtin):
+                self.manager.register(builtin, name="fusiond.builtin")
             self.manager.hook.fusiond_add_encoders(registry=self._encoders)
         return self._encoders
 
-    def origin(self, obj: type) -> str:
-        """Where a registered class came from: ``dist version (module)``."""
-        module = obj.__module__
+    def origin(self, obj: type | str) -> str:
+        """Where a registered class (or module) came from: ``dist version (module)``."""
+        module = obj if isinstance(obj, str) else obj.__module__
         for prefix, where in self.origins.items():
             if module == prefix or module.startswith(prefix + "."):
                 return f"{where} ({module})"

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
 import re
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
@@ -56,22 +57,71 @@ class SourceRegistry:
 
 
 class EncoderRegistry:
-    """Modality encoder classes by the name checkpoints use."""
+    """Modality encoder classes by the name checkpoints use.
+
+    An entry is a class or a ``"module:Class"`` reference, imported only when a model is
+    built: listing encoders (``fusiond plugins``) then never imports torch.
+    """
 
     def __init__(self) -> None:
-        self.types: dict[str, type[nn.Module]] = {}
+        self._entries: dict[str, type[nn.Module] | str] = {}
+        self._types: dict[str, type[nn.Module]] | None = None
 
-    def add(self, name: str, encoder: type[nn.Module]) -> None:
-        """Register an encoder class under ``name``."""
-        from torch import nn
-
+    def add(self, name: str, encoder: type[nn.Module] | str) -> None:
+        """Register an encoder class, or a ``"module:Class"`` reference to one, under ``name``."""
         if not _NAME.match(name):
             msg = f"encoder name must be a lowercase name, got {name!r}"
             raise PluginError(msg)
-        if not (isinstance(encoder, type) and issubclass(encoder, nn.Module)):
-            msg = f"encoder {name!r} must be a torch.nn.Module subclass"
+        if isinstance(encoder, str):
+            if not _REF.match(encoder):
+                msg = f"encoder {name!r}: {encoder!r} is not a \"module:Class\" reference"
+                raise PluginError(msg)
+        else:
+            _check_module(name, encoder)
+        if name in self._entries and self._entries[name] is not encoder and self._entries[name] != encoder:
+            msg = f"encoder {name!r} registered twice: {_module(self._entries[name])} and {_module(encoder)}"
             raise PluginError(msg)
-        if name in self.types and self.types[name] is not encoder:
-            msg = f"encoder {name!r} registered twice"
-            raise PluginError(msg)
-        self.types[name] = encoder
+        self._entries[name] = encoder
+        self._types = None
+
+    def modules(self) -> dict[str, str]:
+        """``name -> module`` of every encoder, without importing any."""
+        return {name: _module(entry) for name, entry in sorted(self._entries.items())}
+
+    @property
+    def types(self) -> dict[str, type[nn.Module]]:
+        """``name -> class``, importing the references (and so torch) on first use."""
+        if self._types is None:
+            self._types = {name: _resolve(name, entry) for name, entry in self._entries.items()}
+        return self._types
+
+
+_REF = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+
+
+def _module(entry: type | str) -> str:
+    return entry.partition(":")[0] if isinstance(entry, str) else entry.__module__
+
+
+def _check_module(name: str, encoder: object) -> None:
+    from torch import nn
+
+    if not (isinstance(encoder, type) and issubclass(encoder, nn.Module)):
+        msg = f"encoder {name!r} must be a torch.nn.Module subclass"
+        raise PluginError(msg)
+
+
+def _resolve(name: str, entry: type[nn.Module] | str) -> type[nn.Module]:
+    if not isinstance(entry, str):
+        return entry
+    module_name, _, attr = entry.partition(":")
+    try:
+        found: Any = importlib.import_module(module_name)
+        for part in attr.split("."):
+            found = getattr(found, part)
+    except (ImportError, AttributeError) as exc:
+        msg = f"encoder {name!r}: cannot import {entry}: {exc}"
+        raise PluginError(msg) from None
+    _check_module(name, found)
+    cls: type[nn.Module] = found
+    return cls
