@@ -53,6 +53,7 @@ class PredictionBuilder:
                     t_pub_ns=t_pub_ns,
                     extra={
                         "window_index": window.index,
+                        "hop_ns": window.hop_ns,
                         "closed_by": window.closed_by,
                         "batch_size": len(result.windows),
                         **({"task": "regression"} if self.regression else {}),

@@ -6,11 +6,15 @@ cd "$(dirname "$0")/.."
 
 # libportaudio2: sounddevice's PortAudio (the wheel does not bundle it on Linux);
 # pulseaudio, pulseaudio-utils, libasound2-plugins: the virtual microphone the tests use.
+# nodejs, npm: the test that runs docs/protocol.md's JavaScript client (skipped as a
+# package when node and npm are already on the PATH, from NodeSource say).
 debs=(libportaudio2 pulseaudio pulseaudio-utils libasound2-plugins)
 missing=()
 for deb in "${debs[@]}"; do
   dpkg -s "$deb" >/dev/null 2>&1 || missing+=("$deb")
 done
+command -v node >/dev/null || missing+=(nodejs)
+command -v npm >/dev/null || missing+=(npm)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     apt-get update -qq

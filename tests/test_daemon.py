@@ -157,3 +157,34 @@ def test_a_killed_source_is_restarted_and_the_others_keep_serving(daemon, endpoi
         after = [p for _, p in zip(range(6), predictions, strict=False)]
     assert after[-1].present == ["video", "audio", "imu"]
     assert d.stop() < 2.0, d.text()
+
+
+def test_the_javascript_example_of_the_protocol_doc_runs_as_written(daemon, endpoints, tmp_path):
+    """docs/protocol.md's Node.js client, in a fresh npm package, reads a prediction and a
+    camera frame from the demo daemon."""
+    import shutil
+    import subprocess
+
+    doc = (ROOT / "docs/protocol.md").read_text()
+    section = doc[doc.index("## Reading predictions and frames from JavaScript"):]
+    code = re.search(r"```js\n(.*?)```", section, re.S).group(1)
+    install = re.search(r"^    (npm install .*)$", section, re.M).group(1)
+    npm, node = shutil.which("npm"), shutil.which("node")
+    assert npm and node, "Node.js and npm are needed (scripts/setup.sh installs them)"
+    package = tmp_path / "client"
+    package.mkdir()
+    subprocess.run([npm, "init", "-y"], cwd=package, check=True, capture_output=True)
+    subprocess.run([npm, *install.split()[1:], "--no-audit", "--no-fund"], cwd=package, check=True,
+                   capture_output=True, timeout=300)  # fmt: skip
+    (package / "predictions.mjs").write_text(code)
+    daemon()
+    env = {**os.environ, "FUSIOND_SUBSCRIBE": endpoints[1]}
+    result = subprocess.run([node, "predictions.mjs"], cwd=package, env=env, capture_output=True, text=True,
+                            timeout=60)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    found = re.search(r"prediction demo #\d+: (\d) \((0\.\d\d|1\.00)\) window (\d+) index (\d+) hop (\d+)",
+                      result.stdout)  # fmt: skip
+    assert found, result.stdout
+    start, index, hop = (int(found.group(i)) for i in (3, 4, 5))
+    assert hop == 500_000_000 and index * hop == start and start > 2**53  # exact: BigInt, not doubles
+    assert re.search(r"frame s/demo/cam 96x96 \|u1 raw BGR, first pixel rgb\(\d+, \d+, \d+\)", result.stdout)

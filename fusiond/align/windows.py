@@ -72,6 +72,8 @@ class Window:
     closed_by: str
     t_close_ns: int
     capture_to_ingest_ns: int
+    hop_ns: int = 0
+    """The grid's step: ``start_ns == index * hop_ns``."""
 
     @property
     def missing(self) -> list[str]:
@@ -223,7 +225,8 @@ class RigAligner:
             if not ok:
                 self.stats[f"masked:{modality}"] += 1
         self.stats[f"closed:{reason}"] += 1
-        return Window(self.rig, index, start, end, inputs, present, reason, now_ns, latency)
+        hop = self.config.hop_ns
+        return Window(self.rig, index, start, end, inputs, present, reason, now_ns, latency, hop)
 
     def _evict(self, before_ns: int) -> None:
         for state in self._streams.values():

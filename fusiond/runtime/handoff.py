@@ -33,7 +33,7 @@ def encode_window(window: Window) -> list[bytes | memoryview]:
     header = {
         "rig": window.rig, "index": window.index, "start": window.start_ns, "end": window.end_ns,
         "present": [window.present[m] for m in names], "closed_by": window.closed_by,
-        "t_close": window.t_close_ns, "ingest": window.capture_to_ingest_ns,
+        "t_close": window.t_close_ns, "ingest": window.capture_to_ingest_ns, "hop": window.hop_ns,
         "inputs": [[m, a.dtype.str, list(a.shape)] for m, a in zip(names, arrays, strict=True)],
     }  # fmt: skip
     return [WINDOW, msgpack.packb(header), *(a.reshape(-1).view(np.uint8).data for a in arrays)]
@@ -51,7 +51,7 @@ def decode_window(frames: Sequence[Frame]) -> Window:
         inputs[name] = array.reshape(shape)
     present = dict(zip(inputs, header["present"], strict=True))
     return Window(header["rig"], header["index"], header["start"], header["end"], inputs, present,
-                  header["closed_by"], header["t_close"], header["ingest"])  # fmt: skip
+                  header["closed_by"], header["t_close"], header["ingest"], header["hop"])  # fmt: skip
 
 
 def encode_progress(progress: Mapping[str, int]) -> list[bytes]:
