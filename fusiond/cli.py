@@ -324,7 +324,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     checkpoint = load(args.model)
     out = args.output or onnx_path(args.model)
-    export(checkpoint, load_plugins().encoders.types, out)
+    export(checkpoint, load_plugins().parts, out)
     print(f"{out}: ONNX export of {checkpoint.name} ({checkpoint.content_hash})")
     return 0
 
@@ -485,14 +485,21 @@ def cmd_plugins(args: argparse.Namespace) -> int:
                      "from": plugins.origin(cls)})  # fmt: skip
     for name, module in plugins.encoders.modules().items():
         rows.append({"type": "encoder", "name": name, "modality": "", "from": plugins.origin(module)})
+    for name, module in plugins.fusions.modules().items():
+        rows.append({"type": "fusion", "name": name, "modality": "", "from": plugins.origin(module)})
+    from fusiond.align.kinds import KINDS
+
+    for name in KINDS:
+        origin = plugins.origin(type(KINDS.get(name)))
+        rows.append({"type": "kind", "name": name, "modality": "", "from": origin})
     for name, why in sorted(plugins.failures.items()):
         rows.append({"type": "failed", "name": name, "modality": "", "from": why})
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
-        print(f"{'TYPE':<8} {'NAME':<14} {'MODALITY':<8} FROM")
+        print(f"{'TYPE':<8} {'NAME':<14} {'MODALITY':<10} FROM")
         for row in rows:
-            print(f"{row['type']:<8} {row['name']:<14} {row['modality'] or '-':<8} {row['from']}")
+            print(f"{row['type']:<8} {row['name']:<14} {row['modality'] or '-':<10} {row['from']}")
     return 0
 
 

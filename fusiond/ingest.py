@@ -19,6 +19,7 @@ import numpy as np
 
 from fusiond.align.windows import RigAligner
 from fusiond.bus.wire import (
+    BufferSpec,
     Frame,
     SampleHeader,
     SequenceGaps,
@@ -85,7 +86,7 @@ class Ingest:
         self._budgets = {key: RateLimit((rates or {}).get(key, self.limits.max_message_rate))
                          for key in modalities}  # fmt: skip
         self._logged: set[str] = set()
-        self._fits: dict[tuple[str, str], set[tuple[tuple[int, ...], str]]] = {k: set() for k in modalities}
+        self._fits: dict[tuple[str, str], set[BufferSpec]] = {k: set() for k in modalities}
 
     def handle(self, frames: Sequence[Frame], now_ns: int, topic: bytes | None = None) -> bool:
         """Take one message (``topic``: its first frame's bytes, if the caller has them);
@@ -127,13 +128,13 @@ class Ingest:
                                                   f"config says {expected!r}")  # fmt: skip
         first = header.buffers[0]
         limits = self.limits
-        if (first.shape, first.dtype) not in self._fits[key]:
-            why = self.aligners[rig].specs[expected].check_block(first.shape, first.dtype,
-                                                                 limits.max_frame_pixels)  # fmt: skip
+        if first not in self._fits[key]:
+            spec = self.aligners[rig].specs[expected]
+            why = spec.check_block(first.shape, first.dtype, limits.max_frame_pixels, first.encoding)
             if why is not None:
                 return self._reason("bad_shape", f"{rig}/{stream}: {why}")
             if len(self._fits[key]) < 64:
-                self._fits[key].add((first.shape, first.dtype))
+                self._fits[key].add(first)
         rate = header.rate_hz
         if rate > 0 and first.shape[0] * 1e9 / rate > limits.max_block_ns:
             return self._reason("bad_value", f"{rig}/{stream}: a block spans over ingest.max_block_s")

@@ -87,12 +87,7 @@ def random_windows(spec: InputSpec, count: int, seed: int = 0, rig: str = "r") -
     rng = np.random.default_rng(seed)
     out = []
     for i in range(count):
-        inputs = {}
-        for name, s in spec.modalities.items():
-            if s.kind == "frames":
-                inputs[name] = rng.integers(0, 256, s.shape, dtype=np.uint8)
-            else:
-                inputs[name] = rng.normal(0, 0.3, s.shape).astype(np.float32)
+        inputs = {name: s.kind_of.random(s, 1, rng)[0] for name, s in spec.modalities.items()}
         present = {name: bool(rng.random() > 0.2) or j == 0 for j, name in enumerate(spec.modalities)}
         start = i * 500_000_000
         out.append(Window(rig, i, start, start + 10**9, inputs, present, "complete", 0, 0))
@@ -108,8 +103,7 @@ def tiny_model(path: Path, spec: InputSpec | None = None, classes: list[str] | N
 
     spec = spec or InputSpec({"imu": ModalitySpec("series", length=32, channels=1)})
     encoders: dict[str, dict[str, Any]] = {
-        m: {"name": "frames_cnn" if s.kind == "frames" else "series_cnn", "args": {}}
-        for m, s in spec.modalities.items()
+        m: {"name": s.kind_of.default_encoder, "args": {}} for m, s in spec.modalities.items()
     }
     torch.manual_seed(seed)
     classes = classes or ["low", "high"]

@@ -7,8 +7,10 @@ import pytest
 import torch
 
 from fusiond.align import InputSpec, ModalitySpec
+from fusiond.align.kinds import KINDS
 from fusiond.errors import ModelError
-from fusiond.models import BUILTIN_ENCODERS, FUSIONS, FusionModel, load, save
+from fusiond.models import BUILTIN_ENCODERS, FusionModel, load, save
+from fusiond.plugin import load_plugins
 
 SPEC = InputSpec({
     "video": ModalitySpec("frames", length=2, channels=1, height=16, width=16),
@@ -32,37 +34,75 @@ def batch(b: int = 3, seed: int = 0) -> dict[str, torch.Tensor]:
     }
 
 
-@pytest.mark.parametrize("name", sorted(BUILTIN_ENCODERS))
-def test_every_encoder_gives_finite_features(name):
-    spec = ModalitySpec("series", length=800, channels=2)
-    if name == "frames_cnn":
-        spec = ModalitySpec("frames", length=3, channels=3, height=12, width=20)
-    x = torch.from_numpy(np.random.default_rng(0).random((4, *spec.shape)) * 200).to(
-        torch.uint8 if spec.kind == "frames" else torch.float32
-    )
-    args = {"sample_rate": 800.0, "n_fft": 64, "hop": 16} if name == "logmel_cnn" else {}
-    encoder = BUILTIN_ENCODERS[name](spec, dim=24, **args).eval()
-    features = encoder.forward_features(x)
+PARTS = load_plugins().parts
+ENCODER_ARGS = {"logmel_cnn": {"sample_rate": 800.0, "n_fft": 64, "hop": 16}}
+
+
+def example(kind: str, encoder: str = "") -> ModalitySpec:
+    if encoder == "logmel_cnn":
+        return ModalitySpec("series", length=800, channels=1)
+    return KINDS.get(kind).example()
+
+
+def random_batch(spec: InputSpec, count: int, seed: int) -> dict[str, torch.Tensor]:
+    rng = np.random.default_rng(seed)
+    return {m: torch.from_numpy(s.kind_of.random(s, count, rng)) for m, s in spec.modalities.items()}
+
+
+# Every encoder of the loaded registries (plugins' included) on every kind it says it reads.
+PAIRS = [(name, kind) for name, cls in sorted(PARTS.encoders.items())
+         for kind in (getattr(cls, "kinds", ()) or list(KINDS))]  # fmt: skip
+
+
+@pytest.mark.parametrize(("name", "kind"), PAIRS)
+def test_every_encoder_reads_every_kind_it_claims(name, kind):
+    spec = example(kind, name)
+    x = random_batch(InputSpec({"m": spec}), 4, seed=0)["m"]
+    encoder = PARTS.encoders[name](spec, dim=24, **ENCODER_ARGS.get(name, {})).eval()
+    with torch.inference_mode():
+        features = encoder(x)
     assert features.shape == (4, 24)
     assert torch.isfinite(features).all()
 
 
-@pytest.mark.parametrize("fusion", sorted(FUSIONS))
-@pytest.mark.parametrize("present", SUBSETS)
-def test_every_fusion_handles_every_subset_of_modalities(fusion, present):
+# One modality of every kind, each through its kind's default encoder.
+EVERY_KIND = InputSpec({kind: example(kind) for kind in KINDS})
+KIND_ENCODERS = {kind: {"name": KINDS.get(kind).default_encoder} for kind in KINDS}
+KIND_SUBSETS = [c for r in range(1, len(KINDS) + 1) for c in itertools.combinations(range(len(KINDS)), r)]
+
+
+@pytest.mark.parametrize("fusion", sorted(PARTS.fusions))
+@pytest.mark.parametrize("present", KIND_SUBSETS)
+def test_every_fusion_over_every_kind_handles_every_subset_of_modalities(fusion, present):
     torch.manual_seed(0)
-    model = FusionModel(SPEC, ["a", "b", "c", "d"], ENCODERS, {"name": fusion}, BUILTIN_ENCODERS, 32).eval()
-    mask = torch.zeros(3, 3, dtype=torch.bool)
+    model = FusionModel(EVERY_KIND, ["a", "b", "c", "d"], KIND_ENCODERS, {"name": fusion}, PARTS, 32).eval()
+    mask = torch.zeros(3, len(KINDS), dtype=torch.bool)
     mask[:, list(present)] = True
-    x = batch()
+    x = random_batch(EVERY_KIND, 3, seed=0)
     with torch.inference_mode():
         logits = model(x, mask)
         assert logits.shape == (3, 4) and torch.isfinite(logits).all()
-        # A masked modality must not influence the output: replace its input with noise.
-        for missing in set(range(3)) - set(present):
+        # A masked modality must not influence the output: replace its input with another.
+        other = random_batch(EVERY_KIND, 3, seed=99)
+        for missing in set(range(len(KINDS))) - set(present):
             name = model.modalities[missing]
-            changed = dict(x, **{name: batch(seed=99)[name]})
-            torch.testing.assert_close(model(changed, mask), logits)
+            torch.testing.assert_close(model(dict(x, **{name: other[name]}), mask), logits)
+
+
+def test_a_checkpoint_with_a_text_modality_round_trips(tmp_path):
+    spec = InputSpec({"imu": ModalitySpec("series", length=32, channels=3),
+                      "words": ModalitySpec("tokens", length=12, vocab=("zero", "one", "two"))})  # fmt: skip
+    encoders = {"imu": {"name": "series_cnn"}, "words": {"name": "text_gru", "args": {"hidden": 16}}}
+    model = FusionModel(spec, ["x", "y"], encoders, {"name": "late"}, PARTS, 16).eval()
+    path = tmp_path / "t.pt"
+    save(model, path, name="text", encoders=encoders, fusion={"name": "late"}, dim=16,
+         window={"length_ns": 1, "hop_ns": 1})  # fmt: skip
+    ck = load(path)
+    assert ck.spec == spec and ck.spec.modalities["words"].vocab == ("zero", "one", "two")
+    x = random_batch(spec, 5, seed=3)
+    mask = torch.ones(5, 2, dtype=torch.bool)
+    with torch.inference_mode():
+        torch.testing.assert_close(ck.build(PARTS)(x, mask), model(x, mask))
 
 
 def test_checkpoint_round_trip_keeps_outputs_and_metadata(tmp_path):

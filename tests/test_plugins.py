@@ -130,3 +130,14 @@ def test_builtin_encoder_references_resolve_to_the_classes():
 
     types = load_plugins().encoders.types
     assert {name: types[name] for name in BUILTIN_ENCODERS} == BUILTIN_ENCODERS
+
+
+def test_every_package_of_the_source_tree_is_installed():
+    """A pip install (not editable) ships exactly the packages pyproject.toml lists."""
+    import tomllib
+
+    from .helpers import ROOT
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "fusiond").rglob("__init__.py")}
+    assert found <= listed, sorted(found - listed)

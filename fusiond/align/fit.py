@@ -1,15 +1,19 @@
-"""Fit the samples of one stream inside a window to a modality's input spec."""
+"""The built-in modality kinds: fitting the samples of one stream inside a window to a
+modality's input spec (see :mod:`fusiond.align.kinds`)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from functools import lru_cache
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
-import cv2
 import numpy as np
 
-from fusiond.align.spec import ModalitySpec
+from fusiond.align.kinds import KINDS, ModalityKind
+
+if TYPE_CHECKING:
+    from fusiond.align.spec import ModalitySpec
 
 
 class Block(NamedTuple):
@@ -36,9 +40,7 @@ def coverage(blocks: Sequence[Block], start_ns: int, end_ns: int) -> float:
 
 def fit(spec: ModalitySpec, blocks: Sequence[Block], start_ns: int, end_ns: int) -> np.ndarray:
     """One window's array of ``spec.shape`` from the blocks overlapping the window."""
-    if spec.kind == "frames":
-        return _fit_frames(spec, blocks, start_ns, end_ns)
-    return _fit_series(spec, blocks, start_ns, end_ns)
+    return KINDS.get(spec.kind).fit(spec, blocks, start_ns, end_ns)
 
 
 def _sample_times(blocks: Sequence[Block], origin_ns: int) -> np.ndarray:
@@ -135,6 +137,8 @@ def _fit_frames(spec: ModalitySpec, blocks: Sequence[Block], start_ns: int, end_
 
 
 def _to_spec(frame: np.ndarray, spec: ModalitySpec) -> np.ndarray:
+    import cv2
+
     image = frame if frame.ndim == 3 else frame[:, :, None]
     if image.shape[2] == 3 and spec.channels == 1:
         image = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)[:, :, None]
@@ -143,3 +147,167 @@ def _to_spec(frame: np.ndarray, spec: ModalitySpec) -> np.ndarray:
     if image.shape[:2] != (spec.height, spec.width):
         image = cv2.resize(image, (spec.width, spec.height), interpolation=cv2.INTER_AREA)
     return image.reshape(spec.height, spec.width, spec.channels)
+
+
+def _scaled(values: np.ndarray) -> tuple[np.ndarray, float]:
+    integer = np.issubdtype(values.dtype, np.integer)
+    return values, (1.0 / np.iinfo(values.dtype).max if integer else 1.0)
+
+
+class FramesKind(ModalityKind):
+    """``length`` images of ``height`` x ``width`` x ``channels`` (uint8), spread evenly over
+    the window: the newest frame at or before each of ``length`` instants (sample and hold)."""
+
+    name = "frames"
+    dtype = np.dtype(np.uint8)
+    default_encoder = "frames_cnn"
+    encodings = ("raw", "jpeg")
+
+    def validate(self, spec: ModalitySpec) -> None:
+        super().validate(spec)
+        if spec.height < 1 or spec.width < 1:
+            msg = "frames need a positive height and width"
+            raise ValueError(msg)
+
+    def shape(self, spec: ModalitySpec) -> tuple[int, ...]:
+        return (spec.length, spec.height, spec.width, spec.channels)
+
+    def check_block(self, spec: ModalitySpec, shape: tuple[int, ...], dtype: str, encoding: str,
+                    max_frame_pixels: int) -> str | None:  # fmt: skip
+        why = super().check_block(spec, shape, dtype, encoding, max_frame_pixels)
+        if why is not None:
+            return why
+        if dtype != "|u1":
+            return f"frames must be |u1, got {dtype}"
+        if len(shape) not in (3, 4) or (len(shape) == 4 and shape[3] not in (1, 3)):
+            return f"frames must be [n, H, W] or [n, H, W, 1|3], got {list(shape)}"
+        if shape[1] * shape[2] > max_frame_pixels:
+            return f"a {shape[1]}x{shape[2]} frame is over ingest.max_frame_pixels ({max_frame_pixels})"
+        return None
+
+    def fit(self, spec: ModalitySpec, blocks: Sequence[Block], start_ns: int, end_ns: int) -> np.ndarray:
+        return _fit_frames(spec, blocks, start_ns, end_ns)
+
+    def example(self) -> ModalitySpec:
+        from fusiond.align.spec import ModalitySpec
+
+        return ModalitySpec(self.name, length=2, channels=1, height=16, width=16)
+
+
+class SeriesKind(ModalityKind):
+    """``length`` evenly spaced samples of ``channels`` values (float32) covering the
+    window, low-passed before decimation; integer samples are scaled to [-1, 1]."""
+
+    name = "series"
+    dtype = np.dtype(np.float32)
+    default_encoder = "series_cnn"
+
+    def shape(self, spec: ModalitySpec) -> tuple[int, ...]:
+        return (spec.length, spec.channels)
+
+    def fit(self, spec: ModalitySpec, blocks: Sequence[Block], start_ns: int, end_ns: int) -> np.ndarray:
+        return _fit_series(spec, blocks, start_ns, end_ns)
+
+
+class VectorKind(ModalityKind):
+    """The newest sample of ``channels`` values at or before the window's end (float32): a
+    state that changes now and then, such as a setting, a position or a temperature."""
+
+    name = "vector"
+    dtype = np.dtype(np.float32)
+    default_encoder = "vector_mlp"
+
+    def shape(self, spec: ModalitySpec) -> tuple[int, ...]:
+        return (spec.channels,)
+
+    def fit(self, spec: ModalitySpec, blocks: Sequence[Block], start_ns: int, end_ns: int) -> np.ndarray:
+        times = _sample_times(blocks, start_ns)
+        values, scale = _scaled(np.concatenate([b.data.reshape(len(b.data), -1) for b in blocks]))
+        inside = np.flatnonzero(times < end_ns - start_ns)
+        newest = inside[np.argmax(times[inside])] if len(inside) else int(np.argmin(times))
+        out = np.zeros(spec.channels, np.float32)
+        n = min(spec.channels, values.shape[1])
+        out[:n] = values[newest, :n] * scale
+        return out
+
+
+WORD = re.compile(r"[0-9a-z']+")
+PAD, UNKNOWN = 0, 1
+"""Token ids 0 and 1; word ``i`` of a vocabulary is id ``i + 2``."""
+
+
+def words(text: str) -> list[str]:
+    """The tokenizer of ``tokens`` inputs: lower-cased runs of letters, digits and '."""
+    return WORD.findall(text.lower())
+
+
+@lru_cache(maxsize=16)
+def _ids(vocab: tuple[str, ...]) -> dict[str, int]:
+    return {word: i + 2 for i, word in enumerate(vocab)}
+
+
+class TokensKind(ModalityKind):
+    """Text events in the window, in order: up to ``length`` words as ``[id, ms]`` rows
+    (int32), the word's id in the spec's ``vocab`` (the tokenizer travels in the
+    checkpoint) and its event's time in ms from the window's start; unused rows are 0.
+    The newest words are kept when there are more. Each event on the wire is one block
+    of one UTF-8 string (docs/protocol.md)."""
+
+    name = "tokens"
+    dtype = np.dtype(np.int32)
+    default_encoder = "text_gru"
+    encodings = ("utf-8",)
+
+    def validate(self, spec: ModalitySpec) -> None:
+        super().validate(spec)
+        if not spec.vocab:
+            msg = "a tokens input needs its vocab (fusiond train builds it from the data)"
+            raise ValueError(msg)
+
+    def shape(self, spec: ModalitySpec) -> tuple[int, ...]:
+        return (spec.length, 2)
+
+    def fit(self, spec: ModalitySpec, blocks: Sequence[Block], start_ns: int, end_ns: int) -> np.ndarray:
+        ids = _ids(spec.vocab)
+        rows: list[tuple[int, int]] = []
+        for block in sorted(blocks, key=lambda b: b.t_ns):
+            if start_ns <= block.t_ns < end_ns:
+                ms = (block.t_ns - start_ns) // 1_000_000
+                rows.extend((ids.get(w, UNKNOWN), ms) for w in words(str(block.data[0])))
+        out = np.zeros(self.shape(spec), np.int32)
+        kept = rows[-spec.length :]
+        if kept:
+            out[: len(kept)] = kept
+        return out
+
+    def corrupt(self, spec: ModalitySpec, batch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Every word replaced by a random word of the vocabulary (times kept)."""
+        out = batch.copy()
+        words_at = out[..., 0] != PAD
+        out[..., 0][words_at] = rng.integers(2, len(spec.vocab) + 2, int(words_at.sum()))
+        return out
+
+    def augment(self, spec: ModalitySpec, batch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Word dropout: one word in ten becomes unknown, as a recogniser mishears."""
+        out = batch.copy()
+        hit = (out[..., 0] != PAD) & (rng.random(out.shape[:-1]) < 0.1)
+        out[..., 0][hit] = UNKNOWN
+        return out
+
+    def example(self) -> ModalitySpec:
+        from fusiond.align.spec import ModalitySpec
+
+        return ModalitySpec(self.name, length=6, vocab=("one", "two", "three"))
+
+    def random(self, spec: ModalitySpec, count: int, rng: np.random.Generator) -> np.ndarray:
+        out = np.zeros((count, *self.shape(spec)), np.int32)
+        for row in out:
+            n = int(rng.integers(1, spec.length + 1))
+            row[:n, 0] = rng.integers(2, len(spec.vocab) + 2, n)
+            row[:n, 1] = np.sort(rng.integers(0, 1000, n))
+        return out
+
+
+BUILTIN_KINDS: tuple[type[ModalityKind], ...] = (FramesKind, SeriesKind, VectorKind, TokensKind)
+for _kind in BUILTIN_KINDS:
+    KINDS.add(_kind)

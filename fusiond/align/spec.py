@@ -2,73 +2,60 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 
-Kind = Literal["frames", "series"]
+from fusiond.align import fit as _builtin_kinds  # noqa: F401 - registers the built-in kinds
+from fusiond.align.kinds import KINDS, ModalityKind
 
 
 @dataclass(frozen=True, slots=True)
 class ModalitySpec:
-    """Input of one modality.
+    """Input of one modality; ``kind`` names a :class:`~fusiond.align.kinds.ModalityKind`
+    (``frames``, ``series``, ``vector``, ``tokens`` or a plugin's), which says what the
+    other fields mean."""
 
-    ``frames``: ``length`` images of ``height`` x ``width`` x ``channels`` (uint8) spread
-    evenly over the window. ``series``: ``length`` evenly spaced samples of ``channels``
-    values (float32) covering the window.
-    """
-
-    kind: Kind
+    kind: str
     length: int
-    channels: int
+    channels: int = 1
     height: int = 0
     width: int = 0
+    vocab: tuple[str, ...] = field(default=())
+    """``tokens``: the words the tokenizer knows, in id order (ids 0 and 1: padding, unknown)."""
 
     def __post_init__(self) -> None:
-        if self.kind not in ("frames", "series"):
-            msg = f"modality kind must be 'frames' or 'series', got {self.kind!r}"
-            raise ValueError(msg)
-        if self.length < 1 or self.channels < 1:
-            msg = "length and channels must be positive"
-            raise ValueError(msg)
-        if self.kind == "frames" and (self.height < 1 or self.width < 1):
-            msg = "frames need a positive height and width"
-            raise ValueError(msg)
+        self.kind_of.validate(self)
+
+    @property
+    def kind_of(self) -> ModalityKind:
+        """The kind object (ValueError for a kind no installed plugin provides)."""
+        return KINDS.get(self.kind)
 
     @property
     def shape(self) -> tuple[int, ...]:
         """Shape of one window's array for this modality."""
-        if self.kind == "frames":
-            return (self.length, self.height, self.width, self.channels)
-        return (self.length, self.channels)
+        return self.kind_of.shape(self)
 
     @property
     def dtype(self) -> np.dtype[Any]:
         """Element type of one window's array."""
-        return np.dtype(np.uint8 if self.kind == "frames" else np.float32)
+        return self.kind_of.dtype
 
-    def check_block(self, shape: tuple[int, ...], dtype: str, max_frame_pixels: int) -> str | None:
-        """Why a block of ``shape`` and ``dtype`` cannot feed this modality, or None if it can.
+    def check_block(self, shape: tuple[int, ...], dtype: str, max_frame_pixels: int,
+                    encoding: str = "raw") -> str | None:  # fmt: skip
+        """Why a block of ``shape``, ``dtype`` and ``encoding`` cannot feed this modality, or
+        None if it can.
 
         Checked from the message header, before any buffer is decoded: the aligner and
         the fit then only ever see blocks they can use.
         """
-        if not shape or min(shape) < 1:
-            return f"empty block, shape {list(shape)}"
-        if self.kind == "series":
-            return None
-        if dtype != "|u1":
-            return f"frames must be |u1, got {dtype}"
-        if len(shape) not in (3, 4) or (len(shape) == 4 and shape[3] not in (1, 3)):
-            return f"frames must be [n, H, W] or [n, H, W, 1|3], got {list(shape)}"
-        if shape[1] * shape[2] > max_frame_pixels:
-            return f"a {shape[1]}x{shape[2]} frame is over ingest.max_frame_pixels ({max_frame_pixels})"
-        return None
+        return self.kind_of.check_block(self, shape, dtype, encoding, max_frame_pixels)
 
     def zeros(self) -> np.ndarray:
-        """A read-only all-zero input, used where the modality is missing."""
-        array = np.zeros(self.shape, self.dtype)
+        """A read-only input for a window where the modality is missing."""
+        array = self.kind_of.zeros(self)
         array.flags.writeable = False
         return array
 
@@ -86,4 +73,5 @@ class InputSpec:
     @classmethod
     def from_dict(cls, data: dict[str, dict[str, Any]]) -> InputSpec:
         """Inverse of :meth:`to_dict`."""
-        return cls({name: ModalitySpec(**fields) for name, fields in data.items()})
+        return cls({name: ModalitySpec(**{**fields, "vocab": tuple(fields.get("vocab", ()))})
+                    for name, fields in data.items()})  # fmt: skip

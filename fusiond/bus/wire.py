@@ -26,7 +26,9 @@ ERROR_PREFIX: Final = "e/"
 NAME_RE: Final = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 CLOCKS: Final = frozenset({"realtime", "monotonic"})
 DTYPES: Final = {s: np.dtype(s) for s in ("|u1", "|i1", "<u2", "<i2", "<i4", "<f4", "<f8")}
-ENCODINGS: Final = frozenset({"raw", "jpeg"})
+ENCODINGS: Final = frozenset({"raw", "jpeg", "utf-8"})
+MAX_TEXT_BYTES: Final = 65536
+"""Largest text event (``utf-8`` buffer) a reader accepts."""
 MAX_DIMS: Final = 6
 MAX_INT: Final = 2**63 - 1
 MIN_RATE_HZ: Final = 1e-3
@@ -207,7 +209,8 @@ def encode_sample(
     """Frames for one sample block; the array travels as its own buffer, not copied.
 
     With ``encoding="jpeg"``, ``payload`` holds the JPEG bytes and ``data`` only gives the
-    decoded shape and dtype.
+    decoded shape and dtype; with ``encoding="utf-8"``, ``payload`` is one text event and
+    ``data`` a uint8 array of shape [1] (:func:`text_block` makes both).
     """
     array = data if data.flags.c_contiguous else np.ascontiguousarray(data)
     header = {
@@ -369,6 +372,9 @@ def buffer_spec(spec: Any) -> BufferSpec:
     if encoding == "jpeg" and (dtype != "|u1" or _jpeg_dims(shape) is None):
         msg = f"a JPEG buffer is one |u1 image [1, H, W, 1|3], [H, W, 1|3] or [H, W]; got {dtype} {shape}"
         raise FrameError(msg)
+    if encoding == "utf-8" and (dtype != "|u1" or shape != [1]):
+        msg = f"a utf-8 buffer is one text event, dtype |u1 and shape [1]; got {dtype} {shape}"
+        raise FrameError(msg)
     return BufferSpec(dtype, tuple(shape), encoding)
 
 
@@ -459,6 +465,8 @@ def _array(spec: BufferSpec, frame: Frame) -> np.ndarray:
     view = frame_view(frame)
     if spec.encoding == "jpeg":
         return _decode_jpeg(view, spec.shape)
+    if spec.encoding == "utf-8":
+        return _decode_text(view)
     expected = spec.nbytes
     if view.nbytes != expected:
         msg = f"buffer holds {view.nbytes} bytes, shape {list(spec.shape)} of {spec.dtype} needs {expected}"
@@ -466,6 +474,31 @@ def _array(spec: BufferSpec, frame: Frame) -> np.ndarray:
     array = np.frombuffer(view, dtype=spec.dtype).reshape(spec.shape)
     array.flags.writeable = False  # a view of the received frame: never write through it
     return array
+
+
+def _decode_text(view: memoryview) -> np.ndarray:
+    """One text event as a read-only object array of one ``str``."""
+    if view.nbytes > MAX_TEXT_BYTES:
+        msg = f"a text event of {view.nbytes} bytes is over {MAX_TEXT_BYTES}"
+        raise FrameError(msg, "bad_size")
+    try:
+        text = str(view, "utf-8")
+    except UnicodeDecodeError as exc:
+        msg = f"text event is not UTF-8: {exc.reason} at byte {exc.start}"
+        raise FrameError(msg, "bad_value") from None
+    array = np.empty(1, object)
+    array[0] = text
+    array.flags.writeable = False
+    return array
+
+
+def text_block(text: str) -> tuple[np.ndarray, bytes]:
+    """``(data, payload)`` of one text event for :func:`encode_sample` (``encoding="utf-8"``)."""
+    payload = text.encode()
+    if len(payload) > MAX_TEXT_BYTES:
+        msg = f"a text event of {len(payload)} bytes is over {MAX_TEXT_BYTES}"
+        raise ValueError(msg)
+    return np.zeros(1, np.uint8), payload
 
 
 def jpeg_size(data: memoryview | bytes) -> tuple[int, int, int] | None:

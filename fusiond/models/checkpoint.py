@@ -14,7 +14,7 @@ from torch import nn
 
 from fusiond.align.spec import InputSpec
 from fusiond.errors import ModelError
-from fusiond.models.model import FusionModel
+from fusiond.models.model import FusionModel, Parts
 
 FORMAT = 1
 
@@ -38,7 +38,7 @@ class Checkpoint:
     path: Path | None = None
     """The file it was loaded from (None when built in memory)."""
 
-    def build(self, encoder_types: Mapping[str, type[nn.Module]]) -> FusionModel:
+    def build(self, encoder_types: Parts | Mapping[str, type[nn.Module]]) -> FusionModel:
         """The model with its weights loaded, in eval mode."""
         model = FusionModel(
             self.spec, self.classes, self.encoders, self.fusion, encoder_types, self.dim, self.task

@@ -15,6 +15,8 @@ class Encoder(nn.Module):
     """Base of the encoders: ``forward`` is ``forward_features`` ([B, ...] -> [B, D])."""
 
     dim: int
+    kinds: tuple[str, ...] = ()
+    """The modality kinds this encoder reads (empty: any)."""
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Features of shape [B, D]."""
@@ -26,6 +28,8 @@ class Encoder(nn.Module):
 
 class FramesEncoder(Encoder):
     """Small CNN over each of N frames, averaged over time. Input uint8 [B, N, H, W, C]."""
+
+    kinds = ("frames",)
 
     def __init__(self, spec: ModalitySpec, dim: int = 64, width: int = 16) -> None:
         super().__init__()
@@ -70,6 +74,8 @@ def mel_filterbank(sample_rate: float, n_fft: int, n_mels: int) -> np.ndarray:
 
 class LogMelEncoder(Encoder):
     """Log-mel spectrogram computed in torch, then a CNN. Input float [B, S, C]."""
+
+    kinds = ("series",)
 
     dft: torch.Tensor
     mel: torch.Tensor
@@ -128,6 +134,8 @@ class LogMelEncoder(Encoder):
 class SeriesEncoder(Encoder):
     """1D CNN over a multichannel series (IMU and other numeric sensors). Input [B, S, C]."""
 
+    kinds = ("series",)
+
     def __init__(self, spec: ModalitySpec, dim: int = 64, width: int = 32) -> None:
         super().__init__()
         self.net = nn.Sequential(
@@ -151,6 +159,8 @@ class SeriesEncoder(Encoder):
 class VectorEncoder(Encoder):
     """MLP over the flattened input, for small generic numeric inputs."""
 
+    kinds = ("vector", "series")
+
     def __init__(self, spec: ModalitySpec, dim: int = 64, hidden: int = 128) -> None:
         super().__init__()
         size = math.prod(spec.shape)
@@ -164,9 +174,38 @@ class VectorEncoder(Encoder):
 
 
 
+
+
+class TextEncoder(Encoder):
+    """Words of a ``tokens`` input ([B, L, 2] int32: id, ms into the window) -> [B, D]: an
+    embedding of each word plus its time, a bidirectional GRU over the words in order,
+    and the mean of its outputs over the words present (padding never counts)."""
+
+    kinds = ("tokens",)
+
+    def __init__(self, spec: ModalitySpec, dim: int = 64, embed: int = 48, hidden: int = 48) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(len(spec.vocab) + 2, embed, padding_idx=0)
+        self.time = nn.Linear(1, embed)
+        self.gru = nn.GRU(embed, hidden, batch_first=True, bidirectional=True)
+        self.proj = nn.Linear(2 * hidden, dim)
+        self.dim = dim
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, L, 2] int32 -> [B, D]."""
+        ids = x[..., 0].long()
+        present = (ids != 0).unsqueeze(-1).float()
+        seconds = x[..., 1:2].float() / 1000.0
+        out, _ = self.gru((self.embed(ids) + self.time(seconds)) * present)
+        pooled = (out * present).sum(dim=1) / present.sum(dim=1).clamp(min=1.0)
+        result: torch.Tensor = self.proj(pooled)
+        return result
+
+
 BUILTIN_ENCODERS: dict[str, type[nn.Module]] = {
     "frames_cnn": FramesEncoder,
     "logmel_cnn": LogMelEncoder,
     "series_cnn": SeriesEncoder,
     "vector_mlp": VectorEncoder,
+    "text_gru": TextEncoder,
 }

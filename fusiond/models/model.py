@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -13,6 +14,20 @@ from fusiond.errors import ModelError
 from fusiond.models.fusion import FUSIONS
 
 TASKS = ("classification", "regression")
+
+
+@dataclass(frozen=True)
+class Parts:
+    """The encoder and fusion classes models are built from, by name (a plugin adds its
+    own through the hooks; :attr:`fusiond.plugin.Plugins.parts`)."""
+
+    encoders: Mapping[str, type[nn.Module]]
+    fusions: Mapping[str, type[nn.Module]] = field(default_factory=lambda: dict(FUSIONS))
+
+
+def as_parts(types: Parts | Mapping[str, type[nn.Module]]) -> Parts:
+    """``types`` as :class:`Parts`: a mapping is taken as the encoders, with the built-in fusions."""
+    return types if isinstance(types, Parts) else Parts(types)
 
 
 class FusionModel(nn.Module):
@@ -28,7 +43,7 @@ class FusionModel(nn.Module):
         classes: list[str],
         encoders: Mapping[str, dict[str, Any]],
         fusion: dict[str, Any],
-        encoder_types: Mapping[str, type[nn.Module]],
+        encoder_types: Parts | Mapping[str, type[nn.Module]],
         dim: int = 64,
         task: str = "classification",
     ) -> None:
@@ -40,19 +55,20 @@ class FusionModel(nn.Module):
         self.modalities = list(spec.modalities)
         self.spec = spec
         self.classes = list(classes)
+        parts = as_parts(encoder_types)
         modules = {}
         for name in self.modalities:
             entry = encoders.get(name)
-            if entry is None or entry.get("name") not in encoder_types:
+            if entry is None or entry.get("name") not in parts.encoders:
                 msg = f"no encoder for modality {name!r} (asked for {entry!r})"
                 raise ModelError(msg)
-            cls = encoder_types[entry["name"]]
+            cls = parts.encoders[entry["name"]]
             modules[name] = cls(spec.modalities[name], dim=dim, **entry.get("args", {}))
         self.encoders = nn.ModuleDict(modules)
-        if fusion.get("name") not in FUSIONS:
-            msg = f"unknown fusion strategy {fusion.get('name')!r}; known: {sorted(FUSIONS)}"
+        if fusion.get("name") not in parts.fusions:
+            msg = f"unknown fusion strategy {fusion.get('name')!r}; known: {sorted(parts.fusions)}"
             raise ModelError(msg)
-        fusion_cls = FUSIONS[fusion["name"]]
+        fusion_cls = parts.fusions[fusion["name"]]
         self.fusion = fusion_cls(len(self.modalities), dim, len(classes), **fusion.get("args", {}))
 
     def features(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:

@@ -22,7 +22,7 @@ from torch import nn
 
 from fusiond.errors import ModelError
 from fusiond.models.checkpoint import Checkpoint
-from fusiond.models.model import FusionModel
+from fusiond.models.model import FusionModel, Parts
 from fusiond.models.runner import Runner
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ def onnx_path(checkpoint_path: Path) -> Path:
     return checkpoint_path.with_suffix(".onnx")
 
 
-def export(checkpoint: Checkpoint, encoder_types: Mapping[str, type[nn.Module]], out: Path) -> Path:
+def export(checkpoint: Checkpoint, encoder_types: Parts | Mapping[str, type[nn.Module]], out: Path) -> Path:
     """Write the checkpoint's model as ONNX to ``out``."""
     flat = _Flat(checkpoint.build(encoder_types)).eval()
     spec = checkpoint.spec.modalities
@@ -91,7 +91,7 @@ class OnnxRunner(Runner):
 
     runtime = "onnx"
 
-    def __init__(self, checkpoint: Checkpoint, encoder_types: Mapping[str, type[nn.Module]],
+    def __init__(self, checkpoint: Checkpoint, encoder_types: Parts | Mapping[str, type[nn.Module]],
                  threads: int = 0) -> None:  # fmt: skip
         try:
             import onnxruntime
@@ -110,7 +110,7 @@ class OnnxRunner(Runner):
         self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
     @staticmethod
-    def _exported(checkpoint: Checkpoint, encoder_types: Mapping[str, type[nn.Module]]) -> Path:
+    def _exported(checkpoint: Checkpoint, encoder_types: Parts | Mapping[str, type[nn.Module]]) -> Path:
         if checkpoint.path is None:
             msg = "an ONNX runner needs a checkpoint loaded from a file"
             raise ModelError(msg)

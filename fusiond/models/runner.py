@@ -14,6 +14,7 @@ from torch import nn
 from fusiond.align.windows import Window
 from fusiond.errors import ModelError
 from fusiond.models.checkpoint import Checkpoint
+from fusiond.models.model import Parts
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +61,8 @@ def set_threads(threads: int) -> None:
         torch.set_num_threads(threads)
 
 
-def make_runner(checkpoint: Checkpoint, encoder_types: Mapping[str, type[nn.Module]], device: str = "auto",
-                runtime: str = "torch", threads: int = 0) -> Runner:  # fmt: skip
+def make_runner(checkpoint: Checkpoint, encoder_types: Parts | Mapping[str, type[nn.Module]],
+                device: str = "auto", runtime: str = "torch", threads: int = 0) -> Runner:  # fmt: skip
     """A runner for ``runtime``: ``torch`` on ``device``, ``onnx`` (onnxruntime, CPU), or
     ``auto``: onnx when the device is a CPU and onnxruntime is installed, else torch."""
     if runtime == "auto":
@@ -116,7 +117,7 @@ class ModelRunner(Runner):
     def __init__(
         self,
         checkpoint: Checkpoint,
-        encoder_types: Mapping[str, type[nn.Module]],
+        encoder_types: Parts | Mapping[str, type[nn.Module]],
         device: str = "auto",
     ) -> None:
         self.checkpoint = checkpoint

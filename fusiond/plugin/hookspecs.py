@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:
-    from fusiond.plugin.registry import EncoderRegistry, SourceRegistry
+    from fusiond.align.kinds import KindRegistry
+    from fusiond.plugin.registry import EncoderRegistry, FusionRegistry, SourceRegistry
 
 hookspec = pluggy.HookspecMarker("fusiond")
 hookimpl = pluggy.HookimplMarker("fusiond")
@@ -40,4 +41,32 @@ def fusiond_add_encoders(registry: EncoderRegistry) -> None:
     maps a batch of one modality to features of shape ``[B, dim]``.
 
     :param registry: the encoder registry being built.
+    """
+
+
+@hookspec
+def fusiond_add_fusions(registry: FusionRegistry) -> None:
+    """Add fusion strategies that recipes and checkpoints can name.
+
+    Called once when a model is loaded or built. Call ``registry.add(name, cls)`` (or
+    ``registry.add(name, "module:Class")``, imported only when a model needs it) where
+    ``cls(modalities, dim, outputs, **args)`` is a ``torch.nn.Module`` whose ``forward(features,
+    mask)`` maps features ``[B, M, dim]`` and the presence mask ``[B, M]`` (True where a
+    modality is present) to ``[B, outputs]``. A masked modality must not change the output.
+    The built-in strategies (``early``, ``late``, ...) are registered the same way.
+
+    :param registry: the fusion registry being built.
+    """
+
+
+@hookspec
+def fusiond_add_modality_kinds(registry: KindRegistry) -> None:
+    """Add modality kinds that input specs (recipes, checkpoints) can name.
+
+    Called once when plugins are loaded, before any config or checkpoint is read. Call
+    ``registry.add(cls)`` for each :class:`fusiond.align.kinds.ModalityKind` subclass: it
+    checks a block from the wire, fits a window's blocks to the model's input, makes the
+    input of a missing modality, and corrupts or augments batches for training.
+
+    :param registry: the process-wide kind registry.
     """

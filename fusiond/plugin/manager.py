@@ -12,7 +12,7 @@ import pluggy
 
 from fusiond.errors import PluginError
 from fusiond.plugin import hookspecs
-from fusiond.plugin.registry import EncoderRegistry, SourceRegistry
+from fusiond.plugin.registry import EncoderRegistry, FusionRegistry, SourceRegistry
 
 log = logging.getLogger(__name__)
 GROUP = "fusiond"
@@ -27,18 +27,38 @@ class Plugins:
     origins: dict[str, str] = field(default_factory=dict)
     failures: dict[str, str] = field(default_factory=dict)
     _encoders: EncoderRegistry | None = None
+    _fusions: FusionRegistry | None = None
 
     @property
     def encoders(self) -> EncoderRegistry:
         """Encoders, collected on first use (``types`` imports torch; sources never need it)."""
         if self._encoders is None:
-            from fusiond.plugin import builtin
-
+            self._register_builtin()
             self._encoders = EncoderRegistry()
-            if not self.manager.is_registered(builtin):
-                self.manager.register(builtin, name="fusiond.builtin")
             self.manager.hook.fusiond_add_encoders(registry=self._encoders)
         return self._encoders
+
+    @property
+    def fusions(self) -> FusionRegistry:
+        """Fusion strategies, collected on first use."""
+        if self._fusions is None:
+            self._register_builtin()
+            self._fusions = FusionRegistry()
+            self.manager.hook.fusiond_add_fusions(registry=self._fusions)
+        return self._fusions
+
+    @property
+    def parts(self) -> Any:
+        """What models are built from: :class:`fusiond.models.model.Parts` (imports torch)."""
+        from fusiond.models.model import Parts
+
+        return Parts(self.encoders.types, self.fusions.types)
+
+    def _register_builtin(self) -> None:
+        from fusiond.plugin import builtin
+
+        if not self.manager.is_registered(builtin):
+            self.manager.register(builtin, name="fusiond.builtin")
 
     def origin(self, obj: type | str) -> str:
         """Where a registered class (or module) came from: ``dist version (module)``."""
@@ -66,6 +86,11 @@ def load_plugins(extra: Iterable[Any] = (), *, entry_points: bool = True) -> Plu
         msg = f"plugin {exc.plugin!r} has a hook fusiond does not define: {exc}"
         raise PluginError(msg) from None
     pm.hook.fusiond_add_sources(registry=plugins.sources)
+    from fusiond.align.kinds import KINDS
+
+    pm.hook.fusiond_add_modality_kinds(registry=KINDS)
+    if entry_points:
+        KINDS.plugins_loaded = True
     return plugins
 
 

@@ -1,4 +1,5 @@
-"""Registries that hooks add to: source kinds and modality encoders."""
+"""Registries that hooks add to: source kinds, encoders and fusion strategies (modality
+kinds: :mod:`fusiond.align.kinds`)."""
 
 from __future__ import annotations
 
@@ -56,30 +57,33 @@ class SourceRegistry:
         return iter(sorted(self._kinds))
 
 
-class EncoderRegistry:
-    """Modality encoder classes by the name checkpoints use.
+class ModuleRegistry:
+    """``torch.nn.Module`` classes by the name checkpoints use.
 
     An entry is a class or a ``"module:Class"`` reference, imported only when a model is
-    built: listing encoders (``fusiond plugins``) then never imports torch.
+    built: listing them (``fusiond plugins``) then never imports torch.
     """
+
+    what = "module"
 
     def __init__(self) -> None:
         self._entries: dict[str, type[nn.Module] | str] = {}
         self._types: dict[str, type[nn.Module]] | None = None
 
     def add(self, name: str, encoder: type[nn.Module] | str) -> None:
-        """Register an encoder class, or a ``"module:Class"`` reference to one, under ``name``."""
+        """Register a class, or a ``"module:Class"`` reference to one, under ``name``."""
         if not _NAME.match(name):
-            msg = f"encoder name must be a lowercase name, got {name!r}"
+            msg = f"{self.what} name must be a lowercase name, got {name!r}"
             raise PluginError(msg)
         if isinstance(encoder, str):
             if not _REF.match(encoder):
-                msg = f"encoder {name!r}: {encoder!r} is not a \"module:Class\" reference"
+                msg = f"{self.what} {name!r}: {encoder!r} is not a \"module:Class\" reference"
                 raise PluginError(msg)
         else:
-            _check_module(name, encoder)
+            _check_module(self.what, name, encoder)
         if name in self._entries and self._entries[name] is not encoder and self._entries[name] != encoder:
-            msg = f"encoder {name!r} registered twice: {_module(self._entries[name])} and {_module(encoder)}"
+            msg = (f"{self.what} {name!r} registered twice: {_module(self._entries[name])} and "
+                   f"{_module(encoder)}")  # fmt: skip
             raise PluginError(msg)
         self._entries[name] = encoder
         self._types = None
@@ -92,8 +96,21 @@ class EncoderRegistry:
     def types(self) -> dict[str, type[nn.Module]]:
         """``name -> class``, importing the references (and so torch) on first use."""
         if self._types is None:
-            self._types = {name: _resolve(name, entry) for name, entry in self._entries.items()}
+            self._types = {name: _resolve(self.what, name, entry) for name, entry in self._entries.items()}
         return self._types
+
+
+class EncoderRegistry(ModuleRegistry):
+    """Modality encoders: ``cls(spec, dim=..., **args)``, ``forward`` [B, ...] -> [B, dim]."""
+
+    what = "encoder"
+
+
+class FusionRegistry(ModuleRegistry):
+    """Fusion strategies: ``cls(modalities, dim, outputs, **args)``, ``forward(features
+    [B, M, dim], mask [B, M])`` -> [B, outputs]."""
+
+    what = "fusion strategy"
 
 
 _REF = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
@@ -103,15 +120,15 @@ def _module(entry: type | str) -> str:
     return entry.partition(":")[0] if isinstance(entry, str) else entry.__module__
 
 
-def _check_module(name: str, encoder: object) -> None:
+def _check_module(what: str, name: str, encoder: object) -> None:
     from torch import nn
 
     if not (isinstance(encoder, type) and issubclass(encoder, nn.Module)):
-        msg = f"encoder {name!r} must be a torch.nn.Module subclass"
+        msg = f"{what} {name!r} must be a torch.nn.Module subclass"
         raise PluginError(msg)
 
 
-def _resolve(name: str, entry: type[nn.Module] | str) -> type[nn.Module]:
+def _resolve(what: str, name: str, entry: type[nn.Module] | str) -> type[nn.Module]:
     if not isinstance(entry, str):
         return entry
     module_name, _, attr = entry.partition(":")
@@ -120,8 +137,8 @@ def _resolve(name: str, entry: type[nn.Module] | str) -> type[nn.Module]:
         for part in attr.split("."):
             found = getattr(found, part)
     except (ImportError, AttributeError) as exc:
-        msg = f"encoder {name!r}: cannot import {entry}: {exc}"
+        msg = f"{what} {name!r}: cannot import {entry}: {exc}"
         raise PluginError(msg) from None
-    _check_module(name, found)
+    _check_module(what, name, found)
     cls: type[nn.Module] = found
     return cls

@@ -39,7 +39,7 @@ def run_inline(config: Config, plugins: Plugins, checkpoint: Checkpoint,
     from fusiond.recording import read
 
     pipeline = Pipeline.from_config(config, plugins.sources, checkpoint)
-    runner = make_runner(checkpoint, plugins.encoders.types, config.model.device, config.model.runtime,
+    runner = make_runner(checkpoint, plugins.parts, config.model.device, config.model.runtime,
                          config.model.threads)  # fmt: skip
     model = {"name": checkpoint.name, "hash": checkpoint.content_hash}
     builder = PredictionBuilder(checkpoint.classes, model, checkpoint.task)

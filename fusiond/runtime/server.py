@@ -81,7 +81,7 @@ def load_serving(path: Path, device: str, runtime: str, threads: int, max_batch:
     from fusiond.publish import PredictionBuilder
 
     checkpoint = load(path)
-    runner = make_runner(checkpoint, load_plugins().encoders.types, device, runtime, threads)
+    runner = make_runner(checkpoint, load_plugins().parts, device, runtime, threads)
     runner.warm_up(max_batch)
     model = {"name": checkpoint.name, "hash": checkpoint.content_hash}
     builder = PredictionBuilder(checkpoint.classes, model, checkpoint.task, seq)

@@ -38,12 +38,23 @@ class Block:
     """Samples ``data[i]`` captured at ``t_ns + i / rate_hz`` (realtime clock, ns).
 
     ``t_ns=None`` lets the framework stamp the time the block was read. ``payload``
-    carries an already-encoded image (JPEG) whose decoded form ``data`` describes.
+    carries an already-encoded image (JPEG) whose decoded form ``data`` describes, or
+    the UTF-8 of one text event (``encoding="utf-8"``; :meth:`text` makes one).
     """
 
     data: np.ndarray
     t_ns: int | None = None
     payload: bytes | None = None
+    encoding: str = ""
+    """The wire encoding: ``raw`` without a payload, ``jpeg`` with one, unless set."""
+
+    @classmethod
+    def text(cls, text: str, t_ns: int | None = None) -> Block:
+        """One text event (a line, a recognised phrase) at ``t_ns``."""
+        from fusiond.bus.wire import text_block
+
+        data, payload = text_block(text)
+        return cls(data, t_ns, payload, "utf-8")
 
 
 @dataclass(frozen=True)

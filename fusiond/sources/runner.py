@@ -66,7 +66,7 @@ def encode_block(
         t_pub_ns=t_pub_ns,
         rate_hz=rate_hz,
         data=block.data,
-        encoding="raw" if block.payload is None else "jpeg",
+        encoding=block.encoding or ("raw" if block.payload is None else "jpeg"),
         payload=block.payload,
     )
 

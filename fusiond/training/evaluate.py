@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fusiond.align.spec import InputSpec
 from fusiond.models.model import FusionModel
 from fusiond.training.data import WindowSet
 from fusiond.training.loop import batches, to_device
@@ -76,18 +77,13 @@ def regression_scores(values: np.ndarray, targets: np.ndarray, names: list[str])
     }
 
 
-def corrupt(data: WindowSet, modality: str, seed: int = 0) -> WindowSet:
-    """The windows with one modality under Gaussian noise as strong as the signal (0 dB SNR)."""
+def corrupt(data: WindowSet, spec: InputSpec, modality: str, seed: int = 0) -> WindowSet:
+    """The windows with one modality corrupted by its kind (Gaussian noise as strong as the
+    signal, 0 dB SNR, for numbers and images; random words for text)."""
     rng = np.random.default_rng(seed)
-    x = data.inputs[modality]
-    axes = tuple(range(1, x.ndim))
-    values = x.astype(np.float32)
-    std = values.std(axis=axes, keepdims=True)
-    noisy = values + rng.standard_normal(x.shape, np.float32) * np.maximum(std, 1e-6)
-    if x.dtype == np.uint8:
-        noisy = np.clip(np.rint(noisy), 0, 255)
     out = WindowSet(data.modalities, dict(data.inputs), data.mask, data.targets, data.groups)
-    out.inputs[modality] = noisy.astype(x.dtype)
+    one = spec.modalities[modality]
+    out.inputs[modality] = one.kind_of.corrupt(one, data.inputs[modality], rng)
     return out
 
 
@@ -120,7 +116,8 @@ def evaluate(
             keep[i] = False
             result["ablation"][name] = round(sign * headline(model, with_mask(data, keep), device), 4)
             result["only"][name] = round(sign * headline(model, with_mask(data, ~keep), device), 4)
-            result["noisy"][name] = round(sign * headline(model, corrupt(data, name), device), 4)
+            noisy = corrupt(data, model.spec, name)
+            result["noisy"][name] = round(sign * headline(model, noisy, device), 4)
         result["score"] = key
     return result
 

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fusiond.align.spec import InputSpec
 from fusiond.models.model import FusionModel
 from fusiond.models.runner import pick_device
 from fusiond.training.data import WindowSet
@@ -58,9 +59,14 @@ def batches(data: WindowSet, size: int, order: torch.Tensor | None = None) -> It
 
 
 def to_device(
-    data: WindowSet, index: np.ndarray, device: torch.device
+    data: WindowSet, index: np.ndarray, device: torch.device,
+    change: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None = None,
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    inputs = {m: torch.from_numpy(a[index]).to(device, non_blocking=True) for m, a in data.inputs.items()}
+    """The windows at ``index`` as tensors on ``device`` (``change``: applied to the arrays first)."""
+    arrays = {m: a[index] for m, a in data.inputs.items()}
+    if change is not None:
+        arrays = change(arrays)
+    inputs = {m: torch.from_numpy(a).to(device, non_blocking=True) for m, a in arrays.items()}
     return inputs, torch.from_numpy(data.mask[index]).to(device)
 
 
@@ -74,24 +80,22 @@ def drop_modalities(mask: torch.Tensor, p: float, gen: torch.Generator) -> torch
     return torch.where(empty.unsqueeze(1), mask, kept)
 
 
-def add_noise(inputs: dict[str, torch.Tensor], p: float, gen: torch.Generator) -> dict[str, torch.Tensor]:
-    """Corrupt each modality of each window with probability ``p`` by Gaussian noise as
-    strong as the window's own signal (0 dB SNR), so the model learns to distrust a
-    sensor that has gone bad, not only one that has gone silent."""
-    if p <= 0:
-        return inputs
+def perturb(spec: InputSpec, inputs: dict[str, np.ndarray], options: TrainTable,
+            rng: np.random.Generator) -> dict[str, np.ndarray]:  # fmt: skip
+    """A training batch changed by each modality's kind: augmented (``train.augment``), and
+    each modality of each window corrupted (noise as strong as the signal, or another
+    kind's equivalent) with probability ``train.modality_noise``, so the model learns to
+    distrust a sensor that has gone bad, not only one that has gone silent."""
     out = {}
-    for name, x in inputs.items():
-        rows = (torch.rand(x.shape[0], generator=gen) < p).to(x.device)
-        if not rows.any():
-            out[name] = x
-            continue
-        values = x.float()
-        dims = tuple(range(1, x.ndim))
-        std = values.std(dim=dims, keepdim=True).clamp(min=1e-6)
-        noise = torch.randn(x.shape, generator=gen).to(x.device) * std
-        noisy = values + noise * rows.view(-1, *([1] * (x.ndim - 1)))
-        out[name] = noisy.round().clamp(0, 255).to(x.dtype) if x.dtype == torch.uint8 else noisy.to(x.dtype)
+    for name, batch in inputs.items():
+        modality = spec.modalities[name]
+        kind = modality.kind_of
+        x = kind.augment(modality, batch, rng) if options.augment else batch
+        rows = rng.random(len(x)) < options.modality_noise
+        if rows.any():
+            x = x.copy() if x is batch else x
+            x[rows] = kind.corrupt(modality, x[rows], rng)
+        out[name] = x
     return out
 
 
@@ -122,6 +126,7 @@ def fit(
         msg = "no labelled training windows"
         raise ValueError(msg)
     gen = seed_everything(options.seed)
+    rng = np.random.default_rng(options.seed)
     device = pick_device(options.device)
     model.to(device)
     autocast, amp = _autocast(device, options.amp)
@@ -137,9 +142,8 @@ def fit(
         model.train()
         total = 0.0
         for index in batches(train, options.batch_size, torch.randperm(len(train), generator=gen)):
-            inputs, mask = to_device(train, index, device)
+            inputs, mask = to_device(train, index, device, lambda a: perturb(model.spec, a, options, rng))
             mask = drop_modalities(mask, options.modality_dropout, gen)
-            inputs = add_noise(inputs, options.modality_noise, gen)
             with autocast:
                 out = model(inputs, mask)
             loss = loss_fn(model, out, targets[index].to(device), options.label_smoothing)

@@ -30,6 +30,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from fusiond.align.kinds import KINDS
 from fusiond.align.spec import InputSpec, ModalitySpec
 from fusiond.config import WindowSection, validate
 from fusiond.errors import ConfigError
@@ -42,23 +43,40 @@ class _Table(BaseModel):
 class InputTable(_Table):
     """``[inputs.<modality>]``: what the model takes of one modality, and its encoder."""
 
-    kind: Literal["frames", "series"]
+    kind: str
+    """``frames``, ``series``, ``vector``, ``tokens``, or a kind a plugin adds."""
     length: int = Field(gt=0)
     channels: int = Field(1, gt=0)
     height: int = Field(0, ge=0)
     width: int = Field(0, ge=0)
-    encoder: str
+    vocab: list[str] = Field(default_factory=list)
+    """``tokens``: the words to know; empty: the ``vocab_size`` commonest words of the data."""
+    vocab_size: int = Field(1000, gt=0, le=1_000_000)
+    encoder: str = ""
+    """Empty: the kind's default encoder."""
     encoder_args: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")
-    def _frames_have_a_size(self) -> InputTable:
-        if self.kind == "frames" and not (self.height and self.width):
-            msg = "frames need a positive height and width"
+    def _valid_for_its_kind(self) -> InputTable:
+        if self.kind not in KINDS:
+            msg = f"unknown modality kind {self.kind!r} (known: {', '.join(KINDS)})"
             raise ValueError(msg)
+        if not (self.kind == "tokens" and not self.vocab):  # the vocab comes from the data
+            self.spec()  # the kind's own checks (frames need a size, ...)
         return self
 
-    def spec(self) -> ModalitySpec:
-        return ModalitySpec(self.kind, self.length, self.channels, self.height, self.width)
+    @property
+    def encoder_name(self) -> str:
+        """The encoder to build: the kind's default when not given; ``timm:resnet18`` and
+        ``torchvision:resnet18`` name the built-in ``resnet18`` (their weights load as they are)."""
+        name = self.encoder or KINDS.get(self.kind).default_encoder
+        library, sep, model = name.partition(":")
+        return model if sep and library in ("timm", "torchvision") else name
+
+    def spec(self, vocab: tuple[str, ...] | None = None) -> ModalitySpec:
+        """The input spec; ``vocab`` replaces the table's (one built from the data)."""
+        words = tuple(self.vocab) if vocab is None else vocab
+        return ModalitySpec(self.kind, self.length, self.channels, self.height, self.width, words)
 
 
 class TrainTable(_Table):
@@ -70,6 +88,8 @@ class TrainTable(_Table):
     weight_decay: float = Field(1e-3, ge=0)
     modality_dropout: float = Field(0.3, ge=0, lt=1)
     """Each modality of each training window is hidden with this probability (never all)."""
+    augment: bool = True
+    """Each modality's kind varies the training windows in ways that keep their label."""
     modality_noise: float = Field(0.15, ge=0, lt=1)
     """Each modality of each training window is drowned in noise (0 dB SNR) with this probability."""
     label_smoothing: float = Field(0.1, ge=0, lt=1)
@@ -114,7 +134,7 @@ class Recipe(_Table):
 
     @property
     def encoders(self) -> dict[str, dict[str, Any]]:
-        return {m: {"name": t.encoder, "args": dict(t.encoder_args)} for m, t in self.inputs.items()}
+        return {m: {"name": t.encoder_name, "args": dict(t.encoder_args)} for m, t in self.inputs.items()}
 
     def only(self, modalities: list[str]) -> Recipe:
         """The same recipe over a subset of its inputs (a unimodal baseline, say)."""
@@ -145,4 +165,12 @@ def load_recipe(path: Path, **overrides: Any) -> Recipe:
             data[key] = value
     if train:
         data["train"] = train
-    return validate(Recipe, data, source=str(path))
+    recipe = validate(Recipe, data, source=str(path))
+    inputs = {}
+    for name, table in recipe.inputs.items():  # a weights file is found beside the recipe
+        weights = table.encoder_args.get("weights")
+        if isinstance(weights, str) and weights:
+            args = {**table.encoder_args, "weights": str(path.parent / weights)}
+            table = table.model_copy(update={"encoder_args": args})
+        inputs[name] = table
+    return recipe.model_copy(update={"inputs": inputs})

@@ -146,9 +146,15 @@ def _sorted_labels(labels: set[str]) -> list[str]:
 
 
 def build(recipe: Recipe, classes: list[str], plugins: Plugins) -> FusionModel:
+    """The recipe's untrained model; encoders with pretrained weights read them now."""
     fusion = {"name": recipe.fusion, "args": dict(recipe.fusion_args)}
-    return FusionModel(recipe.spec, classes, recipe.encoders, fusion, plugins.encoders.types, recipe.dim,
-                       recipe.task)  # fmt: skip
+    model = FusionModel(recipe.spec, classes, recipe.encoders, fusion, plugins.parts, recipe.dim,
+                        recipe.task)  # fmt: skip
+    for encoder in model.encoders.values():
+        load = getattr(encoder, "load_pretrained", None)
+        if callable(load):
+            load()
+    return model
 
 
 @dataclass
@@ -265,7 +271,7 @@ def evaluate_checkpoint(
     window: WindowConfig | None = None,
 ) -> dict[str, Any]:
     """Score a checkpoint on labelled data, cut with the checkpoint's own window."""
-    model = checkpoint.build(plugins.encoders.types)
+    model = checkpoint.build(plugins.parts)
     if window is None:
         window = checkpoint_window(checkpoint)
     targets = checkpoint.classes if checkpoint.task == "regression" else ()

@@ -1,0 +1,165 @@
+"""Modality kinds: what a model's input of one modality is, and everything that depends on it.
+
+A kind knows how to check a block from the wire (from its header, before decoding), fit
+the blocks of one window to the model's input, make the input of a missing modality,
+and corrupt or augment a batch of inputs for training and evaluation. Nothing else in
+fusiond branches on the kind. Built in:
+
+==========  ===============================================  ===========  =============
+kind        one window's input                                dtype        wire blocks
+==========  ===============================================  ===========  =============
+``frames``  ``length`` images ``height`` x ``width`` x C      uint8        images
+``series``  ``length`` evenly spaced samples of C values      float32      samples
+``vector``  the newest sample of C values (a state)           float32      samples
+``tokens``  up to ``length`` words: id and ms into window     int32 [L,2]  UTF-8 events
+==========  ===============================================  ===========  =============
+
+A plugin adds a kind with the ``fusiond_add_modality_kinds`` hook (docs/plugins.md).
+Kinds live in one process-wide registry, :data:`KINDS`, since a checkpoint's input spec
+names its kinds wherever it is read.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+from fusiond.errors import PluginError
+
+if TYPE_CHECKING:
+    from fusiond.align.fit import Block
+    from fusiond.align.spec import ModalitySpec
+
+_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+
+
+class ModalityKind:
+    """Base of the kinds. Subclasses set ``name``, ``dtype`` and ``default_encoder`` and
+    implement :meth:`shape` and :meth:`fit`; the rest has working defaults."""
+
+    name: ClassVar[str]
+    dtype: ClassVar[np.dtype[Any]]
+    default_encoder: ClassVar[str] = "vector_mlp"
+    encodings: ClassVar[tuple[str, ...]] = ("raw",)
+    """Wire encodings a block of this kind may come in."""
+
+    def validate(self, spec: ModalitySpec) -> None:
+        """Raise ValueError when ``spec`` makes no sense for this kind."""
+        if spec.length < 1 or spec.channels < 1:
+            msg = "length and channels must be positive"
+            raise ValueError(msg)
+
+    def shape(self, spec: ModalitySpec) -> tuple[int, ...]:
+        """Shape of one window's array."""
+        raise NotImplementedError
+
+    def check_block(self, spec: ModalitySpec, shape: tuple[int, ...], dtype: str, encoding: str,
+                    max_frame_pixels: int) -> str | None:  # fmt: skip
+        """Why a block of this header cannot feed ``spec``, or None if it can (no decoding)."""
+        if encoding not in self.encodings:
+            return f"a {self.name} input takes {' or '.join(self.encodings)} blocks, not {encoding}"
+        if not shape or min(shape) < 1:
+            return f"empty block, shape {list(shape)}"
+        return None
+
+    def fit(self, spec: ModalitySpec, blocks: Sequence[Block], start_ns: int, end_ns: int) -> np.ndarray:
+        """One window's array of :meth:`shape` from the blocks overlapping the window."""
+        raise NotImplementedError
+
+    def zeros(self, spec: ModalitySpec) -> np.ndarray:
+        """The input of a window where the modality is missing (the mask says so too)."""
+        return np.zeros(self.shape(spec), self.dtype)
+
+    def corrupt(self, spec: ModalitySpec, batch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """The batch under noise as strong as its signal (0 dB SNR per window): a sensor
+        gone bad but still sending."""
+        values = batch.astype(np.float32)
+        axes = tuple(range(1, batch.ndim))
+        std = np.maximum(values.std(axis=axes, keepdims=True), 1e-6)
+        noisy = values + rng.standard_normal(batch.shape, np.float32) * std
+        if np.issubdtype(self.dtype, np.integer):
+            info = np.iinfo(self.dtype)
+            noisy = np.clip(np.rint(noisy), info.min, info.max)
+        out: np.ndarray = noisy.astype(self.dtype)
+        return out
+
+    def augment(self, spec: ModalitySpec, batch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """A label-preserving variation of a training batch; the default changes nothing."""
+        return batch
+
+    def example(self) -> ModalitySpec:
+        """A small spec of this kind (for tests that go through every kind)."""
+        from fusiond.align.spec import ModalitySpec
+
+        return ModalitySpec(self.name, length=8, channels=2)
+
+    def random(self, spec: ModalitySpec, count: int, rng: np.random.Generator) -> np.ndarray:
+        """``count`` random inputs (fakes for tests and benches)."""
+        if np.issubdtype(self.dtype, np.integer):
+            return rng.integers(0, 256, (count, *self.shape(spec))).astype(self.dtype)
+        return rng.normal(0, 0.3, (count, *self.shape(spec))).astype(self.dtype)
+
+
+class KindRegistry:
+    """Modality kinds by name."""
+
+    def __init__(self) -> None:
+        self._kinds: dict[str, ModalityKind] = {}
+        self.plugins_loaded = False
+        """Whether the installed plugins have added their kinds (set by load_plugins)."""
+
+    def add(self, kind: type[ModalityKind] | ModalityKind) -> None:
+        """Register a kind (a class or an instance) under its ``name``."""
+        instance = kind() if isinstance(kind, type) else kind
+        if not isinstance(instance, ModalityKind):
+            msg = f"{kind!r} is not a fusiond.align.kinds.ModalityKind"
+            raise PluginError(msg)
+        name = getattr(instance, "name", "")
+        if not isinstance(name, str) or not _NAME.match(name):
+            msg = f"{type(instance).__qualname__}.name must be a lowercase name, got {name!r}"
+            raise PluginError(msg)
+        known = self._kinds.get(name)
+        if known is not None and type(known) is not type(instance):
+            msg = (f"modality kind {name!r} registered twice: {type(known).__module__} and "
+                   f"{type(instance).__module__}")  # fmt: skip
+            raise PluginError(msg)
+        self._kinds[name] = instance
+
+    def get(self, name: str) -> ModalityKind:
+        """The kind called ``name``; ValueError naming the known ones otherwise.
+
+        A name not known yet makes the installed plugins load (once per process), so a
+        checkpoint that names a plugin's kind can be read before anything else loaded them.
+        """
+        kind = self._kinds.get(name)
+        if kind is None and not self.plugins_loaded:
+            self.plugins_loaded = True
+            from fusiond.plugin import load_plugins
+
+            load_plugins()
+            kind = self._kinds.get(name)
+        if kind is None:
+            msg = f"unknown modality kind {name!r} (known: {', '.join(sorted(self._kinds))})"
+            raise ValueError(msg)
+        return kind
+
+    def __contains__(self, name: object) -> bool:
+        if isinstance(name, str) and name not in self._kinds and not self.plugins_loaded:
+            try:
+                self.get(name)
+            except ValueError:
+                return False
+        return name in self._kinds
+
+    def __len__(self) -> int:
+        return len(self._kinds)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(self._kinds))
+
+
+KINDS = KindRegistry()
+"""Every kind this process knows: the built-ins, then those plugins add when loaded."""
