@@ -4,11 +4,6 @@ reads lines of numbers as they are written to a file, a FIFO or standard input."
 from __future__ import annotations
 
 import csv
-import os
-import queue
-import sys
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +12,7 @@ import numpy as np
 from fusiond.errors import SourceError
 from fusiond.plugin import SourceRegistry, hookimpl
 from fusiond.sources import Block, Source, SourceConfig, StreamInfo
+from fusiond.sources.feed import LineFeed
 from fusiond.sources.lines import LineOptions, LineReader, line_problems
 from fusiond.sources.playback import play
 
@@ -121,50 +117,18 @@ class LinesSource(Source):
             self.reader = LineReader(cfg, f"lines {cfg.path}", self.context.log)
         except ValueError as exc:
             raise SourceError(str(exc)) from None
-        if cfg.path != "-" and not os.path.exists(cfg.path):
-            msg = f"cannot open {cfg.path}: no such file or FIFO"
-            raise SourceError(msg)
-        self.lines: queue.Queue[tuple[bytes, int]] = queue.Queue(maxsize=10_000)
-        self.dropped = 0
-        self.ended = threading.Event()
-        self.thread = threading.Thread(target=self._read_lines, name="fusiond-lines", daemon=True)
-        self.thread.start()
+        self.feed = LineFeed(self.context.stop, self.context.log, path=cfg.path)
+        self.feed.start()
         return StreamInfo(cfg.rate_hz, f"{cfg.path}: {cfg.format} {cfg.values}")
-
-    def _read_lines(self) -> None:
-        cfg: LinesConfig = self.config  # type: ignore[assignment]
-        stop = self.context.stop
-        try:
-            stream = sys.stdin.buffer if cfg.path == "-" else open(cfg.path, "rb")  # noqa: SIM115
-        except OSError as exc:
-            self.context.log.error("lines %s: %s", cfg.path, exc)
-            return
-        with stream:
-            if stream.seekable():
-                stream.seek(0, os.SEEK_END)  # like tail -f: what is written from now on
-            while not stop.is_set():
-                line = stream.readline()
-                if not line and cfg.path == "-":
-                    # stdin at its end: the program writing into the pipe is gone for good.
-                    self.ended.set()
-                    return
-                if not line:  # end of a file (wait for more) or a FIFO's writer left
-                    stop.wait(0.05)
-                    continue
-                try:
-                    self.lines.put_nowait((line, time.time_ns()))
-                except queue.Full:
-                    self.dropped += 1
 
     def read(self) -> Iterator[Block]:
         while not self.context.stop.is_set():
-            try:
-                line, host_ns = self.lines.get(timeout=0.2)
-            except queue.Empty:
-                if self.ended.is_set() and self.lines.empty():
+            got = self.feed.get()
+            if got is None:
+                if self.feed.finished:
                     return
                 continue
-            block = self.reader.feed(line, host_ns)
+            block = self.reader.feed(*got)
             if block is not None:
                 yield block
 

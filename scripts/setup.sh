@@ -31,5 +31,5 @@ python3 -m venv .venv
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   .venv/bin/pip install -q torch==2.13.0
 fi
-.venv/bin/pip install -q -e '.[test,onnx,ray]'
+.venv/bin/pip install -q -e '.[test,onnx,ray,speech]'
 echo "setup: done; run .venv/bin/fusiond run --config config.toml"
