@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -113,15 +114,32 @@ def tiny_model(path: Path, spec: InputSpec | None = None, classes: list[str] | N
                 dim=16, window=window)  # fmt: skip
 
 
-def write_recording(path: Path, streams: dict[str, RecordedStream], rig: str = "rig") -> Path:
+@dataclass(frozen=True)
+class RecordedText:
+    """A whole text stream: ``(t_ns, text)`` events, each one message (a ``tokens`` input reads them)."""
+
+    modality: str
+    events: list[tuple[int, str]]
+
+
+def write_recording(path: Path, streams: dict[str, RecordedStream | RecordedText], rig: str = "rig") -> Path:
     """An MCAP recording of whole streams, framed as sources frame them; each block is
-    received the moment its last sample was captured."""
+    received the moment its last sample was captured (a text event the moment it was said)."""
     import heapq
 
-    from fusiond.bus.wire import encode_sample
+    from fusiond.bus.wire import encode_sample, text_block
     from fusiond.recording.recorder import RecordingWriter
 
-    def messages(name: str, s: RecordedStream) -> Iterator[tuple[int, list[bytes | memoryview]]]:
+    Message = tuple[int, list[bytes | memoryview]]
+
+    def messages(name: str, s: RecordedStream | RecordedText) -> Iterator[Message]:
+        if isinstance(s, RecordedText):
+            for seq, (t_ns, text) in enumerate(sorted(s.events)):
+                data, payload = text_block(text)
+                yield t_ns, encode_sample(rig=rig, stream=name, modality=s.modality, seq=seq, t_ns=t_ns,
+                                          t_pub_ns=t_ns, rate_hz=0.0, data=data, encoding="utf-8",
+                                          payload=payload)  # fmt: skip
+            return
         for seq, i in enumerate(range(0, len(s.data), s.block)):
             chunk = s.data[i : i + s.block]
             t_ns = s.t0_ns + round(i * 1e9 / s.rate_hz)

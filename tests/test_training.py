@@ -12,12 +12,12 @@ import torch
 
 from fusiond.align.offline import RecordedStream
 from fusiond.client import Subscriber
-from fusiond.errors import ConfigError
+from fusiond.errors import ConfigError, ModelError
 from fusiond.models import load
 from fusiond.models.runner import ModelRunner
 from fusiond.plugin import hookimpl, load_plugins
 from fusiond.publish import PredictionBuilder
-from fusiond.testing import write_labels, write_recording
+from fusiond.testing import RecordedText, write_labels, write_recording
 from fusiond.training.data import (
     WindowSet,
     cut,
@@ -284,3 +284,93 @@ def test_labels_that_miss_the_data_are_reported_not_trained_on(data, tmp_path):
     assert result.returncode == 2 and not (tmp_path / "x.pt").exists()
     assert "no window lies inside a labelled range" in result.stderr
     assert "no labelled training windows" in result.stderr
+
+
+WORDS_RECIPE = """
+name = "said"
+fusion = "late"
+dim = 16
+[inputs.words]
+kind = "tokens"
+length = 8
+encoder_args = { embed = 16, hidden = 16 }
+[inputs.imu]
+kind = "series"
+length = 50
+[train]
+epochs = 30
+batch_size = 16
+val_fraction = 0.0
+test_fraction = 0.25
+"""
+
+
+def test_a_text_and_imu_recipe_builds_its_vocabulary_and_trains(tmp_path):
+    """Words heard during each segment (noisy: fillers and misheard words) fused with an
+    IMU that carries nothing: the vocabulary comes from the data, travels in the
+    checkpoint, and the text carries the score."""
+    rng = np.random.default_rng(5)
+    labels = [str(d) for d in rng.integers(0, 3, 48)]
+    names = {"0": "zero", "1": "one", "2": "two"}
+    fillers = ["um", "okay", "the", "so"]
+    events = []
+    for i, label in enumerate(labels):
+        for k in range(2):
+            t = T0 + i * SEG_NS + (200 + 900 * k) * 1_000_000
+            heard = names[label] if rng.random() > 0.15 else rng.choice(["zero", "one", "two"])
+            events.append((t, f"{rng.choice(fillers)} {heard}"))
+    imu = rng.normal(0, 1, (len(labels) * 100, 1)).astype(np.float32)
+    path = write_recording(tmp_path / "said.mcap", {
+        "speech": RecordedText("words", events),
+        "imu": RecordedStream("imu", T0, 50.0, imu, 10),
+    })  # fmt: skip
+    write_labels(tmp_path / "said.labels.csv",
+                 [(T0 + i * SEG_NS, T0 + (i + 1) * SEG_NS, label) for i, label in enumerate(labels)])
+    (tmp_path / "said.toml").write_text(WORDS_RECIPE)
+    plugins = load_plugins()
+    trained = train(load_recipe(tmp_path / "said.toml"), data_items([path]), tmp_path / "said.pt", plugins)
+    ck = load(tmp_path / "said.pt")
+    vocab = ck.spec.modalities["words"].vocab
+    assert set(vocab) == {"zero", "one", "two", "um", "okay", "the", "so"}
+    assert ck.encoders["words"]["name"] == "text_gru"  # the tokens kind's default encoder
+    sheet = trained.metrics["test"]
+    assert sheet["accuracy"] >= 0.8, sheet
+    assert sheet["only"]["words"] >= 0.8 and sheet["ablation"]["words"] < 0.7, sheet
+
+
+def test_a_pretrained_encoder_reads_local_weights_and_frozen_stays_as_read(tmp_path):
+    """resnet18 (named as timm names it) reads a state dict saved from a randomly
+    initialised network, classifier included, from a file beside the recipe; frozen, the
+    trained checkpoint's backbone is exactly the file's; unfrozen, training moves it."""
+    from fusiond.align import ModalitySpec
+    from fusiond.models.pretrained import ResNet18Encoder
+
+    torch.manual_seed(7)
+    spec = ModalitySpec("frames", length=2, channels=1, height=16, width=16)
+    saved = ResNet18Encoder(spec).backbone.state_dict()
+    torch.save({**saved, "fc.weight": torch.zeros(1000, 512), "fc.bias": torch.zeros(1000)},
+               tmp_path / "resnet18.pth")  # fmt: skip
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 2, 16)
+    frames = np.concatenate([np.full((20, 16, 16, 1), 40 + 160 * k, np.uint8) for k in labels])
+    frames = np.clip(frames + rng.normal(0, 20, frames.shape), 0, 255).astype(np.uint8)
+    path = write_recording(tmp_path / "cards.mcap", {"cam": RecordedStream("video", T0, 10.0, frames, 1)})
+    write_labels(tmp_path / "cards.labels.csv",
+                 [(T0 + i * SEG_NS, T0 + (i + 1) * SEG_NS, f"k{k}") for i, k in enumerate(labels)])
+    plugins = load_plugins()
+    for freeze in ("true", "false"):
+        (tmp_path / "cards.toml").write_text(
+            'name = "cards"\nfusion = "late"\ndim = 8\n[inputs.video]\nkind = "frames"\nlength = 2\n'
+            'channels = 1\nheight = 16\nwidth = 16\nencoder = "timm:resnet18"\n'
+            f'encoder_args = {{ weights = "resnet18.pth", freeze = {freeze} }}\n'
+            "[train]\nepochs = 2\nbatch_size = 8\nval_fraction = 0.0\ntest_fraction = 0.0\n"
+        )
+        out = tmp_path / f"cards-{freeze}.pt"
+        train(load_recipe(tmp_path / "cards.toml"), data_items([path]), out, plugins)
+        backbone = load(out).build(plugins.parts).encoders["video"].backbone.state_dict()
+        same = all(torch.equal(backbone[k], v) for k, v in saved.items())
+        assert same == (freeze == "true"), freeze
+    with pytest.raises(ModelError, match="no such weights file"):
+        recipe = (tmp_path / "cards.toml").read_text()
+        (tmp_path / "cards.toml").write_text(recipe.replace("resnet18.pth", "x.pth"))
+        train(load_recipe(tmp_path / "cards.toml"), data_items([path]), tmp_path / "x.pt", plugins)

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from fusiond import config as config_mod
+from fusiond.align.fit import words
 from fusiond.align.spec import InputSpec
 from fusiond.align.windows import WindowConfig
-from fusiond.errors import ConfigError
+from fusiond.bus.wire import decode_arrays, decode_sample_header
+from fusiond.errors import ConfigError, WireError
 from fusiond.models.checkpoint import Checkpoint, save
 from fusiond.models.model import FusionModel
 from fusiond.models.runner import pick_device
@@ -145,6 +148,34 @@ def _sorted_labels(labels: set[str]) -> list[str]:
         return sorted(labels)
 
 
+def with_vocab(recipe: Recipe, data: Sequence[DataItem], plugins: Plugins) -> Recipe:
+    """The recipe with each ``tokens`` input's vocabulary filled in, unless it lists one:
+    the ``vocab_size`` commonest words of that modality's text events in ``data`` (ties in
+    alphabetical order, so the same data gives the same vocabulary). The vocabulary is
+    part of the input spec: it travels in the checkpoint with the model."""
+    wanted = {m: Counter[str]() for m, t in recipe.inputs.items() if t.kind == "tokens" and not t.vocab}
+    if not wanted:
+        return recipe
+    for item in data:
+        _, _, messages = _messages(item, plugins)
+        for _, frames in messages():
+            try:
+                header = decode_sample_header(frames)
+                if header.modality in wanted and header.buffers[0].encoding == "utf-8":
+                    wanted[header.modality].update(words(str(decode_arrays(header, frames)[0][0])))
+            except WireError:
+                continue  # ingest counts it when the windows are cut
+    inputs = dict(recipe.inputs)
+    for modality, counts in wanted.items():
+        ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[: inputs[modality].vocab_size]
+        if not ranked:
+            msg = f"the data holds no words of modality {modality!r} to build its vocabulary from"
+            raise ConfigError(msg, path=f"inputs.{modality}")
+        inputs[modality] = inputs[modality].model_copy(update={"vocab": [w for w, _ in ranked]})
+        log.info("inputs.%s: a vocabulary of %d words (of %d seen)", modality, len(ranked), len(counts))
+    return recipe.model_copy(update={"inputs": inputs})
+
+
 def build(recipe: Recipe, classes: list[str], plugins: Plugins) -> FusionModel:
     """The recipe's untrained model; encoders with pretrained weights read them now."""
     fusion = {"name": recipe.fusion, "args": dict(recipe.fusion_args)}
@@ -240,6 +271,7 @@ def train(
     progress: Callable[[Epoch], None] | None = None,
 ) -> Trained:
     """Cut, split, train, score on the test windows and write the checkpoint."""
+    recipe = with_vocab(recipe, data, plugins)
     splits = prepare(recipe, data, plugins, test)
     model, metrics = fit_recipe(recipe, splits, plugins, progress)
     window = recipe.window.to_config()
