@@ -2,9 +2,12 @@
 and with one modality missing or corrupted, and write the table into docs/models.md.
 
     python scripts/model_table.py --data .cache/data/train --test .cache/data/test
+    python scripts/model_table.py --recipe demo/words.toml --table words-table \
+        --data .cache/words/train --test .cache/words/test
 
-Every model is trained by the code ``fusiond train`` runs, from demo/train.toml (same
-windows, split, seed and epochs), changing only the fusion strategy or the inputs.
+Every model is trained by the code ``fusiond train`` runs, from the recipe (same
+windows, split, seed and epochs), changing only the fusion strategy or the inputs. The
+table replaces the one between ``<!-- TABLE:begin -->`` and ``<!-- TABLE:end -->``.
 """
 
 from __future__ import annotations
@@ -21,19 +24,19 @@ import torch
 from fusiond.plugin import load_plugins
 from fusiond.training.evaluate import corrupt, headline
 from fusiond.training.recipe import load_recipe
-from fusiond.training.train import data_items, fit_recipe, prepare
+from fusiond.training.train import data_items, fit_recipe, prepare, with_vocab
 
 STRATEGIES = ["early", "late", "intermediate", "gated", "attention"]
-BEGIN, END = "<!-- model-table:begin -->", "<!-- model-table:end -->"
 
 
 def unimodal_row(model: Any, test: Any, modality: str, all_modalities: list[str]) -> dict[str, float | None]:
     device = torch.device("cpu")
     clean = headline(model, test, device)
     row: dict[str, float | None] = {"clean": clean}
+    noisy = headline(model, corrupt(test, model.spec, modality), device)
     for m in all_modalities:
         row[f"{m} missing"] = None if m == modality else clean
-        row[f"{m} noisy"] = headline(model, corrupt(test, modality), device) if m == modality else clean
+        row[f"{m} noisy"] = noisy if m == modality else clean
     return row
 
 
@@ -76,11 +79,12 @@ def main() -> None:
     parser.add_argument("--test", type=Path, nargs="+", default=[Path(".cache/data/test")])
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--doc", type=Path, default=Path("docs/models.md"))
-    parser.add_argument("--json", type=Path, default=Path(".cache/model-table.json"))
+    parser.add_argument("--table", default="model-table", help="the marker of the table in --doc")
+    parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     logging.basicConfig(level="INFO", format="%(asctime)s %(message)s")
-    recipe = load_recipe(args.recipe, train_epochs=args.epochs)
     plugins = load_plugins()
+    recipe = with_vocab(load_recipe(args.recipe, train_epochs=args.epochs), data_items(args.data), plugins)
     splits = prepare(recipe, data_items(args.data), plugins, data_items(args.test))
     modalities = list(recipe.inputs)
     columns = ["clean"] + [f"{m} missing" for m in modalities] + [f"{m} noisy" for m in modalities]
@@ -99,11 +103,13 @@ def main() -> None:
     windows = {"train": len(splits.train), "test": len(splits.test)}
     table = markdown(rows, seconds, columns, windows)
     print(table)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"rows": rows, "seconds": seconds, "windows": windows}, indent=2))
+    out = args.json or Path(f".cache/{args.table}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"rows": rows, "seconds": seconds, "windows": windows}, indent=2))
+    begin, end = f"<!-- {args.table}:begin -->", f"<!-- {args.table}:end -->"
     text = args.doc.read_text()
-    if BEGIN in text:
-        text = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), f"{BEGIN}\n{table}\n{END}", text, flags=re.S)
+    if begin in text:
+        text = re.sub(re.escape(begin) + ".*?" + re.escape(end), f"{begin}\n{table}\n{end}", text, flags=re.S)
         args.doc.write_text(text)
         print(f"updated {args.doc}")
 

@@ -59,7 +59,7 @@ def test_errors_name_the_toml_path_and_the_value(tmp_path, edit, expected):
     ("edit", "expected"),
     [
         (GOOD.replace('kind = "camera"', 'kind = "lidar"'),
-         "rigs.lab.sources.cam.kind: unknown source kind 'lidar' (known: audiofile, camera"),
+         "rigs.lab.sources.cam.kind: unknown source kind 'lidar' (known: asr, audiofile, camera"),
         (GOOD + "fps = 'many'\n", "rigs.lab.sources.cam.fps: expected a number, got 'many' (a string)"),
         (GOOD + "jpeg_qualty = 3\n", "cam.jpeg_qualty: unknown key (value 3); did you mean 'jpeg_quality'?"),
         (GOOD + "exposure = 3\n", "rigs.lab.sources.cam.exposure: unknown key (value 3)"),

@@ -257,6 +257,7 @@ class TokensKind(ModalityKind):
     dtype = np.dtype(np.int32)
     default_encoder = "text_gru"
     encodings = ("utf-8",)
+    vocabulary = True
 
     def validate(self, spec: ModalitySpec) -> None:
         super().validate(spec)

@@ -45,6 +45,9 @@ class ModalityKind:
     default_encoder: ClassVar[str] = "vector_mlp"
     encodings: ClassVar[tuple[str, ...]] = ("raw",)
     """Wire encodings a block of this kind may come in."""
+    vocabulary: ClassVar[bool] = False
+    """Its spec carries a ``vocab`` that ``fusiond train`` builds from the data's text
+    events when the recipe gives none."""
 
     def validate(self, spec: ModalitySpec) -> None:
         """Raise ValueError when ``spec`` makes no sense for this kind."""

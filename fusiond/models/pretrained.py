@@ -93,7 +93,7 @@ class ResNetEncoder(Encoder):
 
     def __init__(self, spec: ModalitySpec, dim: int = 64, weights: str = "", freeze: bool = False) -> None:
         super().__init__()
-        if spec.kind != "frames":
+        if spec.kind not in self.kinds:
             msg = f"a ResNet encoder reads frames, not {spec.kind}"
             raise ModelError(msg)
         self.backbone = ResNet(self.blocks)

@@ -61,7 +61,7 @@ class InputTable(_Table):
         if self.kind not in KINDS:
             msg = f"unknown modality kind {self.kind!r} (known: {', '.join(KINDS)})"
             raise ValueError(msg)
-        if not (self.kind == "tokens" and not self.vocab):  # the vocab comes from the data
+        if self.vocab or not KINDS.get(self.kind).vocabulary:  # else the vocab comes from the data
             self.spec()  # the kind's own checks (frames need a size, ...)
         return self
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from fusiond import config as config_mod
 from fusiond.align.fit import words
+from fusiond.align.kinds import KINDS
 from fusiond.align.spec import InputSpec
 from fusiond.align.windows import WindowConfig
 from fusiond.bus.wire import decode_arrays, decode_sample_header
@@ -149,11 +150,12 @@ def _sorted_labels(labels: set[str]) -> list[str]:
 
 
 def with_vocab(recipe: Recipe, data: Sequence[DataItem], plugins: Plugins) -> Recipe:
-    """The recipe with each ``tokens`` input's vocabulary filled in, unless it lists one:
+    """The recipe with each text input's (``tokens``) vocabulary filled in, unless it lists one:
     the ``vocab_size`` commonest words of that modality's text events in ``data`` (ties in
     alphabetical order, so the same data gives the same vocabulary). The vocabulary is
     part of the input spec: it travels in the checkpoint with the model."""
-    wanted = {m: Counter[str]() for m, t in recipe.inputs.items() if t.kind == "tokens" and not t.vocab}
+    wanted = {m: Counter[str]() for m, t in recipe.inputs.items()
+              if KINDS.get(t.kind).vocabulary and not t.vocab}  # fmt: skip
     if not wanted:
         return recipe
     for item in data:
