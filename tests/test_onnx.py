@@ -7,9 +7,9 @@ import shutil
 import numpy as np
 import pytest
 
+from fusiond.align.kinds import KINDS
 from fusiond.align.spec import InputSpec, ModalitySpec
 from fusiond.models import load
-from fusiond.models.fusion import FUSIONS
 from fusiond.models.onnx import OnnxRunner
 from fusiond.models.runner import ModelRunner
 from fusiond.plugin import load_plugins
@@ -26,7 +26,7 @@ SPEC = InputSpec({
 
 def _compare(path, spec: InputSpec) -> None:
     checkpoint = load(path)
-    encoders = load_plugins().encoders.types
+    encoders = load_plugins().parts
     torch_runner = ModelRunner(checkpoint, encoders, "cpu")
     onnx_runner = OnnxRunner(checkpoint, encoders)
     assert onnx_runner.session is not None
@@ -37,11 +37,19 @@ def _compare(path, spec: InputSpec) -> None:
         assert list(a.labels) == list(b.labels)
 
 
-@pytest.mark.parametrize("fusion", sorted(FUSIONS))
+@pytest.mark.parametrize("fusion", sorted(load_plugins().fusions.modules()))
 def test_every_fusion_strategy_exports_and_scores_as_torch_does(tmp_path, fusion):
     path = tmp_path / "tiny.pt"
     tiny_model(path, SPEC, classes=["a", "b", "c"], fusion=fusion)
     _compare(path, SPEC)
+
+
+def test_every_kind_with_its_default_encoder_exports_and_scores_as_torch_does(tmp_path):
+    """Text (a GRU over words), vectors and frames too, each through its kind's default encoder."""
+    spec = InputSpec({kind: KINDS.get(kind).example() for kind in KINDS})
+    path = tmp_path / "kinds.pt"
+    tiny_model(path, spec, classes=["a", "b"], fusion="late")
+    _compare(path, spec)
 
 
 def test_the_demo_model_exports_with_the_command_and_matches_torch(tmp_path):
