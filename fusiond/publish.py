@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from collections import Counter
 
+import numpy as np
+
+from fusiond.align.windows import Window
 from fusiond.bus.wire import Prediction
 from fusiond.models.runner import BatchResult
 
@@ -27,7 +30,8 @@ class PredictionBuilder:
         scores = result.probs.astype(float).round(5).tolist()
         infer_ns = result.t_end_ns - result.t_start_ns
         out = []
-        for window, label, row in zip(result.windows, result.labels.tolist(), scores, strict=True):
+        rows = zip(result.windows, result.labels.tolist(), scores, strict=True)
+        for i, (window, label, row) in enumerate(rows):
             seq = self._seq[window.rig]
             self._seq[window.rig] += 1
             out.append(
@@ -57,7 +61,36 @@ class PredictionBuilder:
                         "closed_by": window.closed_by,
                         "batch_size": len(result.windows),
                         **({"task": "regression"} if self.regression else {}),
+                        **(self._modalities(window, result.modality_probs[i])
+                           if result.modality_probs is not None else {}),
                     },
                 )
             )
         return out
+
+    def _modalities(self, window: Window, probs: np.ndarray) -> dict[str, object]:
+        """What each present modality says by itself, and how much they disagree."""
+        own = {m: probs[j] for j, (m, here) in enumerate(window.present.items()) if here}
+        return {
+            "modality_scores": {m: p.astype(float).round(5).tolist() for m, p in own.items()},
+            "modality_labels": {m: self.classes[int(p.argmax())] for m, p in own.items()},
+            "disagreement": round(disagreement(list(own.values())), 4),
+        }
+
+
+def disagreement(distributions: list[np.ndarray]) -> float:
+    """How much the modalities' own class distributions disagree, in [0, 1]: their
+    Jensen-Shannon divergence (the entropy of the mean less the mean entropy) divided by
+    its largest possible value, log of the number of modalities. 0: they say the same
+    thing (or only one speaks); 1: each is sure of a different class."""
+    if len(distributions) < 2:
+        return 0.0
+    p = np.clip(np.stack(distributions).astype(np.float64), 1e-12, 1.0)
+    p /= p.sum(axis=1, keepdims=True)
+
+    def entropy(q: np.ndarray) -> np.ndarray:
+        out: np.ndarray = -(q * np.log(q)).sum(axis=-1)
+        return out
+
+    jsd = entropy(p.mean(axis=0)) - entropy(p).mean()
+    return float(np.clip(jsd / np.log(len(p)), 0.0, 1.0))

@@ -54,8 +54,10 @@ def test_only_allowed_keys_connect_and_a_key_publishes_only_its_rigs(secured, en
     d, control, keys, tmp_path = secured
     d.wait_for("fusiond ready")  # the daemon's own sources reached it with the daemon's key
     with Subscriber(endpoints[1], rigs=["demo"], timeout_s=30, keys=keys["reader"]) as predictions:
-        got = [predictions.next() for _ in range(3)]
-    assert None not in got and all(p.missing == [] for p in got)
+        got = [predictions.next() for _ in range(8)]
+    # Every source authenticated: windows with all three modalities (the first ones may
+    # close before every stream has covered them, on a loaded machine).
+    assert None not in got and sum(p.missing == [] for p in got) >= 3, [p.missing for p in got]
     for who in (Keys(), keys["intruder"]):  # no CURVE at all; CURVE with a key nobody allowed
         with Subscriber(endpoints[1], timeout_s=3, keys=who) as predictions:
             assert predictions.next() is None

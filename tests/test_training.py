@@ -299,6 +299,7 @@ kind = "series"
 length = 50
 [train]
 epochs = 30
+modality_swap = 0.0
 batch_size = 16
 val_fraction = 0.0
 test_fraction = 0.25
@@ -307,19 +308,21 @@ test_fraction = 0.25
 
 def test_a_text_and_imu_recipe_builds_its_vocabulary_and_trains(tmp_path):
     """Words heard during each segment (noisy: fillers and misheard words) fused with an
-    IMU that carries nothing: the vocabulary comes from the data, travels in the
-    checkpoint, and the text carries the score."""
+    IMU that says little: the vocabulary comes from the data, travels in the checkpoint,
+    and the text carries the score."""
     rng = np.random.default_rng(5)
-    labels = [str(d) for d in rng.integers(0, 3, 48)]
+    labels = [str(d) for d in rng.integers(0, 3, 60)]
     names = {"0": "zero", "1": "one", "2": "two"}
     fillers = ["um", "okay", "the", "so"]
     events = []
     for i, label in enumerate(labels):
-        for k in range(2):
-            t = T0 + i * SEG_NS + (200 + 900 * k) * 1_000_000
-            heard = names[label] if rng.random() > 0.15 else rng.choice(["zero", "one", "two"])
+        for k in range(3):
+            t = T0 + i * SEG_NS + (150 + 600 * k) * 1_000_000
+            heard = names[label] if rng.random() > 0.1 else rng.choice(["zero", "one", "two"])
             events.append((t, f"{rng.choice(fillers)} {heard}"))
-    imu = rng.normal(0, 1, (len(labels) * 100, 1)).astype(np.float32)
+    # The IMU says a little: its level moves with the class, under much noise.
+    imu = np.concatenate([0.5 * int(label) + rng.normal(0, 4, 100) for label in labels])[:, None]
+    imu = imu.astype(np.float32)
     path = write_recording(tmp_path / "said.mcap", {
         "speech": RecordedText("words", events),
         "imu": RecordedStream("imu", T0, 50.0, imu, 10),
@@ -334,8 +337,10 @@ def test_a_text_and_imu_recipe_builds_its_vocabulary_and_trains(tmp_path):
     assert set(vocab) == {"zero", "one", "two", "um", "okay", "the", "so"}
     assert ck.encoders["words"]["name"] == "text_gru"  # the tokens kind's default encoder
     sheet = trained.metrics["test"]
-    assert sheet["accuracy"] >= 0.8, sheet
-    assert sheet["only"]["words"] >= 0.8 and sheet["ablation"]["words"] < 0.7, sheet
+    assert sheet["accuracy"] >= 0.7, sheet
+    assert sheet["only"]["words"] >= 0.8 and sheet["ablation"]["words"] < sheet["only"]["words"], sheet
+    assert sheet["heads"]["words"] >= 0.8, sheet  # the words head alone, calibrated
+    assert set(trained.metrics["temperatures"]) == {"words", "imu"}
 
 
 def test_a_pretrained_encoder_reads_local_weights_and_frozen_stays_as_read(tmp_path):

@@ -40,8 +40,9 @@ class Checkpoint:
 
     def build(self, encoder_types: Parts | Mapping[str, type[nn.Module]]) -> FusionModel:
         """The model with its weights loaded, in eval mode."""
+        heads = any(k.startswith("heads.") for k in self.state_dict)  # older checkpoints have none
         model = FusionModel(
-            self.spec, self.classes, self.encoders, self.fusion, encoder_types, self.dim, self.task
+            self.spec, self.classes, self.encoders, self.fusion, encoder_types, self.dim, self.task, heads
         )
         if self.state_dict:
             try:

@@ -46,6 +46,7 @@ class FusionModel(nn.Module):
         encoder_types: Parts | Mapping[str, type[nn.Module]],
         dim: int = 64,
         task: str = "classification",
+        modality_heads: bool = False,
     ) -> None:
         super().__init__()
         if task not in TASKS:
@@ -70,6 +71,13 @@ class FusionModel(nn.Module):
             raise ModelError(msg)
         fusion_cls = parts.fusions[fusion["name"]]
         self.fusion = fusion_cls(len(self.modalities), dim, len(classes), **fusion.get("args", {}))
+        self.has_heads = modality_heads and task == "classification"
+        if self.has_heads:
+            # A classifier per modality on its own features: what each sensor says by itself.
+            self.heads = nn.ModuleDict({m: nn.Linear(dim, len(classes)) for m in self.modalities})
+            # Per-modality temperatures, fitted on validation data after training (calibrate()).
+            self.temperature: torch.Tensor
+            self.register_buffer("temperature", torch.ones(len(self.modalities)))
 
     def features(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """[B, M, D] features, modalities in model order."""
@@ -79,3 +87,15 @@ class FusionModel(nn.Module):
         """Logits (or values) [B, K]; ``mask`` [B, M] is True where a modality is present."""
         logits: torch.Tensor = self.fusion(self.features(inputs), mask)
         return logits
+
+    def forward_all(self, inputs: Mapping[str, torch.Tensor],
+                    mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:  # fmt: skip
+        """The fused logits [B, K] and, with modality heads, each modality's own logits
+        [B, M, K] divided by its temperature (calibrated; rows of masked modalities are
+        meaningless: their input was zeros)."""
+        features = self.features(inputs)
+        fused: torch.Tensor = self.fusion(features, mask)
+        if not self.has_heads:
+            return fused, None
+        own = torch.stack([self.heads[m](features[:, i]) for i, m in enumerate(self.modalities)], dim=1)
+        return fused, own / self.temperature.view(1, -1, 1)

@@ -38,10 +38,11 @@ class _Flat(nn.Module):
         self.names = list(model.modalities)
         self.regression = model.task == "regression"
 
-    def forward(self, *args: torch.Tensor) -> torch.Tensor:
+    def forward(self, *args: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         inputs = dict(zip(self.names, args[:-1], strict=True))
-        out = self.model(inputs, args[-1]).float()
-        return out if self.regression else torch.softmax(out, dim=1)
+        out, own = self.model.forward_all(inputs, args[-1])
+        scores = out.float() if self.regression else torch.softmax(out.float(), dim=1)
+        return scores if own is None else (scores, torch.softmax(own.float(), dim=2))
 
 
 def cache_dir() -> Path:
@@ -66,13 +67,14 @@ def export(checkpoint: Checkpoint, encoder_types: Parts | Mapping[str, type[nn.M
     names = list(flat.names)
     example = [torch.zeros((2, *spec[m].shape), dtype=_torch_dtype(spec[m].dtype)) for m in names]
     mask = torch.ones((2, len(names)), dtype=torch.bool)
-    dynamic = {name: {0: "batch"} for name in [*names, "mask", "out"]}
+    outputs = ["out", "modalities"] if flat.model.has_heads else ["out"]
+    dynamic = {name: {0: "batch"} for name in [*names, "mask", *outputs]}
     tmp = out.with_name(out.name + ".tmp")
     try:
         with warnings.catch_warnings():  # the exporter's own notes are not the user's business
             warnings.simplefilter("ignore")
             torch.onnx.export(flat, (*example, mask), str(tmp), input_names=[*names, "mask"],
-                              output_names=["out"], dynamic_axes=dynamic, opset_version=OPSET,
+                              output_names=outputs, dynamic_axes=dynamic, opset_version=OPSET,
                               dynamo=False)  # fmt: skip
     except Exception as exc:
         tmp.unlink(missing_ok=True)
@@ -108,6 +110,7 @@ class OnnxRunner(Runner):
             options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.outputs = [o.name for o in self.session.get_outputs()]
 
     @staticmethod
     def _exported(checkpoint: Checkpoint, encoder_types: Parts | Mapping[str, type[nn.Module]]) -> Path:
@@ -125,7 +128,7 @@ class OnnxRunner(Runner):
             export(checkpoint, encoder_types, cached)
         return cached
 
-    def _forward(self, inputs: Mapping[str, np.ndarray], mask: np.ndarray) -> np.ndarray:
-        feeds = {**inputs, "mask": mask}
-        out: np.ndarray = self.session.run(["out"], feeds)[0]
-        return out
+    def _forward(self, inputs: Mapping[str, np.ndarray],
+                 mask: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:  # fmt: skip
+        got = self.session.run(self.outputs, {**inputs, "mask": mask})
+        return got[0], (got[1] if len(got) > 1 else None)

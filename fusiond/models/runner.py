@@ -49,6 +49,8 @@ class BatchResult:
     labels: np.ndarray
     t_start_ns: int
     t_end_ns: int
+    modality_probs: np.ndarray | None = None
+    """[B, M, K]: each modality head's calibrated probabilities (models with modality heads)."""
 
 
 def set_threads(threads: int) -> None:
@@ -101,11 +103,14 @@ class Runner:
         inputs = {m: np.stack([w.inputs[m] for w in windows]) for m in self.modalities}
         mask = np.array([[w.present[m] for m in self.modalities] for w in windows], dtype=bool)
         t0 = time.time_ns()
-        probs = self._forward(inputs, mask)
+        probs, own = self._forward(inputs, mask)
         t1 = time.time_ns()
-        return BatchResult(windows, probs, probs.argmax(axis=1), t0, t1)
+        return BatchResult(windows, probs, probs.argmax(axis=1), t0, t1, own)
 
-    def _forward(self, inputs: Mapping[str, np.ndarray], mask: np.ndarray) -> np.ndarray:
+    def _forward(self, inputs: Mapping[str, np.ndarray],
+                 mask: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:  # fmt: skip
+        """Scores [B, K] (probabilities, or a regressor's values) and each modality head's
+        probabilities [B, M, K] when the model has heads."""
         raise NotImplementedError
 
 
@@ -127,10 +132,12 @@ class ModelRunner(Runner):
         self.classes = checkpoint.classes
         self.regression = checkpoint.task == "regression"
 
-    def _forward(self, inputs: Mapping[str, np.ndarray], mask: np.ndarray) -> np.ndarray:
+    def _forward(self, inputs: Mapping[str, np.ndarray],
+                 mask: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:  # fmt: skip
         with torch.inference_mode():
             tensors = {
                 m: torch.from_numpy(a).to(self.device, non_blocking=True) for m, a in inputs.items()
             }
-            out = self.model(tensors, torch.from_numpy(mask).to(self.device)).float()
-            return (out if self.regression else torch.softmax(out, dim=1)).cpu().numpy()
+            out, own = self.model.forward_all(tensors, torch.from_numpy(mask).to(self.device))
+            probs = (out.float() if self.regression else torch.softmax(out.float(), dim=1)).cpu().numpy()
+            return probs, None if own is None else torch.softmax(own.float(), dim=2).cpu().numpy()

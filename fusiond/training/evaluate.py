@@ -4,7 +4,9 @@ Classification: ``accuracy``, ``macro_f1``, ``per_class`` (precision, recall, F1
 support), ``confusion`` (rows true, columns predicted). Regression: ``mae``, ``rmse``
 and ``r2`` per target. Both: ``ablation`` (the headline score with each modality
 removed), ``only`` (with only that modality) and ``noisy`` (with that modality corrupted
-by Gaussian noise as strong as the signal, 0 dB SNR).
+by Gaussian noise as strong as the signal, 0 dB SNR). Classification also: ``swapped``
+(that modality taken from a window of another class) and, for a model with modality
+heads, ``heads`` (each head's own accuracy where its modality is present).
 """
 
 from __future__ import annotations
@@ -31,6 +33,51 @@ def predict(model: FusionModel, data: WindowSet, device: torch.device, batch_siz
             y = model(inputs, mask).float()
             out.append((y if model.task == "regression" else torch.softmax(y, dim=1)).cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, len(model.classes)), np.float32)
+
+
+def modality_logits(model: FusionModel, data: WindowSet, device: torch.device,
+                    batch_size: int = 256) -> np.ndarray:  # fmt: skip
+    """Each modality head's calibrated logits [N, M, K] (a model with modality heads)."""
+    model.eval().to(device)
+    out = []
+    with torch.inference_mode():
+        for index in batches(data, batch_size):
+            inputs, mask = to_device(data, index, device)
+            own = model.forward_all(inputs, mask)[1]
+            assert own is not None
+            out.append(own.float().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, len(data.modalities), len(model.classes)), np.float32)
+
+
+def calibrate(model: FusionModel, data: WindowSet, device: torch.device) -> dict[str, float]:
+    """Fit each modality head's temperature on ``data`` (temperature scaling: the one
+    divisor of its logits that minimises the negative log-likelihood of the windows where
+    that modality is present), so that one modality's 0.9 means what another's does.
+    Returns ``modality -> temperature`` (1.0 where there is nothing to fit on)."""
+    if not model.has_heads:
+        return {}
+    model.temperature.fill_(1.0)
+    if len(data) == 0:
+        return dict.fromkeys(model.modalities, 1.0)
+    logits = modality_logits(model, data, device).astype(np.float64)
+    grid = np.exp(np.linspace(np.log(0.05), np.log(20.0), 241))
+    found = {}
+    for i, name in enumerate(model.modalities):
+        rows = data.mask[:, i]
+        if not rows.any():
+            found[name] = 1.0
+            continue
+        z, y = logits[rows, i], data.targets[rows]
+        nll = [_nll(z / t, y) for t in grid]
+        found[name] = float(grid[int(np.argmin(nll))])
+    model.temperature.copy_(torch.tensor([found[m] for m in model.modalities]))
+    return {m: round(t, 4) for m, t in found.items()}
+
+
+def _nll(z: np.ndarray, y: np.ndarray) -> float:
+    z = z - z.max(axis=1, keepdims=True)
+    log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    return float(-log_p[np.arange(len(y)), y].mean())
 
 
 def headline(model: FusionModel, data: WindowSet, device: torch.device) -> float:
@@ -87,6 +134,25 @@ def corrupt(data: WindowSet, spec: InputSpec, modality: str, seed: int = 0) -> W
     return out
 
 
+def swapped(data: WindowSet, modality: str, seed: int = 0) -> WindowSet:
+    """The windows with one modality taken from a window of another class (where that
+    modality is present), labels kept: a sensor that is confidently wrong."""
+    rng = np.random.default_rng(seed)
+    i = data.modalities.index(modality)
+    out = WindowSet(data.modalities, dict(data.inputs), data.mask.copy(), data.targets, data.groups)
+    have = np.flatnonzero(data.mask[:, i])
+    if not len(have):
+        return out
+    donors = np.arange(len(data))
+    for row in range(len(data)):
+        others = have[data.targets[have] != data.targets[row]]
+        if len(others):
+            donors[row] = others[rng.integers(len(others))]
+    out.inputs[modality] = data.inputs[modality][donors]
+    out.mask[:, i] = data.mask[donors, i]
+    return out
+
+
 def with_mask(data: WindowSet, keep: np.ndarray) -> WindowSet:
     """The windows with modalities hidden where ``keep`` [M] is False."""
     return WindowSet(data.modalities, data.inputs, data.mask & keep[None, :], data.targets, data.groups)
@@ -111,6 +177,8 @@ def evaluate(
         sign = -1 if model.task == "regression" else 1
         m = len(data.modalities)
         result["ablation"], result["only"], result["noisy"] = {}, {}, {}
+        if model.task == "classification":
+            result["swapped"] = {}
         for i, name in enumerate(data.modalities):
             keep = np.ones(m, bool)
             keep[i] = False
@@ -118,7 +186,16 @@ def evaluate(
             result["only"][name] = round(sign * headline(model, with_mask(data, ~keep), device), 4)
             noisy = corrupt(data, model.spec, name)
             result["noisy"][name] = round(sign * headline(model, noisy, device), 4)
+            if "swapped" in result:
+                result["swapped"][name] = round(headline(model, swapped(data, name), device), 4)
         result["score"] = key
+    if model.has_heads and len(data):
+        own = modality_logits(model, data, device).argmax(axis=2)
+        result["heads"] = {}
+        for i, name in enumerate(data.modalities):
+            rows = data.mask[:, i]
+            if rows.any():
+                result["heads"][name] = round(float((own[rows, i] == data.targets[rows]).mean()), 4)
     return result
 
 

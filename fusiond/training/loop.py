@@ -59,13 +59,11 @@ def batches(data: WindowSet, size: int, order: torch.Tensor | None = None) -> It
 
 
 def to_device(
-    data: WindowSet, index: np.ndarray, device: torch.device,
-    change: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None = None,
+    data: WindowSet, index: np.ndarray, device: torch.device, arrays: dict[str, np.ndarray] | None = None
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """The windows at ``index`` as tensors on ``device`` (``change``: applied to the arrays first)."""
-    arrays = {m: a[index] for m, a in data.inputs.items()}
-    if change is not None:
-        arrays = change(arrays)
+    """The windows at ``index`` as tensors on ``device`` (``arrays``: their inputs, changed)."""
+    if arrays is None:
+        arrays = {m: a[index] for m, a in data.inputs.items()}
     inputs = {m: torch.from_numpy(a).to(device, non_blocking=True) for m, a in arrays.items()}
     return inputs, torch.from_numpy(data.mask[index]).to(device)
 
@@ -80,14 +78,24 @@ def drop_modalities(mask: torch.Tensor, p: float, gen: torch.Generator) -> torch
     return torch.where(empty.unsqueeze(1), mask, kept)
 
 
-def perturb(spec: InputSpec, inputs: dict[str, np.ndarray], options: TrainTable,
-            rng: np.random.Generator) -> dict[str, np.ndarray]:  # fmt: skip
-    """A training batch changed by each modality's kind: augmented (``train.augment``), and
-    each modality of each window corrupted (noise as strong as the signal, or another
-    kind's equivalent) with probability ``train.modality_noise``, so the model learns to
-    distrust a sensor that has gone bad, not only one that has gone silent."""
+Batch = dict[str, np.ndarray]
+
+
+def perturb(spec: InputSpec, inputs: Batch, targets: np.ndarray | None, options: TrainTable,
+            rng: np.random.Generator) -> tuple[Batch, np.ndarray]:  # fmt: skip
+    """A training batch changed by each modality's kind, and which inputs are still sound.
+
+    Each input is augmented (``train.augment``); then each modality of each window is
+    corrupted with probability ``train.modality_noise`` (noise as strong as the signal,
+    or the kind's equivalent: a sensor gone bad) and, for a classifier, swapped with
+    probability ``train.modality_swap`` for the same modality of a window of another
+    class while the label stays (a sensor confidently wrong). The model learns to
+    distrust a modality that disagrees, not only one that has gone silent. Returns the
+    inputs and ``sound`` [B, M], False where an input was corrupted or swapped.
+    """
     out = {}
-    for name, batch in inputs.items():
+    sound = np.ones((len(next(iter(inputs.values()))), len(inputs)), bool)
+    for j, (name, batch) in enumerate(inputs.items()):
         modality = spec.modalities[name]
         kind = modality.kind_of
         x = kind.augment(modality, batch, rng) if options.augment else batch
@@ -95,8 +103,35 @@ def perturb(spec: InputSpec, inputs: dict[str, np.ndarray], options: TrainTable,
         if rows.any():
             x = x.copy() if x is batch else x
             x[rows] = kind.corrupt(modality, x[rows], rng)
+            sound[rows, j] = False
+        if targets is not None and targets.ndim == 1 and options.modality_swap > 0:
+            donors = other_class_rows(targets, rng)
+            swap = (rng.random(len(x)) < options.modality_swap) & (donors >= 0) & sound[:, j]
+            if swap.any():
+                x = x.copy() if x is batch else x
+                x[swap] = batch[donors[swap]]
+                sound[swap, j] = False
         out[name] = x
+    return out, sound
+
+
+def other_class_rows(targets: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """For each row, a random row of another class (-1 where the batch has none)."""
+    out = np.full(len(targets), -1)
+    for i, target in enumerate(targets):
+        others = np.flatnonzero(targets != target)
+        if len(others):
+            out[i] = others[rng.integers(len(others))]
     return out
+
+
+def head_loss(own: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of each modality head on the windows where its input is present and sound."""
+    if not valid.any():
+        return own.sum() * 0.0
+    logits = own[valid]  # [N, K]
+    labels = target.unsqueeze(1).expand_as(valid)[valid]
+    return nn.functional.cross_entropy(logits.float(), labels)
 
 
 def loss_fn(model: FusionModel, out: torch.Tensor, target: torch.Tensor, smoothing: float) -> torch.Tensor:
@@ -142,11 +177,18 @@ def fit(
         model.train()
         total = 0.0
         for index in batches(train, options.batch_size, torch.randperm(len(train), generator=gen)):
-            inputs, mask = to_device(train, index, device, lambda a: perturb(model.spec, a, options, rng))
+            classes = train.targets[index] if model.task == "classification" else None
+            arrays, sound = perturb(model.spec, {m: a[index] for m, a in train.inputs.items()}, classes,
+                                    options, rng)  # fmt: skip
+            inputs, mask = to_device(train, index, device, arrays)
             mask = drop_modalities(mask, options.modality_dropout, gen)
+            target = targets[index].to(device)
             with autocast:
-                out = model(inputs, mask)
-            loss = loss_fn(model, out, targets[index].to(device), options.label_smoothing)
+                out, own = model.forward_all(inputs, mask)
+            loss = loss_fn(model, out, target, options.label_smoothing)
+            if own is not None and options.head_weight > 0:
+                valid = mask & torch.from_numpy(sound).to(device)
+                loss = loss + options.head_weight * head_loss(own, target, valid)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
             scaler.step(optimizer)

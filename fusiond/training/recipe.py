@@ -92,6 +92,11 @@ class TrainTable(_Table):
     """Each modality's kind varies the training windows in ways that keep their label."""
     modality_noise: float = Field(0.15, ge=0, lt=1)
     """Each modality of each training window is drowned in noise (0 dB SNR) with this probability."""
+    modality_swap: float = Field(0.1, ge=0, lt=1)
+    """Each modality of each training window is swapped for another class's with this
+    probability while the label stays: a sensor that is confidently wrong."""
+    head_weight: float = Field(0.5, ge=0)
+    """Weight of the per-modality heads' loss (recipes with ``modality_scores``)."""
     label_smoothing: float = Field(0.1, ge=0, lt=1)
     val_fraction: float = Field(0.15, ge=0, lt=1)
     test_fraction: float = Field(0.15, ge=0, lt=1)
@@ -113,6 +118,10 @@ class Recipe(_Table):
     """Regression: the label-file columns to predict."""
     fusion: str = "attention"
     fusion_args: dict[str, Any] = Field(default_factory=dict)
+    modality_scores: bool = True
+    """A classifier also gets a head per modality, calibrated on the validation windows:
+    every prediction then carries what each modality says by itself and how much they
+    disagree (docs/protocol.md)."""
     dim: int = Field(64, gt=0)
     window: WindowSection = WindowSection()
     inputs: dict[str, InputTable]

@@ -32,7 +32,7 @@ from fusiond.training.data import (
     recording_streams,
     split,
 )
-from fusiond.training.evaluate import evaluate, headline
+from fusiond.training.evaluate import calibrate, evaluate, headline
 from fusiond.training.loop import Epoch, fit, seed_everything
 from fusiond.training.recipe import Recipe
 
@@ -182,7 +182,7 @@ def build(recipe: Recipe, classes: list[str], plugins: Plugins) -> FusionModel:
     """The recipe's untrained model; encoders with pretrained weights read them now."""
     fusion = {"name": recipe.fusion, "args": dict(recipe.fusion_args)}
     model = FusionModel(recipe.spec, classes, recipe.encoders, fusion, plugins.parts, recipe.dim,
-                        recipe.task)  # fmt: skip
+                        recipe.task, recipe.modality_scores)  # fmt: skip
     for encoder in model.encoders.values():
         load = getattr(encoder, "load_pretrained", None)
         if callable(load):
@@ -249,11 +249,13 @@ def fit_recipe(
     model = build(recipe, splits.classes, plugins)
     history = fit(model, splits.train, splits.val, recipe.train, headline, progress)
     device = pick_device(recipe.train.device)
+    temperatures = calibrate(model, splits.val, device)
     metrics: dict[str, Any] = {
         "test": evaluate(model, splits.test, device) if len(splits.test) else {},
         "validation": headline(model, splits.val, device) if len(splits.val) else None,
         "windows": {"train": len(splits.train), "validation": len(splits.val), "test": len(splits.test)},
         "best_epoch": history.best_epoch,
+        "temperatures": temperatures,
         "epochs": recipe.train.epochs,
         "seed": recipe.train.seed,
         "device": history.device,
