@@ -96,8 +96,9 @@ def random_windows(spec: InputSpec, count: int, seed: int = 0, rig: str = "r") -
 
 
 def tiny_model(path: Path, spec: InputSpec | None = None, classes: list[str] | None = None,
-               fusion: str = "attention", seed: int = 0) -> str:  # fmt: skip
-    """Write an untrained checkpoint with small encoders; returns its content hash."""
+               fusion: str = "attention", seed: int = 0, modality_heads: bool = False) -> str:  # fmt: skip
+    """Write an untrained checkpoint with small encoders (and a head per modality, if
+    asked); returns its content hash."""
     import torch
 
     from fusiond.models import BUILTIN_ENCODERS, FusionModel, save
@@ -108,7 +109,8 @@ def tiny_model(path: Path, spec: InputSpec | None = None, classes: list[str] | N
     }
     torch.manual_seed(seed)
     classes = classes or ["low", "high"]
-    model = FusionModel(spec, classes, encoders, {"name": fusion}, BUILTIN_ENCODERS, dim=16)
+    model = FusionModel(spec, classes, encoders, {"name": fusion}, BUILTIN_ENCODERS, dim=16,
+                        modality_heads=modality_heads)  # fmt: skip
     window = {"length_ns": 1_000_000_000, "hop_ns": 500_000_000}
     return save(model.eval(), path, name="tiny", encoders=encoders, fusion={"name": fusion},
                 dim=16, window=window)  # fmt: skip

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from fusiond.plugin import load_plugins
-from fusiond.training.evaluate import corrupt, headline
+from fusiond.training.evaluate import corrupt, headline, swapped
 from fusiond.training.recipe import load_recipe
 from fusiond.training.train import data_items, fit_recipe, prepare, with_vocab
 
@@ -34,9 +34,11 @@ def unimodal_row(model: Any, test: Any, modality: str, all_modalities: list[str]
     clean = headline(model, test, device)
     row: dict[str, float | None] = {"clean": clean}
     noisy = headline(model, corrupt(test, model.spec, modality), device)
+    wrong = headline(model, swapped(test, modality), device)
     for m in all_modalities:
         row[f"{m} missing"] = None if m == modality else clean
         row[f"{m} noisy"] = noisy if m == modality else clean
+        row[f"{m} swapped"] = wrong if m == modality else clean
     return row
 
 
@@ -45,6 +47,7 @@ def fusion_row(metrics: dict[str, Any], all_modalities: list[str]) -> dict[str, 
     for m in all_modalities:
         row[f"{m} missing"] = metrics["ablation"][m]
         row[f"{m} noisy"] = metrics["noisy"][m]
+        row[f"{m} swapped"] = metrics["swapped"][m]
     return row
 
 
@@ -87,7 +90,7 @@ def main() -> None:
     recipe = with_vocab(load_recipe(args.recipe, train_epochs=args.epochs), data_items(args.data), plugins)
     splits = prepare(recipe, data_items(args.data), plugins, data_items(args.test))
     modalities = list(recipe.inputs)
-    columns = ["clean"] + [f"{m} missing" for m in modalities] + [f"{m} noisy" for m in modalities]
+    columns = ["clean"] + [f"{m} {how}" for how in ("missing", "noisy", "swapped") for m in modalities]
     rows: dict[str, dict[str, float | None]] = {}
     seconds: dict[str, float] = {}
     for m in modalities:

@@ -128,3 +128,67 @@ def test_bad_checkpoints_are_model_errors(tmp_path):
         load(junk)
     with pytest.raises(ModelError, match="unknown fusion"):
         FusionModel(SPEC, ["x"], ENCODERS, {"name": "magic"}, BUILTIN_ENCODERS)
+
+
+def test_disagreement_is_zero_when_modalities_agree_and_one_when_each_is_sure_of_another_class():
+    from fusiond.publish import disagreement
+
+    sure = np.eye(4)
+    assert disagreement([sure[1]]) == 0.0  # one modality: nothing to disagree with
+    assert disagreement([sure[1], sure[1], sure[1]]) < 1e-6
+    assert abs(disagreement([sure[1], sure[2]]) - 1.0) < 1e-6
+    assert abs(disagreement([sure[0], sure[1], sure[2]]) - 1.0) < 1e-6
+    unsure = np.full(4, 0.25)
+    assert 0.0 < disagreement([sure[1], unsure]) < disagreement([sure[1], sure[2]])
+
+
+def test_predictions_carry_each_present_modalitys_scores_and_their_disagreement(tmp_path):
+    from fusiond.models.onnx import OnnxRunner
+    from fusiond.models.runner import ModelRunner
+    from fusiond.publish import PredictionBuilder
+    from fusiond.testing import random_windows, tiny_model
+
+    spec = InputSpec({"video": ModalitySpec("frames", 2, 1, 16, 16), "imu": ModalitySpec("series", 20, 3)})
+    tiny_model(tmp_path / "h.pt", spec, classes=["a", "b", "c"], fusion="late", modality_heads=True)
+    ck = load(tmp_path / "h.pt")
+    windows = random_windows(spec, 6, seed=4)
+    windows[0].present.update(video=True, imu=False)
+    results = [runner.run(windows) for runner in (ModelRunner(ck, PARTS, "cpu"), OnnxRunner(ck, PARTS))]
+    np.testing.assert_allclose(results[0].modality_probs, results[1].modality_probs, atol=1e-4)
+    out = PredictionBuilder(ck.classes, {"name": ck.name, "hash": ck.content_hash}).build(results[0], 0)
+    for window, p in zip(windows, out, strict=True):
+        present = [m for m in ("video", "imu") if window.present[m]]
+        assert list(p.extra["modality_scores"]) == present == list(p.extra["modality_labels"])
+        for m in present:
+            assert abs(sum(p.extra["modality_scores"][m]) - 1) < 1e-3
+            scores = p.extra["modality_scores"][m]
+            assert p.extra["modality_labels"][m] == ck.classes[scores.index(max(scores))]
+        assert 0.0 <= p.extra["disagreement"] <= 1.0
+    assert out[0].extra["disagreement"] == 0.0  # the IMU was missing: only the camera spoke
+    plain = tmp_path / "plain.pt"
+    tiny_model(plain, spec, classes=["a", "b", "c"], fusion="late")
+    result = ModelRunner(load(plain), PARTS, "cpu").run(windows)
+    assert result.modality_probs is None
+    assert "modality_scores" not in PredictionBuilder(["a", "b", "c"], {}).build(result, 0)[0].extra
+
+
+def test_calibration_finds_the_temperature_that_undoes_overconfidence():
+    from fusiond.training.data import WindowSet
+    from fusiond.training.evaluate import calibrate
+
+    spec = InputSpec({"imu": ModalitySpec("series", 8, 1)})
+    model = FusionModel(spec, ["a", "b"], {"imu": {"name": "vector_mlp"}}, {"name": "late"}, PARTS, 4,
+                        modality_heads=True)  # fmt: skip
+    rng = np.random.default_rng(0)
+    x = rng.normal(0, 1, (400, 8, 1)).astype(np.float32)
+    with torch.no_grad():  # a head whose logits are 5x too large for how often it is right
+        model.encoders["imu"].net[-1].weight.zero_()
+        model.encoders["imu"].net[-1].bias.copy_(torch.tensor([1.0, 0, 0, 0]))
+        model.heads["imu"].weight.zero_()
+        model.heads["imu"].weight[0, 0] = 5.0 * np.log(0.7 / 0.3)  # says 'a' with p = 0.9999...
+    targets = (rng.random(400) > 0.7).astype(np.int64)  # ... but 'a' is right 70% of the time
+    data = WindowSet(["imu"], {"imu": x}, np.ones((400, 1), bool), targets, np.arange(400))
+    found = calibrate(model, data, torch.device("cpu"))
+    rate = float((targets == 0).mean())  # how often 'a' is right in this sample (about 0.7)
+    best = 5.0 * np.log(0.7 / 0.3) / np.log(rate / (1 - rate))  # the temperature that says exactly that
+    assert abs(found["imu"] / best - 1) < 0.03, (found, best)
