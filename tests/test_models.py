@@ -185,6 +185,7 @@ def test_calibration_finds_the_temperature_that_undoes_overconfidence():
         model.encoders["imu"].net[-1].weight.zero_()
         model.encoders["imu"].net[-1].bias.copy_(torch.tensor([1.0, 0, 0, 0]))
         model.heads["imu"].weight.zero_()
+        model.heads["imu"].bias.zero_()
         model.heads["imu"].weight[0, 0] = 5.0 * np.log(0.7 / 0.3)  # says 'a' with p = 0.9999...
     targets = (rng.random(400) > 0.7).astype(np.int64)  # ... but 'a' is right 70% of the time
     data = WindowSet(["imu"], {"imu": x}, np.ones((400, 1), bool), targets, np.arange(400))
