@@ -225,9 +225,14 @@ def _pretty(message: dict[str, Any]) -> str:
         best = max(message["scores"]) if message["scores"] else 0.0
         lat = message["latency_ns"]["close_to_publish"] / 1e6
         missing = f" missing={','.join(message['missing'])}" if message["missing"] else ""
+        said = message.get("modality_labels")
+        heard = ""
+        if isinstance(said, dict) and said:
+            labels = " ".join(f"{m}:{label}" for m, label in said.items())
+            heard = f" says[{labels}] disagreement={message.get('disagreement', 0):.2f}"
         return (f"{message['topic']} #{message['seq']} {message['label']} ({best:.2f}) "
                 f"window={message['window_start_ns']}..{message['window_end_ns']} "
-                f"latency={lat:.1f}ms{missing}")  # fmt: skip
+                f"latency={lat:.1f}ms{missing}{heard}")  # fmt: skip
     shapes = [b.get("shape") for b in message.get("buffers", [])]
     return f"{message['topic']} #{message.get('seq')} t={message.get('t_ns')} {shapes}"
 

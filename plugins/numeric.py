@@ -12,7 +12,7 @@ import numpy as np
 from fusiond.errors import SourceError
 from fusiond.plugin import SourceRegistry, hookimpl
 from fusiond.sources import Block, Source, SourceConfig, StreamInfo
-from fusiond.sources.feed import LineFeed
+from fusiond.sources.feed import LineFeed, missing_input
 from fusiond.sources.lines import LineOptions, LineReader, line_problems
 from fusiond.sources.playback import play
 
@@ -106,10 +106,7 @@ class LinesSource(Source):
     @classmethod
     def check(cls, config: SourceConfig, base_dir: Path) -> list[str]:
         cfg: LinesConfig = config  # type: ignore[assignment]
-        problems = line_problems(cfg)
-        if cfg.path != "-" and not (base_dir / cfg.path).exists():
-            problems.append(f"path: no such file or FIFO: {base_dir / cfg.path}")
-        return problems
+        return line_problems(cfg) + missing_input(base_dir, path=cfg.path)
 
     def open(self) -> StreamInfo:
         cfg: LinesConfig = self.config  # type: ignore[assignment]

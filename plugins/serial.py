@@ -11,6 +11,7 @@ import serial
 from fusiond.errors import SourceError
 from fusiond.plugin import SourceRegistry, hookimpl
 from fusiond.sources import Block, Source, SourceConfig, StreamInfo
+from fusiond.sources.feed import missing_input
 from fusiond.sources.lines import LineOptions, LineReader, line_problems
 
 
@@ -33,10 +34,7 @@ class SerialSource(Source):
     def check(cls, config: SourceConfig, base_dir: Path) -> list[str]:
         """The line options agree, and a port given as a path exists (a URL needs opening)."""
         cfg: SerialConfig = config  # type: ignore[assignment]
-        problems = line_problems(cfg)
-        if "://" not in cfg.port and not (base_dir / cfg.port).exists():
-            problems.append(f"port: no such serial port: {cfg.port}")
-        return problems
+        return line_problems(cfg) + missing_input(base_dir, port=cfg.port)
 
     def open(self) -> StreamInfo:
         cfg: SerialConfig = self.config  # type: ignore[assignment]

@@ -17,7 +17,7 @@ from fusiond.bus.wire import MAX_TEXT_BYTES
 from fusiond.errors import SourceError
 from fusiond.plugin import SourceRegistry, hookimpl
 from fusiond.sources import Block, Source, SourceConfig, StreamInfo
-from fusiond.sources.feed import LineFeed
+from fusiond.sources.feed import LineFeed, missing_input
 from fusiond.sources.timeline import play_time, start_position
 
 
@@ -65,11 +65,7 @@ class TextSource(Source):
     @classmethod
     def check(cls, config: SourceConfig, base_dir: Path) -> list[str]:
         cfg: TextConfig = config  # type: ignore[assignment]
-        if cfg.path and cfg.path != "-" and not (base_dir / cfg.path).exists():
-            return [f"path: no such file or FIFO: {base_dir / cfg.path}"]
-        if cfg.port and "://" not in cfg.port and not (base_dir / cfg.port).exists():
-            return [f"port: no such serial port: {cfg.port}"]
-        return []
+        return missing_input(base_dir, path=cfg.path, port=cfg.port)
 
     def open(self) -> StreamInfo:
         cfg: TextConfig = self.config  # type: ignore[assignment]

@@ -89,6 +89,14 @@ def test_echo_prints_predictions_as_json(daemon, endpoints):
     first = json.loads(lines[0])
     assert first["type"] == "prediction" and first["topic"] == "p/demo"
     assert first["label"] in first["classes"]
+    # What each present modality says by itself, calibrated, and how much they disagree.
+    for p in map(json.loads, lines):
+        assert list(p["modality_scores"]) == p["present"] == list(p["modality_labels"])
+        for scores in p["modality_scores"].values():
+            assert len(scores) == len(p["classes"]) and abs(sum(scores) - 1) < 1e-3
+        assert 0.0 <= p["disagreement"] <= 1.0
+    pretty = fusiond("echo", "--connect", endpoints[1], "--count", "1", "--timeout", "30").stdout
+    assert re.search(r"says\[video:\d audio:\d imu:\d\] disagreement=\d\.\d\d", pretty), pretty
 
 
 def test_bad_input_is_counted_and_logged_and_the_rest_keeps_serving(daemon, endpoints):

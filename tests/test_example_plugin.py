@@ -46,6 +46,24 @@ def _venv_with_plugin(tmp_path: Path) -> Path:
     return env_dir / "bin" / "fusiond"
 
 
+def _serve(fusiond: Path, cwd: Path, model: str, rigs: str, count: int) -> tuple[list[dict], str]:
+    """Start ``fusiond run`` on a config of ``rigs`` serving ``model``, read ``count``
+    predictions with ``fusiond echo``, stop it; returns them and the daemon's log."""
+    pub, sub, control = (f"tcp://127.0.0.1:{free_port()}" for _ in range(3))
+    bus = f'[bus]\npublish = "{pub}"\nsubscribe = "{sub}"\ncontrol = "{control}"\n'
+    (cwd / "daemon.toml").write_text(f'{bus}[model]\npath = "{model}"\n{rigs}')
+    daemon = subprocess.Popen([fusiond, "run", "--config", "daemon.toml"], cwd=cwd, stderr=subprocess.PIPE,
+                              text=True, start_new_session=True)  # fmt: skip
+    try:
+        args = ["echo", "--connect", sub, "--json", "--count", str(count), "--timeout", "30"]
+        echo = subprocess.run([fusiond, *args], capture_output=True, text=True, cwd=cwd, timeout=60)
+    finally:
+        os.killpg(daemon.pid, signal.SIGTERM)
+        _, log = daemon.communicate(timeout=10)
+    assert echo.returncode == 0, log
+    return [json.loads(line) for line in echo.stdout.splitlines()], log
+
+
 def test_the_example_plugin_installs_with_pip_and_streams(tmp_path):
     fusiond = _venv_with_plugin(tmp_path)
 
@@ -57,29 +75,8 @@ def test_the_example_plugin_installs_with_pip_and_streams(tmp_path):
     assert rows["source", "camera"]["from"].startswith("fusiond ")
 
     tiny_model(tmp_path / "tiny.pt", InputSpec({"imu": ModalitySpec("series", length=32, channels=3)}))
-    pub, sub = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
-    control = f"tcp://127.0.0.1:{free_port()}"
-    (tmp_path / "config.toml").write_text(f"""
-[bus]
-publish = "{pub}"
-subscribe = "{sub}"
-control = "{control}"
-[model]
-path = "tiny.pt"
-[rigs.lab.sources.wave]
-kind = "sine"
-freq_hz = 2.0
-""")
-    daemon = subprocess.Popen([fusiond, "run", "--config", "config.toml"], cwd=tmp_path,
-                              stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
-    try:
-        args = ["echo", "--connect", sub, "--json", "--count", "3", "--timeout", "30"]
-        echo = subprocess.run([fusiond, *args], capture_output=True, text=True, cwd=tmp_path, timeout=60)
-    finally:
-        os.killpg(daemon.pid, signal.SIGTERM)
-        _, log = daemon.communicate(timeout=10)
-    assert echo.returncode == 0, log
-    predictions = [json.loads(line) for line in echo.stdout.splitlines()]
+    wave = '[rigs.lab.sources.wave]\nkind = "sine"\nfreq_hz = 2.0\n'
+    predictions, log = _serve(fusiond, tmp_path, "tiny.pt", wave, 3)
     assert all(p["rig"] == "lab" and p["present"] == ["imu"] for p in predictions)
     assert "source lab/wave (sine): sine 2 Hz x3 at 100 Hz" in log
 
@@ -119,40 +116,12 @@ def test_a_plugin_modality_kind_and_fusion_train_and_are_served(tmp_path):
     assert trained.returncode == 0, trained.stderr
     assert re.search(r"test: \d+ windows: accuracy (0\.9\d*|1\.000)", trained.stdout), trained.stdout
 
-    pub, sub, control = (f"tcp://127.0.0.1:{free_port()}" for _ in range(3))
-    (tmp_path / "tones-daemon.toml").write_text(f"""
-[bus]
-publish = "{pub}"
-subscribe = "{sub}"
-control = "{control}"
-[model]
-path = "tones.pt"
-[rigs.lab.sources.wave]
-kind = "sine"
-modality = "tone"
-freq_hz = 8.0
-channels = 1
-noise = 0.2
-[rigs.yard.sources.wave]
-kind = "sine"
-modality = "tone"
-freq_hz = 2.0
-channels = 1
-noise = 0.2
-""")
-    daemon = subprocess.Popen([fusiond, "run", "--config", "tones-daemon.toml"], cwd=tmp_path,
-                              stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
-    try:
-        args = ["echo", "--connect", sub, "--json", "--count", "12", "--timeout", "30"]
-        echo = subprocess.run([fusiond, *args], capture_output=True, text=True, cwd=tmp_path, timeout=60)
-    finally:
-        os.killpg(daemon.pid, signal.SIGTERM)
-        _, log = daemon.communicate(timeout=10)
-    assert echo.returncode == 0, log
+    tones = "".join(f'[rigs.{rig}.sources.wave]\nkind = "sine"\nmodality = "tone"\nfreq_hz = {hz}\n'
+                    "channels = 1\nnoise = 0.2\n" for rig, hz in (("lab", 8.0), ("yard", 2.0)))  # fmt: skip
+    predictions, log = _serve(fusiond, tmp_path, "tones.pt", tones, 12)
     labels: dict[str, list[str]] = {"lab": [], "yard": []}
-    for line in echo.stdout.splitlines():
-        p = json.loads(line)
+    for p in predictions:
         labels[p["rig"]].append(p["label"])
-    assert labels["lab"] and labels["yard"], echo.stdout
+    assert labels["lab"] and labels["yard"], log
     assert labels["lab"].count("high") >= 0.8 * len(labels["lab"]), labels
     assert labels["yard"].count("low") >= 0.8 * len(labels["yard"]), labels

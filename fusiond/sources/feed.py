@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from fusiond.errors import SourceError
 
@@ -169,3 +170,12 @@ class LineFeed:
             self._server.close()
             selector.close()
 
+
+def missing_input(base_dir: Path, *, path: str = "", port: str = "") -> list[str]:
+    """``check`` lines for a file/FIFO ``path`` (``-``: standard input) or a serial ``port``
+    (a pyserial URL needs opening to tell) that is not there."""
+    if path and path != "-" and not (base_dir / path).exists():
+        return [f"path: no such file or FIFO: {base_dir / path}"]
+    if port and "://" not in port and not (base_dir / port).exists():
+        return [f"port: no such serial port: {port}"]
+    return []
