@@ -297,6 +297,7 @@ encoder_args = { embed = 16, hidden = 16 }
 [inputs.imu]
 kind = "series"
 length = 50
+augment = ["scale", "warp", "noise"]
 [train]
 epochs = 30
 modality_swap = 0.0

@@ -4,12 +4,13 @@ modality's input spec (see :mod:`fusiond.align.kinds`)."""
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
+from fusiond.align import augment
 from fusiond.align.kinds import KINDS, ModalityKind
 
 if TYPE_CHECKING:
@@ -154,6 +155,18 @@ def _scaled(values: np.ndarray) -> tuple[np.ndarray, float]:
     return values, (1.0 / np.iinfo(values.dtype).max if integer else 1.0)
 
 
+def _per_window(batch: np.ndarray, names: Sequence[str], rng: np.random.Generator,
+                step: Callable[[str, np.ndarray], np.ndarray]) -> np.ndarray:  # fmt: skip
+    if not names:
+        return batch
+    out = batch.copy()
+    for i in range(len(out)):
+        for name in names:
+            if rng.random() < 0.5:
+                out[i] = step(name, out[i])
+    return out
+
+
 class FramesKind(ModalityKind):
     """``length`` images of ``height`` x ``width`` x ``channels`` (uint8), spread evenly over
     the window: the newest frame at or before each of ``length`` instants (sample and hold)."""
@@ -162,6 +175,7 @@ class FramesKind(ModalityKind):
     dtype = np.dtype(np.uint8)
     default_encoder = "frames_cnn"
     encodings = ("raw", "jpeg")
+    augmentations = tuple(augment.FRAMES)
 
     def validate(self, spec: ModalitySpec) -> None:
         super().validate(spec)
@@ -188,6 +202,10 @@ class FramesKind(ModalityKind):
     def fit(self, spec: ModalitySpec, blocks: Sequence[Block], start_ns: int, end_ns: int) -> np.ndarray:
         return _fit_frames(spec, blocks, start_ns, end_ns)
 
+    def augment(self, spec: ModalitySpec, batch: np.ndarray, rng: np.random.Generator,
+                names: Sequence[str] = (), rate_hz: float = 0.0) -> np.ndarray:  # fmt: skip
+        return _per_window(batch, names, rng, lambda name, x: augment.FRAMES[name](x, rng))
+
     def example(self) -> ModalitySpec:
         from fusiond.align.spec import ModalitySpec
 
@@ -201,12 +219,18 @@ class SeriesKind(ModalityKind):
     name = "series"
     dtype = np.dtype(np.float32)
     default_encoder = "series_cnn"
+    augmentations = tuple(augment.SERIES)
 
     def shape(self, spec: ModalitySpec) -> tuple[int, ...]:
         return (spec.length, spec.channels)
 
     def fit(self, spec: ModalitySpec, blocks: Sequence[Block], start_ns: int, end_ns: int) -> np.ndarray:
         return _fit_series(spec, blocks, start_ns, end_ns)
+
+    def augment(self, spec: ModalitySpec, batch: np.ndarray, rng: np.random.Generator,
+                names: Sequence[str] = (), rate_hz: float = 0.0) -> np.ndarray:  # fmt: skip
+        rate = rate_hz or float(spec.length)  # without a window length: samples per window
+        return _per_window(batch, names, rng, lambda name, x: augment.SERIES[name](x, rng, rate))
 
 
 class VectorKind(ModalityKind):
@@ -258,6 +282,8 @@ class TokensKind(ModalityKind):
     default_encoder = "text_gru"
     encodings = ("utf-8",)
     vocabulary = True
+    augmentations = ("dropout",)
+    default_augment = ("dropout",)
 
     def validate(self, spec: ModalitySpec) -> None:
         super().validate(spec)
@@ -288,8 +314,11 @@ class TokensKind(ModalityKind):
         out[..., 0][words_at] = rng.integers(2, len(spec.vocab) + 2, int(words_at.sum()))
         return out
 
-    def augment(self, spec: ModalitySpec, batch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """Word dropout: one word in ten becomes unknown, as a recogniser mishears."""
+    def augment(self, spec: ModalitySpec, batch: np.ndarray, rng: np.random.Generator,
+                names: Sequence[str] = (), rate_hz: float = 0.0) -> np.ndarray:  # fmt: skip
+        """``dropout``: one word in ten becomes unknown, as a recogniser mishears."""
+        if "dropout" not in names:
+            return batch
         out = batch.copy()
         hit = (out[..., 0] != PAD) & (rng.random(out.shape[:-1]) < 0.1)
         out[..., 0][hit] = UNKNOWN

@@ -45,6 +45,10 @@ class ModalityKind:
     default_encoder: ClassVar[str] = "vector_mlp"
     encodings: ClassVar[tuple[str, ...]] = ("raw",)
     """Wire encodings a block of this kind may come in."""
+    augmentations: ClassVar[tuple[str, ...]] = ()
+    """What ``[inputs.X] augment`` may name for this kind (:mod:`fusiond.align.augment`)."""
+    default_augment: ClassVar[tuple[str, ...]] = ()
+    """What a recipe that names none gets."""
     vocabulary: ClassVar[bool] = False
     """Its spec carries a ``vocab`` that ``fusiond train`` builds from the data's text
     events when the recipe gives none."""
@@ -89,8 +93,11 @@ class ModalityKind:
         out: np.ndarray = noisy.astype(self.dtype)
         return out
 
-    def augment(self, spec: ModalitySpec, batch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """A label-preserving variation of a training batch; the default changes nothing."""
+    def augment(self, spec: ModalitySpec, batch: np.ndarray, rng: np.random.Generator,
+                names: Sequence[str] = (), rate_hz: float = 0.0) -> np.ndarray:  # fmt: skip
+        """A label-preserving variation of a training batch: each augmentation in ``names``
+        applied to each window with probability one half (``rate_hz``: the input's sample
+        rate, for series). The base kind knows none and changes nothing."""
         return batch
 
     def example(self) -> ModalitySpec:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -81,8 +81,13 @@ def drop_modalities(mask: torch.Tensor, p: float, gen: torch.Generator) -> torch
 Batch = dict[str, np.ndarray]
 
 
+Augments = Mapping[str, tuple[tuple[str, ...], float]]
+"""Modality -> (augmentation names, sample rate of the input)."""
+
+
 def perturb(spec: InputSpec, inputs: Batch, targets: np.ndarray | None, options: TrainTable,
-            rng: np.random.Generator) -> tuple[Batch, np.ndarray]:  # fmt: skip
+            rng: np.random.Generator, augments: Augments | None = None,
+            ) -> tuple[Batch, np.ndarray]:  # fmt: skip
     """A training batch changed by each modality's kind, and which inputs are still sound.
 
     Each input is augmented (``train.augment``); then each modality of each window is
@@ -98,7 +103,8 @@ def perturb(spec: InputSpec, inputs: Batch, targets: np.ndarray | None, options:
     for j, (name, batch) in enumerate(inputs.items()):
         modality = spec.modalities[name]
         kind = modality.kind_of
-        x = kind.augment(modality, batch, rng) if options.augment else batch
+        names, rate = (augments or {}).get(name, (kind.default_augment, 0.0))
+        x = kind.augment(modality, batch, rng, names, rate) if options.augment else batch
         rows = rng.random(len(x)) < options.modality_noise
         if rows.any():
             x = x.copy() if x is batch else x
@@ -154,6 +160,7 @@ def fit(
     options: TrainTable,
     score: Callable[[FusionModel, WindowSet, torch.device], float],
     progress: Callable[[Epoch], None] | None = None,
+    augments: Augments | None = None,
 ) -> History:
     """Train in place; the model ends with the weights of its best validation epoch
     (``score``, higher is better), or of the last epoch without validation data."""
@@ -179,7 +186,7 @@ def fit(
         for index in batches(train, options.batch_size, torch.randperm(len(train), generator=gen)):
             classes = train.targets[index] if model.task == "classification" else None
             arrays, sound = perturb(model.spec, {m: a[index] for m, a in train.inputs.items()}, classes,
-                                    options, rng)  # fmt: skip
+                                    options, rng, augments)  # fmt: skip
             inputs, mask = to_device(train, index, device, arrays)
             mask = drop_modalities(mask, options.modality_dropout, gen)
             target = targets[index].to(device)

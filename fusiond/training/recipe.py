@@ -55,11 +55,20 @@ class InputTable(_Table):
     encoder: str = ""
     """Empty: the kind's default encoder."""
     encoder_args: dict[str, Any] = Field(default_factory=dict)
+    augment: list[str] | None = None
+    """Label-preserving variations for training (``fusiond/align/augment.py``), each applied
+    to a window with probability one half; unset: the kind's default (text: word dropout)."""
 
     @model_validator(mode="after")
     def _valid_for_its_kind(self) -> InputTable:
         if self.kind not in KINDS:
             msg = f"unknown modality kind {self.kind!r} (known: {', '.join(KINDS)})"
+            raise ValueError(msg)
+        known = KINDS.get(self.kind).augmentations
+        unknown = [a for a in self.augment or () if a not in known]
+        if unknown:
+            can = ", ".join(known) or "none"
+            msg = f"a {self.kind} input cannot be augmented with {unknown} (it can: {can})"
             raise ValueError(msg)
         if self.vocab or not KINDS.get(self.kind).vocabulary:  # else the vocab comes from the data
             self.spec()  # the kind's own checks (frames need a size, ...)
@@ -72,6 +81,11 @@ class InputTable(_Table):
         name = self.encoder or KINDS.get(self.kind).default_encoder
         library, sep, model = name.partition(":")
         return model if sep and library in ("timm", "torchvision") else name
+
+    @property
+    def augmentations(self) -> tuple[str, ...]:
+        """The augmentations to train with."""
+        return tuple(self.augment) if self.augment is not None else KINDS.get(self.kind).default_augment
 
     def spec(self, vocab: tuple[str, ...] | None = None) -> ModalitySpec:
         """The input spec; ``vocab`` replaces the table's (one built from the data)."""

@@ -247,7 +247,9 @@ def fit_recipe(
     started = time.monotonic()
     seed_everything(recipe.train.seed)  # the initial weights too
     model = build(recipe, splits.classes, plugins)
-    history = fit(model, splits.train, splits.val, recipe.train, headline, progress)
+    seconds = recipe.window.length_ms / 1000
+    augments = {m: (t.augmentations, t.length / seconds) for m, t in recipe.inputs.items()}
+    history = fit(model, splits.train, splits.val, recipe.train, headline, progress, augments)
     device = pick_device(recipe.train.device)
     temperatures = calibrate(model, splits.val, device)
     metrics: dict[str, Any] = {
