@@ -178,9 +178,15 @@ def test_status_says_why_a_rig_is_quiet_and_metrics_are_served(tmp_path, daemons
     d = daemons(tmp_path, config)
     d.wait_for(r"windows/s.*last: demo:\d")
     d.wait_for(r"no such video file: /nonexistent/x\.mp4; retrying")
-    result = fusiond("status", "--connect", control, "--json")
-    assert result.returncode == 0, result.stderr
-    status = json.loads(result.stdout)
+    deadline = time.monotonic() + 15
+    while True:  # the counters reach the daemon in snapshots, one a second
+        result = fusiond("status", "--connect", control, "--json")
+        assert result.returncode == 0, result.stderr
+        status = json.loads(result.stdout)
+        delivered = {(s["rig"], s["stream"]) for s in status["sources"] if s["messages"]}
+        if {("demo", "cam"), ("demo", "mic"), ("demo", "imu")} <= delivered or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     rigs = {r["rig"]: r for r in status["rigs"]}
     assert "cam: no such video file: /nonexistent/x.mp4" in rigs["blind"]["quiet"]
     assert rigs["demo"]["quiet"] == "" and rigs["demo"]["predictions"] > 0
