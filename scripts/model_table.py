@@ -26,7 +26,7 @@ from fusiond.training.evaluate import corrupt, headline, swapped
 from fusiond.training.recipe import load_recipe
 from fusiond.training.train import data_items, fit_recipe, prepare, with_vocab
 
-STRATEGIES = ["early", "late", "intermediate", "gated", "attention"]
+STRATEGIES = ["early", "late", "intermediate", "gated", "attention", "agreement"]
 
 
 def unimodal_row(model: Any, test: Any, modality: str, all_modalities: list[str]) -> dict[str, float | None]:

@@ -10,6 +10,7 @@ influences the output.
 ``late``       decision-level: a head per modality, learned modality weights
 ``intermediate``  layer-wise: modality streams exchange a shared context at every layer
 ``gated``      per-sample gates score each modality's reliability
+``agreement``  a head per modality, weighted by how much each agrees with the others
 ``attention``  cross-modal transformer over modality tokens, key-padding mask
 =============  ==============================================================
 """
@@ -49,6 +50,34 @@ class LateFusion(nn.Module):
         logits = torch.stack([head(features[:, i]) for i, head in enumerate(self.heads)], dim=1)
         weights = self.weight_logits.expand_as(mask).masked_fill(~mask, float("-inf"))
         weights = torch.softmax(weights, dim=1).nan_to_num(0.0)
+        return (logits * weights.unsqueeze(-1)).sum(dim=1)
+
+
+class AgreementFusion(nn.Module):
+    """Decision-level fusion weighted by agreement: a head per modality, and each present
+    modality's weight grows with how much its class distribution agrees with the other
+    present modalities' (the mean probability that it and another one name the same
+    class). One sensor that is confidently wrong is outvoted by the others that agree;
+    a learned bias per modality and a learned gain set how much agreement counts.
+    """
+
+    def __init__(self, modalities: int, dim: int, classes: int) -> None:
+        super().__init__()
+        self.heads = nn.ModuleList(nn.Linear(dim, classes) for _ in range(modalities))
+        self.bias = nn.Parameter(torch.zeros(modalities))
+        self.gain = nn.Parameter(torch.tensor(4.0))
+
+    def forward(self, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        logits = torch.stack([head(features[:, i]) for i, head in enumerate(self.heads)], dim=1)
+        p = torch.softmax(logits, dim=-1)
+        here = mask.to(p.dtype)
+        present = p * here.unsqueeze(-1)
+        others = present.sum(dim=1, keepdim=True) - present  # the other present modalities' sum
+        count = here.sum(dim=1, keepdim=True)
+        agree = (p * others).sum(dim=-1) / (count - here).clamp(min=1.0)
+        agree = agree * (count > 1).to(p.dtype)  # a modality alone has nobody to agree with
+        score = (self.bias + self.gain * agree).masked_fill(~mask, float("-inf"))
+        weights = torch.softmax(score, dim=1).nan_to_num(0.0)
         return (logits * weights.unsqueeze(-1)).sum(dim=1)
 
 
@@ -134,5 +163,6 @@ FUSIONS: dict[str, type[nn.Module]] = {
     "late": LateFusion,
     "intermediate": IntermediateFusion,
     "gated": GatedFusion,
+    "agreement": AgreementFusion,
     "attention": AttentionFusion,
 }

@@ -24,6 +24,7 @@ FUSIONS = {
     "late": "fusiond.models.fusion:LateFusion",
     "intermediate": "fusiond.models.fusion:IntermediateFusion",
     "gated": "fusiond.models.fusion:GatedFusion",
+    "agreement": "fusiond.models.fusion:AgreementFusion",
     "attention": "fusiond.models.fusion:AttentionFusion",
 }
 
