@@ -40,6 +40,8 @@ def test_demo_predictions_are_right_and_the_daemon_stops_cleanly(daemon, endpoin
         anchor = int(d.wait_for(r"media anchor: file sources start at (\d+)").group(1))
         got = []
         for p in predictions:
+            if not got and p.missing:
+                continue  # starting up: a stream's first samples may come after the first windows
             got.append(p)
             if len(got) == 30:
                 break
