@@ -85,6 +85,9 @@ def test_try_it_runs_as_written(tmp_path):
             first = snippet.stdout.readline().split()  # rig label score missing latency
             snippet.kill()
         assert first[0] == "demo" and first[1].isdigit() and 0 < float(first[2]) <= 1, first
+        deadline = time.monotonic() + 20  # READY follows once every source's counters came in
+        while "fusiond ready" not in (tmp_path / "daemon.log").read_text() and time.monotonic() < deadline:
+            time.sleep(0.2)
     finally:
         os.killpg(daemon.pid, signal.SIGINT)  # Ctrl-C in a terminal reaches the whole group
         started = time.monotonic()
