@@ -94,13 +94,15 @@ def test_text_source_reads_a_followed_file_and_skips_what_is_not_utf8(bus, tmp_p
     endpoint, sock = bus
     path = tmp_path / "notes.log"
     path.write_text("old line, not replayed\n")
-    proc, _ = run_source(endpoint, "text", f"path='{path}'", stream="notes")
+    proc, _ = run_source(endpoint, "text", f"path='{path}'", "max_line_bytes=64", stream="notes")
     collector = Collector(sock)
     try:
         time.sleep(2.5)
         before = time.time_ns()
         with path.open("ab") as f:
-            for line in (b"door open\n", b"\xff\xfe\n", b"   \n", "caf\u00e9 au lait\n".encode(), b"alarm\n"):
+            long = b"y" * 150 + b" tail\n"  # over max_line_bytes: dropped whole, its tail too
+            cafe = "caf\u00e9 au lait\n".encode()
+            for line in (b"door open\n", b"\xff\xfe\n", b"   \n", long, cafe, b"alarm\n"):
                 f.write(line)
                 f.flush()
                 time.sleep(0.05)

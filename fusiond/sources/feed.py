@@ -39,6 +39,7 @@ class LineFeed:
         """Lines lost: the queue was full, or a line ran past ``max_line`` bytes."""
         self.ended = threading.Event()
         self.address = ""
+        self._in_long_line = False
 
     def start(self) -> str:
         """Open the input (a SourceError says why it cannot) and start reading; returns a
@@ -68,8 +69,14 @@ class LineFeed:
         return self.ended.is_set() and self.lines.empty()
 
     def _put(self, line: bytes) -> None:
+        # A read stops after max_line + 1 bytes: a longer line comes in pieces. The first
+        # piece is counted and dropped, and so is the rest, up to and including its newline.
+        if self._in_long_line:
+            self._in_long_line = not line.endswith(b"\n")
+            return
         if len(line) > self.max_line:
             self.dropped += 1
+            self._in_long_line = not line.endswith(b"\n")
             return
         try:
             self.lines.put_nowait((line, time.time_ns()))
@@ -116,7 +123,7 @@ class LineFeed:
                     self.log.error("%s lost: %s", self.port, exc)
                     self.ended.set()
                     return
-                if line.endswith(b"\n"):
+                if line.endswith(b"\n") or len(line) > self.max_line:  # else a timeout's partial line
                     self._put(line)
 
     def _bind(self) -> Callable[[], None]:
