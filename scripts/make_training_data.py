@@ -1,6 +1,7 @@
 """Write labelled training and test recordings from real packaged data.
 
-    python scripts/make_training_data.py --out .cache/data [--train 200] [--test 20] [--seed 0] [--words]
+    python scripts/make_training_data.py --out .cache/data [--train 200] [--val 30] [--test 20]
+        [--real 20] [--seed 0] [--words]
 
 Each recording is an MCAP file of the bus, as ``fusiond record`` writes it: one rig with
 a camera (digit cards, 10 fps), a microphone (spoken digits, 16 kHz, blocks of 1024) and
@@ -9,8 +10,13 @@ use; beside it ``<name>.labels.csv`` gives each 2 s segment's digit. With ``--wo
 fourth stream ``words`` holds what the ``asr`` source kind hears in the audio (any
 English word, as pocketsphinx's model recognises it: "fall" for four, "you" for one...),
 one text event per word at the time it was spoken, as that source would publish it. ``train/`` uses the
-training writers, voices and gesture recordings, ``test/`` only the held-out ones (see
-scripts/demo_data.py). Then ``fusiond train`` makes the demo model (docs/models.md).
+training writers, voices and gesture recordings, ``val/`` its own (for ``fusiond train
+--val``: the best epoch and the calibration are then chosen on voices the model has not
+heard), ``test/`` only the held-out ones (see scripts/demo_data.py). Two more held-out
+folders hold real data that no training or model choice ever sees: ``voice/`` speaks
+with a recorded human voice (run ``bash scripts/fetch-voices.sh`` first), ``writers/``
+shows other writers' handwriting (needs scikit-learn); their other streams are as in
+``test/``. Then ``fusiond train`` makes the demo model (docs/models.md).
 """
 
 from __future__ import annotations
@@ -59,13 +65,17 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(".cache/data"))
     parser.add_argument("--train", type=int, default=200, help="training recordings (20 s each)")
     parser.add_argument("--test", type=int, default=20, help="held-out recordings")
+    parser.add_argument("--val", type=int, default=30, help="validation recordings")
+    parser.add_argument("--real", type=int, default=20, help="real held-out recordings")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--digits-png", type=Path, default=demo_data.DIGITS_PNG)
     parser.add_argument("--words", action="store_true", help="add the words the asr kind hears in the audio")
     args = parser.parse_args()
     demo_data.DIGITS_PNG = args.digits_png
-    rng = np.random.default_rng(args.seed)
-    for split, count in (("train", args.train), ("test", args.test)):
+    splits = {"train": args.train, "test": args.test, "voice": args.real, "writers": args.real,
+              "val": args.val}  # fmt: skip
+    for n_split, (split, count) in enumerate(splits.items()):
+        rng = np.random.default_rng([args.seed, n_split])  # each split the same, whatever the others' counts
         folder = args.out / split
         folder.mkdir(parents=True, exist_ok=True)
         for n in range(count):
