@@ -527,9 +527,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     plugins = load_plugins()
     data = data_items(args.data, args.labels)
     test = data_items(args.test, args.test_labels) if args.test else []
+    val = data_items(args.val, args.val_labels) if args.val else []
     log.info("training %s (%s fusion of %s) on %d data item(s)", recipe.name, recipe.fusion,
              ", ".join(recipe.inputs), len(data))  # fmt: skip
-    trained = train(recipe, data, args.output, plugins, test=test, progress=_progress)
+    trained = train(recipe, data, args.output, plugins, test=test, val=val, progress=_progress)
     metrics = trained.metrics
     if metrics["test"]:
         print(f"test: {summary_line(metrics['test'])}")
@@ -706,6 +707,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--labels", type=Path, help="label CSV for every DATA item")
     train.add_argument("--test", type=Path, nargs="+", help="held-out data (default: split off DATA)")
     train.add_argument("--test-labels", type=Path)
+    train.add_argument("--val", type=Path, nargs="+",
+                       help="validation data: picks the best epoch and calibrates (default: split off DATA)")
+    train.add_argument("--val-labels", type=Path)
     train.add_argument("-o", "--output", type=Path, required=True, help="checkpoint to write")
     train.add_argument("--name", help="model name (default: the recipe's)")
     train.add_argument("--fusion", help="fusion strategy (default: the recipe's)")

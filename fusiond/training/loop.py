@@ -92,14 +92,18 @@ def perturb(spec: InputSpec, inputs: Batch, targets: np.ndarray | None, options:
 
     Each input is augmented (``train.augment``); then each modality of each window is
     corrupted with probability ``train.modality_noise`` (noise as strong as the signal,
-    or the kind's equivalent: a sensor gone bad) and, for a classifier, swapped with
-    probability ``train.modality_swap`` for the same modality of a window of another
-    class while the label stays (a sensor confidently wrong). The model learns to
-    distrust a modality that disagrees, not only one that has gone silent. Returns the
-    inputs and ``sound`` [B, M], False where an input was corrupted or swapped.
+    or the kind's equivalent: a sensor gone bad) and, for a classifier, with probability
+    ``train.modality_swap`` one modality of the window, chosen at random, is swapped for
+    the same modality of a window of another class while the label stays (a sensor
+    confidently wrong). One at most: the others still tell the truth, so the model
+    learns to side with the majority, not only to distrust a modality that has gone
+    silent. Returns the inputs and ``sound`` [B, M], False where an input was corrupted
+    or swapped.
     """
     out = {}
-    sound = np.ones((len(next(iter(inputs.values()))), len(inputs)), bool)
+    rows_in = len(next(iter(inputs.values())))
+    sound = np.ones((rows_in, len(inputs)), bool)
+    liar = np.where(rng.random(rows_in) < options.modality_swap, rng.integers(len(inputs), size=rows_in), -1)
     for j, (name, batch) in enumerate(inputs.items()):
         modality = spec.modalities[name]
         kind = modality.kind_of
@@ -112,7 +116,7 @@ def perturb(spec: InputSpec, inputs: Batch, targets: np.ndarray | None, options:
             sound[rows, j] = False
         if targets is not None and targets.ndim == 1 and options.modality_swap > 0:
             donors = other_class_rows(targets, rng)
-            swap = (rng.random(len(x)) < options.modality_swap) & (donors >= 0) & sound[:, j]
+            swap = (liar == j) & (donors >= 0) & sound[:, j]
             if swap.any():
                 x = x.copy() if x is batch else x
                 x[swap] = batch[donors[swap]]

@@ -32,7 +32,7 @@ from fusiond.training.data import (
     recording_streams,
     split,
 )
-from fusiond.training.evaluate import calibrate, evaluate, headline
+from fusiond.training.evaluate import calibrate, calibrate_fusion, evaluate, headline
 from fusiond.training.loop import Epoch, fit, seed_everything
 from fusiond.training.recipe import Recipe
 
@@ -215,25 +215,34 @@ class Splits:
 
 
 def prepare(
-    recipe: Recipe, data: Sequence[DataItem], plugins: Plugins, test: Sequence[DataItem] = ()
+    recipe: Recipe, data: Sequence[DataItem], plugins: Plugins, test: Sequence[DataItem] = (),
+    val: Sequence[DataItem] = (),
 ) -> Splits:
-    """Cut and label every item's windows, then split them (whole label ranges at a time)."""
+    """Cut and label every item's windows, then split them (whole label ranges at a time).
+
+    Validation and test windows come from ``val`` and ``test`` where given, else they are
+    split off ``data``. Separate validation recordings (another session, another person,
+    another sensor) make the best epoch and the calibration honest about data the model
+    has not seen; windows split off the training recordings share their conditions.
+    """
     started = time.monotonic()
     window = recipe.window.to_config()
     targets = recipe.targets if recipe.task == "regression" else ()
     windows, classes = load_windows(data, recipe.spec, window, plugins, recipe.classes or None, targets)
     options = recipe.train
-    if test:
-        held_out, _ = load_windows(test, recipe.spec, window, plugins, classes, targets)
-        val_index, train_index = split(windows, [options.val_fraction], options.seed)
-    else:
-        fractions = [options.val_fraction, options.test_fraction]
-        val_index, test_index, train_index = split(windows, fractions, options.seed)
-        held_out = windows.take(test_index)
-    splits = Splits(windows.take(train_index), windows.take(val_index), held_out, classes)
-    log.info("%d training, %d validation, %d test windows (%s test data; cut in %.0f s)",
-             len(splits.train), len(splits.val), len(held_out), "separate" if test else "split-off",
-             time.monotonic() - started)  # fmt: skip
+    fractions = [0.0 if val else options.val_fraction, 0.0 if test else options.test_fraction]
+    val_index, test_index, train_index = split(windows, fractions, options.seed)
+
+    def own(items: Sequence[DataItem], index: Any) -> WindowSet:
+        if not items:
+            return windows.take(index)
+        return load_windows(items, recipe.spec, window, plugins, classes, targets)[0]
+
+    held_out = own(test, test_index)
+    splits = Splits(windows.take(train_index), own(val, val_index), held_out, classes)
+    log.info("%d training, %d validation, %d test windows (%s validation, %s test data; cut in %.0f s)",
+             len(splits.train), len(splits.val), len(held_out), "separate" if val else "split-off",
+             "separate" if test else "split-off", time.monotonic() - started)  # fmt: skip
     if len(splits.train) == 0:
         msg = "no labelled training windows: check the label file's times against the data (fusiond info)"
         raise ConfigError(msg)
@@ -252,12 +261,15 @@ def fit_recipe(
     history = fit(model, splits.train, splits.val, recipe.train, headline, progress, augments)
     device = pick_device(recipe.train.device)
     temperatures = calibrate(model, splits.val, device)
+    fusion_calibration = calibrate_fusion(model, splits.val, device, recipe.train.modality_swap,
+                                          recipe.train.seed)  # fmt: skip
     metrics: dict[str, Any] = {
         "test": evaluate(model, splits.test, device) if len(splits.test) else {},
         "validation": headline(model, splits.val, device) if len(splits.val) else None,
         "windows": {"train": len(splits.train), "validation": len(splits.val), "test": len(splits.test)},
         "best_epoch": history.best_epoch,
         "temperatures": temperatures,
+        "fusion_calibration": fusion_calibration,
         "epochs": recipe.train.epochs,
         "seed": recipe.train.seed,
         "device": history.device,
@@ -274,11 +286,12 @@ def train(
     plugins: Plugins,
     *,
     test: Sequence[DataItem] = (),
+    val: Sequence[DataItem] = (),
     progress: Callable[[Epoch], None] | None = None,
 ) -> Trained:
     """Cut, split, train, score on the test windows and write the checkpoint."""
     recipe = with_vocab(recipe, data, plugins)
-    splits = prepare(recipe, data, plugins, test)
+    splits = prepare(recipe, data, plugins, test, val)
     model, metrics = fit_recipe(recipe, splits, plugins, progress)
     window = recipe.window.to_config()
     window_meta = {"length_ns": window.length_ns, "hop_ns": window.hop_ns, "lateness_ns": window.lateness_ns,
