@@ -193,3 +193,62 @@ def test_calibration_finds_the_temperature_that_undoes_overconfidence():
     rate = float((targets == 0).mean())  # how often 'a' is right in this sample (about 0.7)
     best = 5.0 * np.log(0.7 / 0.3) / np.log(rate / (1 - rate))  # the temperature that says exactly that
     assert abs(found["imu"] / best - 1) < 0.03, (found, best)
+
+
+def _consensus_and_late(k: int = 10) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """Both fusions with each head reading its features as logits (identity heads)."""
+    from fusiond.models.fusion import ConsensusFusion, LateFusion
+
+    consensus, late = ConsensusFusion(3, k, k), LateFusion(3, k, k)
+    with torch.no_grad():
+        for head in [*consensus.heads, *late.heads]:
+            head.weight.copy_(torch.eye(k))
+            head.bias.zero_()
+    return consensus.eval(), late.eval()
+
+
+def test_consensus_fusion_lets_two_agreeing_sensors_outvote_a_third_that_is_sure_of_another_class():
+    consensus, late = _consensus_and_late()
+    features = torch.zeros(1, 3, 10)
+    features[0, 0, 3] = 12.0  # the camera is sure it is a 3
+    features[0, 1, 5] = 4.0  # the microphone and the IMU lean to 5
+    features[0, 2, 5] = 4.0
+    everything = torch.ones(1, 3, dtype=torch.bool)
+    assert int(late(features, everything).argmax()) == 3  # an average follows the loudest
+    assert int(consensus(features, everything).argmax()) == 5
+    # Alone, or with the others unsure (flat), the camera carries the decision.
+    camera_only = torch.tensor([[True, False, False]])
+    assert int(consensus(features, camera_only).argmax()) == 3
+    flat = features.clone()
+    flat[0, 1:] = 0.0
+    assert int(consensus(flat, everything).argmax()) == 3
+
+
+def test_consensus_fusion_rejects_an_unreliability_outside_zero_to_one():
+    from fusiond.models.fusion import ConsensusFusion
+
+    for bad in (0.0, 1.0, -0.1, float("nan")):
+        with pytest.raises(ValueError, match="unreliability"):
+            ConsensusFusion(3, 8, 10, unreliability=bad)
+
+
+def test_consensus_calibration_learns_which_sensor_lies_from_held_out_windows():
+    consensus, _ = _consensus_and_late()
+    g = torch.Generator().manual_seed(0)
+    n = 600
+    targets = torch.randint(0, 10, (n,), generator=g)
+    features = torch.zeros(n, 3, 10)
+    rows = torch.arange(n)
+    features[rows, 0, targets] = 6.0  # the camera is right
+    features[rows, 2, targets] = 2.0  # the IMU leans the right way
+    liar = (targets + torch.randint(1, 10, (n,), generator=g)) % 10
+    lies = torch.rand(n, generator=g) < 0.4
+    features[rows, 1, torch.where(lies, liar, targets)] = 6.0  # the microphone lies 40 % of the time
+    found = consensus.calibrate(features, torch.ones(n, 3, dtype=torch.bool), targets)
+    r, t = found["unreliability"], found["temperature"]
+    assert r[1] > r[0] and t[1] > t[0], found  # the microphone is trusted less than the camera
+    # Afterwards a confident microphone alone cannot outvote the camera.
+    one = torch.zeros(1, 3, 10)
+    one[0, 0, 3], one[0, 1, 7] = 6.0, 6.0
+    assert int(consensus(one, torch.ones(1, 3, dtype=torch.bool)).argmax()) == 3
+    assert all(p.requires_grad for p in consensus.parameters())  # training can go on

@@ -11,6 +11,7 @@ influences the output.
 ``intermediate``  layer-wise: modality streams exchange a shared context at every layer
 ``gated``      per-sample gates score each modality's reliability
 ``agreement``  a head per modality, weighted by how much each agrees with the others
+``consensus``  a head per modality; the posterior given that any sensor may be lying
 ``attention``  cross-modal transformer over modality tokens, key-padding mask
 =============  ==============================================================
 """
@@ -79,6 +80,73 @@ class AgreementFusion(nn.Module):
         score = (self.bias + self.gain * agree).masked_fill(~mask, float("-inf"))
         weights = torch.softmax(score, dim=1).nan_to_num(0.0)
         return (logits * weights.unsqueeze(-1)).sum(dim=1)
+
+
+class ConsensusFusion(nn.Module):
+    """Decision-level fusion that assumes any sensor may be lying.
+
+    A head per modality gives ``q_m``, its class distribution (with a learned temperature
+    per modality). Each present modality is taken to be sound with probability
+    ``1 - r_m`` and, with probability ``r_m`` (its learned unreliability), to show a
+    window of some other class. Its likelihood of class ``c`` is then the mixture
+    ``(1 - r_m) K q_m(c) + r_m K (1 - q_m(c)) / (K - 1)``, and the output is the log
+    product of the present modalities' likelihoods: the posterior under a uniform prior.
+
+    Unlike a weighted average, a lone modality that names a class the others rule out
+    cannot carry it: under the "lying" branch its confidence counts *against* that
+    class. Two sensors that agree outvote a third that is sure of something else, unless
+    they are themselves unsure. With one modality present it is that modality's head.
+    """
+
+    def __init__(self, modalities: int, dim: int, classes: int, unreliability: float = 0.1) -> None:
+        super().__init__()
+        if not 0.0 < unreliability < 1.0:
+            msg = f"unreliability must lie in (0, 1), got {unreliability!r}"
+            raise ValueError(msg)
+        self.heads = nn.ModuleList(nn.Linear(dim, classes) for _ in range(modalities))
+        self.log_temperature = nn.Parameter(torch.zeros(modalities))
+        start = torch.logit(torch.tensor(unreliability))
+        self.unreliability_logit = nn.Parameter(torch.full((modalities,), float(start)))
+
+    def forward(self, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        logits = torch.stack([head(features[:, i]) for i, head in enumerate(self.heads)], dim=1)
+        k = logits.shape[-1]
+        log_q = torch.log_softmax(logits / self.log_temperature.exp().view(1, -1, 1), dim=-1)
+        log_not_q = torch.log1p(-log_q.exp().clamp(max=1.0 - 1e-6))  # log(1 - q), finite
+        r = torch.sigmoid(self.unreliability_logit).view(1, -1, 1)
+        sound = torch.log1p(-r) + log_q
+        lying = torch.log(r) + log_not_q - torch.log(torch.tensor(k - 1.0, dtype=logits.dtype))
+        per_modality = torch.logaddexp(sound, lying)  # [B, M, K], log of the mixture / K
+        out: torch.Tensor = (per_modality * mask.unsqueeze(-1).to(logits.dtype)).sum(dim=1)
+        return out
+
+    @torch.enable_grad()
+    def calibrate(self, features: torch.Tensor, mask: torch.Tensor,
+                  targets: torch.Tensor) -> dict[str, list[float]]:  # fmt: skip
+        """Refit the temperatures and unreliabilities alone (the heads stay) to minimise
+        the negative log-likelihood of held-out windows: after training they describe
+        the training data, where each sensor is surer and righter than on new data."""
+        params = [self.log_temperature, self.unreliability_logit]
+        kept = [p.requires_grad for p in self.parameters()]
+        for p in self.parameters():
+            p.requires_grad_(any(p is q for q in params))
+        optimizer = torch.optim.LBFGS(params, lr=0.5, max_iter=100, line_search_fn="strong_wolfe")
+
+        def closure() -> torch.Tensor:
+            optimizer.zero_grad()
+            loss = nn.functional.cross_entropy(self(features, mask), targets)
+            loss.backward()  # type: ignore[no-untyped-call]
+            return loss
+
+        try:
+            optimizer.step(closure)  # type: ignore[no-untyped-call]
+        finally:
+            for p, k in zip(self.parameters(), kept, strict=True):
+                p.requires_grad_(k)
+        return {
+            "temperature": [round(float(t), 4) for t in self.log_temperature.detach().exp()],
+            "unreliability": [round(float(r), 4) for r in torch.sigmoid(self.unreliability_logit.detach())],
+        }
 
 
 class GatedFusion(nn.Module):
@@ -164,5 +232,6 @@ FUSIONS: dict[str, type[nn.Module]] = {
     "intermediate": IntermediateFusion,
     "gated": GatedFusion,
     "agreement": AgreementFusion,
+    "consensus": ConsensusFusion,
     "attention": AttentionFusion,
 }

@@ -25,6 +25,7 @@ FUSIONS = {
     "intermediate": "fusiond.models.fusion:IntermediateFusion",
     "gated": "fusiond.models.fusion:GatedFusion",
     "agreement": "fusiond.models.fusion:AgreementFusion",
+    "consensus": "fusiond.models.fusion:ConsensusFusion",
     "attention": "fusiond.models.fusion:AttentionFusion",
 }
 
