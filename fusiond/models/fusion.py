@@ -116,7 +116,8 @@ class ConsensusFusion(nn.Module):
         r = torch.sigmoid(self.unreliability_logit).view(1, -1, 1)
         sound = torch.log1p(-r) + log_q
         lying = torch.log(r) + log_not_q - torch.log(torch.tensor(k - 1.0, dtype=logits.dtype))
-        per_modality = torch.logaddexp(sound, lying)  # [B, M, K], log of the mixture / K
+        # [B, M, K], log of the mixture / K (logsumexp: ONNX has no logaddexp)
+        per_modality = torch.logsumexp(torch.stack([sound, lying]), dim=0)
         out: torch.Tensor = (per_modality * mask.unsqueeze(-1).to(logits.dtype)).sum(dim=1)
         return out
 
