@@ -386,7 +386,8 @@ def test_separate_validation_recordings_pick_the_epoch_and_calibrate_consensus_f
     val = tones(tmp_path / "val.mcap", seed=50, t0=T0 + 77 * 10**12)
     model = tmp_path / "m.pt"
     result = fusiond("train", str(recipe(tmp_path, "consensus", epochs=2)), "--data", str(data / "train"),
-                     "--val", str(val), "--test", str(data / "test.mcap"), "-o", str(model), timeout=300)  # fmt: skip
+                     "--val", str(val), "--test", str(data / "test.mcap"), "-o", str(model),
+                     timeout=300)  # fmt: skip
     assert result.returncode == 0, result.stderr
     metrics = load(model).metrics
     # Every training window trains: none is split off for validation or test.
@@ -395,3 +396,18 @@ def test_separate_validation_recordings_pick_the_epoch_and_calibrate_consensus_f
     assert len(fitted["temperature"]) == len(fitted["unreliability"]) == 2, fitted
     assert all(0.0 < r < 1.0 for r in fitted["unreliability"]) and all(t > 0 for t in fitted["temperature"])
     assert metrics["test"]["accuracy"] > 0.8, metrics["test"]  # chance is 0.5
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [("{ unreliability = 2.0 }", r"fusion_args: unreliability must lie in \(0, 1\), got 2.0"),
+     ("{ unreliabilty = 0.2 }", r"fusion_args: .*unexpected keyword argument 'unreliabilty'")],
+)  # fmt: skip
+def test_bad_fusion_args_are_named_not_a_traceback(data, tmp_path, args, message):
+    text = recipe(tmp_path, "consensus", epochs=1).read_text()
+    text = text.replace('fusion = "consensus"', f'fusion = "consensus"\nfusion_args = {args}')
+    (tmp_path / "bad.toml").write_text(text)
+    result = fusiond("train", str(tmp_path / "bad.toml"), "--data", str(data / "train" / "t0.mcap"),
+                     "-o", str(tmp_path / "x.pt"))  # fmt: skip
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
+    assert re.search(message, result.stderr), result.stderr

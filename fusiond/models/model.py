@@ -64,13 +64,21 @@ class FusionModel(nn.Module):
                 msg = f"no encoder for modality {name!r} (asked for {entry!r})"
                 raise ModelError(msg)
             cls = parts.encoders[entry["name"]]
-            modules[name] = cls(spec.modalities[name], dim=dim, **entry.get("args", {}))
+            try:
+                modules[name] = cls(spec.modalities[name], dim=dim, **entry.get("args", {}))
+            except (TypeError, ValueError) as exc:
+                msg = f"inputs.{name}.encoder_args: {exc}"
+                raise ModelError(msg) from None
         self.encoders = nn.ModuleDict(modules)
         if fusion.get("name") not in parts.fusions:
             msg = f"unknown fusion strategy {fusion.get('name')!r}; known: {sorted(parts.fusions)}"
             raise ModelError(msg)
         fusion_cls = parts.fusions[fusion["name"]]
-        self.fusion = fusion_cls(len(self.modalities), dim, len(classes), **fusion.get("args", {}))
+        try:
+            self.fusion = fusion_cls(len(self.modalities), dim, len(classes), **fusion.get("args", {}))
+        except (TypeError, ValueError) as exc:
+            msg = f"fusion_args: {exc}"
+            raise ModelError(msg) from None
         self.has_heads = modality_heads and task == "classification"
         if self.has_heads:
             # A classifier per modality on its own features: what each sensor says by itself.
