@@ -382,7 +382,7 @@ def test_a_pretrained_encoder_reads_local_weights_and_frozen_stays_as_read(tmp_p
         train(load_recipe(tmp_path / "cards.toml"), data_items([path]), tmp_path / "x.pt", plugins)
 
 
-def test_separate_validation_recordings_pick_the_epoch_and_calibrate_consensus_fusion(data, tmp_path):
+def test_separate_validation_recordings_pick_the_epoch_and_calibrate_the_heads(data, tmp_path):
     val = tones(tmp_path / "val.mcap", seed=50, t0=T0 + 77 * 10**12)
     model = tmp_path / "m.pt"
     result = fusiond("train", str(recipe(tmp_path, "consensus", epochs=2)), "--data", str(data / "train"),
@@ -392,9 +392,8 @@ def test_separate_validation_recordings_pick_the_epoch_and_calibrate_consensus_f
     metrics = load(model).metrics
     # Every training window trains: none is split off for validation or test.
     assert metrics["windows"] == {"train": 4 * 48, "validation": 48, "test": 48}, metrics["windows"]
-    fitted = metrics["fusion_calibration"]
-    assert len(fitted["temperature"]) == len(fitted["unreliability"]) == 2, fitted
-    assert all(0.0 < r < 1.0 for r in fitted["unreliability"]) and all(t > 0 for t in fitted["temperature"])
+    assert set(metrics["temperatures"]) == {"video", "imu"}, metrics  # fitted on the validation windows
+    assert metrics["temperatures"] != {"video": 1.0, "imu": 1.0}, metrics
     assert metrics["test"]["accuracy"] > 0.8, metrics["test"]  # chance is 0.5
 
 

@@ -74,36 +74,6 @@ def calibrate(model: FusionModel, data: WindowSet, device: torch.device) -> dict
     return {m: round(t, 4) for m, t in found.items()}
 
 
-def calibrate_fusion(model: FusionModel, data: WindowSet, device: torch.device, swap: float = 0.0,
-                     seed: int = 0) -> dict[str, Any]:  # fmt: skip
-    """Let a fusion strategy that can (one with a ``calibrate(features, mask, targets)``
-    method) refit its own calibration on ``data``: the windows as they are, plus, with
-    probability ``swap`` each, a copy with one modality swapped for another class's (the
-    training's ``modality_swap``: how often a sensor is taken to lie). Returns what it
-    fitted ({} for other strategies, regressors, or no windows)."""
-    fit = getattr(model.fusion, "calibrate", None)
-    if not callable(fit) or model.task != "classification" or len(data) == 0:
-        return {}
-    rng = np.random.default_rng(seed)
-    parts = [data]
-    for name in data.modalities:
-        rows = np.flatnonzero(rng.random(len(data)) < swap / len(data.modalities))
-        if len(rows):
-            parts.append(swapped(data, name, seed).take(rows))
-    model.eval().to(device)
-    features, masks, targets = [], [], []
-    with torch.inference_mode():
-        for part in parts:
-            for index in batches(part, 256):
-                inputs, mask = to_device(part, index, device)
-                features.append(model.features(inputs).float())
-                masks.append(mask)
-                targets.append(torch.from_numpy(part.targets[index]).to(device))
-    found: dict[str, Any] = fit(torch.cat(features).clone(), torch.cat(masks).clone(),
-                                torch.cat(targets).clone())  # fmt: skip
-    return found
-
-
 def _nll(z: np.ndarray, y: np.ndarray) -> float:
     z = z - z.max(axis=1, keepdims=True)
     log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))

@@ -32,7 +32,7 @@ from fusiond.training.data import (
     recording_streams,
     split,
 )
-from fusiond.training.evaluate import calibrate, calibrate_fusion, evaluate, headline
+from fusiond.training.evaluate import calibrate, evaluate, headline
 from fusiond.training.loop import Epoch, fit, seed_everything
 from fusiond.training.recipe import Recipe
 
@@ -261,15 +261,12 @@ def fit_recipe(
     history = fit(model, splits.train, splits.val, recipe.train, headline, progress, augments)
     device = pick_device(recipe.train.device)
     temperatures = calibrate(model, splits.val, device)
-    fusion_calibration = calibrate_fusion(model, splits.val, device, recipe.train.modality_swap,
-                                          recipe.train.seed)  # fmt: skip
     metrics: dict[str, Any] = {
         "test": evaluate(model, splits.test, device) if len(splits.test) else {},
         "validation": headline(model, splits.val, device) if len(splits.val) else None,
         "windows": {"train": len(splits.train), "validation": len(splits.val), "test": len(splits.test)},
         "best_epoch": history.best_epoch,
         "temperatures": temperatures,
-        "fusion_calibration": fusion_calibration,
         "epochs": recipe.train.epochs,
         "seed": recipe.train.seed,
         "device": history.device,
