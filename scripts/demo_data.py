@@ -12,9 +12,11 @@
   ``split="writers"``): a recorded human voice, Allison Smith's digits from the Debian
   package ``asterisk-core-sounds-en-wav`` (8 kHz telephone prompts, one recording a
   digit), and handwriting by other writers, scikit-learn's 8x8 digits (1797 digits from
-  43 people other than digits.png's, in the scikit-learn wheel).
+  the 13 writers of the UCI set's test part, other people than digits.png's; in the
+  scikit-learn wheel).
 * Gestures: ``PickupGestureWiimoteZ`` (Wiimote accelerometer, 10 gestures by 10
-  subjects) as shipped inside the ``aeon`` wheel; its own TRAIN/TEST split is kept.
+  subjects) as shipped inside the ``aeon`` wheel; its TRAIN file trains (4 a class) and
+  validates (1 a class), its TEST file serves every held-out split.
   Gesture class ``k`` stands for digit ``k - 1``.
 
 No package ships a real audio-visual data set: the modalities are real, but they are
