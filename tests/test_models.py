@@ -230,3 +230,14 @@ def test_consensus_fusion_rejects_an_unreliability_outside_zero_to_one():
     for bad in (0.0, 1.0, -0.1, float("nan")):
         with pytest.raises(ValueError, match="unreliability"):
             ConsensusFusion(3, 8, 10, unreliability=bad)
+
+
+def test_ranking_counts_how_often_the_true_class_beats_a_given_wrong_one():
+    from fusiond.training.evaluate import ranking
+
+    logits = np.array([[3.0, 2.0, 1.0, 0.0], [0.0, 1.0, 2.0, 3.0], [1.0, 3.0, 0.0, 2.0]])
+    assert ranking(logits[:1], np.array([0])) == 1.0  # the true class on top: above all three
+    assert ranking(logits[1:2], np.array([0])) == 0.0  # at the bottom: above none
+    assert ranking(logits[2:], np.array([3])) == pytest.approx(2 / 3)  # above two of three
+    assert ranking(logits, np.array([0, 0, 3])) == pytest.approx((1 + 0 + 2 / 3) / 3)
+    assert ranking(np.full((2, 4), 1.0), np.array([0, 1])) == 0.0  # a tie is not above

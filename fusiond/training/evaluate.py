@@ -6,7 +6,8 @@ and ``r2`` per target. Both: ``ablation`` (the headline score with each modality
 removed), ``only`` (with only that modality) and ``noisy`` (with that modality corrupted
 by Gaussian noise as strong as the signal, 0 dB SNR). Classification also: ``swapped``
 (that modality taken from a window of another class) and, for a model with modality
-heads, ``heads`` (each head's own accuracy where its modality is present).
+heads, ``heads`` (each head's own accuracy where its modality is present) and
+``heads_ranking`` (how often each head scores the true class above a given wrong one).
 """
 
 from __future__ import annotations
@@ -189,14 +190,28 @@ def evaluate(
             if "swapped" in result:
                 result["swapped"][name] = round(headline(model, swapped(data, name), device), 4)
         result["score"] = key
-    if model.has_heads and len(data):
-        own = modality_logits(model, data, device).argmax(axis=2)
-        result["heads"] = {}
+    if model.has_heads and len(data) and model.task == "classification":
+        logits = modality_logits(model, data, device)
+        result["heads"], result["heads_ranking"] = {}, {}
         for i, name in enumerate(data.modalities):
             rows = data.mask[:, i]
             if rows.any():
-                result["heads"][name] = round(float((own[rows, i] == data.targets[rows]).mean()), 4)
+                z, y = logits[rows, i], data.targets[rows]
+                result["heads"][name] = round(float((z.argmax(axis=1) == y).mean()), 4)
+                result["heads_ranking"][name] = round(ranking(z, y), 4)
     return result
+
+
+def ranking(logits: np.ndarray, targets: np.ndarray) -> float:
+    """How often the true class scores above a given wrong one: the mean, over windows
+    and over the wrong classes, of ``logits[true] > logits[wrong]``. When two other
+    sensors disagree, this is how often this one sides with the right one."""
+    k = logits.shape[1]
+    if k < 2 or not len(logits):
+        return 0.0
+    true = logits[np.arange(len(targets)), targets][:, None]
+    above = (true > logits).sum(axis=1)  # the true class is never above itself
+    return float(above.mean() / (k - 1))
 
 
 def confusion_png(confusion: list[list[int]], classes: list[str], path: Path) -> None:
