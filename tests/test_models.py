@@ -227,9 +227,19 @@ def test_consensus_fusion_lets_two_agreeing_sensors_outvote_a_third_that_is_sure
 def test_consensus_fusion_rejects_an_unreliability_outside_zero_to_one():
     from fusiond.models.fusion import ConsensusFusion
 
-    for bad in (0.0, 1.0, -0.1, float("nan")):
+    for bad in (0.0, 1.0, -0.1, float("nan"), float("inf"), "0.1", True, None):
         with pytest.raises(ValueError, match="unreliability"):
-            ConsensusFusion(3, 8, 10, unreliability=bad)
+            ConsensusFusion(3, 8, 10, unreliability=bad)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="at least two classes"):
+        ConsensusFusion(3, 8, 1)
+
+
+@pytest.mark.parametrize("fusion", ["consensus", "agreement"])
+def test_fusions_that_read_class_distributions_refuse_a_regressor(fusion):
+    with pytest.raises(ModelError, match=f"fusion '{fusion}' is for classification only, not regression"):
+        FusionModel(SPEC, ["speed"], ENCODERS, {"name": fusion}, PARTS, 16, task="regression")
+    # Every other built-in strategy serves both.
+    FusionModel(SPEC, ["speed"], ENCODERS, {"name": "late"}, PARTS, 16, task="regression")
 
 
 def test_ranking_counts_how_often_the_true_class_beats_a_given_wrong_one():

@@ -3,7 +3,8 @@
 Every strategy takes ``features`` [B, M, D] (modalities in the model's order) and
 ``mask`` [B, M] (True where the modality is present) and returns [B, K]: class logits
 for a classifier, the K target values for a regressor. A masked modality never
-influences the output.
+influences the output. A strategy that reads its outputs as class distributions says
+so with ``tasks = ("classification",)``; the model refuses it for a regressor.
 
 =============  ==============================================================
 ``early``      feature-level concatenation (``concat`` is the same strategy)
@@ -17,6 +18,8 @@ influences the output.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
@@ -62,6 +65,8 @@ class AgreementFusion(nn.Module):
     a learned bias per modality and a learned gain set how much agreement counts.
     """
 
+    tasks = ("classification",)
+
     def __init__(self, modalities: int, dim: int, classes: int) -> None:
         super().__init__()
         self.heads = nn.ModuleList(nn.Linear(dim, classes) for _ in range(modalities))
@@ -104,10 +109,18 @@ class ConsensusFusion(nn.Module):
     clean and on a real voice included (docs/models.md).
     """
 
+    tasks = ("classification",)
+
     def __init__(self, modalities: int, dim: int, classes: int, unreliability: float = 0.1) -> None:
         super().__init__()
+        if isinstance(unreliability, bool) or not isinstance(unreliability, int | float):
+            msg = f"unreliability must be a number in (0, 1), got {unreliability!r}"
+            raise ValueError(msg)
         if not 0.0 < unreliability < 1.0:
             msg = f"unreliability must lie in (0, 1), got {unreliability!r}"
+            raise ValueError(msg)
+        if classes < 2:
+            msg = f"consensus fusion needs at least two classes, got {classes}"
             raise ValueError(msg)
         self.heads = nn.ModuleList(nn.Linear(dim, classes) for _ in range(modalities))
         self.log_temperature = nn.Parameter(torch.zeros(modalities))
@@ -121,7 +134,7 @@ class ConsensusFusion(nn.Module):
         log_not_q = torch.log1p(-log_q.exp().clamp(max=1.0 - 1e-6))  # log(1 - q), finite
         r = torch.sigmoid(self.unreliability_logit).view(1, -1, 1)
         sound = torch.log1p(-r) + log_q
-        lying = torch.log(r) + log_not_q - torch.log(torch.tensor(k - 1.0, dtype=logits.dtype))
+        lying = torch.log(r) + log_not_q - math.log(k - 1)
         # [B, M, K], log of the mixture / K (logsumexp: ONNX has no logaddexp)
         per_modality = torch.logsumexp(torch.stack([sound, lying]), dim=0)
         out: torch.Tensor = (per_modality * mask.unsqueeze(-1).to(logits.dtype)).sum(dim=1)

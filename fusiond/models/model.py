@@ -74,6 +74,10 @@ class FusionModel(nn.Module):
             msg = f"unknown fusion strategy {fusion.get('name')!r}; known: {sorted(parts.fusions)}"
             raise ModelError(msg)
         fusion_cls = parts.fusions[fusion["name"]]
+        serves = getattr(fusion_cls, "tasks", TASKS)
+        if task not in serves:
+            msg = f"fusion {fusion['name']!r} is for {' or '.join(serves)} only, not {task}"
+            raise ModelError(msg)
         try:
             self.fusion = fusion_cls(len(self.modalities), dim, len(classes), **fusion.get("args", {}))
         except (TypeError, ValueError) as exc:
