@@ -118,6 +118,12 @@ def main() -> None:
     parser.add_argument("--held-out", nargs="*", default=[], metavar="NAME=PATH",
                         help="a column of clean accuracy on these recordings")  # fmt: skip
     args = parser.parse_args()
+    named_paths = {}
+    for entry in args.held_out:  # checked now, before minutes of cutting windows
+        name, _, path = entry.partition("=")
+        if not name or not path or name in named_paths:
+            parser.error(f"--held-out {entry!r}: expected NAME=PATH, each NAME once")
+        named_paths[name] = Path(path)
     logging.basicConfig(level="INFO", format="%(asctime)s %(message)s")
     plugins = load_plugins()
     recipe = with_vocab(load_recipe(args.recipe, train_epochs=args.epochs), data_items(args.data), plugins)
@@ -125,11 +131,9 @@ def main() -> None:
     modalities = list(recipe.inputs)
     columns = ["clean"] + [f"{m} {how}" for how in ("missing", "noisy", "swapped") for m in modalities]
     held_out = {}
-    for entry in args.held_out:
-        name, _, path = entry.partition("=")
-        items = data_items([Path(path)])
-        window = recipe.window.to_config()
-        held_out[name], _ = load_windows(items, recipe.spec, window, plugins, splits.classes)
+    window = recipe.window.to_config()
+    for name, path in named_paths.items():
+        held_out[name], _ = load_windows(data_items([path]), recipe.spec, window, plugins, splits.classes)
         columns.append(name)
     device = torch.device("cpu")
     rows: dict[str, dict[str, float | None]] = {}
