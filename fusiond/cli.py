@@ -287,9 +287,9 @@ def cmd_source(args: argparse.Namespace) -> int:
     from fusiond.plugin import load_plugins
     from fusiond.sources.base import SourceContext
     from fusiond.sources.runner import run_source, stop_event_from_signals
-    from fusiond.sources.supervisor import die_with_parent
+    from fusiond.sources.supervisor import STOP_GRACE_S, die_with_parent
 
-    stop = stop_event_from_signals()
+    stop = stop_event_from_signals(STOP_GRACE_S)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a reload is the daemon's business
     if args.parent_pid:
         die_with_parent(args.parent_pid)

@@ -131,6 +131,8 @@ class Daemon:
     """``with Daemon(config, plugins) as d: d.run(stop)``."""
 
     READY_TIMEOUT_NS = 15_000_000_000
+    STOP_WAIT_S = 1.0
+    """How long a stop waits for sources and components before it kills them."""
 
     def __init__(self, config: Config, plugins: Plugins, *, start_sources: bool = True,
                  config_path: Path | None = None) -> None:  # fmt: skip
@@ -516,8 +518,12 @@ class Daemon:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:  # fmt: skip
         self.notifier.notify(STOPPING=1)
-        self.supervisor.stop()
-        self.engine.stop()
+        # Every child is told at once and all are waited for against one deadline: the
+        # stop promise (2 s) holds however many there are and however busy the host is.
+        deadline = time.monotonic() + self.STOP_WAIT_S
+        self.supervisor.terminate()
+        self.engine.stop(deadline)
+        self.supervisor.reap(deadline)
         if self.metrics_server is not None:
             self.metrics_server.shutdown()  # type: ignore[attr-defined]
         self.broker.__exit__(None, None, None)

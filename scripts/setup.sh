@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Set up fusiond in ./.venv: the Debian libraries it needs (when run as root), then the
-# package with its test tools. Safe to run again.
+# Set up fusiond in ./.venv: the Debian libraries it needs (when run as root), the
+# package with its test tools, and the sample footage the tests play. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,4 +32,6 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   .venv/bin/pip install -q torch==2.13.0
 fi
 .venv/bin/pip install -q -e '.[test,onnx,ray,speech]'
+# The test footage: opencv-doc's sample video, unpacked into .cache/ (not installed).
+bash scripts/fetch-footage.sh
 echo "setup: done; run .venv/bin/fusiond run --config config.toml"

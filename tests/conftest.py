@@ -1,10 +1,46 @@
 from __future__ import annotations
 
+import gc
 import os
+import warnings
 
 import pytest
 
+from . import processes
 from .helpers import free_port
+
+SUBREAPER = processes.become_subreaper()
+
+
+@pytest.fixture(autouse=True)
+def _no_process_outlives_its_test():
+    """Owns every process the test starts, however it starts it: after the test, what is
+    still running (after a few seconds' grace for what is exiting) is killed, whole
+    process groups, and the test fails, so a leak never meets a later test."""
+    before = set(processes.descendants())
+    yield
+    left = processes.settle(before, wait_s=5.0)
+    if not left:
+        return
+    names = [processes.describe(pid) for pid in left]
+    processes.kill(left)
+    with warnings.catch_warnings():
+        # The killed processes' Popen objects, if the test dropped them, would warn
+        # "still running" when collected, in whichever later test that happens.
+        warnings.simplefilter("ignore", ResourceWarning)
+        gc.collect()
+    pytest.fail("processes outlived the test (killed now):\n" + "\n".join(names), pytrace=False)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """The session-wide check: nothing the suite started is left when it ends."""
+    left = processes.settle(set(), wait_s=5.0)
+    if left:
+        print("\nprocesses outlived the test session (killed now):")
+        for pid in left:
+            print("  " + processes.describe(pid))
+        processes.kill(left)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture

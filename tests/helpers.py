@@ -77,12 +77,12 @@ class DaemonProcess:
 
     def __init__(self, config: Path, log: Path, env: dict[str, str] | None = None) -> None:
         self.log = log
-        self._out = log.open("w")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "fusiond", "run", "--config", str(config)],
-            stdout=subprocess.DEVNULL, stderr=self._out, env={**os.environ, **(env or {})},
-            start_new_session=True,
-        )  # fmt: skip
+        with log.open("w") as out:  # the child has its own copy; none is left open here
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "fusiond", "run", "--config", str(config)],
+                stdout=subprocess.DEVNULL, stderr=out, env={**os.environ, **(env or {})},
+                start_new_session=True,
+            )  # fmt: skip
 
     def text(self) -> str:
         return self.log.read_text()
@@ -110,7 +110,18 @@ class DaemonProcess:
         return time.monotonic() - started
 
     def close(self) -> None:
+        """Kill the daemon's whole process group (its sources and components too)."""
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
-        self._out.close()
+        else:
+            try:  # the daemon is gone; a child that outlived it is not
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def __enter__(self) -> DaemonProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

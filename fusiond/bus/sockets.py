@@ -118,13 +118,17 @@ class Sockets:
         self.keys.serve(sock, endpoint)
         bind_to(sock, endpoint, where)
 
+    def connect(self, sock: Socket, endpoint: str) -> None:
+        """Connect ``sock`` (as a CURVE client on a secured bus's TCP endpoints)."""
+        self.keys.connect(sock, endpoint)
+        sock.connect(endpoint)
+
     def _attach(self, sock: Socket, endpoint: str, bind: bool, where: str) -> Socket:
         try:
             if bind:
                 self.bind(sock, endpoint, where)
             else:
-                self.keys.connect(sock, endpoint)
-                sock.connect(endpoint)
+                self.connect(sock, endpoint)
         except BaseException:
             sock.close(linger=0)
             raise

@@ -23,7 +23,7 @@ from fusiond.bus.security import Keys, client_keys
 from fusiond.bus.sockets import Sockets
 from fusiond.bus.wire import SAMPLE_PREFIX
 from fusiond.recording.mcapfile import read
-from fusiond.sources.runner import wait_connected
+from fusiond.sources.runner import connect_publisher
 
 log = logging.getLogger(__name__)
 SECOND = 1_000_000_000
@@ -49,10 +49,9 @@ def replay(path: Path, endpoint: str, stop: threading.Event, *, speed: float | N
     """Publish until the end (or ``stop``); ``speed=None`` sends as fast as possible."""
     keys = keys if keys is not None else client_keys()
     sockets = Sockets(hwm=100_000 if speed is None else 10_000, keys=keys)
-    sock = sockets.publisher(endpoint, linger_ms=2000)
     sent: Counter[str] = Counter()
     try:
-        wait_connected(sock, 5.0, stop)
+        sock, _ = connect_publisher(sockets, endpoint, 2000, 5.0, stop)
         stop.wait(0.2)  # the daemon's subscription reaches this new publisher
         pass_index = 0
         while not stop.is_set():

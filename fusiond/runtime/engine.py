@@ -160,8 +160,9 @@ class Engine(Protocol):
     def rows(self) -> list[dict[str, Any]]:
         """One row per component for ``fusiond status``."""
 
-    def stop(self) -> None:
-        """Stop every component."""
+    def stop(self, deadline: float) -> None:
+        """Stop every component, waiting for them no later than ``deadline``
+        (``time.monotonic()``); what has not stopped by then is abandoned or killed."""
 
 
 class ThreadEngine:
@@ -222,10 +223,10 @@ class ThreadEngine:
                  "restarts": self._restarts.get(n, 0), "rigs": self.plan.rigs_of(n)}
                 for n, t in sorted(self._threads.items())]  # fmt: skip
 
-    def stop(self) -> None:
+    def stop(self, deadline: float) -> None:
         self._stop.set()
-        for thread in self._threads.values():
-            thread.join(2)
+        for thread in self._threads.values():  # daemon threads: one still busy dies with the process
+            thread.join(max(0.0, deadline - time.monotonic()))
 
 
 class ProcessEngine:
@@ -270,16 +271,18 @@ class ProcessEngine:
                  "restarts": c.restarts, "rigs": self.plan.rigs_of(c.name)}
                 for c in self._children]  # fmt: skip
 
-    def stop(self) -> None:
-        self.supervisor.stop()
+    def stop(self, deadline: float) -> None:
+        self.supervisor.terminate()
+        self.supervisor.reap(deadline)
 
 
 def component_main(role: str, spec: Mapping[str, Any]) -> int:
     """``fusiond component worker|server``: one component, until SIGTERM or the end of its data."""
     from fusiond.bus.security import client_keys
     from fusiond.sources.runner import stop_event_from_signals
+    from fusiond.sources.supervisor import STOP_GRACE_S
 
-    stop = stop_event_from_signals()
+    stop = stop_event_from_signals(STOP_GRACE_S)
     keys = client_keys()  # a secured bus: the daemon put its own sources' keys in the environment
     if role == "worker":
         run_worker(WorkerSpec.from_dict(dict(spec)), stop, keys=keys)

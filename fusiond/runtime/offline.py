@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -94,7 +95,7 @@ def run_sharded(config: Config, checkpoint: Checkpoint, streams: Mapping[tuple[s
             names = [spec.name for spec in plan.workers] + [plan.server.name]
             predictions = _collect(collector, inbox, stats, engine, names, streams)
         finally:
-            engine.stop()
+            engine.stop(time.monotonic() + 2.0)
     for p in sorted(predictions, key=lambda p: (p.rig, p.window_start_ns)):
         stats.predicted(p.rig, p.label, 0, p.t_pub_ns)
         emit(p)

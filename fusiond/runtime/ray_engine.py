@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import asdict, replace
 from typing import Any
 
@@ -147,11 +148,11 @@ class RayEngine:
         return [{"name": n, "state": "running", "pid": None, "restarts": self._restarts.get(n, 0),
                  "rigs": self.plan.rigs_of(n)} for n in sorted(self._actors)]  # fmt: skip
 
-    def stop(self) -> None:
+    def stop(self, deadline: float) -> None:
         for actor in self._actors.values():
             actor.shutdown.remote()
         refs = list(self._joins.values())
         if refs:
-            self.ray.wait(refs, num_returns=len(refs), timeout=5)
+            self.ray.wait(refs, num_returns=len(refs), timeout=max(0.0, deadline - time.monotonic()))
         for name in list(self._actors):
             self._kill(name)

@@ -17,6 +17,7 @@ from fusiond.sources.base import Block, Source, SourceConfig, SourceContext
 
 if TYPE_CHECKING:
     from fusiond.bus.security import Keys
+    from fusiond.bus.sockets import Sockets
     from fusiond.sources.clocksync import ClockFollower
 
 log = logging.getLogger(__name__)
@@ -34,9 +35,29 @@ class Backoff:
         return float(min(self.cap_s, self.first_s * 2 ** min(attempt, 30)))
 
 
-def wait_connected(sock: zmq.Socket[bytes], timeout_s: float, stop: threading.Event) -> bool:
-    """Block until the socket's first connection completes its handshake, time-out or stop."""
+def connect_publisher(sockets: Sockets, endpoint: str, linger_ms: int, timeout_s: float,
+                      stop: threading.Event) -> tuple[zmq.Socket[bytes], bool]:  # fmt: skip
+    """A PUB socket connected to ``endpoint``, once its first handshake completed (or
+    ``timeout_s`` passed, or ``stop`` was set); and whether it did.
+
+    The handshake monitor is attached before the socket connects: a handshake that
+    completes first (the bus is already there) would otherwise never be reported, and the
+    wait would run to its time-out on every start.
+    """
+    sock = sockets.make(zmq.PUB, linger_ms=linger_ms)
     monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+    try:
+        sockets.connect(sock, endpoint)
+    except BaseException:
+        sock.disable_monitor()
+        monitor.close(linger=0)
+        sock.close(linger=0)
+        raise
+    return sock, _wait_handshake(sock, monitor, timeout_s, stop)
+
+
+def _wait_handshake(sock: zmq.Socket[bytes], monitor: zmq.Socket[bytes], timeout_s: float,
+                    stop: threading.Event) -> bool:  # fmt: skip
     deadline = time.monotonic() + timeout_s
     try:
         while not stop.is_set() and time.monotonic() < deadline:
@@ -96,9 +117,9 @@ def run_source(
         follower = ClockFollower(sync_clock, sockets) if sync_clock else None
         if follower is not None:
             follower.start()
-        sock = sockets.publisher(connect, linger_ms=500)
+        sock, connected = connect_publisher(sockets, connect, 500, 5.0, context.stop)
         try:
-            if not wait_connected(sock, 5.0, context.stop) and not context.stop.is_set():
+            if not connected and not context.stop.is_set():
                 log.warning("source %s: no bus at %s yet; publishing anyway", name, connect)
             # Subscriptions reach a new publisher just after the handshake.
             context.stop.wait(0.1)
@@ -150,13 +171,23 @@ def _publish_until_done(
     return 0
 
 
-def stop_event_from_signals() -> threading.Event:
-    """An event set by SIGINT or SIGTERM (main thread only)."""
+def stop_event_from_signals(grace_s: float | None = None) -> threading.Event:
+    """An event set by SIGINT or SIGTERM (main thread only).
+
+    With ``grace_s``, the process also exits by force (status 1, with a traceback of
+    every thread on stderr, to show where it was stuck) when it has not ended ``grace_s``
+    seconds after the signal: a source in the middle of a long call into a library
+    (a decoder, a device open) cannot see its stop event. The timer runs in a thread of
+    its own that needs no interpreter lock (:func:`faulthandler.dump_traceback_later`).
+    """
+    import faulthandler
     import signal
 
     stop = threading.Event()
 
     def handler(signum: int, _frame: object) -> None:
+        if grace_s is not None and not stop.is_set():
+            faulthandler.dump_traceback_later(grace_s, exit=True)
         stop.set()
 
     signal.signal(signal.SIGINT, handler)

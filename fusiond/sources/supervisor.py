@@ -16,6 +16,9 @@ from fusiond.sources.runner import Backoff
 log = logging.getLogger(__name__)
 STABLE_S = 10.0
 FAIL_AFTER = 5
+STOP_GRACE_S = 0.7
+"""A source or component still running this long after SIGTERM exits by force (it is
+stuck in a call that cannot see its stop): every child ends within 1 s of its SIGTERM."""
 
 
 @dataclass
@@ -96,18 +99,28 @@ class Supervisor:
         child.state, child.next_start = "waiting", now + delay
         return delay
 
-    def stop(self, timeout_s: float = 1.5) -> None:
+    def stop(self, timeout_s: float = 1.0) -> None:
         """SIGTERM every child, then SIGKILL what is left after ``timeout_s``."""
+        self.terminate()
+        self.reap(time.monotonic() + timeout_s)
+
+    def terminate(self) -> None:
+        """SIGTERM every running child and restart none from now on; :meth:`reap` waits."""
         self._stopping = True
-        running = [c.proc for c in self.children if c.proc is not None and c.proc.poll() is None]
-        for proc in running:
-            proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + timeout_s
+        for child in self.children:
+            if child.proc is not None and child.proc.poll() is None:
+                child.proc.send_signal(signal.SIGTERM)
+
+    def reap(self, deadline: float) -> None:
+        """Wait for the children until ``deadline`` (``time.monotonic()``), then SIGKILL the
+        ones still there: a child busy in code that cannot see its stop is abandoned, not
+        waited for."""
+        running = [c.proc for c in self.children if c.proc is not None]
         for proc in running:
             try:
                 proc.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                log.warning("child pid %d ignored SIGTERM; killing it", proc.pid)
+                log.warning("child pid %d did not stop in time after SIGTERM; killing it", proc.pid)
                 proc.kill()
                 proc.wait()
         for child in self.children:
