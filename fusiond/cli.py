@@ -381,9 +381,14 @@ def _status_text(s: dict[str, Any]) -> str:
         error = f"  ERROR: {src['error']}" if src["error"] else ""
         lines.append(
             f"  {src['rig']}/{src['stream']:<10} {src['state']:<9} restarts {src['restarts']:<3} "
-            f"{src['messages_per_s']:6.1f} msg/s {src['sample_rate_hz']:8.1f} Hz  "
-            f"last sample {age_text}{error}"
+            f"{src['messages_per_s']:6.1f} msg/s {src['measured_rate_hz']:8.1f} Hz measured "
+            f"({src['sample_rate_hz']:g} declared)  last sample {age_text}{error}"
         )
+        if clock := src.get("clock"):
+            lines.append(
+                f"    clock: offset {clock['offset_ms']:+.3f} ms, drift {clock['drift_ppm']:+.1f} ppm, "
+                f"jitter {clock['jitter_ms']:.3f} ms, outliers {clock['outliers']}, steps {clock['steps']}"
+            )
     lines.append("rigs:")
     for rig in s["rigs"]:
         lat = rig["latency_ms"]

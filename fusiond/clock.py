@@ -1,83 +1,245 @@
-"""Put each source's timestamps on the daemon's clock (pure code).
+"""Put each stream's timestamps on a trusted clock, online (pure code).
 
-Every message carries its capture time and its publish time, both on the source's clock.
-``recv - t_pub`` is the clock offset plus the transport delay; its minimum over a recent
-span is the offset plus the *smallest* delay (tens of microseconds on one host, about
-one network hop between hosts), the same one-way estimate NTP's and LSL's filters start
-from. Adding it to the capture time gives the capture time on the daemon's clock. The
-span slides, so a drifting clock is followed.
+A stream's stamps come from its own clock: the publishing host's (``t_pub_ns`` against the
+daemon's receive time), or a sensor's (a ``time_column`` against the host's read time), or
+none at all (a sample's index on its declared rate's grid against its arrival time). In
+every case each message gives one pair ``(x, y)``: ``x`` on the stream's clock, ``y`` on
+the trusted one, ``y - x = offset(x) + delay`` with a delay that is never negative. The
+smallest delays lie on a line, the offset now and the drift (rate error) of the stream's
+clock; everything above the line is transport delay, which varies.
 
-Small estimates are taken as zero, larger ones rounded to whole milliseconds. Processes
-on one host read the same realtime clock, so an estimate under ``deadband_ns`` (2 ms) is
-transport delay, not clock offset: it differs from one subscriber to the next (the
-daemon, a recorder, a replay) and, corrected for, would make the same samples land up
-to a millisecond apart in each of them, which is 16 audio samples at 16 kHz.
+:class:`ClockModel` follows that line (the approach of NTP's and LSL's filters): each
+bucket of ``bucket_ns`` keeps its smallest delay, a least-squares line through the last
+``keep`` buckets' minima (those far above it, in a congested spell, left out) is the model,
+refitted as each bucket ends. A message then costs a subtraction, a multiply and a few
+comparisons. What the line cannot explain is handled by kind:
+
+- a stamp ``step_ns`` or more ahead of the line (it arrived before it was sent), or a
+  clock that went back: suspect. One such message alone is an outlier: dropped, counted,
+  the model untouched. ``confirm`` suspects in a row that agree with each other are a
+  real step: the model moves by it at once, the step is counted and its size kept.
+- a delay that rose, with stamps still moving forward: transport (a queue, a busy host),
+  never a reason to move the clock, unless ``follow_rises`` (arrival-timed streams, whose
+  "clock" is a sample count: a pause in the sensor looks exactly like this).
+
+Processes on one host read the same realtime clock, so an offset under ``deadband_ns``
+is transport delay, not clock offset, and is taken as zero: corrected, it would differ
+from one subscriber to the next (the daemon, a recorder, a replay), and the same samples
+would land up to a millisecond apart in each of them.
 """
 
 from __future__ import annotations
 
+from collections import deque
 
-class OffsetEstimator:
-    """Sliding minimum of ``recv - t_pub`` over two buckets of ``span_ns`` each."""
+ACCEPT = 0
+OUTLIER = 1
+STEP = 2
 
-    def __init__(self, span_ns: int = 10_000_000_000, deadband_ns: int = 2_000_000) -> None:
-        self.span_ns = span_ns
-        self.deadband_ns = deadband_ns
-        self._bucket_start: int | None = None
-        self._current: int | None = None
-        self._previous: int | None = None
-        self._offset = 0
 
-    def update(self, t_pub_ns: int, t_recv_ns: int) -> int:
-        """Add one message; return the offset to add to this source's timestamps."""
-        state = self._after(t_pub_ns, t_recv_ns)
-        if state is not None:
-            self._bucket_start, self._current, self._previous = state
-            self._offset = self._estimate(self._current, self._previous)
-        return self._offset
+class ClockModel:
+    """Offset and drift of one stream's clock against a trusted one, from ``(x, y)`` pairs.
 
-    def peek(self, t_pub_ns: int, t_recv_ns: int) -> int:
-        """The offset :meth:`update` would return for this message, changing nothing."""
-        state = self._after(t_pub_ns, t_recv_ns)
-        return self._offset if state is None else self._estimate(state[1], state[2])
+    :meth:`update` takes each pair and returns the offset to add to the stamps of that
+    message, or None when the message must not be used (a suspect stamp). After each
+    call, :attr:`resolved` says what became of earlier suspects, if anything did:
+    ``(OUTLIER, n)`` or ``(STEP, n)``, for the caller's counters.
+    """
 
-    def _after(self, t_pub_ns: int, t_recv_ns: int) -> tuple[int, int, int | None] | None:
-        """``(bucket start, current, previous)`` once this message is in; None when the
-        estimate stands (the usual case: the minimum is not beaten, no bucket ends)."""
-        delay = t_recv_ns - t_pub_ns
-        if self._bucket_start is None:
-            return t_recv_ns, delay, self._previous
-        if t_recv_ns - self._bucket_start >= self.span_ns:
-            return t_recv_ns, delay, self._current
-        if self._current is not None and delay >= self._current:
-            return None
-        return self._bucket_start, delay, self._previous
+    RAISED_BUCKETS = 8
+    """Buckets in a row whose smallest delay sits above the line before a rise under
+    ``step_ns`` is taken as the clock's, not the transport's (2 s, at 250 ms buckets)."""
 
-    def accepts(self, t_pub_ns: int, t_recv_ns: int, clock: str, max_skew_ns: int) -> bool:
-        """Whether a message published at ``t_pub_ns`` is plausible for this source.
+    __slots__ = ("bucket_ns", "keep", "step_ns", "confirm", "deadband_ns", "max_drift", "follow_rises",
+                 "_x0", "_d0", "_a", "_b", "_last_x", "_bucket_end", "_bx", "_bmin", "_minima", "_suspects",
+                 "_suspect_r", "_suspect_x", "_raised", "_raised_by", "resolved", "outliers", "steps",
+                 "last_step_ns", "jitter_ns", "pairs")  # fmt: skip
 
-        A ``realtime`` source shares the daemon's epoch: its publish time must lie within
-        ``max_skew_ns`` of the receive time. A ``monotonic`` source counts from its own boot,
-        so only its first message sets the scale; later ones must agree with the estimate
-        within ``max_skew_ns``. Either way, one forged publish time cannot drag the offset
-        (and with it every later sample of the stream) away.
-        """
-        delay = t_recv_ns - t_pub_ns
-        if clock == "realtime":
-            return abs(delay) <= max_skew_ns
-        values = [v for v in (self._current, self._previous) if v is not None]
-        return not values or abs(delay - min(values)) <= max_skew_ns
+    def __init__(self, *, bucket_ns: int = 250_000_000, keep: int = 40, step_ns: int = 50_000_000,
+                 confirm: int = 3, deadband_ns: int = 0, max_drift: float = 0.2,
+                 follow_rises: bool = False) -> None:  # fmt: skip
+        self.bucket_ns, self.keep, self.step_ns, self.confirm = bucket_ns, keep, step_ns, confirm
+        self.deadband_ns, self.max_drift, self.follow_rises = deadband_ns, max_drift, follow_rises
+        self._x0 = 0  # the line: offset(x) = d0 + a + b * (x - x0), d0 an int (ns keep their precision)
+        self._d0 = 0
+        self._a = 0.0
+        self._b = 0.0
+        self._last_x: int | None = None
+        self._bucket_end = 0
+        self._bx = 0
+        self._bmin = 0
+        self._minima: deque[tuple[int, int]] = deque(maxlen=keep)
+        self._suspects = 0
+        self._suspect_r = 0.0
+        self._suspect_x = 0
+        self._raised = 0
+        self._raised_by = 0.0
+        self.resolved: tuple[int, int] | None = None
+        """What became of earlier suspects at the last :meth:`update`: (OUTLIER|STEP, count)."""
+        self.outliers = 0
+        """Suspect messages that were outliers."""
+        self.steps = 0
+        """Steps followed."""
+        self.last_step_ns = 0
+        """The size of the last step (positive: the stream's clock went back)."""
+        self.jitter_ns = 0.0
+        """Mean delay above the line, lately: how much the stamps' arrival wanders."""
+        self.pairs = 0
+        """Pairs taken into the model."""
+
+    def update(self, x: int, y: int) -> int | None:
+        """One message: its stamp ``x`` on the stream's clock, ``y`` when it arrived."""
+        self.resolved = None
+        last = self._last_x
+        if last is None:
+            self._start(x, y - x)
+            return self._offset(x, 0)
+        d = y - x - self._d0
+        r = d - (self._a + self._b * (x - self._x0))
+        step = self.step_ns
+        if r < -step or x < last - step:
+            if not self.follow_rises:
+                return self._suspect(x, d, r)
+            self._move(r, x, d)  # arrival times are the truth: re-anchor there at once
+        elif r > step and self.follow_rises:
+            self._move(r, x, d)
+        elif self._suspects:
+            self._resolve(OUTLIER, self._suspects)
+        self._take(x, d, r)
+        return self._offset(x, d)
+
+    def predict(self, x: int) -> int:
+        """The offset for a stamp ``x``, changing nothing."""
+        if self._last_x is None:
+            return 0
+        offset = self._d0 + round(self._a + self._b * (x - self._x0))
+        return 0 if -self.deadband_ns < offset < self.deadband_ns else offset
 
     @property
     def offset_ns(self) -> int:
-        """The current estimate, in whole milliseconds (0 before any message)."""
-        return self._offset
+        """The offset at the last stamp taken (0 before any)."""
+        return self.predict(self._last_x) if self._last_x is not None else 0
 
-    def _estimate(self, current: int | None, previous: int | None) -> int:
-        values = [v for v in (current, previous) if v is not None]
-        if not values or abs(min(values)) < self.deadband_ns:
+    @property
+    def drift_ppm(self) -> float:
+        """How much faster the trusted clock runs than the stream's, in parts per million
+        (positive: the stream's clock is slow)."""
+        return self._b * 1e6
+
+    @property
+    def suspects(self) -> int:
+        """Suspect messages not resolved yet."""
+        return self._suspects
+
+    def _offset(self, x: int, d: int) -> int:
+        line = round(self._a + self._b * (x - self._x0))
+        offset = self._d0 + line
+        if -self.deadband_ns < offset < self.deadband_ns:
             return 0
-        return round(min(values), -6)
+        # Never later than the message's own arrival: the line may lag a clock speeding up.
+        return self._d0 + d if d < line else offset
+
+    def _take(self, x: int, d: int, r: float) -> None:
+        self._last_x = x
+        self.pairs += 1
+        if r > 0:
+            self.jitter_ns += (min(r, self.step_ns) - self.jitter_ns) / 64
+        if x >= self._bucket_end:
+            self._close_bucket(x, d)
+        elif d < self._bmin:
+            self._bmin, self._bx = d, x
+
+    def _start(self, x: int, d: int) -> None:
+        self._x0, self._d0, self._a, self._b = x, d, 0.0, 0.0
+        self._last_x = x
+        self._bucket_end = x + self.bucket_ns
+        self._bx, self._bmin = x, 0
+        self._minima.clear()
+        self.pairs += 1
+
+    def _suspect(self, x: int, d: int, r: float) -> int | None:
+        """A stamp the line cannot explain: an outlier, or the first of a step."""
+        tolerance = self.step_ns / 2
+        if self._suspects and abs(r - self._suspect_r) <= tolerance and x >= self._suspect_x - tolerance:
+            self._suspects += 1
+            self._suspect_x = x
+            if self._suspects < self.confirm:
+                return None
+            self._resolve(STEP, self._suspects - 1)  # this one is taken, the ones before were dropped
+            self._move(r, x, d)
+            self._take(x, d, 0.0)
+            return self._offset(x, d)
+        if self._suspects:  # the earlier ones agreed with nothing after them
+            self._resolve(OUTLIER, self._suspects)
+        self._suspects, self._suspect_r, self._suspect_x = 1, r, x
+        return None
+
+    def _resolve(self, what: int, count: int) -> None:
+        self.resolved = (what, count)
+        if what == OUTLIER:
+            self.outliers += count
+        self._suspects = 0
+
+    def _move(self, r: float, x: int, d: int) -> None:
+        """Shift the line by ``r`` (and the minima it rests on), so ``x``'s pair lies on it."""
+        self._a += r
+        shift = round(r)
+        self._minima = deque(((mx, md + shift) for mx, md in self._minima), maxlen=self.keep)
+        self._bmin += shift
+        if d < self._bmin:
+            self._bmin, self._bx = d, x
+        self._raised = 0
+        self.steps += 1
+        self.last_step_ns = shift
+
+    def _close_bucket(self, x: int, d: int) -> None:
+        bx, bmin = self._bx, self._bmin
+        self._bucket_end = x + self.bucket_ns
+        self._bx, self._bmin = x, d
+        r = bmin - (self._a + self._b * (bx - self._x0))
+        if r < -self.step_ns / 4:  # the line sits above what arrives: a clock that jumped ahead
+            self._move(r, bx, bmin)
+        elif r > self.step_ns / 4 and self._minima:  # congestion, or a clock that went back a little
+            self._raised_by = min(r, self._raised_by) if self._raised else r
+            self._raised += 1
+            if self._raised >= self.RAISED_BUCKETS:
+                for _ in range(self._raised - 1):  # those already lie at the new level
+                    self._minima.pop()
+                self._move(self._raised_by, bx, bmin)
+        else:
+            self._raised = 0
+        self._minima.append((bx, bmin))
+        self._fit()
+
+    def _fit(self) -> None:
+        points = list(self._minima)
+        line = _line(points, self._x0)
+        if line is None:
+            px, pd = points[-1]
+            self._a = pd - self._b * (px - self._x0)
+            return
+        a, b = line
+        # Buckets far above the line were congested: fit again without them.
+        kept = [(px, pd) for px, pd in points if pd - (a + b * (px - self._x0)) < self.step_ns / 4]
+        if 2 <= len(kept) < len(points):
+            a, b = _line(kept, self._x0) or (a, b)
+        self._a, self._b = a, max(-self.max_drift, min(self.max_drift, b))
+
+
+def _line(points: list[tuple[int, int]], x0: int) -> tuple[float, float] | None:
+    """Least squares ``d = a + b * (x - x0)`` through ``points``; None with fewer than two
+    points or no spread in x."""
+    n = len(points)
+    if n < 2:
+        return None
+    xs = [px - x0 for px, _ in points]
+    mx = sum(xs) / n
+    md = sum(pd for _, pd in points) / n
+    sxx = sum((px - mx) ** 2 for px in xs)
+    if sxx <= 0:
+        return None
+    b = sum((px - mx) * (pd - md) for px, (_, pd) in zip(xs, points, strict=True)) / sxx
+    return md - b * mx, b
 
 
 class ClockSync:

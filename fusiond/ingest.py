@@ -29,11 +29,15 @@ from fusiond.bus.wire import (
     frame_view,
     sample_topic,
 )
-from fusiond.clock import OffsetEstimator
+from fusiond.clock import OUTLIER, ClockModel
 from fusiond.errors import WireError
 from fusiond.metrics import Stats
 
 log = logging.getLogger(__name__)
+STEP_LOG_EVERY_NS = 60_000_000_000
+"""At most one line a minute per stream about its clock's steps (the counters say the rest)."""
+DEADBAND_NS = 2_000_000
+"""A clock offset smaller than this is transport delay on one host, taken as zero."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,12 +84,13 @@ class Ingest:
         self.modalities = modalities
         self.stats = stats
         self.limits = limits or Limits()
-        self.clocks = {key: OffsetEstimator() for key in modalities}
+        self.clocks = {key: ClockModel(deadband_ns=DEADBAND_NS) for key in modalities}
         self.gaps = SequenceGaps(max_rate_hz=max([self.limits.max_message_rate, *(rates or {}).values()]))
         self._topics = {sample_topic(*key).encode(): key for key in modalities}
         self._budgets = {key: RateLimit((rates or {}).get(key, self.limits.max_message_rate))
                          for key in modalities}  # fmt: skip
         self._logged: set[str] = set()
+        self._step_logged: dict[tuple[str, str], int] = {}
         self._fits: dict[tuple[str, str], set[BufferSpec]] = {k: set() for k in modalities}
 
     def handle(self, frames: Sequence[Frame], now_ns: int, topic: bytes | None = None) -> bool:
@@ -139,13 +144,13 @@ class Ingest:
         if rate > 0 and first.shape[0] * 1e9 / rate > limits.max_block_ns:
             return self._reason("bad_value", f"{rig}/{stream}: a block spans over ingest.max_block_s")
         clock = self.clocks[key]
-        if not clock.accepts(header.t_pub_ns, now_ns, header.clock, limits.max_clock_skew_ns):
+        if not _plausible(clock, header.t_pub_ns, now_ns, header.clock, limits.max_clock_skew_ns):
             why = f"{rig}/{stream}: publish time {header.t_pub_ns} is off the daemon's clock by over "
             return self._reason("clock_skew", why + "ingest.max_clock_skew_ms")
-        # The block's end on the daemon's clock, with the offset this message would give:
+        # The block's end on the daemon's clock, with the offset the model gives now:
         # a stamp far off is clock_skew whatever else is wrong with the message.
         end = block_end_ns(header.t_ns, first.shape[0], rate)
-        if abs(end + clock.peek(header.t_pub_ns, now_ns) - now_ns) > limits.max_clock_skew_ns:
+        if abs(end + clock.predict(header.t_pub_ns) - now_ns) > limits.max_clock_skew_ns:
             why = f"{rig}/{stream}: a block ending at {end} is off the daemon's clock ({now_ns}) by over "
             return self._reason("clock_skew", why + "ingest.max_clock_skew_ms")
         # Against publish times: a burst lost in a flood spans the time it took to send it.
@@ -157,7 +162,34 @@ class Ingest:
         if missed:
             self.stats.drop("lost_in_transport", missed)
             self._log_once("lost_in_transport", f"{rig}/{stream}: {missed} message(s) lost on the way in")
-        return clock.update(header.t_pub_ns, now_ns)
+        offset = clock.update(header.t_pub_ns, now_ns)
+        if clock.resolved is not None:
+            self._clock_resolved(key, clock, now_ns)
+        return offset
+
+    def _clock_resolved(self, key: tuple[str, str], clock: ClockModel, now_ns: int) -> None:
+        """Count the messages held back as suspects, now that the model knows what they were."""
+        assert clock.resolved is not None
+        what, count = clock.resolved
+        name = f"{key[0]}/{key[1]}"
+        if what == OUTLIER:
+            self._drop("clock_outlier", f"{name}: a publish time far off the stream's clock; the message "
+                       "was dropped and the clock model did not move")  # fmt: skip
+            self.stats.drop("clock_outlier", count - 1)
+            return
+        self.stats.drop("clock_step", count)
+        if now_ns - self._step_logged.get(key, -STEP_LOG_EVERY_NS) >= STEP_LOG_EVERY_NS:
+            self._step_logged[key] = now_ns
+            log.warning("%s: the stream's clock stepped by %+.3f s and is followed from now on; %d "
+                        "message(s) dropped while the step was confirmed (drops.clock_step); %d step(s) so "
+                        "far", name, -clock.last_step_ns / 1e9, count, clock.steps)  # fmt: skip
+
+    def clock_rows(self) -> dict[str, list[float | int]]:
+        """Every stream's clock model, for status: ``rig/stream`` -> ``[offset ns, drift ppm,
+        jitter ns, outliers, steps, suspects]``."""
+        return {f"{rig}/{stream}": [c.offset_ns, round(c.drift_ppm, 3), round(c.jitter_ns), c.outliers,
+                                    c.steps, c.suspects]
+                for (rig, stream), c in self.clocks.items() if c.pairs}  # fmt: skip
 
     def _reason(self, reason: str, message: str) -> int | None:
         """Count and log a drop; None, for :meth:`_check` to return."""
@@ -174,6 +206,21 @@ class Ingest:
         if reason not in self._logged:
             self._logged.add(reason)
             log.warning("%s (counted as drops.%s; further ones only counted)", message, reason)
+
+
+def _plausible(clock: ClockModel, t_pub_ns: int, now_ns: int, kind: str, max_skew_ns: int) -> bool:
+    """Whether a message published at ``t_pub_ns`` is plausible for this stream at all.
+
+    A ``realtime`` sender shares the daemon's epoch: its publish time must lie within
+    ``max_skew_ns`` of the receive time. A ``monotonic`` sender counts from its own boot,
+    so only its first message sets the scale; later ones must agree with the stream's clock
+    model within ``max_skew_ns``. Within those bounds the model itself tells an outlier
+    from a step (:class:`fusiond.clock.ClockModel`).
+    """
+    delay = now_ns - t_pub_ns
+    if kind == "realtime":
+        return -max_skew_ns <= delay <= max_skew_ns
+    return not clock.pairs or abs(delay - clock.predict(t_pub_ns)) <= max_skew_ns
 
 
 def _topic(frame: Frame) -> bytes:

@@ -5,6 +5,7 @@ Writers only increment; anything derived (rates, percentiles) is computed when r
 
 from __future__ import annotations
 
+import math
 import threading
 from collections import Counter, deque
 from collections.abc import Collection
@@ -70,6 +71,33 @@ class RateMeter:
         return total / span
 
 
+@dataclass(frozen=True)
+class ClockHealth:
+    """What a stream's clock model says (:class:`fusiond.clock.ClockModel`)."""
+
+    offset_ns: int
+    """Added to the stream's stamps to put them on the daemon's clock, now."""
+    drift_ppm: float
+    """How much slower the stream's clock runs than the daemon's."""
+    jitter_ns: int
+    """Mean delay of arrival above the model's line, lately."""
+    outliers: int
+    steps: int
+    suspects: int
+    """Messages held back now, until the next ones tell an outlier from a step."""
+
+    @classmethod
+    def from_row(cls, row: Any) -> ClockHealth:
+        """From a snapshot's row; ValueError or TypeError when it is not one."""
+        offset, drift, jitter, outliers, steps, suspects = row
+        ints = (offset, jitter, outliers, steps, suspects)
+        numeric = type(drift) in (int, float) and math.isfinite(drift)
+        if not numeric or not all(type(v) is int for v in ints):
+            msg = f"not a clock row: {row!r}"
+            raise ValueError(msg)
+        return cls(offset, float(drift), jitter, outliers, steps, suspects)
+
+
 @dataclass
 class StreamStats:
     """One source stream, as the daemon sees it."""
@@ -86,6 +114,17 @@ class StreamStats:
     error_ns: int | None = None
     reported_rate: float | None = None
     """Messages per second a worker measured, when this stream is ingested in another process."""
+    sample_meter: RateMeter = field(default_factory=RateMeter)
+    reported_samples_rate: float | None = None
+    clock: ClockHealth | None = None
+    """The stream's clock model, as its ingest last reported it."""
+
+    def samples_per_s(self, now_ns: int) -> float:
+        """Samples per second lately, as they arrive: the rate measured, to set against the
+        declared ``sample_rate_hz``."""
+        if self.reported_samples_rate is not None:
+            return self.reported_samples_rate
+        return self.sample_meter.rate(now_ns)
 
     def messages_per_s(self, now_ns: int) -> float:
         """Messages per second lately."""
@@ -139,6 +178,7 @@ class Stats:
         s.sample_rate_hz = rate_hz
         s.last_recv_ns = now_ns
         s.rate.tick(now_ns)
+        s.sample_meter.tick(now_ns, samples)
 
     def predicted(self, rig: str, label: str, latency_ns: int, now_ns: int) -> None:
         """Record one published prediction."""
@@ -171,11 +211,16 @@ class Stats:
             drops = Counter({str(k): int(v) for k, v in dict(snapshot.get("drops", {})).items()})
             rows = {}
             for key, row in dict(snapshot.get("streams", {})).items():
-                messages, samples, sample_rate, last, rate, error, error_ns = row
+                messages, samples, sample_rate, last, rate, error, error_ns, samples_rate = row
                 rig, _, stream = str(key).partition("/")
                 if (rig, stream) in streams:
                     rows[rig, stream] = (int(messages), int(samples), float(sample_rate), last, float(rate),
-                                         str(error)[:500], error_ns)  # fmt: skip
+                                         str(error)[:500], error_ns, float(samples_rate))  # fmt: skip
+            clocks = {}
+            for key, row in dict(snapshot.get("clocks", {})).items():
+                rig, _, stream = str(key).partition("/")
+                if (rig, stream) in streams:
+                    clocks[rig, stream] = ClockHealth.from_row(row)
             rigs = {rig for rig, _ in streams}
             masked = {rig: {str(m): int(n) for m, n in dict(v).items()}
                       for rig, v in dict(snapshot.get("masked", {})).items() if rig in rigs}  # fmt: skip
@@ -183,11 +228,13 @@ class Stats:
             return False
         with self._lock:
             self.components[name] = drops
-        for key, (messages, samples, sample_rate, last, rate, error, error_ns) in rows.items():
+        for key, (messages, samples, sample_rate, last, rate, error, error_ns, samples_rate) in rows.items():
             s = self.stream(*key)
             s.messages, s.samples, s.sample_rate_hz = messages, samples, sample_rate
-            s.last_recv_ns, s.reported_rate = last, rate
+            s.last_recv_ns, s.reported_rate, s.reported_samples_rate = last, rate, samples_rate
             s.error, s.error_ns = error, error_ns
+        for key, health in clocks.items():
+            self.stream(*key).clock = health
         self.masked.update(masked)
         last = snapshot.get("last_window_ns")
         if type(last) is int and (self.last_window_ns is None or last > self.last_window_ns):

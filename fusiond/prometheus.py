@@ -38,14 +38,18 @@ class DaemonCollector(Collector):
         sample_rate = GaugeMetricFamily("fusiond_stream_sample_rate_hz", "Declared sample rate", labels=by)
         age = GaugeMetricFamily("fusiond_stream_last_sample_age_seconds", "Since the last message",
                                 labels=["rig", "stream"])  # fmt: skip
+        measured = GaugeMetricFamily("fusiond_stream_measured_rate_hz", "Samples per second arriving",
+                                     labels=by)  # fmt: skip
         for (rig, stream), s in d.stats.streams.items():
             messages.add_metric([rig, stream], s.messages)
             samples.add_metric([rig, stream], s.samples)
             rate.add_metric([rig, stream], s.messages_per_s(now))
             sample_rate.add_metric([rig, stream], s.sample_rate_hz)
+            measured.add_metric([rig, stream], s.samples_per_s(now))
             if s.last_recv_ns is not None:
                 age.add_metric([rig, stream], (now - s.last_recv_ns) / 1e9)
-        yield from (messages, samples, rate, sample_rate, age)
+        yield from (messages, samples, rate, sample_rate, measured, age)
+        yield from self._clocks()
         up = GaugeMetricFamily("fusiond_source_up", "1 while the source process runs", labels=["source"])
         restarts = CounterMetricFamily(
             "fusiond_source_restarts", "Source process restarts", labels=["source"]
@@ -61,6 +65,25 @@ class DaemonCollector(Collector):
             drops.add_metric([reason], count)
         yield drops
         yield from self._rigs(now)
+
+    def _clocks(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        by = ["rig", "stream"]
+        offset = GaugeMetricFamily("fusiond_clock_offset_seconds", "Added to the stream's stamps", labels=by)
+        drift = GaugeMetricFamily("fusiond_clock_drift_ppm", "The stream's clock, slower than the daemon's",
+                                  labels=by)  # fmt: skip
+        jitter = GaugeMetricFamily("fusiond_clock_jitter_seconds", "Arrival delay above the clock model",
+                                   labels=by)  # fmt: skip
+        outliers = CounterMetricFamily("fusiond_clock_outliers", "Stamps dropped as outliers", labels=by)
+        steps = CounterMetricFamily("fusiond_clock_steps", "Clock steps followed", labels=by)
+        for (rig, stream), s in self.daemon.stats.streams.items():
+            if (c := s.clock) is None:
+                continue
+            offset.add_metric([rig, stream], c.offset_ns / 1e9)
+            drift.add_metric([rig, stream], c.drift_ppm)
+            jitter.add_metric([rig, stream], c.jitter_ns / 1e9)
+            outliers.add_metric([rig, stream], c.outliers)
+            steps.add_metric([rig, stream], c.steps)
+        yield from (offset, drift, jitter, outliers, steps)
 
     def _rigs(self, now: int) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
         d = self.daemon

@@ -6,7 +6,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from fusiond.metrics import Stats
+from fusiond.metrics import ClockHealth, Stats
 from fusiond.sources.supervisor import Child
 
 
@@ -16,6 +16,15 @@ def _age_s(now_ns: int, then_ns: int | None) -> float | None:
 
 def _ms(value: float) -> float | None:
     return None if math.isnan(value) else round(value, 2)
+
+
+def clock_row(health: ClockHealth | None) -> dict[str, Any] | None:
+    """A stream's clock model for status: offset, drift, jitter, outliers, steps."""
+    if health is None:
+        return None
+    return {"offset_ms": round(health.offset_ns / 1e6, 3), "drift_ppm": round(health.drift_ppm, 1),
+            "jitter_ms": round(health.jitter_ns / 1e6, 3), "outliers": health.outliers,
+            "steps": health.steps, "held": health.suspects}  # fmt: skip
 
 
 def sources(now_ns: int, stats: Stats, children: Sequence[Child],
@@ -34,7 +43,9 @@ def sources(now_ns: int, stats: Stats, children: Sequence[Child],
             "restarts": child.restarts if child else 0,
             "messages": s.messages, "messages_per_s": round(s.messages_per_s(now_ns), 2),
             "samples": s.samples, "sample_rate_hz": s.sample_rate_hz,
+            "measured_rate_hz": round(s.samples_per_s(now_ns), 2),
             "last_sample_age_s": _age_s(now_ns, s.last_recv_ns), "error": error,
+            "clock": clock_row(s.clock),
         })  # fmt: skip
     return out
 

@@ -1,17 +1,26 @@
 """``camera``: OpenCV capture from a video file, a device index or path, a URL or a
 GStreamer pipeline.
 
-Timestamps: a file's frame ``i`` is stamped ``anchor + i / fps / speed`` on the realtime
-clock (the rig's shared media timeline: exact, no jitter). A live frame is stamped when
-``grab()`` returns, minus ``latency_ms``: expect the camera's exposure-to-USB delay
-(typically 30-100 ms for UVC webcams, measure yours and set ``latency_ms``) plus
-a few ms of scheduling jitter.
+Timestamps, by mode:
+
+- A file: each frame at its presentation time from the container (``CAP_PROP_POS_MSEC``),
+  on the rig's media timeline: ``anchor + pts / speed``. Exact, no jitter, and right for
+  variable-frame-rate recordings (phones, screen captures), whose frames are not
+  ``1 / fps`` apart. Each frame carries its own rate: one over its time since the last.
+- A live device, URL or pipeline: the moment ``grab()`` returned, minus ``latency_ms``
+  (expect the camera's exposure-to-USB delay, typically 30-100 ms for UVC webcams, plus a
+  few ms of scheduling jitter). The rate published is the one measured over the last
+  frames, not the one the device or OpenCV claims (OpenCV guesses 25 fps for an MJPEG
+  stream whatever it delivers); ``fps`` overrides it. Dropped frames are counted only
+  from gaps in the measured rhythm.
 """
 
 from __future__ import annotations
 
 import math
+import statistics
 import time
+from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,8 +38,9 @@ class CameraConfig(SourceConfig):
 
     uri: str
     """A video file, a device index (``"0"``), ``/dev/videoN``, or an RTSP/HTTP URL."""
-    fps: float | None = None
-    """Frame rate to request from a device; files play at their own rate."""
+    fps: float | None = Field(None, gt=0, le=10_000)
+    """Live: the frame rate to request from the device, and to publish instead of the one
+    measured. Files play at their own (presentation) times."""
     width: int | None = None
     height: int | None = None
     loop: bool = False
@@ -73,6 +83,7 @@ class CameraSource(Source):
             msg = f"no such video file: {Path(cfg.uri).resolve()}"
             raise SourceError(msg)
         self.dropped = 0
+        self._rate_said = False
         if pipeline and "GStreamer:                   YES" not in cv2.getBuildInformation():
             msg = "a GStreamer pipeline needs an OpenCV built with GStreamer (the PyPI wheels are not)"
             raise SourceError(msg)
@@ -108,7 +119,7 @@ class CameraSource(Source):
         for block in frames:
             ok, jpeg = cv2.imencode(".jpg", block.data[0], params)
             if ok:
-                yield Block(block.data, block.t_ns, payload=jpeg.tobytes())
+                yield Block(block.data, block.t_ns, payload=jpeg.tobytes(), rate_hz=block.rate_hz)
 
     def _count_drops(self, missed: int, what: str) -> None:
         if missed <= 0:
@@ -122,53 +133,67 @@ class CameraSource(Source):
     def _read_file(self) -> Iterator[Block]:
         cfg: CameraConfig = self.config  # type: ignore[assignment]
         ctx = self.context
-        period_ns = 1e9 / self.fps / cfg.speed
-        duration_ns = round(self.frames * period_ns)
+        period_ns = 1e9 / self.fps / cfg.speed  # the mean frame period, as played
+        duration_ns = round(self.frames * period_ns)  # the container's duration: one loop
         start = start_position(ctx.anchor_ns, time.time_ns(), duration_ns, cfg.loop)
         if start is None or self.frames <= 0:
             return
         loop_index, offset_ns = start
-        index = math.ceil(offset_ns / period_ns)
-        if index:
-            self.capture.set(cv2.CAP_PROP_POS_FRAMES, index)
+        if offset_ns:  # a late start: near where the timeline is now (exact only for a constant rate)
+            self.capture.set(cv2.CAP_PROP_POS_FRAMES, math.ceil(offset_ns / period_ns))
+        last_pts: float | None = None
+        played = False
         while True:
-            if index >= self.frames:
+            if not self.capture.grab():
                 if not cfg.loop:
                     return
-                loop_index, index = loop_index + 1, 0
+                loop_index, last_pts = loop_index + 1, None
                 self.capture.set(cv2.CAP_PROP_POS_FRAMES, 0)
-            t_ns = play_time(ctx.anchor_ns, loop_index, duration_ns, round(index * period_ns))
+                if not self.capture.grab():
+                    msg = f"{cfg.uri}: no frame at the start of the file"
+                    raise SourceError(msg)
+            pts = self.capture.get(cv2.CAP_PROP_POS_MSEC) * 1e6 / cfg.speed
+            rate = _own_rate(pts - last_pts, period_ns) if last_pts is not None else None
+            last_pts = pts
+            t_ns = play_time(ctx.anchor_ns, loop_index, duration_ns, round(pts))
+            if time.time_ns() - t_ns > period_ns:  # decoding fell behind (or a late start): skip ahead
+                if played:
+                    self._count_drops(1, "decoding slower than the video plays")
+                continue
             if not ctx.sleep_until(t_ns):
                 return
-            behind = int((time.time_ns() - t_ns) // period_ns)
-            if behind > 0 and index + behind < self.frames:  # decoding fell behind: skip ahead
-                for _ in range(behind):
-                    self.capture.grab()
-                index += behind
-                self._count_drops(behind, "decoding slower than the video plays")
-                t_ns = play_time(ctx.anchor_ns, loop_index, duration_ns, round(index * period_ns))
-            ok, frame = self.capture.read()
+            ok, frame = self.capture.retrieve()
             if not ok:
-                msg = f"{cfg.uri}: decoding failed at frame {index}"
+                msg = f"{cfg.uri}: decoding failed at {pts / 1e6:.0f} ms"
                 raise SourceError(msg)
-            yield Block(frame[None], t_ns)
-            index += 1
+            played = True
+            yield Block(frame[None], t_ns, rate_hz=rate)
 
     def _read_live(self) -> Iterator[Block]:
         cfg: CameraConfig = self.config  # type: ignore[assignment]
-        period_ns = 1e9 / self.fps
-        last = None
+        meter = FrameRate(cfg.fps or self.fps)
         while not self.context.stop.is_set():
             if not self.capture.grab():
                 msg = f"{cfg.uri}: device stopped delivering frames"
                 raise SourceError(msg)
             t_ns = time.time_ns() - round(cfg.latency_ms * 1e6)
-            if last is not None:  # a gap of n periods means n - 1 frames never arrived
-                self._count_drops(round((t_ns - last) / period_ns) - 1, "gaps in the device's frames")
-            last = t_ns
+            self._count_drops(meter.add(t_ns), "gaps in the device's frames")
+            if meter.settled and not self._rate_said:
+                self._rate_said = True
+                self._say_rate(meter.rate_hz, cfg.fps)
             ok, frame = self.capture.retrieve()
             if ok:
-                yield Block(frame[None], t_ns)
+                yield Block(frame[None], t_ns, rate_hz=cfg.fps or meter.rate_hz)
+
+    def _say_rate(self, measured: float, override: float | None) -> None:
+        claimed = self.fps
+        if override is not None:
+            if abs(measured - override) > 0.2 * override:
+                self.context.log.warning("camera %s: delivers %.1f fps, fps = %g is published as set",
+                                         self.config.uri, measured, override)  # type: ignore[attr-defined]  # fmt: skip
+        elif abs(measured - claimed) > 0.05 * claimed:
+            self.context.log.info("camera %s: delivers %.1f fps (it claims %g); the measured rate is used",
+                                  self.config.uri, measured, claimed)  # type: ignore[attr-defined]  # fmt: skip
 
     def from_file(self) -> bool:
         return self.is_file
@@ -177,6 +202,51 @@ class CameraSource(Source):
         capture = getattr(self, "capture", None)
         if capture is not None:
             capture.release()
+
+
+def _own_rate(gap_ns: float, mean_ns: float) -> float | None:
+    """A frame's own rate, from its gap to the one before, when it is not the file's mean
+    rate (beyond the milliseconds a container rounds presentation times to)."""
+    if gap_ns <= 0 or abs(gap_ns - mean_ns) <= max(1.5e6, 0.1 * mean_ns):
+        return None
+    return 1e9 / gap_ns
+
+
+class FrameRate:
+    """A live camera's delivered rate, from the median gap between its last frames.
+
+    Until :data:`SETTLE` gaps are in, the rate is the one the device claimed. A gap of
+    ``n`` measured periods means ``n - 1`` frames that never arrived.
+    """
+
+    SETTLE = 8
+    KEEP = 31
+
+    def __init__(self, claimed_hz: float) -> None:
+        self.rate_hz = claimed_hz
+        self._gaps: deque[int] = deque(maxlen=self.KEEP)
+        self._last: int | None = None
+
+    @property
+    def settled(self) -> bool:
+        """Whether the rate is measured yet."""
+        return len(self._gaps) >= self.SETTLE
+
+    def add(self, t_ns: int) -> int:
+        """One frame at ``t_ns``; the frames missed just before it."""
+        last, self._last = self._last, t_ns
+        if last is None or t_ns <= last:
+            return 0
+        gap = t_ns - last
+        missed = 0
+        if self.settled:
+            period = 1e9 / self.rate_hz
+            missed = max(0, round(gap / period) - 1) if gap > 1.5 * period else 0
+        if not missed:  # a gap with frames missing would bias the rhythm
+            self._gaps.append(gap)
+        if self.settled:
+            self.rate_hz = 1e9 / statistics.median(self._gaps)
+        return missed
 
 
 @hookimpl

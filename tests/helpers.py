@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import re
@@ -115,10 +116,8 @@ class DaemonProcess:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
         else:
-            try:  # the daemon is gone; a child that outlived it is not
+            with contextlib.suppress(ProcessLookupError):  # a child that outlived the daemon
                 os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
     def __enter__(self) -> DaemonProcess:
         return self

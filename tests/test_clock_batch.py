@@ -5,31 +5,8 @@ import numpy as np
 from fusiond.align import ModalitySpec, RigAligner, Window, WindowConfig
 from fusiond.batch import Batcher
 from fusiond.bus.wire import encode_sample
-from fusiond.clock import OffsetEstimator
 from fusiond.ingest import Ingest
 from fusiond.metrics import Stats
-
-
-def test_offset_is_the_minimum_delay_and_follows_a_clock_step():
-    rng = np.random.default_rng(1)
-    est = OffsetEstimator(span_ns=1_000_000_000)
-    offset = 5_000_000  # the source's clock is 5 ms behind
-    t = 0
-    for _ in range(500):
-        t += 10_000_000
-        delay = 50_000 + int(rng.exponential(2_000_000))
-        est.update(t - offset, t + delay)
-    assert est.offset_ns == offset  # 5 ms plus the 50 us minimum delay, to the millisecond
-    for _ in range(300):  # the clock jumps 2 ms: within two spans the estimate follows
-        t += 10_000_000
-        est.update(t - offset + 2_000_000, t + 60_000)
-    assert est.offset_ns == offset - 2_000_000
-    same_host = OffsetEstimator()
-    same_host.update(0, 1_400_000)  # a busy moment on one host: delay, not offset
-    assert same_host.offset_ns == 0
-    far = OffsetEstimator()
-    far.update(0, 37_400_000 + 180_000)  # another host, 37.4 ms off, one hop away
-    assert far.offset_ns == 38_000_000
 
 
 def _window(i: int, rig: str = "r") -> Window:

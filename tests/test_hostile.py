@@ -411,16 +411,23 @@ def test_a_forged_counters_snapshot_cannot_grow_the_daemons_tables():
     stats = Stats()
     known = [("demo", "cam")]
     forged = {"name": "worker-0", "drops": {"x": 1},
-              "streams": {f"r{i}/s": [1, 1, 1.0, 1, 1.0, "", None] for i in range(10_000)},
+              "streams": {f"r{i}/s": [1, 1, 1.0, 1, 1.0, "", None, 1.0] for i in range(10_000)},
+              "clocks": {f"r{i}/s": [0, 0.0, 0, 0, 0, 0] for i in range(10_000)},
               "masked": {f"r{i}": {"video": 1} for i in range(10_000)}}  # fmt: skip
     assert stats.absorb(forged, ["worker-0", "server"], known)
     assert not stats.streams and not stats.masked
     assert not stats.absorb({**forged, "name": "intruder"}, ["worker-0"], known)
     assert not stats.absorb({"name": "worker-0", "streams": {"demo/cam": [1, 2]}}, ["worker-0"], known)
     assert not stats.absorb({"name": "worker-0", "drops": {"x": "many"}}, ["worker-0"], known)
-    row = [5, 50, 10.0, 7, 1.0, "", None]  # messages, samples, sample rate, last, msg/s, error, when
+    for clock in ([0, 0.0, 0], [0, float("nan"), 0, 0, 0, 0], [0, 1.0, "x", 0, 0, 0], [2**70, 0.0, 0, 0, 0]):
+        assert not stats.absorb({"name": "worker-0", "clocks": {"demo/cam": clock}}, ["worker-0"], known)
+    # messages, samples, sample rate, last, msg/s, error, when, samples/s
+    row = [5, 50, 10.0, 7, 1.0, "", None, 9.5]
     good = {"name": "worker-0", "drops": {"late": 2}, "streams": {"demo/cam": row},
+            "clocks": {"demo/cam": [-3_000_000, 20_000.0, 150_000, 1, 2, 0]},
             "masked": {"demo": {"video": 1}}, "last_window_ns": 9}  # fmt: skip
     assert stats.absorb(good, ["worker-0"], known)
     cam = stats.stream("demo", "cam")
     assert (cam.messages, cam.samples, cam.sample_rate_hz) == (5, 50, 10.0) and stats.all_drops()["late"] == 2
+    assert cam.samples_per_s(0) == 9.5 and cam.clock is not None
+    assert (cam.clock.steps, cam.clock.outliers) == (2, 1)

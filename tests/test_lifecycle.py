@@ -50,7 +50,8 @@ def test_a_failing_test_leaves_no_process_behind(tmp_path, endpoints):
     pids = tmp_path / "pids"
     config = demo_config(tmp_path, *endpoints, **{"workers = 1": "workers = 2"})
     inner = tmp_path / "test_inner.py"
-    inner.write_text(textwrap.dedent(f"""
+    inner.write_text(
+        textwrap.dedent(f"""
         from pathlib import Path
         from tests import processes
         from tests.helpers import DaemonProcess
@@ -60,7 +61,8 @@ def test_a_failing_test_leaves_no_process_behind(tmp_path, endpoints):
             d.wait_for(r"fusiond ready", timeout_s=120)
             Path({str(pids)!r}).write_text(" ".join(map(str, processes.descendants())))
             assert False, "deliberately"
-    """))
+    """)
+    )
     result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "tests.conftest", "-p",
                              "no:cacheprovider", str(inner)], cwd=ROOT, capture_output=True, text=True,
                             timeout=300)  # fmt: skip

@@ -162,9 +162,10 @@ def snapshot_of(name: str, stats: Stats, pipeline: Pipeline, now: int) -> dict[s
     return {
         "name": name, "t": now, "drops": dict(stats.drops),
         "streams": {f"{r}/{s}": [v.messages, v.samples, v.sample_rate_hz, v.last_recv_ns, v.rate.rate(now),
-                                 v.error, v.error_ns]
+                                 v.error, v.error_ns, v.sample_meter.rate(now)]
                     for (r, s), v in stats.streams.items()},
         "masked": {rig: {k.split(":", 1)[1]: n for k, n in a.stats.items() if k.startswith("masked:")}
                    for rig, a in pipeline.aligners.items()},
+        "clocks": pipeline.ingest.clock_rows(),
         "last_window_ns": stats.last_window_ns,
     }  # fmt: skip

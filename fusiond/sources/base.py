@@ -47,6 +47,9 @@ class Block:
     payload: bytes | None = None
     encoding: str = ""
     """The wire encoding: ``raw`` without a payload, ``jpeg`` with one, unless set."""
+    rate_hz: float | None = None
+    """This block's own rate, where it differs from the stream's (:class:`StreamInfo`):
+    a frame of a variable-frame-rate video, a camera's measured rate."""
 
     @classmethod
     def text(cls, text: str, t_ns: int | None = None) -> Block:

@@ -13,9 +13,12 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
+from fusiond.clock import ClockModel
 from fusiond.sources.base import Block, SourceConfig
 
 UNITS = {"s": 1e9, "ms": 1e6, "us": 1e3, "ns": 1.0}
+RATE_TOLERANCE = 0.05
+"""Lines arriving this much faster or slower than ``rate_hz`` are worth a warning."""
 
 
 @dataclass(frozen=True)
@@ -80,24 +83,30 @@ class LineFormat:
         return {k.strip(): v.strip() for k, v in pairs}
 
 
-class SensorClock:
-    """Maps a sensor's own timestamps onto realtime: the smallest ``host - sensor`` seen.
+class LineClock:
+    """Stamps for lines: from the sensor's own clock, or on the declared rate's grid.
 
-    Like :class:`fusiond.clock.OffsetEstimator`, the minimum over recent lines is the
-    offset plus the smallest transfer delay, so jittery reads do not jitter the times.
+    With a time column, the sensor's stamps are mapped onto the host's realtime clock by a
+    :class:`fusiond.clock.ClockModel` over ``(sensor time, read time)``: its offset and its
+    drift, so a sensor clock a few percent off still lands within a millisecond, and one
+    stamp that jumps is an outlier that moves nothing (that line is stamped when read).
+    Without one, line ``n`` is stamped ``n / rate_hz`` on a line fitted under the read
+    times (dejitter): a burst of lines read at once gets stamps one period apart, and a
+    pause in the sensor re-anchors the grid at once.
     """
 
-    def __init__(self) -> None:
-        self.offset_ns: int | None = None
+    def __init__(self, rate_hz: float, sensor_clock: bool) -> None:
+        self.sensor_clock = sensor_clock
+        self.period_ns = 1e9 / rate_hz
+        self.model = ClockModel() if sensor_clock else ClockModel(follow_rises=True)
+        self.lines = 0
 
-    def to_realtime(self, sensor_ns: int, host_ns: int) -> int:
-        """The sensor time on the realtime clock."""
-        delay = host_ns - sensor_ns
-        off = self.offset_ns
-        # The first line, a faster read, or a sensor clock that jumped (a sensor reset).
-        if off is None or delay < off or abs(sensor_ns + off - host_ns) > 1_000_000_000:
-            self.offset_ns = off = delay
-        return sensor_ns + off
+    def stamp(self, sensor_ns: int | None, host_ns: int) -> int:
+        """The realtime stamp of one line read at ``host_ns``."""
+        self.lines += 1
+        x = sensor_ns if sensor_ns is not None else round((self.lines - 1) * self.period_ns)
+        offset = self.model.update(x, host_ns)
+        return host_ns if offset is None else x + offset
 
 
 class LineOptions(SourceConfig):
@@ -109,7 +118,9 @@ class LineOptions(SourceConfig):
     values: list[str]
     """The fields to publish, in order (one channel each)."""
     time_column: str | None = None
-    """The sensor's own timestamp field; without it, lines are stamped when read."""
+    """The sensor's own timestamp field (its offset and drift from the host's clock are
+    followed); without it, lines are stamped on ``rate_hz``'s grid, anchored to when they
+    are read."""
     time_unit: Literal["s", "ms", "us", "ns"] = "s"
     scale: dict[str, float] = {}
     rate_hz: float = Field(gt=0)
@@ -140,8 +151,10 @@ class LineReader:
         self.format = options.line_format()
         self.name = name
         self.log = log
-        self.clock = SensorClock()
+        self.clock = LineClock(options.rate_hz, options.time_column is not None)
         self.garbage = 0
+        self._rate_logged = False
+        self._steps = 0
         self._pending: list[np.ndarray] = []
         self._pending_t: int | None = None
         self._window_start = time.monotonic()
@@ -155,7 +168,8 @@ class LineReader:
         except (ValueError, UnicodeDecodeError) as exc:
             self._garbage(raw, str(exc))
             return None
-        t_ns = host_ns if sensor_ns is None else self.clock.to_realtime(sensor_ns, host_ns)
+        t_ns = self.clock.stamp(sensor_ns, host_ns)
+        self._check_clock()
         self._check_rate()
         if self._pending_t is None:
             self._pending_t = t_ns
@@ -173,13 +187,29 @@ class LineReader:
             self.log.warning("%s: %d garbage line(s) so far, last %r (%s)", self.name, self.garbage,
                              raw[:60], why)  # fmt: skip
 
+    def _check_clock(self) -> None:
+        model = self.clock.model
+        if not self.clock.sensor_clock or model.steps == self._steps:
+            return  # the grid of arrival-stamped lines re-anchors after every pause: nothing to say
+        self._steps = model.steps
+        if model.steps & (model.steps - 1) == 0:  # the 1st, 2nd, 4th, 8th ... step
+            self.log.warning("%s: the sensor's clock stepped by %+.3f s; followed (%d step(s) so far)",
+                             self.name, -model.last_step_ns / 1e9, model.steps)  # fmt: skip
+
     def _check_rate(self) -> None:
+        """Warn once when lines arrive at another rate than ``rate_hz`` (5 s of them, off by
+        more than :data:`RATE_TOLERANCE`), again only after the rate was right in between."""
         self._window_count += 1
         elapsed = time.monotonic() - self._window_start
         if elapsed < 5.0:
             return
         rate = self._window_count / elapsed
         expected = self.options.rate_hz
-        if abs(rate - expected) > 0.2 * expected:
-            self.log.warning("%s: %.1f lines/s arrive, rate_hz says %.1f", self.name, rate, expected)
+        off = abs(rate - expected) > RATE_TOLERANCE * expected
+        if off and not self._rate_logged:
+            how = ("the sensor's own stamps are used" if self.clock.sensor_clock
+                   else "lines are stamped on the declared rate's grid, so set rate_hz to the real rate")
+            self.log.warning("%s: %.1f lines/s arrive, rate_hz declares %.1f; %s", self.name, rate, expected,
+                             how)  # fmt: skip
+        self._rate_logged = off
         self._window_start, self._window_count = time.monotonic(), 0

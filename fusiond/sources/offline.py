@@ -51,9 +51,10 @@ def _messages(config: Config, plugins: Plugins, rig: str, stream: str, anchor_ns
             raise ConfigError(msg, path=f"rigs.{rig}.sources.{stream}")
         for seq, block in enumerate(source.read()):
             t_ns = block.t_ns if block.t_ns is not None else anchor_ns
-            end = t_ns + round(len(block.data) * 1e9 / info.rate_hz)
+            rate = block.rate_hz or info.rate_hz
+            end = t_ns + round(len(block.data) * 1e9 / rate)
             # Published and received the moment its last sample was captured.
-            yield end, encode_block(context, seq, block, info.rate_hz, end)
+            yield end, encode_block(context, seq, block, rate, end)
     finally:
         source.close()
 

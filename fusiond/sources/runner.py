@@ -149,7 +149,8 @@ def _publish_until_done(
             attempt = 0
             for block in source.read():
                 offset = follower.offset_ns if follower is not None else 0
-                frames = encode_block(context, seq, block, info.rate_hz, time.time_ns() + offset, offset)
+                rate = block.rate_hz or info.rate_hz
+                frames = encode_block(context, seq, block, rate, time.time_ns() + offset, offset)
                 sock.send_multipart(frames, copy=False)
                 seq += 1
                 if context.stop.is_set():
