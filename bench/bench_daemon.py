@@ -285,6 +285,9 @@ def main() -> None:
         core = bench_core(50_000)
         print(f"\ningest core alone (decode, checks, clock, align; no sockets): {core:.0f} msg/s, "
               f"{1e6 / core:.1f} us a message")
+        from bench_clock import cost  # the clock model alone, and the sliding minimum it replaced
+
+        cost()
         return
     if args.curve:
         print(f"\n## Ingest, {args.messages} small messages, by bus security")

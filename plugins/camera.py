@@ -215,15 +215,16 @@ def _own_rate(gap_ns: float, mean_ns: float) -> float | None:
 class FrameRate:
     """A live camera's delivered rate, from the median gap between its last frames.
 
-    Until :data:`SETTLE` gaps are in, the rate is the one the device claimed. A gap of
-    ``n`` measured periods means ``n - 1`` frames that never arrived.
+    Until :data:`SETTLE` gaps are in, the rate is the lower of the claim and the median
+    so far; frames are counted as missed only after that: a gap of ``n`` measured periods
+    means ``n - 1`` frames that never arrived.
     """
 
     SETTLE = 8
     KEEP = 31
 
     def __init__(self, claimed_hz: float) -> None:
-        self.rate_hz = claimed_hz
+        self.rate_hz = self.claimed_hz = claimed_hz
         self._gaps: deque[int] = deque(maxlen=self.KEEP)
         self._last: int | None = None
 
@@ -244,8 +245,11 @@ class FrameRate:
             missed = max(0, round(gap / period) - 1) if gap > 1.5 * period else 0
         if not missed:  # a gap with frames missing would bias the rhythm
             self._gaps.append(gap)
-        if self.settled:
-            self.rate_hz = 1e9 / statistics.median(self._gaps)
+        if len(self._gaps) >= 2:  # the claim is often far off: leave it as soon as possible
+            measured = 1e9 / statistics.median(self._gaps)
+            # Until settled, a burst (frames buffered while the stream opened) cannot make
+            # the rate higher than the device claims.
+            self.rate_hz = measured if self.settled else min(measured, self.claimed_hz)
         return missed
 
 
