@@ -95,7 +95,7 @@ def run_server(spec: ServerSpec, stop: threading.Event, ctx: zmq.Context[zmq.Soc
     ``bound`` receives the endpoint the inbox was bound at (with the port it picked)."""
     seq: Counter[str] = Counter(spec.seq)
     serving = load_serving(Path(spec.model), spec.device, spec.runtime, spec.threads, spec.max_batch, seq)
-    with Sockets(ctx, hwm=spec.hwm, keys=keys, linger_ms=2000 if spec.offline else 0) as sockets:
+    with Sockets(ctx, hwm=spec.hwm, keys=keys, linger_ms=-1 if spec.offline else 0) as sockets:
         inbox = sockets.pull(spec.inbox or "tcp://0.0.0.0:*", bind=True, where="runtime")
         if bound is not None:
             bound.append(inbox.getsockopt_string(zmq.LAST_ENDPOINT))

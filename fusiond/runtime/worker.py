@@ -78,9 +78,11 @@ def run_worker(spec: WorkerSpec, stop: threading.Event, ctx: zmq.Context[zmq.Soc
     """Cut windows until ``stop`` is set (or, offline, until the feed says flush)."""
     stats = Stats()
     pipeline = spec.pipeline(stats)
-    # Offline, what is still queued at the end must get out; live, nothing waits on a dead peer.
+    # Offline, what is still queued at the end must get out, however long the server takes to
+    # start (a worker may be done before the model is loaded; the run stops what hangs);
+    # live, nothing waits on a dead peer.
     with Sockets(ctx, hwm=spec.hwm, max_message_bytes=spec.max_message_bytes, keys=keys,
-                 linger_ms=2000 if spec.offline else 0) as sockets:  # fmt: skip
+                 linger_ms=-1 if spec.offline else 0) as sockets:  # fmt: skip
         if spec.offline:
             inbox = sockets.pull(spec.inbox)
         else:
