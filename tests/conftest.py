@@ -20,6 +20,7 @@ def _no_process_outlives_its_test():
     before = set(processes.descendants())
     yield
     left = processes.settle(before, wait_s=5.0)
+    processes.reap_orphans()
     if not left:
         return
     names = [processes.describe(pid) for pid in left]

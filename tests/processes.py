@@ -97,3 +97,17 @@ def kill(processes: dict[int, int]) -> None:
         (stat := _stat(pid)) is not None and stat[1] != "Z" for pid in processes
     ):
         time.sleep(0.05)
+
+
+def reap_orphans() -> int:
+    """Collect the exit status of dead orphans re-parented to this process (zombies no
+    ``Popen`` owns: their parent died first); how many."""
+    me, reaped = os.getpid(), 0
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and (stat := _stat(int(entry))) is not None and stat[0] == me and stat[1] == "Z":
+            try:
+                os.waitpid(int(entry), os.WNOHANG)
+                reaped += 1
+            except ChildProcessError:
+                pass
+    return reaped
