@@ -178,7 +178,7 @@ def test_status_says_why_a_rig_is_quiet_and_metrics_are_served(tmp_path, daemons
     d = daemons(tmp_path, config)
     d.wait_for(r"windows/s.*last: demo:\d")
     d.wait_for(r"no such video file: /nonexistent/x\.mp4; retrying")
-    deadline = time.monotonic() + 15
+    deadline = time.monotonic() + 60
     while True:  # the counters reach the daemon in snapshots, one a second
         result = fusiond("status", "--connect", control, "--json")
         assert result.returncode == 0, result.stderr
@@ -196,12 +196,21 @@ def test_status_says_why_a_rig_is_quiet_and_metrics_are_served(tmp_path, daemons
     # Messages and samples apart: an audio message carries a block of samples.
     mic = sources["demo", "mic"]
     assert mic["samples"] >= 100 * mic["messages"] > 0 and mic["sample_rate_hz"] == 16000.0
+    # Each stream's clock, as the daemon models it: one host, so no offset, no step.
+    assert mic["clock"]["offset_ms"] == 0.0 and mic["clock"]["steps"] == 0, mic["clock"]
+    assert set(mic["clock"]) == {"offset_ms", "drift_ppm", "jitter_ms", "outliers", "steps", "held"}
+    assert mic["measured_rate_hz"] > 0
     assert sources["blind", "cam"]["messages"] == 0 and sources["blind", "cam"]["error"]
     text = fusiond("status", "--connect", control).stdout
     assert "quiet: cam: no such video file" in text
+    assert re.search(r"demo/mic .* Hz measured \(16000 declared\)", text), text
+    assert re.search(r"clock: offset \+0\.000 ms, drift [-+]\d+\.\d ppm", text), text
     metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     assert re.search(r'fusiond_messages_total\{rig="demo",stream="cam"\} [1-9]', metrics)
     assert re.search(r'fusiond_stream_sample_rate_hz\{rig="demo",stream="mic"\} 16000', metrics)
+    assert re.search(r'fusiond_stream_measured_rate_hz\{rig="demo",stream="mic"\} \d', metrics)
+    assert 'fusiond_clock_offset_seconds{rig="demo",stream="mic"} 0.0' in metrics
+    assert 'fusiond_clock_steps_total{rig="demo",stream="mic"} 0.0' in metrics
     assert re.search(r'fusiond_predictions_total\{rig="demo"\} [1-9]', metrics)
     assert 'fusiond_source_up{source="demo/mic"} 1.0' in metrics
     assert 'fusiond_model_info{hash="' in metrics
