@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from fusiond.align.windows import RigAligner
 from fusiond.bus.wire import (
+    DUPLICATE,
     BufferSpec,
     Frame,
     SampleHeader,
@@ -34,6 +35,8 @@ from fusiond.errors import WireError
 from fusiond.metrics import Stats
 
 log = logging.getLogger(__name__)
+MAX_DROPPED_SEQS = 4096
+"""Dropped messages remembered per stream between two accepted ones (a flood forgets the rest)."""
 STEP_LOG_EVERY_NS = 60_000_000_000
 """At most one line a minute per stream about its clock's steps (the counters say the rest)."""
 DEADBAND_NS = 2_000_000
@@ -91,81 +94,122 @@ class Ingest:
                          for key in modalities}  # fmt: skip
         self._logged: set[str] = set()
         self._step_logged: dict[tuple[str, str], int] = {}
+        self._dropped: dict[tuple[str, str], set[int | None]] = {}
+        """Per stream, the seqs of the messages dropped since its last accepted one (None: one
+        whose header was not read): they came, so the gap they leave is not a loss."""
+        self._seq: int | None = None
         self._fits: dict[tuple[str, str], set[BufferSpec]] = {k: set() for k in modalities}
 
     def handle(self, frames: Sequence[Frame], now_ns: int, topic: bytes | None = None) -> bool:
         """Take one message (``topic``: its first frame's bytes, if the caller has them);
-        False when it was dropped (and counted)."""
+        False when it was dropped (and counted, under exactly one reason)."""
         if topic is None and frames:
             topic = _topic(frames[0])
         key = self._topics.get(topic) if topic is not None else None
         if key is None:
             return self._drop("unknown_stream", "message on an unconfigured topic (no such rig/stream)")
-        if not self._budgets[key].allow(now_ns):
-            return self._drop("over_rate", f"{key[0]}/{key[1]} sends faster than its message rate limit")
-        try:
-            header = decode_sample_header(frames)
-            offset = self._check(key, header, now_ns)
-            if offset is None:
-                return False
-            data = decode_arrays(header, frames)[0]
-        except WireError as exc:
-            return self._drop(exc.reason, f"malformed message on the bus: {exc}")
-        # A sum is finite when every value is (the exact check runs only when it is not).
-        if data.dtype.kind == "f" and not math.isfinite(data.sum()) and not np.isfinite(data).all():
-            return self._drop("bad_value", f"{key[0]}/{key[1]} sent NaN or infinite values")
+        self._seq = None
+        taken = self._take(key, frames, now_ns)
+        if taken is None:
+            # It reached the daemon: the gap it leaves in the stream's seq is not a loss.
+            dropped = self._dropped.setdefault(key, set())
+            if len(dropped) < MAX_DROPPED_SEQS:
+                dropped.add(self._seq)  # None: dropped before its header was read
+            return False
+        header, data, offset = taken
         self.stats.sampled(key[0], key[1], now_ns, data.shape[0], header.rate_hz)
         reason = self.aligners[key[0]].add(key[1], header.t_ns + offset, header.rate_hz, data, now_ns)
         if reason is not None:
             self._log_once(reason, f"{key[0]}/{key[1]}: sample dropped ({reason})")
         return reason is None
 
-    def _check(self, key: tuple[str, str], header: SampleHeader, now_ns: int) -> int | None:
-        """Everything the header alone can tell: the stream's clock offset, or None when the
-        message is dropped (and counted)."""
+    def _take(self, key: tuple[str, str], frames: Sequence[Frame],
+              now_ns: int) -> tuple[SampleHeader, np.ndarray, int] | None:  # fmt: skip
+        """Every check, cheapest first: the header, its clock offset and the decoded block;
+        None when the message is dropped (and counted)."""
+        if not self._budgets[key].allow(now_ns):
+            self._reason("over_rate", f"{key[0]}/{key[1]} sends faster than its message rate limit")
+            return None
+        try:
+            header = decode_sample_header(frames)
+            self._seq = header.seq
+            checked = self._check(key, header, now_ns)
+            if checked is None:
+                return None
+            data = decode_arrays(header, frames)[0]
+        except WireError as exc:
+            self._reason(exc.reason, f"malformed message on the bus: {exc}")
+            return None
+        # A sum is finite when every value is (the exact check runs only when it is not).
+        if data.dtype.kind == "f" and not math.isfinite(data.sum()) and not np.isfinite(data).all():
+            self._reason("bad_value", f"{key[0]}/{key[1]} sent NaN or infinite values")
+            return None
+        missed, clock = checked
+        offset = clock.update(header.t_pub_ns, now_ns)
+        if clock.resolved is not None:
+            self._clock_resolved(key, clock, now_ns)
+        if offset is None:  # held back: counted once the model knows an outlier from a step
+            return None
+        self.gaps.accept(key, header.seq, header.t_pub_ns)
+        dropped = self._dropped.pop(key, ())
+        lost = missed - _arrived(dropped, header.seq - missed, header.seq) if missed else 0
+        if lost:
+            self.stats.drop("lost_in_transport", lost)
+            self._log_once("lost_in_transport", f"{key[0]}/{key[1]}: {lost} message(s) lost on the way in")
+        return header, data, offset
+
+    def _check(self, key: tuple[str, str], header: SampleHeader,
+               now_ns: int) -> tuple[int, ClockModel] | None:  # fmt: skip
+        """Everything the header alone can tell, changing nothing: the messages missing just
+        before this one and the stream's clock, or None when it is dropped (and counted)."""
         rig, stream = key
         if header.rig != rig or header.stream != stream:
-            return self._reason("bad_header", f"topic s/{rig}/{stream} carries a header for "
-                                              f"{header.rig}/{header.stream}")  # fmt: skip
+            self._reason("bad_header", f"topic s/{rig}/{stream} carries a header for "
+                                       f"{header.rig}/{header.stream}")  # fmt: skip
+            return None
         expected = self.modalities[key]
         if header.modality != expected:
-            return self._reason("wrong_modality", f"{rig}/{stream} sent modality {header.modality!r}, "
-                                                  f"config says {expected!r}")  # fmt: skip
+            self._reason("wrong_modality", f"{rig}/{stream} sent modality {header.modality!r}, "
+                                           f"config says {expected!r}")  # fmt: skip
+            return None
         first = header.buffers[0]
         limits = self.limits
         if first not in self._fits[key]:
             spec = self.aligners[rig].specs[expected]
             why = spec.check_block(first.shape, first.dtype, limits.max_frame_pixels, first.encoding)
             if why is not None:
-                return self._reason("bad_shape", f"{rig}/{stream}: {why}")
+                self._reason("bad_shape", f"{rig}/{stream}: {why}")
+                return None
             if len(self._fits[key]) < 64:
                 self._fits[key].add(first)
         rate = header.rate_hz
         if rate > 0 and first.shape[0] * 1e9 / rate > limits.max_block_ns:
-            return self._reason("bad_value", f"{rig}/{stream}: a block spans over ingest.max_block_s")
+            self._reason("bad_value", f"{rig}/{stream}: a block spans over ingest.max_block_s")
+            return None
         clock = self.clocks[key]
         if not _plausible(clock, header.t_pub_ns, now_ns, header.clock, limits.max_clock_skew_ns):
             why = f"{rig}/{stream}: publish time {header.t_pub_ns} is off the daemon's clock by over "
-            return self._reason("clock_skew", why + "ingest.max_clock_skew_ms")
+            self._reason("clock_skew", why + "ingest.max_clock_skew_ms")
+            return None
         # The block's end on the daemon's clock, with the offset the model gives now:
         # a stamp far off is clock_skew whatever else is wrong with the message.
         end = block_end_ns(header.t_ns, first.shape[0], rate)
         if abs(end + clock.predict(header.t_pub_ns) - now_ns) > limits.max_clock_skew_ns:
             why = f"{rig}/{stream}: a block ending at {end} is off the daemon's clock ({now_ns}) by over "
-            return self._reason("clock_skew", why + "ingest.max_clock_skew_ms")
+            self._reason("clock_skew", why + "ingest.max_clock_skew_ms")
+            return None
         # Against publish times: a burst lost in a flood spans the time it took to send it.
         missed = self.gaps.missed(key, header.seq, header.t_pub_ns)
         if missed is None:
             # Dropped: the next message continues from here if the source really jumped.
-            return self._reason("seq_reset", f"{rig}/{stream}: seq jumped to {header.seq}, more than "
-                                             f"it could have sent")  # fmt: skip
-        if missed:
-            self.stats.drop("lost_in_transport", missed)
-            self._log_once("lost_in_transport", f"{rig}/{stream}: {missed} message(s) lost on the way in")
-        offset = clock.update(header.t_pub_ns, now_ns)
-        if clock.resolved is not None:
-            self._clock_resolved(key, clock, now_ns)
-        return offset
+            self._reason("seq_reset", f"{rig}/{stream}: seq jumped to {header.seq}, more than "
+                                      f"it could have sent")  # fmt: skip
+            return None
+        if missed == DUPLICATE:
+            self._reason("duplicate", f"{rig}/{stream}: seq {header.seq} again (a duplicate or a "
+                                      "replayed message)")  # fmt: skip
+            return None
+        return missed, clock
 
     def _clock_resolved(self, key: tuple[str, str], clock: ClockModel, now_ns: int) -> None:
         """Count the messages held back as suspects, now that the model knows what they were."""
@@ -191,8 +235,8 @@ class Ingest:
                                     c.steps, c.suspects]
                 for (rig, stream), c in self.clocks.items() if c.pairs}  # fmt: skip
 
-    def _reason(self, reason: str, message: str) -> int | None:
-        """Count and log a drop; None, for :meth:`_check` to return."""
+    def _reason(self, reason: str, message: str) -> None:
+        """Count and log a drop, for :meth:`_check` and :meth:`_take`."""
         self._drop(reason, message)
         return None
 
@@ -206,6 +250,12 @@ class Ingest:
         if reason not in self._logged:
             self._logged.add(reason)
             log.warning("%s (counted as drops.%s; further ones only counted)", message, reason)
+
+
+def _arrived(dropped: Collection[int | None], first: int, end: int) -> int:
+    """How many of a gap's messages (seqs ``first`` to ``end - 1``) came and were dropped:
+    those whose seq is known to lie in it, and any whose seq is not known (at most the gap)."""
+    return min(end - first, sum(1 for seq in dropped if seq is None or first <= seq < end))
 
 
 def _plausible(clock: ClockModel, t_pub_ns: int, now_ns: int, kind: str, max_skew_ns: int) -> bool:

@@ -187,7 +187,7 @@ def test_a_seq_jump_is_a_reset_not_a_billion_lost_and_real_losses_still_count():
     rig.seq["imu"] += 10**9
     assert rig.send("imu", np.zeros((10, 1), np.float32), 100.0) is False
     assert rig.stats.drops["seq_reset"] == 1 and rig.stats.drops["lost_in_transport"] == 0
-    rig.seq["imu"] -= 10**9  # the real source carries on from where it was
+    rig.seq["imu"] -= 10**9 + 1  # the real source carries on from where it was: the forged one moved nothing
     rig.honest(1)
     rig.seq["mic"] += 3  # three messages lost
     rig.honest(1)
@@ -431,3 +431,57 @@ def test_a_forged_counters_snapshot_cannot_grow_the_daemons_tables():
     assert (cam.messages, cam.samples, cam.sample_rate_hz) == (5, 50, 10.0) and stats.all_drops()["late"] == 2
     assert cam.samples_per_s(0) == 9.5 and cam.clock is not None
     assert (cam.clock.steps, cam.clock.outliers) == (2, 1)
+
+
+def test_every_message_is_counted_once_and_the_counts_add_up():
+    """A real stream with losses on the way, mixed with duplicates, replays and forged
+    messages of every kind: every message that arrives is accepted or dropped under exactly
+    one reason, a dropped one never moves the stream's numbering, and what never arrived is
+    exactly what is counted lost."""
+    stats = Stats()
+    window = WindowConfig(10**9, 5 * 10**8, 3 * 10**8)
+    aligner = RigAligner("r", {"imu": "imu"}, {"imu": ModalitySpec("series", 100, 1)}, window, stats.drops)
+    ingest = Ingest({"r": aligner}, {("r", "imu"): "imu"}, stats, Limits(max_message_rate=10_000))
+    rng = np.random.default_rng(5)
+    t0, period = 10**18, 10_000_000
+    data = np.zeros((1, 1), np.float32)
+
+    def message(seq, t, t_pub=None, block=data, shape=None):
+        frames = [bytes(f) for f in wire.encode_sample(rig="r", stream="imu", modality="imu", seq=seq, t_ns=t,
+                                                        t_pub_ns=t if t_pub is None else t_pub, rate_hz=100.0,
+                                                        data=block)]  # fmt: skip
+        if shape is not None:  # the header says one shape, the buffer holds another
+            header = msgpack.unpackb(frames[1])
+            header["buffers"][0]["shape"] = shape
+            frames[1] = msgpack.packb(header)
+        return frames
+
+    received, lost = 0, 0
+    for i in range(3000):
+        t = t0 + i * period
+        real = message(i, t)
+        r = rng.random()
+        hostile = []
+        if r < 0.03:
+            hostile.append(message(i + 1, t, shape=[7, 1]))  # bad_size, the next seq
+        elif r < 0.05:
+            hostile.append(message(i + 10**6, t))  # a seq far ahead
+        elif r < 0.10:
+            hostile.append(message(i + 1, t, block=np.full((1, 1), np.nan, np.float32)))  # bad_value
+        elif r < 0.13:
+            hostile.append(message(i + 1, t, t_pub=t + 10**10))  # clock_skew, the next seq
+        elif r < 0.15:
+            hostile.append(message(i + 1, t + 2 * 10**9, t_pub=t + 2 * 10**9))  # an outlier
+        if r > 0.97:  # never arrives
+            lost += 1
+            continue
+        for frames in [*hostile, real, *([real] if 0.5 < r < 0.55 else [])]:  # some twice
+            received += 1
+            ingest.handle(frames, t + 50_000)
+    drops = Counter(stats.drops)
+    counted = {k: v for k, v in drops.items() if k not in ("lost_in_transport", "window_empty", "late")}
+    accepted = stats.stream("r", "imu").messages
+    assert received == accepted + sum(counted.values()), (received, accepted, counted)
+    assert drops["lost_in_transport"] == lost, (drops, lost)
+    assert {"bad_size", "bad_value", "clock_skew", "clock_outlier", "duplicate", "seq_reset"} <= set(counted)
+    assert accepted == 3000 - lost

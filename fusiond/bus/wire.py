@@ -56,33 +56,62 @@ def prediction_topic(rig: str) -> str:
     return f"{PREDICTION_PREFIX}{rig}"
 
 
+DUPLICATE: Final = -1
+"""What :meth:`SequenceGaps.missed` says of a message it has seen already."""
+
+
 class SequenceGaps:
     """Messages missing from each stream, from its ``seq`` numbers.
 
     ZeroMQ drops silently when a queue is full or a link breaks; a jump in ``seq`` is how
-    such losses become visible. A lower number than the last is a restarted source (or a
-    replay starting over), not a loss. A jump larger than the stream could have sent in
-    the time since its last message (``slack`` plus ``max_rate_hz`` messages a second) is
-    a reset too: one forged ``seq`` must not add a billion to the loss counter.
+    such losses become visible. Only accepted messages move a stream's state
+    (:meth:`accept`): one that is dropped for any reason, forged or not, changes nothing.
+
+    - ``seq`` 0 after a higher number is a restarted publisher (every publisher starts
+      counting at 0), not a loss.
+    - Any other ``seq`` not above the last accepted one is a duplicate: the same message
+      again, or a captured one replayed (:data:`DUPLICATE`).
+    - A jump larger than the stream could have sent since its last message (``slack``
+      plus ``max_rate_hz`` messages a second) is a reset (None): one forged ``seq`` must
+      not add a billion to the loss counter.
+    - :data:`RENUMBERED` messages in a row, each one more than the last, that jumped or went
+      back together are a publisher that really renumbered: the last of them is taken. So a
+      forged run can take a stream's numbering over for as long as it keeps sending, and the
+      real publisher takes it back as soon as it sends that many.
     """
+
+    RENUMBERED = 3
 
     def __init__(self, max_rate_hz: float = 10_000.0, slack: int = 1000) -> None:
         self.max_rate_hz = max_rate_hz
         self.slack = slack
         self._last: dict[Any, tuple[int, int]] = {}
+        self._run: dict[Any, tuple[int, int]] = {}
 
     def missed(self, key: Any, seq: int, now_ns: int) -> int | None:
-        """How many messages of ``key`` went missing just before this one; None for a jump
-        too large to be a loss (the stream restarted its count, or the number is forged).
+        """How many messages of ``key`` went missing just before this one, :data:`DUPLICATE`,
+        or None for a jump too large to be a loss; nothing changes until :meth:`accept`.
         ``now_ns`` is the message's publish time (or, failing that, its receive time)."""
         last = self._last.get(key)
-        self._last[key] = (seq, now_ns)
-        if last is None or seq <= last[0] + 1:
+        if last is None or seq == last[0] + 1 or (seq == 0 and last[0] > 0):
             return 0
         gap = seq - last[0] - 1
-        if gap > self.slack + max(0, now_ns - last[1]) * self.max_rate_hz / 1e9:
-            return None
-        return gap
+        verdict: int | None = gap
+        if seq <= last[0]:
+            verdict = DUPLICATE
+        elif gap > self.slack + max(0, now_ns - last[1]) * self.max_rate_hz / 1e9:
+            verdict = None
+        else:
+            return gap
+        run = self._run.get(key)
+        count = run[1] + 1 if run is not None and seq == run[0] + 1 else 1
+        self._run[key] = (seq, count)
+        return 0 if count >= self.RENUMBERED else verdict
+
+    def accept(self, key: Any, seq: int, now_ns: int) -> None:
+        """The message was taken: the stream continues from ``seq``."""
+        self._last[key] = (seq, now_ns)
+        self._run.pop(key, None)
 
 
 class BufferSpec(NamedTuple):

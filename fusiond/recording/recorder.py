@@ -75,8 +75,11 @@ class RecordingWriter:
         if channel is None:
             channel = self._register(topic, header)
         seq = header.get("seq")
-        if isinstance(seq, int) and (missed := self._seq.missed(topic, seq, t_recv_ns)):
-            self.gaps[topic] += missed
+        if isinstance(seq, int):  # recorded whatever it is: only the gaps are counted
+            missed = self._seq.missed(topic, seq, t_recv_ns)
+            if missed is not None and missed > 0:
+                self.gaps[topic] += missed
+            self._seq.accept(topic, seq, t_recv_ns)
         body = pack(frames)
         t_pub = header.get("t_pub_ns")
         # MCAP stores these as uint64 and uint32: a hostile header must not break the file.

@@ -34,12 +34,16 @@ def shift_for(first_log_ns: int, now_ns: int, lead_ns: int = SECOND // 2) -> int
     return -(-(now_ns + lead_ns - first_log_ns) // SECOND) * SECOND
 
 
-def restamp(frames: list[bytes], shift_ns: int, t_pub_ns: int) -> list[bytes]:
-    """The message with capture time moved by ``shift_ns`` and a fresh publish time."""
+def restamp(frames: list[bytes], shift_ns: int, t_pub_ns: int, seq: int | None = None) -> list[bytes]:
+    """The message with capture time moved by ``shift_ns``, a fresh publish time and, given
+    ``seq``, numbered again: a replay is a new publisher, counting from 0 per stream through
+    every pass (the recorded numbers would go back at each loop, and read as duplicates)."""
     header = msgpack.unpackb(frames[1])
     if isinstance(header.get("t_ns"), int):
         header["t_ns"] += shift_ns
     header["t_pub_ns"] = t_pub_ns
+    if seq is not None and "seq" in header:
+        header["seq"] = seq
     return [frames[0], msgpack.packb(header), *frames[2:]]
 
 
@@ -82,5 +86,5 @@ def _one_pass(path: Path, sock: zmq.Socket[bytes], stop: threading.Event, speed:
             delay = (due - now) / 1e9
             if delay > 0 and stop.wait(delay):
                 return
-        sock.send_multipart(restamp(rec.frames, shift_ns, time.time_ns()), copy=False)
+        sock.send_multipart(restamp(rec.frames, shift_ns, time.time_ns(), sent[rec.topic]), copy=False)
         sent[rec.topic] += 1
