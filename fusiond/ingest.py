@@ -5,7 +5,8 @@ flood costs as little as possible: the topic (a dict lookup), the stream's rate 
 the header's types and ranges, the block's shape against the model's spec for its
 modality, the clock, and only then are buffers decoded (a JPEG after its declared size
 was checked) and their values checked. Whatever fails is counted under its reason in
-``stats.drops`` and logged once; nothing a publisher sends raises out of :meth:`handle`.
+``stats.drops`` and logged (per reason and stream, at most a line a minute); nothing a
+publisher sends raises out of :meth:`handle`.
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ from fusiond.errors import WireError
 from fusiond.metrics import Stats
 
 log = logging.getLogger(__name__)
+LOG_EVERY_NS = 60_000_000_000
+MAX_LOGGED = 4096
+"""(reason, stream) pairs whose log lines are rate-limited; past that, every first one is logged."""
 MAX_DROPPED_SEQS = 4096
 """Dropped messages remembered per stream between two accepted ones (a flood forgets the rest)."""
 STEP_LOG_EVERY_NS = 60_000_000_000
@@ -92,7 +96,10 @@ class Ingest:
         self._topics = {sample_topic(*key).encode(): key for key in modalities}
         self._budgets = {key: RateLimit((rates or {}).get(key, self.limits.max_message_rate))
                          for key in modalities}  # fmt: skip
-        self._logged: set[str] = set()
+        self._logged: dict[tuple[str, tuple[str, str] | None], tuple[int, int]] = {}
+        """(reason, stream) -> (when it was last logged, drops since): one line a minute each."""
+        self._now_ns = 0
+        self._key: tuple[str, str] | None = None
         self._step_logged: dict[tuple[str, str], int] = {}
         self._dropped: dict[tuple[str, str], set[int | None]] = {}
         """Per stream, the seqs of the messages dropped since its last accepted one (None: one
@@ -106,6 +113,7 @@ class Ingest:
         if topic is None and frames:
             topic = _topic(frames[0])
         key = self._topics.get(topic) if topic is not None else None
+        self._now_ns, self._key = now_ns, key
         if key is None:
             return self._drop("unknown_stream", "message on an unconfigured topic (no such rig/stream)")
         self._seq = None
@@ -246,10 +254,20 @@ class Ingest:
         return False
 
     def _log_once(self, reason: str, message: str) -> None:
-        # One line per reason; the counters in the summary say how often it happened since.
-        if reason not in self._logged:
-            self._logged.add(reason)
-            log.warning("%s (counted as drops.%s; further ones only counted)", message, reason)
+        """Log a drop the first time its reason meets a stream, then at most once a minute
+        (with how many there were since): a flood of one kind cannot hide another, nor
+        another stream's, and cannot fill the journal."""
+        slot = (reason, self._key)
+        last = self._logged.get(slot)
+        if last is None:
+            if len(self._logged) < MAX_LOGGED:
+                self._logged[slot] = (self._now_ns, 0)
+            log.warning("%s (counted as drops.%s; at most one line a minute about it)", message, reason)
+        elif self._now_ns - last[0] >= LOG_EVERY_NS:
+            self._logged[slot] = (self._now_ns, 0)
+            log.warning("%s (drops.%s: %d since the last line)", message, reason, last[1] + 1)
+        else:
+            self._logged[slot] = (last[0], last[1] + 1)
 
 
 def _arrived(dropped: Collection[int | None], first: int, end: int) -> int:

@@ -33,7 +33,7 @@ STREAMS = {("r", "cam"): "video", ("r", "mic"): "audio", ("r", "imu"): "imu"}
 # Drop reasons that count a whole message; the others count samples, windows or losses.
 MESSAGE_REASONS = {"unknown_stream", "over_rate", "bad_header", "bad_framing", "bad_size", "bad_version",
                    "bad_value", "bad_shape", "decode_error", "wrong_modality", "clock_skew", "seq_reset",
-                   "late"}  # fmt: skip
+                   "late", "duplicate", "clock_outlier", "clock_step"}  # fmt: skip
 
 
 class Rig:
@@ -485,3 +485,28 @@ def test_every_message_is_counted_once_and_the_counts_add_up():
     assert drops["lost_in_transport"] == lost, (drops, lost)
     assert {"bad_size", "bad_value", "clock_skew", "clock_outlier", "duplicate", "seq_reset"} <= set(counted)
     assert accepted == 3000 - lost
+
+
+def test_a_header_packed_with_bin_keys_is_named_for_what_it_is():
+    header = msgpack.packb({b"v": [1, 0], b"type": b"sample"}, use_bin_type=True)
+    with pytest.raises(FrameError, match="header keys must be str, got bin"):
+        wire.decode_sample_header([b"s/r/imu", header, b""])
+
+
+def test_drops_are_logged_per_reason_and_stream_at_most_once_a_minute(caplog):
+    """One kind of bad message must not silence the log about another, or about another
+    stream; a flood of one kind is one line a minute, with its count."""
+    rig = Rig()
+    rig.honest(1)
+    nan = np.full((10, 1), np.nan, np.float32)
+    with caplog.at_level("WARNING", logger="fusiond.ingest"):
+        for _ in range(5):
+            rig.send("imu", nan, 100.0)
+        rig.send("imu", np.zeros((10, 1), np.float32), 100.0, t_pub_ns=rig.now + 60 * S)  # clock_skew
+        rig.send("mic", np.full((100, 1), 0, np.int16), 1000.0, rate_hz=-1.0)  # another stream
+        rig.now += 61 * S
+        rig.send("imu", nan, 100.0)
+    lines = [r.getMessage() for r in caplog.records]
+    assert len([x for x in lines if "NaN" in x]) == 2, lines
+    assert "5 since the last line" in lines[-1] and "r/imu" in lines[-1], lines
+    assert any("clock_skew" in x for x in lines) and any("r/mic" in x or "rate_hz" in x for x in lines), lines

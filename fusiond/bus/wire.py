@@ -324,6 +324,11 @@ def _check_version(header: Any) -> dict[str, Any]:
     if not isinstance(header, dict):
         msg = "header is not a map"
         raise FrameError(msg)
+    bad_keys = {type(k).__name__ for k in header if type(k) is not str}
+    if bad_keys:  # an old msgpack library packs str as bin unless told use_bin_type=True
+        names = ", ".join(sorted("bin" if k == "bytes" else k for k in bad_keys))
+        msg = f"header keys must be str, got {names} (pack with use_bin_type=True)"
+        raise FrameError(msg)
     version = header.get("v")
     if (
         not isinstance(version, list)
