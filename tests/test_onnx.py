@@ -59,3 +59,18 @@ def test_the_demo_model_exports_with_the_command_and_matches_torch(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "ONNX export of demo-digits" in result.stdout
     _compare(path, load(path).spec)
+
+
+def test_an_export_of_another_checkpoint_is_never_served_however_new_it_is(tmp_path, caplog):
+    """The export beside a checkpoint is served only if its metadata names that very
+    checkpoint's content: a stale one, newer on disk, is passed over (and said so)."""
+    old, new = tmp_path / "old.pt", tmp_path / "model.pt"
+    tiny_model(old, SPEC, classes=["a", "b"], seed=1)
+    tiny_model(new, SPEC, classes=["a", "b"], seed=2)
+    assert fusiond("export", str(old), "--onnx").returncode == 0
+    shutil.copy(tmp_path / "old.onnx", tmp_path / "model.onnx")  # stale, and newer than model.pt
+    checkpoint = load(new)
+    runner = OnnxRunner(checkpoint, load_plugins().parts)
+    assert "exported from checkpoint" in caplog.text and load(old).content_hash in caplog.text
+    made_from = runner.session.get_modelmeta().custom_metadata_map["fusiond.content_hash"]
+    assert made_from == checkpoint.content_hash

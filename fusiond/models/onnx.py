@@ -76,12 +76,27 @@ def export(checkpoint: Checkpoint, encoder_types: Parts | Mapping[str, type[nn.M
             torch.onnx.export(flat, (*example, mask), str(tmp), input_names=[*names, "mask"],
                               output_names=outputs, dynamic_axes=dynamic, opset_version=OPSET,
                               dynamo=False)  # fmt: skip
+        _stamp(tmp, checkpoint)
     except Exception as exc:
         tmp.unlink(missing_ok=True)
         msg = f"cannot export {checkpoint.name!r} to ONNX: {exc}"
         raise ModelError(msg) from None
     os.replace(tmp, out)
     return out
+
+
+PROVIDERS = ["CPUExecutionProvider"]
+HASH_KEY = "fusiond.content_hash"
+"""The export's metadata entry naming the checkpoint it was made from (its content hash)."""
+
+
+def _stamp(path: Path, checkpoint: Checkpoint) -> None:
+    """Write the checkpoint's name and content hash into the ONNX file's metadata."""
+    import onnx
+
+    model = onnx.load(str(path))
+    onnx.helper.set_model_props(model, {HASH_KEY: checkpoint.content_hash, "fusiond.name": checkpoint.name})
+    onnx.save(model, str(path))
 
 
 def _torch_dtype(dtype: np.dtype[Any]) -> torch.dtype:
@@ -104,29 +119,38 @@ class OnnxRunner(Runner):
         self.device = torch.device("cpu")
         self.modalities = list(checkpoint.spec.modalities)
         self.classes = checkpoint.classes
-        path = self._exported(checkpoint, encoder_types)
-        options = onnxruntime.SessionOptions()
+        self.options = onnxruntime.SessionOptions()
         if threads > 0:
-            options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            self.options.intra_op_num_threads = threads
+        self.options.inter_op_num_threads = 1
+        self.session = self._session(checkpoint, encoder_types)
         self.outputs = [o.name for o in self.session.get_outputs()]
 
-    @staticmethod
-    def _exported(checkpoint: Checkpoint, encoder_types: Parts | Mapping[str, type[nn.Module]]) -> Path:
+    def _session(self, checkpoint: Checkpoint, encoder_types: Parts | Mapping[str, type[nn.Module]]) -> Any:
+        """The export beside the checkpoint if it was made from this very checkpoint (its
+        metadata names the content hash), else an export of our own, keyed by that hash in
+        the cache (the model's folder may be read-only: a packaged or system-wide model).
+        A file's age says nothing: a stale export newer than its checkpoint is not served."""
+        import onnxruntime
+
         if checkpoint.path is None:
             msg = "an ONNX runner needs a checkpoint loaded from a file"
             raise ModelError(msg)
         beside = onnx_path(checkpoint.path)
-        if beside.exists() and beside.stat().st_mtime >= checkpoint.path.stat().st_mtime:
-            return beside  # written by `fusiond export`
-        # Else an export of our own, keyed by the checkpoint's content: the model's folder
-        # may be read-only (a packaged or system-wide model).
+        for path in (beside, cache_dir() / f"{checkpoint.content_hash}.onnx"):
+            if not path.exists():
+                continue
+            session = onnxruntime.InferenceSession(str(path), self.options, providers=PROVIDERS)
+            made_from = session.get_modelmeta().custom_metadata_map.get(HASH_KEY)
+            if made_from == checkpoint.content_hash:
+                return session
+            log.warning("not serving %s: it was exported from checkpoint %s, not from %s (%s)", path,
+                        made_from or "(unknown: no fusiond metadata)", checkpoint.path,
+                        checkpoint.content_hash)  # fmt: skip
         cached = cache_dir() / f"{checkpoint.content_hash}.onnx"
-        if not cached.exists():
-            log.info("exporting %s to %s for onnxruntime", checkpoint.path, cached)
-            export(checkpoint, encoder_types, cached)
-        return cached
+        log.info("exporting %s to %s for onnxruntime", checkpoint.path, cached)
+        export(checkpoint, encoder_types, cached)
+        return onnxruntime.InferenceSession(str(cached), self.options, providers=PROVIDERS)
 
     def _forward(self, inputs: Mapping[str, np.ndarray],
                  mask: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:  # fmt: skip
