@@ -84,6 +84,7 @@ class SlidingMinimum:
             self.current = delay
         values = [v for v in (self.current, self.previous) if v is not None]
         self.offset = 0 if abs(min(values)) < 2 * MS else round(min(values), -6)
+        self.last_offset = self.offset
         return self.offset
 
     def predict(self, x: int) -> int:

@@ -51,9 +51,10 @@ class ClockModel:
     ``step_ns`` is taken as the clock's, not the transport's (2 s, at 250 ms buckets)."""
 
     __slots__ = ("bucket_ns", "keep", "step_ns", "confirm", "deadband_ns", "max_drift", "follow_rises",
-                 "_x0", "_d0", "_a", "_b", "_last_x", "_bucket_end", "_bx", "_bmin", "_minima", "_suspects",
-                 "_suspect_r", "_suspect_x", "_raised", "_raised_by", "resolved", "outliers", "steps",
-                 "last_step_ns", "jitter_ns", "pairs")  # fmt: skip
+                 "_x0", "_d0", "_a", "_b", "_last_x", "_bucket_end", "_bx", "_bmin", "_bmax_r", "_minima",
+                 "_suspects", "_suspect_r", "_suspect_x", "_raised", "_raised_by", "_below", "_spread",
+                 "resolved", "outliers", "steps", "last_step_ns", "jitter_ns", "pairs",
+                 "last_offset")  # fmt: skip
 
     def __init__(self, *, bucket_ns: int = 250_000_000, keep: int = 40, step_ns: int = 50_000_000,
                  confirm: int = 3, deadband_ns: int = 0, max_drift: float = 0.2,
@@ -66,26 +67,31 @@ class ClockModel:
         self._b = 0.0
         self._last_x: int | None = None
         self._bucket_end = 0
-        self._bx = 0
+        self._bx = 0  # this bucket's smallest delay (relative to d0) and where it was
         self._bmin = 0
+        self._bmax_r = 0.0  # and its largest residual (how bursty the arrivals are)
         self._minima: deque[tuple[int, int]] = deque(maxlen=keep)
         self._suspects = 0
         self._suspect_r = 0.0
         self._suspect_x = 0
         self._raised = 0
         self._raised_by = 0.0
+        self._below: float | None = None  # the last bucket's minimum, when it lay well under the line
+        self._spread = float(step_ns)  # the largest residual of a bucket lately (peak, decaying)
         self.resolved: tuple[int, int] | None = None
         """What became of earlier suspects at the last :meth:`update`: (OUTLIER|STEP, count)."""
         self.outliers = 0
         """Suspect messages that were outliers."""
         self.steps = 0
-        """Steps followed."""
+        """Steps followed (confirmed ones, and pauses of an arrival-timed stream)."""
         self.last_step_ns = 0
         """The size of the last step (positive: the stream's clock went back)."""
         self.jitter_ns = 0.0
         """Mean delay above the line, lately: how much the stamps' arrival wanders."""
         self.pairs = 0
         """Pairs taken into the model."""
+        self.last_offset: int | None = None
+        """What the last :meth:`update` returned."""
 
     def update(self, x: int, y: int) -> int | None:
         """One message: its stamp ``x`` on the stream's clock, ``y`` when it arrived."""
@@ -93,20 +99,26 @@ class ClockModel:
         last = self._last_x
         if last is None:
             self._start(x, y - x)
-            return self._offset(x, 0)
+            self.last_offset = offset = self._offset(x, 0)
+            return offset
         d = y - x - self._d0
         r = d - (self._a + self._b * (x - self._x0))
         step = self.step_ns
-        if r < -step or x < last - step:
-            if not self.follow_rises:
-                return self._suspect(x, d, r)
-            self._move(r, x, d)  # arrival times are the truth: re-anchor there at once
-        elif r > step and self.follow_rises:
-            self._move(r, x, d)
-        elif self._suspects:
+        if self.follow_rises:
+            # Arrival times are the truth: a stream far behind its grid paused, one ahead of it
+            # runs faster than modelled; either way the grid re-anchors there at once.
+            if r < -step or r > step + 2 * self._spread:
+                self._bmax_r = max(self._bmax_r, r)  # how late a burst's first lines come: learnt
+                self._move(r, x, d, x_step=False)
+                r = 0.0
+        elif r < -step or x < last - step:
+            self.last_offset = offset = self._suspect(x, d, r)
+            return offset
+        if self._suspects:
             self._resolve(OUTLIER, self._suspects)
         self._take(x, d, r)
-        return self._offset(x, d)
+        self.last_offset = offset = self._offset(x, d)
+        return offset
 
     def predict(self, x: int) -> int:
         """The offset for a stamp ``x``, changing nothing."""
@@ -144,6 +156,8 @@ class ClockModel:
         self.pairs += 1
         if r > 0:
             self.jitter_ns += (min(r, self.step_ns) - self.jitter_ns) / 64
+            if r > self._bmax_r:
+                self._bmax_r = r
         if x >= self._bucket_end:
             self._close_bucket(x, d)
         elif d < self._bmin:
@@ -153,20 +167,20 @@ class ClockModel:
         self._x0, self._d0, self._a, self._b = x, d, 0.0, 0.0
         self._last_x = x
         self._bucket_end = x + self.bucket_ns
-        self._bx, self._bmin = x, 0
+        self._bx, self._bmin, self._bmax_r = x, 0, 0.0
         self._minima.clear()
         self.pairs += 1
 
     def _suspect(self, x: int, d: int, r: float) -> int | None:
         """A stamp the line cannot explain: an outlier, or the first of a step."""
-        tolerance = self.step_ns / 2
+        tolerance = max(self.step_ns / 2, 4 * self.jitter_ns)
         if self._suspects and abs(r - self._suspect_r) <= tolerance and x >= self._suspect_x - tolerance:
             self._suspects += 1
             self._suspect_x = x
             if self._suspects < self.confirm:
                 return None
             self._resolve(STEP, self._suspects - 1)  # this one is taken, the ones before were dropped
-            self._move(r, x, d)
+            self._move(r, x, d, x_step=True)
             self._take(x, d, 0.0)
             return self._offset(x, d)
         if self._suspects:  # the earlier ones agreed with nothing after them
@@ -180,35 +194,53 @@ class ClockModel:
             self.outliers += count
         self._suspects = 0
 
-    def _move(self, r: float, x: int, d: int) -> None:
-        """Shift the line by ``r`` (and the minima it rests on), so ``x``'s pair lies on it."""
-        self._a += r
+    def _move(self, r: float, x: int, d: int, *, x_step: bool) -> None:
+        """A step: move the line by ``r`` so ``x``'s pair lies on it, and the minima it
+        rests on with it. ``x_step``: the stream's own clock jumped (its stamps moved by
+        ``-r``, so the history moves along both axes and the drift fitted so far holds);
+        else time passed that its stamps did not count (an arrival-timed stream's pause)."""
         shift = round(r)
-        self._minima = deque(((mx, md + shift) for mx, md in self._minima), maxlen=self.keep)
-        self._bmin += shift
-        if d < self._bmin:
-            self._bmin, self._bx = d, x
-        self._raised = 0
+        self._shift(r)
+        if x_step:
+            self._x0 -= shift
+            self._minima = deque(((mx - shift, md) for mx, md in self._minima), maxlen=self.keep)
+            self._bucket_end = x + self.bucket_ns
+        self._bx, self._bmin = x, d
         self.steps += 1
         self.last_step_ns = shift
 
+    def _shift(self, r: float) -> None:
+        """Move the line, and the minima it was fitted to, up by ``r``."""
+        self._a += r
+        shift = round(r)
+        self._minima = deque(((mx, md + shift) for mx, md in self._minima), maxlen=self.keep)
+        self._raised, self._below = 0, None
+
     def _close_bucket(self, x: int, d: int) -> None:
         bx, bmin = self._bx, self._bmin
+        self._spread = max(0.9 * self._spread, self._bmax_r)
         self._bucket_end = x + self.bucket_ns
-        self._bx, self._bmin = x, d
         r = bmin - (self._a + self._b * (bx - self._x0))
-        if r < -self.step_ns / 4:  # the line sits above what arrives: a clock that jumped ahead
-            self._move(r, bx, bmin)
-        elif r > self.step_ns / 4 and self._minima:  # congestion, or a clock that went back a little
+        quarter = self.step_ns / 4
+        if r < -quarter:
+            # Under the line: a clock that jumped ahead a little (two buckets at one level),
+            # or one running faster than fitted so far (each bucket lower: the fit follows).
+            if self._below is not None and abs(r - self._below) < quarter / 2:
+                self._shift(r)
+            else:
+                self._below = r
+        elif r > quarter and self._minima:  # congestion, or a clock that went back a little
             self._raised_by = min(r, self._raised_by) if self._raised else r
             self._raised += 1
+            self._below = None
             if self._raised >= self.RAISED_BUCKETS:
                 for _ in range(self._raised - 1):  # those already lie at the new level
                     self._minima.pop()
-                self._move(self._raised_by, bx, bmin)
+                self._shift(self._raised_by)
         else:
-            self._raised = 0
+            self._raised, self._below = 0, None
         self._minima.append((bx, bmin))
+        self._bx, self._bmin, self._bmax_r = x, d, 0.0
         self._fit()
 
     def _fit(self) -> None:

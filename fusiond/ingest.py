@@ -105,6 +105,7 @@ class Ingest:
         """Per stream, the seqs of the messages dropped since its last accepted one (None: one
         whose header was not read): they came, so the gap they leave is not a loss."""
         self._seq: int | None = None
+        self._clock_kinds: dict[tuple[str, str], str] = {}
         self._fits: dict[tuple[str, str], set[BufferSpec]] = {k: set() for k in modalities}
 
     def handle(self, frames: Sequence[Frame], now_ns: int, topic: bytes | None = None) -> bool:
@@ -195,6 +196,11 @@ class Ingest:
             self._reason("bad_value", f"{rig}/{stream}: a block spans over ingest.max_block_s")
             return None
         clock = self.clocks[key]
+        if header.clock != self._clock_kinds.get(key, "realtime"):
+            # Another clock altogether (a publisher restarted on its boot clock, or a forged
+            # message): what was learnt of the old one says nothing of it.
+            self._clock_kinds[key] = header.clock
+            clock = self.clocks[key] = ClockModel(deadband_ns=DEADBAND_NS)
         if not _plausible(clock, header.t_pub_ns, now_ns, header.clock, limits.max_clock_skew_ns):
             why = f"{rig}/{stream}: publish time {header.t_pub_ns} is off the daemon's clock by over "
             self._reason("clock_skew", why + "ingest.max_clock_skew_ms")
@@ -202,7 +208,8 @@ class Ingest:
         # The block's end on the daemon's clock, with the offset the model gives now:
         # a stamp far off is clock_skew whatever else is wrong with the message.
         end = block_end_ns(header.t_ns, first.shape[0], rate)
-        if abs(end + clock.predict(header.t_pub_ns) - now_ns) > limits.max_clock_skew_ns:
+        offset = clock.predict(header.t_pub_ns) if clock.pairs else now_ns - header.t_pub_ns
+        if abs(end + offset - now_ns) > limits.max_clock_skew_ns:
             why = f"{rig}/{stream}: a block ending at {end} is off the daemon's clock ({now_ns}) by over "
             self._reason("clock_skew", why + "ingest.max_clock_skew_ms")
             return None

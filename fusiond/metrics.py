@@ -90,9 +90,10 @@ class ClockHealth:
     def from_row(cls, row: Any) -> ClockHealth:
         """From a snapshot's row; ValueError or TypeError when it is not one."""
         offset, drift, jitter, outliers, steps, suspects = row
-        ints = (offset, jitter, outliers, steps, suspects)
-        numeric = type(drift) in (int, float) and math.isfinite(drift)
-        if not numeric or not all(type(v) is int for v in ints):
+        counts = (jitter, outliers, steps, suspects)
+        numeric = type(drift) in (int, float) and math.isfinite(drift) and abs(drift) <= 1e6
+        if (not numeric or type(offset) is not int or abs(offset) >= 2**63
+                or not all(type(v) is int and 0 <= v < 2**63 for v in counts)):  # fmt: skip
             msg = f"not a clock row: {row!r}"
             raise ValueError(msg)
         return cls(offset, float(drift), jitter, outliers, steps, suspects)
@@ -214,8 +215,11 @@ class Stats:
                 messages, samples, sample_rate, last, rate, error, error_ns, samples_rate = row
                 rig, _, stream = str(key).partition("/")
                 if (rig, stream) in streams:
-                    rows[rig, stream] = (int(messages), int(samples), float(sample_rate), last, float(rate),
-                                         str(error)[:500], error_ns, float(samples_rate))  # fmt: skip
+                    rates = (float(sample_rate), float(rate), float(samples_rate))
+                    if not all(math.isfinite(v) and v >= 0 for v in rates):
+                        return False
+                    rows[rig, stream] = (int(messages), int(samples), rates[0], last, rates[1],
+                                         str(error)[:500], error_ns, rates[2])  # fmt: skip
             clocks = {}
             for key, row in dict(snapshot.get("clocks", {})).items():
                 rig, _, stream = str(key).partition("/")

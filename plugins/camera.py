@@ -177,7 +177,7 @@ class CameraSource(Source):
                 msg = f"{cfg.uri}: device stopped delivering frames"
                 raise SourceError(msg)
             t_ns = time.time_ns() - round(cfg.latency_ms * 1e6)
-            self._count_drops(meter.add(t_ns), "gaps in the device's frames")
+            self._count_drops(meter.add(time.monotonic_ns()), "gaps in the device's frames")
             if meter.settled and not self._rate_said:
                 self._rate_said = True
                 self._say_rate(meter.rate_hz, cfg.fps)
@@ -225,6 +225,7 @@ class FrameRate:
 
     def __init__(self, claimed_hz: float) -> None:
         self.rate_hz = self.claimed_hz = claimed_hz
+        self._fast = 0
         self._gaps: deque[int] = deque(maxlen=self.KEEP)
         self._last: int | None = None
 
@@ -234,16 +235,25 @@ class FrameRate:
         return len(self._gaps) >= self.SETTLE
 
     def add(self, t_ns: int) -> int:
-        """One frame at ``t_ns``; the frames missed just before it."""
+        """One frame at ``t_ns`` (a monotonic clock: a step of the wall clock is no gap);
+        the frames missed just before it."""
         last, self._last = self._last, t_ns
         if last is None or t_ns <= last:
             return 0
         gap = t_ns - last
         missed = 0
-        if self.settled:
-            period = 1e9 / self.rate_hz
-            missed = max(0, round(gap / period) - 1) if gap > 1.5 * period else 0
-        if not missed:  # a gap with frames missing would bias the rhythm
+        period = 1e9 / self.rate_hz
+        # A long gap among normal ones is frames that never came; long gaps in a row are a
+        # rate not measured right yet (the median is still catching up), not losses.
+        if self.settled and gap > 1.5 * period and self._gaps and self._gaps[-1] <= 1.5 * period:
+            missed = round(gap / period) - 1
+        # Every gap counts, a long one too: the median rides out a few, and leaving them out
+        # would let a rate once overestimated call every later gap a loss. Frames buffered
+        # while the stream opened come at once (gaps far under the claimed period): they are
+        # left out, unless they go on, when they are the device's real rhythm.
+        fast = gap < 0.25e9 / self.claimed_hz
+        self._fast = self._fast + 1 if fast else 0
+        if not fast or self._fast >= self.SETTLE:
             self._gaps.append(gap)
         if len(self._gaps) >= 2:  # the claim is often far off: leave it as soon as possible
             measured = 1e9 / statistics.median(self._gaps)

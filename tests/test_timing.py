@@ -18,10 +18,23 @@ import pytest
 
 from fusiond.align import ModalitySpec, WindowConfig
 from fusiond.align.spec import InputSpec
-from fusiond.bus.wire import decode_sample
+from fusiond.bus.wire import decode_sample, encode_sample
 from fusiond.pipeline import Pipeline
 
-from .timing import MS, MjpegCamera, rig_messages, run_pipeline, stepped, write_vfr_video
+from .timing import (
+    MS,
+    RIG,
+    SPEC,
+    STREAMS,
+    T0,
+    WINDOW,
+    MjpegCamera,
+    S,
+    rig_messages,
+    run_pipeline,
+    stepped,
+    write_vfr_video,
+)
 
 
 @pytest.mark.parametrize("by_s", [-2.0, 2.0])
@@ -183,3 +196,69 @@ def test_a_network_camera_that_claims_25_fps_but_sends_10_is_in_every_window(bus
     assert len(later) >= 8 and all(w.present["video"] for w in later), [w.present for w in windows]
     assert rates[-1] == pytest.approx(10.0, rel=0.05), rates
     assert "dropped" not in log, log
+
+
+def _imu(seq, t_ns, t_pub, clock):
+    frames = encode_sample(rig="r", stream="imu", modality="imu", seq=seq, t_ns=t_ns, t_pub_ns=t_pub,
+                           rate_hz=100.0, data=np.zeros((10, 1), np.float32), clock=clock)  # fmt: skip
+    return [bytes(f) for f in frames]
+
+
+def test_a_publisher_on_its_boot_clock_is_put_on_the_daemons_and_a_forged_switch_does_not_stick():
+    """A ``monotonic`` publisher (its clock counts from its boot) gets every block in, on the
+    daemon's clock; one forged message on another clock does not lock the stream out."""
+    boot = T0 - 3600 * S
+    pipeline = Pipeline(STREAMS, SPEC, WINDOW)
+    taken = []
+    for k in range(300):
+        now = T0 + k * 100 * MS
+        if k == 150:  # forged: a realtime-clock header on the monotonic stream
+            pipeline.handle(_imu(10**5, now - 100 * MS, now, "realtime"), now)
+        pub = now - boot - 300_000
+        taken.append(pipeline.handle(_imu(k, pub - 100 * MS, pub, "monotonic"), now))
+    assert sum(taken) >= 298, pipeline.stats.drops
+    clock = pipeline.ingest.clocks[RIG, "imu"]
+    assert abs(clock.offset_ns - (boot + 300_000)) < MS
+
+
+@pytest.mark.parametrize("drift", [0.06, 0.10, -0.10])
+def test_a_cheap_sensor_clock_several_percent_off_is_fitted(drift):
+    """An MCU on its internal RC oscillator: 6-10 % off, still fitted, no step taken."""
+    from fusiond.sources.lines import LineClock
+
+    rng = np.random.default_rng(1)
+    clock = LineClock(100.0, sensor_clock=True)
+    errors = []
+    for k in range(6000):
+        true = T0 + k * 10 * MS
+        stamp = clock.stamp(round(k * 10 * MS * (1 + drift)), true + 200_000 + int(rng.exponential(300_000)))
+        if k >= 1000:
+            errors.append(stamp - true)
+    assert clock.model.steps == 0
+    assert clock.model.drift_ppm == pytest.approx((1 / (1 + drift) - 1) * 1e6, rel=0.01)
+    assert np.abs(errors).max() < MS
+
+
+@pytest.mark.parametrize("burst", [10, 20])
+def test_lines_in_bursts_longer_than_a_step_are_still_spread_and_never_go_back(burst):
+    from fusiond.sources.lines import LineClock
+
+    clock = LineClock(200.0, sensor_clock=False)
+    last_of_burst = [(k // burst * burst + burst - 1) * 5 * MS for k in range(4000)]
+    reads = [T0 + last + 200_000 + (k % burst) * 3_000 for k, last in enumerate(last_of_burst)]
+    stamps = [clock.stamp(None, read) for read in reads]
+    errors = np.array(stamps[400:]) - (T0 + np.arange(400, 4000) * 5 * MS)
+    assert np.abs(errors).max() < MS and all(b > a for a, b in zip(stamps, stamps[1:], strict=False))
+
+
+def test_a_camera_that_hands_over_buffered_frames_at_open_settles_on_its_rate():
+    """Frames buffered while the stream opened come at once; the rate must not lock onto
+    them, and no frame is counted missing because of them. A real gap still counts."""
+    from fusiond_plugins.camera import FrameRate
+
+    for buffered in (3, 6, 10):
+        meter = FrameRate(claimed_hz=25.0)
+        times = [k * 200_000 for k in range(buffered)] + [10 * MS + round(k * 1e9 / 30) for k in range(300)]
+        missed = sum(meter.add(t) for t in times)
+        assert meter.rate_hz == pytest.approx(30.0, rel=0.01) and missed <= 1, (buffered, missed)
+    assert meter.add(times[-1] + round(4e9 / 30)) == 3  # three frames that never came

@@ -118,7 +118,7 @@ def run_pipeline(messages: list[Message], warmup_s: float = 2.0, pipeline: Pipel
         late = drops["late"]
         # Taken, or put on the clock and then too late for its windows: either way stamped.
         if (pipeline.handle(m.frames, m.recv_ns) or drops["late"] > late) and m.true_ns >= T0 + warmup_s * S:
-            offset = pipeline.ingest.clocks[RIG, m.stream].predict(m.t_pub_ns)
+            offset = pipeline.ingest.clocks[RIG, m.stream].last_offset
             errors[m.stream].append(m.t_ns + offset - m.true_ns)
         windows += pipeline.close_windows(m.recv_ns)
     windows += pipeline.close_windows(messages[-1].recv_ns + 3 * S)

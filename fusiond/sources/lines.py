@@ -100,13 +100,16 @@ class LineClock:
         self.period_ns = 1e9 / rate_hz
         self.model = ClockModel() if sensor_clock else ClockModel(follow_rises=True)
         self.lines = 0
+        self._last = 0
 
     def stamp(self, sensor_ns: int | None, host_ns: int) -> int:
-        """The realtime stamp of one line read at ``host_ns``."""
+        """The realtime stamp of one line read at ``host_ns``; never before the last one's."""
         self.lines += 1
         x = sensor_ns if sensor_ns is not None else round((self.lines - 1) * self.period_ns)
         offset = self.model.update(x, host_ns)
-        return host_ns if offset is None else x + offset
+        stamp = host_ns if offset is None else x + offset
+        self._last = stamp = max(stamp, self._last + 1)
+        return stamp
 
 
 class LineOptions(SourceConfig):
