@@ -112,8 +112,8 @@ class ClockModel:
                 self._move(r, x, d, x_step=False)
                 r = 0.0
         elif r < -step or x < last - step:
-            self.last_offset = offset = self._suspect(x, d, r)
-            return offset
+            self.last_offset = held = self._suspect(x, d, r)
+            return held
         if self._suspects:
             self._resolve(OUTLIER, self._suspects)
         self._take(x, d, r)

@@ -31,7 +31,7 @@ from fusiond import config as config_mod
 from fusiond import status
 from fusiond.bus.broker import Broker
 from fusiond.bus.security import Gatekeeper, Keys, PublishRules, load_pair
-from fusiond.bus.sockets import Sockets, drain, local_endpoint
+from fusiond.bus.sockets import Sockets, drain, local_endpoint, raise_fd_limit
 from fusiond.bus.wire import PREDICTION_PREFIX, decode_prediction
 from fusiond.config import Config
 from fusiond.errors import ConfigError, FusiondError, ModelError, WireError
@@ -172,6 +172,11 @@ class Daemon:
 
     def __enter__(self) -> Daemon:
         bus = self.config.bus
+        before, after = raise_fd_limit()
+        if after < 4096:
+            log.warning("this process may open %d files (was %d); each connection to the bus costs "
+                        "one: raise the hard limit (LimitNOFILE=65536 in the unit does)", after,
+                        before)  # fmt: skip
         self.notifier = Notifier()
         self.keys = daemon_keys(self.config)
         self.sockets = Sockets(hwm=bus.hwm, max_message_bytes=bus.max_message_bytes, keys=self.keys)
@@ -285,24 +290,35 @@ class Daemon:
             if self.control in events:
                 self._guarded("control", self._answer)
             now = time.time_ns()
-            for name in self.engine.poll():
-                self._restarted(name)
-            self.supervisor.poll()
-            if reload is not None and reload.is_set():
-                reload.clear()
-                self._start_reload()
-            self._finish_reload()
+            # Each step on its own: one that fails (a bug, or no file descriptor left while
+            # the bus is flooded with connections) is counted, and the others still run.
+            self._guarded("supervision", self._supervise, reload)
             if not self.ready:
-                self.ready = self._ready(now)
+                self._guarded("readiness", self._check_ready, now)
             if now >= next_summary:
-                line = summary.line(now, self._masked())
-                log.info("%s", line)
-                if self.ready:
-                    self.notifier.notify(STATUS=line)
                 next_summary = now + every_ns
+                self._guarded("summary", self._summarise, summary, now)
             if self.ready and watchdog_ns is not None and now >= next_ping:
-                self._watchdog(now)
                 next_ping = now + watchdog_ns
+                self._guarded("watchdog", self._watchdog, now)
+
+    def _supervise(self, reload: threading.Event | None) -> None:
+        for name in self.engine.poll():
+            self._restarted(name)
+        self.supervisor.poll()
+        if reload is not None and reload.is_set():
+            reload.clear()
+            self._start_reload()
+        self._finish_reload()
+
+    def _check_ready(self, now: int) -> None:
+        self.ready = self._ready(now)
+
+    def _summarise(self, summary: Summary, now: int) -> None:
+        line = summary.line(now, self._masked())
+        log.info("%s", line)
+        if self.ready:
+            self.notifier.notify(STATUS=line)
 
     def _guarded(self, where: str, step: Callable[..., object], *args: Any) -> None:
         """The last resort: a bug in one step is counted and logged once, and the loop goes on."""

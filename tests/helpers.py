@@ -76,11 +76,13 @@ def opencv_data(name: str) -> Path:
 class DaemonProcess:
     """``fusiond run`` as a subprocess in its own process group, its log in a file."""
 
-    def __init__(self, config: Path, log: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, config: Path, log: Path, env: dict[str, str] | None = None,
+                 prefix: tuple[str, ...] = ()) -> None:  # fmt: skip
+        """``prefix``: a command to run it under (``prlimit --nofile=256:256 --``, say)."""
         self.log = log
         with log.open("w") as out:  # the child has its own copy; none is left open here
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "fusiond", "run", "--config", str(config)],
+                [*prefix, sys.executable, "-m", "fusiond", "run", "--config", str(config)],
                 stdout=subprocess.DEVNULL, stderr=out, env={**os.environ, **(env or {})},
                 start_new_session=True,
             )  # fmt: skip

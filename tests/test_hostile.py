@@ -8,6 +8,9 @@ past the message, which is where a bad block used to blow up or spin.
 from __future__ import annotations
 
 import math
+import os
+import re
+import time
 from collections import Counter
 
 import cv2
@@ -510,3 +513,51 @@ def test_drops_are_logged_per_reason_and_stream_at_most_once_a_minute(caplog):
     assert len([x for x in lines if "NaN" in x]) == 2, lines
     assert "5 since the last line" in lines[-1] and "r/imu" in lines[-1], lines
     assert any("clock_skew" in x for x in lines) and any("r/mic" in x or "rate_hz" in x for x in lines), lines
+
+
+@pytest.mark.slow
+def test_a_flood_of_idle_connections_cannot_take_status_or_source_restarts(tmp_path, endpoints):
+    """More idle TCP connections than the daemon may open files: each is closed when it has
+    not completed a handshake in 5 s (libzmq's default: 30 s), so status still answers and a
+    killed source still restarts while the flood is held open."""
+    import select
+    import signal
+    import socket
+
+    from .helpers import DaemonProcess, demo_config, free_port, fusiond
+
+    control = f"tcp://127.0.0.1:{free_port()}"
+    config = demo_config(tmp_path, *endpoints, control)
+    with DaemonProcess(config, tmp_path / "daemon.log", prefix=("prlimit", "--nofile=256:256", "--")) as d:
+        d.wait_for(r"fusiond ready", timeout_s=120)
+        assert "this process may open 256 files" in d.text()
+        port = int(endpoints[0].rsplit(":", 1)[1])
+        flood = []
+        for _ in range(400):
+            s = socket.socket()
+            s.setblocking(False)
+            s.connect_ex(("127.0.0.1", port))
+            flood.append(s)
+        try:
+            status = fusiond("status", "--json", "--connect", control, "--timeout", "25")
+            assert status.returncode == 0, status.stderr
+            opened = len(re.findall(r"source demo/\w+ \(", d.text()))
+            os.kill(sorted(d.source_pids())[0], signal.SIGKILL)
+            d.wait_for(r"\(signal 9\); restarting", timeout_s=60)
+            closed, deadline = set(), time.monotonic() + 60
+            while len(closed) < 300 and time.monotonic() < deadline:  # the daemon closes them
+                readable, _, _ = select.select([s for s in flood if s not in closed], [], [], 0.5)
+                for s in readable:
+                    try:
+                        if not s.recv(4096):
+                            closed.add(s)
+                    except OSError:
+                        closed.add(s)
+            assert len(closed) >= 300, len(closed)
+            deadline = time.monotonic() + 60  # the killed source came back and opened its file again
+            while len(re.findall(r"source demo/\w+ \(", d.text())) <= opened:
+                assert time.monotonic() < deadline, d.text()
+                time.sleep(0.2)
+        finally:
+            for s in flood:
+                s.close()

@@ -27,6 +27,10 @@ Socket = zmq.Socket[bytes]
 DEFAULT_PUBLISH = "tcp://127.0.0.1:7710"
 DEFAULT_SUBSCRIBE = "tcp://127.0.0.1:7711"
 DEFAULT_CONTROL = "tcp://127.0.0.1:7712"
+HANDSHAKE_MS = 5000
+"""A connection that has not completed its handshake this long after it was made is closed:
+idle connections from anyone who can reach a port cannot pile up and take every file
+descriptor (libzmq's default is 30 s)."""
 
 
 class Sockets:
@@ -78,6 +82,7 @@ class Sockets:
         sock.setsockopt(zmq.LINGER, self.linger_ms if linger_ms is None else linger_ms)
         sock.setsockopt(zmq.SNDHWM, hwm or self.hwm)
         sock.setsockopt(zmq.RCVHWM, hwm or self.hwm)
+        sock.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_MS)
         if kind in (zmq.SUB, zmq.XSUB, zmq.PULL, zmq.REP, zmq.ROUTER):
             sock.setsockopt(zmq.MAXMSGSIZE, self.max_message_bytes)
         return sock
@@ -133,6 +138,19 @@ class Sockets:
             sock.close(linger=0)
             raise
         return sock
+
+
+def raise_fd_limit(want: int = 65536) -> tuple[int, int]:
+    """Raise this process's soft limit on open files towards ``want`` (never past the hard
+    limit); ``(before, after)``. Each connection to a bound socket costs a descriptor."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        return soft, target
+    return soft, soft
 
 
 def drain(sock: Socket, limit: int) -> Iterator[list[zmq.Frame]]:
