@@ -40,7 +40,7 @@ from fusiond.models import Checkpoint, load
 from fusiond.models.runner import pick_device
 from fusiond.pipeline import resolve_streams
 from fusiond.plugin import Plugins
-from fusiond.runtime.engine import Engine, ProcessEngine, ThreadEngine, endpoints_for, make_plan
+from fusiond.runtime.engine import Engine, ProcessEngine, ThreadEngine, endpoints_for, make_plan, remove_ipc
 from fusiond.runtime.handoff import decode_body
 from fusiond.runtime.server import RELOAD
 from fusiond.service import Liveness, Notifier, alive, watchdog_interval_ns
@@ -546,6 +546,7 @@ class Daemon:
         if self.gatekeeper is not None:
             self.gatekeeper.stop()
         self.sockets.close()
+        remove_ipc(self.plan.server.inbox, self._inbox_endpoint)
         self.broker.join(1.0)
         self.notifier.close()
         log.info("fusiond stopped")

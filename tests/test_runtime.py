@@ -8,6 +8,8 @@ import json
 import os
 import re
 import signal
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -295,3 +297,26 @@ def test_the_server_counts_a_malformed_inbox_message_and_goes_on(tmp_path):
         while stats.poll(0):
             snapshots.append(msgpack.unpackb(stats.recv_multipart()[1], strict_map_key=False))
         assert snapshots[-1]["drops"] == {"bad_window": 4}  # counted, not fatal
+
+
+@pytest.mark.slow
+def test_two_offline_runs_with_workers_at_once_both_finish_and_leave_no_socket_files(tmp_path, recording):
+    """Each run has endpoints of its own (they used to share fixed ipc paths and hang)."""
+    from fusiond.runtime.engine import runtime_dir
+
+    runs = []
+    for name in ("a", "b"):
+        folder = tmp_path / name
+        folder.mkdir()
+        config, *_ = rigs_config(folder, "[runtime]\nworkers = 2")
+        out = folder / "out.jsonl"
+        cmd = [sys.executable, "-m", "fusiond", "run", "--config", str(config), "--replay", str(recording),
+               "--output", str(out)]  # fmt: skip
+        runs.append((subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True), out))
+    for proc, _ in runs:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+    a, b = ([json.loads(line) for line in out.read_text().splitlines()] for _, out in runs)
+    assert len(a) >= 60 and [p["label"] for p in a] == [p["label"] for p in b]
+    left = [p.name for p in runtime_dir().iterdir() if any(str(proc.pid) in p.name for proc, _ in runs)]
+    assert not left, left

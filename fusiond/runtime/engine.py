@@ -88,6 +88,14 @@ def reachable(endpoint: str, host: str) -> str:
     return endpoint
 
 
+def remove_ipc(*endpoints: str) -> None:
+    """Remove the socket files of ``ipc://`` endpoints (a component killed before it closed
+    its socket leaves one behind); the others are left alone."""
+    for endpoint in endpoints:
+        if endpoint.startswith("ipc://"):
+            Path(endpoint.removeprefix("ipc://")).unlink(missing_ok=True)
+
+
 def runtime_dir() -> Path:
     """systemd's RuntimeDirectory when there is one, else a private folder under /tmp."""
     found = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0]

@@ -10,6 +10,7 @@ given back in rig and window order.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -65,12 +66,14 @@ def run_sharded(config: Config, checkpoint: Checkpoint, streams: Mapping[tuple[s
     """The live components, fed the recording; predictions come back in window order."""
     from fusiond.daemon import make_engine
     from fusiond.recording import read
-    from fusiond.runtime.engine import endpoints_for, make_plan, runtime_dir
+    from fusiond.runtime.engine import endpoints_for, make_plan, remove_ipc, runtime_dir
 
     stats = Stats()
     workers = config.runtime.worker_count(len(config.rigs))
     with Sockets(hwm=100_000) as sockets:
-        base = {"threads": "inproc://fusiond-offline", "processes": f"ipc://{runtime_dir()}/offline"}.get(
+        # Endpoints of this run's own: any number of offline runs may go at once.
+        base = {"threads": f"inproc://fusiond-offline-{os.getpid()}",
+                "processes": f"ipc://{runtime_dir()}/offline-{os.getpid()}"}.get(
             mode, f"tcp://{config.runtime.advertise}:*")  # fmt: skip
         feeds = [sockets.push(f"{base}-feed-{i}" if "*" not in base else base, bind=True, where="runtime")
                  for i in range(workers)]  # fmt: skip
@@ -96,6 +99,7 @@ def run_sharded(config: Config, checkpoint: Checkpoint, streams: Mapping[tuple[s
             predictions = _collect(collector, inbox, stats, engine, names, streams)
         finally:
             engine.stop(time.monotonic() + 2.0)
+            remove_ipc(endpoints.windows, *endpoints.feeds, _bound(collector), _bound(inbox))
     for p in sorted(predictions, key=lambda p: (p.rig, p.window_start_ns)):
         stats.predicted(p.rig, p.label, 0, p.t_pub_ns)
         emit(p)
