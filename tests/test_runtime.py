@@ -117,6 +117,10 @@ def test_one_process_and_two_worker_processes_give_the_same_predictions(tmp_path
     assert len(single) >= 3 * 20 and {rig for rig, _ in single} == set(RIGS)
     sharded = offline(tmp_path, recording, "[runtime]\nworkers = 2", "sharded")
     assert_same(single, sharded)
+    for p in [*single.values(), *sharded.values()]:  # one clock, the recording's: no wall time mixed in
+        lat = p["latency_ns"]
+        assert all(0 <= v < 60 * 10**9 for v in lat.values()), lat
+        assert lat["close_to_publish"] == lat["close_to_infer"] + lat["infer"] + lat["publish"], lat
 
 
 @pytest.mark.slow

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -51,6 +51,11 @@ class BatchResult:
     t_end_ns: int
     modality_probs: np.ndarray | None = None
     """[B, M, K]: each modality head's calibrated probabilities (models with modality heads)."""
+
+    def started_at(self, t_ns: int) -> BatchResult:
+        """The same result with its inference moved to start at ``t_ns``, its duration kept:
+        an offline run puts it on the recording's clock, the clock its windows closed on."""
+        return replace(self, t_start_ns=t_ns, t_end_ns=t_ns + self.t_end_ns - self.t_start_ns)
 
 
 def set_threads(threads: int) -> None:

@@ -48,7 +48,9 @@ def run_inline(config: Config, plugins: Plugins, checkpoint: Checkpoint,
 
     def run(batches: list[list[Any]], now: int) -> None:
         for batch in batches:
-            for prediction in builder.build(runner.run(batch), now):
+            # On the recording's clock, like the windows: latencies then mean what they say.
+            result = runner.run(batch).started_at(max(now, *(w.t_close_ns for w in batch)))
+            for prediction in builder.build(result, result.t_end_ns):
                 pipeline.stats.predicted(prediction.rig, prediction.label, 0, now)
                 emit(prediction)
 
