@@ -106,7 +106,8 @@ class Ingest:
         whose header was not read): they came, so the gap they leave is not a loss."""
         self._seq: int | None = None
         self._clock_kinds: dict[tuple[str, str], str] = {}
-        self._fits: dict[tuple[str, str], set[BufferSpec]] = {k: set() for k in modalities}
+        self._fits: dict[tuple[str, str], dict[BufferSpec, int]] = {k: {} for k in modalities}
+        """Per stream, the block layouts already checked, and the scale to decode each at."""
 
     def handle(self, frames: Sequence[Frame], now_ns: int, topic: bytes | None = None) -> bool:
         """Take one message (``topic``: its first frame's bytes, if the caller has them);
@@ -145,7 +146,7 @@ class Ingest:
             checked = self._check(key, header, now_ns)
             if checked is None:
                 return None
-            data = decode_arrays(header, frames)[0]
+            data = decode_arrays(header, frames, checked[2])[0]
         except WireError as exc:
             self._reason(exc.reason, f"malformed message on the bus: {exc}")
             return None
@@ -153,7 +154,7 @@ class Ingest:
         if data.dtype.kind == "f" and not math.isfinite(data.sum()) and not np.isfinite(data).all():
             self._reason("bad_value", f"{key[0]}/{key[1]} sent NaN or infinite values")
             return None
-        missed, clock = checked
+        missed, clock, _ = checked
         offset = clock.update(header.t_pub_ns, now_ns)
         if clock.resolved is not None:
             self._clock_resolved(key, clock, now_ns)
@@ -168,9 +169,10 @@ class Ingest:
         return header, data, offset
 
     def _check(self, key: tuple[str, str], header: SampleHeader,
-               now_ns: int) -> tuple[int, ClockModel] | None:  # fmt: skip
+               now_ns: int) -> tuple[int, ClockModel, int] | None:  # fmt: skip
         """Everything the header alone can tell, changing nothing: the messages missing just
-        before this one and the stream's clock, or None when it is dropped (and counted)."""
+        before this one, the stream's clock and the scale to decode its block at, or None
+        when it is dropped (and counted)."""
         rig, stream = key
         if header.rig != rig or header.stream != stream:
             self._reason("bad_header", f"topic s/{rig}/{stream} carries a header for "
@@ -183,14 +185,16 @@ class Ingest:
             return None
         first = header.buffers[0]
         limits = self.limits
-        if first not in self._fits[key]:
+        scale = self._fits[key].get(first)
+        if scale is None:
             spec = self.aligners[rig].specs[expected]
             why = spec.check_block(first.shape, first.dtype, limits.max_frame_pixels, first.encoding)
             if why is not None:
                 self._reason("bad_shape", f"{rig}/{stream}: {why}")
                 return None
+            scale = spec.decode_scale(first.shape, first.encoding)
             if len(self._fits[key]) < 64:
-                self._fits[key].add(first)
+                self._fits[key][first] = scale
         rate = header.rate_hz
         if rate > 0 and first.shape[0] * 1e9 / rate > limits.max_block_ns:
             self._reason("bad_value", f"{rig}/{stream}: a block spans over ingest.max_block_s")
@@ -224,7 +228,7 @@ class Ingest:
             self._reason("duplicate", f"{rig}/{stream}: seq {header.seq} again (a duplicate or a "
                                       "replayed message)")  # fmt: skip
             return None
-        return missed, clock
+        return missed, clock, scale
 
     def _clock_resolved(self, key: tuple[str, str], clock: ClockModel, now_ns: int) -> None:
         """Count the messages held back as suspects, now that the model knows what they were."""

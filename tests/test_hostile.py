@@ -561,3 +561,27 @@ def test_a_flood_of_idle_connections_cannot_take_status_or_source_restarts(tmp_p
         finally:
             for s in flood:
                 s.close()
+
+
+def test_a_jpeg_is_decoded_no_larger_than_its_input_needs_and_one_that_decodes_huge_is_refused():
+    """A VGA JPEG for a 32x32 input is decoded at 1/8 (80x60: libjpeg scales while it
+    decodes, at a fraction of the cost) and still fills the window; a 631-byte one that
+    declares 3840x2160 would cost 64 times the input even at 1/8: refused unread."""
+    rig = Rig()
+    assert SPECS["video"].decode_scale((1, 480, 640, 3), "jpeg") == 8
+    ok, vga = cv2.imencode(".jpg", np.full((480, 640, 3), 200, np.uint8))
+    frames = jpeg_frames(rig, vga.tobytes(), [1, 480, 640, 3])
+    assert wire.decode_arrays(wire.decode_sample_header(frames), frames, 8)[0].shape == (1, 60, 80, 3)
+    rig.seq["cam"] -= 1  # that one was only decoded here
+    for _ in range(20):
+        assert rig.ingest.handle(jpeg_frames(rig, vga.tobytes(), [1, 480, 640, 3]), rig.now)
+        rig.send("mic", np.zeros((100, 1), np.int16), 1000.0)
+        rig.send("imu", np.zeros((10, 1), np.float32), 100.0)
+        rig.now += S // 10
+        rig.poll()
+    video = [w.inputs["video"] for w in rig.windows if w.present["video"]]
+    assert video and all(abs(float(v.mean()) - 200) < 3 for v in video)
+    bomb = _declaring(_jpeg(8, 8), 2160, 3840)
+    assert len(bomb) < 1000
+    assert not rig.ingest.handle(jpeg_frames(rig, bomb, [1, 2160, 3840, 3]), rig.now)
+    assert rig.stats.drops["bad_shape"] == 1

@@ -167,6 +167,10 @@ def _per_window(batch: np.ndarray, names: Sequence[str], rng: np.random.Generato
     return out
 
 
+JPEG_OVERSIZE = 64
+"""A JPEG may decode to at most this many times the input's pixels (8 times each side)."""
+
+
 class FramesKind(ModalityKind):
     """``length`` images of ``height`` x ``width`` x ``channels`` (uint8), spread evenly over
     the window: the newest frame at or before each of ``length`` instants (sample and hold)."""
@@ -197,7 +201,22 @@ class FramesKind(ModalityKind):
             return f"frames must be [n, H, W] or [n, H, W, 1|3], got {list(shape)}"
         if shape[1] * shape[2] > max_frame_pixels:
             return f"a {shape[1]}x{shape[2]} frame is over ingest.max_frame_pixels ({max_frame_pixels})"
+        if encoding == "jpeg":
+            scale = self.decode_scale(spec, shape, encoding)
+            if -(-shape[1] // scale) * -(-shape[2] // scale) > JPEG_OVERSIZE * spec.height * spec.width:
+                return (f"a {shape[1]}x{shape[2]} JPEG for a {spec.height}x{spec.width} input is over "
+                        f"{JPEG_OVERSIZE} times its pixels even decoded at 1/{scale}: too costly to decode")
         return None
+
+    def decode_scale(self, spec: ModalitySpec, shape: tuple[int, ...], encoding: str) -> int:
+        """A JPEG is decoded at 1/2, 1/4 or 1/8 of its size (libjpeg scales while it decodes,
+        at a fraction of the cost) as long as it still has the input's height and width."""
+        if encoding != "jpeg" or len(shape) < 3:
+            return 1
+        for scale in (8, 4, 2):
+            if shape[1] // scale >= spec.height and shape[2] // scale >= spec.width:
+                return scale
+        return 1
 
     def fit(self, spec: ModalitySpec, blocks: Sequence[Block], start_ns: int, end_ns: int) -> np.ndarray:
         return _fit_frames(spec, blocks, start_ns, end_ns)

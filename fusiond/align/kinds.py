@@ -72,6 +72,11 @@ class ModalityKind:
             return f"empty block, shape {list(shape)}"
         return None
 
+    def decode_scale(self, spec: ModalitySpec, shape: tuple[int, ...], encoding: str) -> int:
+        """How much smaller than declared an encoded block may be decoded (1, 2, 4 or 8):
+        no more than the input needs. 1 unless the kind says otherwise."""
+        return 1
+
     def fit(self, spec: ModalitySpec, blocks: Sequence[Block], start_ns: int, end_ns: int) -> np.ndarray:
         """One window's array of :meth:`shape` from the blocks overlapping the window."""
         raise NotImplementedError

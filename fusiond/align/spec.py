@@ -53,6 +53,10 @@ class ModalitySpec:
         """
         return self.kind_of.check_block(self, shape, dtype, encoding, max_frame_pixels)
 
+    def decode_scale(self, shape: tuple[int, ...], encoding: str) -> int:
+        """How much smaller than ``shape`` an encoded block may be decoded for this input."""
+        return self.kind_of.decode_scale(self, shape, encoding)
+
     def zeros(self) -> np.ndarray:
         """A read-only input for a window where the modality is missing."""
         array = self.kind_of.zeros(self)

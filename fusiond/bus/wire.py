@@ -490,15 +490,16 @@ def _checked_sample_header(header: dict[str, Any], frames: Sequence[Frame]) -> S
     )
 
 
-def decode_arrays(header: SampleHeader, frames: Sequence[Frame]) -> tuple[np.ndarray, ...]:
-    """The buffers of a checked header as arrays: read-only views of raw frames, or decoded JPEGs."""
-    return tuple(_array(spec, frame) for spec, frame in zip(header.buffers, frames[2:], strict=True))
+def decode_arrays(header: SampleHeader, frames: Sequence[Frame], scale: int = 1) -> tuple[np.ndarray, ...]:
+    """The buffers of a checked header as arrays: read-only views of raw frames, or decoded
+    JPEGs (``scale``: 2, 4 or 8 decodes them that many times smaller on each side)."""
+    return tuple(_array(spec, frame, scale) for spec, frame in zip(header.buffers, frames[2:], strict=True))
 
 
-def _array(spec: BufferSpec, frame: Frame) -> np.ndarray:
+def _array(spec: BufferSpec, frame: Frame, scale: int = 1) -> np.ndarray:
     view = frame_view(frame)
     if spec.encoding == "jpeg":
-        return _decode_jpeg(view, spec.shape)
+        return _decode_jpeg(view, spec.shape, scale)
     if spec.encoding == "utf-8":
         return _decode_text(view)
     expected = spec.nbytes
@@ -569,7 +570,7 @@ _SOF_MARKERS: Final = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9,
                                  0xCF})  # fmt: skip
 
 
-def _decode_jpeg(view: memoryview, shape: tuple[int, ...]) -> np.ndarray:
+def _decode_jpeg(view: memoryview, shape: tuple[int, ...], scale: int = 1) -> np.ndarray:
     declared = _jpeg_dims(shape)
     found = jpeg_size(view)
     if declared is None or found is None or found[:2] != declared[:2]:
@@ -577,12 +578,21 @@ def _decode_jpeg(view: memoryview, shape: tuple[int, ...]) -> np.ndarray:
         raise FrameError(msg, "decode_error")
     import cv2  # here, not at the top: a client that reads predictions never loads OpenCV
 
-    flag = cv2.IMREAD_GRAYSCALE if declared[2] == 1 else cv2.IMREAD_COLOR
+    grey = declared[2] == 1
+    full = cv2.IMREAD_GRAYSCALE if grey else cv2.IMREAD_COLOR
+    flag = _REDUCED[scale][grey] if scale in _REDUCED else full
     image = cv2.imdecode(np.frombuffer(view, dtype=np.uint8), flag)
-    if image is None or image.size != math.prod(shape):
+    # libjpeg rounds a scaled size up.
+    out = (shape[0], -(-declared[0] // scale), -(-declared[1] // scale), *shape[3:])
+    if image is None or image.size != math.prod(out):
         msg = "JPEG buffer does not decode to its declared shape"
         raise FrameError(msg, "decode_error")
-    return image.reshape(shape)
+    return image.reshape(out)
+
+
+_REDUCED: Final = {2: (17, 16), 4: (33, 32), 8: (65, 64)}
+"""OpenCV's ``IMREAD_REDUCED_{COLOR,GRAYSCALE}_{2,4,8}`` (fixed values of its API), by scale:
+(colour, grey). Named here so that reading this module never loads OpenCV."""
 
 
 @functools.lru_cache(maxsize=4096)
