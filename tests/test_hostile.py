@@ -585,3 +585,60 @@ def test_a_jpeg_is_decoded_no_larger_than_its_input_needs_and_one_that_decodes_h
     assert len(bomb) < 1000
     assert not rig.ingest.handle(jpeg_frames(rig, bomb, [1, 2160, 3840, 3]), rig.now)
     assert rig.stats.drops["bad_shape"] == 1
+
+
+def _rss_mb(pid: int) -> float:
+    from pathlib import Path
+
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+@pytest.mark.slow
+def test_many_part_messages_are_not_queued_whole_for_a_slow_subscriber(tmp_path, endpoints):
+    """ZeroMQ bounds frames, not messages: ten messages of 100 frames of 900 KB each would
+    queue 900 MB for a subscriber that never reads. The broker forwards none of them and
+    counts each; a hundred-frame control request gets an answer too."""
+    import json
+
+    import zmq
+
+    from .helpers import DaemonProcess, demo_config, free_port
+
+    control = f"tcp://127.0.0.1:{free_port()}"
+    with DaemonProcess(demo_config(tmp_path, *endpoints, control), tmp_path / "daemon.log") as d:
+        d.wait_for(r"fusiond ready", timeout_s=120)
+        ctx = zmq.Context()
+        slow = ctx.socket(zmq.SUB)  # subscribed to everything, reads nothing
+        slow.connect(endpoints[1])
+        slow.subscribe(b"")
+        pub = ctx.socket(zmq.PUB)
+        pub.connect(endpoints[0])
+        try:
+            before = _rss_mb(d.proc.pid)
+            part = b"\0" * 900_000
+            sent, deadline = 0, time.monotonic() + 60
+            while time.monotonic() < deadline:  # until ten were counted (what goes before the
+                pub.send_multipart([b"s/demo/imu", *([part] * 100)])  # subscription is lost)
+                sent += 1
+                ask = ctx.socket(zmq.REQ)
+                ask.connect(control)
+                ask.send(b"status")
+                status = json.loads(ask.recv()) if ask.poll(30_000) else {"drops": {}}
+                ask.close(linger=0)
+                if status["drops"].get("bad_framing", 0) >= 10:
+                    break
+            req = ctx.socket(zmq.REQ)
+            req.connect(control)
+            req.send_multipart([b"status"] * 100)
+            assert req.poll(30_000), "no answer to a hundred-frame control request"
+            assert "unknown request" in json.loads(req.recv())["error"]
+            req.close(linger=0)
+            assert 10 <= status["drops"]["bad_framing"] <= sent, (status["drops"], sent)
+            assert _rss_mb(d.proc.pid) - before < 300
+        finally:
+            for sock in (pub, slow):
+                sock.close(linger=0)
+            ctx.term()

@@ -1,7 +1,12 @@
 """The daemon's broker: publishers connect to one endpoint, subscribers to another.
 
-An XSUB/XPUB proxy in a thread. Subscriptions flow upstream, so a publisher only sends
+An XSUB/XPUB forwarder in a thread. Subscriptions flow upstream, so a publisher only sends
 topics somebody subscribed to. The daemon's own sockets reach it over inproc.
+
+ZeroMQ bounds each frame (``ZMQ_MAXMSGSIZE``), not a message: a message of a hundred
+frames just under the limit would be queued whole for every slow subscriber. The broker
+forwards only messages of at most :data:`MAX_PARTS` frames and twice the largest frame
+in all, and counts the others (``bad_framing``).
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ from fusiond.bus.sockets import Sockets, drain
 from fusiond.errors import ConfigError
 
 log = logging.getLogger(__name__)
+MAX_PARTS = 18
+"""Frames in one bus message at most: a topic, a header and 16 buffers."""
 
 
 def _user(frame: zmq.Frame) -> str:
@@ -39,6 +46,9 @@ class Broker:
         With ``rules``, each message is checked against what its sender's key may publish
         (a forwarding loop here instead of libzmq's proxy); refusals go to ``on_drop``."""
         self.sockets = sockets
+        # Each frame is bounded by the socket already: a message may hold its one largest
+        # buffer and the rest (topic, header) well within as much again.
+        self.max_bytes = 2 * sockets.max_message_bytes if sockets.max_message_bytes > 0 else 2**31
         self.rules = rules
         self.on_drop = on_drop or (lambda reason: None)
         self.publish, self.subscribe = publish, subscribe
@@ -99,37 +109,47 @@ class Broker:
                     sock.close(linger=0)
         self._ready.set()
         try:
-            if self.rules is None:
-                zmq.proxy_steerable(xsub, xpub, None, control)
-            else:
-                self._checking_proxy(xsub, xpub, control, self.rules)
+            self._forward(xsub, xpub, control, self.rules)
         except zmq.ContextTerminated:
             pass
         finally:
             for sock in (xsub, xpub, control):
                 sock.close(linger=0)
 
-    def _checking_proxy(self, xsub: zmq.Socket[bytes], xpub: zmq.Socket[bytes], control: zmq.Socket[bytes],
-                        rules: PublishRules) -> None:  # fmt: skip
-        """Forward like the proxy, but only what each sender's key may publish."""
+    def _forward(self, xsub: zmq.Socket[bytes], xpub: zmq.Socket[bytes], control: zmq.Socket[bytes],
+                 rules: PublishRules | None) -> None:  # fmt: skip
+        """Forward like libzmq's proxy, but only whole messages within the bounds and, with
+        ``rules``, only what each sender's key may publish."""
         poller = zmq.Poller()
         for sock in (xsub, xpub, control):
             poller.register(sock, zmq.POLLIN)
         refused: set[str] = set()
+        max_bytes, oversized = self.max_bytes, False
         while True:
             events = dict(poller.poll())
             if control in events:
                 return
             if xpub in events:  # subscriptions, upstream
                 xsub.send_multipart(xpub.recv_multipart())
-            if xsub in events:
-                for frames in drain(xsub, 1024):
+            if xsub not in events:
+                continue
+            for frames in drain(xsub, 1024):
+                if len(frames) > MAX_PARTS or sum(len(f) for f in frames) > max_bytes:
+                    self.on_drop("bad_framing")
+                    if not oversized:
+                        oversized = True
+                        log.warning("a message of %d frames, %d bytes in all, is over the bus's bounds "
+                                    "(%d frames, twice bus.max_message_mb); not forwarded (counted as "
+                                    "drops.bad_framing)", len(frames), sum(len(f) for f in frames),
+                                    MAX_PARTS)  # fmt: skip
+                    continue
+                if rules is not None:
                     who = _user(frames[0])
-                    if rules.allows(who, frames[0].bytes):
-                        xpub.send_multipart(frames, copy=False)
+                    if not rules.allows(who, frames[0].bytes):
+                        self.on_drop("not_allowed")
+                        if who not in refused:
+                            refused.add(who)
+                            log.warning("key %r may not publish %r (counted as drops.not_allowed; further "
+                                        "ones only counted)", who, frames[0].bytes[:80])  # fmt: skip
                         continue
-                    self.on_drop("not_allowed")
-                    if who not in refused:
-                        refused.add(who)
-                        log.warning("key %r may not publish %r (counted as drops.not_allowed; further ones "
-                                    "only counted)", who, frames[0].bytes[:80])  # fmt: skip
+                xpub.send_multipart(frames, copy=False)

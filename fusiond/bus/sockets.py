@@ -27,6 +27,7 @@ Socket = zmq.Socket[bytes]
 DEFAULT_PUBLISH = "tcp://127.0.0.1:7710"
 DEFAULT_SUBSCRIBE = "tcp://127.0.0.1:7711"
 DEFAULT_CONTROL = "tcp://127.0.0.1:7712"
+CONTROL_MAX_BYTES = 65536
 HANDSHAKE_MS = 5000
 """A connection that has not completed its handshake this long after it was made is closed:
 idle connections from anyone who can reach a port cannot pile up and take every file
@@ -73,8 +74,9 @@ class Sockets:
         if self._owned:
             self.ctx.term()
 
-    def make(self, kind: int, *, hwm: int | None = None, linger_ms: int | None = None) -> Socket:
-        """A bare socket of ``kind`` with this factory's limits."""
+    def make(self, kind: int, *, hwm: int | None = None, linger_ms: int | None = None,
+             max_message_bytes: int | None = None) -> Socket:  # fmt: skip
+        """A bare socket of ``kind`` with this factory's limits (or the ones given)."""
         sock = self.ctx.socket(kind)
         with self._lock:
             self._made = [(s, o) for s, o in self._made if not s.closed]
@@ -84,7 +86,8 @@ class Sockets:
         sock.setsockopt(zmq.RCVHWM, hwm or self.hwm)
         sock.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_MS)
         if kind in (zmq.SUB, zmq.XSUB, zmq.PULL, zmq.REP, zmq.ROUTER):
-            sock.setsockopt(zmq.MAXMSGSIZE, self.max_message_bytes)
+            limit = self.max_message_bytes if max_message_bytes is None else max_message_bytes
+            sock.setsockopt(zmq.MAXMSGSIZE, limit)
         return sock
 
     def publisher(self, endpoint: str, *, bind: bool = False, hwm: int | None = None,
@@ -107,8 +110,12 @@ class Sockets:
         return self._attach(self.make(zmq.REQ), endpoint, False, "")
 
     def reply(self, endpoint: str, where: str) -> Socket:
-        """A REP socket bound at ``endpoint``; ``where`` is the config key that names it."""
-        return self._attach(self.make(zmq.REP), endpoint, True, where)
+        """A REP socket bound at ``endpoint``; ``where`` is the config key that names it.
+
+        Requests are a word or two: a frame over 64 KiB drops its sender's connection, and
+        at most 16 requests wait, so concurrent huge requests cannot take the memory."""
+        return self._attach(self.make(zmq.REP, hwm=16, max_message_bytes=CONTROL_MAX_BYTES), endpoint, True,
+                            where)  # fmt: skip
 
     def push(self, endpoint: str, *, bind: bool = False, hwm: int | None = None, where: str = "") -> Socket:
         """A PUSH socket: windows from an ingest worker to the inference server."""
