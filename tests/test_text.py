@@ -121,20 +121,32 @@ def test_text_source_listens_on_a_socket_for_many_clients(bus, tmp_path):
     proc, _ = run_source(endpoint, "text", f"listen='127.0.0.1:{port}'", "max_line_bytes=64", stream="chat")
     collector = Collector(sock)
     try:
-        time.sleep(2.5)
         address = ("127.0.0.1", port)
-        with socket.create_connection(address) as a, socket.create_connection(address) as b:
+        deadline = time.monotonic() + 60
+        while True:  # until the source listens
+            try:
+                a = socket.create_connection(address)
+                break
+            except ConnectionRefusedError:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+        time.sleep(0.3)  # the subscription reaches the source's publisher
+        with a, socket.create_connection(address) as b, socket.create_connection(address) as c:
             a.sendall(b"from a\nsplit ")
             time.sleep(0.1)
             b.sendall(b"from b\n" + b"y" * 100 + b"\n")
             time.sleep(0.1)
+            for piece in (b"z" * 100, b"z" * 100, b"zzzz\n"):  # one line over the limit, in three reads
+                c.sendall(piece)
+                time.sleep(0.1)
             a.sendall(b"line\n")
+            c.sendall(b"after\n")
             time.sleep(0.3)
         samples = collector.finish()
     finally:
         proc.terminate()
         log, _ = proc.communicate(timeout=5)
-    assert words_of(samples) == ["from a", "from b", "split line"], log
+    assert sorted(words_of(samples)) == ["after", "from a", "from b", "split line"], log
 
 
 def test_text_source_reads_a_serial_port(bus, tmp_path):

@@ -142,6 +142,7 @@ class LineFeed:
         selector = selectors.DefaultSelector()
         selector.register(self._server, selectors.EVENT_READ)
         pending: dict[socket.socket, bytearray] = {}
+        discarding: set[socket.socket] = set()  # clients in the middle of a line over the limit
         try:
             while not self.stop.is_set():
                 for key, _ in selector.select(0.2):
@@ -161,15 +162,23 @@ class LineFeed:
                         selector.unregister(sock)
                         sock.close()
                         del pending[sock]
+                        discarding.discard(sock)
                         continue
+                    if sock in discarding:  # the rest of a line already dropped, up to its end
+                        end = data.find(b"\n")
+                        if end < 0:
+                            continue
+                        discarding.discard(sock)
+                        data = data[end + 1 :]
                     buffer = pending[sock]
                     buffer += data
                     *lines, rest = buffer.split(b"\n")
                     for line in lines:
                         self._put(bytes(line) + b"\n")
-                    if len(rest) > self.max_line:  # a line that never ends: drop what came
+                    if len(rest) > self.max_line:  # over the limit before its end: dropped whole
                         self.dropped += 1
                         rest.clear()
+                        discarding.add(sock)
                     pending[sock] = rest
         finally:
             for sock in pending:
