@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from mcap.reader import make_reader
 
-from fusiond.bus.wire import decode_prediction, decode_sample
+from fusiond.bus.wire import decode_prediction, decode_sample, encode_sample
 from fusiond.client import Subscriber
 from fusiond.recording import info, read
 
@@ -220,3 +220,29 @@ def test_a_frame_sent_as_jpeg_is_shown_as_sent_and_other_streams_get_no_view():
     imu = encode_sample(rig="r", stream="i", modality="imu", seq=0, t_ns=0, t_pub_ns=0, rate_hz=100,
                         data=np.zeros((10, 3), np.float32))  # fmt: skip
     assert list(view_messages(decode_header(imu), imu)) == []
+
+
+def test_a_full_disk_ends_the_recorder_with_one_clear_line(tmp_path):
+    """/dev/full answers every write with ENOSPC, as a full disk does."""
+    import zmq
+
+    sub_endpoint = f"tcp://127.0.0.1:{free_port()}"
+    ctx = zmq.Context()
+    pub = ctx.socket(zmq.PUB)
+    pub.bind(sub_endpoint)
+    cmd = [sys.executable, "-m", "fusiond", "record", "-o", "/dev/full", "--connect", sub_endpoint, "--duration", "60"]
+    recorder = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    try:
+        seq = 0
+        while recorder.poll() is None and seq < 100_000:
+            now = time.time_ns()
+            pub.send_multipart(encode_sample(rig="r", stream="imu", modality="imu", seq=seq, t_ns=now,
+                                             t_pub_ns=now, rate_hz=100.0, data=np.zeros((10, 1), np.float32)))
+            seq += 1
+            time.sleep(0.01)
+        _, err = recorder.communicate(timeout=60)
+    finally:
+        pub.close(linger=0)
+        ctx.term()
+    assert recorder.returncode == 2, err
+    assert "cannot write /dev/full: the disk is full after" in err and "Traceback" not in err, err

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
 import threading
@@ -18,7 +20,7 @@ from fusiond import __version__
 from fusiond.bus.security import Keys, client_keys
 from fusiond.bus.sockets import Sockets, drain
 from fusiond.bus.wire import PROTOCOL_VERSION, SequenceGaps, decode_header
-from fusiond.errors import WireError
+from fusiond.errors import FusiondError, WireError
 from fusiond.recording import foxglove
 from fusiond.recording.mcapfile import MESSAGE_ENCODING, PROFILE, pack
 
@@ -124,8 +126,21 @@ class RecordingWriter:
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:  # fmt: skip
-        self.writer.finish()  # type: ignore[no-untyped-call]
-        self._file.close()
+        try:
+            self.writer.finish()  # type: ignore[no-untyped-call]
+            self._file.close()
+        except OSError as error:  # a full disk: what is written stays readable (as a cut-off file)
+            with contextlib.suppress(OSError):
+                self._file.close()
+            if exc is None:
+                raise _write_error(self.path, error, sum(self.messages.values())) from None
+
+
+def _write_error(path: Path, error: OSError, messages: int) -> FusiondError:
+    why = "the disk is full" if error.errno == errno.ENOSPC else error.strerror or str(error)
+    msg = (f"cannot write {path}: {why} after {messages} messages; the recording stops there and "
+           f"reads as a cut-off file (fusiond info {path})")
+    return FusiondError(msg)
 
 
 class Recorder(RecordingWriter):
@@ -153,13 +168,16 @@ class Recorder(RecordingWriter):
         """Record until ``stop`` is set or ``duration_s`` has passed."""
         end = None if duration_s is None else time.monotonic() + duration_s
         next_flush = time.time_ns() + FLUSH_EVERY_NS
-        while not stop.is_set() and (end is None or time.monotonic() < end):
-            if self.sock.poll(100):
-                for frames in drain(self.sock, 256):
-                    self.write([f.buffer for f in frames], time.time_ns())
-            if time.time_ns() >= next_flush:
-                self.writer.flush()  # type: ignore[no-untyped-call]
-                next_flush = time.time_ns() + FLUSH_EVERY_NS
+        try:
+            while not stop.is_set() and (end is None or time.monotonic() < end):
+                if self.sock.poll(100):
+                    for frames in drain(self.sock, 256):
+                        self.write([f.buffer for f in frames], time.time_ns())
+                if time.time_ns() >= next_flush:
+                    self.writer.flush()  # type: ignore[no-untyped-call]
+                    next_flush = time.time_ns() + FLUSH_EVERY_NS
+        except OSError as error:  # the disk filled up (or went away): say so once, keep what is there
+            raise _write_error(self.path, error, sum(self.messages.values())) from None
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:  # fmt: skip
