@@ -230,7 +230,8 @@ def test_a_full_disk_ends_the_recorder_with_one_clear_line(tmp_path):
     ctx = zmq.Context()
     pub = ctx.socket(zmq.PUB)
     pub.bind(sub_endpoint)
-    cmd = [sys.executable, "-m", "fusiond", "record", "-o", "/dev/full", "--connect", sub_endpoint, "--duration", "60"]
+    cmd = [sys.executable, "-m", "fusiond", "record", "-o", "/dev/full", "--connect", sub_endpoint,
+           "--duration", "60"]
     recorder = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
     try:
         seq = 0
