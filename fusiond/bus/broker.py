@@ -3,10 +3,11 @@
 An XSUB/XPUB forwarder in a thread. Subscriptions flow upstream, so a publisher only sends
 topics somebody subscribed to. The daemon's own sockets reach it over inproc.
 
-ZeroMQ bounds each frame (``ZMQ_MAXMSGSIZE``), not a message: a message of a hundred
-frames just under the limit would be queued whole for every slow subscriber. The broker
-forwards only messages of at most :data:`MAX_PARTS` frames and twice the largest frame
-in all, and counts the others (``bad_framing``).
+ZeroMQ bounds each frame (``ZMQ_MAXMSGSIZE``), not a message. On a secured bus with
+publish rules, where every message passes through Python anyway, the broker forwards only
+messages of at most :data:`MAX_PARTS` frames and twice the largest frame in all, and
+counts the others (``bad_framing``). Otherwise libzmq's own proxy forwards: a Python loop
+there costs every message time and the daemon's threads the interpreter lock.
 """
 
 from __future__ import annotations
@@ -109,7 +110,10 @@ class Broker:
                     sock.close(linger=0)
         self._ready.set()
         try:
-            self._forward(xsub, xpub, control, self.rules)
+            if self.rules is None:
+                zmq.proxy_steerable(xsub, xpub, None, control)
+            else:
+                self._forward(xsub, xpub, control, self.rules)
         except zmq.ContextTerminated:
             pass
         finally:
