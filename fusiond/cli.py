@@ -157,7 +157,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     """Validate a config file, its source options, what each source needs (files, devices:
     looked for, not opened), its model and device."""
     from fusiond import config as config_mod
-    from fusiond.daemon import prepare
+    from fusiond.daemon import daemon_keys, port_problems, prepare
     from fusiond.pipeline import Pipeline
     from fusiond.plugin import load_plugins
 
@@ -167,11 +167,13 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         prepared = prepare(config, plugins)
         ck = prepared.checkpoint
         pipeline = Pipeline.from_config(config, plugins.sources, ck)
-    for problem in prepared.problems:
+        daemon_keys(config)  # what run loads before it binds: unreadable or mismatched keys
+    problems = prepared.problems + ([] if args.no_ports else port_problems(config))
+    for problem in problems:
         print(f"fusiond: error: {config.source}: {problem}", file=sys.stderr)
-    if prepared.problems:
+    if problems:
         return 2
-    for warning in config.warnings():
+    for warning in [*prepared.warnings, *config.warnings()]:
         print(f"fusiond: warning: {config.source}: {warning}", file=sys.stderr)
     print(f"{args.config}: OK ({len(config.rigs)} rig(s), {len(pipeline.streams)} source(s), "
           f"model {ck.name} {ck.content_hash})")  # fmt: skip
@@ -629,6 +631,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check-config", help="validate a config file and exit")
     check.add_argument("--config", type=Path, default=Path("config.toml"))
+    check.add_argument("--no-ports", action="store_true",
+                       help="skip the check that its ports are free (the config of a running daemon)")
     check.set_defaults(func=cmd_check_config)
 
     echo = sub.add_parser("echo", help="print messages from the bus (predictions by default)")

@@ -106,6 +106,11 @@ class BusSection(_Section):
         if not value.startswith(("tcp://", "ipc://", "inproc://")):
             msg = "must be a tcp://, ipc:// or inproc:// endpoint"
             raise ValueError(msg)
+        if value.startswith("tcp://"):
+            port = value.removeprefix("tcp://").rpartition(":")[2]
+            if ":" not in value.removeprefix("tcp://") or not (port == "*" or port.isdigit()):
+                msg = "a tcp:// endpoint needs a port (tcp://HOST:PORT)"
+                raise ValueError(msg)
         return value
 
     @property
@@ -507,6 +512,19 @@ def parse(data: dict[str, Any], base_dir: Path, source: str = "<config>") -> Con
     return config.model_copy(update={"model": model, "bus": bus})
 
 
+def _toml_error(exc: tomllib.TOMLDecodeError, text: str) -> str:
+    """The parser's message, with the line it points at: "Cannot overwrite a value" alone
+    does not say which key was given twice."""
+    found = re.search(r"at line (\d+)", str(exc))
+    lines = text.splitlines()
+    if found is None or not 0 < int(found.group(1)) <= len(lines):
+        return str(exc)
+    line = lines[int(found.group(1)) - 1].strip()
+    key = line.split("=", 1)[0].strip() if "=" in line else line
+    again = f" (the key {key!r} is given twice?)" if "overwrite" in str(exc) else ""
+    return f"{exc}: {line[:120]!r}{again}"
+
+
 def load(path: Path) -> Config:
     """Read and validate a config file."""
     try:
@@ -520,6 +538,6 @@ def load(path: Path) -> Config:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        msg = f"not valid TOML: {exc}"
+        msg = f"not valid TOML: {_toml_error(exc, text)}"
         raise ConfigError(msg, source=str(path)) from None
     return parse(data, path.resolve().parent, source=str(path))

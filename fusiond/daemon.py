@@ -30,7 +30,7 @@ import zmq
 from fusiond import config as config_mod
 from fusiond import status
 from fusiond.bus.broker import Broker
-from fusiond.bus.security import Gatekeeper, Keys, PublishRules, load_pair
+from fusiond.bus.security import Gatekeeper, Keys, PublishRules, listing, load_pair
 from fusiond.bus.sockets import Sockets, drain, local_endpoint, raise_fd_limit
 from fusiond.bus.wire import PREDICTION_PREFIX, decode_prediction
 from fusiond.config import Config
@@ -67,6 +67,11 @@ def daemon_keys(config: Config) -> Keys:
     if client_secret is None:
         msg = f"{security.client_key} holds no secret key: give the NAME.key_secret file"
         raise ConfigError(msg, path="bus.security.client_key")
+    assert security.clients is not None
+    if client_public.decode() not in {key for _, key, _ in listing(security.clients)}:
+        msg = (f"the public half of {security.client_key} is not in {security.clients}: the daemon's "
+               "own sources would be refused")
+        raise ConfigError(msg, path="bus.security.client_key")
     return Keys(public, secret, client_public, client_secret)
 
 
@@ -101,6 +106,8 @@ class Prepared:
     streams: dict[tuple[str, str], str]
     problems: list[str]
     """What the source kinds see wrong without opening their devices (a missing file, say)."""
+    warnings: list[str]
+    """What may well be meant but is worth a line (a model input no source of a rig feeds)."""
 
 
 def prepare(config: Config, plugins: Plugins) -> Prepared:
@@ -124,7 +131,40 @@ def prepare(config: Config, plugins: Plugins) -> Prepared:
         assert cls is not None  # source_options checked the kind
         for problem in cls.check(source_options, config.base_dir):
             problems.append(f"rigs.{rig}.sources.{name}.{problem}")
-    return Prepared(options, checkpoint, streams, problems)
+    trained = checkpoint.window.get("length_ns")
+    if trained is not None and trained != round(config.window.length_ms * 1e6):
+        problems.append(f"window.length_ms: {config.window.length_ms:g}, but model {checkpoint.name} was "
+                        f"trained on {trained / 1e6:g} ms windows: its scores will not hold")  # fmt: skip
+    warnings = []
+    for rig, section in config.rigs.items():
+        fed = {streams[rig, name] for name in section.sources}
+        for modality in sorted(set(checkpoint.spec.modalities) - fed):
+            warnings.append(f"rigs.{rig}: no source for the model's {modality!r} input: it is masked in "
+                            "every window")  # fmt: skip
+    return Prepared(options, checkpoint, streams, problems, warnings)
+
+
+def port_problems(config: Config) -> list[str]:
+    """The TCP ports the daemon would bind that are taken now, one line each (the daemon
+    itself refuses to start on them; ``check-config`` says so before)."""
+    import socket
+
+    wanted = [(key, getattr(config.bus, key)) for key in ("publish", "subscribe", "control")]
+    wanted = [(f"bus.{key}", e.removeprefix("tcp://")) for key, e in wanted if e.startswith("tcp://")]
+    if config.metrics.listen:
+        wanted.append(("metrics.listen", config.metrics.listen))
+    out = []
+    for key, address in wanted:
+        host, _, port = address.rpartition(":")
+        if port == "*":
+            continue
+        with socket.socket(socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host.strip("[]").replace("*", "") or "0.0.0.0", int(port)))
+            except OSError as exc:
+                out.append(f"{key}: cannot bind {address}: {exc.strerror} (is another fusiond running?)")
+    return out
 
 
 class Daemon:
@@ -142,19 +182,13 @@ class Daemon:
         prepared = prepare(config, plugins)
         for problem in prepared.problems:  # a device may come later: its source retries with backoff
             log.warning("%s: %s", config.source, problem)
-        for warning in config.warnings():
+        for warning in [*prepared.warnings, *config.warnings()]:
             log.warning("%s: %s", config.source, warning)
         self.options = prepared.options
         self.stats = Stats()
         self.checkpoint = prepared.checkpoint
         self.streams = prepared.streams
         self.start_sources = start_sources
-        trained = self.checkpoint.window
-        length_ns = round(config.window.length_ms * 1e6)
-        if trained.get("length_ns", length_ns) != length_ns:
-            log.warning("window.length_ms is %g but model %s was trained on %g ms windows: its scores "
-                        "will not hold", config.window.length_ms, self.checkpoint.name,
-                        trained["length_ns"] / 1e6)  # fmt: skip
         self.mode = engine_mode(config)
         self.workers = config.runtime.worker_count(len(config.rigs))
         self.started_ns = time.time_ns()
@@ -172,6 +206,8 @@ class Daemon:
 
     def __enter__(self) -> Daemon:
         bus = self.config.bus
+        # First: a port it cannot have stops the start before any thread or socket exists.
+        self.metrics_server = self._start_metrics()
         before, after = raise_fd_limit()
         if after < 4096:
             log.warning("this process may open %d files (was %d); each connection to the bus costs "
@@ -198,7 +234,6 @@ class Daemon:
             raise
         self.supervisor = Supervisor(self._children() if self.start_sources else [])
         self.supervisor.poll()
-        self.metrics_server = self._start_metrics()
         ck = self.checkpoint
         log.info(
             "fusiond started: model %s (%s), %d rig(s), %d source(s), %d ingest worker(s) as %s; publishers "
@@ -248,7 +283,11 @@ class Daemon:
             return None
         from fusiond.prometheus import serve
 
-        return serve(self.config.metrics.listen, self)
+        try:
+            return serve(self.config.metrics.listen, self)
+        except OSError as exc:
+            msg = f"cannot serve metrics on {self.config.metrics.listen}: {exc.strerror}"
+            raise self.config.error(msg, "metrics.listen") from None
 
     def _children(self) -> list[Child]:
         anchor_ns = (time.time_ns() // 1_000_000 + 1000) * 1_000_000

@@ -44,6 +44,7 @@ def test_the_demo_config_is_valid():
         (GOOD + "[window]\nhop_ms = 'fast'\n", "window.hop_ms: expected a number, got 'fast' (a string)"),
         (GOOD + "[bus]\npublish = 'http://x'\n",
          "bus.publish: must be a tcp://, ipc:// or inproc:// endpoint (got 'http://x')"),
+        (GOOD + "[bus]\npublish = 'tcp://127.0.0.1'\n", "bus.publish: a tcp:// endpoint needs a port"),
         (GOOD.replace("[model]\npath = \"m.pt\"\n", ""), "model: required key is missing"),
         (GOOD.replace("rigs.lab", "rigs.'my lab'"), "rigs.my lab: rig name must be"),
     ],
@@ -131,10 +132,12 @@ def test_missing_file_and_bad_toml(tmp_path):
         config.load(tmp_path / "nope.toml")
     with pytest.raises(ConfigError, match="not valid TOML"):
         config.load(write(tmp_path, "[model\npath="))
+    with pytest.raises(ConfigError, match="'hop_ms = 2' \\(the key 'hop_ms' is given twice\\?\\)"):
+        config.load(write(tmp_path, GOOD + "[window]\nhop_ms = 1\nhop_ms = 2\n"))
 
 
 def test_check_config_command(tmp_path):
-    ok = fusiond("check-config", "--config", str(ROOT / "config.toml"))
+    ok = fusiond("check-config", "--config", str(ROOT / "config.toml"), "--no-ports")
     assert ok.returncode == 0, ok.stderr
     assert "OK (1 rig(s), 3 source(s), model demo-digits" in ok.stdout
     bad = write(tmp_path, (ROOT / "config.toml").read_text().replace('kind = "camera"', 'kind = "kamera"'))
@@ -178,11 +181,13 @@ def _cuda_missing() -> str:
         ([('device = "auto"', f'device = "{_cuda_missing()}"')], "model.device: '"),
         ([("demo/model.pt", "demo/imu.csv")], f"model.path: {ROOT}/demo/imu.csv is not a fusiond checkpoint"),
         ([("demo/model.pt", "demo/absent.pt")], f"model.path: no such model file: {ROOT}/demo/absent.pt"),
+        ([("length_ms = 1000", "length_ms = 2000")],
+         "window.length_ms: 2000, but model demo-digits was trained on 1000 ms windows"),
     ],
 )
 def test_check_config_finds_what_would_fail_later_in_one_line(tmp_path, edits, expected):
     path = absolute_demo(tmp_path, *edits)
-    result = fusiond("check-config", "--config", str(path))
+    result = fusiond("check-config", "--config", str(path), "--no-ports")
     assert result.returncode == 2, result.stdout
     assert result.stderr.startswith(f"fusiond: error: {path}: "), result.stderr
     assert expected in result.stderr
@@ -191,9 +196,36 @@ def test_check_config_finds_what_would_fail_later_in_one_line(tmp_path, edits, e
 
 def test_check_config_prints_warnings_and_still_passes(tmp_path):
     path = absolute_demo(tmp_path, ("lateness_ms = 300", "lateness_ms = 60000"))
-    result = fusiond("check-config", "--config", str(path))
+    result = fusiond("check-config", "--config", str(path), "--no-ports")
     assert result.returncode == 0, result.stderr
     assert f"fusiond: warning: {path}: window.lateness_ms = 60000" in result.stderr
+    text = path.read_text()
+    path.write_text(text[: text.index("[rigs.demo.sources.imu]")])
+    result = fusiond("check-config", "--config", str(path), "--no-ports")
+    assert result.returncode == 0, result.stderr
+    assert "rigs.demo: no source for the model's 'imu' input: it is masked in every window" in result.stderr
+
+
+def test_a_port_that_is_taken_is_one_line_from_check_config_and_from_run(tmp_path):
+    """The daemon binds its ports first thing; check-config tries them too."""
+    import socket
+
+    from .helpers import free_port
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        path = absolute_demo(tmp_path, ('listen = ""', f'listen = "127.0.0.1:{port}"'),
+                             ("tcp://127.0.0.1:7710", f"tcp://127.0.0.1:{free_port()}"),
+                             ("tcp://127.0.0.1:7711", f"tcp://127.0.0.1:{free_port()}"),
+                             ("tcp://127.0.0.1:7712", f"tcp://127.0.0.1:{free_port()}"))  # fmt: skip
+        checked = fusiond("check-config", "--config", str(path))
+        assert checked.returncode == 2 and f"metrics.listen: cannot bind 127.0.0.1:{port}" in checked.stderr
+        run = fusiond("run", "--config", str(path), timeout=120)
+    assert run.returncode == 2, run.stderr
+    assert f"metrics.listen: cannot serve metrics on 127.0.0.1:{port}" in run.stderr
+    assert "Traceback" not in run.stderr and "terminate called" not in run.stderr, run.stderr
 
 
 def test_each_kind_checks_what_it_can_without_opening(tmp_path):

@@ -22,7 +22,9 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def secured(tmp_path, endpoints):
+def secured_config(tmp_path, endpoints):
+    """Keys for a server, the daemon's sources, a reader, a camera host and an intruder
+    (whose key is not allowed), and the demo config on a secured bus: (config, control)."""
     for name, folder in [("server", "keys"), ("daemon", "clients"), ("reader", "clients"), ("cam", "clients"),
                          ("intruder", "elsewhere")]:  # fmt: skip
         result = fusiond("keys", "generate", name, "--dir", str(tmp_path / folder))
@@ -41,6 +43,12 @@ client_key = "{tmp_path}/clients/daemon.key_secret"
 [bus.security.publishers]
 cam = ["lab"]
 """)
+    return config, control
+
+
+@pytest.fixture
+def secured(tmp_path, secured_config):
+    config, control = secured_config
     d = DaemonProcess(config, tmp_path / "daemon.log")
     server = tmp_path / "keys/server.key"
     keys = {name: client_keys(tmp_path / folder / f"{name}.key_secret", server)
@@ -107,3 +115,23 @@ def test_a_publish_rule_names_a_rig_or_a_stream(tmp_path, endpoints):
     result = fusiond("check-config", "--config", str(config))
     assert result.returncode == 2
     assert "bus.security.publishers" in result.stderr and "demo/cam/extra" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        (("keys/server.key_secret", "keys/server.key"), "server.key holds no secret key"),
+        (("clients/daemon.key_secret", "elsewhere/intruder.key_secret"),
+         "the public half of"),
+        (("clients/daemon.key_secret", "clients/absent.key_secret"), "bus.security.client_key"),
+    ],
+)
+def test_check_config_finds_the_key_problems_run_would_meet(secured_config, edit, expected):
+    """A server key without its secret half, a client key the daemon's own sources could not
+    use (not among the allowed clients), one that is not there: one line each, before any
+    daemon starts."""
+    config, _ = secured_config
+    config.write_text(config.read_text().replace(*edit))
+    result = fusiond("check-config", "--config", str(config))
+    assert result.returncode == 2 and expected in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
