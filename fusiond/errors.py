@@ -3,7 +3,8 @@
     FusiondError                 expected failure: one clear line, non-zero exit
     ├── ConfigError              a config file or value is unusable (names the TOML path)
     ├── PluginError              a plugin failed to load or registered something invalid
-    ├── SourceError              a source could not open or lost its device
+    ├── SourceError              a source could not open or lost its device (retried)
+    │   └── SourceConfigError    its options cannot work with what it found (not retried)
     ├── ModelError               a checkpoint is missing, corrupt or does not fit the config
     └── WireError                a message on the bus broke the protocol (counted, never fatal)
         ├── VersionError         unknown major protocol version
@@ -41,6 +42,11 @@ class PluginError(FusiondError):
 
 class SourceError(FusiondError):
     """A source could not open its device or file, or lost it."""
+
+
+class SourceConfigError(SourceError):
+    """A source's options cannot work with what it found (a column its file lacks, words
+    its recogniser does not know): retrying will not help, so it is not retried."""
 
 
 class ModelError(FusiondError):

@@ -16,7 +16,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field, model_validator
 
-from fusiond.errors import SourceError
+from fusiond.errors import SourceConfigError, SourceError
 from fusiond.plugin import SourceRegistry, hookimpl
 from fusiond.sources import Block, Source, SourceConfig, StreamInfo
 
@@ -51,7 +51,7 @@ class Recognizer:
             unknown = [w for w in words if self.decoder.lookup_word(w) is None]
             if unknown:
                 msg = f"words the recogniser's dictionary does not have: {unknown}"
-                raise SourceError(msg)
+                raise SourceConfigError(msg)
             grammar = "#JSGF V1.0;\ngrammar words;\npublic <utterance> = ( " + " | ".join(words) + " )+ ;\n"
             self.decoder.add_jsgf_string("words", grammar)
             self.decoder.activate_search("words")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fusiond.errors import SourceError
+from fusiond.errors import SourceConfigError, SourceError
 from fusiond.plugin import SourceRegistry, hookimpl
 from fusiond.sources import Block, Source, SourceConfig, StreamInfo
 from fusiond.sources.feed import LineFeed, missing_input
@@ -56,12 +56,12 @@ class CsvFileSource(Source):
         header, body = rows[0], rows[1:]
         if cfg.time_column not in header:
             msg = f"{cfg.path}: no time column {cfg.time_column!r} in {header}"
-            raise SourceError(msg)
+            raise SourceConfigError(msg)
         names = cfg.columns or [c for c in header if c != cfg.time_column]
         missing = [c for c in names if c not in header]
         if missing:
             msg = f"{cfg.path}: no columns {missing} in {header}"
-            raise SourceError(msg)
+            raise SourceConfigError(msg)
         picks = [header.index(cfg.time_column)] + [header.index(c) for c in names]
         try:
             table = np.array([[float(row[i]) for i in picks] for row in body], np.float64)
@@ -113,7 +113,7 @@ class LinesSource(Source):
         try:
             self.reader = LineReader(cfg, f"lines {cfg.path}", self.context.log)
         except ValueError as exc:
-            raise SourceError(str(exc)) from None
+            raise SourceConfigError(str(exc)) from None
         self.feed = LineFeed(self.context.stop, self.context.log, path=cfg.path)
         self.feed.start()
         return StreamInfo(cfg.rate_hz, f"{cfg.path}: {cfg.format} {cfg.values}")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import serial
 
-from fusiond.errors import SourceError
+from fusiond.errors import SourceConfigError, SourceError
 from fusiond.plugin import SourceRegistry, hookimpl
 from fusiond.sources import Block, Source, SourceConfig, StreamInfo
 from fusiond.sources.feed import missing_input
@@ -41,7 +41,7 @@ class SerialSource(Source):
         try:
             self.reader = LineReader(cfg, f"serial {cfg.port}", self.context.log)
         except ValueError as exc:
-            raise SourceError(str(exc)) from None
+            raise SourceConfigError(str(exc)) from None
         try:
             self.port = serial.serial_for_url(cfg.port, baudrate=cfg.baud, timeout=0.2)
         except (serial.SerialException, OSError) as exc:

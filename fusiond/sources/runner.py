@@ -12,7 +12,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from fusiond.bus.wire import encode_sample, encode_source_error
-from fusiond.errors import SourceError
+from fusiond.errors import SourceConfigError, SourceError
 from fusiond.sources.base import Block, Source, SourceConfig, SourceContext
 
 if TYPE_CHECKING:
@@ -21,6 +21,9 @@ if TYPE_CHECKING:
     from fusiond.sources.clocksync import ClockFollower
 
 log = logging.getLogger(__name__)
+EXIT_CONFIG = 78
+"""A source process's exit status when its options cannot work (sysexits' EX_CONFIG): the
+supervisor does not restart it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +161,14 @@ def _publish_until_done(
             if not context.stop.is_set():
                 log.info("source %s: end of data after %d messages", name, seq)
             return 0
+        except SourceConfigError as exc:
+            log.error("source %s (%s): %s; not retried: fix the config (fusiond check-config)", name,
+                      cls.kind, exc)  # fmt: skip
+            sock.send_multipart(encode_source_error(
+                rig=context.rig, stream=context.stream, kind=cls.kind, error=str(exc),
+                attempt=attempt + 1, retry_in_s=0.0, t_ns=time.time_ns(),
+            ))  # fmt: skip
+            return EXIT_CONFIG
         except SourceError as exc:
             delay = backoff.delay(attempt)
             attempt += 1

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fusiond.sources.runner import Backoff
+from fusiond.sources.runner import EXIT_CONFIG, Backoff
 
 log = logging.getLogger(__name__)
 STABLE_S = 10.0
@@ -79,6 +79,12 @@ class Supervisor:
         if code == 0:
             child.state = "finished"
             log.info("%s %s finished (end of its data)", child.role, child.name)
+            return
+        if code == EXIT_CONFIG:
+            child.state = "failed"
+            child.next_start = float("inf")
+            log.error("%s %s cannot work with its options (it said why above); not restarted: fix the "
+                      "config and restart the daemon", child.role, child.name)  # fmt: skip
             return
         if now - child.started >= STABLE_S:
             child.attempt = 0
