@@ -109,10 +109,26 @@ def cmd_replay(args: argparse.Namespace) -> int:
     stop = stop_event_from_signals()
     endpoint = _endpoint(args.connect, args.config, "publish")
     speed = None if args.fast else args.speed
+    if (warning := _replay_warning(args.recording, speed)) is not None:
+        log.warning("%s", warning)
     sent = replay(args.recording, endpoint, stop, speed=speed, loop=args.loop,
                   topics=args.topics or ["s/"], keys=_keys(args))  # fmt: skip
     log.info("replayed %d messages on %d topics", sum(sent.values()), len(sent))
     return 0
+
+
+def _replay_warning(path: Path, speed: float | None) -> str | None:
+    """What a live daemon will drop of a replay faster than recorded, said before it starts."""
+    if speed is not None and speed <= 1.0:
+        return None
+    pace = "as fast as they go" if speed is None else f"{speed:g} times faster than recorded"
+    ahead = "by nearly all the time elapsed" if speed is None else f"by {1 - 1 / speed:.0%} of the time spent"
+    lost = ("nearly everything after the first seconds" if speed is None
+            else f"everything after the first {5 / (1 - 1 / speed):.0f} s of the recording")  # fmt: skip
+    return (f"{path}: messages go out {pace} with their recorded spacing of capture times, which then run "
+            f"ahead of the clock {ahead}: a live daemon drops as clock_skew what is more than its [ingest] "
+            f"max_clock_skew_ms (5 s by default) ahead, {lost}. For a lossless pass at any speed: fusiond "
+            f"run --config CONFIG --replay {path}")
 
 
 def cmd_info(args: argparse.Namespace) -> int:

@@ -297,3 +297,12 @@ def test_a_damaged_recording_never_raises_and_never_reads_a_message_twice(tmp_pa
         for args in (["info", str(damaged)], ["info", str(damaged), "--json"]):
             result = fusiond(*args)
             assert "Traceback" not in result.stderr, result.stderr
+
+
+def test_a_replay_faster_than_recorded_says_what_a_live_daemon_will_drop(tmp_path):
+    path = _small_recording(tmp_path / "r.mcap")
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    fast = fusiond("replay", str(path), "--speed", "2", "--connect", endpoint, timeout=120)
+    assert fast.returncode == 0, fast.stderr
+    assert "everything after the first 10 s of the recording" in fast.stderr
+    assert "fusiond run --config CONFIG --replay" in fast.stderr
