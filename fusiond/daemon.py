@@ -49,6 +49,10 @@ from fusiond.sources.runner import Backoff
 from fusiond.sources.supervisor import Child, Supervisor
 
 log = logging.getLogger("fusiond")
+HUNG_NS = 10_000_000_000
+"""A component whose heartbeat stopped this long ago is hung: it is ended and started again."""
+STARTUP_NS = 120_000_000_000
+"""How long a component may take to send its first heartbeat (loading its model, say)."""
 
 __all__ = ["Daemon", "local_endpoint", "run_offline"]
 
@@ -200,6 +204,11 @@ class Daemon:
         self._reloaded: Config | Exception | None = None
         self._reload_again = False
         self._failed: set[str] = set()
+        self._heard: dict[str, int] = {}
+        """Each component's last heartbeat (daemon clock)."""
+        self._started_at: dict[str, int] = {}
+        self.hung: Counter[str] = Counter()
+        """Times each component was ended for sending no heartbeat."""
         self._not_ready_logged = False
         self.ready = False
         """Whether READY was announced (see :meth:`_ready`)."""
@@ -337,6 +346,7 @@ class Daemon:
             if now >= next_summary:
                 next_summary = now + every_ns
                 self._guarded("summary", self._summarise, summary, now)
+                self._guarded("liveness", self._check_hung, now)
             if self.ready and watchdog_ns is not None and now >= next_ping:
                 next_ping = now + watchdog_ns
                 self._guarded("watchdog", self._watchdog, now)
@@ -379,6 +389,7 @@ class Daemon:
                 snapshot = None
             if isinstance(snapshot, dict) and self.stats.absorb(snapshot, names, self.streams):
                 self.components[snapshot["name"]] = snapshot
+                self._heard[snapshot["name"]] = time.time_ns()  # the snapshot is its heartbeat
             else:
                 self.stats.drop("bad_counters")
 
@@ -403,6 +414,29 @@ class Daemon:
         """A component (re)started: its rigs' next gap in windows is a loss, counted."""
         self.stats.restarted(name)
         self._resumed.update(self.plan.rigs_of(name))
+        self._heard.pop(name, None)
+        self._started_at[name] = time.time_ns()
+
+    def _silent_components(self, now: int) -> dict[str, float]:
+        """Components whose heartbeat (their counters, twice a second) stopped: name -> seconds
+        since. One that never sent any has :data:`STARTUP_NS` to load its model first."""
+        out = {}
+        for name in [spec.name for spec in self.plan.workers] + [self.plan.server.name]:
+            heard = self._heard.get(name)
+            since = now - (heard if heard is not None else self._started_at.get(name, self.started_ns))
+            if since > (HUNG_NS if heard is not None else STARTUP_NS):
+                out[name] = since / 1e9
+        return out
+
+    def _check_hung(self, now: int) -> None:
+        """End a component that stopped beating (stopped, deadlocked) so that it starts again."""
+        for name, silent_s in self._silent_components(now).items():
+            if self.engine.kill(name):
+                self.hung[name] += 1
+                log.error("%s sent no heartbeat for %.0f s: hung; ended, to be started again (%d time(s))",
+                          name, silent_s, self.hung[name])  # fmt: skip
+                self._heard.pop(name, None)
+                self._started_at[name] = now
 
     def _answer(self) -> None:
         # A REP socket must answer every request, whatever it holds, or it stops taking more.
@@ -443,11 +477,22 @@ class Daemon:
             "ready": self.ready,
             "never_delivered": self.silent(),
             "model": self.model_info(),
-            "runtime": {"engine": self.mode, "components": self.engine.rows()},
+            "runtime": {"engine": self.mode, "components": self._component_rows(now_ns)},
             "sources": rows,
             "rigs": status.rigs(now_ns, self.stats, list(self.config.rigs), quiet_after, rows),
             "drops": dict(self.stats.all_drops()),
         }
+
+    def _component_rows(self, now: int) -> list[dict[str, Any]]:
+        silent = self._silent_components(now)
+        rows = self.engine.rows()
+        for row in rows:
+            heard = self._heard.get(row["name"])
+            row["last_heartbeat_s"] = None if heard is None else round((now - heard) / 1e9, 1)
+            row["hung"] = self.hung[row["name"]]
+            if row["name"] in silent:
+                row["state"] = "hung"
+        return rows
 
     def silent(self) -> list[str]:
         """The streams this daemon starts that have not delivered a sample yet."""
@@ -501,6 +546,9 @@ class Daemon:
             last_window_ns=self.stats.last_window_ns,
             oldest_pending_ns=busy, stall_ns=10_000_000_000,
         ))  # fmt: skip
+        silent = self._silent_components(now)
+        if ok and silent:
+            ok, why = False, ", ".join(f"{name} silent for {s:.0f} s" for name, s in silent.items())
         if ok:
             self.notifier.notify(WATCHDOG=1)
         else:

@@ -174,8 +174,12 @@ def test_killed_workers_and_server_are_restarted_their_losses_counted_and_other_
             assert None not in after and {p.rig for p in after} == set(RIGS)
             seqs = {rig: [p.seq for p in got + after if p.rig == rig] for rig in RIGS}
             assert all(s == sorted(s) and len(set(s)) == len(s) for s in seqs.values())  # numbering goes on
-        time.sleep(1.5)  # a counters snapshot reaches the daemon
-        status = json.loads(fusiond("status", "--json", "--connect", control).stdout)
+        deadline = time.monotonic() + 60
+        while True:  # until a counters snapshot has brought the losses to the daemon
+            status = json.loads(fusiond("status", "--json", "--connect", control).stdout)
+            if status["drops"].get("lost_in_restart", 0) >= 1 or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
         restarts = {c["name"]: c["restarts"] for c in status["runtime"]["components"]}
         assert restarts["worker-0"] >= 1 and restarts["server"] >= 1
         assert status["drops"].get("lost_in_restart", 0) >= 1, status["drops"]
@@ -324,3 +328,29 @@ def test_two_offline_runs_with_workers_at_once_both_finish_and_leave_no_socket_f
     assert len(a) >= 60 and [p["label"] for p in a] == [p["label"] for p in b]
     left = [p.name for p in runtime_dir().iterdir() if any(str(proc.pid) in p.name for proc, _ in runs)]
     assert not left, left
+
+
+@pytest.mark.slow
+def test_a_worker_that_hangs_is_ended_and_started_again_and_status_names_it(tmp_path):
+    """A worker stopped (SIGSTOP) keeps its process but sends nothing: after 10 s without
+    its heartbeat it is ended and started again, counted, and its rigs come back."""
+    from fusiond.client import Subscriber
+
+    config, _, sub, control = rigs_config(tmp_path, "[runtime]\nworkers = 2", loop=True)
+    d = DaemonProcess(config, tmp_path / "daemon.log")
+    d.control = control
+    try:
+        with Subscriber(sub, timeout_s=60) as predictions:
+            assert predictions.next() is not None
+            d.wait_for(r"fusiond ready")
+            victim = _pids(d, "worker-0")[0]
+            os.kill(victim, signal.SIGSTOP)
+            d.wait_for(r"worker-0 sent no heartbeat for \d+ s: hung; ended, to be started", timeout_s=120)
+            d.wait_for(r"worker worker-0 died \(signal 9\); restarting")
+            got = [predictions.next() for _ in range(60)]
+            assert None not in got and {"demo", "yard"} <= {p.rig for p in got[-12:]}
+        status = json.loads(fusiond("status", "--json", "--connect", control).stdout)
+        worker = next(c for c in status["runtime"]["components"] if c["name"] == "worker-0")
+        assert worker["hung"] == 1 and worker["pid"] != victim and worker["state"] == "running", worker
+    finally:
+        d.close()

@@ -172,6 +172,10 @@ class Engine(Protocol):
         """Stop every component, waiting for them no later than ``deadline``
         (``time.monotonic()``); what has not stopped by then is abandoned or killed."""
 
+    def kill(self, name: str) -> bool:
+        """End a component that hangs, for :meth:`poll` to start it again; False where one
+        cannot be ended alone (a thread)."""
+
 
 class ThreadEngine:
     """The worker and the server as threads of this process, over inproc sockets."""
@@ -236,6 +240,9 @@ class ThreadEngine:
         for thread in self._threads.values():  # daemon threads: one still busy dies with the process
             thread.join(max(0.0, deadline - time.monotonic()))
 
+    def kill(self, name: str) -> bool:
+        return False  # a thread cannot be ended from outside: the watchdog lets systemd restart us
+
 
 class ProcessEngine:
     """Each worker and the server a process of its own, supervised like the sources."""
@@ -282,6 +289,13 @@ class ProcessEngine:
     def stop(self, deadline: float) -> None:
         self.supervisor.terminate()
         self.supervisor.reap(deadline)
+
+    def kill(self, name: str) -> bool:
+        for child in self._children:
+            if child.name == name and child.proc is not None:
+                child.proc.kill()  # SIGKILL ends a stopped process too; the supervisor restarts it
+                return True
+        return False
 
 
 def component_main(role: str, spec: Mapping[str, Any]) -> int:

@@ -144,6 +144,13 @@ class RayEngine:
         if actor is not None:
             self.ray.kill(actor)
 
+    def kill(self, name: str) -> bool:
+        actor = self._actors.get(name)
+        if actor is None:
+            return False
+        self.ray.kill(actor, no_restart=True)  # its join returns: poll starts it again
+        return True
+
     def rows(self) -> list[dict[str, Any]]:
         return [{"name": n, "state": "running", "pid": None, "restarts": self._restarts.get(n, 0),
                  "rigs": self.plan.rigs_of(n)} for n in sorted(self._actors)]  # fmt: skip
