@@ -180,7 +180,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     config = config_mod.load(args.config)
     plugins = load_plugins()
     with _in_config(config.source):
-        prepared = prepare(config, plugins)
+        prepared = prepare(config, plugins, serve=True)
         ck = prepared.checkpoint
         pipeline = Pipeline.from_config(config, plugins.sources, ck)
         daemon_keys(config)  # what run loads before it binds: unreadable or mismatched keys

@@ -114,10 +114,14 @@ class Prepared:
     """What may well be meant but is worth a line (a model input no source of a rig feeds)."""
 
 
-def prepare(config: Config, plugins: Plugins) -> Prepared:
+def prepare(config: Config, plugins: Plugins, *, serve: bool = False) -> Prepared:
     """Check ``config`` through and through; every error names the file and the TOML path.
 
-    Used by the daemon at start and on reload, and by ``fusiond check-config``.
+    Used by the daemon at start and on reload, and by ``fusiond check-config``. With
+    ``serve``, the model is also loaded exactly as the inference server will load it and
+    given a warm-up batch: weights that do not fit the model, or a runtime that cannot run
+    it, are one clear line before the daemon starts anything, not a server that fails to
+    start for ever.
     """
     options = config.source_options(plugins.sources)
     try:
@@ -129,6 +133,8 @@ def prepare(config: Config, plugins: Plugins) -> Prepared:
     except ModelError as exc:
         raise config.error(str(exc), "model.device") from None
     streams = resolve_streams(config, plugins.sources, checkpoint.spec, checkpoint.name)
+    if serve:
+        _try_serving(config)
     problems = []
     for (rig, name), source_options in options.items():
         cls = plugins.sources.get(config.rigs[rig].sources[name].kind)
@@ -146,6 +152,20 @@ def prepare(config: Config, plugins: Plugins) -> Prepared:
             warnings.append(f"rigs.{rig}: no source for the model's {modality!r} input: it is masked in "
                             "every window")  # fmt: skip
     return Prepared(options, checkpoint, streams, problems, warnings)
+
+
+def _try_serving(config: Config) -> None:
+    from fusiond.runtime.server import load_serving
+
+    model = config.model
+    try:
+        load_serving(model.path, model.device, model.runtime, model.threads, 2, Counter())
+    except FusiondError as exc:
+        msg = f"cannot serve this model: {exc}"
+        raise config.error(msg, "model.path") from None
+    except Exception as exc:  # noqa: BLE001 (whatever loading a foreign model raises: said in one line)
+        msg = f"cannot serve this model: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+        raise config.error(msg, "model.path") from None
 
 
 def port_problems(config: Config) -> list[str]:
@@ -183,7 +203,7 @@ class Daemon:
         self.config = config
         self.config_path = config_path
         self.plugins = plugins
-        prepared = prepare(config, plugins)
+        prepared = prepare(config, plugins, serve=True)
         for problem in prepared.problems:  # a device may come later: its source retries with backoff
             log.warning("%s: %s", config.source, problem)
         for warning in [*prepared.warnings, *config.warnings()]:

@@ -261,3 +261,25 @@ def test_each_kind_checks_what_it_can_without_opening(tmp_path):
     assert problems("microphone", device="no such microphone anywhere")[0].startswith(
         "device: no input device 'no such microphone anywhere'"
     )
+
+
+def test_a_checkpoint_whose_weights_do_not_fit_its_model_is_one_line_before_anything_starts(tmp_path):
+    """Loaded as the server will load it, with a warm-up batch: check-config and run refuse it
+    in one line (the server used to fail to start for ever, and the daemon never got ready)."""
+    import torch
+
+    model = tmp_path / "model.pt"
+    payload = torch.load(ROOT / "demo/model.pt", weights_only=False)
+    name = next(k for k, v in payload["state_dict"].items() if v.ndim == 2)
+    payload["state_dict"][name] = torch.zeros(3, 3)
+    torch.save(payload, model)
+    from .helpers import free_port
+
+    path = absolute_demo(tmp_path, (f"{ROOT}/demo/model.pt", str(model)),
+                         ("tcp://127.0.0.1:7710", f"tcp://127.0.0.1:{free_port()}"),
+                         ("tcp://127.0.0.1:7711", f"tcp://127.0.0.1:{free_port()}"),
+                         ("tcp://127.0.0.1:7712", f"tcp://127.0.0.1:{free_port()}"))  # fmt: skip
+    for args in (["check-config", "--config", str(path)], ["run", "--config", str(path)]):
+        result = fusiond(*args, timeout=120)
+        assert result.returncode == 2, result.stderr
+        assert "model.path: cannot serve this model: " in result.stderr and "Traceback" not in result.stderr
