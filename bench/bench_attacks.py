@@ -5,7 +5,10 @@
 The real daemon on config.toml (fresh ports). For each attack, a clean span then the same
 span under attack, over real sockets from another process: predictions per second of
 rig demo, accuracy on windows wholly inside one demo segment (labels in demo/labels.csv),
-and what the daemon counted.
+the daemon's resident memory at the end of each span, and what the daemon counted.
+Among the attacks: 600 idle TCP connections held open (and opened again as the daemon
+closes them), 200 tiny JPEGs a second that declare 3840x2160, and messages of 100 frames
+of 900 KB each while a subscriber that never reads is connected.
 """
 
 from __future__ import annotations
@@ -70,12 +73,92 @@ def flood(rig: str) -> Callable[[zmq.Socket, threading.Event], None]:
     return attack
 
 
+def idle_connections(pub: zmq.Socket, stop: threading.Event) -> None:
+    """600 TCP connections to the publish port that never say anything, kept at 600."""
+    import socket
+
+    host, port = PUBLISH[0].removeprefix("tcp://").rsplit(":", 1)
+    held: list[socket.socket] = []
+    while not stop.is_set():
+        alive = []
+        for s in held:
+            try:
+                if s.recv(4096, socket.MSG_DONTWAIT) == b"":
+                    s.close()
+                    continue
+            except BlockingIOError:
+                pass
+            except OSError:
+                s.close()
+                continue
+            alive.append(s)
+        held = alive
+        while len(held) < 600:
+            s = socket.socket()
+            s.setblocking(False)
+            s.connect_ex((host, int(port)))
+            held.append(s)
+        stop.wait(0.2)
+    for s in held:
+        s.close()
+
+
+def jpeg_bombs(pub: zmq.Socket, stop: threading.Event) -> None:
+    """200 a second of a 631-byte-class JPEG whose frame header declares 3840x2160."""
+    import cv2
+
+    ok, small = cv2.imencode(".jpg", np.full((8, 8, 3), 128, np.uint8))
+    data = small.tobytes()
+    at = data.index(b"\xff\xc0")
+    bomb = data[: at + 5] + (2160).to_bytes(2, "big") + (3840).to_bytes(2, "big") + data[at + 9 :]
+    seq = 10**6
+    while not stop.is_set():
+        for _ in range(20):
+            now = time.time_ns()
+            pub.send_multipart(encode_sample(rig="demo", stream="cam", modality="video", seq=seq, t_ns=now,
+                                             t_pub_ns=now, rate_hz=10.0, encoding="jpeg", payload=bomb,
+                                             data=np.zeros((1, 2160, 3840, 3), np.uint8)))  # fmt: skip
+            seq += 1
+        stop.wait(0.1)
+
+
+def many_parts(pub: zmq.Socket, stop: threading.Event) -> None:
+    """Five a second of a 100-frame message of 900 KB frames, while a subscriber process is
+    stopped (SIGSTOP: its socket reads nothing more, so the daemon's queue for it fills)."""
+    import signal
+
+    code = (f"import zmq, time\ns = zmq.Context().socket(zmq.SUB)\ns.connect({SUBSCRIBE[0]!r})\n"
+            "s.subscribe(b'')\nprint('up', flush=True)\ntime.sleep(3600)")
+    slow = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    slow.stdout.readline()
+    time.sleep(0.5)
+    slow.send_signal(signal.SIGSTOP)
+    part = b"\0" * 900_000
+    while not stop.is_set():
+        pub.send_multipart([b"s/demo/imu", *([part] * 100)])
+        stop.wait(0.2)
+    slow.kill()
+    slow.wait()
+
+
 ATTACKS: dict[str, Callable[[zmq.Socket, threading.Event], None]] = {
     "one IMU sample 1 h ahead": future,
     "seq jump of 1e9": seq_jump,
     "flood, unconfigured rig": flood("evil"),
     "flood, unconfigured stream of rig demo": flood("demo"),
+    "600 idle connections held": idle_connections,
+    "200 JPEGs/s declaring 3840x2160": jpeg_bombs,
+    "100-frame messages, a stalled reader": many_parts,
 }
+PUBLISH: list[str] = []
+SUBSCRIBE: list[str] = []
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 def span(predictions: Subscriber, anchor: int, seconds: float) -> tuple[float, float, int]:
@@ -96,6 +179,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     args = parser.parse_args()
     publish, subscribe, control = free_endpoint(), free_endpoint(), free_endpoint()
+    PUBLISH.append(publish)
+    SUBSCRIBE.append(subscribe)
     with tempfile.TemporaryDirectory() as tmp:
         config = demo_config(Path(tmp), publish, subscribe)
         config.write_text(config.read_text().replace(re.search(r'control = "[^"]+"', config.read_text())[0],
@@ -114,17 +199,20 @@ def main() -> None:
                 pub.setsockopt(zmq.SNDHWM, 100_000)
                 pub.connect(publish)
                 time.sleep(1.0)
-                print(f"{'attack':<40} {'clean /s':>8} {'acc':>5} {'attacked /s':>11} {'acc':>5}  counted")
+                print(f"{'attack':<40} {'clean /s':>8} {'acc':>5} {'MB':>6} {'attacked /s':>11} {'acc':>5} "
+                      f"{'MB':>6}  counted")  # fmt: skip
                 for name, attack in ATTACKS.items():
                     clean_rate, clean_acc, _ = span(predictions, anchor, args.seconds)
+                    clean_mb = rss_mb(daemon.pid)
                     stop = threading.Event()
                     thread = threading.Thread(target=attack, args=(pub, stop))
                     thread.start()
                     rate, acc, _ = span(predictions, anchor, args.seconds)
+                    attacked_mb = rss_mb(daemon.pid)
                     stop.set()
                     thread.join()
-                    print(f"{name:<40} {clean_rate:8.2f} {clean_acc:5.2f} {rate:11.2f} {acc:5.2f}  "
-                          f"{_drops(ctx, control)}", flush=True)
+                    print(f"{name:<40} {clean_rate:8.2f} {clean_acc:5.2f} {clean_mb:6.0f} {rate:11.2f} "
+                          f"{acc:5.2f} {attacked_mb:6.0f}  {_drops(ctx, control)}", flush=True)
                 pub.close(linger=0)
         finally:
             daemon.terminate()
