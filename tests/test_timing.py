@@ -188,7 +188,9 @@ def test_a_network_camera_that_claims_25_fps_but_sends_10_is_in_every_window(bus
                 sample = decode_sample(frames)
                 first = first or sample.t_ns
                 rates.append(sample.rate_hz)
-                assert pipeline.handle(frames, time.time_ns())
+                # Handled at its arrival: on a busy machine one may come too late for its
+                # window, which the presence check below then sees; no assertion per frame.
+                pipeline.handle(frames, time.time_ns())
             windows += pipeline.close_windows(time.time_ns())
         proc.terminate()
         log, _ = proc.communicate(timeout=10)
