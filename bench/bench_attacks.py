@@ -5,7 +5,8 @@
 The real daemon on config.toml (fresh ports). For each attack, a clean span then the same
 span under attack, over real sockets from another process: predictions per second of
 rig demo, accuracy on windows wholly inside one demo segment (labels in demo/labels.csv),
-the daemon's resident memory at the end of each span, and what the daemon counted.
+the daemon's resident memory before, at the end of the attack and one span after it
+(memory given back), and what the daemon counted.
 Among the attacks: 600 idle TCP connections held open (and opened again as the daemon
 closes them), 200 tiny JPEGs a second that declare 3840x2160, and messages of 100 frames
 of 900 KB each while a subscriber that never reads is connected.
@@ -200,9 +201,9 @@ def main() -> None:
                 pub.connect(publish)
                 time.sleep(1.0)
                 print(f"{'attack':<40} {'clean /s':>8} {'acc':>5} {'MB':>6} {'attacked /s':>11} {'acc':>5} "
-                      f"{'MB':>6}  counted")  # fmt: skip
+                      f"{'MB':>6} {'after MB':>8}  counted")  # fmt: skip
+                clean_rate, clean_acc, _ = span(predictions, anchor, args.seconds)
                 for name, attack in ATTACKS.items():
-                    clean_rate, clean_acc, _ = span(predictions, anchor, args.seconds)
                     clean_mb = rss_mb(daemon.pid)
                     stop = threading.Event()
                     thread = threading.Thread(target=attack, args=(pub, stop))
@@ -211,8 +212,12 @@ def main() -> None:
                     attacked_mb = rss_mb(daemon.pid)
                     stop.set()
                     thread.join()
+                    # The next clean span is also this attack's recovery: memory given back?
+                    next_rate, next_acc, _ = span(predictions, anchor, args.seconds)
                     print(f"{name:<40} {clean_rate:8.2f} {clean_acc:5.2f} {clean_mb:6.0f} {rate:11.2f} "
-                          f"{acc:5.2f} {attacked_mb:6.0f}  {_drops(ctx, control)}", flush=True)
+                          f"{acc:5.2f} {attacked_mb:6.0f} {rss_mb(daemon.pid):8.0f}  {_drops(ctx, control)}",
+                          flush=True)  # fmt: skip
+                    clean_rate, clean_acc = next_rate, next_acc
                 pub.close(linger=0)
         finally:
             daemon.terminate()

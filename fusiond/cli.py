@@ -55,7 +55,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     with _in_config(config.source), Daemon(config, plugins, start_sources=not args.no_sources,
                                            config_path=args.config) as daemon:  # fmt: skip
         daemon.run(stop, reload)
-    return 0
+    return 1 if daemon.fatal else 0
 
 
 def _run_offline(config: Any, recording: Path, output: Path | None) -> int:

@@ -35,6 +35,7 @@ from fusiond.bus.sockets import Sockets, drain, local_endpoint, raise_fd_limit
 from fusiond.bus.wire import PREDICTION_PREFIX, decode_prediction
 from fusiond.config import Config
 from fusiond.errors import ConfigError, FusiondError, ModelError, WireError
+from fusiond.memory import MemoryReturn
 from fusiond.metrics import Stats, Summary
 from fusiond.models import Checkpoint, load
 from fusiond.models.runner import pick_device
@@ -53,6 +54,11 @@ HUNG_NS = 10_000_000_000
 """A component whose heartbeat stopped this long ago is hung: it is ended and started again."""
 STARTUP_NS = 120_000_000_000
 """How long a component may take to send its first heartbeat (loading its model, say)."""
+MAX_FAILED_STARTS = 3
+"""Starts in a row that end before a component's first heartbeat: then the daemon stops.
+``check-config`` and the daemon's own start load and warm the model as the server will, so
+a server that still dies before serving has met something a retry will not cure (a device
+out of memory, a library missing in the component's environment)."""
 
 __all__ = ["Daemon", "local_endpoint", "run_offline"]
 
@@ -227,6 +233,12 @@ class Daemon:
         self._heard: dict[str, int] = {}
         """Each component's last heartbeat (daemon clock)."""
         self._started_at: dict[str, int] = {}
+        self._unproven: set[str] = set()
+        """Components started and not heard from since."""
+        self.failed_starts: Counter[str] = Counter()
+        """Per component, its starts in a row that ended before its first heartbeat."""
+        self.fatal: str | None = None
+        """Why the daemon stopped itself (the run then fails with this)."""
         self.hung: Counter[str] = Counter()
         """Times each component was ended for sending no heartbeat."""
         self._not_ready_logged = False
@@ -349,7 +361,8 @@ class Daemon:
         next_summary = time.time_ns() + every_ns
         watchdog_ns = watchdog_interval_ns()
         next_ping = time.time_ns()
-        while not stop.is_set():
+        memory = MemoryReturn()  # what an attack or a burst made this process take, given back
+        while not stop.is_set() and self.fatal is None:
             events = dict(poller.poll(50))
             if self.inbox in events:
                 self._guarded("counters", self._take_counters)
@@ -367,6 +380,7 @@ class Daemon:
                 next_summary = now + every_ns
                 self._guarded("summary", self._summarise, summary, now)
                 self._guarded("liveness", self._check_hung, now)
+                memory.tick(time.monotonic_ns())
             if self.ready and watchdog_ns is not None and now >= next_ping:
                 next_ping = now + watchdog_ns
                 self._guarded("watchdog", self._watchdog, now)
@@ -410,6 +424,8 @@ class Daemon:
             if isinstance(snapshot, dict) and self.stats.absorb(snapshot, names, self.streams):
                 self.components[snapshot["name"]] = snapshot
                 self._heard[snapshot["name"]] = time.time_ns()  # the snapshot is its heartbeat
+                self._unproven.discard(snapshot["name"])
+                self.failed_starts.pop(snapshot["name"], None)
             else:
                 self.stats.drop("bad_counters")
 
@@ -433,6 +449,13 @@ class Daemon:
     def _restarted(self, name: str) -> None:
         """A component (re)started: its rigs' next gap in windows is a loss, counted."""
         self.stats.restarted(name)
+        if name in self._unproven:
+            self.failed_starts[name] += 1
+            if self.failed_starts[name] >= MAX_FAILED_STARTS:
+                self.fatal = (f"{name} ended {self.failed_starts[name]} times in a row before it began "
+                              "(its error is logged above); stopping")  # fmt: skip
+                log.error("%s", self.fatal)
+        self._unproven.add(name)
         self._resumed.update(self.plan.rigs_of(name))
         self._heard.pop(name, None)
         self._started_at[name] = time.time_ns()
@@ -510,6 +533,7 @@ class Daemon:
             heard = self._heard.get(row["name"])
             row["last_heartbeat_s"] = None if heard is None else round((now - heard) / 1e9, 1)
             row["hung"] = self.hung[row["name"]]
+            row["failed_starts"] = self.failed_starts[row["name"]]
             if row["name"] in silent:
                 row["state"] = "hung"
         return rows

@@ -21,12 +21,14 @@ import numpy as np
 from fusiond.align.windows import RigAligner
 from fusiond.bus.wire import (
     DUPLICATE,
+    ERROR_PREFIX,
     BufferSpec,
     Frame,
     SampleHeader,
     SequenceGaps,
     block_end_ns,
     decode_arrays,
+    decode_header,
     decode_sample_header,
     frame_view,
     sample_topic,
@@ -39,6 +41,8 @@ log = logging.getLogger(__name__)
 LOG_EVERY_NS = 60_000_000_000
 MAX_LOGGED = 4096
 """(reason, stream) pairs whose log lines are rate-limited; past that, every first one is logged."""
+MAX_ERROR_CHARS = 500
+"""A source error's text is kept and shown up to this length."""
 MAX_DROPPED_SEQS = 4096
 """Dropped messages remembered per stream between two accepted ones (a flood forgets the rest)."""
 STEP_LOG_EVERY_NS = 60_000_000_000
@@ -94,6 +98,7 @@ class Ingest:
         self.clocks = {key: ClockModel(deadband_ns=DEADBAND_NS) for key in modalities}
         self.gaps = SequenceGaps(max_rate_hz=max([self.limits.max_message_rate, *(rates or {}).values()]))
         self._topics = {sample_topic(*key).encode(): key for key in modalities}
+        self._error_topics = {f"{ERROR_PREFIX}{'/'.join(key)}".encode(): key for key in modalities}
         self._budgets = {key: RateLimit((rates or {}).get(key, self.limits.max_message_rate))
                          for key in modalities}  # fmt: skip
         self._logged: dict[tuple[str, tuple[str, str] | None], tuple[int, int]] = {}
@@ -254,6 +259,33 @@ class Ingest:
                                     c.steps, c.suspects]
                 for (rig, stream), c in self.clocks.items() if c.pairs}  # fmt: skip
 
+    def source_error(self, frames: Sequence[Frame], now_ns: int, topic: bytes) -> bool:
+        """Take a source's error report (an ``e/<rig>/<stream>`` message); False when refused.
+
+        Every report is counted on its stream (``errors`` in status) and logged at most once
+        a minute per stream with the count since: on an unsecured bus any process can send
+        one, so a flood of forged reports shows in the counter, never floods the journal.
+        A report for no configured stream, or with a malformed header, is a drop like any
+        other message's (``unknown_stream``, ``bad_header``).
+        """
+        key = self._error_topics.get(topic)
+        self._now_ns, self._key = now_ns, key
+        if key is None:
+            return self._drop("unknown_stream", "source error on an unconfigured topic (no such rig/stream)")
+        try:
+            header = decode_header(frames)
+        except WireError as exc:
+            return self._drop(exc.reason, f"{key[0]}/{key[1]}: malformed source error: {exc}")
+        error = header.get("error")
+        if header.get("type") != "source_error" or not isinstance(error, str):
+            return self._drop("bad_header", f"{key[0]}/{key[1]}: a source error needs type "
+                                            "'source_error' and a str 'error'")  # fmt: skip
+        s = self.stats.stream(*key)
+        s.errors += 1
+        s.error, s.error_ns = error[:MAX_ERROR_CHARS], now_ns
+        self._log_once("source_error", f"{key[0]}/{key[1]}: source reports: {error[:200]!r}")
+        return True
+
     def _reason(self, reason: str, message: str) -> None:
         """Count and log a drop, for :meth:`_check` and :meth:`_take`."""
         self._drop(reason, message)
@@ -270,13 +302,14 @@ class Ingest:
         another stream's, and cannot fill the journal."""
         slot = (reason, self._key)
         last = self._logged.get(slot)
+        counted = "errors" if reason == "source_error" else f"drops.{reason}"
         if last is None:
             if len(self._logged) < MAX_LOGGED:
                 self._logged[slot] = (self._now_ns, 0)
-            log.warning("%s (counted as drops.%s; at most one line a minute about it)", message, reason)
+            log.warning("%s (counted as %s; at most one line a minute about it)", message, counted)
         elif self._now_ns - last[0] >= LOG_EVERY_NS:
             self._logged[slot] = (self._now_ns, 0)
-            log.warning("%s (drops.%s: %d since the last line)", message, reason, last[1] + 1)
+            log.warning("%s (%s: %d since the last line)", message, counted, last[1] + 1)
         else:
             self._logged[slot] = (last[0], last[1] + 1)
 

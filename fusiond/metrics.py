@@ -113,6 +113,8 @@ class StreamStats:
     rate: RateMeter = field(default_factory=RateMeter)
     error: str = ""
     error_ns: int | None = None
+    errors: int = 0
+    """Error reports (``e/`` messages) taken for this stream, its source's or forged ones."""
     reported_rate: float | None = None
     """Messages per second a worker measured, when this stream is ingested in another process."""
     sample_meter: RateMeter = field(default_factory=RateMeter)
@@ -212,14 +214,14 @@ class Stats:
             drops = Counter({str(k): int(v) for k, v in dict(snapshot.get("drops", {})).items()})
             rows = {}
             for key, row in dict(snapshot.get("streams", {})).items():
-                messages, samples, sample_rate, last, rate, error, error_ns, samples_rate = row
+                messages, samples, sample_rate, last, rate, error, error_ns, samples_rate, errors = row
                 rig, _, stream = str(key).partition("/")
                 if (rig, stream) in streams:
                     rates = (float(sample_rate), float(rate), float(samples_rate))
                     if not all(math.isfinite(v) and v >= 0 for v in rates):
                         return False
                     rows[rig, stream] = (int(messages), int(samples), rates[0], last, rates[1],
-                                         str(error)[:500], error_ns, rates[2])  # fmt: skip
+                                         str(error)[:500], error_ns, rates[2], int(errors))  # fmt: skip
             clocks = {}
             for key, row in dict(snapshot.get("clocks", {})).items():
                 rig, _, stream = str(key).partition("/")
@@ -232,11 +234,12 @@ class Stats:
             return False
         with self._lock:
             self.components[name] = drops
-        for key, (messages, samples, sample_rate, last, rate, error, error_ns, samples_rate) in rows.items():
+        for key, row in rows.items():
+            messages, samples, sample_rate, last, rate, error, error_ns, samples_rate, errors = row
             s = self.stream(*key)
             s.messages, s.samples, s.sample_rate_hz = messages, samples, sample_rate
             s.last_recv_ns, s.reported_rate, s.reported_samples_rate = last, rate, samples_rate
-            s.error, s.error_ns = error, error_ns
+            s.error, s.error_ns, s.errors = error, error_ns, errors
         for key, health in clocks.items():
             self.stream(*key).clock = health
         self.masked.update(masked)

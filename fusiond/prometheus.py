@@ -34,6 +34,7 @@ class DaemonCollector(Collector):
         by = ["rig", "stream"]
         messages = CounterMetricFamily("fusiond_messages", "Sample messages accepted", labels=by)
         samples = CounterMetricFamily("fusiond_samples", "Samples in those messages", labels=by)
+        errors = CounterMetricFamily("fusiond_source_errors", "Error reports taken for the stream", labels=by)
         rate = GaugeMetricFamily("fusiond_stream_messages_per_second", "Messages per second", labels=by)
         sample_rate = GaugeMetricFamily("fusiond_stream_sample_rate_hz", "Declared sample rate", labels=by)
         age = GaugeMetricFamily("fusiond_stream_last_sample_age_seconds", "Since the last message",
@@ -43,12 +44,13 @@ class DaemonCollector(Collector):
         for (rig, stream), s in d.stats.streams.items():
             messages.add_metric([rig, stream], s.messages)
             samples.add_metric([rig, stream], s.samples)
+            errors.add_metric([rig, stream], s.errors)
             rate.add_metric([rig, stream], s.messages_per_s(now))
             sample_rate.add_metric([rig, stream], s.sample_rate_hz)
             measured.add_metric([rig, stream], s.samples_per_s(now))
             if s.last_recv_ns is not None:
                 age.add_metric([rig, stream], (now - s.last_recv_ns) / 1e9)
-        yield from (messages, samples, rate, sample_rate, measured, age)
+        yield from (messages, samples, errors, rate, sample_rate, measured, age)
         yield from self._clocks()
         up = GaugeMetricFamily("fusiond_source_up", "1 while the source process runs", labels=["source"])
         restarts = CounterMetricFamily(

@@ -44,7 +44,7 @@ def sources(now_ns: int, stats: Stats, children: Sequence[Child],
             "messages": s.messages, "messages_per_s": round(s.messages_per_s(now_ns), 2),
             "samples": s.samples, "sample_rate_hz": s.sample_rate_hz,
             "measured_rate_hz": round(s.samples_per_s(now_ns), 2),
-            "last_sample_age_s": _age_s(now_ns, s.last_recv_ns), "error": error,
+            "last_sample_age_s": _age_s(now_ns, s.last_recv_ns), "error": error, "errors": s.errors,
             "clock": clock_row(s.clock),
         })  # fmt: skip
     return out

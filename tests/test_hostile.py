@@ -414,7 +414,7 @@ def test_a_forged_counters_snapshot_cannot_grow_the_daemons_tables():
     stats = Stats()
     known = [("demo", "cam")]
     forged = {"name": "worker-0", "drops": {"x": 1},
-              "streams": {f"r{i}/s": [1, 1, 1.0, 1, 1.0, "", None, 1.0] for i in range(10_000)},
+              "streams": {f"r{i}/s": [1, 1, 1.0, 1, 1.0, "", None, 1.0, 0] for i in range(10_000)},
               "clocks": {f"r{i}/s": [0, 0.0, 0, 0, 0, 0] for i in range(10_000)},
               "masked": {f"r{i}": {"video": 1} for i in range(10_000)}}  # fmt: skip
     assert stats.absorb(forged, ["worker-0", "server"], known)
@@ -424,8 +424,8 @@ def test_a_forged_counters_snapshot_cannot_grow_the_daemons_tables():
     assert not stats.absorb({"name": "worker-0", "drops": {"x": "many"}}, ["worker-0"], known)
     for clock in ([0, 0.0, 0], [0, float("nan"), 0, 0, 0, 0], [0, 1.0, "x", 0, 0, 0], [2**70, 0.0, 0, 0, 0]):
         assert not stats.absorb({"name": "worker-0", "clocks": {"demo/cam": clock}}, ["worker-0"], known)
-    # messages, samples, sample rate, last, msg/s, error, when, samples/s
-    row = [5, 50, 10.0, 7, 1.0, "", None, 9.5]
+    # messages, samples, sample rate, last, msg/s, error, when, samples/s, error reports
+    row = [5, 50, 10.0, 7, 1.0, "", None, 9.5, 3]
     good = {"name": "worker-0", "drops": {"late": 2}, "streams": {"demo/cam": row},
             "clocks": {"demo/cam": [-3_000_000, 20_000.0, 150_000, 1, 2, 0]},
             "masked": {"demo": {"video": 1}}, "last_window_ns": 9}  # fmt: skip
@@ -433,7 +433,7 @@ def test_a_forged_counters_snapshot_cannot_grow_the_daemons_tables():
     cam = stats.stream("demo", "cam")
     assert (cam.messages, cam.samples, cam.sample_rate_hz) == (5, 50, 10.0) and stats.all_drops()["late"] == 2
     assert cam.samples_per_s(0) == 9.5 and cam.clock is not None
-    assert (cam.clock.steps, cam.clock.outliers) == (2, 1)
+    assert (cam.clock.steps, cam.clock.outliers) == (2, 1) and cam.errors == 3
 
 
 def test_every_message_is_counted_once_and_the_counts_add_up():
@@ -488,6 +488,33 @@ def test_every_message_is_counted_once_and_the_counts_add_up():
     assert drops["lost_in_transport"] == lost, (drops, lost)
     assert {"bad_size", "bad_value", "clock_skew", "clock_outlier", "duplicate", "seq_reset"} <= set(counted)
     assert accepted == 3000 - lost
+
+
+def test_source_errors_are_counted_per_stream_and_logged_once_a_minute_forged_or_not(caplog):
+    """On an unsecured bus anyone may send an ``e/`` report: each is counted on its stream,
+    a flood is one log line a minute, and a malformed or unknown one is a drop."""
+    rig = Rig()
+
+    def report(stream: str, error: object = "device gone", **header) -> bool:
+        frames = wire.encode_source_error(rig="r", stream=stream, kind="camera", error="x", attempt=1,
+                                          retry_in_s=1.0, t_ns=rig.now)  # fmt: skip
+        frames = _with_header(frames, {"error": error, **header})
+        return rig.ingest.source_error(frames, rig.now, frames[0])
+
+    with caplog.at_level("WARNING", logger="fusiond.ingest"):
+        assert all(report("cam", f"forged {i}") for i in range(1000))
+        assert report("mic")
+        rig.now += 61 * S
+        assert report("cam", "the last")
+    cam = rig.stats.stream("r", "cam")
+    assert cam.errors == 1001 and cam.error == "the last" and rig.stats.stream("r", "mic").errors == 1
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 3 and "1000 since the last line" in lines[-1] and "errors" in lines[-1], lines
+    assert not report("nope") and rig.stats.drops["unknown_stream"] == 1
+    assert not report("cam", error=["not", "text"]) and not report("cam", type="sample")
+    assert not rig.ingest.source_error([b"e/r/cam", b"\xc1"], rig.now, b"e/r/cam")
+    assert rig.stats.drops["bad_header"] == 3 and cam.errors == 1001
+    assert report("cam", "x" * 100_000) and len(cam.error) == 500
 
 
 def test_a_header_packed_with_bin_keys_is_named_for_what_it_is():

@@ -189,6 +189,33 @@ def test_killed_workers_and_server_are_restarted_their_losses_counted_and_other_
 
 
 @pytest.mark.slow
+def test_a_server_that_cannot_load_its_model_again_stops_the_daemon_with_the_reason(tmp_path):
+    """The model file is damaged while the daemon serves, then its server dies: every new
+    server fails before its first heartbeat, and after three such starts the daemon stops
+    with exit status 1 and says why, instead of restarting it forever."""
+    from fusiond.client import Subscriber
+
+    model = tmp_path / "model.pt"
+    model.write_bytes((ROOT / "demo/model.pt").read_bytes())
+    config, _, sub, control = rigs_config(tmp_path, "[runtime]\nworkers = 2", loop=True)
+    config.write_text(config.read_text().replace(f'"{ROOT}/demo/model.pt"', f'"{model}"'))
+    d = DaemonProcess(config, tmp_path / "daemon.log")
+    d.control = control
+    try:
+        with Subscriber(sub, timeout_s=60) as predictions:
+            assert predictions.next() is not None
+        d.wait_for(r"fusiond ready")
+        model.write_bytes(b"not a checkpoint")
+        os.kill(_pids(d, "server")[0], signal.SIGKILL)
+        assert d.proc.wait(120) == 1
+        log = d.text()
+        assert re.search(r"server ended 3 times in a row before it began .*; stopping", log), log
+        assert log.count("server server died") >= 3, log
+    finally:
+        d.close()
+
+
+@pytest.mark.slow
 def test_a_source_clock_37_ms_off_with_5_ms_jitter_is_corrected_to_half_a_millisecond(tmp_path, endpoints):
     """Round-trip probes against the real daemon's control endpoint, from a clock that runs
     37 ms ahead and a path that delays each leg of each probe by 0 to 5 ms at random."""

@@ -25,6 +25,7 @@ from fusiond.bus.security import Keys
 from fusiond.bus.sockets import Sockets, drain
 from fusiond.bus.wire import encode_prediction
 from fusiond.errors import FusiondError
+from fusiond.memory import MemoryReturn
 from fusiond.metrics import Stats
 from fusiond.runtime.handoff import END, PROGRESS, WINDOW, decode_body, decode_window, encode_stats
 from fusiond.runtime.worker import STATS_EVERY_NS
@@ -114,6 +115,7 @@ class _Loop:
         self.ended = 0
         self.busy_since: int | None = None
         self.next_stats = 0
+        self.memory = MemoryReturn()
         self.published = 0
 
     def run(self, inbox: zmq.Socket[bytes], stop: threading.Event) -> None:
@@ -192,6 +194,7 @@ class _Loop:
         if now < self.next_stats:
             return
         self.next_stats = now + STATS_EVERY_NS
+        self.memory.tick(time.monotonic_ns())
         runner = self.serving.runner
         snapshot = {"name": self.spec.name, "t": now, "drops": dict(self.stats.drops),
                     "busy_since": self.busy_since, "waiting": len(self.batcher),

@@ -23,9 +23,8 @@ from fusiond.align.spec import InputSpec
 from fusiond.align.windows import Window, WindowConfig
 from fusiond.bus.security import Keys
 from fusiond.bus.sockets import Sockets, drain
-from fusiond.bus.wire import decode_header
-from fusiond.errors import WireError
 from fusiond.ingest import Limits
+from fusiond.memory import MemoryReturn
 from fusiond.metrics import Stats
 from fusiond.pipeline import Pipeline
 from fusiond.runtime.handoff import END, encode_progress, encode_stats, encode_window
@@ -98,6 +97,7 @@ class _Loop:
         self.out, self.report = out, report
         self.progress: dict[str, int] = {}
         self.next_stats = 0
+        self.memory = MemoryReturn()
 
     def run(self, inbox: zmq.Socket[bytes], stop: threading.Event) -> None:
         now = 0
@@ -124,15 +124,7 @@ class _Loop:
     def take(self, frames: list[zmq.Frame], now: int) -> None:
         topic = frames[0].bytes
         if topic.startswith(b"e/"):
-            try:
-                header = decode_header(frames)
-                key = (str(header["rig"]), str(header["stream"]))
-            except (WireError, KeyError):
-                self.stats.drop("bad_header")
-                return
-            if key in self.pipeline.streams:
-                s = self.stats.stream(*key)
-                s.error, s.error_ns = str(header.get("error", ""))[:500], now
+            self.pipeline.ingest.source_error(frames, now, topic)
             return
         self.pipeline.handle(frames, now, topic)
 
@@ -154,6 +146,7 @@ class _Loop:
         if now < self.next_stats and not force:
             return
         self.next_stats = now + STATS_EVERY_NS
+        self.memory.tick(time.monotonic_ns())
         snapshot = snapshot_of(self.spec.name, self.stats, self.pipeline, now)
         with contextlib.suppress(zmq.Again):  # the daemon is busy: the next snapshot has the same totals
             self.report.send_multipart(encode_stats(snapshot), zmq.NOBLOCK)
@@ -164,7 +157,7 @@ def snapshot_of(name: str, stats: Stats, pipeline: Pipeline, now: int) -> dict[s
     return {
         "name": name, "t": now, "drops": dict(stats.drops),
         "streams": {f"{r}/{s}": [v.messages, v.samples, v.sample_rate_hz, v.last_recv_ns, v.rate.rate(now),
-                                 v.error, v.error_ns, v.sample_meter.rate(now)]
+                                 v.error, v.error_ns, v.sample_meter.rate(now), v.errors]
                     for (r, s), v in stats.streams.items()},
         "masked": {rig: {k.split(":", 1)[1]: n for k, n in a.stats.items() if k.startswith("masked:")}
                    for rig, a in pipeline.aligners.items()},
