@@ -61,6 +61,36 @@ def test_the_newest_words_are_kept_when_a_window_has_too_many():
     assert window.inputs["words"][:, 0].tolist() == [5, 4, 2]  # alarm, closed, door
 
 
+def test_long_text_events_cost_about_their_own_bytes_and_the_window_only_its_words():
+    """A thousand 64 KiB events in one window (all within the protocol's limits): the daemon
+    holds about their bytes, fitting the window reads only the words it keeps, and the
+    stream's byte budget counts the text, not the 8-byte pointer to it."""
+    import tracemalloc
+
+    spec = InputSpec({"words": ModalitySpec("tokens", length=8, vocab=VOCAB)})
+    window = WindowConfig(10_000_000_000, 10_000_000_000, 0, max_bytes=48 * 2**20)
+    pipeline = Pipeline({("r", "words"): "words"}, spec, window)
+    event = ("door open " * 6553)[: wire.MAX_TEXT_BYTES - 5] + "alarm"
+    sent = 0
+    tracemalloc.start()
+    try:
+        for seq in range(1000):
+            t = T0 + seq * 1_000_000
+            pipeline.handle(text_frames(event, t, seq), t)
+            sent += len(event)
+        held, _ = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        (closed,) = pipeline.close_windows(T0 + 20_000_000_000)
+        _, fit_peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    budget = 48 * 2**20
+    assert held < 1.2 * budget, (held, sent)  # the byte budget holds for text
+    assert pipeline.stats.all_drops()["buffer_full"] > 0 and sent > budget
+    assert fit_peak - held < 2**20, fit_peak - held  # the fit reads tails, not 48 MB of words
+    assert closed.inputs["words"][-1].tolist() == [VOCAB.index("alarm") + 2, 999]
+
+
 @pytest.mark.parametrize(
     ("payload", "reason"),
     [(b"\xff\xfe not utf-8", "bad_value"), (b"x" * (wire.MAX_TEXT_BYTES + 1), "bad_size")],

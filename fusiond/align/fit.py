@@ -284,6 +284,22 @@ def words(text: str) -> list[str]:
     return WORD.findall(text.lower())
 
 
+def last_words(text: str, count: int) -> list[str]:
+    """The last ``count`` words of ``text`` (as :func:`words` finds them), reading only the
+    end of the text: a slice that doubles until it holds one word more than needed (the
+    first may be cut) or is the whole text."""
+    if count <= 0:
+        return []
+    size = 16 * count
+    while True:
+        found = words(text[-size:])
+        if size >= len(text):
+            return found[-count:]
+        if len(found) > count:
+            return found[-count:]
+        size *= 2
+
+
 @lru_cache(maxsize=16)
 def _ids(vocab: tuple[str, ...]) -> dict[str, int]:
     return {word: i + 2 for i, word in enumerate(vocab)}
@@ -314,16 +330,20 @@ class TokensKind(ModalityKind):
         return (spec.length, 2)
 
     def fit(self, spec: ModalitySpec, blocks: Sequence[Block], start_ns: int, end_ns: int) -> np.ndarray:
+        """Newest event first, and only as much of each as the window can still hold: a
+        window of many long events costs its ``length`` words, not every word sent."""
         ids = _ids(spec.vocab)
         rows: list[tuple[int, int]] = []
-        for block in sorted(blocks, key=lambda b: b.t_ns):
+        for block in sorted(blocks, key=lambda b: b.t_ns, reverse=True):
+            if len(rows) >= spec.length:
+                break
             if start_ns <= block.t_ns < end_ns:
                 ms = (block.t_ns - start_ns) // 1_000_000
-                rows.extend((ids.get(w, UNKNOWN), ms) for w in words(str(block.data[0])))
+                tail = last_words(str(block.data[0]), spec.length - len(rows))
+                rows[:0] = [(ids.get(w, UNKNOWN), ms) for w in tail]
         out = np.zeros(self.shape(spec), np.int32)
-        kept = rows[-spec.length :]
-        if kept:
-            out[: len(kept)] = kept
+        if rows:
+            out[: len(rows)] = rows
         return out
 
     def corrupt(self, spec: ModalitySpec, batch: np.ndarray, rng: np.random.Generator) -> np.ndarray:

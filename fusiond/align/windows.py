@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import bisect
 import logging
+import sys
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -138,9 +139,9 @@ class RigAligner:
             self.drops["late"] += 1
             return "late"
         if state.blocks and (len(state.blocks) >= self.config.max_blocks
-                             or state.nbytes + data.nbytes > self.config.max_bytes):  # fmt: skip
-            self._make_room(state, data.nbytes)
-        state.nbytes += data.nbytes
+                             or state.nbytes + _cost(data) > self.config.max_bytes):  # fmt: skip
+            self._make_room(state, _cost(data))
+        state.nbytes += _cost(data)
         block = Block(t_ns, end, period, data, t_recv_ns)
         if not state.blocks or state.blocks[-1].t_ns <= t_ns:
             state.blocks.append(block)
@@ -154,10 +155,10 @@ class RigAligner:
         """Drop the oldest quarter of a full buffer at once (one list shift, not one per block)."""
         c = self.config
         cut = max(1, len(state.blocks) // 4)
-        while cut < len(state.blocks) and state.nbytes - sum(b.data.nbytes for b in state.blocks[:cut]) + \
+        while cut < len(state.blocks) and state.nbytes - sum(_cost(b.data) for b in state.blocks[:cut]) + \
                 incoming > c.max_bytes:  # fmt: skip
             cut = min(len(state.blocks), cut * 2)
-        state.nbytes -= sum(b.data.nbytes for b in state.blocks[:cut])
+        state.nbytes -= sum(_cost(b.data) for b in state.blocks[:cut])
         del state.blocks[:cut]
         self.drops["buffer_full"] += cut
 
@@ -232,7 +233,7 @@ class RigAligner:
         for state in self._streams.values():
             keep = 0
             while keep < len(state.blocks) and state.blocks[keep].end_ns <= before_ns:
-                state.nbytes -= state.blocks[keep].data.nbytes
+                state.nbytes -= _cost(state.blocks[keep].data)
                 keep += 1
             if keep:
                 del state.blocks[:keep]
@@ -242,3 +243,10 @@ class RigAligner:
         if key not in self._logged:
             self._logged.add(key)
             log.exception("%s (counted as drops.internal_error; further ones only counted)", message)
+
+
+def _cost(data: np.ndarray) -> int:
+    """Bytes a block holds: its buffer's, or for objects (text events) the objects' own."""
+    if data.dtype != object:
+        return data.nbytes
+    return data.nbytes + sum(sys.getsizeof(x) for x in data.flat)
