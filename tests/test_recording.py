@@ -72,7 +72,8 @@ def test_the_recording_is_indexed_mcap_with_every_stream(live):
         assert summary.chunk_indexes and all(c.compression == "zstd" for c in summary.chunk_indexes)
         meta = {m.name: m.metadata for m in reader.iter_metadata()}
     bus = {t for t, c in topics.items() if c.message_encoding == "fusiond-frames"}
-    assert bus == {"s/demo/cam", "s/demo/mic", "s/demo/imu", "p/demo"}
+    streams = {f"{kind}/demo/{stream}" for kind in "st" for stream in ("cam", "mic", "imu")}
+    assert bus == {*streams, "p/demo"}  # samples, the sources' tallies, predictions
     assert set(topics) - bus == {"foxglove/s/demo/cam", "foxglove/p/demo"}
     assert topics["s/demo/cam"].metadata["modality"] == "video"
     by_topic = {c.topic: counts[cid] for cid, c in summary.channels.items()}
@@ -119,7 +120,8 @@ def test_info_reports_channels_counts_and_rates(live):
     summary = json.loads(result.stdout)
     assert summary["complete"] and 7.0 <= summary["duration_s"] <= 8.5
     rates = {row["topic"]: row["rate_hz"] for row in summary["channels"]}
-    assert set(rates) == {"s/demo/cam", "s/demo/mic", "s/demo/imu", "p/demo"}
+    assert set(rates) == {f"{k}/demo/{s}" for k in "st" for s in ("cam", "mic", "imu")} | {"p/demo"}
+    assert rates["t/demo/cam"] == pytest.approx(1.0, abs=0.3)  # a source's tally, once a second
     views = {row["topic"]: row for row in summary["views"]}
     assert views["foxglove/s/demo/cam"]["schema"] == "foxglove.CompressedImage"
     assert views["foxglove/p/demo"]["messages"] == sum(1 for _ in read(live[1], ["p/"]))
@@ -309,3 +311,57 @@ def test_a_replay_faster_than_recorded_says_what_a_live_daemon_will_drop(tmp_pat
     assert fast.returncode == 0, fast.stderr
     assert "everything after the first 10 s of the recording" in fast.stderr
     assert "fusiond run --config CONFIG --replay" in fast.stderr
+
+
+def test_losses_at_a_streams_end_are_counted_from_the_sources_tally(tmp_path, endpoints):
+    """A real source ends with a tally of what it sent; a recorder that missed the last
+    messages counts them, where no later message would show the gap. An old or unknown
+    stream's tally counts nothing."""
+    import threading
+
+    import zmq
+
+    from fusiond.bus.wire import decode_header, encode_tally
+    from fusiond.recording.recorder import Recorder
+
+    from .test_sources import run_source
+
+    csv = tmp_path / "imu.csv"
+    csv.write_text("t_s,ax\n" + "".join(f"{i / 50:.2f},{i}\n" for i in range(100)))
+    ctx = zmq.Context()
+    inbox, out = ctx.socket(zmq.SUB), ctx.socket(zmq.PUB)
+    inbox.bind(endpoints[0])
+    inbox.subscribe(b"")
+    out.bind(endpoints[1])
+    stop = threading.Event()
+    try:
+        proc, _ = run_source(endpoints[0], "csvfile", f"path='{csv}'", "columns=['ax']", "block=10")
+        got = []
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not (got and decode_header(got[-1]).get("final")):
+            if inbox.poll(100):
+                got.append(inbox.recv_multipart())
+        proc.communicate(timeout=10)
+        samples = [m for m in got if m[0] == b"s/t/s"]
+        tallies = [decode_header(m) for m in got if m[0] == b"t/t/s"]
+        assert len(samples) == 10 and tallies[-1]["final"] and tallies[-1]["last_seq"] == 9, tallies
+        with Recorder(tmp_path / "tail.mcap", endpoints[1]) as recorder:
+            thread = threading.Thread(target=recorder.run, args=(stop,))
+            thread.start()
+            time.sleep(0.5)  # the subscription reaches the publisher
+            for frames in samples[:7]:  # the last three never arrive
+                out.send_multipart(frames)
+            out.send_multipart(encode_tally(rig="t", stream="s", last_seq=2, t_ns=time.time_ns()))  # old
+            out.send_multipart(encode_tally(rig="t", stream="x", last_seq=50, t_ns=time.time_ns()))  # unseen
+            out.send_multipart(got[-1])  # the source's own final tally
+            deadline = time.monotonic() + 30
+            while recorder.messages["t/t/s"] < 2 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            stop.set()
+            thread.join()
+        assert recorder.messages["s/t/s"] == 7 and recorder.gaps == {"s/t/s": 3}, recorder.gaps
+    finally:
+        stop.set()
+        inbox.close(linger=0)
+        out.close(linger=0)
+        ctx.term()

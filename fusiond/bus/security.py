@@ -176,10 +176,11 @@ class PublishRules:
         for name, targets in publishers.items():
             exact, prefixes = set(), []
             for target in targets:
+                # A stream's samples, its error reports and its tallies.
                 if "/" in target:
-                    exact |= {f"s/{target}".encode(), f"e/{target}".encode()}
+                    exact |= {f"{kind}/{target}".encode() for kind in "set"}
                 else:
-                    prefixes += [f"s/{target}/".encode(), f"e/{target}/".encode()]
+                    prefixes += [f"{kind}/{target}/".encode() for kind in "set"]
             self.exact[name], self.prefixes[name] = exact, tuple(prefixes)
 
     def allows(self, name: str, topic: bytes) -> bool:

@@ -23,6 +23,9 @@ PROTOCOL_VERSION: Final = (1, 1)
 SAMPLE_PREFIX: Final = "s/"
 PREDICTION_PREFIX: Final = "p/"
 ERROR_PREFIX: Final = "e/"
+TALLY_PREFIX: Final = "t/"
+TALLY_EVERY_NS: Final = 1_000_000_000
+"""How often a publishing source says how many messages it has sent (and once at its end)."""
 NAME_RE: Final = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 CLOCKS: Final = frozenset({"realtime", "monotonic"})
 DTYPES: Final = {s: np.dtype(s) for s in ("|u1", "|i1", "<u2", "<i2", "<i4", "<f4", "<f8")}
@@ -268,6 +271,23 @@ def encode_source_error(*, rig: str, stream: str, kind: str, error: str, attempt
               "kind": kind, "error": error, "attempt": attempt, "retry_in_s": retry_in_s,
               "t_ns": t_ns}  # fmt: skip
     return [f"{ERROR_PREFIX}{rig}/{stream}".encode(), msgpack.packb(header)]
+
+
+def encode_tally(*, rig: str, stream: str, last_seq: int, t_ns: int, final: bool = False) -> list[bytes]:
+    """Frames telling subscribers the last ``seq`` a source has sent on ``s/<rig>/<stream>``:
+    a subscriber that saw less lost the difference, even at the end of a stream, where no
+    later message shows the gap (``final``: the source has ended)."""
+    header = {"v": list(PROTOCOL_VERSION), "type": "tally", "rig": rig, "stream": stream,
+              "last_seq": last_seq, "t_ns": t_ns, "final": final}  # fmt: skip
+    return [f"{TALLY_PREFIX}{rig}/{stream}".encode(), msgpack.packb(header)]
+
+
+def tally_of(header: dict[str, Any]) -> int | None:
+    """A checked tally header's ``last_seq`` (None when it is not a well-formed tally)."""
+    last = header.get("last_seq")
+    if header.get("type") != "tally" or type(last) is not int or not 0 <= last < 2**63:
+        return None
+    return last
 
 
 def encode_prediction(prediction: Prediction) -> list[bytes]:
@@ -652,6 +672,8 @@ __all__ = [
     "PREDICTION_PREFIX",
     "PROTOCOL_VERSION",
     "SAMPLE_PREFIX",
+    "TALLY_EVERY_NS",
+    "TALLY_PREFIX",
     "Prediction",
     "BufferSpec",
     "Sample",
@@ -664,6 +686,8 @@ __all__ = [
     "describe",
     "encode_prediction",
     "encode_sample",
+    "encode_tally",
     "prediction_topic",
     "sample_topic",
+    "tally_of",
 ]

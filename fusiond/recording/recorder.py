@@ -19,7 +19,14 @@ from mcap.writer import CompressionType, Writer
 from fusiond import __version__
 from fusiond.bus.security import Keys, client_keys
 from fusiond.bus.sockets import Sockets, drain
-from fusiond.bus.wire import PROTOCOL_VERSION, SequenceGaps, decode_header
+from fusiond.bus.wire import (
+    PROTOCOL_VERSION,
+    TALLY_PREFIX,
+    SequenceGaps,
+    decode_header,
+    sample_topic,
+    tally_of,
+)
 from fusiond.errors import FusiondError, WireError
 from fusiond.recording import foxglove
 from fusiond.recording.mcapfile import MESSAGE_ENCODING, PROFILE, pack
@@ -76,6 +83,8 @@ class RecordingWriter:
         channel = self._channels.get(topic)
         if channel is None:
             channel = self._register(topic, header)
+        if topic.startswith(TALLY_PREFIX):
+            self._tally(header, t_recv_ns)
         seq = header.get("seq")
         if isinstance(seq, int):  # recorded whatever it is: only the gaps are counted
             missed = self._seq.missed(topic, seq, t_recv_ns)
@@ -93,6 +102,21 @@ class RecordingWriter:
         self.bytes += len(body)
         if self.foxglove:
             self._write_views(header, frames, t_recv_ns)
+
+    def _tally(self, header: dict[str, Any], t_recv_ns: int) -> None:
+        """A source said which seq it sent last: what this recorder has not seen up to it
+        was lost, also at the stream's end where no later message shows the gap. Only a
+        tally ahead of the stream counts (an old one, or a restarted source's, says nothing)."""
+        last, rig, stream = tally_of(header), header.get("rig"), header.get("stream")
+        if last is None or not isinstance(rig, str) or not isinstance(stream, str):
+            return
+        topic = sample_topic(rig, stream)
+        if topic not in self._channels:  # never seen: this recording started after it ended
+            return
+        missed = self._seq.missed(topic, last + 1, t_recv_ns)
+        if missed is not None and missed > 0:
+            self.gaps[topic] += missed
+            self._seq.accept(topic, last, t_recv_ns)
 
     def _write_views(self, header: dict[str, Any], frames: Sequence[bytes | memoryview],
                      t_recv_ns: int) -> None:  # fmt: skip

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -11,7 +12,7 @@ from typing import TYPE_CHECKING
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from fusiond.bus.wire import encode_sample, encode_source_error
+from fusiond.bus.wire import TALLY_EVERY_NS, encode_sample, encode_source_error, encode_tally
 from fusiond.errors import SourceConfigError, SourceError
 from fusiond.sources.base import Block, Source, SourceConfig, SourceContext
 
@@ -22,6 +23,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 EXIT_CONFIG = 78
+CLOSE_LINGER_MS = 200
+"""How long a stopping source's last messages may take to leave."""
 """A source process's exit status when its options cannot work (sysexits' EX_CONFIG): the
 supervisor does not restart it."""
 
@@ -130,7 +133,9 @@ def run_source(
         finally:
             if follower is not None:
                 follower.stop()
-            sock.close()
+            # What is queued (the last blocks, the final tally) gets a moment to leave:
+            # bounded, so a dead bus never holds a stopping source.
+            sock.close(linger=CLOSE_LINGER_MS)
 
 
 def _publish_until_done(
@@ -142,45 +147,60 @@ def _publish_until_done(
     follower: ClockFollower | None = None,
 ) -> int:
     name = f"{context.rig}/{context.stream}"
-    seq = 0
+    seq = 0  # the next message's; the ones sent are 0 .. seq - 1
     attempt = 0
-    while not context.stop.is_set():
-        source = cls(config, context)
-        try:
-            info = source.open()
-            log.info("source %s (%s): %s", name, cls.kind, info.description)
-            attempt = 0
-            for block in source.read():
-                offset = follower.offset_ns if follower is not None else 0
-                rate = block.rate_hz or info.rate_hz
-                frames = encode_block(context, seq, block, rate, time.time_ns() + offset, offset)
-                sock.send_multipart(frames, copy=False)
-                seq += 1
-                if context.stop.is_set():
-                    break
-            if not context.stop.is_set():
-                log.info("source %s: end of data after %d messages", name, seq)
-            return 0
-        except SourceConfigError as exc:
-            log.error("source %s (%s): %s; not retried: fix the config (fusiond check-config)", name,
-                      cls.kind, exc)  # fmt: skip
-            sock.send_multipart(encode_source_error(
-                rig=context.rig, stream=context.stream, kind=cls.kind, error=str(exc),
-                attempt=attempt + 1, retry_in_s=0.0, t_ns=time.time_ns(),
-            ))  # fmt: skip
-            return EXIT_CONFIG
-        except SourceError as exc:
-            delay = backoff.delay(attempt)
-            attempt += 1
-            log.error("source %s (%s): %s; retrying in %.1f s", name, cls.kind, exc, delay)
-            sock.send_multipart(encode_source_error(
-                rig=context.rig, stream=context.stream, kind=cls.kind, error=str(exc),
-                attempt=attempt, retry_in_s=delay, t_ns=time.time_ns(),
-            ))  # fmt: skip
-            context.stop.wait(delay)
-        finally:
-            source.close()
-    return 0
+    next_tally = time.monotonic_ns() + TALLY_EVERY_NS
+    try:
+        while not context.stop.is_set():
+            source = cls(config, context)
+            try:
+                info = source.open()
+                log.info("source %s (%s): %s", name, cls.kind, info.description)
+                attempt = 0
+                for block in source.read():
+                    offset = follower.offset_ns if follower is not None else 0
+                    rate = block.rate_hz or info.rate_hz
+                    frames = encode_block(context, seq, block, rate, time.time_ns() + offset, offset)
+                    sock.send_multipart(frames, copy=False)
+                    seq += 1
+                    if time.monotonic_ns() >= next_tally:
+                        next_tally = time.monotonic_ns() + TALLY_EVERY_NS
+                        _tally(context, sock, seq)
+                    if context.stop.is_set():
+                        break
+                if not context.stop.is_set():
+                    log.info("source %s: end of data after %d messages", name, seq)
+                return 0
+            except SourceConfigError as exc:
+                log.error("source %s (%s): %s; not retried: fix the config (fusiond check-config)", name,
+                          cls.kind, exc)  # fmt: skip
+                sock.send_multipart(encode_source_error(
+                    rig=context.rig, stream=context.stream, kind=cls.kind, error=str(exc),
+                    attempt=attempt + 1, retry_in_s=0.0, t_ns=time.time_ns(),
+                ))  # fmt: skip
+                return EXIT_CONFIG
+            except SourceError as exc:
+                delay = backoff.delay(attempt)
+                attempt += 1
+                log.error("source %s (%s): %s; retrying in %.1f s", name, cls.kind, exc, delay)
+                sock.send_multipart(encode_source_error(
+                    rig=context.rig, stream=context.stream, kind=cls.kind, error=str(exc),
+                    attempt=attempt, retry_in_s=delay, t_ns=time.time_ns(),
+                ))  # fmt: skip
+                context.stop.wait(delay)
+            finally:
+                source.close()
+        return 0
+    finally:
+        _tally(context, sock, seq, final=True)
+
+
+def _tally(context: SourceContext, sock: zmq.Socket[bytes], sent: int, final: bool = False) -> None:
+    """Say which seq went out last, so that a subscriber sees losses at a stream's end too."""
+    if sent:
+        with contextlib.suppress(zmq.Again):
+            sock.send_multipart(encode_tally(rig=context.rig, stream=context.stream, last_seq=sent - 1,
+                                             t_ns=time.time_ns(), final=final), zmq.NOBLOCK)  # fmt: skip
 
 
 def stop_event_from_signals(grace_s: float | None = None) -> threading.Event:
