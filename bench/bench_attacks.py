@@ -48,9 +48,16 @@ def truth(anchor: int, start: int) -> int | None:
 
 
 def imu(seq: int, t_ns: int, t_pub_ns: int | None = None) -> list:
-    return encode_sample(rig="demo", stream="imu", modality="imu", seq=seq, t_ns=t_ns,
-                         t_pub_ns=t_pub_ns if t_pub_ns is not None else time.time_ns(), rate_hz=100.0,
-                         data=np.zeros((10, 1), np.float32))  # fmt: skip
+    return encode_sample(
+        rig="demo",
+        stream="imu",
+        modality="imu",
+        seq=seq,
+        t_ns=t_ns,
+        t_pub_ns=t_pub_ns if t_pub_ns is not None else time.time_ns(),
+        rate_hz=100.0,
+        data=np.zeros((10, 1), np.float32),
+    )
 
 
 def future(pub: zmq.Socket, stop: threading.Event) -> None:
@@ -65,8 +72,16 @@ def flood(rig: str) -> Callable[[zmq.Socket, threading.Event], None]:
     """Samples of stream x of ``rig`` (no config has it), as fast as one thread sends."""
 
     def attack(pub: zmq.Socket, stop: threading.Event) -> None:
-        frames = encode_sample(rig=rig, stream="x", modality="imu", seq=0, t_ns=time.time_ns(),
-                               t_pub_ns=time.time_ns(), rate_hz=100.0, data=np.zeros((10, 1), np.float32))
+        frames = encode_sample(
+            rig=rig,
+            stream="x",
+            modality="imu",
+            seq=0,
+            t_ns=time.time_ns(),
+            t_pub_ns=time.time_ns(),
+            rate_hz=100.0,
+            data=np.zeros((10, 1), np.float32),
+        )
         while not stop.is_set():
             for _ in range(1000):
                 pub.send_multipart(frames)
@@ -116,9 +131,20 @@ def jpeg_bombs(pub: zmq.Socket, stop: threading.Event) -> None:
     while not stop.is_set():
         for _ in range(20):
             now = time.time_ns()
-            pub.send_multipart(encode_sample(rig="demo", stream="cam", modality="video", seq=seq, t_ns=now,
-                                             t_pub_ns=now, rate_hz=10.0, encoding="jpeg", payload=bomb,
-                                             data=np.zeros((1, 2160, 3840, 3), np.uint8)))  # fmt: skip
+            pub.send_multipart(
+                encode_sample(
+                    rig="demo",
+                    stream="cam",
+                    modality="video",
+                    seq=seq,
+                    t_ns=now,
+                    t_pub_ns=now,
+                    rate_hz=10.0,
+                    encoding="jpeg",
+                    payload=bomb,
+                    data=np.zeros((1, 2160, 3840, 3), np.uint8),
+                )
+            )
             seq += 1
         stop.wait(0.1)
 
@@ -128,8 +154,10 @@ def many_parts(pub: zmq.Socket, stop: threading.Event) -> None:
     stopped (SIGSTOP: its socket reads nothing more, so the daemon's queue for it fills)."""
     import signal
 
-    code = (f"import zmq, time\ns = zmq.Context().socket(zmq.SUB)\ns.connect({SUBSCRIBE[0]!r})\n"
-            "s.subscribe(b'')\nprint('up', flush=True)\ntime.sleep(3600)")
+    code = (
+        f"import zmq, time\ns = zmq.Context().socket(zmq.SUB)\ns.connect({SUBSCRIBE[0]!r})\n"
+        "s.subscribe(b'')\nprint('up', flush=True)\ntime.sleep(3600)"
+    )
     slow = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     slow.stdout.readline()
     time.sleep(0.5)
@@ -178,32 +206,44 @@ def span(predictions: Subscriber, anchor: int, seconds: float) -> tuple[float, f
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--only", default="", help="run only the attacks whose name holds this text")
     args = parser.parse_args()
     publish, subscribe, control = free_endpoint(), free_endpoint(), free_endpoint()
     PUBLISH.append(publish)
     SUBSCRIBE.append(subscribe)
     with tempfile.TemporaryDirectory() as tmp:
         config = demo_config(Path(tmp), publish, subscribe)
-        config.write_text(config.read_text().replace(re.search(r'control = "[^"]+"', config.read_text())[0],
-                                                     f'control = "{control}"'))  # fmt: skip
+        config.write_text(
+            config.read_text().replace(
+                re.search(r'control = "[^"]+"', config.read_text())[0], f'control = "{control}"'
+            )
+        )
         log = (Path(tmp) / "log").open("w")
-        daemon = subprocess.Popen([sys.executable, "-m", "fusiond", "run", "--config", str(config)],
-                                  stderr=log)  # fmt: skip
+        daemon = subprocess.Popen(
+            [sys.executable, "-m", "fusiond", "run", "--config", str(config)], stderr=log
+        )
         ctx = zmq.Context()
         try:
             with Subscriber(subscribe, rigs=["demo"], timeout_s=1) as predictions:
                 while predictions.next() is None:
                     pass
-                anchor = int(re.search(r"media anchor: file sources start at (\d+)",
-                                       (Path(tmp) / "log").read_text())[1])  # fmt: skip
+                anchor = int(
+                    re.search(r"media anchor: file sources start at (\d+)", (Path(tmp) / "log").read_text())[
+                        1
+                    ]
+                )
                 pub = ctx.socket(zmq.PUB)
                 pub.setsockopt(zmq.SNDHWM, 100_000)
                 pub.connect(publish)
                 time.sleep(1.0)
-                print(f"{'attack':<40} {'clean /s':>8} {'acc':>5} {'MB':>6} {'attacked /s':>11} {'acc':>5} "
-                      f"{'MB':>6} {'after MB':>8}  counted")  # fmt: skip
+                print(
+                    f"{'attack':<40} {'clean /s':>8} {'acc':>5} {'MB':>6} {'attacked /s':>11} {'acc':>5} "
+                    f"{'MB':>6} {'after MB':>8}  counted"
+                )
                 clean_rate, clean_acc, _ = span(predictions, anchor, args.seconds)
                 for name, attack in ATTACKS.items():
+                    if args.only not in name:
+                        continue
                     clean_mb = rss_mb(daemon.pid)
                     stop = threading.Event()
                     thread = threading.Thread(target=attack, args=(pub, stop))
@@ -214,9 +254,11 @@ def main() -> None:
                     thread.join()
                     # The next clean span is also this attack's recovery: memory given back?
                     next_rate, next_acc, _ = span(predictions, anchor, args.seconds)
-                    print(f"{name:<40} {clean_rate:8.2f} {clean_acc:5.2f} {clean_mb:6.0f} {rate:11.2f} "
-                          f"{acc:5.2f} {attacked_mb:6.0f} {rss_mb(daemon.pid):8.0f}  {_drops(ctx, control)}",
-                          flush=True)  # fmt: skip
+                    print(
+                        f"{name:<40} {clean_rate:8.2f} {clean_acc:5.2f} {clean_mb:6.0f} {rate:11.2f} "
+                        f"{acc:5.2f} {attacked_mb:6.0f} {rss_mb(daemon.pid):8.0f}  {_drops(ctx, control)}",
+                        flush=True,
+                    )
                     clean_rate, clean_acc = next_rate, next_acc
                 pub.close(linger=0)
         finally:

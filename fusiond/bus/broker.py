@@ -23,7 +23,12 @@ from fusiond.bus.security import PublishRules
 from fusiond.bus.sockets import Sockets, drain
 from fusiond.errors import ConfigError
 
+__all__ = ["Broker", "HEARTBEAT_MS", "HEARTBEAT_TIMEOUT_MS", "MAX_PARTS"]
+
 log = logging.getLogger(__name__)
+HEARTBEAT_MS = 1000
+HEARTBEAT_TIMEOUT_MS = 3000
+"""A subscriber silent this long after a heartbeat is disconnected (ZMTP PING/PONG)."""
 MAX_PARTS = 18
 """Frames in one bus message at most: a topic, a header and 16 buffers."""
 
@@ -39,8 +44,14 @@ def _user(frame: zmq.Frame) -> str:
 class Broker:
     """Binds ``publish`` (XSUB) and ``subscribe`` (XPUB) and forwards between them."""
 
-    def __init__(self, sockets: Sockets, publish: str, subscribe: str, rules: PublishRules | None = None,
-                 on_drop: Callable[[str], None] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        sockets: Sockets,
+        publish: str,
+        subscribe: str,
+        rules: PublishRules | None = None,
+        on_drop: Callable[[str], None] | None = None,
+    ) -> None:
         """Its sockets come from ``sockets``, with their queue and message-size limits: a
         publisher that sends a frame over the limit is disconnected before it is read.
 
@@ -68,8 +79,9 @@ class Broker:
             raise self._error
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:  # fmt: skip
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         """Ask the proxy to stop; the owner's ``ctx.term()`` ends it if it has not yet."""
         if self._thread is None:
             return
@@ -93,6 +105,11 @@ class Broker:
         xsub.setsockopt(zmq.SNDHWM, 0)
         xpub = self.sockets.make(zmq.XPUB)
         xpub.setsockopt(zmq.RCVHWM, 0)
+        # A subscriber that reads nothing (stopped, or hostile) stops answering ZeroMQ's
+        # heartbeat once its queue is full: it is disconnected, and what waited for it is
+        # freed, so it cannot make the daemon hold many-part messages without bound.
+        xpub.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_MS)
+        xpub.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
         control = self.sockets.make(zmq.PAIR)
         try:
             self.sockets.bind(xsub, self.publish, "bus.publish")
@@ -120,8 +137,13 @@ class Broker:
             for sock in (xsub, xpub, control):
                 sock.close(linger=0)
 
-    def _forward(self, xsub: zmq.Socket[bytes], xpub: zmq.Socket[bytes], control: zmq.Socket[bytes],
-                 rules: PublishRules | None) -> None:  # fmt: skip
+    def _forward(
+        self,
+        xsub: zmq.Socket[bytes],
+        xpub: zmq.Socket[bytes],
+        control: zmq.Socket[bytes],
+        rules: PublishRules | None,
+    ) -> None:
         """Forward like libzmq's proxy, but only whole messages within the bounds and, with
         ``rules``, only what each sender's key may publish."""
         poller = zmq.Poller()
@@ -142,10 +164,14 @@ class Broker:
                     self.on_drop("bad_framing")
                     if not oversized:
                         oversized = True
-                        log.warning("a message of %d frames, %d bytes in all, is over the bus's bounds "
-                                    "(%d frames, twice bus.max_message_mb); not forwarded (counted as "
-                                    "drops.bad_framing)", len(frames), sum(len(f) for f in frames),
-                                    MAX_PARTS)  # fmt: skip
+                        log.warning(
+                            "a message of %d frames, %d bytes in all, is over the bus's bounds "
+                            "(%d frames, twice bus.max_message_mb); not forwarded (counted as "
+                            "drops.bad_framing)",
+                            len(frames),
+                            sum(len(f) for f in frames),
+                            MAX_PARTS,
+                        )
                     continue
                 if rules is not None:
                     who = _user(frames[0])
@@ -153,7 +179,11 @@ class Broker:
                         self.on_drop("not_allowed")
                         if who not in refused:
                             refused.add(who)
-                            log.warning("key %r may not publish %r (counted as drops.not_allowed; further "
-                                        "ones only counted)", who, frames[0].bytes[:80])  # fmt: skip
+                            log.warning(
+                                "key %r may not publish %r (counted as drops.not_allowed; further "
+                                "ones only counted)",
+                                who,
+                                frames[0].bytes[:80],
+                            )
                         continue
                 xpub.send_multipart(frames, copy=False)
