@@ -31,6 +31,25 @@ from fusiond.ingest import Limits
 from fusiond.plugin.registry import SourceRegistry
 from fusiond.sources.base import SourceConfig
 
+__all__ = [
+    "BusSection",
+    "Config",
+    "config_error",
+    "IngestSection",
+    "load",
+    "LogSection",
+    "MetricsSection",
+    "ModelSection",
+    "parse",
+    "RigSection",
+    "RuntimeSection",
+    "SecuritySection",
+    "SourceSection",
+    "validate",
+    "validate_source",
+    "WindowSection",
+]
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -69,7 +88,7 @@ class SecuritySection(_Section):
         if self.mode == "curve":
             missing = [k for k in ("server_key", "clients", "client_key") if getattr(self, k) is None]
             if missing:
-                msg = f"mode = \"curve\" needs {', '.join(missing)}"
+                msg = f'mode = "curve" needs {", ".join(missing)}'
                 raise ValueError(msg)
         return self
 
@@ -95,8 +114,10 @@ class BusSection(_Section):
                 endpoint = getattr(self, key)
                 host = endpoint.removeprefix("tcp://").rpartition(":")[0]
                 if endpoint.startswith("tcp://") and host not in ("127.0.0.1", "localhost", "[::1]", "::1"):
-                    msg = (f"{key} = {endpoint!r} is reachable from other hosts with no authentication: "
-                           "set [bus.security] mode = \"curve\", or allow_insecure = true")
+                    msg = (
+                        f"{key} = {endpoint!r} is reachable from other hosts with no authentication: "
+                        'set [bus.security] mode = "curve", or allow_insecure = true'
+                    )
                     raise ValueError(msg)
         return self
 
@@ -155,7 +176,9 @@ class IngestSection(_Section):
 class RuntimeSection(_Section):
     """``[runtime]``: where the pipeline runs (docs/operations.md, "Scaling out")."""
 
-    engine: Literal["local", "ray"] = "local"
+    engine: str = Field("local", pattern=r"^[a-z][a-z0-9_]{0,31}$")
+    """``local`` (threads with one worker, else processes), ``threads``, ``processes`` or
+    ``ray`` (:data:`fusiond.runtime.engines.ENGINES`; checked when the daemon prepares)."""
     workers: int | Literal["auto"] = 1
     """Ingest workers; 1 runs everything in the daemon's process, ``auto`` one per core."""
     address: str = ""
@@ -169,7 +192,7 @@ class RuntimeSection(_Section):
     @classmethod
     def _workers(cls, value: int | str) -> int | str:
         if isinstance(value, int) and not 1 <= value <= 256:
-            msg = "must be between 1 and 256, or \"auto\""
+            msg = 'must be between 1 and 256, or "auto"'
             raise ValueError(msg)
         return value
 
@@ -177,11 +200,6 @@ class RuntimeSection(_Section):
         """Workers to start: ``auto`` is the core count; never more than there are rigs."""
         wanted = (os.cpu_count() or 1) if self.workers == "auto" else int(self.workers)
         return max(1, min(wanted, rigs))
-
-    @property
-    def sharded(self) -> bool:
-        """Whether workers and the server run outside the daemon's process."""
-        return self.engine == "ray" or self.workers != 1
 
 
 class ModelSection(_Section):
@@ -221,8 +239,10 @@ class WindowSection(_Section):
     @model_validator(mode="after")
     def _hop(self) -> WindowSection:
         if self.hop_ms > self.length_ms:
-            msg = (f"hop_ms ({self.hop_ms:g}) is longer than length_ms ({self.length_ms:g}): "
-                   "the samples between windows would never be seen")  # fmt: skip
+            msg = (
+                f"hop_ms ({self.hop_ms:g}) is longer than length_ms ({self.length_ms:g}): "
+                "the samples between windows would never be seen"
+            )
             raise ValueError(msg)
         return self
 
@@ -230,11 +250,15 @@ class WindowSection(_Section):
         """Legal but probably unintended settings, one line each."""
         out = []
         if self.lateness_ms > 10 * self.length_ms:
-            out.append(f"window.lateness_ms = {self.lateness_ms:g}: every prediction waits at least "
-                       f"{self.lateness_ms / 1000:g} s, over ten windows")  # fmt: skip
+            out.append(
+                f"window.lateness_ms = {self.lateness_ms:g}: every prediction waits at least "
+                f"{self.lateness_ms / 1000:g} s, over ten windows"
+            )
         if self.length_ms / self.hop_ms > 100:
-            out.append(f"window.hop_ms = {self.hop_ms:g}: each sample is in "
-                       f"{self.length_ms / self.hop_ms:.0f} windows")  # fmt: skip
+            out.append(
+                f"window.hop_ms = {self.hop_ms:g}: each sample is in "
+                f"{self.length_ms / self.hop_ms:.0f} windows"
+            )
         return out
 
     def to_config(self) -> WindowConfig:
@@ -355,8 +379,12 @@ class Config(_Section):
 
     def message_rates(self) -> dict[tuple[str, str], float]:
         """The sources that set their own ``max_message_rate``: ``(rig, stream) -> rate``."""
-        return {(rig, name): s.max_message_rate for rig, section in self.rigs.items()
-                for name, s in section.sources.items() if s.max_message_rate is not None}  # fmt: skip
+        return {
+            (rig, name): s.max_message_rate
+            for rig, section in self.rigs.items()
+            for name, s in section.sources.items()
+            if s.max_message_rate is not None
+        }
 
     def source_options(self, registry: SourceRegistry) -> dict[tuple[str, str], SourceConfig]:
         """Every source's options validated by its kind (raises ConfigError)."""
@@ -401,15 +429,22 @@ def validate_source(
 
 
 _EXPECTED = {
-    "int_type": "an integer", "float_type": "a number", "bool_type": "true or false",
-    "string_type": "a string", "dict_type": "a table", "model_type": "a table",
-    "list_type": "an array", "tuple_type": "an array", "path_type": "a path",
-}  # fmt: skip
+    "int_type": "an integer",
+    "float_type": "a number",
+    "bool_type": "true or false",
+    "string_type": "a string",
+    "dict_type": "a table",
+    "model_type": "a table",
+    "list_type": "an array",
+    "tuple_type": "an array",
+    "path_type": "a path",
+}
 _BOUNDS = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=", "less_than": "<"}
 
 
-def config_error(exc: ValidationError, model: type[BaseModel] | None = None, *, prefix: str = "",
-                 source: str = "") -> ConfigError:  # fmt: skip
+def config_error(
+    exc: ValidationError, model: type[BaseModel] | None = None, *, prefix: str = "", source: str = ""
+) -> ConfigError:
     """One line per problem, each naming the TOML path and the value."""
     expected: dict[str, list[str]] = {}  # a union's members report one error each: merged
     got: dict[str, Any] = {}
@@ -453,8 +488,14 @@ def _is_tag(part: str) -> bool:
 
 
 def _toml_type(value: Any) -> str:
-    names = {bool: "a bool", int: "an integer", float: "a number", str: "a string", list: "an array",
-             dict: "a table"}  # fmt: skip
+    names = {
+        bool: "a bool",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "an array",
+        dict: "a table",
+    }
     return names.get(type(value), type(value).__name__)
 
 

@@ -8,11 +8,13 @@ from __future__ import annotations
 import math
 import threading
 from collections import Counter, deque
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+__all__ = ["ClockHealth", "LatencyWindow", "RateMeter", "RigStats", "Stats", "StreamStats", "Summary"]
 
 
 class LatencyWindow:
@@ -92,8 +94,12 @@ class ClockHealth:
         offset, drift, jitter, outliers, steps, suspects = row
         counts = (jitter, outliers, steps, suspects)
         numeric = type(drift) in (int, float) and math.isfinite(drift) and abs(drift) <= 1e6
-        if (not numeric or type(offset) is not int or abs(offset) >= 2**63
-                or not all(type(v) is int and 0 <= v < 2**63 for v in counts)):  # fmt: skip
+        if (
+            not numeric
+            or type(offset) is not int
+            or abs(offset) >= 2**63
+            or not all(type(v) is int and 0 <= v < 2**63 for v in counts)
+        ):
             msg = f"not a clock row: {row!r}"
             raise ValueError(msg)
         return cls(offset, float(drift), jitter, outliers, steps, suspects)
@@ -200,8 +206,9 @@ class Stats:
         with self._lock:
             self.drops[reason] += count
 
-    def absorb(self, snapshot: dict[str, Any], components: Collection[str],
-               streams: Collection[tuple[str, str]]) -> bool:  # fmt: skip
+    def absorb(
+        self, snapshot: dict[str, Any], components: Collection[str], streams: Collection[tuple[str, str]]
+    ) -> bool:
         """Take one component's counters (running totals) into this daemon-wide view.
 
         Only what the daemon knows is taken (its components, streams and rigs), so a
@@ -220,16 +227,28 @@ class Stats:
                     rates = (float(sample_rate), float(rate), float(samples_rate))
                     if not all(math.isfinite(v) and v >= 0 for v in rates):
                         return False
-                    rows[rig, stream] = (int(messages), int(samples), rates[0], last, rates[1],
-                                         str(error)[:500], error_ns, rates[2], int(errors))  # fmt: skip
+                    rows[rig, stream] = (
+                        int(messages),
+                        int(samples),
+                        rates[0],
+                        last,
+                        rates[1],
+                        str(error)[:500],
+                        error_ns,
+                        rates[2],
+                        int(errors),
+                    )
             clocks = {}
             for key, row in dict(snapshot.get("clocks", {})).items():
                 rig, _, stream = str(key).partition("/")
                 if (rig, stream) in streams:
                     clocks[rig, stream] = ClockHealth.from_row(row)
             rigs = {rig for rig, _ in streams}
-            masked = {rig: {str(m): int(n) for m, n in dict(v).items()}
-                      for rig, v in dict(snapshot.get("masked", {})).items() if rig in rigs}  # fmt: skip
+            masked = {
+                rig: {str(m): int(n) for m, n in dict(v).items()}
+                for rig, v in dict(snapshot.get("masked", {})).items()
+                if rig in rigs
+            }
         except (TypeError, ValueError):
             return False
         with self._lock:
@@ -270,7 +289,7 @@ class Summary:
         self._since = now_ns
         self._predictions = 0
 
-    def line(self, now_ns: int, masked: Counter[str]) -> str:
+    def line(self, now_ns: int, masked: Mapping[str, int]) -> str:
         """``windows/s, latency p50/p99, drops, masked, last prediction``."""
         elapsed = max(1e-9, (now_ns - self._since) / 1e9)
         rate = (self.stats.predictions - self._predictions) / elapsed

@@ -15,13 +15,16 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoM
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
-    from fusiond.daemon import Daemon
+    from fusiond.config import Config
+    from fusiond.status import Observed
+
+__all__ = ["DaemonCollector", "serve"]
 
 
 class DaemonCollector(Collector):
     """Exposes one daemon's counters."""
 
-    def __init__(self, daemon: Daemon) -> None:
+    def __init__(self, daemon: Observed) -> None:
         self.daemon = daemon
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily | InfoMetricFamily]:
@@ -37,10 +40,12 @@ class DaemonCollector(Collector):
         errors = CounterMetricFamily("fusiond_source_errors", "Error reports taken for the stream", labels=by)
         rate = GaugeMetricFamily("fusiond_stream_messages_per_second", "Messages per second", labels=by)
         sample_rate = GaugeMetricFamily("fusiond_stream_sample_rate_hz", "Declared sample rate", labels=by)
-        age = GaugeMetricFamily("fusiond_stream_last_sample_age_seconds", "Since the last message",
-                                labels=["rig", "stream"])  # fmt: skip
-        measured = GaugeMetricFamily("fusiond_stream_measured_rate_hz", "Samples per second arriving",
-                                     labels=by)  # fmt: skip
+        age = GaugeMetricFamily(
+            "fusiond_stream_last_sample_age_seconds", "Since the last message", labels=["rig", "stream"]
+        )
+        measured = GaugeMetricFamily(
+            "fusiond_stream_measured_rate_hz", "Samples per second arriving", labels=by
+        )
         for (rig, stream), s in d.stats.streams.items():
             messages.add_metric([rig, stream], s.messages)
             samples.add_metric([rig, stream], s.samples)
@@ -71,10 +76,12 @@ class DaemonCollector(Collector):
     def _clocks(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
         by = ["rig", "stream"]
         offset = GaugeMetricFamily("fusiond_clock_offset_seconds", "Added to the stream's stamps", labels=by)
-        drift = GaugeMetricFamily("fusiond_clock_drift_ppm", "The stream's clock, slower than the daemon's",
-                                  labels=by)  # fmt: skip
-        jitter = GaugeMetricFamily("fusiond_clock_jitter_seconds", "Arrival delay above the clock model",
-                                   labels=by)  # fmt: skip
+        drift = GaugeMetricFamily(
+            "fusiond_clock_drift_ppm", "The stream's clock, slower than the daemon's", labels=by
+        )
+        jitter = GaugeMetricFamily(
+            "fusiond_clock_jitter_seconds", "Arrival delay above the clock model", labels=by
+        )
         outliers = CounterMetricFamily("fusiond_clock_outliers", "Stamps dropped as outliers", labels=by)
         steps = CounterMetricFamily("fusiond_clock_steps", "Clock steps followed", labels=by)
         for (rig, stream), s in self.daemon.stats.streams.items():
@@ -90,10 +97,12 @@ class DaemonCollector(Collector):
     def _rigs(self, now: int) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
         d = self.daemon
         predictions = CounterMetricFamily("fusiond_predictions", "Predictions published", labels=["rig"])
-        masked = CounterMetricFamily("fusiond_masked_windows", "Windows with a modality masked",
-                                     labels=["rig", "modality"])  # fmt: skip
-        latency = GaugeMetricFamily("fusiond_latency_seconds", "Window close to published, recent windows",
-                                    labels=["rig", "quantile"])  # fmt: skip
+        masked = CounterMetricFamily(
+            "fusiond_masked_windows", "Windows with a modality masked", labels=["rig", "modality"]
+        )
+        latency = GaugeMetricFamily(
+            "fusiond_latency_seconds", "Window close to published, recent windows", labels=["rig", "quantile"]
+        )
         for rig in d.config.rigs:
             r = d.stats.rig(rig)
             predictions.add_metric([rig], r.predictions)
@@ -105,10 +114,18 @@ class DaemonCollector(Collector):
         yield from (predictions, masked, latency)
 
 
-def serve(listen: str, daemon: Daemon) -> object:
-    """Start the HTTP server in a thread; returns it (``.shutdown()`` stops it)."""
+def serve(config: Config, daemon: Observed) -> object | None:
+    """Start the HTTP server of ``[metrics] listen`` in a thread, if there is one; returns
+    it (``.shutdown()`` stops it). A port it cannot have is a ConfigError naming the key."""
+    listen = config.metrics.listen
+    if not listen:
+        return None
     host, _, port = listen.rpartition(":")
     registry = CollectorRegistry(auto_describe=False)
     registry.register(DaemonCollector(daemon))
-    server, _thread = start_http_server(int(port), addr=host, registry=registry)
+    try:
+        server, _thread = start_http_server(int(port), addr=host, registry=registry)
+    except OSError as exc:
+        msg = f"cannot serve metrics on {listen}: {exc.strerror}"
+        raise config.error(msg, "metrics.listen") from None
     return server

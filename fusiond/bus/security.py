@@ -22,7 +22,7 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
 import zmq.auth
@@ -30,6 +30,23 @@ from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils import z85
 
 from fusiond.errors import ConfigError
+
+if TYPE_CHECKING:
+    from fusiond.config import SecuritySection
+
+__all__ = [
+    "client_keys",
+    "Gatekeeper",
+    "generate",
+    "guard",
+    "KEY_ENV",
+    "Keys",
+    "listing",
+    "load_pair",
+    "PublishRules",
+    "SERVER_KEY_ENV",
+    "SERVER_PUBLIC_ENV",
+]
 
 log = logging.getLogger(__name__)
 KEY_ENV = "FUSIOND_KEY"
@@ -80,9 +97,11 @@ class Keys:
         if not self.enabled or self.client_secret is None or self.client_public is None:
             return {}
         assert self.server_public is not None
-        return {SERVER_PUBLIC_ENV: self.server_public.decode(),
-                "FUSIOND_KEY_PUBLIC": self.client_public.decode(),
-                "FUSIOND_KEY_SECRET": self.client_secret.decode()}  # fmt: skip
+        return {
+            SERVER_PUBLIC_ENV: self.server_public.decode(),
+            "FUSIOND_KEY_PUBLIC": self.client_public.decode(),
+            "FUSIOND_KEY_SECRET": self.client_secret.decode(),
+        }
 
 
 def load_pair(path: Path, where: str = "") -> tuple[bytes, bytes | None]:
@@ -95,13 +114,18 @@ def load_pair(path: Path, where: str = "") -> tuple[bytes, bytes | None]:
     return public, secret
 
 
-def client_keys(key: Path | None = None, server_key: Path | None = None,
-                environ: Mapping[str, str] | None = None) -> Keys:  # fmt: skip
+def client_keys(
+    key: Path | None = None, server_key: Path | None = None, environ: Mapping[str, str] | None = None
+) -> Keys:
     """A client's keys from files, else from the environment; no keys when none are given."""
     env = os.environ if environ is None else environ
     if key is None and env.get("FUSIOND_KEY_SECRET") and env.get(SERVER_PUBLIC_ENV):
-        return Keys(env[SERVER_PUBLIC_ENV].encode(), None, env["FUSIOND_KEY_PUBLIC"].encode(),
-                    env["FUSIOND_KEY_SECRET"].encode())  # fmt: skip
+        return Keys(
+            env[SERVER_PUBLIC_ENV].encode(),
+            None,
+            env["FUSIOND_KEY_PUBLIC"].encode(),
+            env["FUSIOND_KEY_SECRET"].encode(),
+        )
     key = key or (Path(env[KEY_ENV]) if env.get(KEY_ENV) else None)
     server_key = server_key or (Path(env[SERVER_KEY_ENV]) if env.get(SERVER_KEY_ENV) else None)
     if key is None and server_key is None:
@@ -138,8 +162,7 @@ class Gatekeeper(ThreadAuthenticator):
     """ZAP for the daemon: allows the public keys in a folder, names each connection after
     its certificate file, and counts every refusal."""
 
-    def __init__(self, context: zmq.Context[Any], clients: Path,
-                 on_refused: Callable[[str], None]) -> None:  # fmt: skip
+    def __init__(self, context: zmq.Context[Any], clients: Path, on_refused: Callable[[str], None]) -> None:
         super().__init__(context, log=logging.getLogger("fusiond.auth"))
         self.clients = clients
         self.on_refused = on_refused
@@ -155,8 +178,9 @@ class Gatekeeper(ThreadAuthenticator):
     def curve_user_id(self, client_public_key: bytes) -> str:
         return self.names.get(z85.encode(client_public_key), "unknown")
 
-    def _send_zap_reply(self, request_id: bytes, status_code: bytes, status_text: bytes,
-                        user_id: str = "anonymous") -> None:  # fmt: skip
+    def _send_zap_reply(
+        self, request_id: bytes, status_code: bytes, status_text: bytes, user_id: str = "anonymous"
+    ) -> None:
         if status_code != b"200":
             self.on_refused(status_text.decode(errors="replace"))
         super()._send_zap_reply(request_id, status_code, status_text, user_id)
@@ -188,3 +212,29 @@ class PublishRules:
         if name in self.trusted:
             return True
         return topic in self.exact.get(name, ()) or topic.startswith(self.prefixes.get(name, ()))
+
+
+def guard(
+    security: SecuritySection, ctx: zmq.Context[Any], count: Callable[[str], None]
+) -> tuple[Gatekeeper | None, PublishRules | None]:
+    """ZAP started on a secured bus (each refused key counted as ``unauthenticated`` with
+    ``count`` and logged once), and the publish rules if any; (None, None) when open."""
+    if security.mode != "curve":
+        return None, None
+    assert security.clients is not None and security.client_key is not None
+    said: list[bool] = []
+
+    def refused(why: str) -> None:  # the ZAP thread
+        count("unauthenticated")
+        if not said:
+            said.append(True)
+            log.warning(
+                "refused a connection: %s (counted as drops.unauthenticated; further ones only counted)", why
+            )
+
+    gatekeeper = Gatekeeper(ctx, security.clients, refused)
+    gatekeeper.start()
+    if not security.publishers:
+        return gatekeeper, None
+    own = security.client_key.name.removesuffix(".key_secret")
+    return gatekeeper, PublishRules(security.publishers, trusted=[own])

@@ -12,6 +12,7 @@ its ZeroMQ context unless it was handed one.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -23,6 +24,20 @@ import zmq
 from fusiond.bus.security import Keys
 from fusiond.errors import ConfigError
 
+__all__ = [
+    "bind_to",
+    "CONTROL_MAX_BYTES",
+    "DEFAULT_CONTROL",
+    "DEFAULT_PUBLISH",
+    "DEFAULT_SUBSCRIBE",
+    "drain",
+    "HANDSHAKE_MS",
+    "local_endpoint",
+    "raise_fd_limit",
+    "Socket",
+    "Sockets",
+]
+
 Socket = zmq.Socket[bytes]
 DEFAULT_PUBLISH = "tcp://127.0.0.1:7710"
 DEFAULT_SUBSCRIBE = "tcp://127.0.0.1:7711"
@@ -33,13 +48,21 @@ HANDSHAKE_MS = 5000
 idle connections from anyone who can reach a port cannot pile up and take every file
 descriptor (libzmq's default is 30 s)."""
 
+log = logging.getLogger(__name__)
+
 
 class Sockets:
     """Makes sockets with one set of limits, in one context."""
 
-    def __init__(self, ctx: zmq.Context[Socket] | None = None, *, hwm: int = 1000,
-                 max_message_bytes: int = -1, keys: Keys | None = None,
-                 linger_ms: int = 0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        ctx: zmq.Context[Socket] | None = None,
+        *,
+        hwm: int = 1000,
+        max_message_bytes: int = -1,
+        keys: Keys | None = None,
+        linger_ms: int = 0,
+    ) -> None:
         """``hwm``: messages each queue holds; ``max_message_bytes``: the largest frame a
         receiving socket accepts from another process (-1: no limit); ``keys``: CURVE for
         every TCP socket (:mod:`fusiond.bus.security`)."""
@@ -55,8 +78,9 @@ class Sockets:
     def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:  # fmt: skip
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
     def close(self) -> None:
@@ -74,8 +98,14 @@ class Sockets:
         if self._owned:
             self.ctx.term()
 
-    def make(self, kind: int, *, hwm: int | None = None, linger_ms: int | None = None,
-             max_message_bytes: int | None = None) -> Socket:  # fmt: skip
+    def make(
+        self,
+        kind: int,
+        *,
+        hwm: int | None = None,
+        linger_ms: int | None = None,
+        max_message_bytes: int | None = None,
+    ) -> Socket:
         """A bare socket of ``kind`` with this factory's limits (or the ones given)."""
         sock = self.ctx.socket(kind)
         with self._lock:
@@ -90,13 +120,27 @@ class Sockets:
             sock.setsockopt(zmq.MAXMSGSIZE, limit)
         return sock
 
-    def publisher(self, endpoint: str, *, bind: bool = False, hwm: int | None = None,
-                  linger_ms: int | None = None, where: str = "") -> Socket:  # fmt: skip
+    def publisher(
+        self,
+        endpoint: str,
+        *,
+        bind: bool = False,
+        hwm: int | None = None,
+        linger_ms: int | None = None,
+        where: str = "",
+    ) -> Socket:
         """A PUB socket connected to (or bound at) ``endpoint``."""
         return self._attach(self.make(zmq.PUB, hwm=hwm, linger_ms=linger_ms), endpoint, bind, where)
 
-    def subscriber(self, endpoint: str, topics: Sequence[str | bytes] = (), *, bind: bool = False,
-                   hwm: int | None = None, where: str = "") -> Socket:  # fmt: skip
+    def subscriber(
+        self,
+        endpoint: str,
+        topics: Sequence[str | bytes] = (),
+        *,
+        bind: bool = False,
+        hwm: int | None = None,
+        where: str = "",
+    ) -> Socket:
         """A SUB socket connected to ``endpoint`` and subscribed to each topic prefix."""
         sock = self.make(zmq.SUB, hwm=hwm)
         sock.setsockopt(zmq.SNDHWM, 0)  # it sends only subscriptions, and none may be lost
@@ -114,8 +158,9 @@ class Sockets:
 
         Requests are a word or two: a frame over 64 KiB drops its sender's connection, and
         at most 16 requests wait, so concurrent huge requests cannot take the memory."""
-        return self._attach(self.make(zmq.REP, hwm=16, max_message_bytes=CONTROL_MAX_BYTES), endpoint, True,
-                            where)  # fmt: skip
+        return self._attach(
+            self.make(zmq.REP, hwm=16, max_message_bytes=CONTROL_MAX_BYTES), endpoint, True, where
+        )
 
     def push(self, endpoint: str, *, bind: bool = False, hwm: int | None = None, where: str = "") -> Socket:
         """A PUSH socket: windows from an ingest worker to the inference server."""
@@ -147,17 +192,26 @@ class Sockets:
         return sock
 
 
-def raise_fd_limit(want: int = 65536) -> tuple[int, int]:
+def raise_fd_limit(want: int = 65536, warn_below: int = 4096) -> tuple[int, int]:
     """Raise this process's soft limit on open files towards ``want`` (never past the hard
-    limit); ``(before, after)``. Each connection to a bound socket costs a descriptor."""
+    limit), with a warning when it stays under ``warn_below``; ``(before, after)``. Each
+    connection to a bound socket costs a descriptor."""
     import resource
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    after = soft
     if soft != resource.RLIM_INFINITY and soft < target:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-        return soft, target
-    return soft, soft
+        after = target
+    if after != resource.RLIM_INFINITY and after < warn_below:
+        log.warning(
+            "this process may open %d files (was %d); each connection to the bus costs one: "
+            "raise the hard limit (LimitNOFILE=65536 in the unit does)",
+            after,
+            soft,
+        )
+    return soft, after
 
 
 def drain(sock: Socket, limit: int) -> Iterator[list[zmq.Frame]]:

@@ -21,7 +21,6 @@ import functools
 import json
 import logging
 import os
-import sys
 import tempfile
 import threading
 import time
@@ -36,11 +35,30 @@ from fusiond.align.spec import InputSpec
 from fusiond.runtime.server import ServerSpec, run_server
 from fusiond.runtime.worker import WorkerSpec, run_worker
 from fusiond.sources.runner import Backoff
-from fusiond.sources.supervisor import Child, Supervisor
+from fusiond.sources.supervisor import Child, Supervisor, fusiond_argv
 
 if TYPE_CHECKING:
     from fusiond.bus.broker import Broker
+    from fusiond.bus.security import Keys
     from fusiond.config import Config
+    from fusiond.plugin import Plugins
+
+__all__ = [
+    "component_main",
+    "deal",
+    "Endpoints",
+    "endpoints_for",
+    "Engine",
+    "EngineClass",
+    "local_bus",
+    "make_plan",
+    "Plan",
+    "ProcessEngine",
+    "reachable",
+    "remove_ipc",
+    "runtime_dir",
+    "ThreadEngine",
+]
 
 log = logging.getLogger(__name__)
 
@@ -61,23 +79,24 @@ class Endpoints:
     """Offline: each worker's feed from the daemon, in worker order."""
 
 
-def endpoints_for(mode: str, config: Config, broker: Broker | None, stats: str,
-                  feeds: tuple[str, ...] = (), collector: str = "") -> Endpoints:  # fmt: skip
-    """The endpoints of one engine; ``stats`` (and offline, the feeds and collector) are bound already."""
-    if feeds:
-        inbox, publish = "", collector
-    elif mode == "threads" and broker is not None:
-        inbox, publish = broker.inproc_subscribe, broker.inproc_publish
-    else:
-        host = config.runtime.advertise if mode == "ray" else "127.0.0.1"
-        inbox, publish = (reachable(e, host) for e in (config.bus.subscribe, config.bus.publish))
-    if mode == "threads":
-        windows = f"inproc://fusiond-windows-{id(config)}"
-    elif mode == "processes":
-        windows = f"ipc://{runtime_dir()}/windows-{os.getpid()}"
-    else:
-        windows = ""
-    return Endpoints(inbox, windows, publish, stats, feeds)
+def endpoints_for(
+    engine: EngineClass,
+    config: Config,
+    broker: Broker | None,
+    stats: str,
+    owner: str,
+    feeds: tuple[str, ...] = (),
+    collector: str = "",
+) -> Endpoints:
+    """The endpoints of one engine's components; ``stats`` (and offline, the feeds and the
+    collector) are bound already. ``owner`` keeps one daemon's or run's names its own."""
+    inbox, publish = ("", collector) if feeds else engine.bus(config, broker)
+    return Endpoints(inbox, engine.endpoint(config, "windows", owner), publish, stats, feeds)
+
+
+def local_bus(config: Config, host: str) -> tuple[str, str]:
+    """The bus's own endpoints as a component at ``host`` connects to them."""
+    return reachable(config.bus.subscribe, host), reachable(config.bus.publish, host)
 
 
 def reachable(endpoint: str, host: str) -> str:
@@ -104,8 +123,14 @@ def runtime_dir() -> Path:
     return path
 
 
-def make_plan(config: Config, streams: Mapping[tuple[str, str], str], spec: InputSpec,
-              endpoints: Endpoints, workers: int, offline: bool = False) -> Plan:  # fmt: skip
+def make_plan(
+    config: Config,
+    streams: Mapping[tuple[str, str], str],
+    spec: InputSpec,
+    endpoints: Endpoints,
+    workers: int,
+    offline: bool = False,
+) -> Plan:
     """Worker and server specs for a config, ``workers`` ingest workers."""
     window = asdict(config.window.with_buffer(config.ingest))
     limits = asdict(config.ingest.limits())
@@ -115,15 +140,39 @@ def make_plan(config: Config, streams: Mapping[tuple[str, str], str], spec: Inpu
     for i, share in enumerate(deal(rigs, workers)):
         mine = [(r, s, m) for (r, s), m in sorted(streams.items()) if r in share]
         inbox = endpoints.feeds[i] if offline else endpoints.inbox
-        specs.append(WorkerSpec(f"worker-{i}", mine, spec.to_dict(), window, inbox, endpoints.windows,
-                                endpoints.stats, offline, limits, [r for r in rates if r[0] in share],
-                                config.bus.hwm, config.bus.max_message_bytes))  # fmt: skip
+        specs.append(
+            WorkerSpec(
+                f"worker-{i}",
+                mine,
+                spec.to_dict(),
+                window,
+                inbox,
+                endpoints.windows,
+                endpoints.stats,
+                offline,
+                limits,
+                [r for r in rates if r[0] in share],
+                config.bus.hwm,
+                config.bus.max_message_bytes,
+            )
+        )
     cores = os.cpu_count() or 1
     threads = config.model.threads or (0 if workers == 1 else max(1, cores - len(specs)))
-    server = ServerSpec("server", str(config.model.path), endpoints.windows, endpoints.publish,
-                        endpoints.stats, config.model.device, config.model.runtime, threads,
-                        config.model.max_batch, round(config.model.max_delay_ms * 1e6), len(specs),
-                        offline, hwm=config.bus.hwm)  # fmt: skip
+    server = ServerSpec(
+        "server",
+        str(config.model.path),
+        endpoints.windows,
+        endpoints.publish,
+        endpoints.stats,
+        config.model.device,
+        config.model.runtime,
+        threads,
+        config.model.max_batch,
+        round(config.model.max_delay_ms * 1e6),
+        len(specs),
+        offline,
+        hwm=config.bus.hwm,
+    )
     return Plan(specs, server)
 
 
@@ -177,11 +226,52 @@ class Engine(Protocol):
         cannot be ended alone (a thread)."""
 
 
+class EngineClass(Protocol):
+    """An engine as :data:`fusiond.runtime.engines.ENGINES` lists it: where its components'
+    sockets go, and how to make one. Everything that differs between engines is here."""
+
+    @classmethod
+    def endpoint(cls, config: Config, purpose: str, owner: str) -> str:
+        """Where to bind a socket for ``purpose`` (``stats``, ``windows``, ``feed-0``,
+        ``out``) that this engine's components reach; "" lets the component bind one."""
+        ...
+
+    @classmethod
+    def bus(cls, config: Config, broker: Broker | None) -> tuple[str, str]:
+        """How the components reach the broker: (subscribe side, publish side)."""
+        ...
+
+    @classmethod
+    def create(
+        cls, plan: Plan, config: Config, ctx: zmq.Context[zmq.Socket[bytes]], keys: Keys, plugins: Plugins
+    ) -> Engine:
+        """The engine that runs ``plan`` (``keys``: what its components connect with;
+        ``plugins``: what they build models from, where they run in this process; a
+        component in a process of its own loads the installed ones)."""
+        ...
+
+
 class ThreadEngine:
     """The worker and the server as threads of this process, over inproc sockets."""
 
-    def __init__(self, plan: Plan, ctx: zmq.Context[zmq.Socket[bytes]]) -> None:
-        self.plan, self.ctx = plan, ctx
+    @classmethod
+    def endpoint(cls, config: Config, purpose: str, owner: str) -> str:
+        return f"inproc://fusiond-{purpose}-{owner}"
+
+    @classmethod
+    def bus(cls, config: Config, broker: Broker | None) -> tuple[str, str]:
+        if broker is None:
+            return local_bus(config, "127.0.0.1")
+        return broker.inproc_subscribe, broker.inproc_publish
+
+    @classmethod
+    def create(
+        cls, plan: Plan, config: Config, ctx: zmq.Context[zmq.Socket[bytes]], keys: Keys, plugins: Plugins
+    ) -> Engine:
+        return cls(plan, ctx, plugins)
+
+    def __init__(self, plan: Plan, ctx: zmq.Context[zmq.Socket[bytes]], plugins: Plugins) -> None:
+        self.plan, self.ctx, self.plugins = plan, ctx, plugins
         self.server_inbox = plan.server.inbox
         self._threads: dict[str, threading.Thread] = {}
         self._stop = threading.Event()
@@ -194,7 +284,9 @@ class ThreadEngine:
         out: dict[str, Callable[[], None]] = {}
         for spec in self.plan.workers:
             out[spec.name] = functools.partial(run_worker, spec, self._stop, self.ctx)
-        out[self.plan.server.name] = lambda: run_server(self.plan.server_spec(), self._stop, self.ctx)
+        out[self.plan.server.name] = lambda: run_server(
+            self.plan.server_spec(), self._stop, self.plugins, self.ctx
+        )
         return out
 
     def start(self) -> None:
@@ -203,8 +295,9 @@ class ThreadEngine:
             self._spawn(name, target)
 
     def _spawn(self, name: str, target: Callable[[], None]) -> None:
-        thread = threading.Thread(target=self._guard, args=(name, target), name=f"fusiond-{name}",
-                                  daemon=True)  # fmt: skip
+        thread = threading.Thread(
+            target=self._guard, args=(name, target), name=f"fusiond-{name}", daemon=True
+        )
         self._threads[name] = thread
         self._started.append(name)
         thread.start()
@@ -231,9 +324,16 @@ class ThreadEngine:
         return started
 
     def rows(self) -> list[dict[str, Any]]:
-        return [{"name": n, "state": "running" if t.is_alive() else "waiting", "pid": os.getpid(),
-                 "restarts": self._restarts.get(n, 0), "rigs": self.plan.rigs_of(n)}
-                for n, t in sorted(self._threads.items())]  # fmt: skip
+        return [
+            {
+                "name": n,
+                "state": "running" if t.is_alive() else "waiting",
+                "pid": os.getpid(),
+                "restarts": self._restarts.get(n, 0),
+                "rigs": self.plan.rigs_of(n),
+            }
+            for n, t in sorted(self._threads.items())
+        ]
 
     def stop(self, deadline: float) -> None:
         self._stop.set()
@@ -246,6 +346,20 @@ class ThreadEngine:
 
 class ProcessEngine:
     """Each worker and the server a process of its own, supervised like the sources."""
+
+    @classmethod
+    def endpoint(cls, config: Config, purpose: str, owner: str) -> str:
+        return f"ipc://{runtime_dir()}/{purpose}-{owner}"
+
+    @classmethod
+    def bus(cls, config: Config, broker: Broker | None) -> tuple[str, str]:
+        return local_bus(config, "127.0.0.1")
+
+    @classmethod
+    def create(
+        cls, plan: Plan, config: Config, ctx: zmq.Context[zmq.Socket[bytes]], keys: Keys, plugins: Plugins
+    ) -> Engine:
+        return cls(plan, keys.env())
 
     def __init__(self, plan: Plan, env: Mapping[str, str] | None = None) -> None:
         """``env``: extra environment for the children (the bus keys on a secured bus)."""
@@ -261,12 +375,11 @@ class ProcessEngine:
 
     def _child(self, name: str, role: str, spec: Callable[[], dict[str, Any]]) -> Child:
         def argv() -> list[str]:
-            # -P: the working folder must not shadow the installed package.
-            return [sys.executable, "-P", "-m", "fusiond", "component", role, "--spec-json",
-                    json.dumps(spec()), "--parent-pid", str(os.getpid())]  # fmt: skip
+            return fusiond_argv("component", role, "--spec-json", json.dumps(spec()))
 
-        return Child(name, [], Path(tempfile.gettempdir()), Backoff(cap_s=5.0), argv_fn=argv, role=role,
-                     env=self.env)  # fmt: skip
+        return Child(
+            name, [], Path(tempfile.gettempdir()), Backoff(cap_s=5.0), argv_fn=argv, role=role, env=self.env
+        )
 
     def start(self) -> None:
         self.supervisor.poll()
@@ -282,9 +395,16 @@ class ProcessEngine:
         return started
 
     def rows(self) -> list[dict[str, Any]]:
-        return [{"name": c.name, "state": c.state, "pid": c.proc.pid if c.proc else None,
-                 "restarts": c.restarts, "rigs": self.plan.rigs_of(c.name)}
-                for c in self._children]  # fmt: skip
+        return [
+            {
+                "name": c.name,
+                "state": c.state,
+                "pid": c.proc.pid if c.proc else None,
+                "restarts": c.restarts,
+                "rigs": self.plan.rigs_of(c.name),
+            }
+            for c in self._children
+        ]
 
     def stop(self, deadline: float) -> None:
         self.supervisor.terminate()
@@ -301,13 +421,15 @@ class ProcessEngine:
 def component_main(role: str, spec: Mapping[str, Any]) -> int:
     """``fusiond component worker|server``: one component, until SIGTERM or the end of its data."""
     from fusiond.bus.security import client_keys
+    from fusiond.plugin import load_plugins
     from fusiond.sources.runner import stop_event_from_signals
     from fusiond.sources.supervisor import STOP_GRACE_S
 
     stop = stop_event_from_signals(STOP_GRACE_S)
     keys = client_keys()  # a secured bus: the daemon put its own sources' keys in the environment
+    plugins = load_plugins()  # the installed ones, as the daemon loaded them: kinds, encoders, fusions
     if role == "worker":
         run_worker(WorkerSpec.from_dict(dict(spec)), stop, keys=keys)
     else:
-        run_server(ServerSpec.from_dict(dict(spec)), stop, keys=keys)
+        run_server(ServerSpec.from_dict(dict(spec)), stop, plugins, keys=keys)
     return 0

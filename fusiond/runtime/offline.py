@@ -19,30 +19,41 @@ from typing import Any
 
 import zmq
 
+from fusiond.bus.security import Keys
 from fusiond.bus.sockets import Sockets
 from fusiond.bus.wire import SAMPLE_PREFIX, Prediction, decode_prediction, sample_topic
 from fusiond.config import Config
 from fusiond.metrics import Stats
 from fusiond.models.checkpoint import Checkpoint
-from fusiond.pipeline import Pipeline
+from fusiond.pipeline import Pipeline, resolve_streams
 from fusiond.plugin import Plugins
+from fusiond.runtime.engine import EngineClass, endpoints_for, make_plan, remove_ipc
+from fusiond.runtime.engines import ENGINES, engine_class, engine_name
 from fusiond.runtime.handoff import END, decode_body
 from fusiond.runtime.worker import FLUSH
+
+__all__ = ["run_inline", "run_offline", "run_sharded"]
 
 log = logging.getLogger(__name__)
 
 
-def run_inline(config: Config, plugins: Plugins, checkpoint: Checkpoint,
-               streams: Mapping[tuple[str, str], str], recording: Path,
-               emit: Callable[[Prediction], None]) -> Stats:  # fmt: skip
+def run_inline(
+    config: Config,
+    plugins: Plugins,
+    checkpoint: Checkpoint,
+    streams: Mapping[tuple[str, str], str],
+    recording: Path,
+    emit: Callable[[Prediction], None],
+) -> Stats:
     """The pipeline and the model in this thread: deterministic."""
-    from fusiond.models.runner import make_runner
+    from fusiond.models.serving import make_runner
     from fusiond.publish import PredictionBuilder
     from fusiond.recording import read
 
     pipeline = Pipeline.from_config(config, plugins.sources, checkpoint)
-    runner = make_runner(checkpoint, plugins.parts, config.model.device, config.model.runtime,
-                         config.model.threads)  # fmt: skip
+    runner = make_runner(
+        checkpoint, plugins.parts, config.model.device, config.model.runtime, config.model.threads
+    )
     model = {"name": checkpoint.name, "hash": checkpoint.content_hash}
     builder = PredictionBuilder(checkpoint.classes, model, checkpoint.task)
 
@@ -63,31 +74,57 @@ def run_inline(config: Config, plugins: Plugins, checkpoint: Checkpoint,
     return pipeline.stats
 
 
-def run_sharded(config: Config, checkpoint: Checkpoint, streams: Mapping[tuple[str, str], str],
-                recording: Path, emit: Callable[[Prediction], None], mode: str) -> Stats:  # fmt: skip
+def run_offline(
+    config: Config,
+    plugins: Plugins,
+    recording: Path,
+    emit: Callable[[Prediction], None],
+    engines: Mapping[str, Any] = ENGINES,
+) -> Stats:
+    """Run the pipeline over a recording with no wall clock: the recorded receive time is
+    the processing clock, so a recording always gives the same windows and labels."""
+    from fusiond.models import load
+
+    checkpoint: Checkpoint = load(config.model.path)
+    streams = resolve_streams(config, plugins.sources, checkpoint.spec, checkpoint.name)
+    name = engine_name(config)
+    if name == "threads":
+        return run_inline(config, plugins, checkpoint, streams, recording, emit)
+    return run_sharded(config, plugins, checkpoint, streams, recording, emit, engine_class(name, engines))
+
+
+def run_sharded(
+    config: Config,
+    plugins: Plugins,
+    checkpoint: Checkpoint,
+    streams: Mapping[tuple[str, str], str],
+    recording: Path,
+    emit: Callable[[Prediction], None],
+    engine: EngineClass,
+) -> Stats:
     """The live components, fed the recording; predictions come back in window order."""
-    from fusiond.daemon import make_engine
     from fusiond.recording import read
-    from fusiond.runtime.engine import endpoints_for, make_plan, remove_ipc, runtime_dir
 
     stats = Stats()
     workers = config.runtime.worker_count(len(config.rigs))
     with Sockets(hwm=100_000) as sockets:
         # Endpoints of this run's own: any number of offline runs may go at once.
-        base = {"threads": f"inproc://fusiond-offline-{os.getpid()}",
-                "processes": f"ipc://{runtime_dir()}/offline-{os.getpid()}"}.get(
-            mode, f"tcp://{config.runtime.advertise}:*")  # fmt: skip
-        feeds = [sockets.push(f"{base}-feed-{i}" if "*" not in base else base, bind=True, where="runtime")
-                 for i in range(workers)]  # fmt: skip
-        collector = sockets.pull(base + "-out" if "*" not in base else base, bind=True, where="runtime")
-        inbox = sockets.pull(base + "-stats" if "*" not in base else base, bind=True, where="runtime")
-        endpoints = endpoints_for(mode, config, None, _bound(inbox), tuple(_bound(f) for f in feeds),
-                                  _bound(collector))  # fmt: skip
+        owner = f"{os.getpid()}-{id(sockets):x}"
+
+        def where(purpose: str) -> str:
+            return engine.endpoint(config, f"offline-{purpose}", owner)
+
+        feeds = [sockets.push(where(f"feed-{i}"), bind=True, where="runtime") for i in range(workers)]
+        collector = sockets.pull(where("out"), bind=True, where="runtime")
+        inbox = sockets.pull(where("stats"), bind=True, where="runtime")
+        endpoints = endpoints_for(
+            engine, config, None, _bound(inbox), owner, tuple(_bound(f) for f in feeds), _bound(collector)
+        )
         plan = make_plan(config, streams, checkpoint.spec, endpoints, workers, offline=True)
-        owner = {rig: i for i, spec in enumerate(plan.workers) for rig in spec.rigs}
-        topics = {sample_topic(r, s).encode(): owner[r] for r, s in streams}
-        engine = make_engine(mode, config, plan, sockets.ctx)
-        engine.start()
+        worker_of = {rig: i for i, spec in enumerate(plan.workers) for rig in spec.rigs}
+        topics = {sample_topic(r, s).encode(): worker_of[r] for r, s in streams}
+        running = engine.create(plan, config, sockets.ctx, Keys(), plugins)
+        running.start()
         try:
             now = 0
             for rec in read(recording, [SAMPLE_PREFIX]):
@@ -98,9 +135,9 @@ def run_sharded(config: Config, checkpoint: Checkpoint, streams: Mapping[tuple[s
             for feed in feeds:
                 feed.send_multipart([now.to_bytes(8, "little"), FLUSH])
             names = [spec.name for spec in plan.workers] + [plan.server.name]
-            predictions = _collect(collector, inbox, stats, engine, names, streams)
+            predictions = _collect(collector, inbox, stats, running, names, streams)
         finally:
-            engine.stop(time.monotonic() + 2.0)
+            running.stop(time.monotonic() + 2.0)
             remove_ipc(endpoints.windows, *endpoints.feeds, _bound(collector), _bound(inbox))
     for p in sorted(predictions, key=lambda p: (p.rig, p.window_start_ns)):
         stats.predicted(p.rig, p.label, 0, p.t_pub_ns)
@@ -112,8 +149,14 @@ def _bound(sock: zmq.Socket[bytes]) -> str:
     return sock.getsockopt_string(zmq.LAST_ENDPOINT)
 
 
-def _collect(collector: zmq.Socket[bytes], inbox: zmq.Socket[bytes], stats: Stats, engine: Any,
-             names: list[str], streams: Mapping[tuple[str, str], str]) -> list[Prediction]:  # fmt: skip
+def _collect(
+    collector: zmq.Socket[bytes],
+    inbox: zmq.Socket[bytes],
+    stats: Stats,
+    engine: Any,
+    names: list[str],
+    streams: Mapping[tuple[str, str], str],
+) -> list[Prediction]:
     out: list[Prediction] = []
     done = threading.Event()
     while not done.is_set():

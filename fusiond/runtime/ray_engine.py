@@ -14,12 +14,22 @@ import logging
 import threading
 import time
 from dataclasses import asdict, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import zmq
 
 from fusiond.errors import ConfigError
-from fusiond.runtime.engine import Plan
+from fusiond.runtime.engine import Engine, Plan, local_bus
 from fusiond.runtime.server import ServerSpec, run_server
 from fusiond.runtime.worker import WorkerSpec, run_worker
+
+if TYPE_CHECKING:
+    from fusiond.bus.broker import Broker
+    from fusiond.bus.security import Keys
+    from fusiond.config import Config
+    from fusiond.plugin import Plugins
+
+__all__ = ["Component", "RayEngine"]
 
 log = logging.getLogger(__name__)
 
@@ -38,12 +48,15 @@ class Component:
         ready = threading.Event()
 
         def body() -> None:
+            from fusiond.plugin import load_plugins
+
             try:
+                plugins = load_plugins()  # the node's installed ones: kinds, encoders, fusions
                 if role == "worker":
                     ready.set()
                     run_worker(WorkerSpec.from_dict(spec), self.stop)
                 else:
-                    run_server(ServerSpec.from_dict(spec), self.stop, bound=bound)
+                    run_server(ServerSpec.from_dict(spec), self.stop, plugins, bound=bound)
             except Exception as exc:
                 self.error = f"{type(exc).__name__}: {exc}"
                 log.exception("%s failed", role)
@@ -75,6 +88,24 @@ class Component:
 class RayEngine:
     """Workers and server as Ray actors, restarted when they die."""
 
+    @classmethod
+    def endpoint(cls, config: Config, purpose: str, owner: str) -> str:
+        # The server binds a free port on whichever node it lands on, and reports it.
+        return "" if purpose == "windows" else f"tcp://{config.runtime.advertise}:*"
+
+    @classmethod
+    def bus(cls, config: Config, broker: Broker | None) -> tuple[str, str]:
+        return local_bus(config, config.runtime.advertise)
+
+    @classmethod
+    def create(
+        cls, plan: Plan, config: Config, ctx: zmq.Context[zmq.Socket[bytes]], keys: Keys, plugins: Plugins
+    ) -> Engine:
+        if config.bus.security.mode != "none":
+            msg = "engine 'ray' with a secured bus is not supported: the actors would need the keys"
+            raise ConfigError(msg, path="runtime.engine")
+        return cls(plan, config.runtime.address, config.runtime.num_gpus)
+
     def __init__(self, plan: Plan, address: str, num_gpus: float = 0.0) -> None:
         try:
             import ray
@@ -83,8 +114,12 @@ class RayEngine:
             raise ConfigError(msg, path="runtime.engine") from None
         self.ray = ray
         if not ray.is_initialized():
-            ray.init(address=address or None, logging_level=logging.WARNING, include_dashboard=False,
-                     configure_logging=False)  # fmt: skip
+            ray.init(
+                address=address or None,
+                logging_level=logging.WARNING,
+                include_dashboard=False,
+                configure_logging=False,
+            )
         self.plan = plan
         self.num_gpus = num_gpus
         self.server_inbox = ""
@@ -152,8 +187,16 @@ class RayEngine:
         return True
 
     def rows(self) -> list[dict[str, Any]]:
-        return [{"name": n, "state": "running", "pid": None, "restarts": self._restarts.get(n, 0),
-                 "rigs": self.plan.rigs_of(n)} for n in sorted(self._actors)]  # fmt: skip
+        return [
+            {
+                "name": n,
+                "state": "running",
+                "pid": None,
+                "restarts": self._restarts.get(n, 0),
+                "rigs": self.plan.rigs_of(n),
+            }
+            for n in sorted(self._actors)
+        ]
 
     def stop(self, deadline: float) -> None:
         for actor in self._actors.values():

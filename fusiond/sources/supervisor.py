@@ -2,16 +2,34 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
 import subprocess
+import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from fusiond.bus.sockets import local_endpoint
 from fusiond.sources.runner import EXIT_CONFIG, Backoff
+
+if TYPE_CHECKING:
+    from fusiond.config import Config
+
+__all__ = [
+    "Child",
+    "die_with_parent",
+    "FAIL_AFTER",
+    "fusiond_argv",
+    "source_children",
+    "STABLE_S",
+    "STOP_GRACE_S",
+    "Supervisor",
+]
 
 log = logging.getLogger(__name__)
 STABLE_S = 10.0
@@ -83,8 +101,12 @@ class Supervisor:
         if code == EXIT_CONFIG:
             child.state = "failed"
             child.next_start = float("inf")
-            log.error("%s %s cannot work with its options (it said why above); not restarted: fix the "
-                      "config and restart the daemon", child.role, child.name)  # fmt: skip
+            log.error(
+                "%s %s cannot work with its options (it said why above); not restarted: fix the "
+                "config and restart the daemon",
+                child.role,
+                child.name,
+            )
             return
         if now - child.started >= STABLE_S:
             child.attempt = 0
@@ -93,8 +115,14 @@ class Supervisor:
         if child.attempt >= FAIL_AFTER:
             # Still retried (at the backoff cap), but reported as failed until it runs stably.
             child.state = "failed"
-            log.error("%s %s failed %d times in a row (%s); next try in %.1f s",
-                      child.role, child.name, child.attempt, how, delay)  # fmt: skip
+            log.error(
+                "%s %s failed %d times in a row (%s); next try in %.1f s",
+                child.role,
+                child.name,
+                child.attempt,
+                how,
+                delay,
+            )
         else:
             log.error("%s %s died (%s); restarting in %.1f s", child.role, child.name, how, delay)
 
@@ -145,3 +173,43 @@ def die_with_parent(parent_pid: int) -> None:
         return
     if os.getppid() != parent_pid:
         os.kill(os.getpid(), signal.SIGTERM)
+
+
+def fusiond_argv(*args: str) -> list[str]:
+    """``python -P -m fusiond ARGS --parent-pid PID``: a child of this process, which ends
+    with it (``-P``: the working folder must not shadow the installed package)."""
+    return [sys.executable, "-P", "-m", "fusiond", *args, "--parent-pid", str(os.getpid())]
+
+
+def source_children(
+    config: Config, streams: Mapping[tuple[str, str], str], env: Mapping[str, str], anchor_ns: int
+) -> list[Child]:
+    """One child per source the daemon starts (external ones are fed from elsewhere).
+
+    File sources map media position p to ``anchor_ns + p``, so a rig's files play in step.
+    ``env`` is added to each child's environment (the bus keys, on a secured bus)."""
+    connect = local_endpoint(config.bus.publish)
+    children = []
+    for rig, section in config.rigs.items():
+        for name, source in section.sources.items():
+            if source.external:
+                continue
+            argv = fusiond_argv(
+                "source",
+                source.kind,
+                "--connect",
+                connect,
+                "--rig",
+                rig,
+                "--stream",
+                name,
+                "--modality",
+                streams[rig, name],
+                "--anchor-ns",
+                str(anchor_ns),
+                "--options-json",
+                json.dumps(source.options),
+            )
+            backoff = Backoff(cap_s=source.restart_max_s)
+            children.append(Child(f"{rig}/{name}", argv, config.base_dir, backoff, env=dict(env)))
+    return children

@@ -1,0 +1,141 @@
+"""Everything a config needs before anything starts, checked: its sources' options, the
+model (loaded, and with ``serve``, warmed as the server will), the bus keys and ports.
+
+Used by the daemon at start and on reload, and by ``fusiond check-config``, so the two
+agree on what may start.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+from fusiond.bus.security import Keys, listing, load_pair
+from fusiond.config import Config
+from fusiond.errors import ConfigError, FusiondError, ModelError
+from fusiond.models import Checkpoint, load
+from fusiond.models.runner import pick_device
+from fusiond.pipeline import resolve_streams
+from fusiond.plugin import Plugins
+from fusiond.runtime.engines import engine_class, engine_name
+from fusiond.sources.base import SourceConfig
+
+__all__ = ["Prepared", "daemon_keys", "port_problems", "prepare"]
+
+
+def daemon_keys(config: Config) -> Keys:
+    """The daemon's CURVE keys: its server pair and its own sources' client pair."""
+    security = config.bus.security
+    if security.mode != "curve":
+        return Keys()
+    assert security.server_key is not None and security.client_key is not None
+    public, secret = load_pair(security.server_key, "bus.security.server_key")
+    if secret is None:
+        msg = f"{security.server_key} holds no secret key: give the NAME.key_secret file"
+        raise ConfigError(msg, path="bus.security.server_key")
+    client_public, client_secret = load_pair(security.client_key, "bus.security.client_key")
+    if client_secret is None:
+        msg = f"{security.client_key} holds no secret key: give the NAME.key_secret file"
+        raise ConfigError(msg, path="bus.security.client_key")
+    assert security.clients is not None
+    if client_public.decode() not in {key for _, key, _ in listing(security.clients)}:
+        msg = (
+            f"the public half of {security.client_key} is not in {security.clients}: the daemon's "
+            "own sources would be refused"
+        )
+        raise ConfigError(msg, path="bus.security.client_key")
+    return Keys(public, secret, client_public, client_secret)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What a config needs before anything starts, every part checked."""
+
+    options: dict[tuple[str, str], SourceConfig]
+    checkpoint: Checkpoint
+    streams: dict[tuple[str, str], str]
+    problems: list[str]
+    """What the source kinds see wrong without opening their devices (a missing file, say)."""
+    warnings: list[str]
+    """What may well be meant but is worth a line (a model input no source of a rig feeds)."""
+
+
+def prepare(config: Config, plugins: Plugins, *, serve: bool = False) -> Prepared:
+    """Check ``config`` through and through; every error names the file and the TOML path.
+
+    Used by the daemon at start and on reload, and by ``fusiond check-config``. With
+    ``serve``, the model is also loaded exactly as the inference server will load it and
+    given a warm-up batch: weights that do not fit the model, or a runtime that cannot run
+    it, are one clear line before the daemon starts anything, not a server that fails to
+    start for ever.
+    """
+    options = config.source_options(plugins.sources)
+    engine_class(engine_name(config))
+    try:
+        checkpoint = load(config.model.path)
+    except ModelError as exc:
+        raise config.error(str(exc), "model.path") from None
+    try:
+        pick_device(config.model.device)
+    except ModelError as exc:
+        raise config.error(str(exc), "model.device") from None
+    streams = resolve_streams(config, plugins.sources, checkpoint.spec, checkpoint.name)
+    if serve:
+        _try_serving(config, plugins)
+    problems = []
+    for (rig, name), source_options in options.items():
+        cls = plugins.sources.get(config.rigs[rig].sources[name].kind)
+        assert cls is not None  # source_options checked the kind
+        for problem in cls.check(source_options, config.base_dir):
+            problems.append(f"rigs.{rig}.sources.{name}.{problem}")
+    trained = checkpoint.window.get("length_ns")
+    if trained is not None and trained != round(config.window.length_ms * 1e6):
+        problems.append(
+            f"window.length_ms: {config.window.length_ms:g}, but model {checkpoint.name} was "
+            f"trained on {trained / 1e6:g} ms windows: its scores will not hold"
+        )
+    warnings = []
+    for rig, section in config.rigs.items():
+        fed = {streams[rig, name] for name in section.sources}
+        for modality in sorted(set(checkpoint.spec.modalities) - fed):
+            warnings.append(
+                f"rigs.{rig}: no source for the model's {modality!r} input: it is masked in every window"
+            )
+    return Prepared(options, checkpoint, streams, problems, warnings)
+
+
+def _try_serving(config: Config, plugins: Plugins) -> None:
+    from fusiond.runtime.server import load_serving
+
+    model = config.model
+    try:
+        load_serving(model.path, plugins, model.device, model.runtime, model.threads, 2, Counter())
+    except FusiondError as exc:
+        msg = f"cannot serve this model: {exc}"
+        raise config.error(msg, "model.path") from None
+    except Exception as exc:  # noqa: BLE001 (whatever loading a foreign model raises: said in one line)
+        msg = f"cannot serve this model: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+        raise config.error(msg, "model.path") from None
+
+
+def port_problems(config: Config) -> list[str]:
+    """The TCP ports the daemon would bind that are taken now, one line each (the daemon
+    itself refuses to start on them; ``check-config`` says so before)."""
+    import socket
+
+    wanted = [(key, getattr(config.bus, key)) for key in ("publish", "subscribe", "control")]
+    wanted = [(f"bus.{key}", e.removeprefix("tcp://")) for key, e in wanted if e.startswith("tcp://")]
+    if config.metrics.listen:
+        wanted.append(("metrics.listen", config.metrics.listen))
+    out = []
+    for key, address in wanted:
+        host, _, port = address.rpartition(":")
+        if port == "*":
+            continue
+        with socket.socket(socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host.strip("[]").replace("*", "") or "0.0.0.0", int(port)))
+            except OSError as exc:
+                out.append(f"{key}: cannot bind {address}: {exc.strerror} (is another fusiond running?)")
+    return out

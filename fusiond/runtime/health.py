@@ -1,0 +1,128 @@
+"""Which components are alive, from their heartbeats, and what their restarts cost
+(pure: the clock is passed in).
+
+Each component's counters, sent twice a second, are its heartbeat. One that stops beating
+for :data:`HUNG_NS` (stopped, deadlocked) is hung: the daemon ends it for its engine to
+start again. One that never beats gets :data:`STARTUP_NS` first (loading its model). One
+that ends :data:`MAX_FAILED_STARTS` times in a row before its first beat has met
+something a retry will not cure, and the daemon stops.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Collection, Sequence
+from typing import Any
+
+from fusiond.bus.wire import Prediction
+from fusiond.metrics import Stats
+
+HUNG_NS = 10_000_000_000
+"""A component whose heartbeat stopped this long ago is hung: it is ended and started again."""
+STARTUP_NS = 120_000_000_000
+"""How long a component may take to send its first heartbeat (loading its model, say)."""
+MAX_FAILED_STARTS = 3
+"""Starts in a row that end before a component's first heartbeat: then the daemon stops.
+``check-config`` and the daemon's own start load and warm the model as the server will, so
+a server that still dies before serving has met something a retry will not cure (a device
+out of memory, a library missing in the component's environment)."""
+
+__all__ = ["HUNG_NS", "MAX_FAILED_STARTS", "STARTUP_NS", "Continuity", "Heartbeats"]
+
+
+class Heartbeats:
+    """The heartbeats of the components called ``names``, since ``now_ns``."""
+
+    def __init__(self, names: Sequence[str], now_ns: int) -> None:
+        self.names = list(names)
+        self._heard: dict[str, int] = {}
+        self._since = dict.fromkeys(self.names, now_ns)
+        self._unproven: set[str] = set()
+        self.hung: Counter[str] = Counter()
+        """Times each component was ended for sending no heartbeat."""
+        self.failed_starts: Counter[str] = Counter()
+        """Per component, its starts in a row that ended before its first heartbeat."""
+
+    def started(self, name: str, now_ns: int) -> str | None:
+        """``name`` (re)started; why the daemon must stop, when it has failed too often."""
+        failed = None
+        if name in self._unproven:
+            self.failed_starts[name] += 1
+            if self.failed_starts[name] >= MAX_FAILED_STARTS:
+                failed = (
+                    f"{name} ended {self.failed_starts[name]} times in a row before it began "
+                    "(its error is logged above); stopping"
+                )
+        self._unproven.add(name)
+        self._heard.pop(name, None)
+        self._since[name] = now_ns
+        return failed
+
+    def heard(self, name: str, now_ns: int) -> None:
+        """A heartbeat from ``name``."""
+        self._heard[name] = now_ns
+        self._unproven.discard(name)
+        self.failed_starts.pop(name, None)
+
+    def silent(self, now_ns: int) -> dict[str, float]:
+        """Components past their deadline: name -> seconds since their last sign of life."""
+        out = {}
+        for name in self.names:
+            heard = self._heard.get(name)
+            since = now_ns - (heard if heard is not None else self._since[name])
+            if since > (HUNG_NS if heard is not None else STARTUP_NS):
+                out[name] = since / 1e9
+        return out
+
+    def ended(self, name: str, now_ns: int) -> int:
+        """``name`` was ended as hung; how many times it has been."""
+        self.hung[name] += 1
+        self._heard.pop(name, None)
+        self._since[name] = now_ns
+        return self.hung[name]
+
+    def annotate(self, row: dict[str, Any], now_ns: int, silent: dict[str, float]) -> dict[str, Any]:
+        """A component's status row with its heartbeat, hangs and failed starts."""
+        name = row["name"]
+        heard = self._heard.get(name)
+        row["last_heartbeat_s"] = None if heard is None else round((now_ns - heard) / 1e9, 1)
+        row["hung"] = self.hung[name]
+        row["failed_starts"] = self.failed_starts[name]
+        if name in silent:
+            row["state"] = "hung"
+        return row
+
+
+class Continuity:
+    """Prediction numbers and windows lost across restarts, from the predictions seen.
+
+    A restarted server goes on from each rig's next number (:meth:`next_seq`); the gap in
+    window indices a restart leaves in a rig's predictions is counted as ``lost_in_restart``.
+    """
+
+    def __init__(self, rigs: Collection[str], stats: Stats) -> None:
+        self.rigs, self.stats = set(rigs), stats
+        self._next_seq: Counter[str] = Counter()
+        self._last_index: dict[str, int] = {}
+        self._resumed: set[str] = set()
+
+    def next_seq(self) -> dict[str, int]:
+        """Each rig's next prediction number."""
+        return dict(self._next_seq)
+
+    def restarted(self, rigs: Collection[str]) -> None:
+        """A component that handles ``rigs`` (re)started: their next gap is a loss."""
+        self._resumed.update(rigs)
+
+    def seen(self, p: Prediction) -> None:
+        """A prediction went out on the bus."""
+        if p.rig not in self.rigs:
+            return  # p/lab also matches p/lab2
+        index = int(p.extra.get("window_index", -1))
+        last = self._last_index.get(p.rig)
+        if p.rig in self._resumed and last is not None and index > last + 1:
+            self.stats.drop("lost_in_restart", index - last - 1)
+        self._resumed.discard(p.rig)
+        self._last_index[p.rig] = max(index, last if last is not None else index)
+        self._next_seq[p.rig] = max(self._next_seq[p.rig], p.seq + 1)
+        self.stats.predicted(p.rig, p.label, p.latency_ns.get("close_to_publish", 0), p.t_pub_ns)

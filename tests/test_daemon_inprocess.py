@@ -1,0 +1,182 @@
+"""The daemon in this process: READY, the control protocol, reload, and an engine of a
+test's own (one class, one table entry), over real sockets and real source processes."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import threading
+import time
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+import zmq
+
+from fusiond import config as config_mod
+from fusiond import status
+from fusiond.client import Subscriber
+from fusiond.daemon import Daemon
+from fusiond.plugin import load_plugins
+from fusiond.runtime.engines import ENGINES
+from fusiond.runtime.server import run_server
+from fusiond.runtime.worker import run_worker
+
+from .helpers import ROOT, demo_config, free_port
+
+pytestmark = pytest.mark.slow
+
+
+class ToyEngine:
+    """The worker and the server each in a thread of this process, never restarted: all an
+    engine needs is where its sockets go, how to make one, and the five Engine methods."""
+
+    @classmethod
+    def endpoint(cls, config: Any, purpose: str, owner: str) -> str:
+        return f"inproc://toy-{purpose}-{owner}"
+
+    @classmethod
+    def bus(cls, config: Any, broker: Any) -> tuple[str, str]:
+        return broker.inproc_subscribe, broker.inproc_publish
+
+    @classmethod
+    def create(cls, plan: Any, config: Any, ctx: zmq.Context, keys: Any, plugins: Any) -> ToyEngine:
+        return cls(plan, ctx, plugins)
+
+    def __init__(self, plan: Any, ctx: zmq.Context, plugins: Any) -> None:
+        self.plan, self.server_inbox = plan, plan.server.inbox
+        self.stop_event = threading.Event()
+        self.threads = {
+            spec.name: threading.Thread(target=run_worker, args=(spec, self.stop_event, ctx))
+            for spec in plan.workers
+        }
+        server = functools.partial(run_server, plan.server_spec(), self.stop_event, plugins, ctx)
+        self.threads = {plan.server.name: threading.Thread(target=server), **self.threads}
+        self.started: list[str] = []
+
+    def start(self) -> None:
+        for name, thread in self.threads.items():  # the server first: its inbox is bound
+            thread.start()
+            self.started.append(name)
+
+    def poll(self) -> list[str]:
+        started, self.started = self.started, []
+        return started
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "name": n,
+                "state": "running" if t.is_alive() else "ended",
+                "pid": None,
+                "restarts": 0,
+                "rigs": self.plan.rigs_of(n),
+            }
+            for n, t in self.threads.items()
+        ]
+
+    def stop(self, deadline: float) -> None:
+        self.stop_event.set()
+        for thread in self.threads.values():
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+    def kill(self, name: str) -> bool:
+        return False
+
+
+@contextmanager
+def running(config_path, **kwargs):
+    """The daemon of ``config_path`` serving in a thread of this process until the block ends."""
+    config = config_mod.load(config_path)
+    stop, reload = threading.Event(), threading.Event()
+    with Daemon(config, load_plugins(), config_path=config_path, **kwargs) as daemon:
+        thread = threading.Thread(target=daemon.run, args=(stop, reload))
+        thread.start()
+        try:
+            yield daemon, reload
+        finally:
+            stop.set()
+            thread.join(10)
+
+
+def wait_for(check, timeout_s: float = 60.0):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if value := check():
+            return value
+        time.sleep(0.05)
+    raise AssertionError("timed out")
+
+
+def ask(endpoint: str, *frames: bytes) -> dict:
+    ctx = zmq.Context.instance()
+    with ctx.socket(zmq.REQ) as req:
+        req.setsockopt(zmq.LINGER, 0)
+        req.connect(endpoint)
+        req.send_multipart(list(frames))
+        assert req.poll(10_000), "no answer"
+        return json.loads(req.recv())
+
+
+def test_a_toy_engine_is_one_class_and_one_table_entry(tmp_path, endpoints):
+    """``[runtime] engine = "toy"`` with the toy in the table: the daemon runs its
+    components through it, becomes READY once every source delivered, and publishes right
+    predictions; an engine the table lacks is a config error naming the key."""
+    control = f"tcp://127.0.0.1:{free_port()}"
+    path = demo_config(tmp_path, *endpoints, control, **{"[runtime]\n": '[runtime]\nengine = "toy"\n'})
+    with pytest.raises(Exception, match=r"runtime.engine.*no engine 'toy'"):
+        Daemon(config_mod.load(path), load_plugins())
+    with (
+        Subscriber(endpoints[1], rigs=["demo"], timeout_s=60) as predictions,
+        running(path, engines={**ENGINES, "toy": ToyEngine}) as (daemon, _),
+    ):
+        assert predictions.next() is not None
+        wait_for(lambda: daemon.ready)
+        reply = ask(control, b"status")
+    assert reply["ready"] and reply["runtime"]["engine"] == "toy"
+    assert {c["name"] for c in reply["runtime"]["components"]} == {"server", "worker-0"}
+    assert all(c["state"] == "running" and c["failed_starts"] == 0 for c in reply["runtime"]["components"])
+    assert reply["rigs"][0]["predictions"] >= 1 and not reply["never_delivered"]
+
+
+def test_the_control_endpoint_answers_status_clock_probes_and_anything_else(tmp_path, endpoints):
+    control = f"tcp://127.0.0.1:{free_port()}"
+    path = demo_config(tmp_path, *endpoints, control)
+    with running(path) as (daemon, _):
+        wait_for(lambda: daemon.ready)
+        before = time.time_ns()
+        probe = ask(control, b"time", str(before).encode())
+        assert probe["t1"] == before and before <= probe["t2"] <= probe["t3"] <= time.time_ns()
+        assert "unknown request" in ask(control, b"reboot", b"now")["error"]
+        assert "unknown request" in ask(control, b"time", b"-1")["error"]
+        shown = ask(control, b"status")
+        assert shown["model"]["name"] == "demo-digits" and shown["runtime"]["engine"] == "threads"
+        text = status.as_text(shown)
+        assert text.startswith("fusiond up") and "ready" in text and "demo/cam" in text
+
+
+def test_reload_swaps_the_model_and_a_bad_one_keeps_the_running_model(tmp_path, endpoints, caplog):
+    """SIGHUP's path in-process: a new checkpoint is served without a restart, and a config
+    whose model cannot load is logged while the running model keeps serving."""
+    model = tmp_path / "model.pt"
+    model.write_bytes((ROOT / "demo/model.pt").read_bytes())
+    path = demo_config(tmp_path, *endpoints)
+    text = path.read_text().replace(f'"{ROOT}/demo/model.pt"', f'"{model}"')
+    assert str(model) in text
+    path.write_text(text)
+    caplog.set_level(logging.INFO, logger="fusiond")
+    with running(path) as (daemon, reload):
+        wait_for(lambda: daemon.ready)
+        served = daemon.model_info()["hash"]
+        path.write_text(text.replace(f'"{model}"', f'"{tmp_path / "missing.pt"}"'))
+        reload.set()
+        wait_for(lambda: "reload failed, still serving demo-digits" in caplog.text)
+        other = tmp_path / "other.pt"
+        other.write_bytes(model.read_bytes())
+        path.write_text(text.replace(f'"{model}"', f'"{other}"').replace('level = "info"', 'level = "debug"'))
+        reload.set()
+        wait_for(lambda: f"reloading the model: {other}" in caplog.text)
+        wait_for(lambda: "reloaded: now serving" in caplog.text)
+        assert daemon.config.model.path == other and daemon.model_info()["hash"] == served
+        assert daemon.config.log.level == "debug"
