@@ -6,15 +6,28 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from functools import lru_cache
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 
 from fusiond.align import augment
-from fusiond.align.kinds import KINDS, ModalityKind
+from fusiond.align.kinds import KINDS, ModalityKind, ModalitySpec
 
-if TYPE_CHECKING:
-    from fusiond.align.spec import ModalitySpec
+__all__ = [
+    "anti_alias",
+    "Block",
+    "BUILTIN_KINDS",
+    "coverage",
+    "fit",
+    "FramesKind",
+    "JPEG_OVERSIZE",
+    "last_words",
+    "SeriesKind",
+    "TokensKind",
+    "VectorKind",
+    "WORD",
+    "words",
+]
 
 
 class Block(NamedTuple):
@@ -155,8 +168,12 @@ def _scaled(values: np.ndarray) -> tuple[np.ndarray, float]:
     return values, (1.0 / np.iinfo(values.dtype).max if integer else 1.0)
 
 
-def _per_window(batch: np.ndarray, names: Sequence[str], rng: np.random.Generator,
-                step: Callable[[str, np.ndarray], np.ndarray]) -> np.ndarray:  # fmt: skip
+def _per_window(
+    batch: np.ndarray,
+    names: Sequence[str],
+    rng: np.random.Generator,
+    step: Callable[[str, np.ndarray], np.ndarray],
+) -> np.ndarray:
     if not names:
         return batch
     out = batch.copy()
@@ -190,8 +207,9 @@ class FramesKind(ModalityKind):
     def shape(self, spec: ModalitySpec) -> tuple[int, ...]:
         return (spec.length, spec.height, spec.width, spec.channels)
 
-    def check_block(self, spec: ModalitySpec, shape: tuple[int, ...], dtype: str, encoding: str,
-                    max_frame_pixels: int) -> str | None:  # fmt: skip
+    def check_block(
+        self, spec: ModalitySpec, shape: tuple[int, ...], dtype: str, encoding: str, max_frame_pixels: int
+    ) -> str | None:
         why = super().check_block(spec, shape, dtype, encoding, max_frame_pixels)
         if why is not None:
             return why
@@ -204,8 +222,10 @@ class FramesKind(ModalityKind):
         if encoding == "jpeg":
             scale = self.decode_scale(spec, shape, encoding)
             if -(-shape[1] // scale) * -(-shape[2] // scale) > JPEG_OVERSIZE * spec.height * spec.width:
-                return (f"a {shape[1]}x{shape[2]} JPEG for a {spec.height}x{spec.width} input is over "
-                        f"{JPEG_OVERSIZE} times its pixels even decoded at 1/{scale}: too costly to decode")
+                return (
+                    f"a {shape[1]}x{shape[2]} JPEG for a {spec.height}x{spec.width} input is over "
+                    f"{JPEG_OVERSIZE} times its pixels even decoded at 1/{scale}: too costly to decode"
+                )
         return None
 
     def decode_scale(self, spec: ModalitySpec, shape: tuple[int, ...], encoding: str) -> int:
@@ -221,13 +241,17 @@ class FramesKind(ModalityKind):
     def fit(self, spec: ModalitySpec, blocks: Sequence[Block], start_ns: int, end_ns: int) -> np.ndarray:
         return _fit_frames(spec, blocks, start_ns, end_ns)
 
-    def augment(self, spec: ModalitySpec, batch: np.ndarray, rng: np.random.Generator,
-                names: Sequence[str] = (), rate_hz: float = 0.0) -> np.ndarray:  # fmt: skip
+    def augment(
+        self,
+        spec: ModalitySpec,
+        batch: np.ndarray,
+        rng: np.random.Generator,
+        names: Sequence[str] = (),
+        rate_hz: float = 0.0,
+    ) -> np.ndarray:
         return _per_window(batch, names, rng, lambda name, x: augment.FRAMES[name](x, rng))
 
     def example(self) -> ModalitySpec:
-        from fusiond.align.spec import ModalitySpec
-
         return ModalitySpec(self.name, length=2, channels=1, height=16, width=16)
 
 
@@ -246,8 +270,14 @@ class SeriesKind(ModalityKind):
     def fit(self, spec: ModalitySpec, blocks: Sequence[Block], start_ns: int, end_ns: int) -> np.ndarray:
         return _fit_series(spec, blocks, start_ns, end_ns)
 
-    def augment(self, spec: ModalitySpec, batch: np.ndarray, rng: np.random.Generator,
-                names: Sequence[str] = (), rate_hz: float = 0.0) -> np.ndarray:  # fmt: skip
+    def augment(
+        self,
+        spec: ModalitySpec,
+        batch: np.ndarray,
+        rng: np.random.Generator,
+        names: Sequence[str] = (),
+        rate_hz: float = 0.0,
+    ) -> np.ndarray:
         rate = rate_hz or float(spec.length)  # without a window length: samples per window
         return _per_window(batch, names, rng, lambda name, x: augment.SERIES[name](x, rng, rate))
 
@@ -353,8 +383,14 @@ class TokensKind(ModalityKind):
         out[..., 0][words_at] = rng.integers(2, len(spec.vocab) + 2, int(words_at.sum()))
         return out
 
-    def augment(self, spec: ModalitySpec, batch: np.ndarray, rng: np.random.Generator,
-                names: Sequence[str] = (), rate_hz: float = 0.0) -> np.ndarray:  # fmt: skip
+    def augment(
+        self,
+        spec: ModalitySpec,
+        batch: np.ndarray,
+        rng: np.random.Generator,
+        names: Sequence[str] = (),
+        rate_hz: float = 0.0,
+    ) -> np.ndarray:
         """``dropout``: one word in ten becomes unknown, as a recogniser mishears."""
         if "dropout" not in names:
             return batch
@@ -364,8 +400,6 @@ class TokensKind(ModalityKind):
         return out
 
     def example(self) -> ModalitySpec:
-        from fusiond.align.spec import ModalitySpec
-
         return ModalitySpec(self.name, length=6, vocab=("one", "two", "three"))
 
     def random(self, spec: ModalitySpec, count: int, rng: np.random.Generator) -> np.ndarray:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -31,7 +32,8 @@ from fusiond.errors import PluginError
 
 if TYPE_CHECKING:
     from fusiond.align.fit import Block
-    from fusiond.align.spec import ModalitySpec
+
+__all__ = ["KindRegistry", "KINDS", "ModalityKind", "ModalitySpec"]
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 
@@ -63,8 +65,9 @@ class ModalityKind:
         """Shape of one window's array."""
         raise NotImplementedError
 
-    def check_block(self, spec: ModalitySpec, shape: tuple[int, ...], dtype: str, encoding: str,
-                    max_frame_pixels: int) -> str | None:  # fmt: skip
+    def check_block(
+        self, spec: ModalitySpec, shape: tuple[int, ...], dtype: str, encoding: str, max_frame_pixels: int
+    ) -> str | None:
         """Why a block of this header cannot feed ``spec``, or None if it can (no decoding)."""
         if encoding not in self.encodings:
             return f"a {self.name} input takes {' or '.join(self.encodings)} blocks, not {encoding}"
@@ -98,8 +101,14 @@ class ModalityKind:
         out: np.ndarray = noisy.astype(self.dtype)
         return out
 
-    def augment(self, spec: ModalitySpec, batch: np.ndarray, rng: np.random.Generator,
-                names: Sequence[str] = (), rate_hz: float = 0.0) -> np.ndarray:  # fmt: skip
+    def augment(
+        self,
+        spec: ModalitySpec,
+        batch: np.ndarray,
+        rng: np.random.Generator,
+        names: Sequence[str] = (),
+        rate_hz: float = 0.0,
+    ) -> np.ndarray:
         """A label-preserving variation of a training batch: each augmentation in ``names``
         applied to each window with probability one half (``rate_hz``: the input's sample
         rate, for series). The base kind knows none and changes nothing."""
@@ -107,8 +116,6 @@ class ModalityKind:
 
     def example(self) -> ModalitySpec:
         """A small spec of this kind (for tests that go through every kind)."""
-        from fusiond.align.spec import ModalitySpec
-
         return ModalitySpec(self.name, length=8, channels=2)
 
     def random(self, spec: ModalitySpec, count: int, rng: np.random.Generator) -> np.ndarray:
@@ -123,8 +130,6 @@ class KindRegistry:
 
     def __init__(self) -> None:
         self._kinds: dict[str, ModalityKind] = {}
-        self.plugins_loaded = False
-        """Whether the installed plugins have added their kinds (set by load_plugins)."""
 
     def add(self, kind: type[ModalityKind] | ModalityKind) -> None:
         """Register a kind (a class or an instance) under its ``name``."""
@@ -138,35 +143,26 @@ class KindRegistry:
             raise PluginError(msg)
         known = self._kinds.get(name)
         if known is not None and type(known) is not type(instance):
-            msg = (f"modality kind {name!r} registered twice: {type(known).__module__} and "
-                   f"{type(instance).__module__}")  # fmt: skip
+            msg = (
+                f"modality kind {name!r} registered twice: {type(known).__module__} and "
+                f"{type(instance).__module__}"
+            )
             raise PluginError(msg)
         self._kinds[name] = instance
 
     def get(self, name: str) -> ModalityKind:
         """The kind called ``name``; ValueError naming the known ones otherwise.
 
-        A name not known yet makes the installed plugins load (once per process), so a
-        checkpoint that names a plugin's kind can be read before anything else loaded them.
+        A plugin's kind is known once :func:`fusiond.plugin.load_plugins` has run in this
+        process, which every entry point (the command, each component) does first.
         """
         kind = self._kinds.get(name)
-        if kind is None and not self.plugins_loaded:
-            self.plugins_loaded = True
-            from fusiond.plugin import load_plugins
-
-            load_plugins()
-            kind = self._kinds.get(name)
         if kind is None:
             msg = f"unknown modality kind {name!r} (known: {', '.join(sorted(self._kinds))})"
             raise ValueError(msg)
         return kind
 
     def __contains__(self, name: object) -> bool:
-        if isinstance(name, str) and name not in self._kinds and not self.plugins_loaded:
-            try:
-                self.get(name)
-            except ValueError:
-                return False
         return name in self._kinds
 
     def __len__(self) -> int:
@@ -178,3 +174,57 @@ class KindRegistry:
 
 KINDS = KindRegistry()
 """Every kind this process knows: the built-ins, then those plugins add when loaded."""
+
+
+@dataclass(frozen=True, slots=True)
+class ModalitySpec:
+    """Input of one modality; ``kind`` names a :class:`~fusiond.align.kinds.ModalityKind`
+    (``frames``, ``series``, ``vector``, ``tokens`` or a plugin's), which says what the
+    other fields mean."""
+
+    kind: str
+    length: int
+    channels: int = 1
+    height: int = 0
+    width: int = 0
+    vocab: tuple[str, ...] = field(default=())
+    """``tokens``: the words the tokenizer knows, in id order (ids 0 and 1: padding, unknown)."""
+
+    def __post_init__(self) -> None:
+        self.kind_of.validate(self)
+
+    @property
+    def kind_of(self) -> ModalityKind:
+        """The kind object (ValueError for a kind no installed plugin provides)."""
+        return KINDS.get(self.kind)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Shape of one window's array for this modality."""
+        return self.kind_of.shape(self)
+
+    @property
+    def dtype(self) -> np.dtype[Any]:
+        """Element type of one window's array."""
+        return self.kind_of.dtype
+
+    def check_block(
+        self, shape: tuple[int, ...], dtype: str, max_frame_pixels: int, encoding: str = "raw"
+    ) -> str | None:
+        """Why a block of ``shape``, ``dtype`` and ``encoding`` cannot feed this modality, or
+        None if it can.
+
+        Checked from the message header, before any buffer is decoded: the aligner and
+        the fit then only ever see blocks they can use.
+        """
+        return self.kind_of.check_block(self, shape, dtype, encoding, max_frame_pixels)
+
+    def decode_scale(self, shape: tuple[int, ...], encoding: str) -> int:
+        """How much smaller than ``shape`` an encoded block may be decoded for this input."""
+        return self.kind_of.decode_scale(self, shape, encoding)
+
+    def zeros(self) -> np.ndarray:
+        """A read-only input for a window where the modality is missing."""
+        array = self.kind_of.zeros(self)
+        array.flags.writeable = False
+        return array

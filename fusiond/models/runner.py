@@ -16,6 +16,8 @@ from fusiond.errors import ModelError
 from fusiond.models.checkpoint import Checkpoint
 from fusiond.models.model import Parts
 
+__all__ = ["BatchResult", "ModelRunner", "pick_device", "Runner", "set_threads"]
+
 log = logging.getLogger(__name__)
 
 
@@ -32,7 +34,7 @@ def pick_device(wanted: str = "auto") -> torch.device:
     if device.type == "cuda":
         if not torch.cuda.is_available():
             why = "this torch is built without CUDA" if torch.version.cuda is None else "no GPU is visible"
-            msg = f"{wanted!r} asked for, but CUDA is not available ({why}): use \"auto\" or \"cpu\""
+            msg = f'{wanted!r} asked for, but CUDA is not available ({why}): use "auto" or "cpu"'
             raise ModelError(msg)
         if (device.index or 0) >= torch.cuda.device_count():
             msg = f"{wanted!r} asked for, but this machine has {torch.cuda.device_count()} GPU(s)"
@@ -68,26 +70,6 @@ def set_threads(threads: int) -> None:
         torch.set_num_threads(threads)
 
 
-def make_runner(checkpoint: Checkpoint, encoder_types: Parts | Mapping[str, type[nn.Module]],
-                device: str = "auto", runtime: str = "torch", threads: int = 0) -> Runner:  # fmt: skip
-    """A runner for ``runtime``: ``torch`` on ``device``, ``onnx`` (onnxruntime, CPU), or
-    ``auto``: onnx when the device is a CPU and onnxruntime is installed, else torch."""
-    if runtime == "auto":
-        runtime = "onnx" if pick_device(device).type == "cpu" and _has_onnxruntime() else "torch"
-    if runtime == "onnx":
-        from fusiond.models.onnx import OnnxRunner
-
-        return OnnxRunner(checkpoint, encoder_types, threads)
-    set_threads(threads)
-    return ModelRunner(checkpoint, encoder_types, device)
-
-
-def _has_onnxruntime() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("onnxruntime") is not None
-
-
 class Runner:
     """What every runtime shares: windows in, one batched call, scores out."""
 
@@ -112,8 +94,9 @@ class Runner:
         t1 = time.time_ns()
         return BatchResult(windows, probs, probs.argmax(axis=1), t0, t1, own)
 
-    def _forward(self, inputs: Mapping[str, np.ndarray],
-                 mask: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:  # fmt: skip
+    def _forward(
+        self, inputs: Mapping[str, np.ndarray], mask: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         """Scores [B, K] (probabilities, or a regressor's values) and each modality head's
         probabilities [B, M, K] when the model has heads."""
         raise NotImplementedError
@@ -137,12 +120,11 @@ class ModelRunner(Runner):
         self.classes = checkpoint.classes
         self.regression = checkpoint.task == "regression"
 
-    def _forward(self, inputs: Mapping[str, np.ndarray],
-                 mask: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:  # fmt: skip
+    def _forward(
+        self, inputs: Mapping[str, np.ndarray], mask: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         with torch.inference_mode():
-            tensors = {
-                m: torch.from_numpy(a).to(self.device, non_blocking=True) for m, a in inputs.items()
-            }
+            tensors = {m: torch.from_numpy(a).to(self.device, non_blocking=True) for m, a in inputs.items()}
             out, own = self.model.forward_all(tensors, torch.from_numpy(mask).to(self.device))
             probs = (out.float() if self.regression else torch.softmax(out.float(), dim=1)).cpu().numpy()
             return probs, None if own is None else torch.softmax(own.float(), dim=2).cpu().numpy()

@@ -14,6 +14,8 @@ from fusiond.errors import PluginError
 from fusiond.plugin import hookspecs
 from fusiond.plugin.registry import EncoderRegistry, FusionRegistry, SourceRegistry
 
+__all__ = ["GROUP", "load_plugins", "Plugins"]
+
 log = logging.getLogger(__name__)
 GROUP = "fusiond"
 
@@ -89,8 +91,6 @@ def load_plugins(extra: Iterable[Any] = (), *, entry_points: bool = True) -> Plu
     from fusiond.align.kinds import KINDS
 
     pm.hook.fusiond_add_modality_kinds(registry=KINDS)
-    if entry_points:
-        KINDS.plugins_loaded = True
     return plugins
 
 

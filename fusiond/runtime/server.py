@@ -27,8 +27,11 @@ from fusiond.bus.wire import encode_prediction
 from fusiond.errors import FusiondError
 from fusiond.memory import MemoryReturn
 from fusiond.metrics import Stats
+from fusiond.plugin import Plugins
 from fusiond.runtime.handoff import END, PROGRESS, WINDOW, decode_body, decode_window, encode_stats
 from fusiond.runtime.worker import STATS_EVERY_NS
+
+__all__ = ["load_serving", "RELOAD", "run_server", "ServerSpec", "Serving"]
 
 log = logging.getLogger(__name__)
 RELOAD = b"reload"
@@ -73,41 +76,58 @@ class Serving:
     spec: Any
 
 
-def load_serving(path: Path, device: str, runtime: str, threads: int, max_batch: int,
-                 seq: Counter[str]) -> Serving:  # fmt: skip
-    """Load a checkpoint for serving on ``runtime`` (torch or onnx), warmed up."""
+def load_serving(
+    path: Path, plugins: Plugins, device: str, runtime: str, threads: int, max_batch: int, seq: Counter[str]
+) -> Serving:
+    """Load a checkpoint for serving on ``runtime`` (torch or onnx), built from ``plugins``'
+    parts, warmed up."""
     from fusiond.models import load
-    from fusiond.models.runner import make_runner
-    from fusiond.plugin import load_plugins
+    from fusiond.models.serving import make_runner
     from fusiond.publish import PredictionBuilder
 
     checkpoint = load(path)
-    runner = make_runner(checkpoint, load_plugins().parts, device, runtime, threads)
+    runner = make_runner(checkpoint, plugins.parts, device, runtime, threads)
     runner.warm_up(max_batch)
     model = {"name": checkpoint.name, "hash": checkpoint.content_hash}
     builder = PredictionBuilder(checkpoint.classes, model, checkpoint.task, seq)
     return Serving(runner, builder, checkpoint.name, checkpoint.content_hash, checkpoint.spec)
 
 
-def run_server(spec: ServerSpec, stop: threading.Event, ctx: zmq.Context[zmq.Socket[bytes]] | None = None,
-               bound: list[str] | None = None, keys: Keys | None = None) -> None:  # fmt: skip
-    """Serve until ``stop`` is set (offline: until every worker has sent its last window).
+def run_server(
+    spec: ServerSpec,
+    stop: threading.Event,
+    plugins: Plugins,
+    ctx: zmq.Context[zmq.Socket[bytes]] | None = None,
+    bound: list[str] | None = None,
+    keys: Keys | None = None,
+) -> None:
+    """Serve until ``stop`` is set (offline: until every worker has sent its last window),
+    with the models ``plugins`` build.
 
     ``bound`` receives the endpoint the inbox was bound at (with the port it picked)."""
     seq: Counter[str] = Counter(spec.seq)
-    serving = load_serving(Path(spec.model), spec.device, spec.runtime, spec.threads, spec.max_batch, seq)
+    serving = load_serving(
+        Path(spec.model), plugins, spec.device, spec.runtime, spec.threads, spec.max_batch, seq
+    )
     with Sockets(ctx, hwm=spec.hwm, keys=keys, linger_ms=-1 if spec.offline else 0) as sockets:
         inbox = sockets.pull(spec.inbox or "tcp://0.0.0.0:*", bind=True, where="runtime")
         if bound is not None:
             bound.append(inbox.getsockopt_string(zmq.LAST_ENDPOINT))
         out = sockets.push(spec.publish) if spec.offline else sockets.publisher(spec.publish)
-        _Loop(spec, serving, seq, out, sockets.push(spec.stats, hwm=16)).run(inbox, stop)
+        _Loop(spec, serving, plugins, seq, out, sockets.push(spec.stats, hwm=16)).run(inbox, stop)
 
 
 class _Loop:
-    def __init__(self, spec: ServerSpec, serving: Serving, seq: Counter[str], out: zmq.Socket[bytes],
-                 report: zmq.Socket[bytes]) -> None:  # fmt: skip
-        self.spec, self.serving, self.seq = spec, serving, seq
+    def __init__(
+        self,
+        spec: ServerSpec,
+        serving: Serving,
+        plugins: Plugins,
+        seq: Counter[str],
+        out: zmq.Socket[bytes],
+        report: zmq.Socket[bytes],
+    ) -> None:
+        self.spec, self.serving, self.plugins, self.seq = spec, serving, plugins, seq
         self.out, self.report = out, report
         self.stats = Stats()
         # Offline, a batch is one complete grid index: the same batches whatever the timing.
@@ -141,8 +161,12 @@ class _Loop:
             self._take(frames)
         except Exception as exc:
             self.stats.drop("bad_window")
-            log.warning("server %s: unreadable message on its inbox (%s: %s); counted as drops.bad_window",
-                        self.spec.name, type(exc).__name__, str(exc)[:200])  # fmt: skip
+            log.warning(
+                "server %s: unreadable message on its inbox (%s: %s); counted as drops.bad_window",
+                self.spec.name,
+                type(exc).__name__,
+                str(exc)[:200],
+            )
 
     def _take(self, frames: list[zmq.Frame]) -> None:
         kind = frames[0].bytes
@@ -178,17 +202,30 @@ class _Loop:
     def reload(self, path: str) -> None:
         old = self.serving
         try:
-            self.serving = load_serving(Path(path), self.spec.device, self.spec.runtime, self.spec.threads,
-                                        self.batcher.max_batch, self.seq)  # fmt: skip
+            self.serving = load_serving(
+                Path(path),
+                self.plugins,
+                self.spec.device,
+                self.spec.runtime,
+                self.spec.threads,
+                self.batcher.max_batch,
+                self.seq,
+            )
         except (FusiondError, OSError) as exc:
             log.error("reload failed, still serving %s (%s): %s", old.name, old.hash, exc)
             return
         if self.serving.spec != old.spec:  # the workers cut windows for the old inputs
-            log.error("reload refused, still serving %s (%s): %s takes other inputs",
-                      old.name, old.hash, path)  # fmt: skip
+            log.error(
+                "reload refused, still serving %s (%s): %s takes other inputs", old.name, old.hash, path
+            )
             self.serving = old
-        log.info("reloaded: now serving %s (%s), was %s (%s)", self.serving.name, self.serving.hash,
-                 old.name, old.hash)  # fmt: skip
+        log.info(
+            "reloaded: now serving %s (%s), was %s (%s)",
+            self.serving.name,
+            self.serving.hash,
+            old.name,
+            old.hash,
+        )
 
     def send_stats(self, now: int) -> None:
         if now < self.next_stats:
@@ -196,9 +233,18 @@ class _Loop:
         self.next_stats = now + STATS_EVERY_NS
         self.memory.tick(time.monotonic_ns())
         runner = self.serving.runner
-        snapshot = {"name": self.spec.name, "t": now, "drops": dict(self.stats.drops),
-                    "busy_since": self.busy_since, "waiting": len(self.batcher),
-                    "model": {"name": self.serving.name, "hash": self.serving.hash,
-                              "device": str(runner.device), "runtime": runner.runtime}}  # fmt: skip
+        snapshot = {
+            "name": self.spec.name,
+            "t": now,
+            "drops": dict(self.stats.drops),
+            "busy_since": self.busy_since,
+            "waiting": len(self.batcher),
+            "model": {
+                "name": self.serving.name,
+                "hash": self.serving.hash,
+                "device": str(runner.device),
+                "runtime": runner.runtime,
+            },
+        }
         with contextlib.suppress(zmq.Again):  # the daemon is busy: the next snapshot says the same
             self.report.send_multipart(encode_stats(snapshot), zmq.NOBLOCK)

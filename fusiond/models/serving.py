@@ -1,0 +1,36 @@
+"""Choose how a checkpoint is served: torch on a device, or onnxruntime on a CPU."""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Mapping
+
+from torch import nn
+
+from fusiond.models.checkpoint import Checkpoint
+from fusiond.models.model import Parts
+from fusiond.models.onnx import OnnxRunner
+from fusiond.models.runner import ModelRunner, Runner, pick_device, set_threads
+
+__all__ = ["make_runner"]
+
+
+def make_runner(
+    checkpoint: Checkpoint,
+    encoder_types: Parts | Mapping[str, type[nn.Module]],
+    device: str = "auto",
+    runtime: str = "torch",
+    threads: int = 0,
+) -> Runner:
+    """A runner for ``runtime``: ``torch`` on ``device``, ``onnx`` (onnxruntime, CPU), or
+    ``auto``: onnx when the device is a CPU and onnxruntime is installed, else torch."""
+    if runtime == "auto":
+        runtime = "onnx" if pick_device(device).type == "cpu" and _has_onnxruntime() else "torch"
+    if runtime == "onnx":
+        return OnnxRunner(checkpoint, encoder_types, threads)
+    set_threads(threads)
+    return ModelRunner(checkpoint, encoder_types, device)
+
+
+def _has_onnxruntime() -> bool:
+    return importlib.util.find_spec("onnxruntime") is not None
