@@ -14,6 +14,8 @@ from collections import deque
 
 from fusiond.align.windows import Window
 
+__all__ = ["Batcher"]
+
 
 class Batcher:
     """Releases a batch when its grid index is complete, ``max_batch`` windows wait, or the
@@ -58,8 +60,12 @@ class Batcher:
         if not self._waiting:
             return []
         since, oldest = self._waiting[0]
-        due = (flush or len(self._waiting) >= self.max_batch or now_ns >= since + self.max_delay_ns
-               or self.complete(oldest.index))  # fmt: skip
+        due = (
+            flush
+            or len(self._waiting) >= self.max_batch
+            or now_ns >= since + self.max_delay_ns
+            or self.complete(oldest.index)
+        )
         if not due:
             return []
         count = min(self.max_batch, len(self._waiting))

@@ -1,10 +1,10 @@
 """Subscribe to predictions (or any topic) from Python.
 
-    from fusiond.client import Subscriber
+from fusiond.client import Subscriber
 
-    with Subscriber() as predictions:
-        for p in predictions:
-            print(p.rig, p.label, max(p.scores))
+with Subscriber() as predictions:
+    for p in predictions:
+        print(p.rig, p.label, max(p.scores))
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from fusiond.bus.sockets import DEFAULT_SUBSCRIBE, Sockets
 from fusiond.bus.wire import PREDICTION_PREFIX, Prediction, decode_prediction, prediction_topic
 from fusiond.errors import WireError
 
+__all__ = ["Subscriber"]
+
 
 class Subscriber:
     """Iterates predictions of the given rigs (all rigs by default).
@@ -24,8 +26,13 @@ class Subscriber:
     ``timeout_s`` bounds the wait for each prediction; iteration stops when it passes.
     """
 
-    def __init__(self, endpoint: str = DEFAULT_SUBSCRIBE, rigs: Sequence[str] = (),
-                 timeout_s: float | None = None, keys: Keys | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        endpoint: str = DEFAULT_SUBSCRIBE,
+        rigs: Sequence[str] = (),
+        timeout_s: float | None = None,
+        keys: Keys | None = None,
+    ) -> None:
         """``keys``: for a secured bus (default: from ``FUSIOND_KEY`` and ``FUSIOND_SERVER_KEY``)."""
         self.endpoint = endpoint
         self.rigs = set(rigs)
@@ -38,8 +45,9 @@ class Subscriber:
     def __enter__(self) -> Subscriber:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:  # fmt: skip
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
     def close(self) -> None:

@@ -32,6 +32,8 @@ from __future__ import annotations
 
 from collections import deque
 
+__all__ = ["ACCEPT", "ClockModel", "ClockSync", "OUTLIER", "STEP"]
+
 ACCEPT = 0
 OUTLIER = 1
 STEP = 2
@@ -50,15 +52,51 @@ class ClockModel:
     """Buckets in a row whose smallest delay sits above the line before a rise under
     ``step_ns`` is taken as the clock's, not the transport's (2 s, at 250 ms buckets)."""
 
-    __slots__ = ("bucket_ns", "keep", "step_ns", "confirm", "deadband_ns", "max_drift", "follow_rises",
-                 "_x0", "_d0", "_a", "_b", "_last_x", "_bucket_end", "_bx", "_bmin", "_bmax_r", "_minima",
-                 "_suspects", "_suspect_r", "_suspect_x", "_raised", "_raised_by", "_below", "_spread",
-                 "resolved", "outliers", "steps", "last_step_ns", "jitter_ns", "pairs",
-                 "last_offset")  # fmt: skip
+    __slots__ = (
+        "bucket_ns",
+        "keep",
+        "step_ns",
+        "confirm",
+        "deadband_ns",
+        "max_drift",
+        "follow_rises",
+        "_x0",
+        "_d0",
+        "_a",
+        "_b",
+        "_last_x",
+        "_bucket_end",
+        "_bx",
+        "_bmin",
+        "_bmax_r",
+        "_minima",
+        "_suspects",
+        "_suspect_r",
+        "_suspect_x",
+        "_raised",
+        "_raised_by",
+        "_below",
+        "_spread",
+        "resolved",
+        "outliers",
+        "steps",
+        "last_step_ns",
+        "jitter_ns",
+        "pairs",
+        "last_offset",
+    )
 
-    def __init__(self, *, bucket_ns: int = 250_000_000, keep: int = 40, step_ns: int = 50_000_000,
-                 confirm: int = 3, deadband_ns: int = 0, max_drift: float = 0.2,
-                 follow_rises: bool = False) -> None:  # fmt: skip
+    def __init__(
+        self,
+        *,
+        bucket_ns: int = 250_000_000,
+        keep: int = 40,
+        step_ns: int = 50_000_000,
+        confirm: int = 3,
+        deadband_ns: int = 0,
+        max_drift: float = 0.2,
+        follow_rises: bool = False,
+    ) -> None:
         self.bucket_ns, self.keep, self.step_ns, self.confirm = bucket_ns, keep, step_ns, confirm
         self.deadband_ns, self.max_drift, self.follow_rises = deadband_ns, max_drift, follow_rises
         self._x0 = 0  # the line: offset(x) = d0 + a + b * (x - x0), d0 an int (ns keep their precision)

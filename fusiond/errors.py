@@ -15,6 +15,18 @@ Anything else escaping is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+__all__ = [
+    "ConfigError",
+    "FrameError",
+    "FusiondError",
+    "ModelError",
+    "PluginError",
+    "SourceConfigError",
+    "SourceError",
+    "VersionError",
+    "WireError",
+]
+
 
 class FusiondError(Exception):
     """Base of every expected fusiond failure."""

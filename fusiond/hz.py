@@ -6,6 +6,8 @@ from collections import deque
 
 import numpy as np
 
+__all__ = ["RateWindow"]
+
 
 class RateWindow:
     """The last ``size`` messages of a topic: capture times, arrival times, samples each."""

@@ -37,6 +37,18 @@ from fusiond.clock import OUTLIER, ClockModel
 from fusiond.errors import WireError
 from fusiond.metrics import Stats
 
+__all__ = [
+    "DEADBAND_NS",
+    "Ingest",
+    "Limits",
+    "LOG_EVERY_NS",
+    "MAX_DROPPED_SEQS",
+    "MAX_ERROR_CHARS",
+    "MAX_LOGGED",
+    "RateLimit",
+    "STEP_LOG_EVERY_NS",
+]
+
 log = logging.getLogger(__name__)
 LOG_EVERY_NS = 60_000_000_000
 MAX_LOGGED = 4096
@@ -86,9 +98,14 @@ class RateLimit:
 class Ingest:
     """Routes each sample to its rig's aligner; anything it can't use is counted, not fatal."""
 
-    def __init__(self, aligners: Mapping[str, RigAligner], modalities: Mapping[tuple[str, str], str],
-                 stats: Stats, limits: Limits | None = None,
-                 rates: Mapping[tuple[str, str], float] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        aligners: Mapping[str, RigAligner],
+        modalities: Mapping[tuple[str, str], str],
+        stats: Stats,
+        limits: Limits | None = None,
+        rates: Mapping[tuple[str, str], float] | None = None,
+    ) -> None:
         """``modalities`` maps ``(rig, stream)`` to the modality the config expects;
         ``rates`` overrides ``limits.max_message_rate`` for some streams."""
         self.aligners = aligners
@@ -99,8 +116,9 @@ class Ingest:
         self.gaps = SequenceGaps(max_rate_hz=max([self.limits.max_message_rate, *(rates or {}).values()]))
         self._topics = {sample_topic(*key).encode(): key for key in modalities}
         self._error_topics = {f"{ERROR_PREFIX}{'/'.join(key)}".encode(): key for key in modalities}
-        self._budgets = {key: RateLimit((rates or {}).get(key, self.limits.max_message_rate))
-                         for key in modalities}  # fmt: skip
+        self._budgets = {
+            key: RateLimit((rates or {}).get(key, self.limits.max_message_rate)) for key in modalities
+        }
         self._logged: dict[tuple[str, tuple[str, str] | None], tuple[int, int]] = {}
         """(reason, stream) -> (when it was last logged, drops since): one line a minute each."""
         self._now_ns = 0
@@ -138,8 +156,9 @@ class Ingest:
             self._log_once(reason, f"{key[0]}/{key[1]}: sample dropped ({reason})")
         return reason is None
 
-    def _take(self, key: tuple[str, str], frames: Sequence[Frame],
-              now_ns: int) -> tuple[SampleHeader, np.ndarray, int] | None:  # fmt: skip
+    def _take(
+        self, key: tuple[str, str], frames: Sequence[Frame], now_ns: int
+    ) -> tuple[SampleHeader, np.ndarray, int] | None:
         """Every check, cheapest first: the header, its clock offset and the decoded block;
         None when the message is dropped (and counted)."""
         if not self._budgets[key].allow(now_ns):
@@ -173,20 +192,24 @@ class Ingest:
             self._log_once("lost_in_transport", f"{key[0]}/{key[1]}: {lost} message(s) lost on the way in")
         return header, data, offset
 
-    def _check(self, key: tuple[str, str], header: SampleHeader,
-               now_ns: int) -> tuple[int, ClockModel, int] | None:  # fmt: skip
+    def _check(
+        self, key: tuple[str, str], header: SampleHeader, now_ns: int
+    ) -> tuple[int, ClockModel, int] | None:
         """Everything the header alone can tell, changing nothing: the messages missing just
         before this one, the stream's clock and the scale to decode its block at, or None
         when it is dropped (and counted)."""
         rig, stream = key
         if header.rig != rig or header.stream != stream:
-            self._reason("bad_header", f"topic s/{rig}/{stream} carries a header for "
-                                       f"{header.rig}/{header.stream}")  # fmt: skip
+            self._reason(
+                "bad_header", f"topic s/{rig}/{stream} carries a header for {header.rig}/{header.stream}"
+            )
             return None
         expected = self.modalities[key]
         if header.modality != expected:
-            self._reason("wrong_modality", f"{rig}/{stream} sent modality {header.modality!r}, "
-                                           f"config says {expected!r}")  # fmt: skip
+            self._reason(
+                "wrong_modality",
+                f"{rig}/{stream} sent modality {header.modality!r}, config says {expected!r}",
+            )
             return None
         first = header.buffers[0]
         limits = self.limits
@@ -226,12 +249,14 @@ class Ingest:
         missed = self.gaps.missed(key, header.seq, header.t_pub_ns)
         if missed is None:
             # Dropped: the next message continues from here if the source really jumped.
-            self._reason("seq_reset", f"{rig}/{stream}: seq jumped to {header.seq}, more than "
-                                      f"it could have sent")  # fmt: skip
+            self._reason(
+                "seq_reset", f"{rig}/{stream}: seq jumped to {header.seq}, more than it could have sent"
+            )
             return None
         if missed == DUPLICATE:
-            self._reason("duplicate", f"{rig}/{stream}: seq {header.seq} again (a duplicate or a "
-                                      "replayed message)")  # fmt: skip
+            self._reason(
+                "duplicate", f"{rig}/{stream}: seq {header.seq} again (a duplicate or a replayed message)"
+            )
             return None
         return missed, clock, scale
 
@@ -241,23 +266,41 @@ class Ingest:
         what, count = clock.resolved
         name = f"{key[0]}/{key[1]}"
         if what == OUTLIER:
-            self._drop("clock_outlier", f"{name}: a publish time far off the stream's clock; the message "
-                       "was dropped and the clock model did not move")  # fmt: skip
+            self._drop(
+                "clock_outlier",
+                f"{name}: a publish time far off the stream's clock; the message "
+                "was dropped and the clock model did not move",
+            )
             self.stats.drop("clock_outlier", count - 1)
             return
         self.stats.drop("clock_step", count)
         if now_ns - self._step_logged.get(key, -STEP_LOG_EVERY_NS) >= STEP_LOG_EVERY_NS:
             self._step_logged[key] = now_ns
-            log.warning("%s: the stream's clock stepped by %+.3f s and is followed from now on; %d "
-                        "message(s) dropped while the step was confirmed (drops.clock_step); %d step(s) so "
-                        "far", name, -clock.last_step_ns / 1e9, count, clock.steps)  # fmt: skip
+            log.warning(
+                "%s: the stream's clock stepped by %+.3f s and is followed from now on; %d "
+                "message(s) dropped while the step was confirmed (drops.clock_step); %d step(s) so "
+                "far",
+                name,
+                -clock.last_step_ns / 1e9,
+                count,
+                clock.steps,
+            )
 
     def clock_rows(self) -> dict[str, list[float | int]]:
         """Every stream's clock model, for status: ``rig/stream`` -> ``[offset ns, drift ppm,
         jitter ns, outliers, steps, suspects]``."""
-        return {f"{rig}/{stream}": [c.offset_ns, round(c.drift_ppm, 3), round(c.jitter_ns), c.outliers,
-                                    c.steps, c.suspects]
-                for (rig, stream), c in self.clocks.items() if c.pairs}  # fmt: skip
+        return {
+            f"{rig}/{stream}": [
+                c.offset_ns,
+                round(c.drift_ppm, 3),
+                round(c.jitter_ns),
+                c.outliers,
+                c.steps,
+                c.suspects,
+            ]
+            for (rig, stream), c in self.clocks.items()
+            if c.pairs
+        }
 
     def source_error(self, frames: Sequence[Frame], now_ns: int, topic: bytes) -> bool:
         """Take a source's error report (an ``e/<rig>/<stream>`` message); False when refused.
@@ -278,8 +321,9 @@ class Ingest:
             return self._drop(exc.reason, f"{key[0]}/{key[1]}: malformed source error: {exc}")
         error = header.get("error")
         if header.get("type") != "source_error" or not isinstance(error, str):
-            return self._drop("bad_header", f"{key[0]}/{key[1]}: a source error needs type "
-                                            "'source_error' and a str 'error'")  # fmt: skip
+            return self._drop(
+                "bad_header", f"{key[0]}/{key[1]}: a source error needs type 'source_error' and a str 'error'"
+            )
         s = self.stats.stream(*key)
         s.errors += 1
         s.error, s.error_ns = error[:MAX_ERROR_CHARS], now_ns

@@ -14,6 +14,8 @@ import ctypes
 import ctypes.util
 from collections.abc import Callable
 
+__all__ = ["MemoryReturn", "TRIM_EVERY_NS"]
+
 TRIM_EVERY_NS = 10_000_000_000
 
 

@@ -29,11 +29,14 @@ if TYPE_CHECKING:
     from fusiond.models.checkpoint import Checkpoint
     from fusiond.plugin.registry import SourceRegistry
 
+__all__ = ["Pipeline", "resolve_streams", "Streams"]
+
 Streams = Mapping[tuple[str, str], str]
 
 
-def resolve_streams(config: Config, sources: SourceRegistry, spec: InputSpec,
-                    model_name: str = "the model") -> dict[tuple[str, str], str]:  # fmt: skip
+def resolve_streams(
+    config: Config, sources: SourceRegistry, spec: InputSpec, model_name: str = "the model"
+) -> dict[tuple[str, str], str]:
     """``(rig, stream) -> modality`` for every source, checked against the model's inputs."""
     modalities = spec.modalities
     out: dict[tuple[str, str], str] = {}
@@ -57,10 +60,18 @@ def resolve_streams(config: Config, sources: SourceRegistry, spec: InputSpec,
 class Pipeline:
     """Ingest -> per-rig aligners -> batcher, with the counters they share."""
 
-    def __init__(self, streams: Streams, spec: InputSpec, window: WindowConfig, *,
-                 stats: Stats | None = None, limits: Limits | None = None,
-                 rates: Mapping[tuple[str, str], float] | None = None,
-                 max_batch: int = 32, max_delay_ns: int = 5_000_000) -> None:  # fmt: skip
+    def __init__(
+        self,
+        streams: Streams,
+        spec: InputSpec,
+        window: WindowConfig,
+        *,
+        stats: Stats | None = None,
+        limits: Limits | None = None,
+        rates: Mapping[tuple[str, str], float] | None = None,
+        max_batch: int = 32,
+        max_delay_ns: int = 5_000_000,
+    ) -> None:
         """``streams`` maps ``(rig, stream)`` to its modality; ``rates`` overrides the
         message-rate limit of some streams."""
         self.streams = dict(streams)
@@ -69,24 +80,42 @@ class Pipeline:
         self.stats = stats if stats is not None else Stats()
         rigs = sorted({rig for rig, _ in self.streams})
         self.aligners = {
-            rig: RigAligner(rig, {s: m for (r, s), m in self.streams.items() if r == rig}, spec.modalities,
-                            window, self.stats.drops)  # fmt: skip
+            rig: RigAligner(
+                rig,
+                {s: m for (r, s), m in self.streams.items() if r == rig},
+                spec.modalities,
+                window,
+                self.stats.drops,
+            )
             for rig in rigs
         }
         self.ingest = Ingest(self.aligners, self.streams, self.stats, limits, rates)
         self.batcher = Batcher(max_batch, max_delay_ns)
 
     @classmethod
-    def from_config(cls, config: Config, sources: SourceRegistry, checkpoint: Checkpoint, *,
-                    rigs: Collection[str] | None = None, stats: Stats | None = None) -> Pipeline:  # fmt: skip
+    def from_config(
+        cls,
+        config: Config,
+        sources: SourceRegistry,
+        checkpoint: Checkpoint,
+        *,
+        rigs: Collection[str] | None = None,
+        stats: Stats | None = None,
+    ) -> Pipeline:
         """The pipeline a config describes, for all its rigs or only ``rigs`` (one worker's share)."""
         streams = resolve_streams(config, sources, checkpoint.spec, checkpoint.name)
         if rigs is not None:
             streams = {key: m for key, m in streams.items() if key[0] in rigs}
-        return cls(streams, checkpoint.spec, config.window.with_buffer(config.ingest), stats=stats,
-                   limits=config.ingest.limits(), rates=config.message_rates(),
-                   max_batch=config.model.max_batch,
-                   max_delay_ns=round(config.model.max_delay_ms * 1e6))  # fmt: skip
+        return cls(
+            streams,
+            checkpoint.spec,
+            config.window.with_buffer(config.ingest),
+            stats=stats,
+            limits=config.ingest.limits(),
+            rates=config.message_rates(),
+            max_batch=config.model.max_batch,
+            max_delay_ns=round(config.model.max_delay_ms * 1e6),
+        )
 
     def topics(self) -> list[bytes]:
         """The topics to subscribe to: each stream's samples and source errors.

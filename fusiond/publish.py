@@ -10,12 +10,19 @@ from fusiond.align.windows import Window
 from fusiond.bus.wire import Prediction
 from fusiond.models.runner import BatchResult
 
+__all__ = ["disagreement", "PredictionBuilder"]
+
 
 class PredictionBuilder:
     """Numbers each rig's predictions and fills in the latency breakdown."""
 
-    def __init__(self, classes: list[str], model: dict[str, str], task: str = "classification",
-                 seq: Counter[str] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        classes: list[str],
+        model: dict[str, str],
+        task: str = "classification",
+        seq: Counter[str] | None = None,
+    ) -> None:
         """``seq`` carries each rig's next number over from the builder this one replaces,
         so a reload does not start the count again (docs/protocol.md: per-rig, since start)."""
         self.classes = classes
@@ -61,8 +68,11 @@ class PredictionBuilder:
                         "closed_by": window.closed_by,
                         "batch_size": len(result.windows),
                         **({"task": "regression"} if self.regression else {}),
-                        **(self._modalities(window, result.modality_probs[i])
-                           if result.modality_probs is not None else {}),
+                        **(
+                            self._modalities(window, result.modality_probs[i])
+                            if result.modality_probs is not None
+                            else {}
+                        ),
                     },
                 )
             )

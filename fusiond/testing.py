@@ -29,6 +29,18 @@ from fusiond.bus.sockets import Sockets
 from fusiond.plugin import SourceRegistry, hookimpl
 from fusiond.sources import Block, Source, SourceConfig, StreamInfo
 
+__all__ = [
+    "bus_pair",
+    "FakeConfig",
+    "FakeSource",
+    "fusiond_add_sources",
+    "random_windows",
+    "RecordedText",
+    "tiny_model",
+    "write_labels",
+    "write_recording",
+]
+
 
 class FakeConfig(SourceConfig):
     """Options of the ``fake`` kind."""
@@ -95,8 +107,14 @@ def random_windows(spec: InputSpec, count: int, seed: int = 0, rig: str = "r") -
     return out
 
 
-def tiny_model(path: Path, spec: InputSpec | None = None, classes: list[str] | None = None,
-               fusion: str = "attention", seed: int = 0, modality_heads: bool = False) -> str:  # fmt: skip
+def tiny_model(
+    path: Path,
+    spec: InputSpec | None = None,
+    classes: list[str] | None = None,
+    fusion: str = "attention",
+    seed: int = 0,
+    modality_heads: bool = False,
+) -> str:
     """Write an untrained checkpoint with small encoders (and a head per modality, if
     asked); returns its content hash."""
     import torch
@@ -109,11 +127,13 @@ def tiny_model(path: Path, spec: InputSpec | None = None, classes: list[str] | N
     }
     torch.manual_seed(seed)
     classes = classes or ["low", "high"]
-    model = FusionModel(spec, classes, encoders, {"name": fusion}, BUILTIN_ENCODERS, dim=16,
-                        modality_heads=modality_heads)  # fmt: skip
+    model = FusionModel(
+        spec, classes, encoders, {"name": fusion}, BUILTIN_ENCODERS, dim=16, modality_heads=modality_heads
+    )
     window = {"length_ns": 1_000_000_000, "hop_ns": 500_000_000}
-    return save(model.eval(), path, name="tiny", encoders=encoders, fusion={"name": fusion},
-                dim=16, window=window)  # fmt: skip
+    return save(
+        model.eval(), path, name="tiny", encoders=encoders, fusion={"name": fusion}, dim=16, window=window
+    )
 
 
 @dataclass(frozen=True)
@@ -138,16 +158,39 @@ def write_recording(path: Path, streams: dict[str, RecordedStream | RecordedText
         if isinstance(s, RecordedText):
             for seq, (t_ns, text) in enumerate(sorted(s.events)):
                 data, payload = text_block(text)
-                yield t_ns, encode_sample(rig=rig, stream=name, modality=s.modality, seq=seq, t_ns=t_ns,
-                                          t_pub_ns=t_ns, rate_hz=0.0, data=data, encoding="utf-8",
-                                          payload=payload)  # fmt: skip
+                yield (
+                    t_ns,
+                    encode_sample(
+                        rig=rig,
+                        stream=name,
+                        modality=s.modality,
+                        seq=seq,
+                        t_ns=t_ns,
+                        t_pub_ns=t_ns,
+                        rate_hz=0.0,
+                        data=data,
+                        encoding="utf-8",
+                        payload=payload,
+                    ),
+                )
             return
         for seq, i in enumerate(range(0, len(s.data), s.block)):
             chunk = s.data[i : i + s.block]
             t_ns = s.t0_ns + round(i * 1e9 / s.rate_hz)
             end = t_ns + round(len(chunk) * 1e9 / s.rate_hz)
-            yield end, encode_sample(rig=rig, stream=name, modality=s.modality, seq=seq, t_ns=t_ns,
-                                     t_pub_ns=end, rate_hz=s.rate_hz, data=chunk)  # fmt: skip
+            yield (
+                end,
+                encode_sample(
+                    rig=rig,
+                    stream=name,
+                    modality=s.modality,
+                    seq=seq,
+                    t_ns=t_ns,
+                    t_pub_ns=end,
+                    rate_hz=s.rate_hz,
+                    data=chunk,
+                ),
+            )
 
     with RecordingWriter(path, "fusiond.testing") as out:
         for t_recv, frames in heapq.merge(*(messages(n, s) for n, s in streams.items()), key=lambda m: m[0]):

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+__all__ = ["bandwidth", "MAX_TOPICS", "TopicSeen", "TopicTable"]
+
 MAX_TOPICS = 10_000
 """Topics tracked at most: a flood of made-up topic names cannot grow the table further."""
 
@@ -53,12 +55,20 @@ class TopicTable:
     def rows(self, seconds: float) -> list[dict[str, Any]]:
         """One row per topic, sorted; rates over the ``seconds`` listened."""
         span = max(seconds, 1e-9)
-        return [{
-            "topic": topic, "type": s.type, "modality": s.modality, "messages": s.messages,
-            "messages_per_s": round(s.messages / span, 2), "bytes_per_s": round(s.bytes / span, 1),
-            "publishers": len(s.publishers), "publisher_ids": sorted(s.publishers),
-            "unnamed_messages": s.anonymous,
-        } for topic, s in sorted(self.topics.items())]  # fmt: skip
+        return [
+            {
+                "topic": topic,
+                "type": s.type,
+                "modality": s.modality,
+                "messages": s.messages,
+                "messages_per_s": round(s.messages / span, 2),
+                "bytes_per_s": round(s.bytes / span, 1),
+                "publishers": len(s.publishers),
+                "publisher_ids": sorted(s.publishers),
+                "unnamed_messages": s.anonymous,
+            }
+            for topic, s in sorted(self.topics.items())
+        ]
 
 
 def bandwidth(bytes_per_s: float) -> str:

@@ -31,6 +31,24 @@ from collections.abc import Callable
 
 import numpy as np
 
+__all__ = [
+    "affine",
+    "blur",
+    "elastic",
+    "FRAMES",
+    "Frames",
+    "mask",
+    "noise",
+    "reverb",
+    "scale",
+    "SERIES",
+    "Series",
+    "speed",
+    "telephone",
+    "thickness",
+    "warp",
+]
+
 Series = Callable[[np.ndarray, np.random.Generator, float], np.ndarray]
 Frames = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 
@@ -150,14 +168,25 @@ def blur(frames: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     h, w = frames.shape[1:3]
     factor = rng.uniform(2.0, 3.0)
     small = (max(1, round(w / factor)), max(1, round(h / factor)))
-    return _each(frames, lambda f: cv2.resize(cv2.resize(f, small, interpolation=cv2.INTER_AREA), (w, h),
-                                              interpolation=cv2.INTER_LINEAR))  # fmt: skip
+    return _each(
+        frames,
+        lambda f: cv2.resize(
+            cv2.resize(f, small, interpolation=cv2.INTER_AREA), (w, h), interpolation=cv2.INTER_LINEAR
+        ),
+    )
 
 
 def _each(frames: np.ndarray, step: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
     return np.stack([step(f).reshape(f.shape) for f in frames])
 
 
-SERIES: dict[str, Series] = {"speed": speed, "telephone": telephone, "reverb": reverb, "noise": noise,
-                             "mask": mask, "warp": warp, "scale": scale}  # fmt: skip
+SERIES: dict[str, Series] = {
+    "speed": speed,
+    "telephone": telephone,
+    "reverb": reverb,
+    "noise": noise,
+    "mask": mask,
+    "warp": warp,
+    "scale": scale,
+}
 FRAMES: dict[str, Frames] = {"thickness": thickness, "elastic": elastic, "affine": affine, "blur": blur}

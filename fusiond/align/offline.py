@@ -16,6 +16,8 @@ import numpy as np
 from fusiond.align.spec import ModalitySpec
 from fusiond.align.windows import RigAligner, Window, WindowConfig
 
+__all__ = ["cut_windows", "RecordedStream"]
+
 
 @dataclass(frozen=True, slots=True)
 class RecordedStream:

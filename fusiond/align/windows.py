@@ -35,6 +35,8 @@ import numpy as np
 from fusiond.align.fit import Block, coverage, fit
 from fusiond.align.spec import ModalitySpec
 
+__all__ = ["RigAligner", "Window", "WindowConfig"]
+
 _NEVER = -(2**62)
 log = logging.getLogger(__name__)
 
@@ -122,9 +124,7 @@ class RigAligner:
         """Start of the next window to close (None before the first sample)."""
         return None if self._next is None else self._next * self.config.hop_ns
 
-    def add(
-        self, stream: str, t_ns: int, rate_hz: float, data: np.ndarray, t_recv_ns: int
-    ) -> str | None:
+    def add(self, stream: str, t_ns: int, rate_hz: float, data: np.ndarray, t_recv_ns: int) -> str | None:
         """Buffer a block of samples; returns the drop reason (also counted) if it is dropped."""
         state = self._streams.get(stream)
         if state is None:
@@ -138,8 +138,9 @@ class RigAligner:
         elif end <= self._next * self.config.hop_ns:
             self.drops["late"] += 1
             return "late"
-        if state.blocks and (len(state.blocks) >= self.config.max_blocks
-                             or state.nbytes + _cost(data) > self.config.max_bytes):  # fmt: skip
+        if state.blocks and (
+            len(state.blocks) >= self.config.max_blocks or state.nbytes + _cost(data) > self.config.max_bytes
+        ):
             self._make_room(state, _cost(data))
         state.nbytes += _cost(data)
         block = Block(t_ns, end, period, data, t_recv_ns)
@@ -155,8 +156,10 @@ class RigAligner:
         """Drop the oldest quarter of a full buffer at once (one list shift, not one per block)."""
         c = self.config
         cut = max(1, len(state.blocks) // 4)
-        while cut < len(state.blocks) and state.nbytes - sum(_cost(b.data) for b in state.blocks[:cut]) + \
-                incoming > c.max_bytes:  # fmt: skip
+        while (
+            cut < len(state.blocks)
+            and state.nbytes - sum(_cost(b.data) for b in state.blocks[:cut]) + incoming > c.max_bytes
+        ):
             cut = min(len(state.blocks), cut * 2)
         state.nbytes -= sum(_cost(b.data) for b in state.blocks[:cut])
         del state.blocks[:cut]

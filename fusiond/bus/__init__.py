@@ -1,1 +1,3 @@
 """The ZeroMQ bus: wire format, broker and sockets."""
+
+__all__ = []

@@ -264,12 +264,21 @@ def encode_sample(
     return [sample_topic(rig, stream).encode(), msgpack.packb(header), body]
 
 
-def encode_source_error(*, rig: str, stream: str, kind: str, error: str, attempt: int,
-                        retry_in_s: float, t_ns: int) -> list[bytes]:  # fmt: skip
+def encode_source_error(
+    *, rig: str, stream: str, kind: str, error: str, attempt: int, retry_in_s: float, t_ns: int
+) -> list[bytes]:
     """Frames telling subscribers that a source could not open or lost its device."""
-    header = {"v": list(PROTOCOL_VERSION), "type": "source_error", "rig": rig, "stream": stream,
-              "kind": kind, "error": error, "attempt": attempt, "retry_in_s": retry_in_s,
-              "t_ns": t_ns}  # fmt: skip
+    header = {
+        "v": list(PROTOCOL_VERSION),
+        "type": "source_error",
+        "rig": rig,
+        "stream": stream,
+        "kind": kind,
+        "error": error,
+        "attempt": attempt,
+        "retry_in_s": retry_in_s,
+        "t_ns": t_ns,
+    }
     return [f"{ERROR_PREFIX}{rig}/{stream}".encode(), msgpack.packb(header)]
 
 
@@ -277,8 +286,15 @@ def encode_tally(*, rig: str, stream: str, last_seq: int, t_ns: int, final: bool
     """Frames telling subscribers the last ``seq`` a source has sent on ``s/<rig>/<stream>``:
     a subscriber that saw less lost the difference, even at the end of a stream, where no
     later message shows the gap (``final``: the source has ended)."""
-    header = {"v": list(PROTOCOL_VERSION), "type": "tally", "rig": rig, "stream": stream,
-              "last_seq": last_seq, "t_ns": t_ns, "final": final}  # fmt: skip
+    header = {
+        "v": list(PROTOCOL_VERSION),
+        "type": "tally",
+        "rig": rig,
+        "stream": stream,
+        "last_seq": last_seq,
+        "t_ns": t_ns,
+        "final": final,
+    }
     return [f"{TALLY_PREFIX}{rig}/{stream}".encode(), msgpack.packb(header)]
 
 
@@ -350,11 +366,7 @@ def _check_version(header: Any) -> dict[str, Any]:
         msg = f"header keys must be str, got {names} (pack with use_bin_type=True)"
         raise FrameError(msg)
     version = header.get("v")
-    if (
-        not isinstance(version, list)
-        or len(version) != 2
-        or not all(isinstance(x, int) for x in version)
-    ):
+    if not isinstance(version, list) or len(version) != 2 or not all(isinstance(x, int) for x in version):
         msg = f"header field v must be [major, minor], got {version!r}"
         raise FrameError(msg)
     if version[0] != PROTOCOL_VERSION[0]:
@@ -398,8 +410,10 @@ def _check_ranges(header: dict[str, Any]) -> None:
             raise FrameError(msg, "bad_value")
     rate = float(header["rate_hz"])
     if not (rate == 0.0 or MIN_RATE_HZ <= rate <= MAX_RATE_HZ):
-        msg = f"header field rate_hz must be 0 (irregular) or in [{MIN_RATE_HZ:g}, {MAX_RATE_HZ:g}], " \
-              f"got {rate!r}"
+        msg = (
+            f"header field rate_hz must be 0 (irregular) or in [{MIN_RATE_HZ:g}, {MAX_RATE_HZ:g}], "
+            f"got {rate!r}"
+        )
         raise FrameError(msg, "bad_value")
 
 
@@ -455,14 +469,29 @@ def decode_sample_header(frames: Sequence[Frame]) -> SampleHeader:
         g = header.get
         v, rig, stream, modality, clock = g("v"), g("rig"), g("stream"), g("modality"), g("clock")
         seq, t_ns, t_pub, rate, buffers = g("seq"), g("t_ns"), g("t_pub_ns"), g("rate_hz"), g("buffers")
-        if (type(v) is list and len(v) == 2 and v[0] == PROTOCOL_VERSION[0] and type(v[0]) is int
-                and type(v[1]) is int and g("type") == "sample" and type(rig) is str and type(stream) is str
-                and type(modality) is str and type(clock) is str and clock in CLOCKS
-                and type(seq) is int and 0 <= seq <= MAX_INT and type(t_ns) is int and 0 <= t_ns <= MAX_INT
-                and type(t_pub) is int and 0 <= t_pub <= MAX_INT
-                and (type(rate) is float or type(rate) is int)
-                and (rate == 0 or MIN_RATE_HZ <= rate <= MAX_RATE_HZ) and type(buffers) is list
-                and 0 < len(buffers) == len(frames) - 2):  # fmt: skip
+        if (
+            type(v) is list
+            and len(v) == 2
+            and v[0] == PROTOCOL_VERSION[0]
+            and type(v[0]) is int
+            and type(v[1]) is int
+            and g("type") == "sample"
+            and type(rig) is str
+            and type(stream) is str
+            and type(modality) is str
+            and type(clock) is str
+            and clock in CLOCKS
+            and type(seq) is int
+            and 0 <= seq <= MAX_INT
+            and type(t_ns) is int
+            and 0 <= t_ns <= MAX_INT
+            and type(t_pub) is int
+            and 0 <= t_pub <= MAX_INT
+            and (type(rate) is float or type(rate) is int)
+            and (rate == 0 or MIN_RATE_HZ <= rate <= MAX_RATE_HZ)
+            and type(buffers) is list
+            and 0 < len(buffers) == len(frames) - 2
+        ):
             _check_names(rig, stream, modality)
             specs = tuple(_cached_spec(b) for b in buffers)
             return SampleHeader(rig, stream, modality, seq, t_ns, clock, t_pub, float(rate), specs)
@@ -586,8 +615,9 @@ def jpeg_size(data: memoryview | bytes) -> tuple[int, int, int] | None:
     return None
 
 
-_SOF_MARKERS: Final = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE,
-                                 0xCF})  # fmt: skip
+_SOF_MARKERS: Final = frozenset(
+    {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+)
 
 
 def _decode_jpeg(view: memoryview, shape: tuple[int, ...], scale: int = 1) -> np.ndarray:
@@ -669,25 +699,50 @@ def describe(frames: Sequence[Frame]) -> dict[str, Any]:
 
 
 __all__ = [
-    "PREDICTION_PREFIX",
-    "PROTOCOL_VERSION",
-    "SAMPLE_PREFIX",
-    "TALLY_EVERY_NS",
-    "TALLY_PREFIX",
-    "Prediction",
+    "block_end_ns",
+    "buffer_spec",
     "BufferSpec",
-    "Sample",
-    "SampleHeader",
-    "WireError",
+    "CLOCKS",
     "decode_arrays",
+    "decode_header",
     "decode_prediction",
     "decode_sample",
     "decode_sample_header",
     "describe",
+    "DTYPES",
+    "DUPLICATE",
     "encode_prediction",
     "encode_sample",
+    "encode_source_error",
     "encode_tally",
+    "ENCODINGS",
+    "ERROR_PREFIX",
+    "Frame",
+    "frame_view",
+    "jpeg_size",
+    "MAX_DIMS",
+    "MAX_ELEMENTS",
+    "MAX_INT",
+    "MAX_PUBLISHER_LEN",
+    "MAX_RATE_HZ",
+    "MAX_TEXT_BYTES",
+    "MIN_RATE_HZ",
+    "NAME_RE",
+    "Prediction",
+    "PREDICTION_PREFIX",
     "prediction_topic",
+    "PROTOCOL_VERSION",
+    "publisher_id",
+    "publisher_of",
+    "Sample",
+    "sample_of",
+    "SAMPLE_PREFIX",
     "sample_topic",
+    "SampleHeader",
+    "SequenceGaps",
+    "TALLY_EVERY_NS",
     "tally_of",
+    "TALLY_PREFIX",
+    "text_block",
+    "WireError",
 ]

@@ -16,6 +16,8 @@ from fusiond.align.spec import InputSpec
 from fusiond.errors import ModelError
 from fusiond.models.model import FusionModel, Parts
 
+__all__ = ["Checkpoint", "FORMAT", "load", "save"]
+
 FORMAT = 1
 
 
@@ -53,9 +55,18 @@ class Checkpoint:
         return model.eval()
 
 
-def save(model: FusionModel, path: Path, *, name: str, encoders: dict[str, dict[str, Any]],
-         fusion: dict[str, Any], dim: int, window: Mapping[str, float],
-         metrics: dict[str, Any] | None = None, data_hash: str = "") -> str:  # fmt: skip
+def save(
+    model: FusionModel,
+    path: Path,
+    *,
+    name: str,
+    encoders: dict[str, dict[str, Any]],
+    fusion: dict[str, Any],
+    dim: int,
+    window: Mapping[str, float],
+    metrics: dict[str, Any] | None = None,
+    data_hash: str = "",
+) -> str:
     """Write a checkpoint; returns its content hash."""
     payload = {
         "format": FORMAT,

@@ -10,6 +10,17 @@ from torch import nn
 
 from fusiond.align.spec import ModalitySpec
 
+__all__ = [
+    "BUILTIN_ENCODERS",
+    "Encoder",
+    "FramesEncoder",
+    "LogMelEncoder",
+    "mel_filterbank",
+    "SeriesEncoder",
+    "TextEncoder",
+    "VectorEncoder",
+]
+
 
 class Encoder(nn.Module):
     """Base of the encoders: ``forward`` is ``forward_features`` ([B, ...] -> [B, D])."""
@@ -35,12 +46,20 @@ class FramesEncoder(Encoder):
         super().__init__()
         c = spec.channels
         self.net = nn.Sequential(
-            nn.Conv2d(c, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(width, 2 * width, 3, padding=1), nn.BatchNorm2d(2 * width), nn.ReLU(),
+            nn.Conv2d(c, width, 3, padding=1),
+            nn.BatchNorm2d(width),
+            nn.ReLU(),
             nn.MaxPool2d(2),
-            nn.Conv2d(2 * width, 4 * width, 3, padding=1), nn.BatchNorm2d(4 * width), nn.ReLU(),
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-        )  # fmt: skip
+            nn.Conv2d(width, 2 * width, 3, padding=1),
+            nn.BatchNorm2d(2 * width),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(2 * width, 4 * width, 3, padding=1),
+            nn.BatchNorm2d(4 * width),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+        )
         self.proj = nn.Linear(4 * width, dim)
         self.dim = dim
 
@@ -51,7 +70,6 @@ class FramesEncoder(Encoder):
         feats = self.net(images).reshape(b, n, -1).mean(dim=1)
         out: torch.Tensor = self.proj(feats)
         return out
-
 
 
 def mel_filterbank(sample_rate: float, n_fft: int, n_mels: int) -> np.ndarray:
@@ -99,17 +117,28 @@ class LogMelEncoder(Encoder):
         k = torch.arange(n_fft // 2 + 1, dtype=torch.float64)[:, None]
         angle = 2 * torch.pi * k * n / n_fft
         hann = torch.hann_window(n_fft, dtype=torch.float64)
-        self.register_buffer("dft", torch.cat([torch.cos(angle) * hann, torch.sin(angle) * hann])
-                             .float().unsqueeze(1), persistent=False)  # fmt: skip
+        self.register_buffer(
+            "dft",
+            torch.cat([torch.cos(angle) * hann, torch.sin(angle) * hann]).float().unsqueeze(1),
+            persistent=False,
+        )
         fb = torch.from_numpy(mel_filterbank(sample_rate, n_fft, n_mels))
         self.register_buffer("mel", fb, persistent=False)
         self.net = nn.Sequential(
-            nn.Conv2d(1, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(width, 2 * width, 3, padding=1), nn.BatchNorm2d(2 * width), nn.ReLU(),
+            nn.Conv2d(1, width, 3, padding=1),
+            nn.BatchNorm2d(width),
+            nn.ReLU(),
             nn.MaxPool2d(2),
-            nn.Conv2d(2 * width, 4 * width, 3, padding=1), nn.BatchNorm2d(4 * width), nn.ReLU(),
-            nn.AdaptiveMaxPool2d(1), nn.Flatten(),
-        )  # fmt: skip
+            nn.Conv2d(width, 2 * width, 3, padding=1),
+            nn.BatchNorm2d(2 * width),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(2 * width, 4 * width, 3, padding=1),
+            nn.BatchNorm2d(4 * width),
+            nn.ReLU(),
+            nn.AdaptiveMaxPool2d(1),
+            nn.Flatten(),
+        )
         self.proj = nn.Linear(4 * width, dim)
         self.dim = dim
 
@@ -130,7 +159,6 @@ class LogMelEncoder(Encoder):
         return out
 
 
-
 class SeriesEncoder(Encoder):
     """1D CNN over a multichannel series (IMU and other numeric sensors). Input [B, S, C]."""
 
@@ -139,13 +167,20 @@ class SeriesEncoder(Encoder):
     def __init__(self, spec: ModalitySpec, dim: int = 64, width: int = 32) -> None:
         super().__init__()
         self.net = nn.Sequential(
-            nn.Conv1d(spec.channels, width, 5, padding=2), nn.BatchNorm1d(width), nn.ReLU(),
+            nn.Conv1d(spec.channels, width, 5, padding=2),
+            nn.BatchNorm1d(width),
+            nn.ReLU(),
             nn.MaxPool1d(2),
-            nn.Conv1d(width, width, 5, padding=2), nn.BatchNorm1d(width), nn.ReLU(),
+            nn.Conv1d(width, width, 5, padding=2),
+            nn.BatchNorm1d(width),
+            nn.ReLU(),
             nn.MaxPool1d(2),
-            nn.Conv1d(width, 2 * width, 5, padding=2), nn.BatchNorm1d(2 * width), nn.ReLU(),
-            nn.AdaptiveAvgPool1d(1), nn.Flatten(),
-        )  # fmt: skip
+            nn.Conv1d(width, 2 * width, 5, padding=2),
+            nn.BatchNorm1d(2 * width),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool1d(1),
+            nn.Flatten(),
+        )
         self.proj = nn.Linear(2 * width, dim)
         self.dim = dim
 
@@ -153,7 +188,6 @@ class SeriesEncoder(Encoder):
         """[B, S, C] -> [B, D]."""
         out: torch.Tensor = self.proj(self.net(x.float().transpose(1, 2)))
         return out
-
 
 
 class VectorEncoder(Encoder):
@@ -171,9 +205,6 @@ class VectorEncoder(Encoder):
         """[B, ...] -> [B, D]."""
         out: torch.Tensor = self.net(x.float())
         return out
-
-
-
 
 
 class TextEncoder(Encoder):

@@ -24,6 +24,17 @@ import math
 import torch
 from torch import nn
 
+__all__ = [
+    "AgreementFusion",
+    "AttentionFusion",
+    "ConcatFusion",
+    "ConsensusFusion",
+    "FUSIONS",
+    "GatedFusion",
+    "IntermediateFusion",
+    "LateFusion",
+]
+
 
 class ConcatFusion(nn.Module):
     """Feature-level (early) fusion: zero the missing features, concatenate with the mask."""
@@ -31,9 +42,11 @@ class ConcatFusion(nn.Module):
     def __init__(self, modalities: int, dim: int, classes: int, hidden: int = 128) -> None:
         super().__init__()
         self.mlp = nn.Sequential(
-            nn.Linear(modalities * (dim + 1), hidden), nn.ReLU(), nn.Dropout(0.1),
+            nn.Linear(modalities * (dim + 1), hidden),
+            nn.ReLU(),
+            nn.Dropout(0.1),
             nn.Linear(hidden, classes),
-        )  # fmt: skip
+        )
 
     def forward(self, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         m = mask.unsqueeze(-1).to(features.dtype)
@@ -195,15 +208,11 @@ class AttentionFusion(nn.Module):
     every token attends to every present token) only reads what is there.
     """
 
-    def __init__(
-        self, modalities: int, dim: int, classes: int, heads: int = 4, layers: int = 2
-    ) -> None:
+    def __init__(self, modalities: int, dim: int, classes: int, heads: int = 4, layers: int = 2) -> None:
         super().__init__()
         self.modality_embedding = nn.Parameter(torch.randn(modalities, dim) * 0.02)
         self.summary = nn.Parameter(torch.zeros(1, 1, dim))
-        layer = nn.TransformerEncoderLayer(
-            dim, heads, dim_feedforward=2 * dim, dropout=0.1, batch_first=True
-        )
+        layer = nn.TransformerEncoderLayer(dim, heads, dim_feedforward=2 * dim, dropout=0.1, batch_first=True)
         self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, classes)

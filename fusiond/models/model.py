@@ -13,6 +13,8 @@ from fusiond.align.spec import InputSpec
 from fusiond.errors import ModelError
 from fusiond.models.fusion import FUSIONS
 
+__all__ = ["as_parts", "FusionModel", "Parts", "TASKS"]
+
 TASKS = ("classification", "regression")
 
 
@@ -100,8 +102,9 @@ class FusionModel(nn.Module):
         logits: torch.Tensor = self.fusion(self.features(inputs), mask)
         return logits
 
-    def forward_all(self, inputs: Mapping[str, torch.Tensor],
-                    mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:  # fmt: skip
+    def forward_all(
+        self, inputs: Mapping[str, torch.Tensor], mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The fused logits [B, K] and, with modality heads, each modality's own logits
         [B, M, K] divided by its temperature (calibrated; rows of masked modalities are
         meaningless: their input was zeros)."""

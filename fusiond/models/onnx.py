@@ -25,6 +25,8 @@ from fusiond.models.checkpoint import Checkpoint
 from fusiond.models.model import FusionModel, Parts
 from fusiond.models.runner import Runner
 
+__all__ = ["cache_dir", "export", "HASH_KEY", "onnx_path", "OnnxRunner", "OPSET", "PROVIDERS"]
+
 log = logging.getLogger(__name__)
 OPSET = 17
 
@@ -73,9 +75,16 @@ def export(checkpoint: Checkpoint, encoder_types: Parts | Mapping[str, type[nn.M
     try:
         with warnings.catch_warnings():  # the exporter's own notes are not the user's business
             warnings.simplefilter("ignore")
-            torch.onnx.export(flat, (*example, mask), str(tmp), input_names=[*names, "mask"],
-                              output_names=outputs, dynamic_axes=dynamic, opset_version=OPSET,
-                              dynamo=False)  # fmt: skip
+            torch.onnx.export(
+                flat,
+                (*example, mask),
+                str(tmp),
+                input_names=[*names, "mask"],
+                output_names=outputs,
+                dynamic_axes=dynamic,
+                opset_version=OPSET,
+                dynamo=False,
+            )
         _stamp(tmp, checkpoint)
     except Exception as exc:
         tmp.unlink(missing_ok=True)
@@ -108,8 +117,9 @@ class OnnxRunner(Runner):
 
     runtime = "onnx"
 
-    def __init__(self, checkpoint: Checkpoint, encoder_types: Parts | Mapping[str, type[nn.Module]],
-                 threads: int = 0) -> None:  # fmt: skip
+    def __init__(
+        self, checkpoint: Checkpoint, encoder_types: Parts | Mapping[str, type[nn.Module]], threads: int = 0
+    ) -> None:
         try:
             import onnxruntime
         except ImportError:
@@ -144,15 +154,20 @@ class OnnxRunner(Runner):
             made_from = session.get_modelmeta().custom_metadata_map.get(HASH_KEY)
             if made_from == checkpoint.content_hash:
                 return session
-            log.warning("not serving %s: it was exported from checkpoint %s, not from %s (%s)", path,
-                        made_from or "(unknown: no fusiond metadata)", checkpoint.path,
-                        checkpoint.content_hash)  # fmt: skip
+            log.warning(
+                "not serving %s: it was exported from checkpoint %s, not from %s (%s)",
+                path,
+                made_from or "(unknown: no fusiond metadata)",
+                checkpoint.path,
+                checkpoint.content_hash,
+            )
         cached = cache_dir() / f"{checkpoint.content_hash}.onnx"
         log.info("exporting %s to %s for onnxruntime", checkpoint.path, cached)
         export(checkpoint, encoder_types, cached)
         return onnxruntime.InferenceSession(str(cached), self.options, providers=PROVIDERS)
 
-    def _forward(self, inputs: Mapping[str, np.ndarray],
-                 mask: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:  # fmt: skip
+    def _forward(
+        self, inputs: Mapping[str, np.ndarray], mask: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         got = self.session.run(self.outputs, {**inputs, "mask": mask})
         return got[0], (got[1] if len(got) > 1 else None)

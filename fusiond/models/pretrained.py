@@ -30,6 +30,8 @@ from fusiond.align.spec import ModalitySpec
 from fusiond.errors import ModelError
 from fusiond.models.encoders import Encoder
 
+__all__ = ["BasicBlock", "read_weights", "ResNet", "ResNet18Encoder", "ResNet34Encoder", "ResNetEncoder"]
+
 _MEAN = (0.485, 0.456, 0.406)
 _STD = (0.229, 0.224, 0.225)
 

@@ -4,5 +4,12 @@ from fusiond.plugin.hookspecs import hookimpl, hookspec
 from fusiond.plugin.manager import Plugins, load_plugins
 from fusiond.plugin.registry import EncoderRegistry, FusionRegistry, SourceRegistry
 
-__all__ = ["EncoderRegistry", "FusionRegistry", "Plugins", "SourceRegistry", "hookimpl", "hookspec",
-           "load_plugins"]  # fmt: skip
+__all__ = [
+    "EncoderRegistry",
+    "FusionRegistry",
+    "Plugins",
+    "SourceRegistry",
+    "hookimpl",
+    "hookspec",
+    "load_plugins",
+]

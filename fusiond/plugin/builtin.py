@@ -8,6 +8,8 @@ from __future__ import annotations
 from fusiond.plugin.hookspecs import hookimpl
 from fusiond.plugin.registry import EncoderRegistry, FusionRegistry
 
+__all__ = ["ENCODERS", "fusiond_add_encoders", "fusiond_add_fusions", "FUSIONS"]
+
 ENCODERS = {
     "frames_cnn": "fusiond.models.encoders:FramesEncoder",
     "logmel_cnn": "fusiond.models.encoders:LogMelEncoder",

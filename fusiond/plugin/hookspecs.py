@@ -15,6 +15,15 @@ if TYPE_CHECKING:
     from fusiond.align.kinds import KindRegistry
     from fusiond.plugin.registry import EncoderRegistry, FusionRegistry, SourceRegistry
 
+__all__ = [
+    "fusiond_add_encoders",
+    "fusiond_add_fusions",
+    "fusiond_add_modality_kinds",
+    "fusiond_add_sources",
+    "hookimpl",
+    "hookspec",
+]
+
 hookspec = pluggy.HookspecMarker("fusiond")
 hookimpl = pluggy.HookimplMarker("fusiond")
 

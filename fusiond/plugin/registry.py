@@ -17,6 +17,8 @@ if TYPE_CHECKING:
 
     from fusiond.sources.base import Source
 
+__all__ = ["EncoderRegistry", "FusionRegistry", "ModuleRegistry", "SourceRegistry"]
+
 _NAME = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 
 
@@ -77,13 +79,15 @@ class ModuleRegistry:
             raise PluginError(msg)
         if isinstance(encoder, str):
             if not _REF.match(encoder):
-                msg = f"{self.what} {name!r}: {encoder!r} is not a \"module:Class\" reference"
+                msg = f'{self.what} {name!r}: {encoder!r} is not a "module:Class" reference'
                 raise PluginError(msg)
         else:
             _check_module(self.what, name, encoder)
         if name in self._entries and self._entries[name] is not encoder and self._entries[name] != encoder:
-            msg = (f"{self.what} {name!r} registered twice: {_module(self._entries[name])} and "
-                   f"{_module(encoder)}")  # fmt: skip
+            msg = (
+                f"{self.what} {name!r} registered twice: {_module(self._entries[name])} and "
+                f"{_module(encoder)}"
+            )
             raise PluginError(msg)
         self._entries[name] = encoder
         self._types = None

@@ -21,6 +21,17 @@ import numpy as np
 
 from fusiond.bus.wire import decode_prediction, decode_sample
 
+__all__ = [
+    "IMAGE_SCHEMA",
+    "JPEG_QUALITY",
+    "MESSAGE_ENCODING",
+    "PREDICTION_SCHEMA",
+    "PREFIX",
+    "SCHEMA_ENCODING",
+    "SCHEMAS",
+    "view_messages",
+]
+
 PREFIX = "foxglove/"
 MESSAGE_ENCODING = "json"
 SCHEMA_ENCODING = "jsonschema"
@@ -117,6 +128,10 @@ def view_messages(
 
 def _image(frame_id: str, t_ns: int, jpeg: bytes | memoryview) -> bytes:
     # base64 reads any contiguous buffer: the JPEG is not copied before it is encoded.
-    body = {"timestamp": _time(t_ns), "frame_id": frame_id, "format": "jpeg",
-            "data": base64.b64encode(jpeg).decode()}  # fmt: skip
+    body = {
+        "timestamp": _time(t_ns),
+        "frame_id": frame_id,
+        "format": "jpeg",
+        "data": base64.b64encode(jpeg).decode(),
+    }
     return json.dumps(body).encode()

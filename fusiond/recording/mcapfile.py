@@ -29,6 +29,20 @@ from mcap.records import Channel, Chunk, Message
 
 from fusiond.errors import FusiondError
 
+__all__ = [
+    "channel_metadata",
+    "info",
+    "MAGIC",
+    "MAX_BODY",
+    "MAX_RECORD",
+    "MESSAGE_ENCODING",
+    "pack",
+    "PROFILE",
+    "read",
+    "Recorded",
+    "RecordingInfo",
+]
+
 log = logging.getLogger(__name__)
 MESSAGE_ENCODING = "fusiond-frames"
 PROFILE = "fusiond"
@@ -188,8 +202,11 @@ class _Walk:
             what = ", ".join(f"{n} x {why}" for why, n in self.damaged.items())
             log.warning("%s: skipped what is damaged (%s); read %d messages", self.path, what, self.messages)
         if self.cut:
-            log.warning("%s ends mid-record after %d messages (a recorder killed, a disk full?); the rest "
-                        "is lost", self.path, self.messages)  # fmt: skip
+            log.warning(
+                "%s ends mid-record after %d messages (a recorder killed, a disk full?); the rest is lost",
+                self.path,
+                self.messages,
+            )
 
 
 def _decompress(chunk: Chunk) -> bytes:

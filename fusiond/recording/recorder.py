@@ -31,6 +31,8 @@ from fusiond.errors import FusiondError, WireError
 from fusiond.recording import foxglove
 from fusiond.recording.mcapfile import MESSAGE_ENCODING, PROFILE, pack
 
+__all__ = ["FLUSH_EVERY_NS", "Recorder", "RecordingWriter"]
+
 log = logging.getLogger(__name__)
 FLUSH_EVERY_NS = 500_000_000
 
@@ -43,8 +45,14 @@ class RecordingWriter:
     displays (:mod:`fusiond.recording.foxglove`).
     """
 
-    def __init__(self, path: Path, endpoint: str = "", topics: Sequence[str] = (),
-                 chunk_size: int = 4 << 20, foxglove: bool = False) -> None:  # fmt: skip
+    def __init__(
+        self,
+        path: Path,
+        endpoint: str = "",
+        topics: Sequence[str] = (),
+        chunk_size: int = 4 << 20,
+        foxglove: bool = False,
+    ) -> None:
         self.path = path
         self.endpoint = endpoint
         self.topics = list(topics) or [""]
@@ -64,12 +72,15 @@ class RecordingWriter:
         self._file: BinaryIO = self.path.open("wb")
         self.writer = Writer(self._file, chunk_size=self.chunk_size, compression=CompressionType.ZSTD)
         self.writer.start(profile=PROFILE, library=f"fusiond {__version__}")
-        self.writer.add_metadata("fusiond", {
-            "protocol": ".".join(map(str, PROTOCOL_VERSION)),
-            "version": __version__,
-            "endpoint": self.endpoint,
-            "topics": ",".join(self.topics),
-        })  # fmt: skip
+        self.writer.add_metadata(
+            "fusiond",
+            {
+                "protocol": ".".join(map(str, PROTOCOL_VERSION)),
+                "version": __version__,
+                "endpoint": self.endpoint,
+                "topics": ",".join(self.topics),
+            },
+        )
         return self
 
     def write(self, frames: Sequence[bytes | memoryview], t_recv_ns: int) -> None:
@@ -94,10 +105,13 @@ class RecordingWriter:
         body = pack(frames)
         t_pub = header.get("t_pub_ns")
         # MCAP stores these as uint64 and uint32: a hostile header must not break the file.
-        self.writer.add_message(channel, log_time=t_recv_ns, data=body,
-                                publish_time=t_pub if isinstance(t_pub, int) and 0 <= t_pub < 2**64
-                                else t_recv_ns,
-                                sequence=seq % 2**32 if isinstance(seq, int) else 0)  # fmt: skip
+        self.writer.add_message(
+            channel,
+            log_time=t_recv_ns,
+            data=body,
+            publish_time=t_pub if isinstance(t_pub, int) and 0 <= t_pub < 2**64 else t_recv_ns,
+            sequence=seq % 2**32 if isinstance(seq, int) else 0,
+        )
         self.messages[topic] += 1
         self.bytes += len(body)
         if self.foxglove:
@@ -118,8 +132,9 @@ class RecordingWriter:
             self.gaps[topic] += missed
             self._seq.accept(topic, last, t_recv_ns)
 
-    def _write_views(self, header: dict[str, Any], frames: Sequence[bytes | memoryview],
-                     t_recv_ns: int) -> None:  # fmt: skip
+    def _write_views(
+        self, header: dict[str, Any], frames: Sequence[bytes | memoryview], t_recv_ns: int
+    ) -> None:
         try:
             views = list(foxglove.view_messages(header, frames))
         except (WireError, ValueError, KeyError, IndexError, TypeError):
@@ -136,8 +151,9 @@ class RecordingWriter:
         schema_id = self._schemas.get(schema)
         if schema_id is None:
             definition = foxglove.SCHEMAS[schema]
-            schema_id = self.writer.register_schema(str(definition["title"]), foxglove.SCHEMA_ENCODING,
-                                                    json.dumps(definition).encode())  # fmt: skip
+            schema_id = self.writer.register_schema(
+                str(definition["title"]), foxglove.SCHEMA_ENCODING, json.dumps(definition).encode()
+            )
             self._schemas[schema] = schema_id
         self._channels[topic] = self.writer.register_channel(topic, foxglove.MESSAGE_ENCODING, schema_id)
         return self._channels[topic]
@@ -148,8 +164,9 @@ class RecordingWriter:
         self._channels[topic] = self.writer.register_channel(topic, MESSAGE_ENCODING, 0, metadata)
         return self._channels[topic]
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:  # fmt: skip
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         try:
             self.writer.finish()  # type: ignore[no-untyped-call]
             self._file.close()
@@ -162,8 +179,10 @@ class RecordingWriter:
 
 def _write_error(path: Path, error: OSError, messages: int) -> FusiondError:
     why = "the disk is full" if error.errno == errno.ENOSPC else error.strerror or str(error)
-    msg = (f"cannot write {path}: {why} after {messages} messages; the recording stops there and "
-           f"reads as a cut-off file (fusiond info {path})")
+    msg = (
+        f"cannot write {path}: {why} after {messages} messages; the recording stops there and "
+        f"reads as a cut-off file (fusiond info {path})"
+    )
     return FusiondError(msg)
 
 
@@ -175,9 +194,16 @@ class Recorder(RecordingWriter):
     most the chunk it was filling (half a second of data).
     """
 
-    def __init__(self, path: Path, endpoint: str, topics: Sequence[str] = (),
-                 chunk_size: int = 4 << 20, queue: int = 10_000, foxglove: bool = False,
-                 keys: Keys | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        path: Path,
+        endpoint: str,
+        topics: Sequence[str] = (),
+        chunk_size: int = 4 << 20,
+        queue: int = 10_000,
+        foxglove: bool = False,
+        keys: Keys | None = None,
+    ) -> None:
         super().__init__(path, endpoint, topics, chunk_size, foxglove)
         self.queue = queue
         self.keys = keys
@@ -203,7 +229,8 @@ class Recorder(RecordingWriter):
         except OSError as error:  # the disk filled up (or went away): say so once, keep what is there
             raise _write_error(self.path, error, sum(self.messages.values())) from None
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:  # fmt: skip
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.sockets.close()
         super().__exit__(exc_type, exc, tb)

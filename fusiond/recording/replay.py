@@ -25,6 +25,8 @@ from fusiond.bus.wire import SAMPLE_PREFIX
 from fusiond.recording.mcapfile import read
 from fusiond.sources.runner import connect_publisher
 
+__all__ = ["replay", "restamp", "SECOND", "shift_for"]
+
 log = logging.getLogger(__name__)
 SECOND = 1_000_000_000
 
@@ -47,9 +49,16 @@ def restamp(frames: list[bytes], shift_ns: int, t_pub_ns: int, seq: int | None =
     return [frames[0], msgpack.packb(header), *frames[2:]]
 
 
-def replay(path: Path, endpoint: str, stop: threading.Event, *, speed: float | None = 1.0,
-           loop: bool = False, topics: Sequence[str] = (SAMPLE_PREFIX,),
-           keys: Keys | None = None) -> Counter[str]:  # fmt: skip
+def replay(
+    path: Path,
+    endpoint: str,
+    stop: threading.Event,
+    *,
+    speed: float | None = 1.0,
+    loop: bool = False,
+    topics: Sequence[str] = (SAMPLE_PREFIX,),
+    keys: Keys | None = None,
+) -> Counter[str]:
     """Publish until the end (or ``stop``); ``speed=None`` sends as fast as possible."""
     keys = keys if keys is not None else client_keys()
     sockets = Sockets(hwm=100_000 if speed is None else 10_000, keys=keys)
@@ -68,8 +77,15 @@ def replay(path: Path, endpoint: str, stop: threading.Event, *, speed: float | N
     return sent
 
 
-def _one_pass(path: Path, sock: zmq.Socket[bytes], stop: threading.Event, speed: float | None,
-              topics: Sequence[str], sent: Counter[str], pass_index: int) -> None:  # fmt: skip
+def _one_pass(
+    path: Path,
+    sock: zmq.Socket[bytes],
+    stop: threading.Event,
+    speed: float | None,
+    topics: Sequence[str],
+    sent: Counter[str],
+    pass_index: int,
+) -> None:
     start_ns = shift_ns = first = None
     for rec in read(path, topics):
         if stop.is_set():
@@ -78,8 +94,9 @@ def _one_pass(path: Path, sock: zmq.Socket[bytes], stop: threading.Event, speed:
         if first is None:
             first, start_ns = rec.log_time_ns, now
             shift_ns = shift_for(first, now)
-            log.info("replay %s (pass %d): capture times move by %+.0f s", path, pass_index + 1,
-                     shift_ns / SECOND)  # fmt: skip
+            log.info(
+                "replay %s (pass %d): capture times move by %+.0f s", path, pass_index + 1, shift_ns / SECOND
+            )
         assert start_ns is not None and shift_ns is not None
         if speed is not None:
             due = (first + shift_ns if speed == 1.0 else start_ns) + (rec.log_time_ns - first) / speed

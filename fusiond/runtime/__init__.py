@@ -5,3 +5,5 @@
 Every engine runs the same two loops (:mod:`.worker`, :mod:`.server`); they differ only
 in how the loops are started, restarted and reached.
 """
+
+__all__ = []

@@ -20,6 +20,18 @@ from fusiond.align.windows import Window
 from fusiond.bus.wire import Frame, frame_view
 from fusiond.errors import FrameError
 
+__all__ = [
+    "decode_body",
+    "decode_window",
+    "encode_progress",
+    "encode_stats",
+    "encode_window",
+    "END",
+    "PROGRESS",
+    "STATS",
+    "WINDOW",
+]
+
 WINDOW = b"w"
 PROGRESS = b"p"
 END = b"end"
@@ -31,11 +43,17 @@ def encode_window(window: Window) -> list[bytes | memoryview]:
     names = list(window.inputs)
     arrays = [np.ascontiguousarray(window.inputs[m]) for m in names]
     header = {
-        "rig": window.rig, "index": window.index, "start": window.start_ns, "end": window.end_ns,
-        "present": [window.present[m] for m in names], "closed_by": window.closed_by,
-        "t_close": window.t_close_ns, "ingest": window.capture_to_ingest_ns, "hop": window.hop_ns,
+        "rig": window.rig,
+        "index": window.index,
+        "start": window.start_ns,
+        "end": window.end_ns,
+        "present": [window.present[m] for m in names],
+        "closed_by": window.closed_by,
+        "t_close": window.t_close_ns,
+        "ingest": window.capture_to_ingest_ns,
+        "hop": window.hop_ns,
         "inputs": [[m, a.dtype.str, list(a.shape)] for m, a in zip(names, arrays, strict=True)],
-    }  # fmt: skip
+    }
     return [WINDOW, msgpack.packb(header), *(a.reshape(-1).view(np.uint8).data for a in arrays)]
 
 
@@ -50,8 +68,18 @@ def decode_window(frames: Sequence[Frame]) -> Window:
             raise FrameError(msg, "bad_size")
         inputs[name] = array.reshape(shape)
     present = dict(zip(inputs, header["present"], strict=True))
-    return Window(header["rig"], header["index"], header["start"], header["end"], inputs, present,
-                  header["closed_by"], header["t_close"], header["ingest"], header["hop"])  # fmt: skip
+    return Window(
+        header["rig"],
+        header["index"],
+        header["start"],
+        header["end"],
+        inputs,
+        present,
+        header["closed_by"],
+        header["t_close"],
+        header["ingest"],
+        header["hop"],
+    )
 
 
 def encode_progress(progress: Mapping[str, int]) -> list[bytes]:

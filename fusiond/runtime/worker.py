@@ -29,6 +29,8 @@ from fusiond.metrics import Stats
 from fusiond.pipeline import Pipeline
 from fusiond.runtime.handoff import END, encode_progress, encode_stats, encode_window
 
+__all__ = ["FLUSH", "run_worker", "snapshot_of", "STATS_EVERY_NS", "WorkerSpec"]
+
 log = logging.getLogger(__name__)
 STATS_EVERY_NS = 500_000_000
 FLUSH = b"flush"
@@ -61,27 +63,46 @@ class WorkerSpec:
 
     def pipeline(self, stats: Stats) -> Pipeline:
         """The pipeline of this worker's rigs (it never batches: the server does)."""
-        return Pipeline({(r, s): m for r, s, m in self.streams}, InputSpec.from_dict(self.spec),
-                        WindowConfig(**self.window), stats=stats, limits=Limits(**self.limits),
-                        rates={(r, s): rate for r, s, rate in self.rates})  # fmt: skip
+        return Pipeline(
+            {(r, s): m for r, s, m in self.streams},
+            InputSpec.from_dict(self.spec),
+            WindowConfig(**self.window),
+            stats=stats,
+            limits=Limits(**self.limits),
+            rates={(r, s): rate for r, s, rate in self.rates},
+        )
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> WorkerSpec:
         """Inverse of ``dataclasses.asdict``."""
-        return cls(**{**data, "streams": [tuple(s) for s in data["streams"]],
-                      "rates": [tuple(r) for r in data["rates"]]})  # fmt: skip
+        return cls(
+            **{
+                **data,
+                "streams": [tuple(s) for s in data["streams"]],
+                "rates": [tuple(r) for r in data["rates"]],
+            }
+        )
 
 
-def run_worker(spec: WorkerSpec, stop: threading.Event, ctx: zmq.Context[zmq.Socket[bytes]] | None = None,
-               keys: Keys | None = None) -> None:  # fmt: skip
+def run_worker(
+    spec: WorkerSpec,
+    stop: threading.Event,
+    ctx: zmq.Context[zmq.Socket[bytes]] | None = None,
+    keys: Keys | None = None,
+) -> None:
     """Cut windows until ``stop`` is set (or, offline, until the feed says flush)."""
     stats = Stats()
     pipeline = spec.pipeline(stats)
     # Offline, what is still queued at the end must get out, however long the server takes to
     # start (a worker may be done before the model is loaded; the run stops what hangs);
     # live, nothing waits on a dead peer.
-    with Sockets(ctx, hwm=spec.hwm, max_message_bytes=spec.max_message_bytes, keys=keys,
-                 linger_ms=-1 if spec.offline else 0) as sockets:  # fmt: skip
+    with Sockets(
+        ctx,
+        hwm=spec.hwm,
+        max_message_bytes=spec.max_message_bytes,
+        keys=keys,
+        linger_ms=-1 if spec.offline else 0,
+    ) as sockets:
         if spec.offline:
             inbox = sockets.pull(spec.inbox)
         else:
@@ -91,8 +112,14 @@ def run_worker(spec: WorkerSpec, stop: threading.Event, ctx: zmq.Context[zmq.Soc
 
 
 class _Loop:
-    def __init__(self, spec: WorkerSpec, pipeline: Pipeline, stats: Stats, out: zmq.Socket[bytes],
-                 report: zmq.Socket[bytes]) -> None:  # fmt: skip
+    def __init__(
+        self,
+        spec: WorkerSpec,
+        pipeline: Pipeline,
+        stats: Stats,
+        out: zmq.Socket[bytes],
+        report: zmq.Socket[bytes],
+    ) -> None:
         self.spec, self.pipeline, self.stats = spec, pipeline, stats
         self.out, self.report = out, report
         self.progress: dict[str, int] = {}
@@ -107,8 +134,11 @@ class _Loop:
                     if self.spec.offline:
                         now = int.from_bytes(frames[0].bytes, "little")
                         if frames[1].bytes == FLUSH:
-                            self.hand_off(self.pipeline.closing(
-                                now + self.pipeline.window.length_ns + self.pipeline.window.lateness_ns))
+                            self.hand_off(
+                                self.pipeline.closing(
+                                    now + self.pipeline.window.length_ns + self.pipeline.window.lateness_ns
+                                )
+                            )
                             self.out.send_multipart([END, self.spec.name.encode()])
                             self.send_stats(now, force=True)
                             return
@@ -135,8 +165,11 @@ class _Loop:
                 self.out.send_multipart(encode_window(window), flags, copy=False)
             except zmq.Again:
                 self.stats.drop("inference_busy")
-        progress = {rig: a.next_start_ns // self.pipeline.window.hop_ns
-                    for rig, a in self.pipeline.aligners.items() if a.next_start_ns is not None}  # fmt: skip
+        progress = {
+            rig: a.next_start_ns // self.pipeline.window.hop_ns
+            for rig, a in self.pipeline.aligners.items()
+            if a.next_start_ns is not None
+        }
         if progress != self.progress:
             self.progress = progress
             with contextlib.suppress(zmq.Again):  # progress only speeds batches up; the next says it again
@@ -155,12 +188,27 @@ class _Loop:
 def snapshot_of(name: str, stats: Stats, pipeline: Pipeline, now: int) -> dict[str, Any]:
     """A worker's counters as plain data (totals, so a lost snapshot loses nothing)."""
     return {
-        "name": name, "t": now, "drops": dict(stats.drops),
-        "streams": {f"{r}/{s}": [v.messages, v.samples, v.sample_rate_hz, v.last_recv_ns, v.rate.rate(now),
-                                 v.error, v.error_ns, v.sample_meter.rate(now), v.errors]
-                    for (r, s), v in stats.streams.items()},
-        "masked": {rig: {k.split(":", 1)[1]: n for k, n in a.stats.items() if k.startswith("masked:")}
-                   for rig, a in pipeline.aligners.items()},
+        "name": name,
+        "t": now,
+        "drops": dict(stats.drops),
+        "streams": {
+            f"{r}/{s}": [
+                v.messages,
+                v.samples,
+                v.sample_rate_hz,
+                v.last_recv_ns,
+                v.rate.rate(now),
+                v.error,
+                v.error_ns,
+                v.sample_meter.rate(now),
+                v.errors,
+            ]
+            for (r, s), v in stats.streams.items()
+        },
+        "masked": {
+            rig: {k.split(":", 1)[1]: n for k, n in a.stats.items() if k.startswith("masked:")}
+            for rig, a in pipeline.aligners.items()
+        },
         "clocks": pipeline.ingest.clock_rows(),
         "last_window_ns": stats.last_window_ns,
-    }  # fmt: skip
+    }

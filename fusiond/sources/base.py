@@ -18,6 +18,8 @@ from typing import ClassVar
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
+__all__ = ["Block", "Source", "SourceConfig", "SourceContext", "StreamInfo"]
+
 
 class SourceConfig(BaseModel):
     """Base of every kind's typed config: unknown keys are errors."""

@@ -20,12 +20,15 @@ import zmq
 from fusiond.bus.sockets import Sockets
 from fusiond.clock import ClockSync
 
+__all__ = ["Clock", "ClockFollower", "probe"]
+
 log = logging.getLogger(__name__)
 Clock = Callable[[], int]
 
 
-def probe(sock: zmq.Socket[bytes], sync: ClockSync, clock: Clock = time.time_ns,
-          timeout_ms: int = 1000) -> bool:  # fmt: skip
+def probe(
+    sock: zmq.Socket[bytes], sync: ClockSync, clock: Clock = time.time_ns, timeout_ms: int = 1000
+) -> bool:
     """One round trip over a REQ socket; False (and the socket must be replaced) on time-out."""
     t1 = clock()
     sock.send_multipart([b"time", str(t1).encode()])
@@ -41,8 +44,14 @@ def probe(sock: zmq.Socket[bytes], sync: ClockSync, clock: Clock = time.time_ns,
 class ClockFollower:
     """Probes the daemon in a thread; ``offset_ns`` is what to add to this host's stamps."""
 
-    def __init__(self, endpoint: str, sockets: Sockets, clock: Clock = time.time_ns,
-                 burst: int = 32, every_s: float = 10.0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        endpoint: str,
+        sockets: Sockets,
+        clock: Clock = time.time_ns,
+        burst: int = 32,
+        every_s: float = 10.0,
+    ) -> None:
         self.endpoint, self.sockets, self.clock = endpoint, sockets, clock
         self.burst, self.every_s = burst, every_s
         self.sync = ClockSync()
@@ -61,8 +70,11 @@ class ClockFollower:
         while not self.sync.ready and time.monotonic() < deadline:
             time.sleep(0.01)
         if self.sync.ready:
-            log.info("clock: %+.3f ms from the daemon's (best round trip %.3f ms)",
-                     self.offset_ns / 1e6, self.sync.best_rtt_ns / 1e6)  # fmt: skip
+            log.info(
+                "clock: %+.3f ms from the daemon's (best round trip %.3f ms)",
+                self.offset_ns / 1e6,
+                self.sync.best_rtt_ns / 1e6,
+            )
         else:
             log.warning("clock: no answer from %s yet; stamping with this host's clock", self.endpoint)
 

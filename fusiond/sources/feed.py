@@ -20,6 +20,8 @@ from pathlib import Path
 
 from fusiond.errors import SourceError
 
+__all__ = ["LineFeed", "MAX_CLIENTS", "missing_input"]
+
 MAX_CLIENTS = 32
 
 
@@ -28,9 +30,18 @@ class LineFeed:
     input, which ends the feed when it ends), ``port`` (a serial port or pyserial URL) or
     ``listen`` (``host:port``: a TCP server, every line of every client)."""
 
-    def __init__(self, stop: threading.Event, log: logging.Logger, *, path: str = "", port: str = "",
-                 baud: int = 115200, listen: str = "", max_line: int = 4096,
-                 queue_size: int = 10_000) -> None:  # fmt: skip
+    def __init__(
+        self,
+        stop: threading.Event,
+        log: logging.Logger,
+        *,
+        path: str = "",
+        port: str = "",
+        baud: int = 115200,
+        listen: str = "",
+        max_line: int = 4096,
+        queue_size: int = 10_000,
+    ) -> None:
         self.stop, self.log = stop, log
         self.path, self.port, self.baud, self.listen = path, port, baud, listen
         self.max_line = max_line

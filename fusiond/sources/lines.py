@@ -16,6 +16,16 @@ from pydantic import Field
 from fusiond.clock import ClockModel
 from fusiond.sources.base import Block, SourceConfig
 
+__all__ = [
+    "line_problems",
+    "LineClock",
+    "LineFormat",
+    "LineOptions",
+    "LineReader",
+    "RATE_TOLERANCE",
+    "UNITS",
+]
+
 UNITS = {"s": 1e9, "ms": 1e6, "us": 1e3, "ns": 1.0}
 RATE_TOLERANCE = 0.05
 """Lines arriving this much faster or slower than ``rate_hz`` are worth a warning."""
@@ -40,8 +50,11 @@ class LineFormat:
 
     def __post_init__(self) -> None:
         if self.format == "csv":
-            missing = [v for v in (*self.values, *([self.time_column] if self.time_column else []))
-                       if v not in self.columns]  # fmt: skip
+            missing = [
+                v
+                for v in (*self.values, *([self.time_column] if self.time_column else []))
+                if v not in self.columns
+            ]
             if missing:
                 msg = f"fields {missing} are not among the CSV columns {list(self.columns)}"
                 raise ValueError(msg)
@@ -133,8 +146,14 @@ class LineOptions(SourceConfig):
 
     def line_format(self) -> LineFormat:
         """The parser for these options (raises ValueError if they contradict)."""
-        return LineFormat(self.format, tuple(self.values), tuple(self.columns), self.time_column,
-                          self.time_unit, tuple(self.scale.items()))  # fmt: skip
+        return LineFormat(
+            self.format,
+            tuple(self.values),
+            tuple(self.columns),
+            self.time_column,
+            self.time_unit,
+            tuple(self.scale.items()),
+        )
 
 
 def line_problems(options: LineOptions) -> list[str]:
@@ -187,8 +206,9 @@ class LineReader:
         self.garbage += 1
         if self.garbage == 1 or self.garbage >= 2 * self._logged_garbage:
             self._logged_garbage = self.garbage
-            self.log.warning("%s: %d garbage line(s) so far, last %r (%s)", self.name, self.garbage,
-                             raw[:60], why)  # fmt: skip
+            self.log.warning(
+                "%s: %d garbage line(s) so far, last %r (%s)", self.name, self.garbage, raw[:60], why
+            )
 
     def _check_clock(self) -> None:
         model = self.clock.model
@@ -196,8 +216,12 @@ class LineReader:
             return  # the grid of arrival-stamped lines re-anchors after every pause: nothing to say
         self._steps = model.steps
         if model.steps & (model.steps - 1) == 0:  # the 1st, 2nd, 4th, 8th ... step
-            self.log.warning("%s: the sensor's clock stepped by %+.3f s; followed (%d step(s) so far)",
-                             self.name, -model.last_step_ns / 1e9, model.steps)  # fmt: skip
+            self.log.warning(
+                "%s: the sensor's clock stepped by %+.3f s; followed (%d step(s) so far)",
+                self.name,
+                -model.last_step_ns / 1e9,
+                model.steps,
+            )
 
     def _check_rate(self) -> None:
         """Warn once when lines arrive at another rate than ``rate_hz`` (5 s of them, off by
@@ -210,9 +234,13 @@ class LineReader:
         expected = self.options.rate_hz
         off = abs(rate - expected) > RATE_TOLERANCE * expected
         if off and not self._rate_logged:
-            how = ("the sensor's own stamps are used" if self.clock.sensor_clock
-                   else "lines are stamped on the declared rate's grid, so set rate_hz to the real rate")
-            self.log.warning("%s: %.1f lines/s arrive, rate_hz declares %.1f; %s", self.name, rate, expected,
-                             how)  # fmt: skip
+            how = (
+                "the sensor's own stamps are used"
+                if self.clock.sensor_clock
+                else "lines are stamped on the declared rate's grid, so set rate_hz to the real rate"
+            )
+            self.log.warning(
+                "%s: %.1f lines/s arrive, rate_hz declares %.1f; %s", self.name, rate, expected, how
+            )
         self._rate_logged = off
         self._window_start, self._window_count = time.monotonic(), 0

@@ -21,6 +21,8 @@ from fusiond.plugin import Plugins
 from fusiond.sources.base import SourceContext
 from fusiond.sources.runner import encode_block
 
+__all__ = ["file_messages", "Message", "OfflineContext"]
+
 Message = tuple[int, list[bytes | memoryview]]
 """A bus message and the processing time it is handed to ingest at."""
 
@@ -65,6 +67,10 @@ def file_messages(config: Config, plugins: Plugins) -> tuple[int, Iterator[Messa
     # The timeline starts ahead of the clock: a source that opens late would otherwise
     # seek past the start of its file to stay in step.
     anchor = time.time_ns() + 3600 * 10**9
-    streams = [_messages(config, plugins, rig, name, anchor) for rig, section in config.rigs.items()
-               for name, source in section.sources.items() if not source.external]  # fmt: skip
+    streams = [
+        _messages(config, plugins, rig, name, anchor)
+        for rig, section in config.rigs.items()
+        for name, source in section.sources.items()
+        if not source.external
+    ]
     return anchor, heapq.merge(*streams, key=lambda m: m[0])

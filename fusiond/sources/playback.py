@@ -10,6 +10,8 @@ import numpy as np
 from fusiond.sources.base import Block, SourceContext
 from fusiond.sources.timeline import play_time, start_position
 
+__all__ = ["play"]
+
 
 def play(
     samples: np.ndarray, rate_hz: float, block: int, loop: bool, context: SourceContext

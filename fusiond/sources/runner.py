@@ -21,6 +21,16 @@ if TYPE_CHECKING:
     from fusiond.bus.sockets import Sockets
     from fusiond.sources.clocksync import ClockFollower
 
+__all__ = [
+    "Backoff",
+    "CLOSE_LINGER_MS",
+    "connect_publisher",
+    "encode_block",
+    "EXIT_CONFIG",
+    "run_source",
+    "stop_event_from_signals",
+]
+
 log = logging.getLogger(__name__)
 EXIT_CONFIG = 78
 CLOSE_LINGER_MS = 200
@@ -41,8 +51,9 @@ class Backoff:
         return float(min(self.cap_s, self.first_s * 2 ** min(attempt, 30)))
 
 
-def connect_publisher(sockets: Sockets, endpoint: str, linger_ms: int, timeout_s: float,
-                      stop: threading.Event) -> tuple[zmq.Socket[bytes], bool]:  # fmt: skip
+def connect_publisher(
+    sockets: Sockets, endpoint: str, linger_ms: int, timeout_s: float, stop: threading.Event
+) -> tuple[zmq.Socket[bytes], bool]:
     """A PUB socket connected to ``endpoint``, once its first handshake completed (or
     ``timeout_s`` passed, or ``stop`` was set); and whether it did.
 
@@ -62,8 +73,9 @@ def connect_publisher(sockets: Sockets, endpoint: str, linger_ms: int, timeout_s
     return sock, _wait_handshake(sock, monitor, timeout_s, stop)
 
 
-def _wait_handshake(sock: zmq.Socket[bytes], monitor: zmq.Socket[bytes], timeout_s: float,
-                    stop: threading.Event) -> bool:  # fmt: skip
+def _wait_handshake(
+    sock: zmq.Socket[bytes], monitor: zmq.Socket[bytes], timeout_s: float, stop: threading.Event
+) -> bool:
     deadline = time.monotonic() + timeout_s
     try:
         while not stop.is_set() and time.monotonic() < deadline:
@@ -172,21 +184,39 @@ def _publish_until_done(
                     log.info("source %s: end of data after %d messages", name, seq)
                 return 0
             except SourceConfigError as exc:
-                log.error("source %s (%s): %s; not retried: fix the config (fusiond check-config)", name,
-                          cls.kind, exc)  # fmt: skip
-                sock.send_multipart(encode_source_error(
-                    rig=context.rig, stream=context.stream, kind=cls.kind, error=str(exc),
-                    attempt=attempt + 1, retry_in_s=0.0, t_ns=time.time_ns(),
-                ))  # fmt: skip
+                log.error(
+                    "source %s (%s): %s; not retried: fix the config (fusiond check-config)",
+                    name,
+                    cls.kind,
+                    exc,
+                )
+                sock.send_multipart(
+                    encode_source_error(
+                        rig=context.rig,
+                        stream=context.stream,
+                        kind=cls.kind,
+                        error=str(exc),
+                        attempt=attempt + 1,
+                        retry_in_s=0.0,
+                        t_ns=time.time_ns(),
+                    )
+                )
                 return EXIT_CONFIG
             except SourceError as exc:
                 delay = backoff.delay(attempt)
                 attempt += 1
                 log.error("source %s (%s): %s; retrying in %.1f s", name, cls.kind, exc, delay)
-                sock.send_multipart(encode_source_error(
-                    rig=context.rig, stream=context.stream, kind=cls.kind, error=str(exc),
-                    attempt=attempt, retry_in_s=delay, t_ns=time.time_ns(),
-                ))  # fmt: skip
+                sock.send_multipart(
+                    encode_source_error(
+                        rig=context.rig,
+                        stream=context.stream,
+                        kind=cls.kind,
+                        error=str(exc),
+                        attempt=attempt,
+                        retry_in_s=delay,
+                        t_ns=time.time_ns(),
+                    )
+                )
                 context.stop.wait(delay)
             finally:
                 source.close()
@@ -199,8 +229,16 @@ def _tally(context: SourceContext, sock: zmq.Socket[bytes], sent: int, final: bo
     """Say which seq went out last, so that a subscriber sees losses at a stream's end too."""
     if sent:
         with contextlib.suppress(zmq.Again):
-            sock.send_multipart(encode_tally(rig=context.rig, stream=context.stream, last_seq=sent - 1,
-                                             t_ns=time.time_ns(), final=final), zmq.NOBLOCK)  # fmt: skip
+            sock.send_multipart(
+                encode_tally(
+                    rig=context.rig,
+                    stream=context.stream,
+                    last_seq=sent - 1,
+                    t_ns=time.time_ns(),
+                    final=final,
+                ),
+                zmq.NOBLOCK,
+            )
 
 
 def stop_event_from_signals(grace_s: float | None = None) -> threading.Event:

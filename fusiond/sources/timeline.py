@@ -7,6 +7,8 @@ timeline is now, so the rig's files stay in step.
 
 from __future__ import annotations
 
+__all__ = ["play_time", "start_position"]
+
 
 def start_position(anchor_ns: int, now_ns: int, duration_ns: int, loop: bool) -> tuple[int, int] | None:
     """``(loop_index, offset_ns)`` to start playing from at ``now_ns``; None when over."""

@@ -31,6 +31,19 @@ from fusiond.bus.wire import SAMPLE_PREFIX, decode_header
 from fusiond.errors import ConfigError, FusiondError
 from fusiond.pipeline import Pipeline
 
+__all__ = [
+    "cut",
+    "first_capture_ns",
+    "label_windows",
+    "LabelRange",
+    "Message",
+    "read_labels",
+    "recording_messages",
+    "recording_streams",
+    "split",
+    "WindowSet",
+]
+
 log = logging.getLogger(__name__)
 
 Message = tuple[int, Sequence[bytes | memoryview]]
@@ -66,14 +79,24 @@ class WindowSet:
         return len(self.targets)
 
     def take(self, index: np.ndarray) -> WindowSet:
-        return WindowSet(self.modalities, {m: a[index] for m, a in self.inputs.items()},
-                         self.mask[index], self.targets[index], self.groups[index])  # fmt: skip
+        return WindowSet(
+            self.modalities,
+            {m: a[index] for m, a in self.inputs.items()},
+            self.mask[index],
+            self.targets[index],
+            self.groups[index],
+        )
 
     def select(self, modalities: Sequence[str]) -> WindowSet:
         """Only some modalities, in the given order."""
         cols = [self.modalities.index(m) for m in modalities]
-        return WindowSet(list(modalities), {m: self.inputs[m] for m in modalities}, self.mask[:, cols],
-                         self.targets, self.groups)  # fmt: skip
+        return WindowSet(
+            list(modalities),
+            {m: self.inputs[m] for m in modalities},
+            self.mask[:, cols],
+            self.targets,
+            self.groups,
+        )
 
     def digest(self) -> str:
         """Hash of the inputs, mask and targets: the ``data_hash`` of a checkpoint."""
@@ -120,8 +143,10 @@ def read_labels(path: Path, origin_ns: int, targets: Sequence[str] = ()) -> list
             label = tuple(float(row[t]) for t in targets) if targets else row["label"].strip()
         except (KeyError, TypeError, ValueError) as exc:
             columns = ", ".join(targets) if targets else "label"
-            msg = (f"line {line}: needs start_s,end_s (or start_ns,end_ns) and {columns} "
-                   f"({type(exc).__name__}: {exc}; row {row})")  # fmt: skip
+            msg = (
+                f"line {line}: needs start_s,end_s (or start_ns,end_ns) and {columns} "
+                f"({type(exc).__name__}: {exc}; row {row})"
+            )
             raise ConfigError(msg, source=str(path)) from None
         if end <= start:
             msg = f"line {line}: the range ends before it starts ({row})"
@@ -250,13 +275,15 @@ def label_windows(
     n = len(targets)
     return WindowSet(
         modalities,
-        {m: np.stack(v) if n else np.zeros((0, *spec.modalities[m].shape), spec.modalities[m].dtype)
-         for m, v in inputs.items()},
+        {
+            m: np.stack(v) if n else np.zeros((0, *spec.modalities[m].shape), spec.modalities[m].dtype)
+            for m, v in inputs.items()
+        },
         np.array(mask, bool).reshape(n, len(modalities)),
         np.array(targets, np.int64) if classes is not None else np.array(targets, np.float32).reshape(n, -1),
         np.array(groups, np.int64),
         counts,
-    )  # fmt: skip
+    )
 
 
 def _range_of(w: Window, ranges: list[tuple[int, LabelRange]], starts: np.ndarray) -> int | None:

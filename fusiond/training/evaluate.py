@@ -23,6 +23,21 @@ from fusiond.models.model import FusionModel
 from fusiond.training.data import WindowSet
 from fusiond.training.loop import batches, to_device
 
+__all__ = [
+    "calibrate",
+    "classification_scores",
+    "confusion_png",
+    "corrupt",
+    "evaluate",
+    "headline",
+    "modality_logits",
+    "predict",
+    "ranking",
+    "regression_scores",
+    "swapped",
+    "with_mask",
+]
+
 
 def predict(model: FusionModel, data: WindowSet, device: torch.device, batch_size: int = 256) -> np.ndarray:
     """Model outputs [N, K] (probabilities, or values for a regressor)."""
@@ -36,8 +51,9 @@ def predict(model: FusionModel, data: WindowSet, device: torch.device, batch_siz
     return np.concatenate(out) if out else np.zeros((0, len(model.classes)), np.float32)
 
 
-def modality_logits(model: FusionModel, data: WindowSet, device: torch.device,
-                    batch_size: int = 256) -> np.ndarray:  # fmt: skip
+def modality_logits(
+    model: FusionModel, data: WindowSet, device: torch.device, batch_size: int = 256
+) -> np.ndarray:
     """Each modality head's calibrated logits [N, M, K] (a model with modality heads)."""
     model.eval().to(device)
     out = []
@@ -104,12 +120,16 @@ def classification_scores(probs: np.ndarray, targets: np.ndarray, classes: list[
         "accuracy": float(tp.sum() / max(1, support.sum())),
         "macro_f1": float(f1[seen].mean()) if seen.any() else 0.0,
         "per_class": {
-            c: {"precision": round(float(precision[i]), 4), "recall": round(float(recall[i]), 4),
-                "f1": round(float(f1[i]), 4), "support": int(support[i])}
+            c: {
+                "precision": round(float(precision[i]), 4),
+                "recall": round(float(recall[i]), 4),
+                "f1": round(float(f1[i]), 4),
+                "support": int(support[i]),
+            }
             for i, c in enumerate(classes)
         },
         "confusion": confusion.tolist(),
-    }  # fmt: skip
+    }
 
 
 def regression_scores(values: np.ndarray, targets: np.ndarray, names: list[str]) -> dict[str, Any]:
@@ -233,10 +253,24 @@ def confusion_png(confusion: list[list[int]], classes: list[str], path: Path) ->
             text = str(int(matrix[i, j]))
             ink = (255, 255, 255) if rows[i, j] > 0.6 else (0, 0, 0)
             cv2.putText(image, text, (x + 4, y + cell // 2 + 5), cv2.FONT_HERSHEY_SIMPLEX, 0.45, ink, 1)
-        cv2.putText(image, classes[i][:6], (4, margin + i * cell + cell // 2 + 5),
-                    cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1)  # fmt: skip
-        cv2.putText(image, classes[i][:4], (margin + i * cell + 4, margin - 8),
-                    cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1)  # fmt: skip
+        cv2.putText(
+            image,
+            classes[i][:6],
+            (4, margin + i * cell + cell // 2 + 5),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            0.45,
+            (0, 0, 0),
+            1,
+        )
+        cv2.putText(
+            image,
+            classes[i][:4],
+            (margin + i * cell + 4, margin - 8),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            0.45,
+            (0, 0, 0),
+            1,
+        )
     cv2.putText(image, "true \\ predicted", (4, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1)
     if not cv2.imwrite(str(path), image):
         msg = f"cannot write {path}"

@@ -22,6 +22,22 @@ from fusiond.models.runner import pick_device
 from fusiond.training.data import WindowSet
 from fusiond.training.recipe import TrainTable
 
+__all__ = [
+    "Augments",
+    "Batch",
+    "batches",
+    "drop_modalities",
+    "Epoch",
+    "fit",
+    "head_loss",
+    "History",
+    "loss_fn",
+    "other_class_rows",
+    "perturb",
+    "seed_everything",
+    "to_device",
+]
+
 log = logging.getLogger(__name__)
 
 
@@ -85,9 +101,14 @@ Augments = Mapping[str, tuple[tuple[str, ...], float]]
 """Modality -> (augmentation names, sample rate of the input)."""
 
 
-def perturb(spec: InputSpec, inputs: Batch, targets: np.ndarray | None, options: TrainTable,
-            rng: np.random.Generator, augments: Augments | None = None,
-            ) -> tuple[Batch, np.ndarray]:  # fmt: skip
+def perturb(
+    spec: InputSpec,
+    inputs: Batch,
+    targets: np.ndarray | None,
+    options: TrainTable,
+    rng: np.random.Generator,
+    augments: Augments | None = None,
+) -> tuple[Batch, np.ndarray]:
     """A training batch changed by each modality's kind, and which inputs are still sound.
 
     Each input is augmented (``train.augment``); then each modality of each window is
@@ -189,8 +210,9 @@ def fit(
         total = 0.0
         for index in batches(train, options.batch_size, torch.randperm(len(train), generator=gen)):
             classes = train.targets[index] if model.task == "classification" else None
-            arrays, sound = perturb(model.spec, {m: a[index] for m, a in train.inputs.items()}, classes,
-                                    options, rng, augments)  # fmt: skip
+            arrays, sound = perturb(
+                model.spec, {m: a[index] for m, a in train.inputs.items()}, classes, options, rng, augments
+            )
             inputs, mask = to_device(train, index, device, arrays)
             mask = drop_modalities(mask, options.modality_dropout, gen)
             target = targets[index].to(device)

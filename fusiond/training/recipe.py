@@ -35,6 +35,8 @@ from fusiond.align.spec import InputSpec, ModalitySpec
 from fusiond.config import WindowSection, validate
 from fusiond.errors import ConfigError
 
+__all__ = ["InputTable", "load_recipe", "Recipe", "TrainTable"]
+
 
 class _Table(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)

@@ -36,6 +36,23 @@ from fusiond.training.evaluate import calibrate, evaluate, headline
 from fusiond.training.loop import Epoch, fit, seed_everything
 from fusiond.training.recipe import Recipe
 
+__all__ = [
+    "build",
+    "checkpoint_window",
+    "data_items",
+    "DataItem",
+    "evaluate_checkpoint",
+    "fit_recipe",
+    "LABELS_SUFFIX",
+    "load_windows",
+    "prepare",
+    "Splits",
+    "summary_line",
+    "train",
+    "Trained",
+    "with_vocab",
+]
+
 log = logging.getLogger("fusiond.train")
 
 LABELS_SUFFIX = ".labels.csv"
@@ -128,9 +145,13 @@ def load_windows(
         part = label_windows(windows, rows, spec, None if targets else classes, base)
         log.debug("%s: %d windows (%s)", item.path, len(part), dict(part.counts))
         if not len(part):
-            log.warning("%s: no window lies inside a labelled range of %s (%s); do the label "
-                        "times match the data's capture times?", item.path, item.labels,
-                        dict(part.counts))  # fmt: skip
+            log.warning(
+                "%s: no window lies inside a labelled range of %s (%s); do the label "
+                "times match the data's capture times?",
+                item.path,
+                item.labels,
+                dict(part.counts),
+            )
         if time.monotonic() >= next_log:
             log.info("cutting windows: %d/%d data items", n, len(loaded))
             next_log += 5
@@ -154,8 +175,9 @@ def with_vocab(recipe: Recipe, data: Sequence[DataItem], plugins: Plugins) -> Re
     the ``vocab_size`` commonest words of that modality's text events in ``data`` (ties in
     alphabetical order, so the same data gives the same vocabulary). The vocabulary is
     part of the input spec: it travels in the checkpoint with the model."""
-    wanted = {m: Counter[str]() for m, t in recipe.inputs.items()
-              if KINDS.get(t.kind).vocabulary and not t.vocab}  # fmt: skip
+    wanted = {
+        m: Counter[str]() for m, t in recipe.inputs.items() if KINDS.get(t.kind).vocabulary and not t.vocab
+    }
     if not wanted:
         return recipe
     for item in data:
@@ -181,8 +203,16 @@ def with_vocab(recipe: Recipe, data: Sequence[DataItem], plugins: Plugins) -> Re
 def build(recipe: Recipe, classes: list[str], plugins: Plugins) -> FusionModel:
     """The recipe's untrained model; encoders with pretrained weights read them now."""
     fusion = {"name": recipe.fusion, "args": dict(recipe.fusion_args)}
-    model = FusionModel(recipe.spec, classes, recipe.encoders, fusion, plugins.parts, recipe.dim,
-                        recipe.task, recipe.modality_scores)  # fmt: skip
+    model = FusionModel(
+        recipe.spec,
+        classes,
+        recipe.encoders,
+        fusion,
+        plugins.parts,
+        recipe.dim,
+        recipe.task,
+        recipe.modality_scores,
+    )
     for encoder in model.encoders.values():
         load = getattr(encoder, "load_pretrained", None)
         if callable(load):
@@ -215,7 +245,10 @@ class Splits:
 
 
 def prepare(
-    recipe: Recipe, data: Sequence[DataItem], plugins: Plugins, test: Sequence[DataItem] = (),
+    recipe: Recipe,
+    data: Sequence[DataItem],
+    plugins: Plugins,
+    test: Sequence[DataItem] = (),
     val: Sequence[DataItem] = (),
 ) -> Splits:
     """Cut and label every item's windows, then split them (whole label ranges at a time).
@@ -240,9 +273,15 @@ def prepare(
 
     held_out = own(test, test_index)
     splits = Splits(windows.take(train_index), own(val, val_index), held_out, classes)
-    log.info("%d training, %d validation, %d test windows (%s validation, %s test data; cut in %.0f s)",
-             len(splits.train), len(splits.val), len(held_out), "separate" if val else "split-off",
-             "separate" if test else "split-off", time.monotonic() - started)  # fmt: skip
+    log.info(
+        "%d training, %d validation, %d test windows (%s validation, %s test data; cut in %.0f s)",
+        len(splits.train),
+        len(splits.val),
+        len(held_out),
+        "separate" if val else "split-off",
+        "separate" if test else "split-off",
+        time.monotonic() - started,
+    )
     if len(splits.train) == 0:
         msg = "no labelled training windows: check the label file's times against the data (fusiond info)"
         raise ConfigError(msg)
@@ -291,11 +330,23 @@ def train(
     splits = prepare(recipe, data, plugins, test, val)
     model, metrics = fit_recipe(recipe, splits, plugins, progress)
     window = recipe.window.to_config()
-    window_meta = {"length_ns": window.length_ns, "hop_ns": window.hop_ns, "lateness_ns": window.lateness_ns,
-                   "min_coverage": window.min_coverage}  # fmt: skip
-    digest = save(model, output, name=recipe.name, encoders=recipe.encoders,
-                  fusion={"name": recipe.fusion, "args": dict(recipe.fusion_args)}, dim=recipe.dim,
-                  window=window_meta, metrics=metrics, data_hash=splits.train.digest())  # fmt: skip
+    window_meta = {
+        "length_ns": window.length_ns,
+        "hop_ns": window.hop_ns,
+        "lateness_ns": window.lateness_ns,
+        "min_coverage": window.min_coverage,
+    }
+    digest = save(
+        model,
+        output,
+        name=recipe.name,
+        encoders=recipe.encoders,
+        fusion={"name": recipe.fusion, "args": dict(recipe.fusion_args)},
+        dim=recipe.dim,
+        window=window_meta,
+        metrics=metrics,
+        data_hash=splits.train.digest(),
+    )
     return Trained(model, metrics, digest)
 
 
