@@ -206,19 +206,34 @@ def network_camera_case(seconds: float = 6.0) -> None:
         from fusiond.bus.wire import encode_sample
 
         for seq, (t_ns, rate) in enumerate(blocks):
-            frames = encode_sample(rig="r", stream="cam", modality="video", seq=seq, t_ns=t_ns, t_pub_ns=t_ns,
-                                   rate_hz=claimed if when == "before" else rate,
-                                   data=np.zeros((1, 48, 64, 3), np.uint8))  # fmt: skip
+            frames = encode_sample(
+                rig="r",
+                stream="cam",
+                modality="video",
+                seq=seq,
+                t_ns=t_ns,
+                t_pub_ns=t_ns,
+                rate_hz=claimed if when == "before" else rate,
+                data=np.zeros((1, 48, 64, 3), np.uint8),
+            )
             pipeline.handle([bytes(f) for f in frames], t_ns + MS)
             windows += pipeline.close_windows(t_ns + MS)
         windows += pipeline.close_windows(blocks[-1][0] + 3 * S)
         first, last = blocks[0][0] + S, blocks[-1][0]
         inside = [w for w in windows if first <= w.start_ns and w.end_ns <= last and w.present["video"]]
-        due = sum(1 for i in range(first // (S // 2), last // (S // 2)) if i * (S // 2) >= first
-                  and i * (S // 2) + S <= last)  # fmt: skip
+        due = sum(
+            1
+            for i in range(first // (S // 2), last // (S // 2))
+            if i * (S // 2) >= first and i * (S // 2) + S <= last
+        )
         rate = claimed if when == "before" else blocks[-1][1]
-        row("camera claims 25 fps, sends 10", when, [], f"{due - len(inside)}/{due}",
-            f"published at {rate:.1f} fps; windows with video: {len(inside)} of {due}")  # fmt: skip
+        row(
+            "camera claims 25 fps, sends 10",
+            when,
+            [],
+            f"{due - len(inside)}/{due}",
+            f"published at {rate:.1f} fps; windows with video: {len(inside)} of {due}",
+        )
 
 
 def cost() -> None:

@@ -59,8 +59,11 @@ def bench_latency(seconds: float) -> None:
         config = demo_config(Path(tmp), publish, subscribe)
         log = Path(tmp) / "log"
         with log.open("w") as out:
-            proc = subprocess.Popen([sys.executable, "-m", "fusiond", "run", "--config", str(config)],
-                                    stderr=out, start_new_session=True)  # fmt: skip
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "fusiond", "run", "--config", str(config)],
+                stderr=out,
+                start_new_session=True,
+            )
         try:
             got = []
             with Subscriber(subscribe, timeout_s=30) as predictions:
@@ -75,11 +78,19 @@ def bench_latency(seconds: float) -> None:
             proc.send_signal(signal.SIGTERM)
             proc.wait(10)
         device = re.search(r"on (\w+), \d+ rig", log.read_text())
-    print(f"\n## Latency, demo rig (3 sources), {len(got)} predictions over {seconds:.0f} s, "
-          f"model on {device.group(1) if device else '?'}")  # fmt: skip
+    print(
+        f"\n## Latency, demo rig (3 sources), {len(got)} predictions over {seconds:.0f} s, "
+        f"model on {device.group(1) if device else '?'}"
+    )
     print(f"{'stage':<22} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}")
-    for key in ("capture_to_ingest", "close_to_infer", "infer", "publish", "close_to_publish",
-                "end_to_publish"):  # fmt: skip
+    for key in (
+        "capture_to_ingest",
+        "close_to_infer",
+        "infer",
+        "publish",
+        "close_to_publish",
+        "end_to_publish",
+    ):
         values = np.array([p.latency_ns[key] for p in got]) / 1e6
         p50, p99 = np.percentile(values, [50, 99])
         print(f"{key:<22} {p50:8.2f} {p99:8.2f} {values.max():8.2f}")
@@ -98,15 +109,27 @@ def publisher(endpoint: str, count: int) -> None:
     data = np.zeros((1, 3), np.float32)
     for i in range(count):
         t = time.time_ns()  # captured now: a flood of real samples, not a timeline racing ahead
-        sock.send_multipart(encode_sample(rig="bench", stream="imu", modality="imu", seq=i, t_ns=t,
-                                          t_pub_ns=t, rate_hz=1000.0, data=data))  # fmt: skip
+        sock.send_multipart(
+            encode_sample(
+                rig="bench",
+                stream="imu",
+                modality="imu",
+                seq=i,
+                t_ns=t,
+                t_pub_ns=t,
+                rate_hz=1000.0,
+                data=data,
+            )
+        )
     time.sleep(2.0)
     sockets.close()
 
 
 def spawn_publisher(endpoint: str, count: int, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    code = (f"import sys; sys.path.insert(0, {str(ROOT / 'bench')!r}); import bench_daemon; "
-            f"bench_daemon.publisher({endpoint!r}, {count})")
+    code = (
+        f"import sys; sys.path.insert(0, {str(ROOT / 'bench')!r}); import bench_daemon; "
+        f"bench_daemon.publisher({endpoint!r}, {count})"
+    )
     return subprocess.Popen([sys.executable, "-c", code], env={**os.environ, **(env or {})})
 
 
@@ -167,17 +190,22 @@ def secure(folder: Path, rules: bool) -> tuple[str, dict[str, str]]:
     generate("server", folder / "keys")
     for name in ("daemon", "bench"):
         generate(name, folder / "clients")
-    section = (f'\n[bus.security]\nmode = "curve"\nserver_key = "{folder}/keys/server.key_secret"\n'
-               f'clients = "{folder}/clients"\nclient_key = "{folder}/clients/daemon.key_secret"\n')
+    section = (
+        f'\n[bus.security]\nmode = "curve"\nserver_key = "{folder}/keys/server.key_secret"\n'
+        f'clients = "{folder}/clients"\nclient_key = "{folder}/clients/daemon.key_secret"\n'
+    )
     if rules:
         section += '\n[bus.security.publishers]\nbench = ["bench"]\n'
-    env = {"FUSIOND_KEY": f"{folder}/clients/bench.key_secret",
-           "FUSIOND_SERVER_KEY": f"{folder}/keys/server.key"}
+    env = {
+        "FUSIOND_KEY": f"{folder}/clients/bench.key_secret",
+        "FUSIOND_SERVER_KEY": f"{folder}/keys/server.key",
+    }
     return section, env
 
 
-def bench_daemon_ingest(count: int, workers: int | str = 1,
-                        security: str = "none") -> tuple[float, int, dict[str, int]]:  # fmt: skip
+def bench_daemon_ingest(
+    count: int, workers: int | str = 1, security: str = "none"
+) -> tuple[float, int, dict[str, int]]:
     from fusiond import config as config_mod
     from fusiond.daemon import Daemon
     from fusiond.plugin import load_plugins
@@ -192,15 +220,22 @@ def bench_daemon_ingest(count: int, workers: int | str = 1,
         cfg = config_mod.load(demo_config(Path(tmp), publish, subscribe, extra))
         # Queues of 100,000 small messages: max_message_mb bounds their bytes (10 KB each).
         bus = cfg.bus.model_copy(update={"queue": 100_000, "max_message_mb": 0.01})
-        cfg = cfg.model_copy(update={"bus": bus,
-                                     "runtime": cfg.runtime.model_copy(update={"workers": workers}),
-                                     "rigs": {"bench": cfg.rigs["bench"]}})  # fmt: skip
+        cfg = cfg.model_copy(
+            update={
+                "bus": bus,
+                "runtime": cfg.runtime.model_copy(update={"workers": workers}),
+                "rigs": {"bench": cfg.rigs["bench"]},
+            }
+        )
         stop = threading.Event()
         with Daemon(cfg, load_plugins(), start_sources=False) as daemon:
             thread = threading.Thread(target=daemon.run, args=(stop,))
             thread.start()
-            rate, seen = measure(lambda: daemon.stats.stream("bench", "imu").messages,
-                                 spawn_publisher(publish, count, env), count)  # fmt: skip
+            rate, seen = measure(
+                lambda: daemon.stats.stream("bench", "imu").messages,
+                spawn_publisher(publish, count, env),
+                count,
+            )
             stop.set()
             thread.join()
             time.sleep(0.6)  # the worker's last counters reach the daemon
@@ -221,11 +256,21 @@ def bench_core(count: int) -> float:
     data = np.zeros((1, 3), np.float32)
     t0 = time.time_ns()
     messages = [
-        [bytes(f) for f in encode_sample(rig="bench", stream="imu", modality="imu", seq=i,
-                                         t_ns=t0 + i * 10**6, t_pub_ns=t0 + i * 10**6, rate_hz=1000.0,
-                                         data=data)]
+        [
+            bytes(f)
+            for f in encode_sample(
+                rig="bench",
+                stream="imu",
+                modality="imu",
+                seq=i,
+                t_ns=t0 + i * 10**6,
+                t_pub_ns=t0 + i * 10**6,
+                rate_hz=1000.0,
+                data=data,
+            )
+        ]
         for i in range(count)
-    ]  # fmt: skip
+    ]
     started = time.perf_counter()
     for i, frames in enumerate(messages):
         pipeline.handle(frames, t0 + i * 10**6)
@@ -245,8 +290,10 @@ def bench_fit(repeats: int = 200) -> None:
     for rate in (16_000, 48_000):
         period = 1e9 / rate
         audio = np.random.default_rng(0).normal(0, 3000, (rate, 1)).astype(np.int16)
-        blocks = [Block(round(i * period), round((i + 1024) * period), period, audio[i : i + 1024], 0)
-                  for i in range(0, rate, 1024)]  # fmt: skip
+        blocks = [
+            Block(round(i * period), round((i + 1024) * period), period, audio[i : i + 1024], 0)
+            for i in range(0, rate, 1024)
+        ]
         taps = anti_alias(round(rate / 8000, 2))
         assert taps is not None
         fit_ms = _ms_per_call(lambda b=blocks: fit(spec, b, 0, 10**9), repeats)
@@ -255,10 +302,14 @@ def bench_fit(repeats: int = 200) -> None:
     # The other two inputs of the demo model, as the demo's sources send them.
     frames = ModalitySpec("frames", length=4, channels=1, height=32, width=32)
     rng = np.random.default_rng(1)
-    video = [Block(i * 10**8, (i + 1) * 10**8, 1e8, rng.integers(0, 255, (1, 96, 96, 3), dtype=np.uint8), 0)
-             for i in range(10)]  # fmt: skip
-    imu = [Block(i * 10**8, (i + 1) * 10**8, 1e7, rng.normal(size=(10, 1)).astype(np.float32), 0)
-           for i in range(10)]  # fmt: skip
+    video = [
+        Block(i * 10**8, (i + 1) * 10**8, 1e8, rng.integers(0, 255, (1, 96, 96, 3), dtype=np.uint8), 0)
+        for i in range(10)
+    ]
+    imu = [
+        Block(i * 10**8, (i + 1) * 10**8, 1e7, rng.normal(size=(10, 1)).astype(np.float32), 0)
+        for i in range(10)
+    ]
     video_ms = _ms_per_call(lambda: fit(frames, video, 0, 10**9), repeats)
     imu_ms = _ms_per_call(lambda: fit(ModalitySpec("series", length=100, channels=1), imu, 0, 10**9), repeats)
     print(f"video, 10 frames 96x96x3 -> 4x32x32x1: {video_ms:.2f} ms; imu, 100 samples: {imu_ms:.2f} ms")
@@ -277,14 +328,17 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--messages", type=int, default=200_000)
     parser.add_argument("--fit", action="store_true", help="only the window fits and the ingest core")
-    parser.add_argument("--curve", action="store_true",
-                        help="only the ingest rate: plain, CURVE, CURVE + publish rules")
+    parser.add_argument(
+        "--curve", action="store_true", help="only the ingest rate: plain, CURVE, CURVE + publish rules"
+    )
     args = parser.parse_args()
     if args.fit:
         bench_fit()
         core = bench_core(50_000)
-        print(f"\ningest core alone (decode, checks, clock, align; no sockets): {core:.0f} msg/s, "
-              f"{1e6 / core:.1f} us a message")
+        print(
+            f"\ningest core alone (decode, checks, clock, align; no sockets): {core:.0f} msg/s, "
+            f"{1e6 / core:.1f} us a message"
+        )
         from bench_clock import cost  # the clock model alone, and the sliding minimum it replaced
 
         cost()

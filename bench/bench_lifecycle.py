@@ -65,8 +65,11 @@ def main() -> None:
         for i in range(args.runs):
             with tempfile.TemporaryDirectory() as tmp:
                 rows.append(one_run(Path(tmp), args.workers))
-            print(f"run {i + 1}: ready {rows[-1][0]:.2f} s, sources without a bus {rows[-1][1]}, "
-                  f"stop {rows[-1][2]:.2f} s", flush=True)  # fmt: skip
+            print(
+                f"run {i + 1}: ready {rows[-1][0]:.2f} s, sources without a bus {rows[-1][1]}, "
+                f"stop {rows[-1][2]:.2f} s",
+                flush=True,
+            )
     finally:
         for hog in spinning:
             hog.send_signal(signal.SIGKILL)

@@ -51,9 +51,19 @@ def publisher(endpoint: str, seconds: float, flood: bool) -> None:
         for name, modality, data, rate, period in streams:
             if flood or now >= due[name]:
                 t = time.time_ns()
-                sock.send_multipart(encode_sample(rig="bench", stream=name, modality=modality,
-                                                  seq=seq[name], t_ns=t, t_pub_ns=t, rate_hz=rate,
-                                                  data=data), copy=False)  # fmt: skip
+                sock.send_multipart(
+                    encode_sample(
+                        rig="bench",
+                        stream=name,
+                        modality=modality,
+                        seq=seq[name],
+                        t_ns=t,
+                        t_pub_ns=t,
+                        rate_hz=rate,
+                        data=data,
+                    ),
+                    copy=False,
+                )
                 seq[name] += 1
                 due[name] += period
                 sent += 1
@@ -75,13 +85,30 @@ def run(seconds: float, flood: bool, foxglove: bool = False) -> tuple[float, flo
     with tempfile.TemporaryDirectory() as tmp, Broker(sockets, publish, subscribe):
         out = Path(tmp) / "bench.mcap"
         recorder = subprocess.Popen(
-            [sys.executable, "-m", "fusiond", "record", "-o", str(out), "--connect", subscribe,
-             "--duration", str(seconds + 3), *(["--foxglove"] if foxglove else [])],
-            stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "fusiond",
+                "record",
+                "-o",
+                str(out),
+                "--connect",
+                subscribe,
+                "--duration",
+                str(seconds + 3),
+                *(["--foxglove"] if foxglove else []),
+            ],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         code = f"import bench_recorder; bench_recorder.publisher({publish!r}, {seconds}, {flood})"
-        pub = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                             cwd=ROOT / "bench", env={"PYTHONPATH": str(ROOT / "bench")})  # fmt: skip
+        pub = subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            cwd=ROOT / "bench",
+            env={"PYTHONPATH": str(ROOT / "bench")},
+        )
         _, log = recorder.communicate(timeout=seconds + 30)
         size = out.stat().st_size
     sockets.close()
@@ -97,10 +124,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10.0)
     args = parser.parse_args()
-    print(f"{'run':<34} {'bus msg/s':>9} {'bus MB/s':>9} {'rec msg/s':>9} {'rec MB/s':>9} "
-          f"{'gaps':>5} {'file MB':>8}")  # fmt: skip
-    runs = (("rig: 640x480@30 + audio + IMU", False, False), ("same, record --foxglove", False, True),
-            ("camera flood (640x480 raw)", True, False))  # fmt: skip
+    print(
+        f"{'run':<34} {'bus msg/s':>9} {'bus MB/s':>9} {'rec msg/s':>9} {'rec MB/s':>9} "
+        f"{'gaps':>5} {'file MB':>8}"
+    )
+    runs = (
+        ("rig: 640x480@30 + audio + IMU", False, False),
+        ("same, record --foxglove", False, True),
+        ("camera flood (640x480 raw)", True, False),
+    )
     for label, flood, foxglove in runs:
         bus_n, bus_mb, rec_n, rec_mb, gaps, size = run(args.seconds, flood, foxglove)
         print(f"{label:<34} {bus_n:9.1f} {bus_mb:9.1f} {rec_n:9.1f} {rec_mb:9.1f} {gaps:5d} {size:8.1f}")

@@ -50,9 +50,10 @@ def config_text(rigs: int, workers: str, publish: str, subscribe: str, control: 
     head = re.sub(r"\[runtime\]\nworkers = 1[^\n]*\n", "", head)
     runtime = f"[runtime]\nworkers = {workers if workers == '1' else json.dumps(workers)}\n"
     rigs_text = "".join(
-        f"[rigs.r{i:03d}.sources.{name}]\nexternal = true\nmodality = \"{modality}\"\n"
-        for i in range(rigs) for name, modality, _, _ in STREAMS
-    )  # fmt: skip
+        f'[rigs.r{i:03d}.sources.{name}]\nexternal = true\nmodality = "{modality}"\n'
+        for i in range(rigs)
+        for name, modality, _, _ in STREAMS
+    )
     return head + runtime + rigs_text
 
 
@@ -66,9 +67,11 @@ def publisher(endpoint: str, rigs: int, seconds: float) -> None:
     sock.connect(endpoint)
     time.sleep(1.5)  # subscriptions reach this publisher
     rng = np.random.default_rng(0)
-    data = {"cam": rng.integers(0, 255, (1, 96, 96, 3), dtype=np.uint8),
-            "mic": rng.integers(-3000, 3000, (1024, 1), dtype=np.int16),
-            "imu": rng.normal(0, 1, (10, 1)).astype(np.float32)}  # fmt: skip
+    data = {
+        "cam": rng.integers(0, 255, (1, 96, 96, 3), dtype=np.uint8),
+        "mic": rng.integers(-3000, 3000, (1024, 1), dtype=np.int16),
+        "imu": rng.normal(0, 1, (10, 1)).astype(np.float32),
+    }
     start = time.time_ns()
     due = {name: start for name, *_ in STREAMS}
     seq = {name: 0 for name, *_ in STREAMS}
@@ -83,9 +86,19 @@ def publisher(endpoint: str, rigs: int, seconds: float) -> None:
         _, modality, rate, _ = next(s for s in STREAMS if s[0] == name)
         now = time.time_ns()
         for i in range(rigs):
-            sock.send_multipart(encode_sample(rig=f"r{i:03d}", stream=name, modality=modality, seq=seq[name],
-                                              t_ns=due[name], t_pub_ns=now, rate_hz=rate, data=data[name]),
-                                copy=False)  # fmt: skip
+            sock.send_multipart(
+                encode_sample(
+                    rig=f"r{i:03d}",
+                    stream=name,
+                    modality=modality,
+                    seq=seq[name],
+                    t_ns=due[name],
+                    t_pub_ns=now,
+                    rate_hz=rate,
+                    data=data[name],
+                ),
+                copy=False,
+            )
             sent += 1
         seq[name] += 1
         due[name] += periods[name]
@@ -102,8 +115,11 @@ def run_scale(rigs: int, workers: str, seconds: float) -> dict[str, float]:
         config = Path(tmp) / "config.toml"
         config.write_text(config_text(rigs, workers, publish, subscribe, control))
         log = (Path(tmp) / "daemon.log").open("w")
-        daemon = subprocess.Popen([sys.executable, "-m", "fusiond", "run", "--config", str(config)],
-                                  stderr=log, stdout=subprocess.DEVNULL)  # fmt: skip
+        daemon = subprocess.Popen(
+            [sys.executable, "-m", "fusiond", "run", "--config", str(config)],
+            stderr=log,
+            stdout=subprocess.DEVNULL,
+        )
         ctx = zmq.Context()
         sub = ctx.socket(zmq.SUB)
         sub.setsockopt(zmq.RCVHWM, 1_000_000)
@@ -112,8 +128,12 @@ def run_scale(rigs: int, workers: str, seconds: float) -> dict[str, float]:
         time.sleep(4.0)  # model loaded, workers up
         warm = 3.0
         code = f"import bench_scale; bench_scale.publisher({publish!r}, {rigs}, {seconds + warm + 2})"
-        pub = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT / "bench", stdout=subprocess.PIPE,
-                               env={**os.environ, "PYTHONPATH": f"{ROOT / 'bench'}:{ROOT}"})  # fmt: skip
+        pub = subprocess.Popen(
+            [sys.executable, "-c", code],
+            cwd=ROOT / "bench",
+            stdout=subprocess.PIPE,
+            env={**os.environ, "PYTHONPATH": f"{ROOT / 'bench'}:{ROOT}"},
+        )
         time.sleep(1.5 + warm)
         counts: dict[str, int] = {}
         latencies: list[int] = []
@@ -137,8 +157,14 @@ def run_scale(rigs: int, workers: str, seconds: float) -> dict[str, float]:
         ctx.term()
     rates = [counts.get(f"r{i:03d}", 0) / seconds for i in range(rigs)]
     p50, p99 = (np.percentile(latencies, [50, 99]) / 1e6) if latencies else (float("nan"),) * 2
-    return {"min_rate": min(rates), "mean_rate": float(np.mean(rates)), "p50": float(p50), "p99": float(p99),
-            "drops": sum(drops.values()), "drop_kinds": drops}  # type: ignore[dict-item]
+    return {
+        "min_rate": min(rates),
+        "mean_rate": float(np.mean(rates)),
+        "p50": float(p50),
+        "p99": float(p99),
+        "drops": sum(drops.values()),
+        "drop_kinds": drops,
+    }  # type: ignore[dict-item]
 
 
 def _drops(ctx: zmq.Context, control: str) -> dict[str, int]:
@@ -166,8 +192,10 @@ def bench_runtimes(repeats: int = 30) -> None:
         path.write_bytes((ROOT / "demo/model.pt").read_bytes())
         checkpoint = load(path)
         encoders = load_plugins().encoders.types
-        runners = {"torch": ModelRunner(checkpoint, encoders, "cpu"),
-                   "onnx": OnnxRunner(checkpoint, encoders)}
+        runners = {
+            "torch": ModelRunner(checkpoint, encoders, "cpu"),
+            "onnx": OnnxRunner(checkpoint, encoders),
+        }
         print("\n## Model per batch, demo model, CPU")
         print(f"{'runtime':<8} {'batch':>5} {'ms/batch':>9} {'ms/window':>10}")
         for batch in (1, 32):
@@ -191,21 +219,28 @@ def main() -> None:
     args = parser.parse_args()
     if not args.skip_scale:
         print(f"## Rigs kept up ({os.cpu_count()} cores; >= 1.9 predictions/s per rig and no drop)")
-        print(f"{'workers':<8} {'rigs':>5} {'min/s':>6} {'mean/s':>7} {'p50 ms':>7} {'p99 ms':>7} "
-              f"{'kept up':>8}  drops")
+        print(
+            f"{'workers':<8} {'rigs':>5} {'min/s':>6} {'mean/s':>7} {'p50 ms':>7} {'p99 ms':>7} "
+            f"{'kept up':>8}  drops"
+        )
         for workers in args.workers.split(","):
             for rigs in (int(n) for n in args.rigs.split(",")):
                 r = run_scale(rigs, workers, args.seconds)
                 kept = r["min_rate"] >= 1.9 and r["drops"] == 0
-                print(f"{workers:<8} {rigs:5d} {r['min_rate']:6.2f} {r['mean_rate']:7.2f} {r['p50']:7.1f} "
-                      f"{r['p99']:7.1f} {'yes' if kept else 'no':>8}  {r['drop_kinds'] or '-'}", flush=True)
+                print(
+                    f"{workers:<8} {rigs:5d} {r['min_rate']:6.2f} {r['mean_rate']:7.2f} {r['p50']:7.1f} "
+                    f"{r['p99']:7.1f} {'yes' if kept else 'no':>8}  {r['drop_kinds'] or '-'}",
+                    flush=True,
+                )
     import bench_daemon
 
     raw_rate, _ = bench_daemon.bench_raw(args.messages)
     rate, seen, drops = bench_daemon.bench_daemon_ingest(args.messages)
     print(f"\n## Flood ingest, {args.messages} small messages from one publisher process")
-    print(f"raw pyzmq + msgpack {raw_rate:.0f} msg/s; daemon {rate:.0f} msg/s; ratio {rate / raw_rate:.2f}; "
-          f"daemon drops {drops or 'none'}")
+    print(
+        f"raw pyzmq + msgpack {raw_rate:.0f} msg/s; daemon {rate:.0f} msg/s; ratio {rate / raw_rate:.2f}; "
+        f"daemon drops {drops or 'none'}"
+    )
     bench_runtimes()
 
 

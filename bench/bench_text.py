@@ -41,8 +41,10 @@ def recogniser() -> None:
             heard += recognizer.feed(audio[i : i + 1600], i * 62_500)
         heard += recognizer.flush()
         cpu = time.process_time() - start
-        print(f"  {name:<17} {cpu:5.1f} s CPU ({seconds / cpu:4.1f}x real time), {len(heard)} words: "
-              f"{' '.join(w for w, _ in heard[:12])} ...")  # fmt: skip
+        print(
+            f"  {name:<17} {cpu:5.1f} s CPU ({seconds / cpu:4.1f}x real time), {len(heard)} words: "
+            f"{' '.join(w for w, _ in heard[:12])} ..."
+        )
 
 
 def tokens_window(events: int = 20_000) -> None:
@@ -54,8 +56,18 @@ def tokens_window(events: int = 20_000) -> None:
     for i in range(events):  # 10 events a second, three words each
         t = t0 + i * 100_000_000
         data, payload = text_block(f"{DIGITS[i % 10]} and {DIGITS[(i + 3) % 10]}")
-        message = encode_sample(rig="r", stream="words", modality="words", seq=i, t_ns=t, t_pub_ns=t,
-                                rate_hz=0.0, data=data, encoding="utf-8", payload=payload)  # fmt: skip
+        message = encode_sample(
+            rig="r",
+            stream="words",
+            modality="words",
+            seq=i,
+            t_ns=t,
+            t_pub_ns=t,
+            rate_hz=0.0,
+            data=data,
+            encoding="utf-8",
+            payload=payload,
+        )
         frames.append((t, message))
     handled = closed = 0
     started = time.perf_counter()
@@ -67,8 +79,10 @@ def tokens_window(events: int = 20_000) -> None:
         closed += len(pipeline.close_windows(t))
     total = time.perf_counter() - started
     print(f"tokens windows from {events} text events (3 words each), one core:")
-    print(f"  {ingest / events * 1e6:6.1f} us an event through ingest; "
-          f"{(total - ingest) / max(closed, 1) * 1e6:6.1f} us a window closed and fitted ({closed} windows)")
+    print(
+        f"  {ingest / events * 1e6:6.1f} us an event through ingest; "
+        f"{(total - ingest) / max(closed, 1) * 1e6:6.1f} us a window closed and fitted ({closed} windows)"
+    )
 
 
 if __name__ == "__main__":

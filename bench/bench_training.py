@@ -47,11 +47,17 @@ def bench_cut(seconds: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = write_recording(Path(tmp) / "r.mcap", streams)
         started = time.perf_counter()
-        windows = sum(1 for _ in cut(recording_messages(path), recording_streams(path), recipe.spec,
-                                     recipe.window.to_config()))  # fmt: skip
+        windows = sum(
+            1
+            for _ in cut(
+                recording_messages(path), recording_streams(path), recipe.spec, recipe.window.to_config()
+            )
+        )
         took = time.perf_counter() - started
-    print(f"cut: {seconds} s of the demo rig -> {windows} windows in {took:.2f} s "
-          f"({windows / took:.0f} windows/s, {seconds / took:.0f}x real time)")  # fmt: skip
+    print(
+        f"cut: {seconds} s of the demo rig -> {windows} windows in {took:.2f} s "
+        f"({windows / took:.0f} windows/s, {seconds / took:.0f}x real time)"
+    )
 
 
 def batch(spec: object, b: int, device: torch.device) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
@@ -103,8 +109,10 @@ def bench_models(device: torch.device) -> None:
     plugins = load_plugins()
     base = load_recipe(ROOT / "demo" / "train.toml")
     print(f"\nmodels on {device} (demo recipe, dim {base.dim})")
-    print(f"{'fusion':<13} {'params':>8} {'train ms/step(64)':>18} {'windows/s':>10} {'infer ms b=1':>13} "
-          f"{'infer ms b=32':>14}")  # fmt: skip
+    print(
+        f"{'fusion':<13} {'params':>8} {'train ms/step(64)':>18} {'windows/s':>10} {'infer ms b=1':>13} "
+        f"{'infer ms b=32':>14}"
+    )
     for name in [n for n in FUSIONS if n != "concat"]:
         bench_one(name, base, plugins, device)
 

@@ -147,11 +147,13 @@ class AsrSource(Source):
         cfg: AsrConfig = self.config  # type: ignore[assignment]
         self.audio: Source
         if cfg.path:
-            self.audio = AudioFileSource(AudioFileConfig(path=Path(cfg.path), block=cfg.block, loop=cfg.loop),
-                                         self.context)  # fmt: skip
+            self.audio = AudioFileSource(
+                AudioFileConfig(path=Path(cfg.path), block=cfg.block, loop=cfg.loop), self.context
+            )
         else:
-            mic = MicrophoneConfig(device=cfg.device, rate_hz=RATE, channels=1, block=cfg.block,
-                                   latency=cfg.latency)  # fmt: skip
+            mic = MicrophoneConfig(
+                device=cfg.device, rate_hz=RATE, channels=1, block=cfg.block, latency=cfg.latency
+            )
             self.audio = MicrophoneSource(mic, self.context)
         info = self.audio.open()
         if round(info.rate_hz) != RATE:

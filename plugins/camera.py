@@ -101,8 +101,11 @@ class CameraSource(Source):
         return StreamInfo(self.fps, f"{cfg.uri}: {w}x{h} at {self.fps:g} fps, {what}")
 
     def _request(self, cfg: CameraConfig) -> None:
-        wanted = {cv2.CAP_PROP_FRAME_WIDTH: cfg.width, cv2.CAP_PROP_FRAME_HEIGHT: cfg.height,
-                  cv2.CAP_PROP_FPS: cfg.fps}  # fmt: skip
+        wanted = {
+            cv2.CAP_PROP_FRAME_WIDTH: cfg.width,
+            cv2.CAP_PROP_FRAME_HEIGHT: cfg.height,
+            cv2.CAP_PROP_FPS: cfg.fps,
+        }
         for prop, value in wanted.items():
             if value:
                 self.capture.set(prop, value)
@@ -127,8 +130,9 @@ class CameraSource(Source):
         before = self.dropped
         self.dropped += missed
         if before == 0 or self.dropped >= 2 * before:
-            self.context.log.warning("camera %s: %d frame(s) dropped so far (%s)",
-                                     self.config.uri, self.dropped, what)  # type: ignore[attr-defined]  # fmt: skip
+            self.context.log.warning(
+                "camera %s: %d frame(s) dropped so far (%s)", self.config.uri, self.dropped, what
+            )  # type: ignore[attr-defined]
 
     def _read_file(self) -> Iterator[Block]:
         cfg: CameraConfig = self.config  # type: ignore[assignment]
@@ -189,11 +193,19 @@ class CameraSource(Source):
         claimed = self.fps
         if override is not None:
             if abs(measured - override) > 0.2 * override:
-                self.context.log.warning("camera %s: delivers %.1f fps, fps = %g is published as set",
-                                         self.config.uri, measured, override)  # type: ignore[attr-defined]  # fmt: skip
+                self.context.log.warning(
+                    "camera %s: delivers %.1f fps, fps = %g is published as set",
+                    self.config.uri,
+                    measured,
+                    override,
+                )  # type: ignore[attr-defined]
         elif abs(measured - claimed) > 0.05 * claimed:
-            self.context.log.info("camera %s: delivers %.1f fps (it claims %g); the measured rate is used",
-                                  self.config.uri, measured, claimed)  # type: ignore[attr-defined]  # fmt: skip
+            self.context.log.info(
+                "camera %s: delivers %.1f fps (it claims %g); the measured rate is used",
+                self.config.uri,
+                measured,
+                claimed,
+            )  # type: ignore[attr-defined]
 
     def from_file(self) -> bool:
         return self.is_file

@@ -67,9 +67,14 @@ class MicrophoneSource(Source):
         self.offset_ns: int | None = None
         try:
             self.stream = sd.InputStream(
-                device=cfg.device, samplerate=cfg.rate_hz, channels=cfg.channels, dtype="int16",
-                blocksize=cfg.block, latency=cfg.latency, callback=self._callback,
-            )  # fmt: skip
+                device=cfg.device,
+                samplerate=cfg.rate_hz,
+                channels=cfg.channels,
+                dtype="int16",
+                blocksize=cfg.block,
+                latency=cfg.latency,
+                callback=self._callback,
+            )
             self.stream.start()
         except (sd.PortAudioError, ValueError) as exc:
             msg = f"cannot open input device {cfg.device!r}: {exc}"
@@ -111,8 +116,11 @@ class MicrophoneSource(Source):
                 continue
             if self.overflows + self.dropped > reported:
                 reported = self.overflows + self.dropped
-                self.context.log.warning("microphone: %d input overflow(s), %d block(s) dropped so far",
-                                         self.overflows, self.dropped)  # fmt: skip
+                self.context.log.warning(
+                    "microphone: %d input overflow(s), %d block(s) dropped so far",
+                    self.overflows,
+                    self.dropped,
+                )
             yield Block(data, t_ns)
 
     def close(self) -> None:

@@ -76,8 +76,15 @@ class TextSource(Source):
             self.duration_s = cfg.duration_s or last
             about = f"transcript {cfg.path}: {len(self.events)} lines over {self.duration_s:g} s"
             return StreamInfo(0.0, about)
-        self.feed = LineFeed(self.context.stop, self.context.log, path=cfg.path, port=cfg.port, baud=cfg.baud,
-                             listen=cfg.listen, max_line=cfg.max_line_bytes)  # fmt: skip
+        self.feed = LineFeed(
+            self.context.stop,
+            self.context.log,
+            path=cfg.path,
+            port=cfg.port,
+            baud=cfg.baud,
+            listen=cfg.listen,
+            max_line=cfg.max_line_bytes,
+        )
         where = self.feed.start()
         return StreamInfo(0.0, f"lines of text from {where}")
 

@@ -48,8 +48,11 @@ RECORDED_VOICES = ["flite:awb", "flite:kal16", "flite:kal", "festival:kal_diphon
 VAL_ACCENTS = ["en-029"]
 VAL_RECORDED = ["flite:rms", "festival:ked_diphone"]
 TEST_VOICES = ["flite:slt", "espeak:en-gb-scotland+f3", "espeak:en-gb-x-gbcwmd+m4"]
-ASTERISK_DIGITS = (Path(__file__).resolve().parent.parent / ".cache/asterisk/root/usr/share/asterisk/sounds"
-                   / "en_US_f_Allison/digits")  # fmt: skip
+ASTERISK_DIGITS = (
+    Path(__file__).resolve().parent.parent
+    / ".cache/asterisk/root/usr/share/asterisk/sounds"
+    / "en_US_f_Allison/digits"
+)
 REAL_VOICES = ["asterisk:allison"]
 
 
@@ -131,11 +134,27 @@ def spoken(voice: str, digit: int, speed: int) -> np.ndarray:
         if engine == "espeak":
             cmd = ["espeak-ng", "-v", name, "-s", str(speed), "-w", str(out), WORDS[digit]]
         elif engine == "festival":
-            cmd = ["text2wave", "-eval", f"(voice_{name})",
-                   "-eval", f"(Parameter.set 'Duration_Stretch {stretch})", "-o", str(out)]  # fmt: skip
+            cmd = [
+                "text2wave",
+                "-eval",
+                f"(voice_{name})",
+                "-eval",
+                f"(Parameter.set 'Duration_Stretch {stretch})",
+                "-o",
+                str(out),
+            ]
         else:
-            cmd = ["flite", "-voice", name, "--setf", f"duration_stretch={stretch}",
-                   "-t", WORDS[digit], "-o", str(out)]  # fmt: skip
+            cmd = [
+                "flite",
+                "-voice",
+                name,
+                "--setf",
+                f"duration_stretch={stretch}",
+                "-t",
+                WORDS[digit],
+                "-o",
+                str(out),
+            ]
         text = WORDS[digit] if engine == "festival" else None
         subprocess.run(cmd, check=True, capture_output=True, input=text, text=text is not None)
         return _read_wav(out)
@@ -212,7 +231,9 @@ def make_sequence(
     images = other_writers() if split == "writers" else digit_split(digits_png(), split)
     moves = gestures(split)
     frames_per, audio_per, imu_per = (
-        round(segment_s * VIDEO_FPS), round(segment_s * AUDIO_RATE), round(segment_s * IMU_RATE)
+        round(segment_s * VIDEO_FPS),
+        round(segment_s * AUDIO_RATE),
+        round(segment_s * IMU_RATE),
     )
     frames, audio, imu = [], [], []
     for digit in labels:
@@ -229,9 +250,7 @@ def make_sequence(
             track[at : at + len(clip)] += clip
         audio.append(track)
         gesture = moves[digit][rng.integers(len(moves[digit]))]
-        stretched = np.interp(
-            np.linspace(0, len(gesture) - 1, imu_per), np.arange(len(gesture)), gesture
-        )
+        stretched = np.interp(np.linspace(0, len(gesture) - 1, imu_per), np.arange(len(gesture)), gesture)
         imu.append((stretched + rng.normal(0, 0.02, imu_per)).astype(np.float32))
     return Sequence(
         labels=list(labels),

@@ -72,8 +72,13 @@ def main() -> None:
     parser.add_argument("--words", action="store_true", help="add the words the asr kind hears in the audio")
     args = parser.parse_args()
     demo_data.DIGITS_PNG = args.digits_png
-    splits = {"train": args.train, "test": args.test, "voice": args.real, "writers": args.real,
-              "val": args.val}  # fmt: skip
+    splits = {
+        "train": args.train,
+        "test": args.test,
+        "voice": args.real,
+        "writers": args.real,
+        "val": args.val,
+    }
     for n_split, (split, count) in enumerate(splits.items()):
         rng = np.random.default_rng([args.seed, n_split])  # each split the same, whatever the others' counts
         folder = args.out / split
@@ -81,8 +86,12 @@ def main() -> None:
         for n in range(count):
             labels = [int(d) for d in rng.integers(0, 10, 10)]
             # Recordings lie an hour apart on the capture clock, like separate sessions.
-            write(folder / f"{split}-{n:03d}.mcap", demo_data.make_sequence(labels, split, rng),
-                  T0_NS + n * 3600 * 10**9, args.words)  # fmt: skip
+            write(
+                folder / f"{split}-{n:03d}.mcap",
+                demo_data.make_sequence(labels, split, rng),
+                T0_NS + n * 3600 * 10**9,
+                args.words,
+            )
         print(f"{count} {split} recordings in {folder}", flush=True)
 
 

@@ -57,8 +57,13 @@ def fusion_row(metrics: dict[str, Any], all_modalities: list[str]) -> dict[str, 
     return row
 
 
-def markdown(rows: dict[str, dict[str, float | None]], seconds: dict[str, float], columns: list[str],
-             windows: dict[str, int], held_out: list[str]) -> str:  # fmt: skip
+def markdown(
+    rows: dict[str, dict[str, float | None]],
+    seconds: dict[str, float],
+    columns: list[str],
+    windows: dict[str, int],
+    held_out: list[str],
+) -> str:
     best_single = {c: max((v[c] or 0.0) for k, v in rows.items() if k.endswith(" only")) for c in columns}
     lines = [
         f"Held-out accuracy ({windows['test']} test windows; {windows['train']} training windows). "
@@ -99,8 +104,10 @@ def verdict(rows: Rows, columns: list[str], best_single: dict[str, float]) -> st
     if keep:
         return "Never below the best single-modality model, in any column: " + ", ".join(keep) + "."
     name, (gap, column) = min(shortfall.items(), key=lambda item: item[1][0])
-    return (f"No fusion model stays at or above the best single-modality model in every column. "
-            f"The one that falls least far: {name}, {gap:.3f} below it in '{column}'.")  # fmt: skip
+    return (
+        f"No fusion model stays at or above the best single-modality model in every column. "
+        f"The one that falls least far: {name}, {gap:.3f} below it in '{column}'."
+    )
 
 
 def main() -> None:
@@ -113,10 +120,18 @@ def main() -> None:
     parser.add_argument("--doc", type=Path, default=Path("docs/models.md"))
     parser.add_argument("--table", default="model-table", help="the marker of the table in --doc")
     parser.add_argument("--json", type=Path)
-    parser.add_argument("--single-fusion", default="intermediate",
-                        help="the strategy of the single-modality models, whatever the recipe's")  # fmt: skip
-    parser.add_argument("--held-out", nargs="*", default=[], metavar="NAME=PATH",
-                        help="a column of clean accuracy on these recordings")  # fmt: skip
+    parser.add_argument(
+        "--single-fusion",
+        default="intermediate",
+        help="the strategy of the single-modality models, whatever the recipe's",
+    )
+    parser.add_argument(
+        "--held-out",
+        nargs="*",
+        default=[],
+        metavar="NAME=PATH",
+        help="a column of clean accuracy on these recordings",
+    )
     args = parser.parse_args()
     named_paths = {}
     for entry in args.held_out:  # checked now, before minutes of cutting windows

@@ -24,10 +24,9 @@ def free_port() -> int:
 
 def fusiond(*args: str, timeout: float = 60, **kwargs) -> subprocess.CompletedProcess[str]:
     """Run the real ``fusiond`` command."""
-    return subprocess.run([sys.executable, "-m", "fusiond", *args], capture_output=True,
-                          text=True, timeout=timeout, **kwargs)  # fmt: skip
-
-
+    return subprocess.run(
+        [sys.executable, "-m", "fusiond", *args], capture_output=True, text=True, timeout=timeout, **kwargs
+    )
 
 
 def demo_config(tmp_path: Path, publish: str, subscribe: str, control: str = "", **replace: str) -> Path:
@@ -65,8 +64,10 @@ def truth(anchor_ns: int, start_ns: int) -> int | None:
 
 def opencv_data(name: str) -> Path:
     """A file of opencv-doc's sample data (.ci/run fetches it into .cache/)."""
-    for folder in (ROOT / ".cache/opencv-doc/usr/share/doc/opencv-doc/examples/data",
-                   Path("/usr/share/doc/opencv-doc/examples/data")):  # fmt: skip
+    for folder in (
+        ROOT / ".cache/opencv-doc/usr/share/doc/opencv-doc/examples/data",
+        Path("/usr/share/doc/opencv-doc/examples/data"),
+    ):
         if (folder / name).exists():
             return folder / name
     msg = f"{name} not found: apt-get download opencv-doc && dpkg -x opencv-doc_*.deb .cache/opencv-doc"
@@ -76,16 +77,19 @@ def opencv_data(name: str) -> Path:
 class DaemonProcess:
     """``fusiond run`` as a subprocess in its own process group, its log in a file."""
 
-    def __init__(self, config: Path, log: Path, env: dict[str, str] | None = None,
-                 prefix: tuple[str, ...] = ()) -> None:  # fmt: skip
+    def __init__(
+        self, config: Path, log: Path, env: dict[str, str] | None = None, prefix: tuple[str, ...] = ()
+    ) -> None:
         """``prefix``: a command to run it under (``prlimit --nofile=256:256 --``, say)."""
         self.log = log
         with log.open("w") as out:  # the child has its own copy; none is left open here
             self.proc = subprocess.Popen(
                 [*prefix, sys.executable, "-m", "fusiond", "run", "--config", str(config)],
-                stdout=subprocess.DEVNULL, stderr=out, env={**os.environ, **(env or {})},
+                stdout=subprocess.DEVNULL,
+                stderr=out,
+                env={**os.environ, **(env or {})},
                 start_new_session=True,
-            )  # fmt: skip
+            )
 
     def text(self) -> str:
         return self.log.read_text()

@@ -166,10 +166,15 @@ def test_bounded_buffer_drops_the_oldest_and_counts_it():
 
 def test_offline_cutting_matches_the_live_aligner():
     streams = {
-        name: RecordedStream(STREAMS[name], T0, RATES[name],
-                             np.concatenate([m.data for m in stream_blocks(name, 5.0)]), BLOCKS[name])
+        name: RecordedStream(
+            STREAMS[name],
+            T0,
+            RATES[name],
+            np.concatenate([m.data for m in stream_blocks(name, 5.0)]),
+            BLOCKS[name],
+        )
         for name in STREAMS
-    }  # fmt: skip
+    }
     offline = list(cut_windows("r", streams, SPECS, CONFIG))
     live = feed(RigAligner("r", STREAMS, SPECS, CONFIG), all_streams(5.0))
     assert [w.index for w in offline] == [w.index for w in live]
@@ -212,8 +217,10 @@ def test_decimating_a_series_filters_out_what_would_fold_below_the_new_nyquist(t
     t = np.arange(n) / rate
     tone = (0.5 * np.sin(2 * np.pi * tone_hz * t) * 32767).astype(np.int16)[:, None]
     period = 10**9 / rate
-    blocks = [Block(T0 + round(i * period), T0 + round((i + 1024) * period), period, tone[i : i + 1024], 0)
-              for i in range(0, n, 1024)]  # fmt: skip
+    blocks = [
+        Block(T0 + round(i * period), T0 + round((i + 1024) * period), period, tone[i : i + 1024], 0)
+        for i in range(0, n, 1024)
+    ]
     out = fit(ModalitySpec("series", length=8000, channels=1), blocks, T0, T0 + 10**9)[:, 0]
     gain = np.sqrt(np.mean(out[100:-100] ** 2)) / (0.5 / np.sqrt(2))
     assert kept[0] <= gain <= kept[1]  # 6 kHz would come out as a full-size 2 kHz alias

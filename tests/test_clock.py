@@ -31,8 +31,9 @@ def delays(n, seed=1):
 
 def test_a_clean_stream_on_one_host_gets_no_correction():
     d = delays(2000)
-    offsets, resolved = feed(ClockModel(deadband_ns=2 * MS), [(T0 + k * 10 * MS, T0 + k * 10 * MS + d[k])
-                                                              for k in range(2000)])  # fmt: skip
+    offsets, resolved = feed(
+        ClockModel(deadband_ns=2 * MS), [(T0 + k * 10 * MS, T0 + k * 10 * MS + d[k]) for k in range(2000)]
+    )
     assert set(offsets) == {0} and resolved == []
 
 
@@ -47,8 +48,9 @@ def test_one_stamp_seconds_ahead_is_an_outlier_that_moves_nothing():
     d = delays(300)
     shift = [3000 * MS if k == 150 else 0 for k in range(300)]
     model = ClockModel(deadband_ns=2 * MS)
-    offsets, resolved = feed(model, [(T0 + k * 100 * MS + shift[k], T0 + k * 100 * MS + d[k])
-                                     for k in range(300)])  # fmt: skip
+    offsets, resolved = feed(
+        model, [(T0 + k * 100 * MS + shift[k], T0 + k * 100 * MS + d[k]) for k in range(300)]
+    )
     assert offsets[150] is None and resolved == [(OUTLIER, 1)]
     assert set(offsets[:150] + offsets[151:]) == {0}
     assert model.outliers == 1 and model.steps == 0
@@ -113,7 +115,9 @@ def test_bursts_of_arrivals_are_spread_on_the_rate_grid():
 
 def test_a_sensor_pause_re_anchors_arrival_stamps_at_once():
     model = ClockModel(follow_rises=True)
-    stamps = [n * 10 * MS + model.update(n * 10 * MS, T0 + n * 10 * MS + (MS if n < 500 else 3001 * MS))
-              for n in range(600)]  # fmt: skip
+    stamps = [
+        n * 10 * MS + model.update(n * 10 * MS, T0 + n * 10 * MS + (MS if n < 500 else 3001 * MS))
+        for n in range(600)
+    ]
     assert stamps[499] == T0 + 4990 * MS + MS
     assert stamps[500] == T0 + 5000 * MS + 3001 * MS and model.steps == 1

@@ -74,8 +74,16 @@ def test_ingest_counts_sequence_gaps_as_lost_and_a_restart_as_no_loss():
     data = np.zeros((10, 1), np.float32)
 
     def send(seq: int, i: int) -> bool:
-        frames = encode_sample(rig="r", stream="imu", modality="imu", seq=seq, t_ns=t0 + i * 10**8,
-                               t_pub_ns=t0 + i * 10**8, rate_hz=100.0, data=data)  # fmt: skip
+        frames = encode_sample(
+            rig="r",
+            stream="imu",
+            modality="imu",
+            seq=seq,
+            t_ns=t0 + i * 10**8,
+            t_pub_ns=t0 + i * 10**8,
+            rate_hz=100.0,
+            data=data,
+        )
         return ingest.handle([bytes(f) for f in frames], t0 + i * 10**8)
 
     assert all(send(seq, i) for i, seq in enumerate([0, 1, 2, 5, 6, 10]))

@@ -37,15 +37,21 @@ def test_the_demo_config_is_valid():
     ("edit", "expected"),
     [
         ("colour = 'red'\n" + GOOD, "colour: unknown key (value 'red')"),
-        (GOOD.replace('path = "m.pt"', 'path = "m.pt"\nmax_batch = 0'),
-         "model.max_batch: must be >= 1 (got 0)"),
-        (GOOD.replace('path = "m.pt"', 'path = "m.pt"\ndevice = "tpu"'),
-         "model.device: must be auto, cpu or cuda[:N] (got 'tpu')"),
+        (
+            GOOD.replace('path = "m.pt"', 'path = "m.pt"\nmax_batch = 0'),
+            "model.max_batch: must be >= 1 (got 0)",
+        ),
+        (
+            GOOD.replace('path = "m.pt"', 'path = "m.pt"\ndevice = "tpu"'),
+            "model.device: must be auto, cpu or cuda[:N] (got 'tpu')",
+        ),
         (GOOD + "[window]\nhop_ms = 'fast'\n", "window.hop_ms: expected a number, got 'fast' (a string)"),
-        (GOOD + "[bus]\npublish = 'http://x'\n",
-         "bus.publish: must be a tcp://, ipc:// or inproc:// endpoint (got 'http://x')"),
+        (
+            GOOD + "[bus]\npublish = 'http://x'\n",
+            "bus.publish: must be a tcp://, ipc:// or inproc:// endpoint (got 'http://x')",
+        ),
         (GOOD + "[bus]\npublish = 'tcp://127.0.0.1'\n", "bus.publish: a tcp:// endpoint needs a port"),
-        (GOOD.replace("[model]\npath = \"m.pt\"\n", ""), "model: required key is missing"),
+        (GOOD.replace('[model]\npath = "m.pt"\n', ""), "model: required key is missing"),
         (GOOD.replace("rigs.lab", "rigs.'my lab'"), "rigs.my lab: rig name must be"),
     ],
 )
@@ -59,8 +65,10 @@ def test_errors_name_the_toml_path_and_the_value(tmp_path, edit, expected):
 @pytest.mark.parametrize(
     ("edit", "expected"),
     [
-        (GOOD.replace('kind = "camera"', 'kind = "lidar"'),
-         "rigs.lab.sources.cam.kind: unknown source kind 'lidar' (known: asr, audiofile, camera"),
+        (
+            GOOD.replace('kind = "camera"', 'kind = "lidar"'),
+            "rigs.lab.sources.cam.kind: unknown source kind 'lidar' (known: asr, audiofile, camera",
+        ),
         (GOOD + "fps = 'many'\n", "rigs.lab.sources.cam.fps: expected a number, got 'many' (a string)"),
         (GOOD + "jpeg_qualty = 3\n", "cam.jpeg_qualty: unknown key (value 3); did you mean 'jpeg_quality'?"),
         (GOOD + "exposure = 3\n", "rigs.lab.sources.cam.exposure: unknown key (value 3)"),
@@ -83,7 +91,7 @@ def test_source_options_are_checked_against_their_kind(tmp_path, edit, expected)
         ("[log]\nsummary_s = '5'\n", "log.summary_s: expected a number, got '5' (a string)"),
         ("[window]\nlateness_ms = true\n", "window.lateness_ms: expected a number, got True (a bool)"),
         ("[runtime]\nworkers = '3'\n", "workers: expected an integer or \"auto\", got '3' (a string)"),
-        ("[runtime]\nworkers = 2.5\n", "workers: expected an integer or \"auto\", got 2.5 (a number)"),
+        ("[runtime]\nworkers = 2.5\n", 'workers: expected an integer or "auto", got 2.5 (a number)'),
         ("[bus.security]\nallow_insecure = 1\n", "security.allow_insecure: expected true or false, got 1"),
         # Misspelled keys get the nearest known one.
         ("[window]\nlenght_ms = 900\n", "lenght_ms: unknown key (value 900); did you mean 'length_ms'?"),
@@ -93,15 +101,21 @@ def test_source_options_are_checked_against_their_kind(tmp_path, edit, expected)
         ("[window]\nhop_ms = 0.0000001\n", "window.hop_ms: must be >= 1 (got 1e-07)"),
         ("[window]\nhop_ms = 2000\n", "window: hop_ms (2000) is longer than length_ms (1000)"),
         ("[window]\nlateness_ms = 1e15\n", "window.lateness_ms: must be <= 600000 (got 1000000000000000.0)"),
-        ("[bus]\ncontrol = 'tcp://127.0.0.1:7710'\n",
-         "bus.control = 'tcp://127.0.0.1:7710' is also bus.publish: each needs its own address"),
+        (
+            "[bus]\ncontrol = 'tcp://127.0.0.1:7710'\n",
+            "bus.control = 'tcp://127.0.0.1:7710' is also bus.publish: each needs its own address",
+        ),
         ("[metrics]\nlisten = '127.0.0.1:7711'\n", "takes the port of bus.subscribe"),
     ],
 )
 def test_strict_types_and_suggestions(tmp_path, edit, expected):
     with pytest.raises(ConfigError) as info:
-        config.load(write(tmp_path, GOOD.replace('[model]', edit + '[model]', 1) if edit.startswith("[")
-                          else GOOD + edit))  # fmt: skip
+        config.load(
+            write(
+                tmp_path,
+                GOOD.replace("[model]", edit + "[model]", 1) if edit.startswith("[") else GOOD + edit,
+            )
+        )
     assert expected in str(info.value)
     assert str(info.value).startswith(f"{tmp_path / 'c.toml'}: ")
     assert "\n" not in str(info.value)
@@ -174,15 +188,19 @@ def _cuda_missing() -> str:
 @pytest.mark.parametrize(
     ("edits", "expected"),
     [
-        ([("demo/digits.mp4", "demo/digitz.mp4")],
-         f"rigs.demo.sources.cam.uri: no such video file: {ROOT}/demo/digitz.mp4"),
+        (
+            [("demo/digits.mp4", "demo/digitz.mp4")],
+            f"rigs.demo.sources.cam.uri: no such video file: {ROOT}/demo/digitz.mp4",
+        ),
         ([("demo/digits.wav", "demo/digitz.wav")], f"sources.mic.path: no such file: {ROOT}/demo/digitz.wav"),
         ([("demo/imu.csv", "demo/imu2.csv")], f"sources.imu.path: no such recording: {ROOT}/demo/imu2.csv"),
         ([('device = "auto"', f'device = "{_cuda_missing()}"')], "model.device: '"),
         ([("demo/model.pt", "demo/imu.csv")], f"model.path: {ROOT}/demo/imu.csv is not a fusiond checkpoint"),
         ([("demo/model.pt", "demo/absent.pt")], f"model.path: no such model file: {ROOT}/demo/absent.pt"),
-        ([("length_ms = 1000", "length_ms = 2000")],
-         "window.length_ms: 2000, but model demo-digits was trained on 1000 ms windows"),
+        (
+            [("length_ms = 1000", "length_ms = 2000")],
+            "window.length_ms: 2000, but model demo-digits was trained on 1000 ms windows",
+        ),
     ],
 )
 def test_check_config_finds_what_would_fail_later_in_one_line(tmp_path, edits, expected):
@@ -216,10 +234,13 @@ def test_a_port_that_is_taken_is_one_line_from_check_config_and_from_run(tmp_pat
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        path = absolute_demo(tmp_path, ('listen = ""', f'listen = "127.0.0.1:{port}"'),
-                             ("tcp://127.0.0.1:7710", f"tcp://127.0.0.1:{free_port()}"),
-                             ("tcp://127.0.0.1:7711", f"tcp://127.0.0.1:{free_port()}"),
-                             ("tcp://127.0.0.1:7712", f"tcp://127.0.0.1:{free_port()}"))  # fmt: skip
+        path = absolute_demo(
+            tmp_path,
+            ('listen = ""', f'listen = "127.0.0.1:{port}"'),
+            ("tcp://127.0.0.1:7710", f"tcp://127.0.0.1:{free_port()}"),
+            ("tcp://127.0.0.1:7711", f"tcp://127.0.0.1:{free_port()}"),
+            ("tcp://127.0.0.1:7712", f"tcp://127.0.0.1:{free_port()}"),
+        )
         checked = fusiond("check-config", "--config", str(path))
         assert checked.returncode == 2 and f"metrics.listen: cannot bind 127.0.0.1:{port}" in checked.stderr
         run = fusiond("run", "--config", str(path), timeout=120)
@@ -275,10 +296,13 @@ def test_a_checkpoint_whose_weights_do_not_fit_its_model_is_one_line_before_anyt
     torch.save(payload, model)
     from .helpers import free_port
 
-    path = absolute_demo(tmp_path, (f"{ROOT}/demo/model.pt", str(model)),
-                         ("tcp://127.0.0.1:7710", f"tcp://127.0.0.1:{free_port()}"),
-                         ("tcp://127.0.0.1:7711", f"tcp://127.0.0.1:{free_port()}"),
-                         ("tcp://127.0.0.1:7712", f"tcp://127.0.0.1:{free_port()}"))  # fmt: skip
+    path = absolute_demo(
+        tmp_path,
+        (f"{ROOT}/demo/model.pt", str(model)),
+        ("tcp://127.0.0.1:7710", f"tcp://127.0.0.1:{free_port()}"),
+        ("tcp://127.0.0.1:7711", f"tcp://127.0.0.1:{free_port()}"),
+        ("tcp://127.0.0.1:7712", f"tcp://127.0.0.1:{free_port()}"),
+    )
     for args in (["check-config", "--config", str(path)], ["run", "--config", str(path)]):
         result = fusiond(*args, timeout=120)
         assert result.returncode == 2, result.stderr

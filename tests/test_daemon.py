@@ -110,9 +110,19 @@ def test_bad_input_is_counted_and_logged_and_the_rest_keeps_serving(daemon, endp
     pub.connect(endpoints[0])
     time.sleep(1.0)  # let the daemon's subscription reach this new publisher
     now = time.time_ns()
-    bad_size = {"v": [1, 0], "type": "sample", "rig": "demo", "stream": "imu", "modality": "imu",
-                "seq": 0, "t_ns": now, "clock": "realtime", "t_pub_ns": now, "rate_hz": 100.0,
-                "buffers": [{"dtype": "<f4", "shape": [10, 1], "encoding": "raw"}]}  # fmt: skip
+    bad_size = {
+        "v": [1, 0],
+        "type": "sample",
+        "rig": "demo",
+        "stream": "imu",
+        "modality": "imu",
+        "seq": 0,
+        "t_ns": now,
+        "clock": "realtime",
+        "t_pub_ns": now,
+        "rate_hz": 100.0,
+        "buffers": [{"dtype": "<f4", "shape": [10, 1], "encoding": "raw"}],
+    }
     for _ in range(5):
         pub.send_multipart([b"s/demo/cam", b"\xc1garbage"])
         pub.send_multipart([b"s/demo/imu", msgpack.packb(bad_size), b"\x00" * 7])
@@ -134,10 +144,12 @@ def test_windows_of_several_rigs_share_one_forward_pass(daemon, endpoints):
 
     second = "\n".join(
         f'[rigs.lab.sources.{name}]\nkind = "{kind}"\n{key} = "{ROOT}/demo/{file}"\nloop = true\n'
-        for name, kind, key, file in [("cam", "camera", "uri", "digits.mp4"),
-                                      ("mic", "audiofile", "path", "digits.wav"),
-                                      ("imu", "csvfile", "path", "imu.csv")]
-    )  # fmt: skip
+        for name, kind, key, file in [
+            ("cam", "camera", "uri", "digits.mp4"),
+            ("mic", "audiofile", "path", "digits.wav"),
+            ("imu", "csvfile", "path", "imu.csv"),
+        ]
+    )
     daemon(**{"[rigs.demo.sources.cam]": second + "\n[rigs.demo.sources.cam]"})
     with Subscriber(endpoints[1], timeout_s=30) as predictions:
         got = [p for _, p in zip(range(24), predictions, strict=False)]
@@ -176,7 +188,7 @@ def test_the_javascript_example_of_the_protocol_doc_runs_as_written(daemon, endp
     import subprocess
 
     doc = (ROOT / "docs/protocol.md").read_text()
-    section = doc[doc.index("## Reading predictions and frames from JavaScript"):]
+    section = doc[doc.index("## Reading predictions and frames from JavaScript") :]
     code = re.search(r"```js\n(.*?)```", section, re.S).group(1)
     install = re.search(r"^    (npm install .*)$", section, re.M).group(1)
     npm, node = shutil.which("npm"), shutil.which("node")
@@ -184,16 +196,23 @@ def test_the_javascript_example_of_the_protocol_doc_runs_as_written(daemon, endp
     package = tmp_path / "client"
     package.mkdir()
     subprocess.run([npm, "init", "-y"], cwd=package, check=True, capture_output=True)
-    subprocess.run([npm, *install.split()[1:], "--no-audit", "--no-fund"], cwd=package, check=True,
-                   capture_output=True, timeout=300)  # fmt: skip
+    subprocess.run(
+        [npm, *install.split()[1:], "--no-audit", "--no-fund"],
+        cwd=package,
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     (package / "predictions.mjs").write_text(code)
     daemon()
     env = {**os.environ, "FUSIOND_SUBSCRIBE": endpoints[1]}
-    result = subprocess.run([node, "predictions.mjs"], cwd=package, env=env, capture_output=True, text=True,
-                            timeout=60)  # fmt: skip
+    result = subprocess.run(
+        [node, "predictions.mjs"], cwd=package, env=env, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr
-    found = re.search(r"prediction demo #\d+: (\d) \((0\.\d\d|1\.00)\) window (\d+) index (\d+) hop (\d+)",
-                      result.stdout)  # fmt: skip
+    found = re.search(
+        r"prediction demo #\d+: (\d) \((0\.\d\d|1\.00)\) window (\d+) index (\d+) hop (\d+)", result.stdout
+    )
     assert found, result.stdout
     start, index, hop = (int(found.group(i)) for i in (3, 4, 5))
     assert hop == 500_000_000 and index * hop == start and start > 2**53  # exact: BigInt, not doubles

@@ -34,8 +34,12 @@ def _venv_with_plugin(tmp_path: Path) -> Path:
     env_dir = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(env_dir)], check=True)
     python = env_dir / "bin" / "python"
-    site = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                          capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    site = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     Path(site, "shared-deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     # Build with this environment's setuptools, not the older one venv seeds.
     subprocess.run([python, "-m", "pip", "uninstall", "-q", "-y", "setuptools"], check=True)
@@ -52,8 +56,13 @@ def _serve(fusiond: Path, cwd: Path, model: str, rigs: str, count: int) -> tuple
     pub, sub, control = (f"tcp://127.0.0.1:{free_port()}" for _ in range(3))
     bus = f'[bus]\npublish = "{pub}"\nsubscribe = "{sub}"\ncontrol = "{control}"\n'
     (cwd / "daemon.toml").write_text(f'{bus}[model]\npath = "{model}"\n{rigs}')
-    daemon = subprocess.Popen([fusiond, "run", "--config", "daemon.toml"], cwd=cwd, stderr=subprocess.PIPE,
-                              text=True, start_new_session=True)  # fmt: skip
+    daemon = subprocess.Popen(
+        [fusiond, "run", "--config", "daemon.toml"],
+        cwd=cwd,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         args = ["echo", "--connect", sub, "--json", "--count", str(count), "--timeout", "30"]
         echo = subprocess.run([fusiond, *args], capture_output=True, text=True, cwd=cwd, timeout=60)
@@ -108,16 +117,26 @@ def test_a_plugin_modality_kind_and_fusion_train_and_are_served(tmp_path):
     tone = np.concatenate([np.sin(2 * np.pi * f * seconds + rng.uniform(0, 6)) for _, f in pitches])
     tone = (tone + rng.normal(0, 0.2, len(tone)))[:, None].astype(np.float32)
     write_recording(tmp_path / "tones.mcap", {"wave": RecordedStream("tone", t0, 100.0, tone, 10)}, rig="lab")
-    write_labels(tmp_path / "tones.labels.csv",
-                 [(t0 + i * segment, t0 + (i + 1) * segment, label) for i, (label, _) in enumerate(pitches)])
+    write_labels(
+        tmp_path / "tones.labels.csv",
+        [(t0 + i * segment, t0 + (i + 1) * segment, label) for i, (label, _) in enumerate(pitches)],
+    )
     (tmp_path / "tones.toml").write_text(TONES_RECIPE)
-    trained = subprocess.run([fusiond, "train", "tones.toml", "--data", "tones.mcap", "-o", "tones.pt"],
-                             capture_output=True, text=True, cwd=tmp_path, timeout=300)  # fmt: skip
+    trained = subprocess.run(
+        [fusiond, "train", "tones.toml", "--data", "tones.mcap", "-o", "tones.pt"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert trained.returncode == 0, trained.stderr
     assert re.search(r"test: \d+ windows: accuracy (0\.9\d*|1\.000)", trained.stdout), trained.stdout
 
-    tones = "".join(f'[rigs.{rig}.sources.wave]\nkind = "sine"\nmodality = "tone"\nfreq_hz = {hz}\n'
-                    "channels = 1\nnoise = 0.2\n" for rig, hz in (("lab", 8.0), ("yard", 2.0)))  # fmt: skip
+    tones = "".join(
+        f'[rigs.{rig}.sources.wave]\nkind = "sine"\nmodality = "tone"\nfreq_hz = {hz}\n'
+        "channels = 1\nnoise = 0.2\n"
+        for rig, hz in (("lab", 8.0), ("yard", 2.0))
+    )
     predictions, log = _serve(fusiond, tmp_path, "tones.pt", tones, 12)
     labels: dict[str, list[str]] = {"lab": [], "yard": []}
     for p in predictions:

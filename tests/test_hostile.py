@@ -34,9 +34,24 @@ SPECS = {
 }
 STREAMS = {("r", "cam"): "video", ("r", "mic"): "audio", ("r", "imu"): "imu"}
 # Drop reasons that count a whole message; the others count samples, windows or losses.
-MESSAGE_REASONS = {"unknown_stream", "over_rate", "bad_header", "bad_framing", "bad_size", "bad_version",
-                   "bad_value", "bad_shape", "decode_error", "wrong_modality", "clock_skew", "seq_reset",
-                   "late", "duplicate", "clock_outlier", "clock_step"}  # fmt: skip
+MESSAGE_REASONS = {
+    "unknown_stream",
+    "over_rate",
+    "bad_header",
+    "bad_framing",
+    "bad_size",
+    "bad_version",
+    "bad_value",
+    "bad_shape",
+    "decode_error",
+    "wrong_modality",
+    "clock_skew",
+    "seq_reset",
+    "late",
+    "duplicate",
+    "clock_outlier",
+    "clock_step",
+}
 
 
 class Rig:
@@ -45,8 +60,9 @@ class Rig:
     def __init__(self, limits: Limits | None = None) -> None:
         self.stats = Stats()
         config = WindowConfig(S, S // 2, 3 * S // 10)
-        self.aligner = RigAligner("r", {s: m for (_, s), m in STREAMS.items()}, SPECS, config,
-                                  self.stats.drops)  # fmt: skip
+        self.aligner = RigAligner(
+            "r", {s: m for (_, s), m in STREAMS.items()}, SPECS, config, self.stats.drops
+        )
         self.ingest = Ingest({"r": self.aligner}, STREAMS, self.stats, limits)
         self.now = T0
         self.seq: Counter[str] = Counter()
@@ -62,9 +78,16 @@ class Rig:
             self.poll()
 
     def send(self, stream: str, data: np.ndarray, rate: float, /, **header) -> bool:
-        frames = wire.encode_sample(rig="r", stream=stream, modality=STREAMS["r", stream],
-                                    seq=self.seq[stream], t_ns=self.now - S // 10, t_pub_ns=self.now,
-                                    rate_hz=rate, data=data)  # fmt: skip
+        frames = wire.encode_sample(
+            rig="r",
+            stream=stream,
+            modality=STREAMS["r", stream],
+            seq=self.seq[stream],
+            t_ns=self.now - S // 10,
+            t_pub_ns=self.now,
+            rate_hz=rate,
+            data=data,
+        )
         self.seq[stream] += 1
         if header:
             frames = _with_header(frames, header)
@@ -109,9 +132,18 @@ def test_the_honest_rig_gives_every_window_with_every_modality():
 
 
 def jpeg_frames(rig: Rig, payload: bytes, shape: list[int], stream: str = "cam") -> list[bytes]:
-    frames = wire.encode_sample(rig="r", stream=stream, modality="video", seq=rig.seq[stream],
-                                t_ns=rig.now, t_pub_ns=rig.now, rate_hz=10.0,
-                                data=np.zeros(shape, np.uint8), encoding="jpeg", payload=payload)  # fmt: skip
+    frames = wire.encode_sample(
+        rig="r",
+        stream=stream,
+        modality="video",
+        seq=rig.seq[stream],
+        t_ns=rig.now,
+        t_pub_ns=rig.now,
+        rate_hz=10.0,
+        data=np.zeros(shape, np.uint8),
+        encoding="jpeg",
+        payload=payload,
+    )
     rig.seq[stream] += 1
     return [bytes(f) for f in frames]
 
@@ -119,12 +151,18 @@ def jpeg_frames(rig: Rig, payload: bytes, shape: list[int], stream: str = "cam")
 HOSTILE = {
     # (what it once did) -> (the message, the reason it is counted under)
     "jpeg_size_differs": (lambda r: r.raw(jpeg_frames(r, _jpeg(8, 8), [1, 32, 32, 3])), "decode_error"),
-    "jpeg_on_unconfigured_stream": (lambda r: r.raw(jpeg_frames(r, _jpeg(8, 8), [1, 32, 32, 3], "x")),
-                                    "unknown_stream"),
-    "dtype_is_a_list": (lambda r: r.send("imu", np.zeros((10, 1), np.float32), 100.0,
-                                         **{"buffer.dtype": ["<f4"]}), "bad_header"),
-    "encoding_is_a_map": (lambda r: r.send("imu", np.zeros((10, 1), np.float32), 100.0,
-                                           **{"buffer.encoding": {"a": 1}}), "bad_header"),
+    "jpeg_on_unconfigured_stream": (
+        lambda r: r.raw(jpeg_frames(r, _jpeg(8, 8), [1, 32, 32, 3], "x")),
+        "unknown_stream",
+    ),
+    "dtype_is_a_list": (
+        lambda r: r.send("imu", np.zeros((10, 1), np.float32), 100.0, **{"buffer.dtype": ["<f4"]}),
+        "bad_header",
+    ),
+    "encoding_is_a_map": (
+        lambda r: r.send("imu", np.zeros((10, 1), np.float32), 100.0, **{"buffer.encoding": {"a": 1}}),
+        "bad_header",
+    ),
     "rate_1e-300": (lambda r: r.send("imu", np.zeros((10, 1), np.float32), 1e-300), "bad_value"),
     "rate_1e-10": (lambda r: r.send("imu", np.zeros((10, 1), np.float32), 1e-10), "bad_value"),
     "rate_nan": (lambda r: r.send("imu", np.zeros((10, 1), np.float32), math.nan), "bad_value"),
@@ -132,27 +170,40 @@ HOSTILE = {
     "frame_is_2d": (lambda r: r.send("cam", np.zeros((1, 5), np.uint8), 10.0), "bad_shape"),
     "frame_has_2_channels": (lambda r: r.send("cam", np.zeros((1, 4, 4, 2), np.uint8), 10.0), "bad_shape"),
     "frame_is_float": (lambda r: r.send("cam", np.zeros((1, 4, 4, 3), np.float32), 10.0), "bad_shape"),
-    "t_near_2_63": (lambda r: r.send("imu", np.zeros((10, 1), np.float32), 100.0, t_ns=2**63 - 2),
-                    "clock_skew"),
-    "t_pub_near_2_63": (lambda r: r.send("imu", np.zeros((10, 1), np.float32), 100.0, t_pub_ns=2**63 - 2),
-                        "clock_skew"),
-    "t_one_hour_ahead": (lambda r: r.send("imu", np.zeros((10, 1), np.float32), 100.0,
-                                          t_ns=r.now + 3600 * S), "clock_skew"),
+    "t_near_2_63": (
+        lambda r: r.send("imu", np.zeros((10, 1), np.float32), 100.0, t_ns=2**63 - 2),
+        "clock_skew",
+    ),
+    "t_pub_near_2_63": (
+        lambda r: r.send("imu", np.zeros((10, 1), np.float32), 100.0, t_pub_ns=2**63 - 2),
+        "clock_skew",
+    ),
+    "t_one_hour_ahead": (
+        lambda r: r.send("imu", np.zeros((10, 1), np.float32), 100.0, t_ns=r.now + 3600 * S),
+        "clock_skew",
+    ),
     "t_in_1970": (lambda r: r.send("imu", np.zeros((10, 1), np.float32), 100.0, t_ns=5), "clock_skew"),
     "t_negative": (lambda r: r.send("imu", np.zeros((10, 1), np.float32), 100.0, t_ns=-5), "bad_value"),
     "nan_values": (lambda r: r.send("imu", np.full((10, 1), np.nan, np.float32), 100.0), "bad_value"),
     "inf_values": (lambda r: r.send("mic", np.full((10, 1), np.inf, np.float64), 1000.0), "bad_value"),
-    "header_for_another_stream": (lambda r: r.send("imu", np.zeros((10, 1), np.float32), 100.0,
-                                                   stream="mic", modality="audio"), "bad_header"),
-    "block_of_a_day": (lambda r: r.send("imu", np.zeros((10, 1), np.float32), 1e-3 * 10 / 86.4),
-                       "bad_value"),
-    "huge_declared_shape": (lambda r: r.send("imu", np.zeros((10, 1), np.float32), 100.0,
-                                             **{"buffer.shape": [2**40, 1]}), "bad_header"),
-    "jpeg_bomb_declared": (lambda r: r.raw(jpeg_frames(r, _declaring(_jpeg(8, 8), 16384, 16384),
-                                                       [1, 16384, 16384, 3])), "bad_shape"),
-    "jpeg_bomb_hidden": (lambda r: r.raw(jpeg_frames(r, _declaring(_jpeg(8, 8), 16384, 16384),
-                                                     [1, 32, 32, 3])), "decode_error"),
-}  # fmt: skip
+    "header_for_another_stream": (
+        lambda r: r.send("imu", np.zeros((10, 1), np.float32), 100.0, stream="mic", modality="audio"),
+        "bad_header",
+    ),
+    "block_of_a_day": (lambda r: r.send("imu", np.zeros((10, 1), np.float32), 1e-3 * 10 / 86.4), "bad_value"),
+    "huge_declared_shape": (
+        lambda r: r.send("imu", np.zeros((10, 1), np.float32), 100.0, **{"buffer.shape": [2**40, 1]}),
+        "bad_header",
+    ),
+    "jpeg_bomb_declared": (
+        lambda r: r.raw(jpeg_frames(r, _declaring(_jpeg(8, 8), 16384, 16384), [1, 16384, 16384, 3])),
+        "bad_shape",
+    ),
+    "jpeg_bomb_hidden": (
+        lambda r: r.raw(jpeg_frames(r, _declaring(_jpeg(8, 8), 16384, 16384), [1, 32, 32, 3])),
+        "decode_error",
+    ),
+}
 
 
 @pytest.mark.parametrize("case", sorted(HOSTILE))
@@ -238,8 +289,24 @@ def test_jpeg_size_reads_the_frame_header_without_decoding():
 def _mutations(rng: np.random.Generator, base: list[bytes]) -> list[bytes]:
     """One message broken in one of many ways."""
     header = msgpack.unpackb(base[1])
-    weird = [None, True, -1, 2**64 - 1, -(2**63), 1e308, math.nan, -math.inf, "", "x" * 300, [], {},
-             [1, 2], {"a": []}, b"\x00", 0.5]  # fmt: skip
+    weird = [
+        None,
+        True,
+        -1,
+        2**64 - 1,
+        -(2**63),
+        1e308,
+        math.nan,
+        -math.inf,
+        "",
+        "x" * 300,
+        [],
+        {},
+        [1, 2],
+        {"a": []},
+        b"\x00",
+        0.5,
+    ]
     kind = rng.integers(0, 7)
     if kind == 0:  # a field replaced by a value of another type or range
         key = rng.choice(sorted(header))
@@ -273,9 +340,19 @@ def test_ten_thousand_fuzzed_messages_are_each_counted_and_nothing_raises():
     for i in range(10_000):
         stream = ("cam", "mic", "imu")[i % 3]
         data, rate = bases[stream]
-        frames = [bytes(f) for f in wire.encode_sample(
-            rig="r", stream=stream, modality=STREAMS["r", stream], seq=i, t_ns=rig.now - S // 10,
-            t_pub_ns=rig.now, rate_hz=rate, data=data)]  # fmt: skip
+        frames = [
+            bytes(f)
+            for f in wire.encode_sample(
+                rig="r",
+                stream=stream,
+                modality=STREAMS["r", stream],
+                seq=i,
+                t_ns=rig.now - S // 10,
+                t_pub_ns=rig.now,
+                rate_hz=rate,
+                data=data,
+            )
+        ]
         if rig.raw(_mutations(rng, frames)):
             accepted += 1
         else:
@@ -289,10 +366,24 @@ def test_ten_thousand_fuzzed_messages_are_each_counted_and_nothing_raises():
 
 
 def test_wire_checks_reject_absurd_header_values():
-    frames = wire.encode_sample(rig="r", stream="s", modality="m", seq=0, t_ns=1, t_pub_ns=1, rate_hz=1.0,
-                                data=np.zeros((1, 1), np.float32))  # fmt: skip
-    for change in ({"seq": -1}, {"t_ns": 2**64 - 1}, {"rate_hz": 1e-300}, {"rate_hz": math.inf},
-                   {"buffer.shape": [2**31, 2**31]}, {"buffer.dtype": {"x": 1}}):  # fmt: skip
+    frames = wire.encode_sample(
+        rig="r",
+        stream="s",
+        modality="m",
+        seq=0,
+        t_ns=1,
+        t_pub_ns=1,
+        rate_hz=1.0,
+        data=np.zeros((1, 1), np.float32),
+    )
+    for change in (
+        {"seq": -1},
+        {"t_ns": 2**64 - 1},
+        {"rate_hz": 1e-300},
+        {"rate_hz": math.inf},
+        {"buffer.shape": [2**31, 2**31]},
+        {"buffer.dtype": {"x": 1}},
+    ):
         with pytest.raises(FrameError):
             wire.decode_sample(_with_header(frames, change))
 
@@ -359,14 +450,31 @@ def test_the_real_daemon_survives_every_attack_and_its_rig_keeps_rate_and_accura
 
 def _attacks(now_ns: int) -> list[list[bytes]]:
     def sample(stream: str, modality: str, data: np.ndarray, rate: float, **change) -> list[bytes]:
-        frames = wire.encode_sample(rig="demo", stream=stream, modality=modality, seq=0, t_ns=now_ns,
-                                    t_pub_ns=now_ns, rate_hz=rate, data=data)  # fmt: skip
+        frames = wire.encode_sample(
+            rig="demo",
+            stream=stream,
+            modality=modality,
+            seq=0,
+            t_ns=now_ns,
+            t_pub_ns=now_ns,
+            rate_hz=rate,
+            data=data,
+        )
         return _with_header(frames, change) if change else [bytes(f) for f in frames]
 
     def jpeg(payload: bytes, shape: list[int]) -> list[bytes]:
-        frames = wire.encode_sample(rig="demo", stream="cam", modality="video", seq=0, t_ns=now_ns,
-                                    t_pub_ns=now_ns, rate_hz=10.0, data=np.zeros(shape, np.uint8),
-                                    encoding="jpeg", payload=payload)  # fmt: skip
+        frames = wire.encode_sample(
+            rig="demo",
+            stream="cam",
+            modality="video",
+            seq=0,
+            t_ns=now_ns,
+            t_pub_ns=now_ns,
+            rate_hz=10.0,
+            data=np.zeros(shape, np.uint8),
+            encoding="jpeg",
+            payload=payload,
+        )
         return [bytes(f) for f in frames]
 
     imu = np.zeros((10, 1), np.float32)
@@ -398,9 +506,19 @@ def _flood(ctx, endpoint: str, stop) -> None:
     pub = ctx.socket(zmq.PUB)
     pub.setsockopt(zmq.LINGER, 0)
     pub.connect(endpoint)
-    frames = [bytes(f) for f in wire.encode_sample(rig="demo", stream="x", modality="imu", seq=0,
-              t_ns=time.time_ns(), t_pub_ns=time.time_ns(), rate_hz=100.0,
-              data=np.zeros((10, 1), np.float32))]  # fmt: skip
+    frames = [
+        bytes(f)
+        for f in wire.encode_sample(
+            rig="demo",
+            stream="x",
+            modality="imu",
+            seq=0,
+            t_ns=time.time_ns(),
+            t_pub_ns=time.time_ns(),
+            rate_hz=100.0,
+            data=np.zeros((10, 1), np.float32),
+        )
+    ]
     deadline = time.monotonic() + 5
     while not stop.is_set() and time.monotonic() < deadline:
         for _ in range(1000):
@@ -413,10 +531,13 @@ def test_a_forged_counters_snapshot_cannot_grow_the_daemons_tables():
     and rigs are taken, and a malformed snapshot is refused whole."""
     stats = Stats()
     known = [("demo", "cam")]
-    forged = {"name": "worker-0", "drops": {"x": 1},
-              "streams": {f"r{i}/s": [1, 1, 1.0, 1, 1.0, "", None, 1.0, 0] for i in range(10_000)},
-              "clocks": {f"r{i}/s": [0, 0.0, 0, 0, 0, 0] for i in range(10_000)},
-              "masked": {f"r{i}": {"video": 1} for i in range(10_000)}}  # fmt: skip
+    forged = {
+        "name": "worker-0",
+        "drops": {"x": 1},
+        "streams": {f"r{i}/s": [1, 1, 1.0, 1, 1.0, "", None, 1.0, 0] for i in range(10_000)},
+        "clocks": {f"r{i}/s": [0, 0.0, 0, 0, 0, 0] for i in range(10_000)},
+        "masked": {f"r{i}": {"video": 1} for i in range(10_000)},
+    }
     assert stats.absorb(forged, ["worker-0", "server"], known)
     assert not stats.streams and not stats.masked
     assert not stats.absorb({**forged, "name": "intruder"}, ["worker-0"], known)
@@ -426,9 +547,14 @@ def test_a_forged_counters_snapshot_cannot_grow_the_daemons_tables():
         assert not stats.absorb({"name": "worker-0", "clocks": {"demo/cam": clock}}, ["worker-0"], known)
     # messages, samples, sample rate, last, msg/s, error, when, samples/s, error reports
     row = [5, 50, 10.0, 7, 1.0, "", None, 9.5, 3]
-    good = {"name": "worker-0", "drops": {"late": 2}, "streams": {"demo/cam": row},
-            "clocks": {"demo/cam": [-3_000_000, 20_000.0, 150_000, 1, 2, 0]},
-            "masked": {"demo": {"video": 1}}, "last_window_ns": 9}  # fmt: skip
+    good = {
+        "name": "worker-0",
+        "drops": {"late": 2},
+        "streams": {"demo/cam": row},
+        "clocks": {"demo/cam": [-3_000_000, 20_000.0, 150_000, 1, 2, 0]},
+        "masked": {"demo": {"video": 1}},
+        "last_window_ns": 9,
+    }
     assert stats.absorb(good, ["worker-0"], known)
     cam = stats.stream("demo", "cam")
     assert (cam.messages, cam.samples, cam.sample_rate_hz) == (5, 50, 10.0) and stats.all_drops()["late"] == 2
@@ -450,9 +576,19 @@ def test_every_message_is_counted_once_and_the_counts_add_up():
     data = np.zeros((1, 1), np.float32)
 
     def message(seq, t, t_pub=None, block=data, shape=None):
-        frames = [bytes(f) for f in wire.encode_sample(rig="r", stream="imu", modality="imu", seq=seq, t_ns=t,
-                                                        t_pub_ns=t if t_pub is None else t_pub, rate_hz=100.0,
-                                                        data=block)]  # fmt: skip
+        frames = [
+            bytes(f)
+            for f in wire.encode_sample(
+                rig="r",
+                stream="imu",
+                modality="imu",
+                seq=seq,
+                t_ns=t,
+                t_pub_ns=t if t_pub is None else t_pub,
+                rate_hz=100.0,
+                data=block,
+            )
+        ]
         if shape is not None:  # the header says one shape, the buffer holds another
             header = msgpack.unpackb(frames[1])
             header["buffers"][0]["shape"] = shape
@@ -496,8 +632,9 @@ def test_source_errors_are_counted_per_stream_and_logged_once_a_minute_forged_or
     rig = Rig()
 
     def report(stream: str, error: object = "device gone", **header) -> bool:
-        frames = wire.encode_source_error(rig="r", stream=stream, kind="camera", error="x", attempt=1,
-                                          retry_in_s=1.0, t_ns=rig.now)  # fmt: skip
+        frames = wire.encode_source_error(
+            rig="r", stream=stream, kind="camera", error="x", attempt=1, retry_in_s=1.0, t_ns=rig.now
+        )
         frames = _with_header(frames, {"error": error, **header})
         return rig.ingest.source_error(frames, rig.now, frames[0])
 

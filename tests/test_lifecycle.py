@@ -35,8 +35,9 @@ def test_a_source_stuck_in_a_long_call_is_ended_by_its_grace_timer(bus):
     after SIGTERM: by force, with a traceback that shows where it was stuck."""
     endpoint, sock = bus
     script = Path(__file__).parent / "scripts/stuck_source.py"
-    proc = subprocess.Popen([sys.executable, str(script), endpoint], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, str(script), endpoint], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     assert proc.stdout.readline().strip() == "blocking"
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
@@ -63,9 +64,13 @@ def test_a_failing_test_leaves_no_process_behind(tmp_path, endpoints):
             assert False, "deliberately"
     """)
     )
-    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "tests.conftest", "-p",
-                             "no:cacheprovider", str(inner)], cwd=ROOT, capture_output=True, text=True,
-                            timeout=300)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "tests.conftest", "-p", "no:cacheprovider", str(inner)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 1, result.stdout + result.stderr
     assert "deliberately" in result.stdout and "processes outlived the test" in result.stdout, result.stdout
     started = [int(p) for p in pids.read_text().split()]

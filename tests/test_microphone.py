@@ -32,12 +32,20 @@ def pulse(tmp_path):
     fifo = tmp_path / "vmic.fifo"  # module-pipe-source makes it
     env = {**os.environ, "XDG_RUNTIME_DIR": str(runtime), "HOME": str(tmp_path)}
     server = subprocess.Popen(
-        ["pulseaudio", "-n", "--daemonize=no", "--exit-idle-time=-1", "--system=false",
-         "--log-target=stderr", "--load=module-native-protocol-unix",
-         "--load=module-null-sink sink_name=vsink",
-         f"--load=module-pipe-source source_name=vmic file={fifo} format=s16le rate={RATE} channels=1"],
-        env=env, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        [
+            "pulseaudio",
+            "-n",
+            "--daemonize=no",
+            "--exit-idle-time=-1",
+            "--system=false",
+            "--log-target=stderr",
+            "--load=module-native-protocol-unix",
+            "--load=module-null-sink sink_name=vsink",
+            f"--load=module-pipe-source source_name=vmic file={fifo} format=s16le rate={RATE} channels=1",
+        ],
+        env=env,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 10
         while not (runtime / "pulse" / "native").exists() or not fifo.exists():
@@ -68,8 +76,22 @@ def test_a_clip_played_into_the_microphone_arrives_intact_and_on_time(pulse, tmp
     bus = ctx.socket(zmq.SUB)
     bus.bind(endpoints[0])
     bus.subscribe(b"s/")
-    args = ["source", "microphone", "--connect", endpoints[0], "--rig", "lab", "--stream", "mic",
-            "--set", "device='pulse'", "--set", f"rate_hz={RATE}", "--set", "block=320"]  # fmt: skip
+    args = [
+        "source",
+        "microphone",
+        "--connect",
+        endpoints[0],
+        "--rig",
+        "lab",
+        "--stream",
+        "mic",
+        "--set",
+        "device='pulse'",
+        "--set",
+        f"rate_hz={RATE}",
+        "--set",
+        "block=320",
+    ]
     cmd = [sys.executable, "-m", "fusiond", *args]
     source = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
     samples = []

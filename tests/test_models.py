@@ -12,11 +12,13 @@ from fusiond.errors import ModelError
 from fusiond.models import BUILTIN_ENCODERS, FusionModel, load, save
 from fusiond.plugin import load_plugins
 
-SPEC = InputSpec({
-    "video": ModalitySpec("frames", length=2, channels=1, height=16, width=16),
-    "audio": ModalitySpec("series", length=800, channels=1),
-    "imu": ModalitySpec("series", length=32, channels=3),
-})  # fmt: skip
+SPEC = InputSpec(
+    {
+        "video": ModalitySpec("frames", length=2, channels=1, height=16, width=16),
+        "audio": ModalitySpec("series", length=800, channels=1),
+        "imu": ModalitySpec("series", length=32, channels=3),
+    }
+)
 ENCODERS = {
     "video": {"name": "frames_cnn"},
     "audio": {"name": "logmel_cnn", "args": {"sample_rate": 800.0, "n_fft": 64, "hop": 16}},
@@ -50,8 +52,11 @@ def random_batch(spec: InputSpec, count: int, seed: int) -> dict[str, torch.Tens
 
 
 # Every encoder of the loaded registries (plugins' included) on every kind it says it reads.
-PAIRS = [(name, kind) for name, cls in sorted(PARTS.encoders.items())
-         for kind in (getattr(cls, "kinds", ()) or list(KINDS))]  # fmt: skip
+PAIRS = [
+    (name, kind)
+    for name, cls in sorted(PARTS.encoders.items())
+    for kind in (getattr(cls, "kinds", ()) or list(KINDS))
+]
 
 
 @pytest.mark.parametrize(("name", "kind"), PAIRS)
@@ -90,13 +95,24 @@ def test_every_fusion_over_every_kind_handles_every_subset_of_modalities(fusion,
 
 
 def test_a_checkpoint_with_a_text_modality_round_trips(tmp_path):
-    spec = InputSpec({"imu": ModalitySpec("series", length=32, channels=3),
-                      "words": ModalitySpec("tokens", length=12, vocab=("zero", "one", "two"))})  # fmt: skip
+    spec = InputSpec(
+        {
+            "imu": ModalitySpec("series", length=32, channels=3),
+            "words": ModalitySpec("tokens", length=12, vocab=("zero", "one", "two")),
+        }
+    )
     encoders = {"imu": {"name": "series_cnn"}, "words": {"name": "text_gru", "args": {"hidden": 16}}}
     model = FusionModel(spec, ["x", "y"], encoders, {"name": "late"}, PARTS, 16).eval()
     path = tmp_path / "t.pt"
-    save(model, path, name="text", encoders=encoders, fusion={"name": "late"}, dim=16,
-         window={"length_ns": 1, "hop_ns": 1})  # fmt: skip
+    save(
+        model,
+        path,
+        name="text",
+        encoders=encoders,
+        fusion={"name": "late"},
+        dim=16,
+        window={"length_ns": 1, "hop_ns": 1},
+    )
     ck = load(path)
     assert ck.spec == spec and ck.spec.modalities["words"].vocab == ("zero", "one", "two")
     x = random_batch(spec, 5, seed=3)
@@ -108,8 +124,16 @@ def test_a_checkpoint_with_a_text_modality_round_trips(tmp_path):
 def test_checkpoint_round_trip_keeps_outputs_and_metadata(tmp_path):
     model = FusionModel(SPEC, ["x", "y"], ENCODERS, {"name": "attention"}, BUILTIN_ENCODERS, 32).eval()
     path = tmp_path / "m.pt"
-    digest = save(model, path, name="tiny", encoders=ENCODERS, fusion={"name": "attention"}, dim=32,
-                  window={"length_ns": 1, "hop_ns": 1}, metrics={"acc": 0.5})
+    digest = save(
+        model,
+        path,
+        name="tiny",
+        encoders=ENCODERS,
+        fusion={"name": "attention"},
+        dim=32,
+        window={"length_ns": 1, "hop_ns": 1},
+        metrics={"acc": 0.5},
+    )
     ck = load(path)
     assert ck.content_hash == digest and ck.name == "tiny" and ck.classes == ["x", "y"]
     assert ck.spec == SPEC and ck.metrics == {"acc": 0.5}
@@ -177,8 +201,9 @@ def test_calibration_finds_the_temperature_that_undoes_overconfidence():
     from fusiond.training.evaluate import calibrate
 
     spec = InputSpec({"imu": ModalitySpec("series", 8, 1)})
-    model = FusionModel(spec, ["a", "b"], {"imu": {"name": "vector_mlp"}}, {"name": "late"}, PARTS, 4,
-                        modality_heads=True)  # fmt: skip
+    model = FusionModel(
+        spec, ["a", "b"], {"imu": {"name": "vector_mlp"}}, {"name": "late"}, PARTS, 4, modality_heads=True
+    )
     rng = np.random.default_rng(0)
     x = rng.normal(0, 1, (400, 8, 1)).astype(np.float32)
     with torch.no_grad():  # a head whose logits are 5x too large for how often it is right

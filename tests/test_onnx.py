@@ -17,11 +17,13 @@ from fusiond.testing import random_windows, tiny_model
 
 from .helpers import ROOT, fusiond
 
-SPEC = InputSpec({
-    "video": ModalitySpec("frames", 2, 1, 16, 16),
-    "audio": ModalitySpec("series", 800, 1),
-    "imu": ModalitySpec("series", 20, 3),
-})  # fmt: skip
+SPEC = InputSpec(
+    {
+        "video": ModalitySpec("frames", 2, 1, 16, 16),
+        "audio": ModalitySpec("series", 800, 1),
+        "imu": ModalitySpec("series", 20, 3),
+    }
+)
 
 
 def _compare(path, spec: InputSpec) -> None:

@@ -67,8 +67,18 @@ def test_registries_reject_what_they_cannot_use():
 
 def test_bus_pair_carries_frames():
     with testing.bus_pair(b"s/") as (pub, sub):
-        pub.send_multipart(encode_sample(rig="r", stream="x", modality="imu", seq=0, t_ns=0,
-                                         t_pub_ns=0, rate_hz=1.0, data=np.ones((2, 2), np.float32)))
+        pub.send_multipart(
+            encode_sample(
+                rig="r",
+                stream="x",
+                modality="imu",
+                seq=0,
+                t_ns=0,
+                t_pub_ns=0,
+                rate_hz=1.0,
+                data=np.ones((2, 2), np.float32),
+            )
+        )
         assert sub.poll(2000)
         assert decode_sample(sub.recv_multipart()).data.sum() == 4
 
@@ -77,8 +87,10 @@ def test_a_client_program_loads_neither_torch_nor_opencv_nor_the_config_machiner
     import subprocess
     import sys
 
-    code = ("import sys, fusiond.client; "
-            "print(sorted(m for m in ('torch', 'cv2', 'pydantic', 'pluggy', 'mcap') if m in sys.modules))")
+    code = (
+        "import sys, fusiond.client; "
+        "print(sorted(m for m in ('torch', 'cv2', 'pydantic', 'pluggy', 'mcap') if m in sys.modules))"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
 
@@ -107,19 +119,23 @@ def test_the_everyday_commands_start_without_torch(tmp_path):
         ["keys", "generate", "reader", "--dir", str(tmp_path / "keys")],
         ["keys", "list", "--dir", str(tmp_path / "keys")],
     ]
-    code = ("import json, sys; from fusiond.cli import main; rc = main(json.loads(sys.argv[1])); "
-            "print('LOADED', json.dumps(sorted(m for m in ('torch', 'cv2', 'fusiond.models', 'onnxruntime') "
-            "if m in sys.modules)), rc)")  # fmt: skip
+    code = (
+        "import json, sys; from fusiond.cli import main; rc = main(json.loads(sys.argv[1])); "
+        "print('LOADED', json.dumps(sorted(m for m in ('torch', 'cv2', 'fusiond.models', 'onnxruntime') "
+        "if m in sys.modules)), rc)"
+    )
     for argv in commands:
-        result = subprocess.run([sys.executable, "-c", code, json.dumps(argv)], capture_output=True,
-                                text=True)  # fmt: skip
+        result = subprocess.run(
+            [sys.executable, "-c", code, json.dumps(argv)], capture_output=True, text=True
+        )
         last = result.stdout.strip().splitlines()[-1]
         assert last.startswith("LOADED "), (argv, result.stdout, result.stderr)
         loaded, rc = last.removeprefix("LOADED ").rsplit(" ", 1)
         assert not {"torch", "fusiond.models"} & set(json.loads(loaded)), (argv, loaded)
         assert rc == ("1" if argv[0] in ("status", "echo") else "0"), (argv, result.stderr)
-    listed = subprocess.run([sys.executable, "-m", "fusiond", "plugins", "--json"], capture_output=True,
-                            text=True)  # fmt: skip
+    listed = subprocess.run(
+        [sys.executable, "-m", "fusiond", "plugins", "--json"], capture_output=True, text=True
+    )
     encoders = {row["name"] for row in json.loads(listed.stdout) if row["type"] == "encoder"}
     assert {"frames_cnn", "logmel_cnn", "series_cnn", "vector_mlp"} <= encoders
 

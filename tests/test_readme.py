@@ -44,8 +44,10 @@ def python_blocks() -> list[str]:
 
 
 def test_every_readme_command_is_run_here_or_said_why_not():
-    ran = {"bash scripts/setup.sh && .venv/bin/fusiond run --config config.toml",
-           ".venv/bin/fusiond echo --json --count 5"}  # fmt: skip
+    ran = {
+        "bash scripts/setup.sh && .venv/bin/fusiond run --config config.toml",
+        ".venv/bin/fusiond echo --json --count 5",
+    }
     assert set(shell_blocks()) == ran | set(NOT_RUN)
     assert len(python_blocks()) == 1
 
@@ -74,23 +76,31 @@ def test_fetch_footage_works_on_a_fresh_clone_and_leaves_nothing_behind(tmp_path
 
 @pytest.mark.slow
 def test_try_it_runs_as_written(tmp_path):
-    """"Try it": the daemon on the repository's config.toml (default endpoints), five
+    """ "Try it": the daemon on the repository's config.toml (default endpoints), five
     predictions from `fusiond echo`, the client snippet, then Ctrl-C stops it all."""
     run_block = next(b for b in shell_blocks() if "fusiond run" in b)
     setup, run = run_block.split(" && ")
     assert setup == "bash scripts/setup.sh"  # what .ci/run does first on every clean clone
     log = (tmp_path / "daemon.log").open("w")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    daemon = subprocess.Popen(shlex.split(run), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env,
-                              start_new_session=True)  # fmt: skip
+    daemon = subprocess.Popen(
+        shlex.split(run), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+    )
     try:
-        echo = subprocess.run(next(b for b in shell_blocks() if "fusiond echo" in b), shell=True, cwd=ROOT,
-                              capture_output=True, text=True, timeout=60)  # fmt: skip
+        echo = subprocess.run(
+            next(b for b in shell_blocks() if "fusiond echo" in b),
+            shell=True,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert echo.returncode == 0, echo.stderr + (tmp_path / "daemon.log").read_text()
         lines = echo.stdout.strip().splitlines()
         assert len(lines) == 5 and all(json.loads(line)["type"] == "prediction" for line in lines)
-        with subprocess.Popen([sys.executable, "-c", python_blocks()[0]], cwd=tmp_path,
-                              stdout=subprocess.PIPE, text=True) as snippet:  # fmt: skip
+        with subprocess.Popen(
+            [sys.executable, "-c", python_blocks()[0]], cwd=tmp_path, stdout=subprocess.PIPE, text=True
+        ) as snippet:
             first = snippet.stdout.readline().split()  # rig label score missing latency
             snippet.kill()
         assert first[0] == "demo" and first[1].isdigit() and 0 < float(first[2]) <= 1, first
@@ -105,4 +115,3 @@ def test_try_it_runs_as_written(tmp_path):
     text = (tmp_path / "daemon.log").read_text()
     assert code == 0 and time.monotonic() - started < 15, text
     assert "fusiond ready" in text and "Traceback" not in text
-

@@ -28,8 +28,12 @@ HOP_NS = 500_000_000
 
 def start(*args: str, log: Path) -> subprocess.Popen[bytes]:
     with log.open("w") as out:
-        return subprocess.Popen([sys.executable, "-m", "fusiond", *args], stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        return subprocess.Popen(
+            [sys.executable, "-m", "fusiond", *args],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
@@ -89,8 +93,11 @@ def test_foxglove_channels_hold_the_camera_frames_and_the_predictions(live):
     with path.open("rb") as f:
         reader = make_reader(f)
         summary = reader.get_summary()
-        schemas = {c.topic: summary.schemas[c.schema_id] for c in summary.channels.values()
-                   if c.topic.startswith("foxglove/")}  # fmt: skip
+        schemas = {
+            c.topic: summary.schemas[c.schema_id]
+            for c in summary.channels.values()
+            if c.topic.startswith("foxglove/")
+        }
         views = {t: [] for t in schemas}
         for _, channel, message in reader.iter_messages(topics=list(schemas)):
             views[channel.topic].append((message.publish_time, json.loads(message.data)))
@@ -145,8 +152,11 @@ def test_an_offline_run_is_deterministic_and_matches_the_live_windows(live, tmp_
     assert len(first) >= 14
     live_by_index = {p.extra["window_index"]: p for p in recorded if not p.missing}
     # The recording starts mid-stream: its first windows are only partly covered.
-    same = [(p, live_by_index[p["window_index"]]) for p in first[2:]
-            if p["window_index"] in live_by_index and not p["missing"]]  # fmt: skip
+    same = [
+        (p, live_by_index[p["window_index"]])
+        for p in first[2:]
+        if p["window_index"] in live_by_index and not p["missing"]
+    ]
     assert len(same) >= 10
     assert [p["label"] for p, _ in same] == [q.label for _, q in same]
     diffs = [max(abs(a - b) for a, b in zip(p["scores"], q.scores, strict=True)) for p, q in same]
@@ -174,8 +184,11 @@ def test_replay_into_a_second_daemon_gives_the_live_predictions(live, tmp_path):
     offset = shift_s * 1_000_000_000 // HOP_NS
     live_by_index = {p.extra["window_index"]: p for p in recorded if not p.missing}
     # As offline: the first windows of the recording are only partly covered.
-    same = [(p, live_by_index[p.extra["window_index"] - offset]) for p in got[2:]
-            if p.extra["window_index"] - offset in live_by_index and not p.missing]  # fmt: skip
+    same = [
+        (p, live_by_index[p.extra["window_index"] - offset])
+        for p in got[2:]
+        if p.extra["window_index"] - offset in live_by_index and not p.missing
+    ]
     assert len(same) >= 10, (len(got), log)
     assert all(p.window_start_ns - q.window_start_ns == shift_s * 10**9 for p, q in same)
     assert [p.label for p, _ in same] == [q.label for _, q in same], [
@@ -215,15 +228,33 @@ def test_a_frame_sent_as_jpeg_is_shown_as_sent_and_other_streams_get_no_view():
     image = np.random.default_rng(0).integers(0, 255, (24, 32, 3), np.uint8)
     ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 40])
     assert ok
-    frames = encode_sample(rig="r", stream="c", modality="video", seq=0, t_ns=5 * 10**9 + 7, t_pub_ns=0,
-                           rate_hz=30, data=image[None], encoding="jpeg", payload=jpeg.tobytes())  # fmt: skip
+    frames = encode_sample(
+        rig="r",
+        stream="c",
+        modality="video",
+        seq=0,
+        t_ns=5 * 10**9 + 7,
+        t_pub_ns=0,
+        rate_hz=30,
+        data=image[None],
+        encoding="jpeg",
+        payload=jpeg.tobytes(),
+    )
     [(topic, schema, t_ns, body)] = view_messages(decode_header(frames), frames)
     shown = json.loads(body)
     assert (topic, schema, t_ns) == ("foxglove/s/r/c", "image", 5 * 10**9 + 7)
     assert base64.b64decode(shown["data"]) == jpeg.tobytes()  # the source's JPEG, not encoded again
     assert shown["timestamp"] == {"sec": 5, "nsec": 7}
-    imu = encode_sample(rig="r", stream="i", modality="imu", seq=0, t_ns=0, t_pub_ns=0, rate_hz=100,
-                        data=np.zeros((10, 3), np.float32))  # fmt: skip
+    imu = encode_sample(
+        rig="r",
+        stream="i",
+        modality="imu",
+        seq=0,
+        t_ns=0,
+        t_pub_ns=0,
+        rate_hz=100,
+        data=np.zeros((10, 3), np.float32),
+    )
     assert list(view_messages(decode_header(imu), imu)) == []
 
 
@@ -235,15 +266,35 @@ def test_a_full_disk_ends_the_recorder_with_one_clear_line(tmp_path):
     ctx = zmq.Context()
     pub = ctx.socket(zmq.PUB)
     pub.bind(sub_endpoint)
-    cmd = [sys.executable, "-m", "fusiond", "record", "-o", "/dev/full", "--connect", sub_endpoint,
-           "--duration", "60"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "fusiond",
+        "record",
+        "-o",
+        "/dev/full",
+        "--connect",
+        sub_endpoint,
+        "--duration",
+        "60",
+    ]
     recorder = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
     try:
         seq = 0
         while recorder.poll() is None and seq < 100_000:
             now = time.time_ns()
-            pub.send_multipart(encode_sample(rig="r", stream="imu", modality="imu", seq=seq, t_ns=now,
-                                             t_pub_ns=now, rate_hz=100.0, data=np.zeros((10, 1), np.float32)))
+            pub.send_multipart(
+                encode_sample(
+                    rig="r",
+                    stream="imu",
+                    modality="imu",
+                    seq=seq,
+                    t_ns=now,
+                    t_pub_ns=now,
+                    rate_hz=100.0,
+                    data=np.zeros((10, 1), np.float32),
+                )
+            )
             seq += 1
             time.sleep(0.01)
         _, err = recorder.communicate(timeout=60)
@@ -261,8 +312,19 @@ def _small_recording(path: Path, messages: int = 200) -> Path:
     with RecordingWriter(path, "test", chunk_size=2048) as out:
         for seq in range(messages):
             t = 10**18 + seq * 10**7
-            out.write(encode_sample(rig="r", stream="imu", modality="imu", seq=seq, t_ns=t, t_pub_ns=t,
-                                    rate_hz=100.0, data=np.full((1, 3), seq, np.float32)), t)  # fmt: skip
+            out.write(
+                encode_sample(
+                    rig="r",
+                    stream="imu",
+                    modality="imu",
+                    seq=seq,
+                    t_ns=t,
+                    t_pub_ns=t,
+                    rate_hz=100.0,
+                    data=np.full((1, 3), seq, np.float32),
+                ),
+                t,
+            )
     return path
 
 

@@ -28,9 +28,17 @@ RIGS = ("demo", "lab", "yard")
 def test_a_window_crosses_a_socket_as_raw_buffers_and_comes_back_as_views():
     frames = np.random.default_rng(0).integers(0, 255, (4, 32, 32, 1), dtype=np.uint8)
     audio = np.random.default_rng(1).normal(size=(800, 1)).astype(np.float32)
-    window = Window("r", 7, 3_500_000_000, 4_500_000_000,
-                    {"video": frames, "audio": audio, "imu": ModalitySpec("series", 10, 1).zeros()},
-                    {"video": True, "audio": True, "imu": False}, "lateness", 5, 6)  # fmt: skip
+    window = Window(
+        "r",
+        7,
+        3_500_000_000,
+        4_500_000_000,
+        {"video": frames, "audio": audio, "imu": ModalitySpec("series", 10, 1).zeros()},
+        {"video": True, "audio": True, "imu": False},
+        "lateness",
+        5,
+        6,
+    )
     ctx = zmq.Context()
     push, pull = ctx.socket(zmq.PUSH), ctx.socket(zmq.PULL)
     try:
@@ -43,8 +51,13 @@ def test_a_window_crosses_a_socket_as_raw_buffers_and_comes_back_as_views():
         push.close(linger=0)
         pull.close(linger=0)
         ctx.term()
-    assert (back.rig, back.index, back.start_ns, back.end_ns, back.closed_by) == ("r", 7, 3_500_000_000,
-                                                                                  4_500_000_000, "lateness")
+    assert (back.rig, back.index, back.start_ns, back.end_ns, back.closed_by) == (
+        "r",
+        7,
+        3_500_000_000,
+        4_500_000_000,
+        "lateness",
+    )
     assert back.present == window.present and back.missing == ["imu"]
     np.testing.assert_array_equal(back.inputs["video"], frames)
     np.testing.assert_array_equal(back.inputs["audio"], audio)
@@ -58,10 +71,12 @@ def rigs_config(tmp_path, runtime: str = "", rigs=RIGS, loop: bool = False) -> t
     sections = "\n".join(
         f'[rigs.{rig}.sources.{name}]\nkind = "{kind}"\n{key} = "{ROOT}/demo/{file}"\nloop = {flag}\n'
         for rig in rigs
-        for name, kind, key, file in [("cam", "camera", "uri", "digits.mp4"),
-                                      ("mic", "audiofile", "path", "digits.wav"),
-                                      ("imu", "csvfile", "path", "imu.csv")]
-    )  # fmt: skip
+        for name, kind, key, file in [
+            ("cam", "camera", "uri", "digits.mp4"),
+            ("mic", "audiofile", "path", "digits.wav"),
+            ("imu", "csvfile", "path", "imu.csv"),
+        ]
+    )
     pub, sub, control = (f"tcp://127.0.0.1:{free_port()}" for _ in range(3))
     text = (ROOT / "config.toml").read_text().split("[rigs.")[0]
     text = text.replace("tcp://127.0.0.1:7710", pub).replace("tcp://127.0.0.1:7711", sub)
@@ -96,8 +111,9 @@ def recording(tmp_path_factory):
 def offline(tmp_path, recording, runtime: str, name: str) -> dict:
     config, *_ = rigs_config(tmp_path, runtime)
     out = tmp_path / f"{name}.jsonl"
-    result = fusiond("run", "--config", str(config), "--replay", str(recording), "--output", str(out),
-                     timeout=300)  # fmt: skip
+    result = fusiond(
+        "run", "--config", str(config), "--replay", str(recording), "--output", str(out), timeout=300
+    )
     assert result.returncode == 0, result.stderr
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     return {(p["rig"], p["window_index"]): p for p in lines}
@@ -265,8 +281,11 @@ def test_an_external_stream_is_expected_not_started_and_fed_from_another_process
     config = demo_config(tmp_path, *endpoints, control)
     text = config.read_text()
     head, tail = text.split(imu)
-    config.write_text(head + '[rigs.demo.sources.imu]\nexternal = true\nmodality = "imu"\n'
-                      + "\n".join(line for line in tail.splitlines()[1:] if not line.startswith("loop")))
+    config.write_text(
+        head
+        + '[rigs.demo.sources.imu]\nexternal = true\nmodality = "imu"\n'
+        + "\n".join(line for line in tail.splitlines()[1:] if not line.startswith("loop"))
+    )
     d = DaemonProcess(config, tmp_path / "daemon.log")
     remote = None
     try:
@@ -275,10 +294,30 @@ def test_an_external_stream_is_expected_not_started_and_fed_from_another_process
         assert {s["stream"]: s["state"] for s in status["sources"]}["imu"] == "external"
         assert "demo/imu (" not in d.text()  # no process was started for it
         remote = subprocess.Popen(
-            [sys.executable, "-m", "fusiond", "source", "csvfile", "--connect", endpoints[0], "--rig", "demo",
-             "--stream", "imu", "--modality", "imu", "--sync-clock", control,
-             "--set", f"path='{ROOT}/demo/imu.csv'", "--set", "loop=true"],
-            stderr=subprocess.PIPE, text=True)  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "fusiond",
+                "source",
+                "csvfile",
+                "--connect",
+                endpoints[0],
+                "--rig",
+                "demo",
+                "--stream",
+                "imu",
+                "--modality",
+                "imu",
+                "--sync-clock",
+                control,
+                "--set",
+                f"path='{ROOT}/demo/imu.csv'",
+                "--set",
+                "loop=true",
+            ],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         with Subscriber(endpoints[1], rigs=["demo"], timeout_s=30) as predictions:
             got = [predictions.next() for _ in range(12)]
         assert None not in got
@@ -309,8 +348,16 @@ def test_the_server_counts_a_malformed_inbox_message_and_goes_on(tmp_path):
     with Sockets() as sockets:
         out = sockets.pull("inproc://out", bind=True)
         stats = sockets.pull("inproc://stats", bind=True)
-        spec = ServerSpec("server", str(model), "inproc://inbox", "inproc://out", "inproc://stats",
-                          runtime="torch", max_delay_ns=0, offline=True)  # fmt: skip
+        spec = ServerSpec(
+            "server",
+            str(model),
+            "inproc://inbox",
+            "inproc://out",
+            "inproc://stats",
+            runtime="torch",
+            max_delay_ns=0,
+            offline=True,
+        )
         stop = threading.Event()
         thread = threading.Thread(target=run_server, args=(ServerSpec(**asdict(spec)), stop, sockets.ctx))
         thread.start()
@@ -345,8 +392,18 @@ def test_two_offline_runs_with_workers_at_once_both_finish_and_leave_no_socket_f
         folder.mkdir()
         config, *_ = rigs_config(folder, "[runtime]\nworkers = 2")
         out = folder / "out.jsonl"
-        cmd = [sys.executable, "-m", "fusiond", "run", "--config", str(config), "--replay", str(recording),
-               "--output", str(out)]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "fusiond",
+            "run",
+            "--config",
+            str(config),
+            "--replay",
+            str(recording),
+            "--output",
+            str(out),
+        ]
         runs.append((subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True), out))
     for proc, _ in runs:
         _, err = proc.communicate(timeout=300)

@@ -25,15 +25,22 @@ pytestmark = pytest.mark.slow
 def secured_config(tmp_path, endpoints):
     """Keys for a server, the daemon's sources, a reader, a camera host and an intruder
     (whose key is not allowed), and the demo config on a secured bus: (config, control)."""
-    for name, folder in [("server", "keys"), ("daemon", "clients"), ("reader", "clients"), ("cam", "clients"),
-                         ("intruder", "elsewhere")]:  # fmt: skip
+    for name, folder in [
+        ("server", "keys"),
+        ("daemon", "clients"),
+        ("reader", "clients"),
+        ("cam", "clients"),
+        ("intruder", "elsewhere"),
+    ]:
         result = fusiond("keys", "generate", name, "--dir", str(tmp_path / folder))
         assert result.returncode == 0, result.stderr
     listed = fusiond("keys", "list", "--dir", str(tmp_path / "clients")).stdout
     assert [line.split()[0] for line in listed.splitlines()] == ["cam", "daemon", "reader"]
     control = f"tcp://127.0.0.1:{free_port()}"
     config = demo_config(tmp_path, *endpoints, control)
-    config.write_text(config.read_text() + f"""
+    config.write_text(
+        config.read_text()
+        + f"""
 [bus.security]
 mode = "curve"
 server_key = "{tmp_path}/keys/server.key_secret"
@@ -42,7 +49,8 @@ client_key = "{tmp_path}/clients/daemon.key_secret"
 
 [bus.security.publishers]
 cam = ["lab"]
-""")
+"""
+    )
     return config, control
 
 
@@ -51,9 +59,10 @@ def secured(tmp_path, secured_config):
     config, control = secured_config
     d = DaemonProcess(config, tmp_path / "daemon.log")
     server = tmp_path / "keys/server.key"
-    keys = {name: client_keys(tmp_path / folder / f"{name}.key_secret", server)
-            for name, folder in [("reader", "clients"), ("cam", "clients"),
-                                 ("intruder", "elsewhere")]}  # fmt: skip
+    keys = {
+        name: client_keys(tmp_path / folder / f"{name}.key_secret", server)
+        for name, folder in [("reader", "clients"), ("cam", "clients"), ("intruder", "elsewhere")]
+    }
     yield d, control, keys, tmp_path
     d.close()
 
@@ -75,15 +84,31 @@ def test_only_allowed_keys_connect_and_a_key_publishes_only_its_rigs(secured, en
         time.sleep(1.0)
         now = time.time_ns()
         for i in range(20):
-            pub.send_multipart(encode_sample(rig="demo", stream="imu", modality="imu", seq=10**6 + i,
-                                             t_ns=now, t_pub_ns=now, rate_hz=100.0,
-                                             data=np.zeros((10, 1), np.float32)))
+            pub.send_multipart(
+                encode_sample(
+                    rig="demo",
+                    stream="imu",
+                    modality="imu",
+                    seq=10**6 + i,
+                    t_ns=now,
+                    t_pub_ns=now,
+                    rate_hz=100.0,
+                    data=np.zeros((10, 1), np.float32),
+                )
+            )
         time.sleep(1.0)
     plain = fusiond("status", "--json", "--connect", control, "--timeout", "2")
     assert plain.returncode == 1 and "no daemon answered" in plain.stderr
-    status = fusiond("status", "--json", "--connect", control,
-                     "--key", str(tmp_path / "clients/reader.key_secret"),
-                     "--server-key", str(tmp_path / "keys/server.key"))  # fmt: skip
+    status = fusiond(
+        "status",
+        "--json",
+        "--connect",
+        control,
+        "--key",
+        str(tmp_path / "clients/reader.key_secret"),
+        "--server-key",
+        str(tmp_path / "keys/server.key"),
+    )
     assert status.returncode == 0, status.stderr
     drops = json.loads(status.stdout)["drops"]
     assert drops.get("not_allowed", 0) >= 20, drops
@@ -121,8 +146,7 @@ def test_a_publish_rule_names_a_rig_or_a_stream(tmp_path, endpoints):
     ("edit", "expected"),
     [
         (("keys/server.key_secret", "keys/server.key"), "server.key holds no secret key"),
-        (("clients/daemon.key_secret", "elsewhere/intruder.key_secret"),
-         "the public half of"),
+        (("clients/daemon.key_secret", "elsewhere/intruder.key_secret"), "the public half of"),
         (("clients/daemon.key_secret", "clients/absent.key_secret"), "bus.security.client_key"),
     ],
 )

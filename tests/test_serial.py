@@ -59,11 +59,19 @@ def test_serial_imu_over_a_pty_with_garbage_and_a_disconnect(bus, tmp_path):
     endpoint, sock = bus
     link = str(tmp_path / "ttyIMU")
     script = str(Path(__file__).parent / "scripts/pty_sensor.py")
-    writer = subprocess.Popen([sys.executable, script, link, str(PER_SESSION), "2", str(RATE)],
-                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    writer = subprocess.Popen(
+        [sys.executable, script, link, str(PER_SESSION), "2", str(RATE)], stdout=subprocess.PIPE, text=True
+    )
     assert writer.stdout.readline().startswith("session 0")
-    sets = [f"port='{link}'", "columns=['t','ax','ay','az']", "values=['ax','ay','az']",
-            "time_column='t'", "time_unit='ms'", "scale={ax=2.0}", f"rate_hz={RATE}"]  # fmt: skip
+    sets = [
+        f"port='{link}'",
+        "columns=['t','ax','ay','az']",
+        "values=['ax','ay','az']",
+        "time_column='t'",
+        "time_unit='ms'",
+        "scale={ax=2.0}",
+        f"rate_hz={RATE}",
+    ]
     args = ["source", "serial", "--connect", endpoint, "--rig", "bench", "--stream", "imu"]
     for s in sets:
         args += ["--set", s]
@@ -95,8 +103,22 @@ def test_lines_source_follows_a_growing_file_stamped_on_arrival(bus, tmp_path):
     endpoint, sock = bus
     path = tmp_path / "numbers.log"
     path.write_text("rh=1 temp=1\n" * 10)  # already there: not replayed, like tail -f
-    args = ["source", "lines", "--connect", endpoint, "--set", f"path='{path}'", "--set", "format='keyvalue'",
-            "--set", "values=['temp','rh']", "--set", "rate_hz=50.0", "--set", "block=5"]  # fmt: skip
+    args = [
+        "source",
+        "lines",
+        "--connect",
+        endpoint,
+        "--set",
+        f"path='{path}'",
+        "--set",
+        "format='keyvalue'",
+        "--set",
+        "values=['temp','rh']",
+        "--set",
+        "rate_hz=50.0",
+        "--set",
+        "block=5",
+    ]
     collector = Collector(sock)
     source = subprocess.Popen([sys.executable, "-m", "fusiond", *args], stderr=subprocess.PIPE, text=True)
     try:
@@ -123,8 +145,22 @@ def test_lines_source_reads_a_fifo(bus, tmp_path):
     endpoint, sock = bus
     fifo = tmp_path / "numbers"
     os.mkfifo(fifo)
-    args = ["source", "lines", "--connect", endpoint, "--set", f"path='{fifo}'", "--set", "format='csv'",
-            "--set", "columns=['a','b']", "--set", "values=['b']", "--set", "rate_hz=100.0"]  # fmt: skip
+    args = [
+        "source",
+        "lines",
+        "--connect",
+        endpoint,
+        "--set",
+        f"path='{fifo}'",
+        "--set",
+        "format='csv'",
+        "--set",
+        "columns=['a','b']",
+        "--set",
+        "values=['b']",
+        "--set",
+        "rate_hz=100.0",
+    ]
     collector = Collector(sock)
     source = subprocess.Popen([sys.executable, "-m", "fusiond", *args], stderr=subprocess.PIPE, text=True)
     try:
@@ -144,11 +180,26 @@ def test_lines_source_reads_a_fifo(bus, tmp_path):
 
 def test_lines_source_reads_a_pipe_on_stdin_and_ends_with_it(bus):
     endpoint, sock = bus
-    args = ["source", "lines", "--connect", endpoint, "--set", "path='-'", "--set", "format='csv'",
-            "--set", "columns=['a','b']", "--set", "values=['a','b']", "--set", "rate_hz=100.0"]  # fmt: skip
+    args = [
+        "source",
+        "lines",
+        "--connect",
+        endpoint,
+        "--set",
+        "path='-'",
+        "--set",
+        "format='csv'",
+        "--set",
+        "columns=['a','b']",
+        "--set",
+        "values=['a','b']",
+        "--set",
+        "rate_hz=100.0",
+    ]
     collector = Collector(sock)
-    with subprocess.Popen([sys.executable, "-m", "fusiond", *args], stdin=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True) as source:  # fmt: skip
+    with subprocess.Popen(
+        [sys.executable, "-m", "fusiond", *args], stdin=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as source:
         time.sleep(2.0)  # let the PUB connect: what is sent before the subscription is lost
         for i in range(60):
             source.stdin.write(f"{i},{-i}\n" if i != 30 else "thirty,-30\n")

@@ -19,8 +19,21 @@ def run_source(endpoint, kind, *sets, anchor_ns=None, stream="s"):
     a slow start on a busy machine (a source that opens after the anchor joins its files
     where the timeline is by then, and the test would miss their start)."""
     anchor_ns = anchor_ns or time.time_ns() + 4_000_000_000
-    args = [sys.executable, "-m", "fusiond", "source", kind, "--connect", endpoint, "--rig", "t",
-            "--stream", stream, "--anchor-ns", str(anchor_ns)]  # fmt: skip
+    args = [
+        sys.executable,
+        "-m",
+        "fusiond",
+        "source",
+        kind,
+        "--connect",
+        endpoint,
+        "--rig",
+        "t",
+        "--stream",
+        stream,
+        "--anchor-ns",
+        str(anchor_ns),
+    ]
     for s in sets:
         args += ["--set", s]
     return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True), anchor_ns
@@ -63,8 +76,9 @@ def test_camera_reads_real_footage_from_the_demo(bus):
     from .helpers import ROOT
 
     endpoint, sock = bus
-    proc, anchor = run_source(endpoint, "camera", f"uri='{ROOT}/demo/digits.mp4'",
-                              anchor_ns=time.time_ns() - 52_000_000_000)  # fmt: skip
+    proc, anchor = run_source(
+        endpoint, "camera", f"uri='{ROOT}/demo/digits.mp4'", anchor_ns=time.time_ns() - 52_000_000_000
+    )
     samples = collect(sock, proc)  # joins 52 s (+ start-up, slow on a busy machine) into the 60 s file
     assert 10 <= len(samples) <= 80
     assert [s.t_ns - anchor for s in samples] == [

@@ -43,8 +43,19 @@ def test_a_source_whose_options_cannot_work_is_failed_once_and_not_restarted(tmp
 
     csv = tmp_path / "imu.csv"
     csv.write_text("t_s,ax\n0.0,1\n0.01,2\n0.02,3\n")
-    argv = [sys.executable, "-m", "fusiond", "source", "csvfile", "--connect", "tcp://127.0.0.1:9",
-            "--set", f"path='{csv}'", "--set", "columns=['ay']"]  # fmt: skip
+    argv = [
+        sys.executable,
+        "-m",
+        "fusiond",
+        "source",
+        "csvfile",
+        "--connect",
+        "tcp://127.0.0.1:9",
+        "--set",
+        f"path='{csv}'",
+        "--set",
+        "columns=['ay']",
+    ]
     alone = subprocess.run(argv, capture_output=True, text=True, timeout=120)
     assert alone.returncode == EXIT_CONFIG, alone.stderr
     assert "no columns ['ay']" in alone.stderr and "not retried" in alone.stderr

@@ -27,8 +27,18 @@ VOCAB = ("door", "open", "closed", "alarm")
 def text_frames(text: bytes | str, t_ns: int, seq: int = 0, stream: str = "words") -> list:
     payload = text.encode() if isinstance(text, str) else text
     data = np.zeros(1, np.uint8)
-    return wire.encode_sample(rig="r", stream=stream, modality="words", seq=seq, t_ns=t_ns, t_pub_ns=t_ns,
-                              rate_hz=0.0, data=data, encoding="utf-8", payload=payload)  # fmt: skip
+    return wire.encode_sample(
+        rig="r",
+        stream=stream,
+        modality="words",
+        seq=seq,
+        t_ns=t_ns,
+        t_pub_ns=t_ns,
+        rate_hz=0.0,
+        data=data,
+        encoding="utf-8",
+        payload=payload,
+    )
 
 
 def test_text_events_are_aligned_into_windows_with_their_times():
@@ -44,8 +54,10 @@ def test_text_events_are_aligned_into_windows_with_their_times():
     first = windows[start].inputs["words"]
     ids = {w: i + 2 for i, w in enumerate(VOCAB)}
     # Words in order, each with its event's time in ms from the window's start; padding after.
-    np.testing.assert_array_equal(first, [[ids["door"], 100], [ids["open"], 100], [UNKNOWN, 450],
-                                          [ids["alarm"], 450], [PAD, 0], [PAD, 0]])  # fmt: skip
+    np.testing.assert_array_equal(
+        first,
+        [[ids["door"], 100], [ids["open"], 100], [UNKNOWN, 450], [ids["alarm"], 450], [PAD, 0], [PAD, 0]],
+    )
     second = windows[start + 1_000_000_000].inputs["words"]
     np.testing.assert_array_equal(second[:2], [[ids["door"], 200], [ids["closed"], 200]])
     assert windows[start + 1_000_000_000].present["words"]
@@ -104,14 +116,32 @@ def test_bad_text_events_are_counted_and_dropped(payload, reason):
 
 def test_a_text_event_must_be_one_utf8_buffer_of_shape_1():
     two = np.zeros(2, np.uint8)
-    frames = wire.encode_sample(rig="r", stream="words", modality="words", seq=0, t_ns=1, t_pub_ns=1,
-                                rate_hz=0.0, data=two, encoding="utf-8", payload=b"hi")  # fmt: skip
+    frames = wire.encode_sample(
+        rig="r",
+        stream="words",
+        modality="words",
+        seq=0,
+        t_ns=1,
+        t_pub_ns=1,
+        rate_hz=0.0,
+        data=two,
+        encoding="utf-8",
+        payload=b"hi",
+    )
     with pytest.raises(wire.FrameError, match="one text event"):
         wire.decode_sample(frames)
     spec = InputSpec({"words": ModalitySpec("tokens", length=3, vocab=VOCAB)})
     pipeline = Pipeline({("r", "words"): "words"}, spec, WindowConfig(1_000_000_000, 1_000_000_000, 0))
-    raw = wire.encode_sample(rig="r", stream="words", modality="words", seq=0, t_ns=time.time_ns(),
-                             t_pub_ns=time.time_ns(), rate_hz=0.0, data=np.zeros(3, np.uint8))  # fmt: skip
+    raw = wire.encode_sample(
+        rig="r",
+        stream="words",
+        modality="words",
+        seq=0,
+        t_ns=time.time_ns(),
+        t_pub_ns=time.time_ns(),
+        rate_hz=0.0,
+        data=np.zeros(3, np.uint8),
+    )
     assert not pipeline.handle(raw, time.time_ns())  # raw bytes are no text event
     assert pipeline.stats.all_drops()["bad_shape"] == 1
 
@@ -260,4 +290,3 @@ def _free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
-

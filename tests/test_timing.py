@@ -55,8 +55,23 @@ def test_one_imu_block_stamped_seconds_off_is_dropped_and_nothing_else(by_s):
 
 
 def _lines_source(endpoint, *sets):
-    args = [sys.executable, "-m", "fusiond", "source", "lines", "--connect", endpoint, "--rig", "t",
-            "--stream", "imu", "--set", "path='-'", "--set", "format='csv'"]  # fmt: skip
+    args = [
+        sys.executable,
+        "-m",
+        "fusiond",
+        "source",
+        "lines",
+        "--connect",
+        endpoint,
+        "--rig",
+        "t",
+        "--stream",
+        "imu",
+        "--set",
+        "path='-'",
+        "--set",
+        "format='csv'",
+    ]
     for s in sets:
         args += ["--set", s]
     return subprocess.Popen(args, stdin=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -108,8 +123,15 @@ def test_a_sensor_clock_two_percent_off_is_mapped_within_milliseconds(bus, drift
     stamp after the first seconds lands on the real time the line was made (each line
     carries that time, in ms since the start, as its value)."""
     endpoint, sock = bus
-    proc = _lines_source(endpoint, "columns=['ts','truth']", "values=['truth']", "time_column='ts'",
-                         "time_unit='s'", "rate_hz=100.0", "block=10")  # fmt: skip
+    proc = _lines_source(
+        endpoint,
+        "columns=['ts','truth']",
+        "values=['truth']",
+        "time_column='ts'",
+        "time_unit='s'",
+        "rate_hz=100.0",
+        "block=10",
+    )
     log, drain = _wait_open(proc)
     start_mono, start_ns = time.monotonic() + 0.2, time.time_ns() + 200 * MS
     lines = [(start_mono + k / 100, f"{k / 100 * (1 + drift):.6f},{k * 10}\n") for k in range(1200)]
@@ -118,8 +140,9 @@ def test_a_sensor_clock_two_percent_off_is_mapped_within_milliseconds(bus, drift
     samples = _collect(sock, proc, writer)
     writer.join()
     _finish(proc, drain, log)
-    errors = np.array([s.t_ns - (start_ns + round(float(s.data[0, 0]) * MS)) for s in samples
-                       if s.data[0, 0] >= 5000])  # fmt: skip
+    errors = np.array(
+        [s.t_ns - (start_ns + round(float(s.data[0, 0]) * MS)) for s in samples if s.data[0, 0] >= 5000]
+    )
     assert len(errors) >= 60, len(samples)
     # Before, stamps fell behind by up to a second, then jumped back (a sawtooth). The
     # bound is loose for a busy machine: what reading a pipe costs, not the model's error.
@@ -135,8 +158,10 @@ def test_lines_read_in_bursts_are_stamped_on_their_rate_grid(bus):
     log, drain = _wait_open(proc)
     start = time.monotonic() + 0.2
     start_ns = time.time_ns() + 200 * MS
-    bursts = [(start + j * 0.05 + 0.045, "".join(f"{n * 5}\n" for n in range(10 * j, 10 * j + 10)))
-              for j in range(160)]  # fmt: skip
+    bursts = [
+        (start + j * 0.05 + 0.045, "".join(f"{n * 5}\n" for n in range(10 * j, 10 * j + 10)))
+        for j in range(160)
+    ]
     writer = threading.Thread(target=_feed, args=(proc, bursts))
     writer.start()
     samples = _collect(sock, proc, writer)
@@ -201,8 +226,17 @@ def test_a_network_camera_that_claims_25_fps_but_sends_10_is_in_every_window(bus
 
 
 def _imu(seq, t_ns, t_pub, clock):
-    frames = encode_sample(rig="r", stream="imu", modality="imu", seq=seq, t_ns=t_ns, t_pub_ns=t_pub,
-                           rate_hz=100.0, data=np.zeros((10, 1), np.float32), clock=clock)  # fmt: skip
+    frames = encode_sample(
+        rig="r",
+        stream="imu",
+        modality="imu",
+        seq=seq,
+        t_ns=t_ns,
+        t_pub_ns=t_pub,
+        rate_hz=100.0,
+        data=np.zeros((10, 1), np.float32),
+        clock=clock,
+    )
     return [bytes(f) for f in frames]
 
 

@@ -86,8 +86,13 @@ def tones(path, seed, segments=16, t0=T0):
     imu = (imu + rng.normal(0, 0.3, imu.shape)).astype(np.float32)[:, None]
     frames = np.concatenate([np.full((20, 8, 8, 1), 60 if f < 4.5 else 180, np.float32) for f in freqs])
     frames = np.clip(frames + rng.normal(0, 25, frames.shape), 0, 255).astype(np.uint8)
-    write_recording(path, {"cam": RecordedStream("video", t0, 10.0, frames, 1),
-                           "imu": RecordedStream("imu", t0, 100.0, imu, 10)})  # fmt: skip
+    write_recording(
+        path,
+        {
+            "cam": RecordedStream("video", t0, 10.0, frames, 1),
+            "imu": RecordedStream("imu", t0, 100.0, imu, 10),
+        },
+    )
     rows = [
         (t0 + i * SEG_NS, t0 + (i + 1) * SEG_NS, "low" if f < 4.5 else "high") for i, f in enumerate(freqs)
     ]
@@ -109,8 +114,17 @@ def data(tmp_path_factory):
 
 def test_a_short_training_run_learns_and_eval_scores_it(data, tmp_path):
     model = tmp_path / "m.pt"
-    result = fusiond("train", str(recipe(tmp_path)), "--data", str(data / "train"), "--test",
-                     str(data / "test.mcap"), "-o", str(model), timeout=300)  # fmt: skip
+    result = fusiond(
+        "train",
+        str(recipe(tmp_path)),
+        "--data",
+        str(data / "train"),
+        "--test",
+        str(data / "test.mcap"),
+        "-o",
+        str(model),
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     losses = [float(x) for x in re.findall(r"epoch \d+/6: loss ([\d.]+)", result.stdout)]
     assert len(losses) == 6 and losses[-1] < 0.8 * losses[0], result.stdout
@@ -138,8 +152,12 @@ def test_a_short_training_run_learns_and_eval_scores_it(data, tmp_path):
 def test_the_same_seed_gives_the_same_model(data, tmp_path):
     plugins = load_plugins()
     items = data_items([data / "train" / "t0.mcap"])
-    scores = {train(load_recipe(recipe(tmp_path, "late", epochs=1)), items, tmp_path / f"{i}.pt", plugins)
-              .metrics["validation"] for i in range(2)}  # fmt: skip
+    scores = {
+        train(load_recipe(recipe(tmp_path, "late", epochs=1)), items, tmp_path / f"{i}.pt", plugins).metrics[
+            "validation"
+        ]
+        for i in range(2)
+    }
     a, b = load(tmp_path / "0.pt"), load(tmp_path / "1.pt")
     assert len(scores) == 1 and a.data_hash == b.data_hash
     for key, value in a.state_dict.items():
@@ -196,8 +214,14 @@ def test_a_regression_model_learns_and_publishes_values(data, tmp_path):
     assert sheet["task"] == "regression" and sheet["mae"] < 0.7 * baseline, (sheet, baseline)
     ck = load(tmp_path / "reg.pt")
     assert ck.task == "regression" and ck.classes == ["freq"]
-    windows = list(cut(recording_messages(data / "test.mcap"), recording_streams(data / "test.mcap"), ck.spec,
-                       load_recipe(path).window.to_config()))[4:8]  # fmt: skip
+    windows = list(
+        cut(
+            recording_messages(data / "test.mcap"),
+            recording_streams(data / "test.mcap"),
+            ck.spec,
+            load_recipe(path).window.to_config(),
+        )
+    )[4:8]
     result = ModelRunner(ck, plugins.encoders.types, "cpu").run(windows)
     out = PredictionBuilder(ck.classes, {"name": ck.name, "hash": ck.content_hash}, ck.task).build(result, 0)
     assert all(p.label == "" and p.extra["task"] == "regression" and 0.0 < p.scores[0] < 10.0 for p in out)
@@ -227,8 +251,10 @@ def test_a_plugin_encoder_trains_and_serves_a_new_modality(tmp_path):
     signal = np.concatenate([np.sin(np.arange(50) / (2 + 6 * k)) for k in levels for _ in range(2)])
     pressure = (signal[:, None] + rng.normal(0, 0.1, (len(signal), 1))).astype(np.float32)
     path = write_recording(tmp_path / "p.mcap", {"baro": RecordedStream("pressure", T0, 50.0, pressure, 5)})
-    write_labels(tmp_path / "p.labels.csv", [(T0 + i * SEG_NS, T0 + (i + 1) * SEG_NS, f"k{k}")
-                                             for i, k in enumerate(levels)])  # fmt: skip
+    write_labels(
+        tmp_path / "p.labels.csv",
+        [(T0 + i * SEG_NS, T0 + (i + 1) * SEG_NS, f"k{k}") for i, k in enumerate(levels)],
+    )
     (tmp_path / "r.toml").write_text(
         'name = "baro"\nfusion = "late"\ndim = 8\n[inputs.pressure]\nkind = "series"\nlength = 50\n'
         'encoder = "pressure_mlp"\n[train]\nepochs = 2\nbatch_size = 8\nval_fraction = 0.0\n'
@@ -259,14 +285,29 @@ def test_train_on_the_demo_media_and_the_daemon_serves_the_model(tmp_path):
     """Training straight from a config of file sources, then serving the checkpoint live."""
     model = tmp_path / "demo.pt"
     demo = ROOT / "demo"
-    result = fusiond("train", str(demo / "train.toml"), "--data", str(ROOT / "config.toml"), "--labels",
-                     str(demo / "labels.csv"), "--epochs", "1", "-o", str(model), timeout=300)  # fmt: skip
+    result = fusiond(
+        "train",
+        str(demo / "train.toml"),
+        "--data",
+        str(ROOT / "config.toml"),
+        "--labels",
+        str(demo / "labels.csv"),
+        "--epochs",
+        "1",
+        "-o",
+        str(model),
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     assert "60 labelled windows" in result.stderr  # 30 segments of 2 s, 2 windows wholly inside each
     digest = load(model).content_hash
     sub = f"tcp://127.0.0.1:{free_port()}"
-    config = demo_config(tmp_path, f"tcp://127.0.0.1:{free_port()}", sub,
-                         **{f'path = "{ROOT}/demo/model.pt"': f'path = "{model}"'})  # fmt: skip
+    config = demo_config(
+        tmp_path,
+        f"tcp://127.0.0.1:{free_port()}",
+        sub,
+        **{f'path = "{ROOT}/demo/model.pt"': f'path = "{model}"'},
+    )
     daemon = DaemonProcess(config, tmp_path / "d.log")
     try:
         with Subscriber(sub, timeout_s=30) as predictions:
@@ -279,8 +320,16 @@ def test_train_on_the_demo_media_and_the_daemon_serves_the_model(tmp_path):
 def test_labels_that_miss_the_data_are_reported_not_trained_on(data, tmp_path):
     # Relative times where the data's clock is absolute: a common slip.
     (tmp_path / "far.csv").write_text("start_ns,end_ns,label\n0,2000000000,low\n2000000000,4000000000,high\n")
-    result = fusiond("train", str(recipe(tmp_path)), "--data", str(data / "test.mcap"), "--labels",
-                     str(tmp_path / "far.csv"), "-o", str(tmp_path / "x.pt"))  # fmt: skip
+    result = fusiond(
+        "train",
+        str(recipe(tmp_path)),
+        "--data",
+        str(data / "test.mcap"),
+        "--labels",
+        str(tmp_path / "far.csv"),
+        "-o",
+        str(tmp_path / "x.pt"),
+    )
     assert result.returncode == 2 and not (tmp_path / "x.pt").exists()
     assert "no window lies inside a labelled range" in result.stderr
     assert "no labelled training windows" in result.stderr
@@ -324,12 +373,17 @@ def test_a_text_and_imu_recipe_builds_its_vocabulary_and_trains(tmp_path):
     # The IMU says a little: its level moves with the class, under much noise.
     imu = np.concatenate([0.5 * int(label) + rng.normal(0, 4, 100) for label in labels])[:, None]
     imu = imu.astype(np.float32)
-    path = write_recording(tmp_path / "said.mcap", {
-        "speech": RecordedText("words", events),
-        "imu": RecordedStream("imu", T0, 50.0, imu, 10),
-    })  # fmt: skip
-    write_labels(tmp_path / "said.labels.csv",
-                 [(T0 + i * SEG_NS, T0 + (i + 1) * SEG_NS, label) for i, label in enumerate(labels)])
+    path = write_recording(
+        tmp_path / "said.mcap",
+        {
+            "speech": RecordedText("words", events),
+            "imu": RecordedStream("imu", T0, 50.0, imu, 10),
+        },
+    )
+    write_labels(
+        tmp_path / "said.labels.csv",
+        [(T0 + i * SEG_NS, T0 + (i + 1) * SEG_NS, label) for i, label in enumerate(labels)],
+    )
     (tmp_path / "said.toml").write_text(WORDS_RECIPE)
     plugins = load_plugins()
     trained = train(load_recipe(tmp_path / "said.toml"), data_items([path]), tmp_path / "said.pt", plugins)
@@ -354,15 +408,19 @@ def test_a_pretrained_encoder_reads_local_weights_and_frozen_stays_as_read(tmp_p
     torch.manual_seed(7)
     spec = ModalitySpec("frames", length=2, channels=1, height=16, width=16)
     saved = ResNet18Encoder(spec).backbone.state_dict()
-    torch.save({**saved, "fc.weight": torch.zeros(1000, 512), "fc.bias": torch.zeros(1000)},
-               tmp_path / "resnet18.pth")  # fmt: skip
+    torch.save(
+        {**saved, "fc.weight": torch.zeros(1000, 512), "fc.bias": torch.zeros(1000)},
+        tmp_path / "resnet18.pth",
+    )
     rng = np.random.default_rng(1)
     labels = rng.integers(0, 2, 16)
     frames = np.concatenate([np.full((20, 16, 16, 1), 40 + 160 * k, np.uint8) for k in labels])
     frames = np.clip(frames + rng.normal(0, 20, frames.shape), 0, 255).astype(np.uint8)
     path = write_recording(tmp_path / "cards.mcap", {"cam": RecordedStream("video", T0, 10.0, frames, 1)})
-    write_labels(tmp_path / "cards.labels.csv",
-                 [(T0 + i * SEG_NS, T0 + (i + 1) * SEG_NS, f"k{k}") for i, k in enumerate(labels)])
+    write_labels(
+        tmp_path / "cards.labels.csv",
+        [(T0 + i * SEG_NS, T0 + (i + 1) * SEG_NS, f"k{k}") for i, k in enumerate(labels)],
+    )
     plugins = load_plugins()
     for freeze in ("true", "false"):
         (tmp_path / "cards.toml").write_text(
@@ -385,9 +443,19 @@ def test_a_pretrained_encoder_reads_local_weights_and_frozen_stays_as_read(tmp_p
 def test_separate_validation_recordings_pick_the_epoch_and_calibrate_the_heads(data, tmp_path):
     val = tones(tmp_path / "val.mcap", seed=50, t0=T0 + 77 * 10**12)
     model = tmp_path / "m.pt"
-    result = fusiond("train", str(recipe(tmp_path, "consensus", epochs=2)), "--data", str(data / "train"),
-                     "--val", str(val), "--test", str(data / "test.mcap"), "-o", str(model),
-                     timeout=300)  # fmt: skip
+    result = fusiond(
+        "train",
+        str(recipe(tmp_path, "consensus", epochs=2)),
+        "--data",
+        str(data / "train"),
+        "--val",
+        str(val),
+        "--test",
+        str(data / "test.mcap"),
+        "-o",
+        str(model),
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     metrics = load(model).metrics
     # Every training window trains: none is split off for validation or test.
@@ -399,14 +467,22 @@ def test_separate_validation_recordings_pick_the_epoch_and_calibrate_the_heads(d
 
 @pytest.mark.parametrize(
     ("args", "message"),
-    [("{ unreliability = 2.0 }", r"fusion_args: unreliability must lie in \(0, 1\), got 2.0"),
-     ("{ unreliabilty = 0.2 }", r"fusion_args: .*unexpected keyword argument 'unreliabilty'")],
-)  # fmt: skip
+    [
+        ("{ unreliability = 2.0 }", r"fusion_args: unreliability must lie in \(0, 1\), got 2.0"),
+        ("{ unreliabilty = 0.2 }", r"fusion_args: .*unexpected keyword argument 'unreliabilty'"),
+    ],
+)
 def test_bad_fusion_args_are_named_not_a_traceback(data, tmp_path, args, message):
     text = recipe(tmp_path, "consensus", epochs=1).read_text()
     text = text.replace('fusion = "consensus"', f'fusion = "consensus"\nfusion_args = {args}')
     (tmp_path / "bad.toml").write_text(text)
-    result = fusiond("train", str(tmp_path / "bad.toml"), "--data", str(data / "train" / "t0.mcap"),
-                     "-o", str(tmp_path / "x.pt"))  # fmt: skip
+    result = fusiond(
+        "train",
+        str(tmp_path / "bad.toml"),
+        "--data",
+        str(data / "train" / "t0.mcap"),
+        "-o",
+        str(tmp_path / "x.pt"),
+    )
     assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
     assert re.search(message, result.stderr), result.stderr

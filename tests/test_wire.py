@@ -14,8 +14,9 @@ from fusiond.errors import FrameError, VersionError, WireError
 
 
 def sample_frames(data: np.ndarray, **overrides):
-    fields = dict(rig="r1", stream="cam", modality="video", seq=7, t_ns=123, t_pub_ns=456,
-                  rate_hz=30.0, data=data)
+    fields = dict(
+        rig="r1", stream="cam", modality="video", seq=7, t_ns=123, t_pub_ns=456, rate_hz=30.0, data=data
+    )
     fields.update(overrides)
     return wire.encode_sample(**fields)
 
@@ -112,18 +113,39 @@ def test_jpeg_buffers_decode_to_the_declared_shape():
     image = np.full((32, 40, 3), 90, np.uint8)
     ok, jpeg = cv2.imencode(".jpg", image)
     assert ok
-    frames = wire.encode_sample(rig="r", stream="c", modality="video", seq=0, t_ns=0, t_pub_ns=0,
-                                rate_hz=1, data=image[None], encoding="jpeg", payload=jpeg.tobytes())
+    frames = wire.encode_sample(
+        rig="r",
+        stream="c",
+        modality="video",
+        seq=0,
+        t_ns=0,
+        t_pub_ns=0,
+        rate_hz=1,
+        data=image[None],
+        encoding="jpeg",
+        payload=jpeg.tobytes(),
+    )
     decoded = wire.decode_sample(frames).data
     assert decoded.shape == (1, 32, 40, 3)
     assert abs(int(decoded.mean()) - 90) <= 2
 
 
 def test_prediction_round_trip():
-    p = wire.Prediction(rig="r", seq=3, window_start_ns=1, window_end_ns=2, label="7",
-                        classes=["6", "7"], scores=[0.1, 0.9], present=["video"],
-                        missing=["audio"], model={"name": "m", "hash": "h"},
-                        latency_ns={"infer": 5}, t_pub_ns=9, extra={"window_index": 4})
+    p = wire.Prediction(
+        rig="r",
+        seq=3,
+        window_start_ns=1,
+        window_end_ns=2,
+        label="7",
+        classes=["6", "7"],
+        scores=[0.1, 0.9],
+        present=["video"],
+        missing=["audio"],
+        model={"name": "m", "hash": "h"},
+        latency_ns={"infer": 5},
+        t_pub_ns=9,
+        extra={"window_index": 4},
+    )
     back = wire.decode_prediction(wire.encode_prediction(p))
     assert back == dataclasses.replace(p, extra={**p.extra, "pub": wire.publisher_id()})  # who sent it
     with pytest.raises(FrameError):
@@ -134,8 +156,16 @@ def test_the_pub_field_is_only_trusted_as_a_short_string():
     from fusiond.bus.wire import MAX_PUBLISHER_LEN, decode_header, publisher_id, publisher_of
     from fusiond.topics import MAX_TOPICS, TopicTable
 
-    frames = wire.encode_sample(rig="r", stream="s", modality="imu", seq=0, t_ns=0, t_pub_ns=0, rate_hz=1.0,
-                                data=np.zeros((1, 1), np.float32))  # fmt: skip
+    frames = wire.encode_sample(
+        rig="r",
+        stream="s",
+        modality="imu",
+        seq=0,
+        t_ns=0,
+        t_pub_ns=0,
+        rate_hz=1.0,
+        data=np.zeros((1, 1), np.float32),
+    )
     assert publisher_of(decode_header(frames)) == publisher_id() == f"{socket.gethostname()}/{os.getpid()}"
     for bad in (7, b"bytes", "", "x" * (MAX_PUBLISHER_LEN + 1), ["a"], None):
         assert publisher_of({"pub": bad}) is None

@@ -30,11 +30,13 @@ T0 = 1_800_000_000_000_000_000
 MS = 1_000_000
 S = 1_000_000_000
 RIG = "r"
-SPEC = InputSpec({
-    "video": ModalitySpec("frames", 10, 3, 8, 8),
-    "audio": ModalitySpec("series", 1600, 1),
-    "imu": ModalitySpec("series", 100, 1),
-})  # fmt: skip
+SPEC = InputSpec(
+    {
+        "video": ModalitySpec("frames", 10, 3, 8, 8),
+        "audio": ModalitySpec("series", 1600, 1),
+        "imu": ModalitySpec("series", 100, 1),
+    }
+)
 STREAMS = {(RIG, "cam"): "video", (RIG, "mic"): "audio", (RIG, "imu"): "imu"}
 WINDOW = WindowConfig(S, S // 2, 300 * MS)
 
@@ -62,9 +64,15 @@ def stepped(at_s: float, by_s: float) -> Callable[[int], int]:
     return lambda t: t + (round(by_s * S) if t >= T0 + at_s * S else 0)
 
 
-def rig_messages(seconds: float, imu_clock: Callable[[int], int] = steady, *,
-                 outlier_at_s: float | None = None, outlier_by_s: float = 3.0,
-                 imu_stamps: Callable[[int], int] | None = None, seed: int = 0) -> list[Message]:  # fmt: skip
+def rig_messages(
+    seconds: float,
+    imu_clock: Callable[[int], int] = steady,
+    *,
+    outlier_at_s: float | None = None,
+    outlier_by_s: float = 3.0,
+    imu_stamps: Callable[[int], int] | None = None,
+    seed: int = 0,
+) -> list[Message]:
     """The rig's messages in arrival order; ``outlier_at_s``: one IMU block stamped ``outlier_by_s``
     off; ``imu_stamps``: the IMU's capture stamps as its source made them (true time -> stamp)
     on a host clock that tells the truth (a sensor's own clock, mapped by the source)."""
@@ -82,8 +90,16 @@ def rig_messages(seconds: float, imu_clock: Callable[[int], int] = steady, *,
         if stream == "imu" and imu_stamps is not None:
             t_ns = imu_stamps(true)
         recv = publish + 100_000 + int(rng.exponential(500_000))
-        frames = encode_sample(rig=RIG, stream=stream, modality=modality, seq=seq, t_ns=t_ns, t_pub_ns=t_pub,
-                               rate_hz=rate, data=data)  # fmt: skip
+        frames = encode_sample(
+            rig=RIG,
+            stream=stream,
+            modality=modality,
+            seq=seq,
+            t_ns=t_ns,
+            t_pub_ns=t_pub,
+            rate_hz=rate,
+            data=data,
+        )
         out.append(Message(recv, stream, [bytes(f) for f in frames], true, t_ns, t_pub))
 
     frame = np.zeros((1, 8, 8, 3), np.uint8)
