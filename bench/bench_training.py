@@ -20,7 +20,6 @@ import numpy as np
 import torch
 
 from fusiond.align.offline import RecordedStream
-from fusiond.models.fusion import FUSIONS
 from fusiond.models.runner import pick_device
 from fusiond.plugin import Plugins, load_plugins
 from fusiond.testing import write_recording
@@ -113,7 +112,7 @@ def bench_models(device: torch.device) -> None:
         f"{'fusion':<13} {'params':>8} {'train ms/step(64)':>18} {'windows/s':>10} {'infer ms b=1':>13} "
         f"{'infer ms b=32':>14}"
     )
-    for name in [n for n in FUSIONS if n != "concat"]:
+    for name in [n for n in plugins.fusions.modules() if n != "concat"]:
         bench_one(name, base, plugins, device)
 
 

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import zmq
@@ -28,6 +28,9 @@ from fusiond.align.windows import Window
 from fusiond.bus.sockets import Sockets
 from fusiond.plugin import SourceRegistry, hookimpl
 from fusiond.sources import Block, Source, SourceConfig, StreamInfo
+
+if TYPE_CHECKING:
+    from fusiond.models.model import Parts
 
 __all__ = [
     "bus_pair",
@@ -52,7 +55,7 @@ class FakeConfig(SourceConfig):
     """Stop after this many messages (default: run until stopped)."""
 
 
-class FakeSource(Source):
+class FakeSource(Source[FakeConfig]):
     """Publishes float32 blocks whose values are the sample index: 0, 1, 2, ..."""
 
     kind = "fake"
@@ -60,11 +63,11 @@ class FakeSource(Source):
     Config = FakeConfig
 
     def open(self) -> StreamInfo:
-        cfg: FakeConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         return StreamInfo(cfg.rate_hz, f"fake ramp at {cfg.rate_hz:g} Hz, {cfg.channels} ch")
 
     def read(self) -> Iterator[Block]:
-        cfg: FakeConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         start = time.time_ns()
         sent = 0
         while cfg.count is None or sent < cfg.count:
@@ -114,12 +117,18 @@ def tiny_model(
     fusion: str = "attention",
     seed: int = 0,
     modality_heads: bool = False,
+    parts: Parts | None = None,
 ) -> str:
     """Write an untrained checkpoint with small encoders (and a head per modality, if
-    asked); returns its content hash."""
+    asked); returns its content hash. ``parts``: the encoders and fusions to build from
+    (default: the installed plugins', ``load_plugins().parts``), so a plugin's fusion or
+    encoder can be named."""
     import torch
 
-    from fusiond.models import BUILTIN_ENCODERS, FusionModel, save
+    from fusiond.models import FusionModel, save
+    from fusiond.plugin import load_plugins
+
+    parts = parts if parts is not None else load_plugins().parts
 
     spec = spec or InputSpec({"imu": ModalitySpec("series", length=32, channels=1)})
     encoders: dict[str, dict[str, Any]] = {
@@ -128,7 +137,7 @@ def tiny_model(
     torch.manual_seed(seed)
     classes = classes or ["low", "high"]
     model = FusionModel(
-        spec, classes, encoders, {"name": fusion}, BUILTIN_ENCODERS, dim=16, modality_heads=modality_heads
+        spec, classes, encoders, {"name": fusion}, parts, dim=16, modality_heads=modality_heads
     )
     window = {"length_ns": 1_000_000_000, "hop_ns": 500_000_000}
     return save(

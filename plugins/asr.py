@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field, model_validator
@@ -129,7 +129,7 @@ class AsrConfig(SourceConfig):
         return self
 
 
-class AsrSource(Source):
+class AsrSource(Source[AsrConfig]):
     """One text event per recognised word."""
 
     kind = "asr"
@@ -137,15 +137,15 @@ class AsrSource(Source):
     Config = AsrConfig
 
     @classmethod
-    def check(cls, config: SourceConfig, base_dir: Path) -> list[str]:
-        cfg: AsrConfig = config  # type: ignore[assignment]
+    def check(cls, config: AsrConfig, base_dir: Path) -> list[str]:
+        cfg = config
         if cfg.path:
             return AudioFileSource.check(AudioFileConfig(path=Path(cfg.path)), base_dir)
         return MicrophoneSource.check(MicrophoneConfig(device=cfg.device, rate_hz=RATE), base_dir)
 
     def open(self) -> StreamInfo:
-        cfg: AsrConfig = self.config  # type: ignore[assignment]
-        self.audio: Source
+        cfg = self.config
+        self.audio: Source[Any]
         if cfg.path:
             self.audio = AudioFileSource(
                 AudioFileConfig(path=Path(cfg.path), block=cfg.block, loop=cfg.loop), self.context

@@ -24,7 +24,7 @@ class AudioFileConfig(SourceConfig):
     loop: bool = False
 
 
-class AudioFileSource(Source):
+class AudioFileSource(Source[AudioFileConfig]):
     """Blocks of int16 samples [block, channels]."""
 
     kind = "audiofile"
@@ -32,9 +32,9 @@ class AudioFileSource(Source):
     Config = AudioFileConfig
 
     @classmethod
-    def check(cls, config: SourceConfig, base_dir: Path) -> list[str]:
+    def check(cls, config: AudioFileConfig, base_dir: Path) -> list[str]:
         """The file is there and is 16-bit PCM WAV (its header only)."""
-        path = base_dir / config.path  # type: ignore[attr-defined]
+        path = base_dir / config.path
         try:
             with wave.open(str(path)) as w:
                 width = w.getsampwidth()
@@ -45,7 +45,7 @@ class AudioFileSource(Source):
         return [] if width == 2 else [f"path: {path} is {8 * width}-bit; only 16-bit PCM WAV is supported"]
 
     def open(self) -> StreamInfo:
-        cfg: AudioFileConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         try:
             with wave.open(str(cfg.path)) as w:
                 if w.getsampwidth() != 2:
@@ -68,7 +68,7 @@ class AudioFileSource(Source):
         return True
 
     def read(self) -> Iterator[Block]:
-        cfg: AudioFileConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         return play(self.samples, float(self.rate), cfg.block, cfg.loop, self.context)
 
 

@@ -53,7 +53,7 @@ class CameraConfig(SourceConfig):
     """Send JPEG (this quality) instead of raw frames: for a camera on another host."""
 
 
-class CameraSource(Source):
+class CameraSource(Source[CameraConfig]):
     """Frames as uint8 arrays [1, H, W, 3] (BGR), one per message."""
 
     kind = "camera"
@@ -61,9 +61,9 @@ class CameraSource(Source):
     Config = CameraConfig
 
     @classmethod
-    def check(cls, config: SourceConfig, base_dir: Path) -> list[str]:
+    def check(cls, config: CameraConfig, base_dir: Path) -> list[str]:
         """A file or device node that is not there (a URL or pipeline needs opening to tell)."""
-        cfg: CameraConfig = config  # type: ignore[assignment]
+        cfg = config
         if "!" in cfg.uri or "://" in cfg.uri:
             return []
         node = Path(f"/dev/video{cfg.uri}") if cfg.uri.isdigit() else None
@@ -74,7 +74,7 @@ class CameraSource(Source):
         return [] if path.is_file() else [f"uri: no such video file: {path}"]
 
     def open(self) -> StreamInfo:
-        cfg: CameraConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         target: str | int = int(cfg.uri) if cfg.uri.isdigit() else cfg.uri
         pipeline = "!" in cfg.uri
         self.is_file = isinstance(target, str) and "://" not in target and not pipeline
@@ -112,7 +112,7 @@ class CameraSource(Source):
 
     def read(self) -> Iterator[Block]:
         frames = self._read_file() if self.is_file else self._read_live()
-        cfg: CameraConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         if cfg.jpeg_quality is None:
             return frames
         return self._jpeg(frames, cfg.jpeg_quality)
@@ -132,10 +132,10 @@ class CameraSource(Source):
         if before == 0 or self.dropped >= 2 * before:
             self.context.log.warning(
                 "camera %s: %d frame(s) dropped so far (%s)", self.config.uri, self.dropped, what
-            )  # type: ignore[attr-defined]
+            )
 
     def _read_file(self) -> Iterator[Block]:
-        cfg: CameraConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         ctx = self.context
         period_ns = 1e9 / self.fps / cfg.speed  # the mean frame period, as played
         duration_ns = round(self.frames * period_ns)  # the container's duration: one loop
@@ -174,7 +174,7 @@ class CameraSource(Source):
             yield Block(frame[None], t_ns, rate_hz=rate)
 
     def _read_live(self) -> Iterator[Block]:
-        cfg: CameraConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         meter = FrameRate(cfg.fps or self.fps)
         while not self.context.stop.is_set():
             if not self.capture.grab():
@@ -198,14 +198,14 @@ class CameraSource(Source):
                     self.config.uri,
                     measured,
                     override,
-                )  # type: ignore[attr-defined]
+                )
         elif abs(measured - claimed) > 0.05 * claimed:
             self.context.log.info(
                 "camera %s: delivers %.1f fps (it claims %g); the measured rate is used",
                 self.config.uri,
                 measured,
                 claimed,
-            )  # type: ignore[attr-defined]
+            )
 
     def from_file(self) -> bool:
         return self.is_file

@@ -34,7 +34,7 @@ class MicrophoneConfig(SourceConfig):
     latency: Literal["low", "high"] | float = "low"
 
 
-class MicrophoneSource(Source):
+class MicrophoneSource(Source[MicrophoneConfig]):
     """Blocks of int16 samples [block, channels]."""
 
     kind = "microphone"
@@ -42,9 +42,9 @@ class MicrophoneSource(Source):
     Config = MicrophoneConfig
 
     @classmethod
-    def check(cls, config: SourceConfig, base_dir: Path) -> list[str]:
+    def check(cls, config: MicrophoneConfig, base_dir: Path) -> list[str]:
         """PortAudio is there and knows the input device (asked, not opened)."""
-        cfg: MicrophoneConfig = config  # type: ignore[assignment]
+        cfg = config
         try:
             import sounddevice as sd
         except OSError as exc:
@@ -56,7 +56,7 @@ class MicrophoneSource(Source):
         return []
 
     def open(self) -> StreamInfo:
-        cfg: MicrophoneConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         try:
             import sounddevice as sd
         except OSError as exc:  # no libportaudio2
@@ -104,7 +104,7 @@ class MicrophoneSource(Source):
             self.dropped += 1
 
     def read(self) -> Iterator[Block]:
-        cfg: MicrophoneConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         reported = 0
         while not self.context.stop.is_set():
             try:

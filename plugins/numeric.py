@@ -30,7 +30,7 @@ class CsvFileConfig(SourceConfig):
     loop: bool = False
 
 
-class CsvFileSource(Source):
+class CsvFileSource(Source[CsvFileConfig]):
     """Blocks of float32 samples [block, columns] at the recording's rate."""
 
     kind = "csvfile"
@@ -38,12 +38,12 @@ class CsvFileSource(Source):
     Config = CsvFileConfig
 
     @classmethod
-    def check(cls, config: SourceConfig, base_dir: Path) -> list[str]:
-        path = base_dir / config.path  # type: ignore[attr-defined]
+    def check(cls, config: CsvFileConfig, base_dir: Path) -> list[str]:
+        path = base_dir / config.path
         return [] if path.is_file() else [f"path: no such recording: {path}"]
 
     def open(self) -> StreamInfo:
-        cfg: CsvFileConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         try:
             with cfg.path.open(newline="") as f:
                 rows = list(csv.reader(f))
@@ -80,7 +80,7 @@ class CsvFileSource(Source):
         return True
 
     def read(self) -> Iterator[Block]:
-        cfg: CsvFileConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         return play(self.values, self.rate, cfg.block, cfg.loop, self.context)
 
 
@@ -92,7 +92,7 @@ class LinesConfig(LineOptions):
     (the source ends when it does)."""
 
 
-class LinesSource(Source):
+class LinesSource(Source[LinesConfig]):
     """Lines of numbers as they arrive; stamped when read unless they carry a time column.
 
     A reader thread does the blocking reads (a FIFO blocks until a writer comes) and hands
@@ -104,12 +104,12 @@ class LinesSource(Source):
     Config = LinesConfig
 
     @classmethod
-    def check(cls, config: SourceConfig, base_dir: Path) -> list[str]:
-        cfg: LinesConfig = config  # type: ignore[assignment]
+    def check(cls, config: LinesConfig, base_dir: Path) -> list[str]:
+        cfg = config
         return line_problems(cfg) + missing_input(base_dir, path=cfg.path)
 
     def open(self) -> StreamInfo:
-        cfg: LinesConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         try:
             self.reader = LineReader(cfg, f"lines {cfg.path}", self.context.log)
         except ValueError as exc:

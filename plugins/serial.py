@@ -10,7 +10,7 @@ import serial
 
 from fusiond.errors import SourceConfigError, SourceError
 from fusiond.plugin import SourceRegistry, hookimpl
-from fusiond.sources import Block, Source, SourceConfig, StreamInfo
+from fusiond.sources import Block, Source, StreamInfo
 from fusiond.sources.feed import missing_input
 from fusiond.sources.lines import LineOptions, LineReader, line_problems
 
@@ -23,7 +23,7 @@ class SerialConfig(LineOptions):
     baud: int = 115200
 
 
-class SerialSource(Source):
+class SerialSource(Source[SerialConfig]):
     """Blocks of float32 samples [block, len(values)]; reconnects when the port vanishes."""
 
     kind = "serial"
@@ -31,13 +31,13 @@ class SerialSource(Source):
     Config = SerialConfig
 
     @classmethod
-    def check(cls, config: SourceConfig, base_dir: Path) -> list[str]:
+    def check(cls, config: SerialConfig, base_dir: Path) -> list[str]:
         """The line options agree, and a port given as a path exists (a URL needs opening)."""
-        cfg: SerialConfig = config  # type: ignore[assignment]
+        cfg = config
         return line_problems(cfg) + missing_input(base_dir, port=cfg.port)
 
     def open(self) -> StreamInfo:
-        cfg: SerialConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         try:
             self.reader = LineReader(cfg, f"serial {cfg.port}", self.context.log)
         except ValueError as exc:
@@ -51,7 +51,7 @@ class SerialSource(Source):
         return StreamInfo(cfg.rate_hz, f"{cfg.port} at {cfg.baud} baud, {cfg.format} {cfg.values}")
 
     def read(self) -> Iterator[Block]:
-        cfg: SerialConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         first = True
         while not self.context.stop.is_set():
             try:

@@ -54,7 +54,7 @@ class TextConfig(SourceConfig):
         return self
 
 
-class TextSource(Source):
+class TextSource(Source[TextConfig]):
     """One event per line; lines that are not UTF-8, or longer than ``max_line_bytes``,
     are counted and skipped."""
 
@@ -63,12 +63,12 @@ class TextSource(Source):
     Config = TextConfig
 
     @classmethod
-    def check(cls, config: SourceConfig, base_dir: Path) -> list[str]:
-        cfg: TextConfig = config  # type: ignore[assignment]
+    def check(cls, config: TextConfig, base_dir: Path) -> list[str]:
+        cfg = config
         return missing_input(base_dir, path=cfg.path, port=cfg.port)
 
     def open(self) -> StreamInfo:
-        cfg: TextConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         self.garbage = 0
         if cfg.transcript:
             self.events = read_transcript(Path(cfg.path))
@@ -89,10 +89,10 @@ class TextSource(Source):
         return StreamInfo(0.0, f"lines of text from {where}")
 
     def from_file(self) -> bool:
-        return bool(self.config.transcript)  # type: ignore[attr-defined]
+        return bool(self.config.transcript)
 
     def read(self) -> Iterator[Block]:
-        cfg: TextConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         if cfg.transcript:
             yield from self._play()
             return
@@ -114,7 +114,7 @@ class TextSource(Source):
     def _play(self) -> Iterator[Block]:
         """Transcript lines at the media anchor plus their seconds, from where the rig's
         timeline is now (a loop every ``duration_s``), as :func:`~fusiond.sources.playback.play`."""
-        cfg: TextConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         period_ns = max(1, round(self.duration_s * 1e9))
         start = start_position(self.context.anchor_ns, time.time_ns(), period_ns, cfg.loop)
         if start is None:

@@ -9,7 +9,7 @@ import torch
 from fusiond.align import InputSpec, ModalitySpec
 from fusiond.align.kinds import KINDS
 from fusiond.errors import ModelError
-from fusiond.models import BUILTIN_ENCODERS, FusionModel, load, save
+from fusiond.models import FusionModel, load, save
 from fusiond.plugin import load_plugins
 
 SPEC = InputSpec(
@@ -122,7 +122,7 @@ def test_a_checkpoint_with_a_text_modality_round_trips(tmp_path):
 
 
 def test_checkpoint_round_trip_keeps_outputs_and_metadata(tmp_path):
-    model = FusionModel(SPEC, ["x", "y"], ENCODERS, {"name": "attention"}, BUILTIN_ENCODERS, 32).eval()
+    model = FusionModel(SPEC, ["x", "y"], ENCODERS, {"name": "attention"}, PARTS, 32).eval()
     path = tmp_path / "m.pt"
     digest = save(
         model,
@@ -137,7 +137,7 @@ def test_checkpoint_round_trip_keeps_outputs_and_metadata(tmp_path):
     ck = load(path)
     assert ck.content_hash == digest and ck.name == "tiny" and ck.classes == ["x", "y"]
     assert ck.spec == SPEC and ck.metrics == {"acc": 0.5}
-    back = ck.build(BUILTIN_ENCODERS)
+    back = ck.build(PARTS)
     mask = torch.ones(3, 3, dtype=torch.bool)
     with torch.inference_mode():
         torch.testing.assert_close(back(batch(), mask), model(batch(), mask))
@@ -151,7 +151,7 @@ def test_bad_checkpoints_are_model_errors(tmp_path):
     with pytest.raises(ModelError, match="not a fusiond checkpoint"):
         load(junk)
     with pytest.raises(ModelError, match="unknown fusion"):
-        FusionModel(SPEC, ["x"], ENCODERS, {"name": "magic"}, BUILTIN_ENCODERS)
+        FusionModel(SPEC, ["x"], ENCODERS, {"name": "magic"}, PARTS)
 
 
 def test_disagreement_is_zero_when_modalities_agree_and_one_when_each_is_sure_of_another_class():

@@ -140,12 +140,16 @@ def test_the_everyday_commands_start_without_torch(tmp_path):
     assert {"frames_cnn", "logmel_cnn", "series_cnn", "vector_mlp"} <= encoders
 
 
-def test_builtin_encoder_references_resolve_to_the_classes():
-    from fusiond.models import BUILTIN_ENCODERS
+def test_builtin_encoder_and_fusion_references_resolve_to_the_classes():
+    from fusiond.models import encoders, fusion
     from fusiond.plugin import load_plugins
 
-    types = load_plugins().encoders.types
-    assert {name: types[name] for name in BUILTIN_ENCODERS} == BUILTIN_ENCODERS
+    plugins = load_plugins()
+    types, fusions = plugins.encoders.types, plugins.fusions.types
+    assert types["frames_cnn"] is encoders.FramesEncoder and types["text_gru"] is encoders.TextEncoder
+    assert fusions["attention"] is fusion.AttentionFusion and fusions["early"] is fusions["concat"]
+    for name, cls in {**types, **fusions}.items():
+        assert plugins.origin(cls).startswith("fusiond "), name
 
 
 def test_every_package_of_the_source_tree_is_installed():
@@ -157,3 +161,33 @@ def test_every_package_of_the_source_tree_is_installed():
     listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     found = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "fusiond").rglob("__init__.py")}
     assert found <= listed, sorted(found - listed)
+
+
+def test_tiny_model_builds_with_a_plugins_fusion(tmp_path):
+    """The registries a plugin adds to are the ones models are built from: a fusion that only
+    a plugin provides can be named in a test model, and the checkpoint serves with it."""
+    import torch
+
+    from fusiond.models import load
+    from fusiond.models.fusion import LateFusion
+    from fusiond.models.serving import make_runner
+
+    class MaxFusion(LateFusion):
+        """Late fusion under a plugin's own name."""
+
+    plugin = types.SimpleNamespace(
+        fusiond_add_fusions=hookimpl(lambda registry: registry.add("maxish", MaxFusion))
+    )
+    plugins = load_plugins(extra=[plugin])
+    with pytest.raises(Exception, match="unknown fusion strategy 'maxish'"):
+        testing.tiny_model(tmp_path / "no.pt", fusion="maxish", parts=load_plugins().parts)
+    testing.tiny_model(tmp_path / "m.pt", fusion="maxish", parts=plugins.parts)
+    checkpoint = load(tmp_path / "m.pt")
+    assert checkpoint.fusion["name"] == "maxish"
+    model = checkpoint.build(plugins.parts).eval()
+    assert isinstance(model.fusion, MaxFusion)
+    x = {"imu": torch.randn(4, *checkpoint.spec.modalities["imu"].shape)}
+    with torch.inference_mode():
+        scores = model(x, torch.ones(4, 1, dtype=torch.bool))
+    assert scores.shape == (4, 2) and torch.isfinite(scores).all()
+    assert make_runner(checkpoint, plugins.parts, runtime="torch").model.fusion.__class__ is MaxFusion

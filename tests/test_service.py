@@ -114,11 +114,12 @@ def test_sd_notify_ready_status_watchdog_stopping_in_order(tmp_path, daemons):
 @pytest.mark.slow
 def test_sighup_swaps_the_model_between_batches_without_losing_a_window(tmp_path, daemons):
     ck = load(ROOT / "demo/model.pt")
-    from fusiond.models import BUILTIN_ENCODERS, save
+    from fusiond.models import save
+    from fusiond.plugin import load_plugins
 
     second = tmp_path / "second.pt"
     digest = save(
-        ck.build(BUILTIN_ENCODERS),
+        ck.build(load_plugins().parts),
         second,
         name="demo-digits-b",
         encoders=ck.encoders,
@@ -153,13 +154,14 @@ def test_sighup_swaps_the_model_between_batches_without_losing_a_window(tmp_path
 @pytest.mark.slow
 def test_a_sighup_during_a_reload_reloads_again_afterwards(tmp_path, daemons):
     ck = load(ROOT / "demo/model.pt")
-    from fusiond.models import BUILTIN_ENCODERS, save
+    from fusiond.models import save
+    from fusiond.plugin import load_plugins
 
     names = {}
     for name in ("b", "c"):
         names[name] = tmp_path / f"{name}.pt"
         save(
-            ck.build(BUILTIN_ENCODERS),
+            ck.build(load_plugins().parts),
             names[name],
             name=f"demo-digits-{name}",
             encoders=ck.encoders,

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from fusiond.align.spec import InputSpec
 from fusiond.errors import ModelError
@@ -40,11 +39,11 @@ class Checkpoint:
     path: Path | None = None
     """The file it was loaded from (None when built in memory)."""
 
-    def build(self, encoder_types: Parts | Mapping[str, type[nn.Module]]) -> FusionModel:
+    def build(self, parts: Parts) -> FusionModel:
         """The model with its weights loaded, in eval mode."""
         heads = any(k.startswith("heads.") for k in self.state_dict)  # older checkpoints have none
         model = FusionModel(
-            self.spec, self.classes, self.encoders, self.fusion, encoder_types, self.dim, self.task, heads
+            self.spec, self.classes, self.encoders, self.fusion, parts, self.dim, self.task, heads
         )
         if self.state_dict:
             try:

@@ -11,7 +11,6 @@ from torch import nn
 from fusiond.align.spec import ModalitySpec
 
 __all__ = [
-    "BUILTIN_ENCODERS",
     "Encoder",
     "FramesEncoder",
     "LogMelEncoder",
@@ -231,12 +230,3 @@ class TextEncoder(Encoder):
         pooled = (out * present).sum(dim=1) / present.sum(dim=1).clamp(min=1.0)
         result: torch.Tensor = self.proj(pooled)
         return result
-
-
-BUILTIN_ENCODERS: dict[str, type[nn.Module]] = {
-    "frames_cnn": FramesEncoder,
-    "logmel_cnn": LogMelEncoder,
-    "series_cnn": SeriesEncoder,
-    "vector_mlp": VectorEncoder,
-    "text_gru": TextEncoder,
-}

@@ -29,7 +29,6 @@ __all__ = [
     "AttentionFusion",
     "ConcatFusion",
     "ConsensusFusion",
-    "FUSIONS",
     "GatedFusion",
     "IntermediateFusion",
     "LateFusion",
@@ -224,15 +223,3 @@ class AttentionFusion(nn.Module):
         out = self.encoder(tokens, src_key_padding_mask=~keep)
         logits: torch.Tensor = self.head(self.norm(out[:, 0]))
         return logits
-
-
-FUSIONS: dict[str, type[nn.Module]] = {
-    "early": ConcatFusion,
-    "concat": ConcatFusion,
-    "late": LateFusion,
-    "intermediate": IntermediateFusion,
-    "gated": GatedFusion,
-    "agreement": AgreementFusion,
-    "consensus": ConsensusFusion,
-    "attention": AttentionFusion,
-}

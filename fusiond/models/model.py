@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -11,9 +11,8 @@ from torch import nn
 
 from fusiond.align.spec import InputSpec
 from fusiond.errors import ModelError
-from fusiond.models.fusion import FUSIONS
 
-__all__ = ["as_parts", "FusionModel", "Parts", "TASKS"]
+__all__ = ["FusionModel", "Parts", "TASKS"]
 
 TASKS = ("classification", "regression")
 
@@ -24,12 +23,7 @@ class Parts:
     own through the hooks; :attr:`fusiond.plugin.Plugins.parts`)."""
 
     encoders: Mapping[str, type[nn.Module]]
-    fusions: Mapping[str, type[nn.Module]] = field(default_factory=lambda: dict(FUSIONS))
-
-
-def as_parts(types: Parts | Mapping[str, type[nn.Module]]) -> Parts:
-    """``types`` as :class:`Parts`: a mapping is taken as the encoders, with the built-in fusions."""
-    return types if isinstance(types, Parts) else Parts(types)
+    fusions: Mapping[str, type[nn.Module]]
 
 
 class FusionModel(nn.Module):
@@ -45,7 +39,7 @@ class FusionModel(nn.Module):
         classes: list[str],
         encoders: Mapping[str, dict[str, Any]],
         fusion: dict[str, Any],
-        encoder_types: Parts | Mapping[str, type[nn.Module]],
+        parts: Parts,
         dim: int = 64,
         task: str = "classification",
         modality_heads: bool = False,
@@ -58,7 +52,6 @@ class FusionModel(nn.Module):
         self.modalities = list(spec.modalities)
         self.spec = spec
         self.classes = list(classes)
-        parts = as_parts(encoder_types)
         modules = {}
         for name in self.modalities:
             entry = encoders.get(name)

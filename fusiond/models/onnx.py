@@ -62,9 +62,9 @@ def onnx_path(checkpoint_path: Path) -> Path:
     return checkpoint_path.with_suffix(".onnx")
 
 
-def export(checkpoint: Checkpoint, encoder_types: Parts | Mapping[str, type[nn.Module]], out: Path) -> Path:
+def export(checkpoint: Checkpoint, parts: Parts, out: Path) -> Path:
     """Write the checkpoint's model as ONNX to ``out``."""
-    flat = _Flat(checkpoint.build(encoder_types)).eval()
+    flat = _Flat(checkpoint.build(parts)).eval()
     spec = checkpoint.spec.modalities
     names = list(flat.names)
     example = [torch.zeros((2, *spec[m].shape), dtype=_torch_dtype(spec[m].dtype)) for m in names]
@@ -117,9 +117,7 @@ class OnnxRunner(Runner):
 
     runtime = "onnx"
 
-    def __init__(
-        self, checkpoint: Checkpoint, encoder_types: Parts | Mapping[str, type[nn.Module]], threads: int = 0
-    ) -> None:
+    def __init__(self, checkpoint: Checkpoint, parts: Parts, threads: int = 0) -> None:
         try:
             import onnxruntime
         except ImportError:
@@ -133,10 +131,10 @@ class OnnxRunner(Runner):
         if threads > 0:
             self.options.intra_op_num_threads = threads
         self.options.inter_op_num_threads = 1
-        self.session = self._session(checkpoint, encoder_types)
+        self.session = self._session(checkpoint, parts)
         self.outputs = [o.name for o in self.session.get_outputs()]
 
-    def _session(self, checkpoint: Checkpoint, encoder_types: Parts | Mapping[str, type[nn.Module]]) -> Any:
+    def _session(self, checkpoint: Checkpoint, parts: Parts) -> Any:
         """The export beside the checkpoint if it was made from this very checkpoint (its
         metadata names the content hash), else an export of our own, keyed by that hash in
         the cache (the model's folder may be read-only: a packaged or system-wide model).
@@ -163,7 +161,7 @@ class OnnxRunner(Runner):
             )
         cached = cache_dir() / f"{checkpoint.content_hash}.onnx"
         log.info("exporting %s to %s for onnxruntime", checkpoint.path, cached)
-        export(checkpoint, encoder_types, cached)
+        export(checkpoint, parts, cached)
         return onnxruntime.InferenceSession(str(cached), self.options, providers=PROVIDERS)
 
     def _forward(

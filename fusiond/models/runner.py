@@ -9,7 +9,6 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
-from torch import nn
 
 from fusiond.align.windows import Window
 from fusiond.errors import ModelError
@@ -110,12 +109,12 @@ class ModelRunner(Runner):
     def __init__(
         self,
         checkpoint: Checkpoint,
-        encoder_types: Parts | Mapping[str, type[nn.Module]],
+        parts: Parts,
         device: str = "auto",
     ) -> None:
         self.checkpoint = checkpoint
         self.device = pick_device(device)
-        self.model = checkpoint.build(encoder_types).to(self.device).eval()
+        self.model = checkpoint.build(parts).to(self.device).eval()
         self.modalities = self.model.modalities
         self.classes = checkpoint.classes
         self.regression = checkpoint.task == "regression"

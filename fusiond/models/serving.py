@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Mapping
-
-from torch import nn
 
 from fusiond.models.checkpoint import Checkpoint
 from fusiond.models.model import Parts
@@ -17,7 +14,7 @@ __all__ = ["make_runner"]
 
 def make_runner(
     checkpoint: Checkpoint,
-    encoder_types: Parts | Mapping[str, type[nn.Module]],
+    parts: Parts,
     device: str = "auto",
     runtime: str = "torch",
     threads: int = 0,
@@ -27,9 +24,9 @@ def make_runner(
     if runtime == "auto":
         runtime = "onnx" if pick_device(device).type == "cpu" and _has_onnxruntime() else "torch"
     if runtime == "onnx":
-        return OnnxRunner(checkpoint, encoder_types, threads)
+        return OnnxRunner(checkpoint, parts, threads)
     set_threads(threads)
-    return ModelRunner(checkpoint, encoder_types, device)
+    return ModelRunner(checkpoint, parts, device)
 
 
 def _has_onnxruntime() -> bool:

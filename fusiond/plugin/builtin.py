@@ -8,39 +8,29 @@ from __future__ import annotations
 from fusiond.plugin.hookspecs import hookimpl
 from fusiond.plugin.registry import EncoderRegistry, FusionRegistry
 
-__all__ = ["ENCODERS", "fusiond_add_encoders", "fusiond_add_fusions", "FUSIONS"]
-
-ENCODERS = {
-    "frames_cnn": "fusiond.models.encoders:FramesEncoder",
-    "logmel_cnn": "fusiond.models.encoders:LogMelEncoder",
-    "series_cnn": "fusiond.models.encoders:SeriesEncoder",
-    "vector_mlp": "fusiond.models.encoders:VectorEncoder",
-    "text_gru": "fusiond.models.encoders:TextEncoder",
-    "resnet18": "fusiond.models.pretrained:ResNet18Encoder",
-    "resnet34": "fusiond.models.pretrained:ResNet34Encoder",
-}
-
-FUSIONS = {
-    "early": "fusiond.models.fusion:ConcatFusion",
-    "concat": "fusiond.models.fusion:ConcatFusion",
-    "late": "fusiond.models.fusion:LateFusion",
-    "intermediate": "fusiond.models.fusion:IntermediateFusion",
-    "gated": "fusiond.models.fusion:GatedFusion",
-    "agreement": "fusiond.models.fusion:AgreementFusion",
-    "consensus": "fusiond.models.fusion:ConsensusFusion",
-    "attention": "fusiond.models.fusion:AttentionFusion",
-}
+__all__ = ["fusiond_add_encoders", "fusiond_add_fusions"]
 
 
 @hookimpl
 def fusiond_add_encoders(registry: EncoderRegistry) -> None:
     """Register the built-in encoders."""
-    for name, ref in ENCODERS.items():
-        registry.add(name, ref)
+    registry.add("frames_cnn", "fusiond.models.encoders:FramesEncoder")
+    registry.add("logmel_cnn", "fusiond.models.encoders:LogMelEncoder")
+    registry.add("series_cnn", "fusiond.models.encoders:SeriesEncoder")
+    registry.add("vector_mlp", "fusiond.models.encoders:VectorEncoder")
+    registry.add("text_gru", "fusiond.models.encoders:TextEncoder")
+    registry.add("resnet18", "fusiond.models.pretrained:ResNet18Encoder")
+    registry.add("resnet34", "fusiond.models.pretrained:ResNet34Encoder")
 
 
 @hookimpl
 def fusiond_add_fusions(registry: FusionRegistry) -> None:
     """Register the built-in fusion strategies."""
-    for name, ref in FUSIONS.items():
-        registry.add(name, ref)
+    registry.add("early", "fusiond.models.fusion:ConcatFusion")
+    registry.add("concat", "fusiond.models.fusion:ConcatFusion")
+    registry.add("late", "fusiond.models.fusion:LateFusion")
+    registry.add("intermediate", "fusiond.models.fusion:IntermediateFusion")
+    registry.add("gated", "fusiond.models.fusion:GatedFusion")
+    registry.add("agreement", "fusiond.models.fusion:AgreementFusion")
+    registry.add("consensus", "fusiond.models.fusion:ConsensusFusion")
+    registry.add("attention", "fusiond.models.fusion:AttentionFusion")

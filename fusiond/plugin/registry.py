@@ -26,9 +26,9 @@ class SourceRegistry:
     """Source kinds by name."""
 
     def __init__(self) -> None:
-        self._kinds: dict[str, type[Source]] = {}
+        self._kinds: dict[str, type[Source[Any]]] = {}
 
-    def add(self, source: type[Source]) -> None:
+    def add(self, source: type[Source[Any]]) -> None:
         """Register a source class under its ``kind``."""
         from fusiond.sources.base import Source
 
@@ -48,7 +48,7 @@ class SourceRegistry:
             raise PluginError(msg)
         self._kinds[kind] = source
 
-    def get(self, kind: str) -> type[Source] | None:
+    def get(self, kind: str) -> type[Source[Any]] | None:
         """The class of a kind, or None."""
         return self._kinds.get(kind)
 

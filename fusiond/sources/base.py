@@ -13,12 +13,12 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Generic, TypeVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-__all__ = ["Block", "Source", "SourceConfig", "SourceContext", "StreamInfo"]
+__all__ = ["Block", "ConfigT", "Source", "SourceConfig", "SourceContext", "StreamInfo"]
 
 
 class SourceConfig(BaseModel):
@@ -81,19 +81,24 @@ class SourceContext:
         return not self.stop.is_set()
 
 
-class Source(abc.ABC):
-    """One source kind. Subclasses set ``kind``, ``modality`` and ``Config``."""
+ConfigT = TypeVar("ConfigT", bound=SourceConfig)
+
+
+class Source(abc.ABC, Generic[ConfigT]):
+    """One source kind. Subclasses set ``kind``, ``modality`` and ``Config``, and name
+    their config class as the type parameter (``class Camera(Source[CameraConfig])``),
+    so ``self.config`` has its type."""
 
     kind: ClassVar[str]
     modality: ClassVar[str]
     Config: ClassVar[type[SourceConfig]]
 
-    def __init__(self, config: SourceConfig, context: SourceContext) -> None:
-        self.config = config
+    def __init__(self, config: ConfigT, context: SourceContext) -> None:
+        self.config: ConfigT = config
         self.context = context
 
     @classmethod
-    def check(cls, config: SourceConfig, base_dir: Path) -> list[str]:
+    def check(cls, config: ConfigT, base_dir: Path) -> list[str]:
         """What is wrong with ``config`` that can be seen without opening the device: a
         missing file, an absent device node. One line per problem; relative paths are
         taken from ``base_dir`` (where the source will run). ``fusiond check-config`` asks."""

@@ -7,7 +7,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
@@ -111,7 +111,7 @@ def encode_block(
 
 
 def run_source(
-    cls: type[Source],
+    cls: type[Source[Any]],
     config: SourceConfig,
     context: SourceContext,
     connect: str,
@@ -151,7 +151,7 @@ def run_source(
 
 
 def _publish_until_done(
-    cls: type[Source],
+    cls: type[Source[Any]],
     config: SourceConfig,
     context: SourceContext,
     sock: zmq.Socket[bytes],

@@ -35,7 +35,7 @@ class SineConfig(SourceConfig):
     block: int = Field(10, ge=1)
 
 
-class SineSource(Source):
+class SineSource(Source[SineConfig]):
     """``channels`` sines, phase-shifted, ``block`` samples a message."""
 
     kind = "sine"
@@ -43,11 +43,11 @@ class SineSource(Source):
     Config = SineConfig
 
     def open(self) -> StreamInfo:
-        cfg: SineConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         return StreamInfo(cfg.rate_hz, f"sine {cfg.freq_hz:g} Hz x{cfg.channels} at {cfg.rate_hz:g} Hz")
 
     def read(self) -> Iterator[Block]:
-        cfg: SineConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         start = time.time_ns()
         period_ns = 1e9 / cfg.rate_hz
         phases = np.arange(cfg.channels) * (2 * math.pi / cfg.channels)
