@@ -191,7 +191,7 @@ def bench_runtimes(repeats: int = 30) -> None:
         path = Path(tmp) / "model.pt"
         path.write_bytes((ROOT / "demo/model.pt").read_bytes())
         checkpoint = load(path)
-        encoders = load_plugins().encoders.types
+        encoders = load_plugins().parts
         runners = {
             "torch": ModelRunner(checkpoint, encoders, "cpu"),
             "onnx": OnnxRunner(checkpoint, encoders),

@@ -30,6 +30,7 @@ from fusiond.errors import ConfigError
 from fusiond.ingest import Limits
 from fusiond.plugin.registry import SourceRegistry
 from fusiond.sources.base import SourceConfig
+from fusiond.strict import Strict
 
 __all__ = [
     "BusSection",
@@ -51,11 +52,7 @@ __all__ = [
 ]
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class SecuritySection(_Section):
+class SecuritySection(Strict):
     """``[bus.security]``: CurveZMQ on every TCP endpoint (docs/operations.md, "Security")."""
 
     mode: Literal["none", "curve"] = "none"
@@ -93,7 +90,7 @@ class SecuritySection(_Section):
         return self
 
 
-class BusSection(_Section):
+class BusSection(Strict):
     """``[bus]``: where publishers and subscribers connect."""
 
     publish: str = DEFAULT_PUBLISH
@@ -149,7 +146,7 @@ class BusSection(_Section):
         return max(10, min(self.queue, int(self.queue_mb // self.max_message_mb)))
 
 
-class IngestSection(_Section):
+class IngestSection(Strict):
     """``[ingest]``: what the daemon accepts from any one publisher; the rest is counted and dropped."""
 
     max_clock_skew_ms: float = Field(5000.0, gt=0, le=3_600_000)
@@ -173,7 +170,7 @@ class IngestSection(_Section):
         )
 
 
-class RuntimeSection(_Section):
+class RuntimeSection(Strict):
     """``[runtime]``: where the pipeline runs (docs/operations.md, "Scaling out")."""
 
     engine: str = Field("local", pattern=r"^[a-z][a-z0-9_]{0,31}$")
@@ -202,7 +199,7 @@ class RuntimeSection(_Section):
         return max(1, min(wanted, rigs))
 
 
-class ModelSection(_Section):
+class ModelSection(Strict):
     """``[model]``: the checkpoint and how to batch windows into it."""
 
     path: Path
@@ -225,7 +222,7 @@ class ModelSection(_Section):
         return value
 
 
-class WindowSection(_Section):
+class WindowSection(Strict):
     """``[window]``: window length, hop and how long to wait for late samples."""
 
     length_ms: float = Field(1000.0, ge=1, le=3_600_000)
@@ -308,20 +305,20 @@ class SourceSection(BaseModel):
         return dict(self.model_extra or {})
 
 
-class RigSection(_Section):
+class RigSection(Strict):
     """``[rigs.R]``: one set of co-located sensors."""
 
     sources: dict[str, SourceSection]
 
 
-class LogSection(_Section):
+class LogSection(Strict):
     """``[log]``: level and how often to print the one-line summary."""
 
     level: Literal["debug", "info", "warning", "error"] = "info"
     summary_s: float = Field(5.0, gt=0)
 
 
-class MetricsSection(_Section):
+class MetricsSection(Strict):
     """``[metrics]``: Prometheus exposition over HTTP, off unless ``listen`` is set."""
 
     listen: str = ""
@@ -337,7 +334,7 @@ class MetricsSection(_Section):
         return value
 
 
-class Config(_Section):
+class Config(Strict):
     """The whole file."""
 
     bus: BusSection = BusSection()

@@ -222,7 +222,7 @@ def test_a_regression_model_learns_and_publishes_values(data, tmp_path):
             load_recipe(path).window.to_config(),
         )
     )[4:8]
-    result = ModelRunner(ck, plugins.encoders.types, "cpu").run(windows)
+    result = ModelRunner(ck, plugins.parts, "cpu").run(windows)
     out = PredictionBuilder(ck.classes, {"name": ck.name, "hash": ck.content_hash}, ck.task).build(result, 0)
     assert all(p.label == "" and p.extra["task"] == "regression" and 0.0 < p.scores[0] < 10.0 for p in out)
 
@@ -263,11 +263,11 @@ def test_a_plugin_encoder_trains_and_serves_a_new_modality(tmp_path):
     trained = train(load_recipe(tmp_path / "r.toml"), data_items([path]), tmp_path / "baro.pt", plugins)
     ck = load(tmp_path / "baro.pt")
     assert ck.encoders["pressure"]["name"] == "pressure_mlp" and trained.metrics["windows"]["train"] > 0
-    model = ck.build(plugins.encoders.types)
+    model = ck.build(plugins.parts)
     x = torch.randn(2, 50, 1)
     assert model({"pressure": x}, torch.ones(2, 1, dtype=torch.bool)).shape == (2, 2)
     with pytest.raises(Exception, match="pressure_mlp"):
-        ck.build(load_plugins().encoders.types)  # without the plugin: a clear error
+        ck.build(load_plugins().parts)  # without the plugin: a clear error
 
 
 def test_a_bad_recipe_names_the_key_and_value(tmp_path):

@@ -16,15 +16,14 @@ from pathlib import Path
 from typing import ClassVar, Generic, TypeVar
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
+
+from fusiond.strict import Strict
 
 __all__ = ["Block", "ConfigT", "Source", "SourceConfig", "SourceContext", "StreamInfo"]
 
 
-class SourceConfig(BaseModel):
+class SourceConfig(Strict):
     """Base of every kind's typed config: unknown keys are errors."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,21 +28,18 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from fusiond.align.kinds import KINDS
 from fusiond.align.spec import InputSpec, ModalitySpec
 from fusiond.config import WindowSection, validate
 from fusiond.errors import ConfigError
+from fusiond.strict import Strict
 
 __all__ = ["InputTable", "load_recipe", "Recipe", "TrainTable"]
 
 
-class _Table(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class InputTable(_Table):
+class InputTable(Strict):
     """``[inputs.<modality>]``: what the model takes of one modality, and its encoder."""
 
     kind: str
@@ -95,7 +92,7 @@ class InputTable(_Table):
         return ModalitySpec(self.kind, self.length, self.channels, self.height, self.width, words)
 
 
-class TrainTable(_Table):
+class TrainTable(Strict):
     """``[train]``: the optimiser, the split and the robustness options."""
 
     epochs: int = Field(10, gt=0)
@@ -123,7 +120,7 @@ class TrainTable(_Table):
     """Mixed precision on CUDA (bfloat16 where supported, else float16); CPU runs float32."""
 
 
-class Recipe(_Table):
+class Recipe(Strict):
     """The whole recipe file."""
 
     name: str
