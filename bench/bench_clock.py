@@ -162,7 +162,7 @@ def burst_case() -> None:
 def vfr_case() -> None:
     from fusiond.plugin import load_plugins
     from fusiond.sources.base import SourceContext
-    from fusiond.sources.offline import OfflineContext
+    from fusiond.training.files import OfflineContext
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "vfr.mkv"

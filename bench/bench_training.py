@@ -19,13 +19,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fusiond.align.offline import RecordedStream
 from fusiond.models.runner import pick_device
 from fusiond.plugin import Plugins, load_plugins
 from fusiond.testing import write_recording
 from fusiond.training.data import cut, recording_messages, recording_streams
 from fusiond.training.loop import loss_fn
 from fusiond.training.recipe import Recipe, load_recipe
+from fusiond.training.streams import RecordedStream
 from fusiond.training.train import build
 
 ROOT = Path(__file__).resolve().parent.parent

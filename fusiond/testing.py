@@ -22,12 +22,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import zmq
 
-from fusiond.align.offline import RecordedStream
 from fusiond.align.spec import InputSpec, ModalitySpec
 from fusiond.align.windows import Window
 from fusiond.bus.sockets import Sockets
 from fusiond.plugin import SourceRegistry, hookimpl
 from fusiond.sources import Block, Source, SourceConfig, StreamInfo
+from fusiond.training.streams import RecordedStream
 
 if TYPE_CHECKING:
     from fusiond.models.model import Parts

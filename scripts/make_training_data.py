@@ -27,8 +27,8 @@ from pathlib import Path
 import demo_data
 import numpy as np
 
-from fusiond.align.offline import RecordedStream
 from fusiond.testing import RecordedText, write_labels, write_recording
+from fusiond.training.streams import RecordedStream
 
 T0_NS = 1_700_000_000_000_000_000
 

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fusiond.align import ModalitySpec, RigAligner, WindowConfig
-from fusiond.align.offline import RecordedStream, cut_windows
+from fusiond.training.streams import RecordedStream, cut_windows
 
 MS = 1_000_000
 SPECS = {

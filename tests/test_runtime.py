@@ -94,7 +94,7 @@ def recording(tmp_path_factory):
     from fusiond import config as config_mod
     from fusiond.plugin import load_plugins
     from fusiond.recording.recorder import RecordingWriter
-    from fusiond.sources.offline import file_messages
+    from fusiond.training.files import file_messages
 
     tmp = tmp_path_factory.mktemp("runtime")
     config_path, *_ = rigs_config(tmp)

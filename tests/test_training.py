@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 
-from fusiond.align.offline import RecordedStream
 from fusiond.client import Subscriber
 from fusiond.errors import ConfigError, ModelError
 from fusiond.models import load
@@ -29,6 +28,7 @@ from fusiond.training.data import (
 )
 from fusiond.training.loop import drop_modalities
 from fusiond.training.recipe import load_recipe
+from fusiond.training.streams import RecordedStream
 from fusiond.training.train import DataItem, data_items, train
 from tests.helpers import ROOT, DaemonProcess, demo_config, free_port, fusiond
 

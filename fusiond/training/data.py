@@ -1,7 +1,7 @@
 """Labelled windows: bus messages -> the daemon's ingest and aligner -> arrays to train on.
 
 Messages come from an MCAP recording of the bus or from a config's file sources read
-offline (fusiond/sources/offline.py); either way they pass through the same
+offline (fusiond/training/files.py); either way they pass through the same
 :class:`~fusiond.ingest.Ingest` (clock correction included) and
 :class:`~fusiond.align.windows.RigAligner` as in the running daemon, so a model is trained
 on exactly the windows it will be served.

@@ -110,7 +110,7 @@ def _labels(
 def _messages(item: DataItem, plugins: Plugins) -> tuple[dict[tuple[str, str], str], int | None, Any]:
     """``(streams, origin, make_messages)`` for one item."""
     if item.is_config:
-        from fusiond.sources.offline import file_messages
+        from fusiond.training.files import file_messages
 
         config = config_mod.load(item.path)
         streams = {}
