@@ -30,9 +30,8 @@ from fusiond import status
 from fusiond.bus.broker import Broker
 from fusiond.bus.security import Gatekeeper, guard
 from fusiond.bus.sockets import Sockets, drain, raise_fd_limit
-from fusiond.bus.wire import PREDICTION_PREFIX, decode_prediction
+from fusiond.bus.wire import PREDICTION_PREFIX
 from fusiond.config import Config
-from fusiond.errors import WireError
 from fusiond.memory import MemoryReturn
 from fusiond.metrics import Stats, Summary
 from fusiond.plugin import Plugins
@@ -76,8 +75,8 @@ class Daemon:
             log.warning("%s: %s", config.source, warning)
         self.checkpoint, self.streams = prepared.checkpoint, prepared.streams
         self.start_sources = start_sources
-        self._engine_name = engine_name(config)
-        self._engine_class = engine_class(self._engine_name, engines)
+        self.engine_name = engine_name(config)
+        self._engine_class = engine_class(self.engine_name, engines)
         self.owner = f"{os.getpid()}-{id(self):x}"  # this daemon's own endpoint names
         self.stats = Stats()
         self.started_ns = time.time_ns()
@@ -125,15 +124,13 @@ class Daemon:
         except BaseException:
             self.sockets.close()
             raise
-        anchor_ns = (time.time_ns() // 1_000_000 + 1000) * 1_000_000
-        children = source_children(self.config, self.streams, self.keys.env(), anchor_ns)
-        self.supervisor = Supervisor(children if self.start_sources else [])
-        log.info("media anchor: file sources start at %d (realtime ns)", anchor_ns)
+        self.supervisor = Supervisor(source_children(self.config, self.streams, self.keys.env())
+                                     if self.start_sources else [])  # fmt: skip
         self.supervisor.poll()
         ck, n = self.checkpoint, len(self.plan.workers)
         log.info(  # one line that says what runs where
             f"fusiond started: model {ck.name} ({ck.content_hash}), {len(self.config.rigs)} rig(s), "
-            f"{len(self.streams)} source(s), {n} ingest worker(s) as {self._engine_name}; publishers connect "
+            f"{len(self.streams)} source(s), {n} ingest worker(s) as {self.engine_name}; publishers connect "
             f"to {bus.publish}, subscribers to {bus.subscribe}, control at {bus.control}; socket queues hold "
             f"{bus.hwm} messages of at most {bus.max_message_mb:g} MB"
         )
@@ -157,9 +154,9 @@ class Daemon:
             if self.inbox in events:
                 self._guarded("counters", self._take_counters)
             if self.monitor in events:
-                self._guarded("monitor", self._take_predictions)
+                self._guarded("monitor", self.continuity.take, drain(self.monitor, 1024))
             if self.control in events:
-                self._guarded("control", self._answer)
+                self._guarded("control", status.serve_one, self.control, self)
             now = time.time_ns()
             self._guarded("supervision", self._supervise, reload, now)
             if not self.ready:
@@ -213,24 +210,6 @@ class Daemon:
             else:
                 self.stats.drop("bad_counters")
 
-    def _take_predictions(self) -> None:
-        for frames in drain(self.monitor, 1024):
-            try:
-                self.continuity.seen(decode_prediction(frames))
-            except WireError:
-                continue
-
-    def _answer(self) -> None:
-        # A REP socket must answer every request, whatever it holds, or it stops taking more.
-        request = self.control.recv_multipart()
-        t_recv = time.time_ns()
-        try:
-            body = status.answer(self, request, t_recv)
-        except Exception:
-            self.control.send(b'{"error": "internal error; see the daemon\'s log"}')
-            raise
-        self.control.send(body)
-
     def _check_hung(self, now: int) -> None:
         """End a component that stopped beating (stopped, deadlocked) so that it starts again."""
         for name, silent_s in self.heartbeats.silent(now).items():
@@ -244,14 +223,10 @@ class Daemon:
                 )
 
     def _check_ready(self, now: int) -> None:
-        silent = {
-            name: self.stats.stream(*name.split("/", 1)).error or "no samples"
-            for name in status.never_delivered(self)
-        }
         self.ready = self.systemd.check_ready(
             warm=self.plan.server.name in self.components,
             sources=len(self.supervisor.children),
-            silent=silent,
+            silent=status.never_delivered_why(self),
             waited_ns=now - self.started_ns,
             model=self.checkpoint.name,
         )
@@ -281,34 +256,20 @@ class Daemon:
         self.config = adopt(self.config, new, self._model_line())
 
     def _model_line(self) -> str:
-        model = self.model_info()
-        return f"{model['name']} ({model['hash']})"
+        return "{name} ({hash})".format(**self.model_info())
 
     def model_info(self) -> dict[str, str]:
         """The model being served, as its server reports it."""
         reported = self.components.get(self.plan.server.name, {}).get("model")
         if reported:
             return {k: str(v) for k, v in reported.items()}
-        ck = self.checkpoint
-        return {
-            "name": ck.name,
-            "hash": ck.content_hash,
-            "device": "loading",
-            "runtime": self.config.model.runtime,
-        }
+        ck, runtime = self.checkpoint, self.config.model.runtime
+        return {"name": ck.name, "hash": ck.content_hash, "device": "loading", "runtime": runtime}
 
     def component_rows(self, now_ns: int) -> list[dict[str, Any]]:
         """One row per component, with its heartbeat."""
         silent = self.heartbeats.silent(now_ns)
         return [self.heartbeats.annotate(row, now_ns, silent) for row in self.engine.rows()]
-
-    def engine_name(self) -> str:
-        """The engine that runs the components (``threads``, ``processes``, ``ray``, ...)."""
-        return self._engine_name
-
-    def status(self, now_ns: int) -> dict[str, object]:
-        """Everything ``fusiond status`` prints."""
-        return status.snapshot(self, now_ns)
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None

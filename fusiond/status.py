@@ -9,13 +9,26 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
+import zmq
+
 from fusiond.metrics import ClockHealth, Stats
 from fusiond.sources.supervisor import Child, Supervisor
 
 if TYPE_CHECKING:
     from fusiond.config import Config
 
-__all__ = ["answer", "as_text", "clock_row", "never_delivered", "Observed", "rigs", "snapshot", "sources"]
+__all__ = [
+    "serve_one",
+    "answer",
+    "as_text",
+    "clock_row",
+    "never_delivered",
+    "never_delivered_why",
+    "Observed",
+    "rigs",
+    "snapshot",
+    "sources",
+]
 
 
 def _age_s(now_ns: int, then_ns: int | None) -> float | None:
@@ -142,8 +155,9 @@ class Observed(Protocol):
         """One row per component: state, pid, restarts, heartbeat, rigs."""
         ...
 
+    @property
     def engine_name(self) -> str:
-        """The engine that runs the components."""
+        """The engine that runs the components (``threads``, ``processes``, ``ray``, ...)."""
         ...
 
 
@@ -157,6 +171,11 @@ def never_delivered(d: Observed) -> list[str]:
     ]
 
 
+def never_delivered_why(d: Observed) -> dict[str, str]:
+    """:func:`never_delivered`, each with why (its source's last error, if it sent one)."""
+    return {name: d.stats.stream(*name.split("/", 1)).error or "no samples" for name in never_delivered(d)}
+
+
 def snapshot(d: Observed, now_ns: int) -> dict[str, object]:
     """Everything ``fusiond status`` prints."""
     rows = sources(now_ns, d.stats, d.supervisor.children, d.streams)
@@ -167,11 +186,24 @@ def snapshot(d: Observed, now_ns: int) -> dict[str, object]:
         "ready": d.ready,
         "never_delivered": never_delivered(d),
         "model": d.model_info(),
-        "runtime": {"engine": d.engine_name(), "components": d.component_rows(now_ns)},
+        "runtime": {"engine": d.engine_name, "components": d.component_rows(now_ns)},
         "sources": rows,
         "rigs": rigs(now_ns, d.stats, list(d.config.rigs), quiet_after, rows),
         "drops": dict(d.stats.all_drops()),
     }
+
+
+def serve_one(control: zmq.Socket[bytes], d: Observed) -> None:
+    """Answer one request on the control endpoint's REP socket, which must answer every
+    request, whatever it holds, or it stops taking more."""
+    request = control.recv_multipart()
+    t_recv = time.time_ns()
+    try:
+        body = answer(d, request, t_recv)
+    except Exception:
+        control.send(b'{"error": "internal error; see the daemon\'s log"}')
+        raise
+    control.send(body)
 
 
 def answer(d: Observed, request: list[bytes], t_recv_ns: int) -> bytes:

@@ -11,10 +11,11 @@ something a retry will not cure, and the daemon stops.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
-from fusiond.bus.wire import Prediction
+from fusiond.bus.wire import Frame, Prediction, decode_prediction
+from fusiond.errors import WireError
 from fusiond.metrics import Stats
 
 HUNG_NS = 10_000_000_000
@@ -113,6 +114,14 @@ class Continuity:
     def restarted(self, rigs: Collection[str]) -> None:
         """A component that handles ``rigs`` (re)started: their next gap is a loss."""
         self._resumed.update(rigs)
+
+    def take(self, messages: Iterable[Sequence[Frame]]) -> None:
+        """Predictions seen on the bus (a malformed one is not ours to count)."""
+        for frames in messages:
+            try:
+                self.seen(decode_prediction(frames))
+            except WireError:
+                continue
 
     def seen(self, p: Prediction) -> None:
         """A prediction went out on the bus."""

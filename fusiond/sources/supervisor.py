@@ -182,12 +182,19 @@ def fusiond_argv(*args: str) -> list[str]:
 
 
 def source_children(
-    config: Config, streams: Mapping[tuple[str, str], str], env: Mapping[str, str], anchor_ns: int
+    config: Config,
+    streams: Mapping[tuple[str, str], str],
+    env: Mapping[str, str],
+    anchor_ns: int | None = None,
 ) -> list[Child]:
     """One child per source the daemon starts (external ones are fed from elsewhere).
 
-    File sources map media position p to ``anchor_ns + p``, so a rig's files play in step.
+    File sources map media position p to ``anchor_ns + p`` (logged), so a rig's files play
+    in step.
     ``env`` is added to each child's environment (the bus keys, on a secured bus)."""
+    if anchor_ns is None:  # a second from now, on a whole millisecond
+        anchor_ns = (time.time_ns() // 1_000_000 + 1000) * 1_000_000
+    log.info("media anchor: file sources start at %d (realtime ns)", anchor_ns)
     connect = local_endpoint(config.bus.publish)
     children = []
     for rig, section in config.rigs.items():
