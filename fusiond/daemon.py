@@ -68,7 +68,7 @@ class Daemon:
     ) -> None:
         """``engines``: the table the engine is looked up in (``[runtime] engine``)."""
         self.config, self.plugins = config, plugins
-        prepared = prepare(config, plugins, serve=True)
+        prepared = prepare(config, plugins, serve=True, engines=engines)
         for problem in prepared.problems:  # a device may come later: its source retries with backoff
             log.warning("%s: %s", config.source, problem)
         for warning in [*prepared.warnings, *config.warnings()]:

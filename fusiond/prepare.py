@@ -8,7 +8,9 @@ agree on what may start.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from fusiond.bus.security import Keys, listing, load_pair
 from fusiond.config import Config
@@ -17,7 +19,7 @@ from fusiond.models import Checkpoint, load
 from fusiond.models.runner import pick_device
 from fusiond.pipeline import resolve_streams
 from fusiond.plugin import Plugins
-from fusiond.runtime.engines import engine_class, engine_name
+from fusiond.runtime.engines import ENGINES, engine_class, engine_name
 from fusiond.sources.base import SourceConfig
 
 __all__ = ["Prepared", "daemon_keys", "port_problems", "prepare"]
@@ -60,7 +62,9 @@ class Prepared:
     """What may well be meant but is worth a line (a model input no source of a rig feeds)."""
 
 
-def prepare(config: Config, plugins: Plugins, *, serve: bool = False) -> Prepared:
+def prepare(
+    config: Config, plugins: Plugins, *, serve: bool = False, engines: Mapping[str, Any] = ENGINES
+) -> Prepared:
     """Check ``config`` through and through; every error names the file and the TOML path.
 
     Used by the daemon at start and on reload, and by ``fusiond check-config``. With
@@ -70,7 +74,7 @@ def prepare(config: Config, plugins: Plugins, *, serve: bool = False) -> Prepare
     start for ever.
     """
     options = config.source_options(plugins.sources)
-    engine_class(engine_name(config))
+    engine_class(engine_name(config), engines)  # an engine the table lacks: one clear line
     try:
         checkpoint = load(config.model.path)
     except ModelError as exc:

@@ -339,6 +339,7 @@ def test_the_server_counts_a_malformed_inbox_message_and_goes_on(tmp_path):
 
     from fusiond.align.spec import InputSpec
     from fusiond.bus.sockets import Sockets
+    from fusiond.plugin import load_plugins
     from fusiond.runtime.server import ServerSpec, run_server
     from fusiond.testing import random_windows, tiny_model
 
@@ -359,7 +360,9 @@ def test_the_server_counts_a_malformed_inbox_message_and_goes_on(tmp_path):
             offline=True,
         )
         stop = threading.Event()
-        thread = threading.Thread(target=run_server, args=(ServerSpec(**asdict(spec)), stop, sockets.ctx))
+        thread = threading.Thread(
+            target=run_server, args=(ServerSpec(**asdict(spec)), stop, load_plugins(), sockets.ctx)
+        )
         thread.start()
         time.sleep(0.5)
         push = sockets.push("inproc://inbox")

@@ -71,6 +71,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from fusiond.training.recipe import load_recipe
     from fusiond.training.train import data_items, summary_line, train
 
+    plugins = load_plugins()  # first: a recipe may name a plugin's modality kind
     only = args.modalities.split(",") if args.modalities else None
     recipe = load_recipe(
         args.recipe,
@@ -82,7 +83,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     if only:
         recipe = recipe.only(only)
-    plugins = load_plugins()
     data = data_items(args.data, args.labels)
     test = data_items(args.test, args.test_labels) if args.test else []
     val = data_items(args.val, args.val_labels) if args.val else []
@@ -116,10 +116,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from fusiond.training.evaluate import confusion_png
     from fusiond.training.train import data_items, evaluate_checkpoint, summary_line
 
+    plugins = load_plugins()  # first: a checkpoint may name a plugin's modality kind
     checkpoint = load(args.model)
     if args.data:
         data = data_items(args.data, args.labels)
-        result = evaluate_checkpoint(checkpoint, data, load_plugins(), args.device)
+        result = evaluate_checkpoint(checkpoint, data, plugins, args.device)
     else:
         result = dict(checkpoint.metrics.get("test") or {})
         if not result:
@@ -150,9 +151,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     from fusiond.models.onnx import export, onnx_path
     from fusiond.plugin import load_plugins
 
+    plugins = load_plugins()  # first: a checkpoint may name a plugin's modality kind
     checkpoint = load(args.model)
     out = args.output or onnx_path(args.model)
-    export(checkpoint, load_plugins().parts, out)
+    export(checkpoint, plugins.parts, out)
     print(f"{out}: ONNX export of {checkpoint.name} ({checkpoint.content_hash})")
     return 0
 
