@@ -4,13 +4,11 @@
                   │                                                            │
     daemon loop: control socket, counters from the components, predictions seen, systemd
 
-The daemon binds the broker and the control socket, starts the sources and the
-components (an engine of :mod:`fusiond.runtime.engines`), and turns the components'
-counters and the predictions it sees on the bus into status, the summary line, metrics
-and systemd's readiness and watchdog. It does no per-sample work itself; each rule it
-applies lives beside its data: :mod:`fusiond.prepare` (what may start),
-:mod:`fusiond.runtime.health` (heartbeats, restarts), :mod:`fusiond.service` (READY and
-the watchdog), :mod:`fusiond.reload` (SIGHUP) and :mod:`fusiond.status` (what is shown).
+It binds the broker and the control socket, starts the sources and the components (an
+engine of :mod:`fusiond.runtime.engines`), and turns their counters and the predictions
+it sees into status, metrics and systemd's READY and watchdog; no per-sample work. Its
+rules live beside their data: :mod:`fusiond.prepare`, :mod:`fusiond.runtime.health`,
+:mod:`fusiond.service`, :mod:`fusiond.reload`, :mod:`fusiond.status`.
 """
 
 from __future__ import annotations
@@ -37,16 +35,19 @@ from fusiond.metrics import Stats, Summary
 from fusiond.plugin import Plugins
 from fusiond.prepare import daemon_keys, prepare
 from fusiond.prometheus import serve as serve_metrics
+from fusiond.prometheus import stop as stop_metrics
 from fusiond.reload import Reloader, adopt
 from fusiond.runtime.engine import EngineClass, endpoints_for, make_plan, remove_ipc
 from fusiond.runtime.engines import ENGINES, engine_class, engine_name
 from fusiond.runtime.handoff import decode_body
 from fusiond.runtime.health import Continuity, Heartbeats
 from fusiond.runtime.server import RELOAD
-from fusiond.service import Liveness, Systemd, watchdog_interval_ns
+from fusiond.service import Liveness, Systemd, fed, watchdog_interval_ns
 from fusiond.sources.supervisor import Supervisor, source_children
 
 log = logging.getLogger("fusiond")
+LOOP_STALL_NS = 5_000_000_000
+"""``/healthz`` fails when the daemon's loop has not turned for this long."""
 
 __all__ = ["Daemon"]
 
@@ -83,14 +84,14 @@ class Daemon:
         self.components: dict[str, dict[str, Any]] = {}
         """Each component's last counters snapshot."""
         self.continuity = Continuity(config.rigs, self.stats)
-        self.reloader = Reloader(
-            config_path, plugins, self.checkpoint.spec, self._apply_reload, self._model_line
-        )
+        self.reloader = Reloader(config_path, plugins, self.checkpoint.spec, self._reload, self._served)
         self._failed: set[str] = set()
         self.fatal: str | None = None
         """Why the daemon stopped itself (the run then fails with this)."""
         self.ready = False
         """Whether READY was announced."""
+        self.loop_ns = self.started_ns
+        """When the loop last turned."""
 
     def __enter__(self) -> Daemon:
         bus = self.config.bus
@@ -123,6 +124,7 @@ class Daemon:
             self.to_server = self.sockets.push(self.engine.server_inbox, hwm=4)
         except BaseException:
             self.sockets.close()
+            stop_metrics(self.metrics_server)
             raise
         self.supervisor = Supervisor(source_children(self.config, self.streams, self.keys.env())
                                      if self.start_sources else [])  # fmt: skip
@@ -148,6 +150,7 @@ class Daemon:
         next_ping = time.time_ns()
         memory = MemoryReturn()  # what an attack or a burst made this process take, given back
         while not stop.is_set() and self.fatal is None:
+            self.loop_ns = time.time_ns()
             events = dict(poller.poll(50))
             # Each step on its own: one that fails (a bug, or no file descriptor left while
             # the bus is flooded with connections) is counted, and the others still run.
@@ -238,24 +241,25 @@ class Daemon:
         self.systemd.status(line)
 
     def _watchdog(self, now: int) -> None:
-        last_samples = [s.last_recv_ns for s in self.stats.streams.values() if s.last_recv_ns]
-        busy = self.components.get(self.plan.server.name, {}).get("busy_since")
-        state = Liveness(
-            now,
-            self.started_ns,
-            max(last_samples, default=None),
-            self.stats.last_window_ns,
-            busy,
-            stall_ns=10_000_000_000,
-        )
-        self.systemd.feed(state, self.heartbeats.silent(now))
+        self.systemd.feed(self._liveness(now), self.heartbeats.silent(now))
 
-    def _apply_reload(self, new: Config) -> None:
+    def _liveness(self, now: int) -> Liveness:
+        last = max((s.last_recv_ns for s in self.stats.streams.values() if s.last_recv_ns), default=None)
+        busy = self.components.get(self.plan.server.name, {}).get("busy_since")
+        return Liveness(now, self.started_ns, last, self.stats.last_window_ns, busy, stall_ns=10_000_000_000)
+
+    def health(self, now_ns: int) -> tuple[bool, str]:
+        """The watchdog's rule, and the loop itself turning (``/healthz``, from any thread)."""
+        if now_ns - self.loop_ns > LOOP_STALL_NS:
+            return False, f"the daemon's loop has not turned for {(now_ns - self.loop_ns) / 1e9:.0f} s"
+        return fed(self._liveness(now_ns), self.heartbeats.silent(now_ns))
+
+    def _reload(self, new: Config) -> None:
         # The server loads the new model beside the old and swaps between two batches.
         self.to_server.send_multipart([RELOAD, str(new.model.path).encode()])
-        self.config = adopt(self.config, new, self._model_line())
+        self.config = adopt(self.config, new, self._served())
 
-    def _model_line(self) -> str:
+    def _served(self) -> str:
         return "{name} ({hash})".format(**self.model_info())
 
     def model_info(self) -> dict[str, str]:
@@ -281,8 +285,7 @@ class Daemon:
         self.supervisor.terminate()
         self.engine.stop(deadline)
         self.supervisor.reap(deadline)
-        if self.metrics_server is not None:
-            self.metrics_server.shutdown()  # type: ignore[attr-defined]
+        stop_metrics(self.metrics_server)
         self.broker.__exit__(None, None, None)
         if self.gatekeeper is not None:
             self.gatekeeper.stop()

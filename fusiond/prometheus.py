@@ -1,4 +1,5 @@
-"""Prometheus metrics over HTTP (``[metrics] listen``), read from the counters at scrape time.
+"""Prometheus metrics and health probes over HTTP (``[metrics] listen``), read from the
+counters at scrape time.
 
 Nothing is updated per message for Prometheus: a collector walks the daemon's counters
 when scraped. Metric names are listed in docs/operations.md.
@@ -6,11 +7,14 @@ when scraped. Metric names are listed in docs/operations.md.
 
 from __future__ import annotations
 
+import json
+import threading
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.registry import Collector
 
@@ -18,7 +22,7 @@ if TYPE_CHECKING:
     from fusiond.config import Config
     from fusiond.status import Observed
 
-__all__ = ["DaemonCollector", "serve"]
+__all__ = ["DaemonCollector", "serve", "stop"]
 
 
 class DaemonCollector(Collector):
@@ -114,18 +118,63 @@ class DaemonCollector(Collector):
         yield from (predictions, masked, latency)
 
 
-def serve(config: Config, daemon: Observed) -> object | None:
-    """Start the HTTP server of ``[metrics] listen`` in a thread, if there is one; returns
-    it (``.shutdown()`` stops it). A port it cannot have is a ConfigError naming the key."""
+class _Handler(BaseHTTPRequestHandler):
+    """``/metrics`` (Prometheus text), ``/healthz`` and ``/readyz`` (JSON, 200 or 503)."""
+
+    registry: CollectorRegistry
+    daemon: Observed
+    server_version = "fusiond"
+
+    def do_GET(self) -> None:  # noqa: N802 - the name http.server calls
+        path = self.path.split("?", 1)[0]
+        if path == "/metrics":
+            self._send(200, generate_latest(self.registry), CONTENT_TYPE_LATEST)
+            return
+        if path not in ("/healthz", "/readyz"):
+            self._send(404, b'{"error": "try /metrics, /healthz or /readyz"}\n', "application/json")
+            return
+        now = time.time_ns()
+        ok, why = self.daemon.health(now)
+        if path == "/readyz" and ok and not self.daemon.ready:
+            ok, why = False, "not ready yet: the model is warming up or no source has delivered"
+        body = json.dumps({"ok": ok, "why": why, "ready": self.daemon.ready}).encode() + b"\n"
+        self._send(200 if ok else 503, body, "application/json")
+
+    def _send(self, code: int, body: bytes, content_type: str) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server's name
+        """Probes come every few seconds: not a line each in the journal."""
+
+
+def serve(config: Config, daemon: Observed) -> ThreadingHTTPServer | None:
+    """Serve ``[metrics] listen`` in a thread, if set: ``/metrics``, and the probes
+    ``/healthz`` (the daemon's loop runs and the pipeline is alive, the watchdog's rule)
+    and ``/readyz`` (that, and READY announced). ``.shutdown()`` stops it; a port it cannot
+    have is a ConfigError naming the key."""
     listen = config.metrics.listen
     if not listen:
         return None
     host, _, port = listen.rpartition(":")
     registry = CollectorRegistry(auto_describe=False)
     registry.register(DaemonCollector(daemon))
+    handler = type("Handler", (_Handler,), {"registry": registry, "daemon": daemon})
     try:
-        server, _thread = start_http_server(int(port), addr=host, registry=registry)
+        server = ThreadingHTTPServer((host.strip("[]") or "0.0.0.0", int(port)), handler)
     except OSError as exc:
         msg = f"cannot serve metrics on {listen}: {exc.strerror}"
         raise config.error(msg, "metrics.listen") from None
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="fusiond-http", daemon=True).start()
     return server
+
+
+def stop(server: ThreadingHTTPServer | None) -> None:
+    """Stop a server :func:`serve` started, and close its socket (None: nothing to do)."""
+    if server is not None:
+        server.shutdown()
+        server.server_close()

@@ -155,6 +155,10 @@ class Observed(Protocol):
         """One row per component: state, pid, restarts, heartbeat, rigs."""
         ...
 
+    def health(self, now_ns: int) -> tuple[bool, str]:
+        """Whether the daemon's loop runs and its pipeline is alive, and why (the watchdog's rule)."""
+        ...
+
     @property
     def engine_name(self) -> str:
         """The engine that runs the components (``threads``, ``processes``, ``ray``, ...)."""

@@ -180,3 +180,41 @@ def test_reload_swaps_the_model_and_a_bad_one_keeps_the_running_model(tmp_path, 
         wait_for(lambda: "reloaded: now serving" in caplog.text)
         assert daemon.config.model.path == other and daemon.model_info()["hash"] == served
         assert daemon.config.log.level == "debug"
+
+
+def test_health_probes_say_ready_alive_and_a_loop_that_stopped(tmp_path, endpoints):
+    """``/readyz`` is 503 until READY, then 200; ``/healthz`` is 200 while the loop turns and
+    503 once it stops; ``/metrics`` is still Prometheus text."""
+    import urllib.error
+    import urllib.request
+
+    port = free_port()
+    path = demo_config(tmp_path, *endpoints, **{'listen = ""': f'listen = "127.0.0.1:{port}"'})
+
+    def probe(name: str) -> tuple[int, dict | str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/{name}", timeout=5) as reply:
+                body = reply.read().decode()
+                return reply.status, (json.loads(body) if name != "metrics" else body)
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read().decode())
+
+    stop = threading.Event()
+    with Daemon(config_mod.load(path), load_plugins(), config_path=path) as daemon:
+        code, body = probe("readyz")
+        assert code == 503 and not body["ready"] and "not ready yet" in body["why"], body
+        thread = threading.Thread(target=daemon.run, args=(stop,))
+        thread.start()
+        try:
+            wait_for(lambda: daemon.ready)
+            assert probe("readyz")[0] == 200
+            code, body = probe("healthz")
+            assert code == 200 and body["ok"], body
+            code, text = probe("metrics")
+            assert code == 200 and 'fusiond_source_up{source="demo/cam"} 1.0' in text
+            assert probe("nothing")[0] == 404
+        finally:
+            stop.set()
+            thread.join(10)
+        code, body = wait_for(lambda: (r := probe("healthz"))[0] == 503 and r, timeout_s=30)
+        assert "loop has not turned" in body["why"] and probe("readyz")[0] == 503
