@@ -110,11 +110,15 @@ class AsrConfig(SourceConfig):
     """Options of the ``asr`` kind: a WAV file (``path``) or a microphone (``device``)."""
 
     path: str = ""
-    """A 16 kHz, 16-bit PCM WAV file, played on the rig's media timeline."""
+    """An audio file (any format and rate the ``audiofile`` kind reads: it is resampled to
+    16 kHz and mixed down to mono), played on the rig's media timeline."""
     loop: bool = False
     device: str | int | None = None
     """Without ``path``: a microphone (name, part of it, or index; default input)."""
     latency: Literal["low", "high"] | float = "high"
+    device_rate_hz: int | None = Field(None, ge=1000, le=384_000)
+    """Without ``path``: open the microphone at this rate (44100, 48000, ...) and resample
+    to 16 kHz, for a device that cannot deliver 16 kHz itself."""
     words: list[str] = []
     """Hear only these words (lower case, in the recogniser's dictionary); empty: any English."""
     block: int = Field(1600, ge=160)
@@ -140,19 +144,27 @@ class AsrSource(Source[AsrConfig]):
     def check(cls, config: AsrConfig, base_dir: Path) -> list[str]:
         cfg = config
         if cfg.path:
-            return AudioFileSource.check(AudioFileConfig(path=Path(cfg.path)), base_dir)
-        return MicrophoneSource.check(MicrophoneConfig(device=cfg.device, rate_hz=RATE), base_dir)
+            return AudioFileSource.check(AudioFileConfig(path=Path(cfg.path), rate_hz=RATE), base_dir)
+        return MicrophoneSource.check(
+            MicrophoneConfig(device=cfg.device, rate_hz=RATE, device_rate_hz=cfg.device_rate_hz), base_dir
+        )
 
     def open(self) -> StreamInfo:
         cfg = self.config
         self.audio: Source[Any]
         if cfg.path:
             self.audio = AudioFileSource(
-                AudioFileConfig(path=Path(cfg.path), block=cfg.block, loop=cfg.loop), self.context
+                AudioFileConfig(path=Path(cfg.path), block=cfg.block, loop=cfg.loop, rate_hz=RATE, mono=True),
+                self.context,
             )
         else:
             mic = MicrophoneConfig(
-                device=cfg.device, rate_hz=RATE, channels=1, block=cfg.block, latency=cfg.latency
+                device=cfg.device,
+                rate_hz=RATE,
+                channels=1,
+                block=cfg.block,
+                latency=cfg.latency,
+                device_rate_hz=cfg.device_rate_hz,
             )
             self.audio = MicrophoneSource(mic, self.context)
         info = self.audio.open()

@@ -1,27 +1,70 @@
-"""``audiofile``: a PCM WAV file played in real time, like a microphone would deliver it."""
+"""``audiofile``: an audio file played in real time, like a microphone would deliver it.
+
+Any format libsndfile reads (through ``soundfile``): WAV of 8, 16, 24 or 32-bit PCM or
+float, FLAC, OGG Vorbis and Opus, MP3, AIFF, CAF, W64, ... Samples are published as int16
+(a float file is scaled, clipped at full scale), so a model sees the same values whatever
+the file's format. ``rate_hz`` resamples the whole file once, when it opens (soxr, high
+quality), for a model trained at another rate.
+"""
 
 from __future__ import annotations
 
-import wave
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+from pydantic import Field
 
 from fusiond.errors import SourceError
 from fusiond.plugin import SourceRegistry, hookimpl
 from fusiond.sources import Block, Source, SourceConfig, StreamInfo
 from fusiond.sources.playback import play
 
+__all__ = ["AudioFileConfig", "AudioFileSource", "fusiond_add_sources", "read_audio"]
+
 
 class AudioFileConfig(SourceConfig):
     """Options of the ``audiofile`` kind."""
 
     path: Path
-    """A 16-bit PCM WAV file."""
-    block: int = 1024
+    """An audio file in any format libsndfile reads (WAV, FLAC, OGG, MP3, AIFF, ...)."""
+    block: int = Field(1024, ge=1, le=1_000_000)
     """Samples per message; each message leaves when its last sample has 'played'."""
     loop: bool = False
+    rate_hz: int | None = Field(None, ge=1000, le=384_000)
+    """Publish at this rate, resampled; unset: the file's own rate."""
+    mono: bool = False
+    """Mix every channel down to one."""
+
+
+def read_audio(path: Path, rate_hz: int | None = None, mono: bool = False) -> tuple[np.ndarray, int]:
+    """``(samples [n, channels] int16, rate)`` of an audio file, resampled to ``rate_hz``
+    and mixed down to one channel if asked; SourceError saying why it cannot be read."""
+    import soundfile
+
+    if not path.is_file():
+        msg = f"no such audio file: {path.resolve()}"
+        raise SourceError(msg)
+    try:
+        info = soundfile.info(str(path))
+        convert = (rate_hz is not None and rate_hz != info.samplerate) or (mono and info.channels > 1)
+        # int16 straight from libsndfile when nothing is done to the samples: exact for
+        # 16-bit files, and libsndfile's own scaling for the others (float: 1.0 = 32768).
+        data, rate = soundfile.read(str(path), dtype="float32" if convert else "int16", always_2d=True)
+    except (OSError, soundfile.LibsndfileError, RuntimeError, TypeError) as exc:
+        msg = f"{path}: not an audio file libsndfile reads ({exc})"
+        raise SourceError(msg) from None
+    if not convert:
+        return data, int(rate)
+    if mono and data.shape[1] > 1:
+        data = data.mean(axis=1, keepdims=True)
+    if rate_hz is not None and rate_hz != rate and len(data):
+        import soxr
+
+        data = soxr.resample(data, rate, rate_hz, quality="HQ")
+        rate = rate_hz
+    samples = np.clip(np.rint(data * 32768.0), -32768, 32767).astype(np.int16)
+    return samples.reshape(len(samples), -1), int(rate)
 
 
 class AudioFileSource(Source[AudioFileConfig]):
@@ -33,33 +76,24 @@ class AudioFileSource(Source[AudioFileConfig]):
 
     @classmethod
     def check(cls, config: AudioFileConfig, base_dir: Path) -> list[str]:
-        """The file is there and is 16-bit PCM WAV (its header only)."""
+        """The file is there and libsndfile reads its header."""
+        import soundfile
+
         path = base_dir / config.path
-        try:
-            with wave.open(str(path)) as w:
-                width = w.getsampwidth()
-        except FileNotFoundError:
+        if not path.is_file():
             return [f"path: no such file: {path}"]
-        except (OSError, wave.Error, EOFError) as exc:
-            return [f"path: {path} is not a readable WAV file: {exc}"]
-        return [] if width == 2 else [f"path: {path} is {8 * width}-bit; only 16-bit PCM WAV is supported"]
+        try:
+            soundfile.info(str(path))
+        except (soundfile.LibsndfileError, RuntimeError, TypeError) as exc:
+            return [f"path: {path} is not an audio file libsndfile reads: {exc}"]
+        return []
 
     def open(self) -> StreamInfo:
         cfg = self.config
-        try:
-            with wave.open(str(cfg.path)) as w:
-                if w.getsampwidth() != 2:
-                    msg = f"{cfg.path}: only 16-bit PCM WAV is supported"
-                    raise SourceError(msg)
-                self.rate = w.getframerate()
-                raw = w.readframes(w.getnframes())
-                self.samples = np.frombuffer(raw, "<i2").reshape(-1, w.getnchannels())
-        except FileNotFoundError:
-            msg = f"no such audio file: {cfg.path.resolve()}"
-            raise SourceError(msg) from None
-        except (wave.Error, EOFError) as exc:
-            msg = f"{cfg.path}: not a readable WAV file ({exc})"
-            raise SourceError(msg) from None
+        self.samples, self.rate = read_audio(cfg.path, cfg.rate_hz, cfg.mono)
+        if not len(self.samples):
+            msg = f"{cfg.path}: holds no audio"
+            raise SourceError(msg)
         seconds = len(self.samples) / self.rate
         channels = self.samples.shape[1]
         return StreamInfo(float(self.rate), f"{cfg.path}: {seconds:.1f} s, {self.rate} Hz, {channels} ch")

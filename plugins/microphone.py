@@ -32,6 +32,9 @@ class MicrophoneConfig(SourceConfig):
     block: int = Field(1024, ge=16)
     """Samples per message."""
     latency: Literal["low", "high"] | float = "low"
+    device_rate_hz: int | None = Field(None, ge=1000, le=384_000)
+    """Open the device at this rate and resample to ``rate_hz`` (soxr, high quality), for a
+    device that cannot deliver ``rate_hz`` itself; unset: the device runs at ``rate_hz``."""
 
 
 class MicrophoneSource(Source[MicrophoneConfig]):
@@ -65,10 +68,18 @@ class MicrophoneSource(Source[MicrophoneConfig]):
         self.blocks: queue.Queue[tuple[np.ndarray, int]] = queue.Queue(maxsize=256)
         self.overflows = self.dropped = 0
         self.offset_ns: int | None = None
+        device_rate = cfg.device_rate_hz or cfg.rate_hz
+        self.resampler = None
+        if device_rate != cfg.rate_hz:
+            import soxr
+
+            self.resampler = soxr.ResampleStream(
+                device_rate, cfg.rate_hz, cfg.channels, dtype="int16", quality="HQ"
+            )
         try:
             self.stream = sd.InputStream(
                 device=cfg.device,
-                samplerate=cfg.rate_hz,
+                samplerate=device_rate,
                 channels=cfg.channels,
                 dtype="int16",
                 blocksize=cfg.block,
@@ -80,9 +91,10 @@ class MicrophoneSource(Source[MicrophoneConfig]):
             msg = f"cannot open input device {cfg.device!r}: {exc}"
             raise SourceError(msg) from None
         info = sd.query_devices(self.stream.device)
+        resampled = f" (the device at {device_rate} Hz, resampled)" if self.resampler is not None else ""
         return StreamInfo(
             float(cfg.rate_hz),
-            f"{info['name']!r}: {cfg.rate_hz} Hz, {cfg.channels} ch, {cfg.block}-sample blocks, "
+            f"{info['name']!r}: {cfg.rate_hz} Hz{resampled}, {cfg.channels} ch, {cfg.block}-sample blocks, "
             f"input latency {self.stream.latency * 1000:.0f} ms",
         )
 
@@ -121,7 +133,15 @@ class MicrophoneSource(Source[MicrophoneConfig]):
                     self.overflows,
                     self.dropped,
                 )
-            yield Block(data, t_ns)
+            if self.resampler is None:
+                yield Block(data, t_ns)
+                continue
+            out = self.resampler.resample_chunk(data)
+            if len(out):
+                # The chunk ends where the input did, less what the resampler still holds.
+                end_ns = t_ns + round(len(data) * 1e9 / self.stream.samplerate)
+                held_ns = round((self.resampler.delay() + len(out)) * 1e9 / cfg.rate_hz)
+                yield Block(out.reshape(len(out), -1), end_ns - held_ns)
 
     def close(self) -> None:
         stream = getattr(self, "stream", None)

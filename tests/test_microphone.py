@@ -62,7 +62,12 @@ def pulse(tmp_path):
             server.wait()
 
 
-def test_a_clip_played_into_the_microphone_arrives_intact_and_on_time(pulse, tmp_path, endpoints):
+@pytest.mark.parametrize("device_rate", [None, 48000])
+def test_a_clip_played_into_the_microphone_arrives_intact_and_on_time(
+    pulse, tmp_path, endpoints, device_rate
+):
+    """Also with the device opened at 48 kHz and resampled to 16 kHz in the source: the
+    clip is as intact, and its stamp as close, as when the device runs at 16 kHz."""
     env, fifo = pulse
     with wave.open(str(ROOT / "demo/digits.wav")) as w:
         speech = np.frombuffer(w.readframes(w.getnframes()), np.int16)
@@ -91,6 +96,7 @@ def test_a_clip_played_into_the_microphone_arrives_intact_and_on_time(pulse, tmp
         f"rate_hz={RATE}",
         "--set",
         "block=320",
+        *(["--set", f"device_rate_hz={device_rate}"] if device_rate else []),
     ]
     cmd = [sys.executable, "-m", "fusiond", *args]
     source = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
@@ -108,7 +114,9 @@ def test_a_clip_played_into_the_microphone_arrives_intact_and_on_time(pulse, tmp
         bus.close(linger=0)
         ctx.term()
     played_ns = int(out.split("clip ")[1])
-    assert samples, log
+    assert samples and {s.rate_hz for s in samples} == {RATE}, log
+    if device_rate:
+        assert "(the device at 48000 Hz, resampled)" in log, log
     audio = np.concatenate([s.data[:, 0] for s in samples]).astype(np.float64)
     starts = np.cumsum([0] + [len(s.data) for s in samples[:-1]])
     # Where is the clip in what came out of the bus?

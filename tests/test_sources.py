@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 import wave
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -150,6 +151,57 @@ def test_audio_file_arrives_intact_with_sample_accurate_times(bus, tmp_path):
     np.testing.assert_array_equal(np.concatenate([s.data[:, 0] for s in samples]), audio)
 
 
+@pytest.mark.parametrize(
+    ("name", "subtype", "exact"),
+    [
+        ("tone.flac", "PCM_16", True),
+        ("tone24.wav", "PCM_24", True),
+        ("tonef.wav", "FLOAT", True),
+        ("tone.ogg", "VORBIS", False),
+        ("tone.aiff", "PCM_16", True),
+    ],
+)
+def test_audiofile_plays_every_format_libsndfile_reads(bus, tmp_path, name, subtype, exact):
+    """The same int16 samples from FLAC, 24-bit and float WAV and AIFF; OGG Vorbis is lossy,
+    so it is held to the tone it carries."""
+    import soundfile
+
+    endpoint, sock = bus
+    audio = (np.sin(np.arange(8000) * 2 * np.pi * 440 / 16000) * 20000).astype(np.int16)
+    path = tmp_path / name
+    soundfile.write(str(path), audio, 16000, subtype=subtype)
+    proc, _ = run_source(endpoint, "audiofile", f"path='{path}'", "block=512")
+    samples = collect(sock, proc)
+    assert proc.returncode == 0 and {s.rate_hz for s in samples} == {16000.0}, proc.log
+    got = np.concatenate([s.data[:, 0] for s in samples])
+    assert got.dtype == np.int16 and len(got) == len(audio)
+    if exact:
+        np.testing.assert_array_equal(got, audio)
+    else:
+        assert np.argmax(np.abs(np.fft.rfft(got))) * 16000 / len(got) == pytest.approx(440, abs=2)
+
+
+def test_audiofile_resamples_a_44k_stereo_file_for_a_16k_model(bus, tmp_path):
+    """``rate_hz`` and ``mono``: a 44.1 kHz stereo recording arrives as 16 kHz mono, the
+    tone where it was, the timeline unchanged."""
+    import soundfile
+
+    endpoint, sock = bus
+    t = np.arange(44100) / 44100
+    left, right = np.sin(2 * np.pi * 440 * t), np.sin(2 * np.pi * 1000 * t)
+    path = tmp_path / "stereo.wav"
+    soundfile.write(str(path), np.stack([left, right], axis=1) * 0.5, 44100, subtype="PCM_16")
+    proc, anchor = run_source(endpoint, "audiofile", f"path='{path}'", "rate_hz=16000", "mono=true")
+    samples = collect(sock, proc)
+    assert proc.returncode == 0 and {s.rate_hz for s in samples} == {16000.0}, proc.log
+    got = np.concatenate([s.data for s in samples]).astype(np.float64)
+    assert got.shape == (16000, 1)
+    spectrum = np.abs(np.fft.rfft(got[:, 0]))
+    peaks = sorted(int(f) for f in np.argsort(spectrum)[-2:])  # 1 Hz a bin: one second of audio
+    assert peaks == [440, 1000], peaks
+    assert samples[1].t_ns - samples[0].t_ns == round(len(samples[0].data) * 1e9 / 16000)
+
+
 def test_csv_recording_replays_its_columns(bus, tmp_path):
     endpoint, sock = bus
     path = tmp_path / "imu.csv"
@@ -168,6 +220,7 @@ def test_csv_recording_replays_its_columns(bus, tmp_path):
     [
         ("camera", "uri='/nonexistent/cam.mp4'", "no such video file: /nonexistent/cam.mp4"),
         ("audiofile", "path='/nonexistent/a.wav'", "no such audio file: /nonexistent/a.wav"),
+        ("audiofile", f"path='{Path(__file__)}'", "not an audio file libsndfile reads"),
         ("csvfile", "path='/nonexistent/i.csv'", "no such recording: /nonexistent/i.csv"),
     ],
 )

@@ -269,6 +269,26 @@ def test_asr_source_hears_the_words_of_a_known_clip(bus, tmp_path):
     assert times == sorted(times) and 0 <= times[0] < 1.0 and 5.0 < times[-1] < 6.0, times
 
 
+def test_asr_source_hears_a_44k_stereo_flac_resampled_to_16k(bus, tmp_path):
+    """A recording at another rate, in another format and with two channels: resampled to
+    the recogniser's 16 kHz and mixed down, it is heard as the 16 kHz original is."""
+    import soundfile
+    import soxr
+
+    endpoint, sock = bus
+    with wave.open(str(ROOT / "demo/digits.wav")) as w:
+        rate = w.getframerate()
+        audio = np.frombuffer(w.readframes(w.getnframes()), np.int16)
+    clip = np.concatenate([audio[s * rate : (s + 2) * rate] for s in (22, 28)]).astype(np.float32) / 32768
+    high = soxr.resample(clip, rate, 44100)
+    path = tmp_path / "clip.flac"
+    soundfile.write(str(path), np.stack([high, high * 0.9], axis=1), 44100, subtype="PCM_24")
+    proc, _ = run_source(endpoint, "asr", f"path='{path}'", stream="speech")
+    samples = collect(sock, proc)
+    assert proc.returncode == 0, proc.log
+    assert words_of(samples) == ["eight", "eight", "nine", "nine"], proc.log
+
+
 def test_asr_source_refuses_words_its_dictionary_lacks(bus):
     endpoint, _ = bus
     proc, _ = run_source(endpoint, "asr", f"path='{ROOT / 'demo/digits.wav'}'", "words=['seven','zorblax']")
