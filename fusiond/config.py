@@ -28,7 +28,8 @@ from fusiond.bus.sockets import DEFAULT_CONTROL, DEFAULT_PUBLISH, DEFAULT_SUBSCR
 from fusiond.bus.wire import NAME_RE
 from fusiond.errors import ConfigError
 from fusiond.ingest import Limits
-from fusiond.plugin.registry import SourceRegistry
+from fusiond.outputs.base import OutputConfig
+from fusiond.plugin.registry import OutputRegistry, SourceRegistry
 from fusiond.sources.base import SourceConfig
 from fusiond.strict import Strict
 
@@ -38,6 +39,8 @@ __all__ = [
     "config_error",
     "IngestSection",
     "load",
+    "OutputSection",
+    "validate_output",
     "LogSection",
     "MetricsSection",
     "ModelSection",
@@ -305,6 +308,23 @@ class SourceSection(BaseModel):
         return dict(self.model_extra or {})
 
 
+class OutputSection(BaseModel):
+    """``[outputs.N]``: ``kind``, then the kind's options (docs/outputs.md)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    kind: str
+    queue: int = Field(1000, ge=1, le=1_000_000)
+    """Predictions the bridge holds while its output falls behind (past that, the newest
+    are dropped and counted)."""
+    restart_max_s: float = Field(30.0, gt=0)
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """The kind's own options (everything but the fields above)."""
+        return dict(self.model_extra or {})
+
+
 class RigSection(Strict):
     """``[rigs.R]``: one set of co-located sensors."""
 
@@ -345,6 +365,8 @@ class Config(Strict):
     window: WindowSection = WindowSection()
     log: LogSection = LogSection()
     rigs: dict[str, RigSection]
+    outputs: dict[str, OutputSection] = {}
+    """Where predictions go besides the bus, each in a bridge process of its own."""
     base_dir: Path = Path(".")
     source: str = "<config>"
     """The file it was read from, for error messages."""
@@ -383,6 +405,18 @@ class Config(Strict):
             if s.max_message_rate is not None
         }
 
+    def output_options(self, registry: OutputRegistry) -> dict[str, OutputConfig]:
+        """Every output's options validated by its kind (raises ConfigError)."""
+        out = {}
+        for name, output in self.outputs.items():
+            options = validate_output(registry, output, f"outputs.{name}", self.source)
+            unknown = sorted(set(options.rigs) - set(self.rigs))
+            if unknown:
+                msg = f"no such rig(s): {', '.join(unknown)} (known: {', '.join(self.rigs)})"
+                raise ConfigError(msg, path=f"outputs.{name}.rigs", source=self.source)
+            out[name] = options
+        return out
+
     def source_options(self, registry: SourceRegistry) -> dict[tuple[str, str], SourceConfig]:
         """Every source's options validated by its kind (raises ConfigError)."""
         out = {}
@@ -409,6 +443,18 @@ def validate(model: type[_Model], data: dict[str, Any], prefix: str = "", source
         return model.model_validate_json(text, strict=True)
     except ValidationError as exc:
         raise config_error(exc, model, prefix=prefix, source=source) from None
+
+
+def validate_output(
+    registry: OutputRegistry, output: OutputSection, path: str, file: str = ""
+) -> OutputConfig:
+    """One output's options, validated against its kind's ``Config``."""
+    cls = registry.get(output.kind)
+    if cls is None:
+        known = ", ".join(registry) or "none (pip install 'fusiond[mqtt]' adds mqtt)"
+        msg = f"unknown output kind {output.kind!r} (known: {known})"
+        raise ConfigError(msg, path=f"{path}.kind", source=file)
+    return validate(cls.Config, output.options, prefix=path, source=file)
 
 
 def validate_source(

@@ -28,10 +28,11 @@ from fusiond import status
 from fusiond.bus.broker import Broker
 from fusiond.bus.security import Gatekeeper, guard
 from fusiond.bus.sockets import Sockets, drain, raise_fd_limit
-from fusiond.bus.wire import PREDICTION_PREFIX
+from fusiond.bus.wire import OUTPUT_PREFIX, PREDICTION_PREFIX
 from fusiond.config import Config
 from fusiond.memory import MemoryReturn
 from fusiond.metrics import Stats, Summary
+from fusiond.outputs.watch import OutputReports
 from fusiond.plugin import Plugins
 from fusiond.prepare import daemon_keys, prepare
 from fusiond.prometheus import serve as serve_metrics
@@ -43,7 +44,7 @@ from fusiond.runtime.handoff import decode_body
 from fusiond.runtime.health import Continuity, Heartbeats
 from fusiond.runtime.server import RELOAD
 from fusiond.service import Liveness, Systemd, fed, watchdog_interval_ns
-from fusiond.sources.supervisor import Supervisor, source_children
+from fusiond.sources.supervisor import Supervisor, output_children, source_children
 
 log = logging.getLogger("fusiond")
 LOOP_STALL_NS = 5_000_000_000
@@ -84,6 +85,7 @@ class Daemon:
         self.components: dict[str, dict[str, Any]] = {}
         """Each component's last counters snapshot."""
         self.continuity = Continuity(config.rigs, self.stats)
+        self.outputs = OutputReports(config.outputs)
         self.reloader = Reloader(config_path, plugins, self.checkpoint.spec, self._reload, self._served)
         self._failed: set[str] = set()
         self.fatal: str | None = None
@@ -110,6 +112,7 @@ class Daemon:
             self.inbox = self.sockets.pull(stats_at, bind=True, where="runtime.advertise")
             self.stats_at = _bound(self.inbox)
             self.monitor = self.sockets.subscriber(self.broker.inproc_subscribe, [PREDICTION_PREFIX])
+            self.reports = self.sockets.subscriber(self.broker.inproc_subscribe, [OUTPUT_PREFIX], hwm=64)
             endpoints = endpoints_for(self._engine_class, self.config, self.broker, self.stats_at, self.owner)
             workers = self.config.runtime.worker_count(len(self.config.rigs))
             self.plan = make_plan(self.config, self.streams, self.checkpoint.spec, endpoints, workers)
@@ -126,8 +129,8 @@ class Daemon:
             self.sockets.close()
             stop_metrics(self.metrics_server)
             raise
-        self.supervisor = Supervisor(source_children(self.config, self.streams, self.keys.env())
-                                     if self.start_sources else [])  # fmt: skip
+        sources = source_children(self.config, self.streams, self.keys.env()) if self.start_sources else []
+        self.supervisor = Supervisor(sources + output_children(self.config, self.keys.env()))
         self.supervisor.poll()
         ck, n = self.checkpoint, len(self.plan.workers)
         log.info(  # one line that says what runs where
@@ -141,7 +144,7 @@ class Daemon:
     def run(self, stop: threading.Event, reload: threading.Event | None = None) -> None:
         """Serve until ``stop`` is set (or :attr:`fatal`); reload whenever ``reload`` is set."""
         poller = zmq.Poller()
-        for sock in (self.inbox, self.monitor, self.control):
+        for sock in (self.inbox, self.monitor, self.control, self.reports):
             poller.register(sock, zmq.POLLIN)
         summary = Summary(self.stats, time.time_ns())
         every_ns = round(self.config.log.summary_s * 1e9)
@@ -158,6 +161,8 @@ class Daemon:
                 self._guarded("counters", self._take_counters)
             if self.monitor in events:
                 self._guarded("monitor", self.continuity.take, drain(self.monitor, 1024))
+            if self.reports in events:
+                self._guarded("outputs", self.outputs.take, drain(self.reports, 64))
             if self.control in events:
                 self._guarded("control", status.serve_one, self.control, self)
             now = time.time_ns()
@@ -228,7 +233,7 @@ class Daemon:
     def _check_ready(self, now: int) -> None:
         self.ready = self.systemd.check_ready(
             warm=self.plan.server.name in self.components,
-            sources=len(self.supervisor.children),
+            sources=sum(c.role == "source" for c in self.supervisor.children),
             silent=status.never_delivered_why(self),
             waited_ns=now - self.started_ns,
             model=self.checkpoint.name,

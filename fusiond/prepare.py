@@ -17,6 +17,7 @@ from fusiond.config import Config
 from fusiond.errors import ConfigError, FusiondError, ModelError
 from fusiond.models import Checkpoint, load
 from fusiond.models.runner import pick_device
+from fusiond.outputs.base import OutputConfig
 from fusiond.pipeline import resolve_streams
 from fusiond.plugin import Plugins
 from fusiond.runtime.engines import ENGINES, engine_class, engine_name
@@ -54,6 +55,7 @@ class Prepared:
     """What a config needs before anything starts, every part checked."""
 
     options: dict[tuple[str, str], SourceConfig]
+    outputs: dict[str, OutputConfig]
     checkpoint: Checkpoint
     streams: dict[tuple[str, str], str]
     problems: list[str]
@@ -74,6 +76,7 @@ def prepare(
     start for ever.
     """
     options = config.source_options(plugins.sources)
+    outputs = config.output_options(plugins.outputs)
     engine_class(engine_name(config), engines)  # an engine the table lacks: one clear line
     try:
         checkpoint = load(config.model.path)
@@ -105,7 +108,11 @@ def prepare(
             warnings.append(
                 f"rigs.{rig}: no source for the model's {modality!r} input: it is masked in every window"
             )
-    return Prepared(options, checkpoint, streams, problems, warnings)
+    for name, output_options in outputs.items():
+        output_cls = plugins.outputs.get(config.outputs[name].kind)
+        assert output_cls is not None  # output_options checked the kind
+        problems += [f"outputs.{name}.{problem}" for problem in output_cls.check(output_options)]
+    return Prepared(options, outputs, checkpoint, streams, problems, warnings)
 
 
 def _try_serving(config: Config, plugins: Plugins) -> None:

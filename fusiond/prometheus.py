@@ -18,6 +18,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.registry import Collector
 
+from fusiond.outputs.watch import COUNTS
+
 if TYPE_CHECKING:
     from fusiond.config import Config
     from fusiond.status import Observed
@@ -66,9 +68,23 @@ class DaemonCollector(Collector):
             "fusiond_source_restarts", "Source process restarts", labels=["source"]
         )
         for child in d.supervisor.children:
-            up.add_metric([child.name], 1.0 if child.state == "running" else 0.0)
-            restarts.add_metric([child.name], child.restarts)
+            if child.role == "source":
+                up.add_metric([child.name], 1.0 if child.state == "running" else 0.0)
+                restarts.add_metric([child.name], child.restarts)
         yield from (up, restarts)
+        outputs = CounterMetricFamily(
+            "fusiond_output_predictions",
+            "Predictions an output delivered or not",
+            labels=["output", "outcome"],
+        )
+        output_up = GaugeMetricFamily(
+            "fusiond_output_up", "1 while the output's bridge runs", labels=["output"]
+        )
+        for row in d.outputs.rows(d.supervisor.children, now):
+            output_up.add_metric([row["name"]], 1.0 if row["state"] == "running" else 0.0)
+            for outcome in COUNTS:
+                outputs.add_metric([row["name"], outcome], row[outcome])
+        yield from (outputs, output_up)
         drops = CounterMetricFamily(
             "fusiond_drops", "Samples, messages or windows discarded", labels=["reason"]
         )

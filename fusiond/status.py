@@ -16,6 +16,7 @@ from fusiond.sources.supervisor import Child, Supervisor
 
 if TYPE_CHECKING:
     from fusiond.config import Config
+    from fusiond.outputs.watch import OutputReports
 
 __all__ = [
     "serve_one",
@@ -146,6 +147,8 @@ class Observed(Protocol):
     def started_ns(self) -> int: ...
     @property
     def ready(self) -> bool: ...
+    @property
+    def outputs(self) -> OutputReports: ...
 
     def model_info(self) -> dict[str, str]:
         """The model being served (name, hash, device, runtime)."""
@@ -193,6 +196,7 @@ def snapshot(d: Observed, now_ns: int) -> dict[str, object]:
         "runtime": {"engine": d.engine_name, "components": d.component_rows(now_ns)},
         "sources": rows,
         "rigs": rigs(now_ns, d.stats, list(d.config.rigs), quiet_after, rows),
+        "outputs": d.outputs.rows(d.supervisor.children, now_ns),
         "drops": dict(d.stats.all_drops()),
     }
 
@@ -259,6 +263,14 @@ def as_text(s: Mapping[str, Any]) -> str:
         )
         if rig["quiet"]:
             lines.append(f"    quiet: {rig['quiet']}")
+    if s.get("outputs"):
+        lines.append("outputs:")
+    for out in s.get("outputs", []):
+        health = ", ".join(f"{k} {v}" for k, v in out["health"].items())
+        lines.append(
+            f"  {out['name']:<12} {out['state']}, sent {out['sent']}, dropped {out['dropped']}, failed "
+            f"{out['failed']}, lost {out['lost']}" + (f"; {health}" if health else "")
+        )
     drops = ", ".join(f"{k}={v}" for k, v in sorted(s["drops"].items())) or "none"
     lines.append(f"drops: {drops}")
     return "\n".join(lines)

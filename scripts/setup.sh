@@ -8,7 +8,8 @@ cd "$(dirname "$0")/.."
 # pulseaudio, pulseaudio-utils, libasound2-plugins: the virtual microphone the tests use.
 # nodejs, npm: the test that runs docs/protocol.md's JavaScript client (skipped as a
 # package when node and npm are already on the PATH, from NodeSource say).
-debs=(libportaudio2 pulseaudio pulseaudio-utils libasound2-plugins)
+# mosquitto: the MQTT broker the mqtt output's tests publish to (started by the tests).
+debs=(libportaudio2 pulseaudio pulseaudio-utils libasound2-plugins mosquitto)
 missing=()
 for deb in "${debs[@]}"; do
   dpkg -s "$deb" >/dev/null 2>&1 || missing+=("$deb")
@@ -31,7 +32,7 @@ python3 -m venv .venv
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   .venv/bin/pip install -q torch==2.13.0
 fi
-.venv/bin/pip install -q -e '.[test,onnx,ray,speech]'
+.venv/bin/pip install -q -e '.[test,onnx,ray,speech,mqtt]'
 # The test footage: opencv-doc's sample video, unpacked into .cache/ (not installed).
 bash scripts/fetch-footage.sh
 echo "setup: done; run .venv/bin/fusiond run --config config.toml"

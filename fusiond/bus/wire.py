@@ -24,6 +24,7 @@ SAMPLE_PREFIX: Final = "s/"
 PREDICTION_PREFIX: Final = "p/"
 ERROR_PREFIX: Final = "e/"
 TALLY_PREFIX: Final = "t/"
+OUTPUT_PREFIX: Final = "o/"
 TALLY_EVERY_NS: Final = 1_000_000_000
 """How often a publishing source says how many messages it has sent (and once at its end)."""
 NAME_RE: Final = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -296,6 +297,15 @@ def encode_tally(*, rig: str, stream: str, last_seq: int, t_ns: int, final: bool
         "final": final,
     }
     return [f"{TALLY_PREFIX}{rig}/{stream}".encode(), msgpack.packb(header)]
+
+
+def encode_output_report(*, name: str, kind: str, counts: dict[str, int], health: dict[str, Any],
+                         t_ns: int) -> list[bytes]:  # fmt: skip
+    """Frames an output bridge sends once a second on ``o/<name>``: its running counts
+    (``sent``, ``dropped``, ``failed``, ``lost``, ``malformed``) and its own health."""
+    header = {"v": list(PROTOCOL_VERSION), "type": "output", "name": name, "kind": kind, "counts": counts,
+              "health": health, "t_ns": t_ns}  # fmt: skip
+    return [f"{OUTPUT_PREFIX}{name}".encode(), msgpack.packb(header)]
 
 
 def tally_of(header: dict[str, Any]) -> int | None:
@@ -711,6 +721,7 @@ __all__ = [
     "describe",
     "DTYPES",
     "DUPLICATE",
+    "encode_output_report",
     "encode_prediction",
     "encode_sample",
     "encode_source_error",
@@ -728,6 +739,7 @@ __all__ = [
     "MAX_TEXT_BYTES",
     "MIN_RATE_HZ",
     "NAME_RE",
+    "OUTPUT_PREFIX",
     "Prediction",
     "PREDICTION_PREFIX",
     "prediction_topic",

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from fusiond import __version__
-from fusiond.cli import bus, daemon, model, recording
+from fusiond.cli import bus, daemon, model, outputs, recording
 from fusiond.errors import FusiondError
 
 __all__ = ["build_parser", "main"]
@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"fusiond {__version__}")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     sub = parser.add_subparsers(dest="command", required=True)
-    for group in (daemon, recording, bus, model):
+    for group in (daemon, recording, bus, outputs, model):
         group.register(sub)
     return parser
 

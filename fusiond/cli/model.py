@@ -160,7 +160,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
-    """List the source kinds and encoders found, and where each came from."""
+    """List the source kinds, outputs, encoders, fusions and modality kinds found, and
+    where each came from."""
     from fusiond.plugin import load_plugins
 
     plugins = load_plugins()
@@ -169,6 +170,10 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         cls = plugins.sources.get(kind)
         assert cls is not None
         rows.append({"type": "source", "name": kind, "modality": cls.modality, "from": plugins.origin(cls)})
+    for kind in plugins.outputs:
+        output = plugins.outputs.get(kind)
+        assert output is not None
+        rows.append({"type": "output", "name": kind, "modality": "", "from": plugins.origin(output)})
     for name, module in plugins.encoders.modules().items():
         rows.append({"type": "encoder", "name": name, "modality": "", "from": plugins.origin(module)})
     for name, module in plugins.fusions.modules().items():

@@ -2,11 +2,12 @@
 
 from fusiond.plugin.hookspecs import hookimpl, hookspec
 from fusiond.plugin.manager import Plugins, load_plugins
-from fusiond.plugin.registry import EncoderRegistry, FusionRegistry, SourceRegistry
+from fusiond.plugin.registry import EncoderRegistry, FusionRegistry, OutputRegistry, SourceRegistry
 
 __all__ = [
     "EncoderRegistry",
     "FusionRegistry",
+    "OutputRegistry",
     "Plugins",
     "SourceRegistry",
     "hookimpl",

@@ -13,12 +13,13 @@ import pluggy
 
 if TYPE_CHECKING:
     from fusiond.align.kinds import KindRegistry
-    from fusiond.plugin.registry import EncoderRegistry, FusionRegistry, SourceRegistry
+    from fusiond.plugin.registry import EncoderRegistry, FusionRegistry, OutputRegistry, SourceRegistry
 
 __all__ = [
     "fusiond_add_encoders",
     "fusiond_add_fusions",
     "fusiond_add_modality_kinds",
+    "fusiond_add_outputs",
     "fusiond_add_sources",
     "hookimpl",
     "hookspec",
@@ -78,4 +79,16 @@ def fusiond_add_modality_kinds(registry: KindRegistry) -> None:
     input of a missing modality, and corrupts or augments batches for training.
 
     :param registry: the process-wide kind registry.
+    """
+
+
+@hookspec
+def fusiond_add_outputs(registry: OutputRegistry) -> None:
+    """Add output kinds: where predictions go besides the bus (``[outputs.<name>] kind``).
+
+    Called once when plugins are loaded. Call ``registry.add(cls)`` for each
+    :class:`fusiond.outputs.Output` subclass; its ``kind`` must be unique. Each configured
+    output runs in a bridge process of its own, fed the predictions from the bus.
+
+    :param registry: the output registry being built.
     """

@@ -12,7 +12,7 @@ import pluggy
 
 from fusiond.errors import PluginError
 from fusiond.plugin import hookspecs
-from fusiond.plugin.registry import EncoderRegistry, FusionRegistry, SourceRegistry
+from fusiond.plugin.registry import EncoderRegistry, FusionRegistry, OutputRegistry, SourceRegistry
 
 __all__ = ["GROUP", "load_plugins", "Plugins"]
 
@@ -26,6 +26,7 @@ class Plugins:
 
     manager: pluggy.PluginManager
     sources: SourceRegistry
+    outputs: OutputRegistry = field(default_factory=OutputRegistry)
     origins: dict[str, str] = field(default_factory=dict)
     failures: dict[str, str] = field(default_factory=dict)
     _encoders: EncoderRegistry | None = None
@@ -88,6 +89,7 @@ def load_plugins(extra: Iterable[Any] = (), *, entry_points: bool = True) -> Plu
         msg = f"plugin {exc.plugin!r} has a hook fusiond does not define: {exc}"
         raise PluginError(msg) from None
     pm.hook.fusiond_add_sources(registry=plugins.sources)
+    pm.hook.fusiond_add_outputs(registry=plugins.outputs)
     from fusiond.align.kinds import KINDS
 
     pm.hook.fusiond_add_modality_kinds(registry=KINDS)

@@ -15,9 +15,10 @@ from fusiond.errors import PluginError
 if TYPE_CHECKING:
     from torch import nn
 
+    from fusiond.outputs.base import Output
     from fusiond.sources.base import Source
 
-__all__ = ["EncoderRegistry", "FusionRegistry", "ModuleRegistry", "SourceRegistry"]
+__all__ = ["EncoderRegistry", "FusionRegistry", "ModuleRegistry", "OutputRegistry", "SourceRegistry"]
 
 _NAME = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 
@@ -49,6 +50,43 @@ class SourceRegistry:
         self._kinds[kind] = source
 
     def get(self, kind: str) -> type[Source[Any]] | None:
+        """The class of a kind, or None."""
+        return self._kinds.get(kind)
+
+    def __contains__(self, kind: object) -> bool:
+        return kind in self._kinds
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(self._kinds))
+
+
+class OutputRegistry:
+    """Output kinds by name (:mod:`fusiond.outputs`)."""
+
+    def __init__(self) -> None:
+        self._kinds: dict[str, type[Output[Any]]] = {}
+
+    def add(self, output: type[Output[Any]]) -> None:
+        """Register an output class under its ``kind``."""
+        from fusiond.outputs.base import Output, OutputConfig
+
+        if not (isinstance(output, type) and issubclass(output, Output)):
+            msg = f"{output!r} is not a fusiond.outputs.Output subclass"
+            raise PluginError(msg)
+        kind = getattr(output, "kind", "")
+        if not _NAME.match(kind):
+            msg = f"{output.__qualname__}.kind must be a lowercase name, got {kind!r}"
+            raise PluginError(msg)
+        if not (isinstance(output.Config, type) and issubclass(output.Config, OutputConfig)):
+            msg = f"{output.__qualname__}.Config must subclass fusiond.outputs.OutputConfig"
+            raise PluginError(msg)
+        known = self._kinds.get(kind)
+        if known is not None and known is not output:
+            msg = f"output kind {kind!r} registered twice: {known.__module__} and {output.__module__}"
+            raise PluginError(msg)
+        self._kinds[kind] = output
+
+    def get(self, kind: str) -> type[Output[Any]] | None:
         """The class of a kind, or None."""
         return self._kinds.get(kind)
 

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from fusiond.config import Config
 
 __all__ = [
+    "output_children",
     "Child",
     "die_with_parent",
     "FAIL_AFTER",
@@ -219,4 +220,18 @@ def source_children(
             )
             backoff = Backoff(cap_s=source.restart_max_s)
             children.append(Child(f"{rig}/{name}", argv, config.base_dir, backoff, env=dict(env)))
+    return children
+
+
+def output_children(config: Config, env: Mapping[str, str]) -> list[Child]:
+    """One bridge process per ``[outputs.N]``, subscribed to the bus's predictions."""
+    subscribe, publish = local_endpoint(config.bus.subscribe), local_endpoint(config.bus.publish)
+    children = []
+    for name, output in config.outputs.items():
+        argv = fusiond_argv(
+            "output", output.kind, "--name", name, "--connect", subscribe, "--publish", publish,
+            "--queue", str(output.queue), "--options-json", json.dumps(output.options),
+        )  # fmt: skip
+        backoff = Backoff(cap_s=output.restart_max_s)
+        children.append(Child(f"output:{name}", argv, config.base_dir, backoff, env=dict(env), role="output"))
     return children

@@ -1,0 +1,55 @@
+"""``fusiond output``: one output's bridge, from the bus's predictions to where they go."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+
+from fusiond.cli.common import key_options, keys_of, parse_set
+
+__all__ = ["cmd_output", "register"]
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add this group's subcommands."""
+    output = sub.add_parser("output", help="bridge the bus's predictions to an output (MQTT, ...)")
+    output.add_argument("kind", help="an output kind (fusiond plugins lists them)")
+    output.add_argument("--name", default=None, help="its name in status (default: the kind)")
+    output.add_argument("--connect", default="tcp://127.0.0.1:7711", help="the bus's subscriber endpoint")
+    output.add_argument(
+        "--publish", default="tcp://127.0.0.1:7710", help="the bus's publisher endpoint (reports)"
+    )
+    output.add_argument(
+        "--queue", type=int, default=1000, help="predictions held while the output falls behind"
+    )
+    output.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    output.add_argument("--options-json", help=argparse.SUPPRESS)
+    output.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
+    key_options(output)
+    output.set_defaults(func=cmd_output)
+
+
+def cmd_output(args: argparse.Namespace) -> int:
+    """Run one output's bridge until SIGTERM."""
+    from fusiond.config import OutputSection, validate_output
+    from fusiond.outputs.base import OutputContext
+    from fusiond.outputs.runner import run_output
+    from fusiond.plugin import load_plugins
+    from fusiond.sources.runner import stop_event_from_signals
+    from fusiond.sources.supervisor import STOP_GRACE_S, die_with_parent
+
+    stop = stop_event_from_signals(STOP_GRACE_S)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a reload is the daemon's business
+    if args.parent_pid:
+        die_with_parent(args.parent_pid)
+    options = json.loads(args.options_json) if args.options_json else {}
+    options.update(parse_set(args.set))
+    plugins = load_plugins()
+    name = args.name or args.kind
+    config = validate_output(plugins.outputs, OutputSection(kind=args.kind, **options), f"output {name}")
+    cls = plugins.outputs.get(args.kind)
+    assert cls is not None  # validate_output raised otherwise
+    context = OutputContext(name, stop, logging.getLogger(f"fusiond.output.{name}"))
+    return run_output(cls, config, context, args.connect, args.publish, queue=args.queue, keys=keys_of(args))

@@ -1,0 +1,64 @@
+"""The daemon's view of its outputs: the reports their bridges send on ``o/<name>``."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from fusiond.bus.wire import Frame, decode_header
+from fusiond.errors import WireError
+from fusiond.sources.supervisor import Child
+
+__all__ = ["COUNTS", "OutputReports"]
+
+COUNTS = ("sent", "dropped", "failed", "lost", "malformed")
+"""What a bridge counts: delivered, dropped by the output's full queue, failed, never
+reached the bridge (gaps in prediction numbers), unreadable."""
+
+
+class OutputReports:
+    """The last report of each configured output (others, forged or stale, are refused)."""
+
+    def __init__(self, names: Iterable[str]) -> None:
+        self.names = set(names)
+        self.last: dict[str, tuple[dict[str, int], dict[str, Any], int]] = {}
+        self.refused = 0
+
+    def take(self, messages: Iterable[Sequence[Frame]]) -> None:
+        """Reports from the bus."""
+        for frames in messages:
+            try:
+                header = decode_header(frames)
+                name, counts, health = header["name"], dict(header["counts"]), dict(header["health"])
+                counts = {str(k): int(v) for k, v in counts.items() if k in COUNTS}
+            except (WireError, KeyError, TypeError, ValueError):
+                self.refused += 1
+                continue
+            ok = (
+                name in self.names
+                and all(0 <= v < 2**63 for v in counts.values())
+                and len(str(health)) < 4096
+            )
+            if not ok:
+                self.refused += 1
+                continue
+            self.last[name] = (counts, health, time.time_ns())
+
+    def rows(self, children: Sequence[Child], now_ns: int) -> list[dict[str, Any]]:
+        """One row per output for ``fusiond status``."""
+        by_name = {c.name.removeprefix("output:"): c for c in children if c.role == "output"}
+        out = []
+        for name in sorted(self.names):
+            counts, health, when = self.last.get(name, ({}, {}, None))
+            child = by_name.get(name)
+            age = None if when is None else round((now_ns - when) / 1e9, 1)
+            out.append({
+                "name": name, "state": child.state if child else "external",
+                "pid": child.proc.pid if child and child.proc else None,
+                "restarts": child.restarts if child else 0,
+                **{k: counts.get(k, 0) for k in COUNTS},
+                "health": health, "last_report_age_s": age if age is None or math.isfinite(age) else None,
+            })  # fmt: skip
+        return out
