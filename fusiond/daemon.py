@@ -90,13 +90,10 @@ class Daemon:
         self._failed: set[str] = set()
         self.fatal: str | None = None
         """Why the daemon stopped itself (the run then fails with this)."""
-        self.ready = False
-        """Whether READY was announced."""
-        self.loop_ns = self.started_ns
-        """When the loop last turned."""
+        self.ready, self.loop_ns = False, self.started_ns  # READY announced; when the loop last turned
 
     def __enter__(self) -> Daemon:
-        bus = self.config.bus
+        bus, engine = self.config.bus, self._engine_class
         # First: a port it cannot have stops the start before any thread or socket exists.
         self.metrics_server = serve_metrics(self.config, self)
         raise_fd_limit()
@@ -108,21 +105,17 @@ class Daemon:
             self.gatekeeper, rules = guard(bus.security, self.sockets.ctx, self.stats.drop)
             self.broker = Broker(self.sockets, bus.publish, bus.subscribe, rules, self.stats.drop).__enter__()
             self.control = self.sockets.reply(bus.control, "bus.control")
-            stats_at = self._engine_class.endpoint(self.config, "stats", self.owner)
+            stats_at = engine.endpoint(self.config, "stats", self.owner)
             self.inbox = self.sockets.pull(stats_at, bind=True, where="runtime.advertise")
             self.stats_at = _bound(self.inbox)
             self.monitor = self.sockets.subscriber(self.broker.inproc_subscribe, [PREDICTION_PREFIX])
             self.reports = self.sockets.subscriber(self.broker.inproc_subscribe, [OUTPUT_PREFIX], hwm=64)
-            endpoints = endpoints_for(self._engine_class, self.config, self.broker, self.stats_at, self.owner)
+            endpoints = endpoints_for(engine, self.config, self.broker, self.stats_at, self.owner)
             workers = self.config.runtime.worker_count(len(self.config.rigs))
             self.plan = make_plan(self.config, self.streams, self.checkpoint.spec, endpoints, workers)
             self.plan.seq = self.continuity.next_seq
-            self.heartbeats = Heartbeats(
-                [s.name for s in self.plan.workers] + [self.plan.server.name], self.started_ns
-            )
-            self.engine = self._engine_class.create(
-                self.plan, self.config, self.sockets.ctx, self.keys, self.plugins
-            )
+            self.heartbeats = Heartbeats(self.plan.names, self.started_ns)
+            self.engine = engine.create(self.plan, self.config, self.sockets.ctx, self.keys, self.plugins)
             self.engine.start()
             self.to_server = self.sockets.push(self.engine.server_inbox, hwm=4)
         except BaseException:

@@ -144,7 +144,9 @@ def test_a_broker_that_is_away_never_stalls_inference_and_queued_predictions_arr
     queued predictions arrive and new ones follow."""
     control = f"tcp://127.0.0.1:{free_port()}"
     port = free_port()
-    d = DaemonProcess(_config(tmp_path, endpoints, control, port, "max_queued = 5\n"), tmp_path / "daemon.log")
+    d = DaemonProcess(
+        _config(tmp_path, endpoints, control, port, "max_queued = 5\n"), tmp_path / "daemon.log"
+    )
     d.control = control
     try:
         with Subscriber(endpoints[1], rigs=["demo"], timeout_s=60) as predictions:
@@ -160,8 +162,9 @@ def test_a_broker_that_is_away_never_stalls_inference_and_queued_predictions_arr
         assert row["sent"] == 5 and row["dropped"] >= 1, row
         conf = tmp_path / "mosquitto.conf"
         conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
-        broker = subprocess.Popen([shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-c", str(conf)],
-                                  stderr=subprocess.DEVNULL)  # fmt: skip
+        broker = subprocess.Popen(
+            [shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-c", str(conf)], stderr=subprocess.DEVNULL
+        )
         try:
             listener = Listener(_wait_port(port), "plant/demo/prediction")
             try:

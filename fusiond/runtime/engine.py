@@ -191,6 +191,11 @@ class Plan:
     seq: Callable[[], dict[str, int]] = field(default=dict)
     """Each rig's next prediction number, asked for when the server (re)starts."""
 
+    @property
+    def names(self) -> list[str]:
+        """Every component's name: the workers', then the server's."""
+        return [spec.name for spec in self.workers] + [self.server.name]
+
     def rigs_of(self, name: str) -> list[str]:
         """The rigs whose windows a component handles (the server: all of them)."""
         for spec in self.workers:

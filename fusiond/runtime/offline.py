@@ -134,8 +134,7 @@ def run_sharded(
                     feeds[target].send_multipart([now.to_bytes(8, "little"), *rec.frames], copy=False)
             for feed in feeds:
                 feed.send_multipart([now.to_bytes(8, "little"), FLUSH])
-            names = [spec.name for spec in plan.workers] + [plan.server.name]
-            predictions = _collect(collector, inbox, stats, running, names, streams)
+            predictions = _collect(collector, inbox, stats, running, plan.names, streams)
         finally:
             running.stop(time.monotonic() + 2.0)
             remove_ipc(endpoints.windows, *endpoints.feeds, _bound(collector), _bound(inbox))
