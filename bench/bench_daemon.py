@@ -282,7 +282,7 @@ def bench_core(count: int) -> float:
 def bench_fit(repeats: int = 200) -> None:
     """One audio window through the aligner's fit, at two microphone rates."""
     from fusiond.align import ModalitySpec
-    from fusiond.align.fit import Block, _low_pass, anti_alias, fit
+    from fusiond.align.fit import Span, _low_pass, anti_alias, fit_window
 
     spec = ModalitySpec("series", length=8000, channels=1)
     print("\n## Fitting one 1 s audio window to 8000 samples")
@@ -291,27 +291,29 @@ def bench_fit(repeats: int = 200) -> None:
         period = 1e9 / rate
         audio = np.random.default_rng(0).normal(0, 3000, (rate, 1)).astype(np.int16)
         blocks = [
-            Block(round(i * period), round((i + 1024) * period), period, audio[i : i + 1024], 0)
+            Span(round(i * period), round((i + 1024) * period), period, audio[i : i + 1024], 0)
             for i in range(0, rate, 1024)
         ]
         taps = anti_alias(round(rate / 8000, 2))
         assert taps is not None
-        fit_ms = _ms_per_call(lambda b=blocks: fit(spec, b, 0, 10**9), repeats)
+        fit_ms = _ms_per_call(lambda b=blocks: fit_window(spec, b, 0, 10**9), repeats)
         filter_ms = _ms_per_call(lambda a=audio[:, 0], t=taps: _low_pass(a, t), repeats)
         print(f"{rate / 1000:>6.0f} kHz   {fit_ms:8.2f} {filter_ms:21.2f} {len(taps):5d}")
     # The other two inputs of the demo model, as the demo's sources send them.
     frames = ModalitySpec("frames", length=4, channels=1, height=32, width=32)
     rng = np.random.default_rng(1)
     video = [
-        Block(i * 10**8, (i + 1) * 10**8, 1e8, rng.integers(0, 255, (1, 96, 96, 3), dtype=np.uint8), 0)
+        Span(i * 10**8, (i + 1) * 10**8, 1e8, rng.integers(0, 255, (1, 96, 96, 3), dtype=np.uint8), 0)
         for i in range(10)
     ]
     imu = [
-        Block(i * 10**8, (i + 1) * 10**8, 1e7, rng.normal(size=(10, 1)).astype(np.float32), 0)
+        Span(i * 10**8, (i + 1) * 10**8, 1e7, rng.normal(size=(10, 1)).astype(np.float32), 0)
         for i in range(10)
     ]
-    video_ms = _ms_per_call(lambda: fit(frames, video, 0, 10**9), repeats)
-    imu_ms = _ms_per_call(lambda: fit(ModalitySpec("series", length=100, channels=1), imu, 0, 10**9), repeats)
+    video_ms = _ms_per_call(lambda: fit_window(frames, video, 0, 10**9), repeats)
+    imu_ms = _ms_per_call(
+        lambda: fit_window(ModalitySpec("series", length=100, channels=1), imu, 0, 10**9), repeats
+    )
     print(f"video, 10 frames 96x96x3 -> 4x32x32x1: {video_ms:.2f} ms; imu, 100 samples: {imu_ms:.2f} ms")
 
 

@@ -211,16 +211,16 @@ def test_windows_are_contiguous_and_accounted_for(seed, jitter_ms, hop_ms, gap):
 
 @pytest.mark.parametrize(("tone_hz", "kept"), [(1000, (0.98, 1.02)), (6000, (0.0, 0.01))])
 def test_decimating_a_series_filters_out_what_would_fold_below_the_new_nyquist(tone_hz, kept):
-    from fusiond.align.fit import Block, fit
+    from fusiond.align.fit import Span, fit_window
 
     rate, n = 16_000, 16_000  # one second of a 16 kHz microphone, read by an 8 kHz model
     t = np.arange(n) / rate
     tone = (0.5 * np.sin(2 * np.pi * tone_hz * t) * 32767).astype(np.int16)[:, None]
     period = 10**9 / rate
     blocks = [
-        Block(T0 + round(i * period), T0 + round((i + 1024) * period), period, tone[i : i + 1024], 0)
+        Span(T0 + round(i * period), T0 + round((i + 1024) * period), period, tone[i : i + 1024], 0)
         for i in range(0, n, 1024)
     ]
-    out = fit(ModalitySpec("series", length=8000, channels=1), blocks, T0, T0 + 10**9)[:, 0]
+    out = fit_window(ModalitySpec("series", length=8000, channels=1), blocks, T0, T0 + 10**9)[:, 0]
     gain = np.sqrt(np.mean(out[100:-100] ** 2)) / (0.5 / np.sqrt(2))
     assert kept[0] <= gain <= kept[1]  # 6 kHz would come out as a full-size 2 kHz alias

@@ -47,9 +47,10 @@ def test_sample_round_trip_over_real_sockets_is_a_view_of_the_frame(pair):
     assert not sample.data.flags.writeable
 
 
-def test_sample_end_covers_the_block():
-    frames = sample_frames(np.zeros((10, 3), np.float32), rate_hz=100.0, t_ns=0)
-    assert wire.decode_sample(frames).end_ns == 100_000_000
+def test_a_block_ends_one_period_past_its_last_sample():
+    sample = wire.decode_sample(sample_frames(np.zeros((10, 3), np.float32), rate_hz=100.0, t_ns=0))
+    assert wire.block_end_ns(sample.t_ns, len(sample.data), sample.rate_hz) == 100_000_000
+    assert wire.block_end_ns(5, 10, 0.0) == 6  # irregular events: a nanosecond each
 
 
 def test_topics():

@@ -15,10 +15,10 @@ from fusiond.align.kinds import KINDS, ModalityKind, ModalitySpec
 
 __all__ = [
     "anti_alias",
-    "Block",
+    "Span",
     "BUILTIN_KINDS",
     "coverage",
-    "fit",
+    "fit_window",
     "FramesKind",
     "JPEG_OVERSIZE",
     "last_words",
@@ -30,7 +30,7 @@ __all__ = [
 ]
 
 
-class Block(NamedTuple):
+class Span(NamedTuple):
     """Samples ``data[i]`` captured at ``t_ns + i * period_ns`` (daemon clock)."""
 
     t_ns: int
@@ -40,7 +40,7 @@ class Block(NamedTuple):
     t_recv_ns: int
 
 
-def coverage(blocks: Sequence[Block], start_ns: int, end_ns: int) -> float:
+def coverage(blocks: Sequence[Span], start_ns: int, end_ns: int) -> float:
     """Fraction of ``[start_ns, end_ns)`` the blocks cover (1.0 for any irregular sample)."""
     covered = 0
     for block in blocks:
@@ -52,12 +52,12 @@ def coverage(blocks: Sequence[Block], start_ns: int, end_ns: int) -> float:
     return min(1.0, covered / (end_ns - start_ns))
 
 
-def fit(spec: ModalitySpec, blocks: Sequence[Block], start_ns: int, end_ns: int) -> np.ndarray:
+def fit_window(spec: ModalitySpec, blocks: Sequence[Span], start_ns: int, end_ns: int) -> np.ndarray:
     """One window's array of ``spec.shape`` from the blocks overlapping the window."""
     return KINDS.get(spec.kind).fit(spec, blocks, start_ns, end_ns)
 
 
-def _sample_times(blocks: Sequence[Block], origin_ns: int) -> np.ndarray:
+def _sample_times(blocks: Sequence[Span], origin_ns: int) -> np.ndarray:
     """Capture time of every sample of the blocks, relative to ``origin_ns`` (float64 ns)."""
     if _contiguous(blocks):  # the usual stream: one clock, no gaps, in order
         total = sum(len(b.data) for b in blocks)
@@ -72,7 +72,7 @@ def _sample_times(blocks: Sequence[Block], origin_ns: int) -> np.ndarray:
     return times
 
 
-def _contiguous(blocks: Sequence[Block]) -> bool:
+def _contiguous(blocks: Sequence[Span]) -> bool:
     """Whether the blocks share one period and each starts where the one before ends
     (within a tenth of a sample), so their sample times are one evenly spaced, sorted run."""
     period = blocks[0].period_ns
@@ -85,7 +85,7 @@ def _contiguous(blocks: Sequence[Block]) -> bool:
     return True
 
 
-def _fit_series(spec: ModalitySpec, blocks: Sequence[Block], start_ns: int, end_ns: int) -> np.ndarray:
+def _fit_series(spec: ModalitySpec, blocks: Sequence[Span], start_ns: int, end_ns: int) -> np.ndarray:
     times = _sample_times(blocks, start_ns)
     values = np.concatenate([b.data.reshape(len(b.data), -1) for b in blocks])
     integer = np.issubdtype(values.dtype, np.integer)
@@ -134,7 +134,7 @@ def _low_pass(column: np.ndarray, taps: np.ndarray) -> np.ndarray:
     return filtered
 
 
-def _fit_frames(spec: ModalitySpec, blocks: Sequence[Block], start_ns: int, end_ns: int) -> np.ndarray:
+def _fit_frames(spec: ModalitySpec, blocks: Sequence[Span], start_ns: int, end_ns: int) -> np.ndarray:
     starts = _sample_times(blocks, start_ns)
     owners = [(b, i) for b in blocks for i in range(len(b.data))]
     order = np.argsort(starts, kind="stable")
@@ -238,7 +238,7 @@ class FramesKind(ModalityKind):
                 return scale
         return 1
 
-    def fit(self, spec: ModalitySpec, blocks: Sequence[Block], start_ns: int, end_ns: int) -> np.ndarray:
+    def fit(self, spec: ModalitySpec, blocks: Sequence[Span], start_ns: int, end_ns: int) -> np.ndarray:
         return _fit_frames(spec, blocks, start_ns, end_ns)
 
     def augment(
@@ -267,7 +267,7 @@ class SeriesKind(ModalityKind):
     def shape(self, spec: ModalitySpec) -> tuple[int, ...]:
         return (spec.length, spec.channels)
 
-    def fit(self, spec: ModalitySpec, blocks: Sequence[Block], start_ns: int, end_ns: int) -> np.ndarray:
+    def fit(self, spec: ModalitySpec, blocks: Sequence[Span], start_ns: int, end_ns: int) -> np.ndarray:
         return _fit_series(spec, blocks, start_ns, end_ns)
 
     def augment(
@@ -293,7 +293,7 @@ class VectorKind(ModalityKind):
     def shape(self, spec: ModalitySpec) -> tuple[int, ...]:
         return (spec.channels,)
 
-    def fit(self, spec: ModalitySpec, blocks: Sequence[Block], start_ns: int, end_ns: int) -> np.ndarray:
+    def fit(self, spec: ModalitySpec, blocks: Sequence[Span], start_ns: int, end_ns: int) -> np.ndarray:
         times = _sample_times(blocks, start_ns)
         values, scale = _scaled(np.concatenate([b.data.reshape(len(b.data), -1) for b in blocks]))
         inside = np.flatnonzero(times < end_ns - start_ns)
@@ -359,7 +359,7 @@ class TokensKind(ModalityKind):
     def shape(self, spec: ModalitySpec) -> tuple[int, ...]:
         return (spec.length, 2)
 
-    def fit(self, spec: ModalitySpec, blocks: Sequence[Block], start_ns: int, end_ns: int) -> np.ndarray:
+    def fit(self, spec: ModalitySpec, blocks: Sequence[Span], start_ns: int, end_ns: int) -> np.ndarray:
         """Newest event first, and only as much of each as the window can still hold: a
         window of many long events costs its ``length`` words, not every word sent."""
         ids = _ids(spec.vocab)

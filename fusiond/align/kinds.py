@@ -31,7 +31,7 @@ import numpy as np
 from fusiond.errors import PluginError
 
 if TYPE_CHECKING:
-    from fusiond.align.fit import Block
+    from fusiond.align.fit import Span
 
 __all__ = ["KindRegistry", "KINDS", "ModalityKind", "ModalitySpec"]
 
@@ -80,7 +80,7 @@ class ModalityKind:
         no more than the input needs. 1 unless the kind says otherwise."""
         return 1
 
-    def fit(self, spec: ModalitySpec, blocks: Sequence[Block], start_ns: int, end_ns: int) -> np.ndarray:
+    def fit(self, spec: ModalitySpec, blocks: Sequence[Span], start_ns: int, end_ns: int) -> np.ndarray:
         """One window's array of :meth:`shape` from the blocks overlapping the window."""
         raise NotImplementedError
 

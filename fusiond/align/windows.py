@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fusiond.align.fit import Block, coverage, fit
+from fusiond.align.fit import Span, coverage, fit_window
 from fusiond.align.spec import ModalitySpec
 
 __all__ = ["RigAligner", "Window", "WindowConfig"]
@@ -87,7 +87,7 @@ class Window:
 @dataclass(slots=True)
 class _Stream:
     modality: str
-    blocks: list[Block] = field(default_factory=list)
+    blocks: list[Span] = field(default_factory=list)
     watermark_ns: int = _NEVER
     ingest_latency_ns: int = 0
     nbytes: int = 0
@@ -143,7 +143,7 @@ class RigAligner:
         ):
             self._make_room(state, _cost(data))
         state.nbytes += _cost(data)
-        block = Block(t_ns, end, period, data, t_recv_ns)
+        block = Span(t_ns, end, period, data, t_recv_ns)
         if not state.blocks or state.blocks[-1].t_ns <= t_ns:
             state.blocks.append(block)
         else:
@@ -216,7 +216,7 @@ class RigAligner:
             if not blocks or coverage(blocks, start, end) < self.config.min_coverage:
                 continue
             try:
-                inputs[state.modality] = fit(self.specs[state.modality], blocks, start, end)
+                inputs[state.modality] = fit_window(self.specs[state.modality], blocks, start, end)
             except Exception:  # a bug in a fit must mask one modality, never stall the rig
                 self.drops["internal_error"] += 1
                 self._log_once(f"fit:{state.modality}", f"rig {self.rig}: fitting {state.modality} failed")

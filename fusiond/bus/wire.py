@@ -147,11 +147,6 @@ class SampleHeader(NamedTuple):
     rate_hz: float
     buffers: tuple[BufferSpec, ...]
 
-    @property
-    def end_ns(self) -> int:
-        """End of the time span the block covers (one sample period past the last sample)."""
-        return block_end_ns(self.t_ns, self.buffers[0].shape[0], self.rate_hz)
-
 
 def block_end_ns(t_ns: int, length: int, rate_hz: float) -> int:
     """End of a block of ``length`` samples from ``t_ns`` (``t_ns + 1`` when irregular)."""
@@ -178,11 +173,6 @@ class Sample:
     def data(self) -> np.ndarray:
         """The first (usually only) array of the message."""
         return self.arrays[0]
-
-    @property
-    def end_ns(self) -> int:
-        """End of the time span the block covers (one sample period past the last sample)."""
-        return block_end_ns(self.t_ns, len(self.data), self.rate_hz)
 
 
 @dataclass(frozen=True, slots=True)

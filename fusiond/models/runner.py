@@ -116,7 +116,6 @@ class ModelRunner(Runner):
         self.device = pick_device(device)
         self.model = checkpoint.build(parts).to(self.device).eval()
         self.modalities = self.model.modalities
-        self.classes = checkpoint.classes
         self.regression = checkpoint.task == "regression"
 
     def _forward(

@@ -28,7 +28,7 @@ __all__ = [
     "batches",
     "drop_modalities",
     "Epoch",
-    "fit",
+    "run_epochs",
     "head_loss",
     "History",
     "loss_fn",
@@ -178,7 +178,7 @@ def _autocast(device: torch.device, enabled: bool) -> tuple[torch.autocast, str]
     return torch.autocast("cuda", dtype=dtype), str(dtype).removeprefix("torch.")
 
 
-def fit(
+def run_epochs(
     model: FusionModel,
     train: WindowSet,
     val: WindowSet | None,

@@ -33,7 +33,7 @@ from fusiond.training.data import (
     split,
 )
 from fusiond.training.evaluate import calibrate, evaluate, headline
-from fusiond.training.loop import Epoch, fit, seed_everything
+from fusiond.training.loop import Epoch, run_epochs, seed_everything
 from fusiond.training.recipe import Recipe
 
 __all__ = [
@@ -297,7 +297,7 @@ def fit_recipe(
     model = build(recipe, splits.classes, plugins)
     seconds = recipe.window.length_ms / 1000
     augments = {m: (t.augmentations, t.length / seconds) for m, t in recipe.inputs.items()}
-    history = fit(model, splits.train, splits.val, recipe.train, headline, progress, augments)
+    history = run_epochs(model, splits.train, splits.val, recipe.train, headline, progress, augments)
     device = pick_device(recipe.train.device)
     temperatures = calibrate(model, splits.val, device)
     metrics: dict[str, Any] = {

@@ -17,7 +17,7 @@ import numpy as np
 from pydantic import Field
 
 from fusiond.align import ModalitySpec
-from fusiond.align.fit import Block as FitBlock
+from fusiond.align.fit import Span
 from fusiond.align.kinds import KindRegistry, ModalityKind
 from fusiond.plugin import FusionRegistry, SourceRegistry, hookimpl
 from fusiond.sources import Block, Source, SourceConfig, StreamInfo
@@ -78,7 +78,7 @@ class SpectrumKind(ModalityKind):
     def shape(self, spec: ModalitySpec) -> tuple[int, ...]:
         return (spec.length,)
 
-    def fit(self, spec: ModalitySpec, blocks: Sequence[FitBlock], start_ns: int, end_ns: int) -> np.ndarray:
+    def fit(self, spec: ModalitySpec, blocks: Sequence[Span], start_ns: int, end_ns: int) -> np.ndarray:
         values = []
         for block in sorted(blocks, key=lambda b: b.t_ns):
             period = block.period_ns if block.period_ns > 0 else 1.0
