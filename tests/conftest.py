@@ -55,16 +55,50 @@ def _no_proxy_env(monkeypatch):
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
 
 
+class TestSockets:
+    """ZeroMQ sockets for one test: linger 0, bound on ports the system picks (no race
+    with another process for a port chosen ahead), all closed and the context ended after."""
+
+    def __init__(self) -> None:
+        import zmq
+
+        self.ctx = zmq.Context()
+        self.made: list[zmq.Socket] = []
+
+    def make(self, kind: int, *, subscribe: tuple[bytes, ...] = ()):
+        import zmq
+
+        sock = self.ctx.socket(kind)
+        self.made.append(sock)
+        sock.setsockopt(zmq.LINGER, 0)
+        for topic in subscribe:
+            sock.subscribe(topic)
+        return sock
+
+    def bound(self, kind: int, *, subscribe: tuple[bytes, ...] = ()):
+        """A socket bound on a free local TCP port, and the endpoint to connect to it."""
+        sock = self.make(kind, subscribe=subscribe)
+        port = sock.bind_to_random_port("tcp://127.0.0.1")
+        return sock, f"tcp://127.0.0.1:{port}"
+
+    def close(self) -> None:
+        for sock in self.made:
+            sock.close(linger=0)
+        self.ctx.term()
+
+
 @pytest.fixture
-def bus(endpoints):
+def sockets():
+    """:class:`TestSockets` of this test."""
+    made = TestSockets()
+    yield made
+    made.close()
+
+
+@pytest.fixture
+def bus(sockets):
     """A SUB socket bound where sources connect, subscribed to samples: a stand-in daemon."""
     import zmq
 
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.SUB)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.bind(endpoints[0])
-    sock.subscribe(b"s/")
-    yield endpoints[0], sock
-    sock.close()
-    ctx.term()
+    sock, endpoint = sockets.bound(zmq.SUB, subscribe=(b"s/",))
+    return endpoint, sock

@@ -25,7 +25,7 @@ from .helpers import ROOT, DaemonProcess, demo_config, free_port, fusiond
 RIGS = ("demo", "lab", "yard")
 
 
-def test_a_window_crosses_a_socket_as_raw_buffers_and_comes_back_as_views():
+def test_a_window_crosses_a_socket_as_raw_buffers_and_comes_back_as_views(sockets):
     frames = np.random.default_rng(0).integers(0, 255, (4, 32, 32, 1), dtype=np.uint8)
     audio = np.random.default_rng(1).normal(size=(800, 1)).astype(np.float32)
     window = Window(
@@ -39,18 +39,12 @@ def test_a_window_crosses_a_socket_as_raw_buffers_and_comes_back_as_views():
         5,
         6,
     )
-    ctx = zmq.Context()
-    push, pull = ctx.socket(zmq.PUSH), ctx.socket(zmq.PULL)
-    try:
-        pull.bind("inproc://handoff")
-        push.connect("inproc://handoff")
-        push.send_multipart(encode_window(window), copy=False)
-        received = pull.recv_multipart(copy=False)
-        back = decode_window(received)
-    finally:
-        push.close(linger=0)
-        pull.close(linger=0)
-        ctx.term()
+    push, pull = sockets.make(zmq.PUSH), sockets.make(zmq.PULL)
+    pull.bind("inproc://handoff")
+    push.connect("inproc://handoff")
+    push.send_multipart(encode_window(window), copy=False)
+    received = pull.recv_multipart(copy=False)
+    back = decode_window(received)
     assert (back.rig, back.index, back.start_ns, back.end_ns, back.closed_by) == (
         "r",
         7,

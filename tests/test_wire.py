@@ -22,15 +22,11 @@ def sample_frames(data: np.ndarray, **overrides):
 
 
 @pytest.fixture
-def pair():
-    ctx = zmq.Context()
-    a, b = ctx.socket(zmq.PAIR), ctx.socket(zmq.PAIR)
+def pair(sockets):
+    a, b = sockets.make(zmq.PAIR), sockets.make(zmq.PAIR)
     b.bind("inproc://wire")
     a.connect("inproc://wire")
-    yield a, b
-    a.close(linger=0)
-    b.close(linger=0)
-    ctx.term()
+    return a, b
 
 
 def test_sample_round_trip_over_real_sockets_is_a_view_of_the_frame(pair):

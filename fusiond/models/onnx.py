@@ -126,7 +126,6 @@ class OnnxRunner(Runner):
         self.checkpoint = checkpoint
         self.device = torch.device("cpu")
         self.modalities = list(checkpoint.spec.modalities)
-        self.classes = checkpoint.classes
         self.options = onnxruntime.SessionOptions()
         if threads > 0:
             self.options.intra_op_num_threads = threads
