@@ -201,3 +201,72 @@ def test_check_config_names_a_bad_output_option_and_an_unknown_kind(tmp_path, en
     path.write_text(text)
     result = fusiond("check-config", "--config", str(path), "--no-ports")
     assert result.returncode == 2 and "outputs.x.kind: unknown output kind 'carrier-pigeon'" in result.stderr
+
+
+def test_an_mqtt_topic_of_json_messages_becomes_a_stream_stamped_by_the_sensors_clock(bus, broker):
+    """A sensor publishing JSON at 50 Hz with its own millisecond clock (1 % fast, and
+    starting at zero): each message's fields by path, in order, stamped on the host's
+    clock; garbage (not JSON, a field missing, a bool, a huge message) counted, not fatal."""
+    import numpy as np
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from .test_serial import Collector
+    from .test_sources import run_source
+
+    endpoint, sock = bus
+    collector = Collector(sock)  # a bound SUB tells a new publisher its topics only when read
+    proc, _ = run_source(
+        endpoint, "mqtt", f"port={broker}", "topic='plant/+/imu'",
+        "values=['accel.x', 'accel.z', 'gyro[1]']", "time_column='t'", "time_unit='ms'",
+        "rate_hz=50.0", "block=5",
+    )  # fmt: skip
+    sensor = mqtt.Client(CallbackAPIVersion.VERSION2)
+    sensor.connect("127.0.0.1", broker)
+    sensor.loop_start()
+    try:
+        deadline = time.monotonic() + 60
+        while "subscribed" not in _log_so_far(proc) and time.monotonic() < deadline:
+            sensor.publish("plant/a/imu", json.dumps({"t": 0, "accel": {"x": 0, "z": 0}, "gyro": [0, 0]}))
+            time.sleep(0.2)
+        for i in range(100):
+            t_ms = i * 20 * 1.01  # the sensor's clock runs 1 % fast
+            sensor.publish(
+                "plant/a/imu", json.dumps({"t": t_ms, "accel": {"x": i, "z": -9.8}, "gyro": [0, i / 10]})
+            )
+            if i % 25 == 0:
+                for garbage in ("nope", '{"t": 1}', '{"t": 2, "accel": {"x": true, "z": 1}, "gyro": [0, 0]}',
+                                "{" + " " * 70_000 + "}"):  # fmt: skip
+                    sensor.publish("plant/a/imu", garbage)
+            time.sleep(0.02)
+        samples = collector.finish()
+    finally:
+        collector.stop.set()
+        proc.terminate()
+        proc.log, _ = proc.communicate(timeout=10)
+        sensor.loop_stop()
+        sensor.disconnect()
+    assert samples, proc.log
+    values = np.concatenate([s.data for s in samples])
+    tail = values[values[:, 0] > 0]  # the warm-up messages carry zeros
+    # In order, none lost; the last block waits for its fifth sample.
+    assert tail[:, 0].tolist() == list(range(1, len(tail) + 1)) and len(tail) >= 95, tail[:, 0]
+    assert np.allclose(tail[:, 1], -9.8) and np.allclose(tail[:, 2], tail[:, 0] / 10)
+    assert {s.rate_hz for s in samples} == {50.0} and all(len(s.data) == 5 for s in samples)
+    stamps = [s.t_ns for s in samples]
+    assert stamps == sorted(stamps) and len(set(stamps)) == len(stamps)
+    assert "garbage line(s) so far" in proc.log, proc.log
+
+
+def _log_so_far(proc) -> str:
+    """What the source process wrote so far (its stdout is a pipe; read what is there)."""
+    import select
+
+    out = ""
+    while select.select([proc.stdout], [], [], 0)[0]:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        out += line
+        proc.seen = getattr(proc, "seen", "") + line
+    return getattr(proc, "seen", "")

@@ -1,14 +1,17 @@
-"""Parse lines of numbers (CSV or key=value) from serial sensors, files, FIFOs and pipes.
+"""Parse lines of numbers (CSV, key=value or JSON) from serial sensors, files, FIFOs,
+pipes and message brokers.
 
 Pure code. A line that does not parse is garbage: counted by the caller, never fatal.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 import time
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field
@@ -27,6 +30,9 @@ __all__ = [
 ]
 
 UNITS = {"s": 1e9, "ms": 1e6, "us": 1e3, "ns": 1.0}
+MAX_JSON_BYTES = 65536
+"""A JSON message longer than this is garbage, unread."""
+_STEP = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
 RATE_TOLERANCE = 0.05
 """Lines arriving this much faster or slower than ``rate_hz`` are worth a warning."""
 
@@ -36,19 +42,24 @@ class LineFormat:
     """How to read one line.
 
     ``csv``: ``columns`` names every comma-separated field in order; ``keyvalue``: fields
-    are ``key=value`` separated by commas or spaces, in any order. ``values`` are the
-    fields published (in that order); ``time_column`` is the sensor's own timestamp
-    field, in ``time_unit``; ``scale`` multiplies named fields.
+    are ``key=value`` separated by commas or spaces, in any order; ``json``: one JSON
+    object, fields named by paths into it (``accel.z``, ``readings[2].value``). ``values``
+    are the fields published (in that order); ``time_column`` is the sensor's own
+    timestamp field, in ``time_unit``; ``scale`` multiplies named fields.
     """
 
-    format: Literal["csv", "keyvalue"]
+    format: Literal["csv", "keyvalue", "json"]
     values: tuple[str, ...]
     columns: tuple[str, ...] = ()
     time_column: str | None = None
     time_unit: str = "s"
     scale: tuple[tuple[str, float], ...] = ()
+    _paths: dict[str, tuple[str | int, ...]] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
+        if self.format == "json":
+            for name in (*self.values, *([self.time_column] if self.time_column else [])):
+                self._paths[name] = _json_path(name)
         if self.format == "csv":
             missing = [
                 v
@@ -79,10 +90,12 @@ class LineFormat:
             values[self.values.index(name)] *= factor
         return values, sensor_ns
 
-    def _fields(self, line: str) -> dict[str, str]:
+    def _fields(self, line: str) -> dict[str, Any]:
         if not line:
             msg = "empty line"
             raise ValueError(msg)
+        if self.format == "json":
+            return self._json_fields(line)
         if self.format == "csv":
             parts = [p.strip() for p in line.split(",")]
             if len(parts) != len(self.columns):
@@ -94,6 +107,48 @@ class LineFormat:
             msg = "not key=value"
             raise ValueError(msg)
         return {k.strip(): v.strip() for k, v in pairs}
+
+    def _json_fields(self, line: str) -> dict[str, Any]:
+        if len(line) > MAX_JSON_BYTES:
+            msg = f"a JSON message over {MAX_JSON_BYTES} bytes"
+            raise ValueError(msg)
+        try:
+            doc = json.loads(line)
+        except (json.JSONDecodeError, RecursionError) as exc:
+            msg = f"not JSON: {str(exc)[:80]}"
+            raise ValueError(msg) from None
+        out = {}
+        for name, path in self._paths.items():
+            node = doc
+            for step in path:
+                if isinstance(step, int) and isinstance(node, list) and step < len(node):
+                    node = node[step]
+                elif isinstance(step, str) and isinstance(node, dict) and step in node:
+                    node = node[step]
+                else:
+                    msg = f"no {name!r} in the message"
+                    raise ValueError(msg)
+            if isinstance(node, bool) or not isinstance(node, int | float | str):
+                msg = f"{name!r} is not a number"
+                raise ValueError(msg)
+            out[name] = node
+        return out
+
+
+def _json_path(name: str) -> tuple[str | int, ...]:
+    """``a.b[2].c`` as its steps; ValueError for one that is not a path."""
+    steps: list[str | int] = []
+    at = 0
+    for match in _STEP.finditer(name):
+        if match.start() != at + (1 if steps and name[at : at + 1] == "." else 0):
+            break
+        key, index = match.groups()
+        steps.append(int(index) if index is not None else key)
+        at = match.end()
+    if not steps or at != len(name):
+        msg = f"{name!r} is not a JSON path (fields by name and [index], e.g. accel.z or data[0].v)"
+        raise ValueError(msg)
+    return tuple(steps)
 
 
 class LineClock:
@@ -128,7 +183,7 @@ class LineClock:
 class LineOptions(SourceConfig):
     """Options shared by the kinds that read lines of numbers."""
 
-    format: Literal["csv", "keyvalue"] = "csv"
+    format: Literal["csv", "keyvalue", "json"] = "csv"
     columns: list[str] = []
     """``csv``: the name of every field, in order."""
     values: list[str]
@@ -161,7 +216,7 @@ def line_problems(options: LineOptions) -> list[str]:
     try:
         options.line_format()
     except ValueError as exc:
-        return [f"columns: {exc}"]
+        return [f"{'values' if options.format == 'json' else 'columns'}: {exc}"]
     return []
 
 
@@ -186,7 +241,7 @@ class LineReader:
     def feed(self, raw: bytes, host_ns: int) -> Block | None:
         """One line in; a block out when ``block`` samples are ready."""
         try:
-            values, sensor_ns = self.format.parse(raw.decode("ascii", errors="strict"))
+            values, sensor_ns = self.format.parse(raw.decode("utf-8", errors="strict"))
         except (ValueError, UnicodeDecodeError) as exc:
             self._garbage(raw, str(exc))
             return None
