@@ -121,9 +121,7 @@ class LineFormat:
         for name, path in self._paths.items():
             node = doc
             for step in path:
-                if isinstance(step, int) and isinstance(node, list) and step < len(node):
-                    node = node[step]
-                elif isinstance(step, str) and isinstance(node, dict) and step in node:
+                if isinstance(step, int) and isinstance(node, list) and step < len(node) or isinstance(step, str) and isinstance(node, dict) and step in node:
                     node = node[step]
                 else:
                     msg = f"no {name!r} in the message"
