@@ -121,9 +121,8 @@ class LineFormat:
         for name, path in self._paths.items():
             node = doc
             for step in path:
-                if isinstance(step, int) and isinstance(node, list) and step < len(node) or isinstance(step, str) and isinstance(node, dict) and step in node:
-                    node = node[step]
-                else:
+                node = _step(node, step)
+                if node is _MISSING:
                     msg = f"no {name!r} in the message"
                     raise ValueError(msg)
             if isinstance(node, bool) or not isinstance(node, int | float | str):
@@ -131,6 +130,16 @@ class LineFormat:
                 raise ValueError(msg)
             out[name] = node
         return out
+
+
+_MISSING = object()
+
+
+def _step(node: Any, step: str | int) -> Any:
+    """``node[step]`` for an object's key or an array's index; :data:`_MISSING` otherwise."""
+    if isinstance(step, int):
+        return node[step] if isinstance(node, list) and step < len(node) else _MISSING
+    return node[step] if isinstance(node, dict) and step in node else _MISSING
 
 
 def _json_path(name: str) -> tuple[str | int, ...]:
