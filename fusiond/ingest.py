@@ -151,6 +151,8 @@ class Ingest:
             return False
         header, data, offset = taken
         self.stats.sampled(key[0], key[1], now_ns, data.shape[0], header.rate_hz)
+        if header.channels or header.units:
+            self.stats.labelled(key[0], key[1], header.channels, header.units)
         reason = self.aligners[key[0]].add(key[1], header.t_ns + offset, header.rate_hz, data, now_ns)
         if reason is not None:
             self._log_once(reason, f"{key[0]}/{key[1]}: sample dropped ({reason})")

@@ -121,6 +121,8 @@ class StreamStats:
     error_ns: int | None = None
     errors: int = 0
     """Error reports (``e/`` messages) taken for this stream, its source's or forged ones."""
+    channels: str = ""
+    """Its channels as its source names them, with units: ``accel_z [g], temp [degC]``."""
     reported_rate: float | None = None
     """Messages per second a worker measured, when this stream is ingested in another process."""
     sample_meter: RateMeter = field(default_factory=RateMeter)
@@ -189,6 +191,16 @@ class Stats:
         s.rate.tick(now_ns)
         s.sample_meter.tick(now_ns, samples)
 
+    def labelled(self, rig: str, stream: str, channels: tuple[str, ...], units: tuple[str, ...]) -> None:
+        """The channel names and units the last accepted message carried."""
+        names = channels or tuple(f"#{i}" for i in range(len(units)))
+        shown = ", ".join(
+            f"{n} [{u}]" if u else n for n, u in zip(names, units or ("",) * len(names), strict=False)
+        )
+        s = self.stream(rig, stream)
+        if s.channels != shown:
+            s.channels = shown
+
     def predicted(self, rig: str, label: str, latency_ns: int, now_ns: int) -> None:
         """Record one published prediction."""
         r = self.rig(rig)
@@ -221,7 +233,18 @@ class Stats:
             drops = Counter({str(k): int(v) for k, v in dict(snapshot.get("drops", {})).items()})
             rows = {}
             for key, row in dict(snapshot.get("streams", {})).items():
-                messages, samples, sample_rate, last, rate, error, error_ns, samples_rate, errors = row
+                (
+                    messages,
+                    samples,
+                    sample_rate,
+                    last,
+                    rate,
+                    error,
+                    error_ns,
+                    samples_rate,
+                    errors,
+                    channels,
+                ) = row
                 rig, _, stream = str(key).partition("/")
                 if (rig, stream) in streams:
                     rates = (float(sample_rate), float(rate), float(samples_rate))
@@ -237,6 +260,7 @@ class Stats:
                         error_ns,
                         rates[2],
                         int(errors),
+                        str(channels)[:2000],
                     )
             clocks = {}
             for key, row in dict(snapshot.get("clocks", {})).items():
@@ -254,11 +278,11 @@ class Stats:
         with self._lock:
             self.components[name] = drops
         for key, row in rows.items():
-            messages, samples, sample_rate, last, rate, error, error_ns, samples_rate, errors = row
+            messages, samples, sample_rate, last, rate, error, error_ns, samples_rate, errors, channels = row
             s = self.stream(*key)
             s.messages, s.samples, s.sample_rate_hz = messages, samples, sample_rate
             s.last_recv_ns, s.reported_rate, s.reported_samples_rate = last, rate, samples_rate
-            s.error, s.error_ns, s.errors = error, error_ns, errors
+            s.error, s.error_ns, s.errors, s.channels = error, error_ns, errors, channels
         for key, health in clocks.items():
             self.stream(*key).clock = health
         self.masked.update(masked)

@@ -80,6 +80,7 @@ def sources(
                 "last_sample_age_s": _age_s(now_ns, s.last_recv_ns),
                 "error": error,
                 "errors": s.errors,
+                "channels": s.channels,
                 "clock": clock_row(s.clock),
             }
         )
@@ -247,6 +248,8 @@ def as_text(s: Mapping[str, Any]) -> str:
             f"{src['messages_per_s']:6.1f} msg/s {src['measured_rate_hz']:8.1f} Hz measured "
             f"({src['sample_rate_hz']:g} declared)  last sample {age_text}{error}"
         )
+        if src.get("channels"):
+            lines.append(f"    channels: {src['channels']}")
         if clock := src.get("clock"):
             lines.append(
                 f"    clock: offset {clock['offset_ms']:+.3f} ms, drift {clock['drift_ppm']:+.1f} ppm, "

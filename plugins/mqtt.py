@@ -282,7 +282,8 @@ class MqttSource(Source[MqttSourceConfig]):
             msg = f"cannot reach the broker {cfg.host}:{cfg.port}: {exc}"
             raise SourceError(msg) from None
         self.client.loop_start()
-        return StreamInfo(cfg.rate_hz, f"mqtt://{cfg.host}:{cfg.port} {cfg.topic}: {cfg.format} {cfg.values}")
+        about = f"mqtt://{cfg.host}:{cfg.port} {cfg.topic}: {cfg.format} {cfg.values}"
+        return StreamInfo(cfg.rate_hz, about, **cfg.labels())
 
     def read(self) -> Iterator[Block]:
         reported = 0

@@ -28,6 +28,8 @@ class CsvFileConfig(SourceConfig):
     block: int = 10
     """Samples per message."""
     loop: bool = False
+    units: list[str] = []
+    """Each value column's unit (``g``, ``degC``), sent with the column names."""
 
 
 class CsvFileSource(Source[CsvFileConfig]):
@@ -74,7 +76,11 @@ class CsvFileSource(Source[CsvFileConfig]):
             raise SourceError(msg)
         self.rate = float(1.0 / np.median(steps))
         self.values = np.ascontiguousarray(table[:, 1:], np.float32)
-        return StreamInfo(self.rate, f"{cfg.path}: {len(body)} rows of {names} at {self.rate:g} Hz")
+        if cfg.units and len(cfg.units) != len(names):
+            msg = f"units lists {len(cfg.units)}, the file's value columns {len(names)}: {names}"
+            raise SourceConfigError(msg)
+        about = f"{cfg.path}: {len(body)} rows of {names} at {self.rate:g} Hz"
+        return StreamInfo(self.rate, about, tuple(n[:64] for n in names), tuple(u[:64] for u in cfg.units))
 
     def from_file(self) -> bool:
         return True
@@ -116,7 +122,7 @@ class LinesSource(Source[LinesConfig]):
             raise SourceConfigError(str(exc)) from None
         self.feed = LineFeed(self.context.stop, self.context.log, path=cfg.path)
         self.feed.start()
-        return StreamInfo(cfg.rate_hz, f"{cfg.path}: {cfg.format} {cfg.values}")
+        return StreamInfo(cfg.rate_hz, f"{cfg.path}: {cfg.format} {cfg.values}", **cfg.labels())
 
     def read(self) -> Iterator[Block]:
         while not self.context.stop.is_set():

@@ -48,7 +48,9 @@ class SerialSource(Source[SerialConfig]):
             msg = f"cannot open {cfg.port}: {exc}"
             raise SourceError(msg) from None
         self.port.reset_input_buffer()
-        return StreamInfo(cfg.rate_hz, f"{cfg.port} at {cfg.baud} baud, {cfg.format} {cfg.values}")
+        return StreamInfo(
+            cfg.rate_hz, f"{cfg.port} at {cfg.baud} baud, {cfg.format} {cfg.values}", **cfg.labels()
+        )
 
     def read(self) -> Iterator[Block]:
         cfg = self.config

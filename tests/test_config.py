@@ -264,7 +264,7 @@ def test_each_kind_checks_what_it_can_without_opening(tmp_path):
     assert problems("camera", uri="rtsp://cam.local/stream") == []  # only opening tells
     (tmp_path / "noise.wav").write_bytes(b"RIFF not really")
     assert problems("audiofile", path="absent.wav") == [f"path: no such file: {tmp_path}/absent.wav"]
-    assert "is not a readable WAV file" in problems("audiofile", path="noise.wav")[0]
+    assert "is not an audio file libsndfile reads" in problems("audiofile", path="noise.wav")[0]
     assert problems("audiofile", path=str(ROOT / "demo/digits.wav")) == []
     assert problems("csvfile", path="imu.csv") == [f"path: no such recording: {tmp_path}/imu.csv"]
     assert problems("serial", port="/dev/ttyNOPE", values=["ax"], format="keyvalue", rate_hz=10.0) == [

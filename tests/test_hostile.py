@@ -534,7 +534,7 @@ def test_a_forged_counters_snapshot_cannot_grow_the_daemons_tables():
     forged = {
         "name": "worker-0",
         "drops": {"x": 1},
-        "streams": {f"r{i}/s": [1, 1, 1.0, 1, 1.0, "", None, 1.0, 0] for i in range(10_000)},
+        "streams": {f"r{i}/s": [1, 1, 1.0, 1, 1.0, "", None, 1.0, 0, ""] for i in range(10_000)},
         "clocks": {f"r{i}/s": [0, 0.0, 0, 0, 0, 0] for i in range(10_000)},
         "masked": {f"r{i}": {"video": 1} for i in range(10_000)},
     }
@@ -545,8 +545,8 @@ def test_a_forged_counters_snapshot_cannot_grow_the_daemons_tables():
     assert not stats.absorb({"name": "worker-0", "drops": {"x": "many"}}, ["worker-0"], known)
     for clock in ([0, 0.0, 0], [0, float("nan"), 0, 0, 0, 0], [0, 1.0, "x", 0, 0, 0], [2**70, 0.0, 0, 0, 0]):
         assert not stats.absorb({"name": "worker-0", "clocks": {"demo/cam": clock}}, ["worker-0"], known)
-    # messages, samples, sample rate, last, msg/s, error, when, samples/s, error reports
-    row = [5, 50, 10.0, 7, 1.0, "", None, 9.5, 3]
+    # messages, samples, sample rate, last, msg/s, error, when, samples/s, error reports, channels
+    row = [5, 50, 10.0, 7, 1.0, "", None, 9.5, 3, "az [g]"]
     good = {
         "name": "worker-0",
         "drops": {"late": 2},
@@ -559,7 +559,7 @@ def test_a_forged_counters_snapshot_cannot_grow_the_daemons_tables():
     cam = stats.stream("demo", "cam")
     assert (cam.messages, cam.samples, cam.sample_rate_hz) == (5, 50, 10.0) and stats.all_drops()["late"] == 2
     assert cam.samples_per_s(0) == 9.5 and cam.clock is not None
-    assert (cam.clock.steps, cam.clock.outliers) == (2, 1) and cam.errors == 3
+    assert (cam.clock.steps, cam.clock.outliers) == (2, 1) and cam.errors == 3 and cam.channels == "az [g]"
 
 
 def test_every_message_is_counted_once_and_the_counts_add_up():

@@ -224,8 +224,9 @@ def test_status_says_why_a_rig_is_quiet_and_metrics_are_served(tmp_path, daemons
     assert set(mic["clock"]) == {"offset_ms", "drift_ppm", "jitter_ms", "outliers", "steps", "held"}
     assert mic["measured_rate_hz"] > 0
     assert sources["blind", "cam"]["messages"] == 0 and sources["blind", "cam"]["error"]
+    assert sources["demo", "imu"]["channels"] == "accel_z [g]" and cam["channels"] == ""
     text = fusiond("status", "--connect", control).stdout
-    assert "quiet: cam: no such video file" in text
+    assert "quiet: cam: no such video file" in text and "channels: accel_z [g]" in text
     assert re.search(r"demo/mic .* Hz measured \(16000 declared\)", text), text
     assert re.search(r"clock: offset \+0\.000 ms, drift [-+]\d+\.\d ppm", text), text
     metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()

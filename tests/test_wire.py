@@ -173,3 +173,33 @@ def test_the_pub_field_is_only_trusted_as_a_short_string():
     assert table.rows(1.0)[0]["modality"] == "m" * 32 and table.rows(1.0)[0]["unnamed_messages"] == 1
     table.add("s/r/0", 10, None, None)  # unreadable header: counted, typed as before
     assert table.topics["s/r/0"].messages == 2
+
+
+def test_channel_names_and_units_travel_with_a_block_and_bad_ones_are_refused():
+    frames = wire.encode_sample(
+        rig="r",
+        stream="imu",
+        modality="imu",
+        seq=0,
+        t_ns=1,
+        t_pub_ns=1,
+        rate_hz=100.0,
+        data=np.zeros((10, 3), np.float32),
+        channels=["ax", "ay", "az"],
+        units=["g", "g", ""],
+    )
+    header = wire.decode_sample_header(frames)
+    assert header.channels == ("ax", "ay", "az") and header.units == ("g", "g", "")
+    plain = wire.decode_sample_header(sample_frames(np.zeros((10, 3), np.float32)))
+    assert plain.channels == () and plain.units == ()  # optional: other publishers leave them out
+    for key, bad in [
+        ("channels", ["ax", "ay"]),
+        ("channels", "ax"),
+        ("units", [1, 2, 3]),
+        ("channels", ["x" * 65, "y", "z"]),
+        ("units", ["g", "g", "\n"]),
+    ]:
+        fields = msgpack.unpackb(bytes(frames[1]))
+        fields[key] = bad
+        with pytest.raises(FrameError, match=f"header field {key} must list 3 printable strings"):
+            wire.decode_sample_header([frames[0], msgpack.packb(fields), frames[2]])

@@ -146,6 +146,42 @@ class SampleHeader(NamedTuple):
     t_pub_ns: int
     rate_hz: float
     buffers: tuple[BufferSpec, ...]
+    channels: tuple[str, ...] = ()
+    """The name of each channel (the first buffer's last axis), if the source gave them."""
+    units: tuple[str, ...] = ()
+    """The unit of each channel (``g``, ``degC``, ``""`` for none), if the source gave them."""
+
+
+MAX_LABEL_LEN = 64
+
+
+def _labels(
+    header: dict[str, Any], buffers: tuple[BufferSpec, ...]
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The optional ``channels`` and ``units`` of a sample header, checked: lists of short
+    printable strings, one per channel of the first buffer; FrameError otherwise."""
+    channels, units = header.get("channels"), header.get("units")
+    if channels is None and units is None:
+        return (), ()
+    width = buffers[0].shape[-1] if len(buffers[0].shape) > 1 else 1
+    out = []
+    for key, value in (("channels", channels), ("units", units)):
+        if value is None:
+            out.append(())
+            continue
+        ok = (
+            type(value) is list
+            and len(value) == width
+            and all(type(v) is str and len(v) <= MAX_LABEL_LEN and v.isprintable() for v in value)
+        )
+        if not ok:
+            msg = (
+                f"header field {key} must list {width} printable strings of at most {MAX_LABEL_LEN} "
+                f"characters, got {_short(value)}"
+            )
+            raise FrameError(msg)
+        out.append(tuple(value))
+    return out[0], out[1]
 
 
 def block_end_ns(t_ns: int, length: int, rate_hz: float) -> int:
@@ -228,8 +264,13 @@ def encode_sample(
     encoding: str = "raw",
     payload: bytes | None = None,
     publisher: str | None = None,
+    channels: Sequence[str] = (),
+    units: Sequence[str] = (),
 ) -> list[bytes | memoryview]:
     """Frames for one sample block; the array travels as its own buffer, not copied.
+
+    ``channels`` and ``units`` name and qualify each channel (the array's last axis), so
+    plots, ``fusiond echo`` and recordings can label them.
 
     With ``encoding="jpeg"``, ``payload`` holds the JPEG bytes and ``data`` only gives the
     decoded shape and dtype; with ``encoding="utf-8"``, ``payload`` is one text event and
@@ -250,6 +291,10 @@ def encode_sample(
         "buffers": [{"dtype": array.dtype.str, "shape": list(array.shape), "encoding": encoding}],
         "pub": publisher_id() if publisher is None else publisher,
     }
+    if channels:
+        header["channels"] = list(channels)
+    if units:
+        header["units"] = list(units)
     # A flat byte view of the array's memory (no copy; works for empty arrays too).
     body: bytes | memoryview = payload if payload is not None else array.reshape(-1).view(np.uint8).data
     return [sample_topic(rig, stream).encode(), msgpack.packb(header), body]
@@ -494,7 +539,12 @@ def decode_sample_header(frames: Sequence[Frame]) -> SampleHeader:
         ):
             _check_names(rig, stream, modality)
             specs = tuple(_cached_spec(b) for b in buffers)
-            return SampleHeader(rig, stream, modality, seq, t_ns, clock, t_pub, float(rate), specs)
+            channels, units = (
+                _labels(header, specs) if "channels" in header or "units" in header else ((), ())
+            )
+            return SampleHeader(
+                rig, stream, modality, seq, t_ns, clock, t_pub, float(rate), specs, channels, units
+            )
     return _checked_sample_header(_check_version(header), frames)
 
 
@@ -535,7 +585,9 @@ def _checked_sample_header(header: dict[str, Any], frames: Sequence[Frame]) -> S
         clock=header["clock"],
         t_pub_ns=header["t_pub_ns"],
         rate_hz=float(header["rate_hz"]),
-        buffers=tuple(buffer_spec(b) for b in buffers),
+        buffers=(specs := tuple(buffer_spec(b) for b in buffers)),
+        channels=(labels := _labels(header, specs))[0],
+        units=labels[1],
     )
 
 
@@ -722,6 +774,7 @@ __all__ = [
     "frame_view",
     "jpeg_size",
     "MAX_DIMS",
+    "MAX_LABEL_LEN",
     "MAX_ELEMENTS",
     "MAX_INT",
     "MAX_PUBLISHER_LEN",

@@ -138,7 +138,14 @@ def _pretty(message: dict[str, Any]) -> str:
             f"latency={lat:.1f}ms{missing}{heard}"
         )
     shapes = [b.get("shape") for b in message.get("buffers", [])]
-    return f"{message['topic']} #{message.get('seq')} t={message.get('t_ns')} {shapes}"
+    names, units = message.get("channels") or [], message.get("units") or []
+    labels = ""
+    if isinstance(names, list) and isinstance(units, list) and (names or units):
+        names = names or [f"#{i}" for i in range(len(units))]
+        labels = " " + " ".join(
+            f"{n}[{u}]" if u else str(n) for n, u in zip(names, units or [""] * len(names), strict=False)
+        )
+    return f"{message['topic']} #{message.get('seq')} t={message.get('t_ns')} {shapes}{labels}"
 
 
 def cmd_hz(args: argparse.Namespace) -> int:

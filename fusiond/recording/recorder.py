@@ -161,6 +161,10 @@ class RecordingWriter:
     def _register(self, topic: str, header: dict[str, object]) -> int:
         keys = ("type", "rig", "stream", "modality", "rate_hz")
         metadata = {k: str(header[k]) for k in keys if k in header}
+        for key in ("channels", "units"):  # a list of short strings, checked by the daemon; here, kept short
+            labels = header.get(key)
+            if isinstance(labels, list):
+                metadata[key] = ",".join(str(v)[:64] for v in labels[:256])
         self._channels[topic] = self.writer.register_channel(topic, MESSAGE_ENCODING, 0, metadata)
         return self._channels[topic]
 

@@ -202,6 +202,7 @@ def snapshot_of(name: str, stats: Stats, pipeline: Pipeline, now: int) -> dict[s
                 v.error_ns,
                 v.sample_meter.rate(now),
                 v.errors,
+                v.channels,
             ]
             for (r, s), v in stats.streams.items()
         },

@@ -32,6 +32,10 @@ class StreamInfo:
 
     rate_hz: float
     description: str
+    channels: tuple[str, ...] = ()
+    """Each channel's name (the last axis of the blocks), sent with every message."""
+    units: tuple[str, ...] = ()
+    """Each channel's unit (``g``, ``degC``, ``""`` for none), sent with every message."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from fusiond.clock import ClockModel
 from fusiond.sources.base import Block, SourceConfig
@@ -205,6 +205,22 @@ class LineOptions(SourceConfig):
     """The rate the sensor sends at; checked against what arrives."""
     block: int = Field(1, ge=1)
     """Samples per message."""
+    units: list[str] = []
+    """Each value's unit (``g``, ``degC``, ``""`` for none), sent with the channel names."""
+
+    @model_validator(mode="after")
+    def _units(self) -> LineOptions:
+        if self.units and len(self.units) != len(self.values):
+            msg = f"units lists {len(self.units)}, values {len(self.values)}: give one unit per value"
+            raise ValueError(msg)
+        if any(len(u) > 64 or not u.isprintable() for u in self.units):
+            msg = "each unit must be printable, at most 64 characters"
+            raise ValueError(msg)
+        return self
+
+    def labels(self) -> dict[str, tuple[str, ...]]:
+        """``channels`` and ``units`` for :class:`~fusiond.sources.StreamInfo`."""
+        return {"channels": tuple(v[:64] for v in self.values), "units": tuple(self.units)}
 
     def line_format(self) -> LineFormat:
         """The parser for these options (raises ValueError if they contradict)."""

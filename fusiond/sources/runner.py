@@ -14,7 +14,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from fusiond.bus.wire import TALLY_EVERY_NS, encode_sample, encode_source_error, encode_tally
 from fusiond.errors import SourceConfigError, SourceError
-from fusiond.sources.base import Block, Source, SourceConfig, SourceContext
+from fusiond.sources.base import Block, Source, SourceConfig, SourceContext, StreamInfo
 
 if TYPE_CHECKING:
     from fusiond.bus.security import Keys
@@ -89,7 +89,13 @@ def _wait_handshake(
 
 
 def encode_block(
-    context: SourceContext, seq: int, block: Block, rate_hz: float, t_pub_ns: int, offset_ns: int = 0
+    context: SourceContext,
+    seq: int,
+    block: Block,
+    rate_hz: float,
+    t_pub_ns: int,
+    offset_ns: int = 0,
+    info: StreamInfo | None = None,
 ) -> list[bytes | memoryview]:
     """A block as a sample message; a block without a time is stamped ``t_pub_ns``.
 
@@ -107,6 +113,8 @@ def encode_block(
         data=block.data,
         encoding=block.encoding or ("raw" if block.payload is None else "jpeg"),
         payload=block.payload,
+        channels=info.channels if info is not None else (),
+        units=info.units if info is not None else (),
     )
 
 
@@ -172,7 +180,7 @@ def _publish_until_done(
                 for block in source.read():
                     offset = follower.offset_ns if follower is not None else 0
                     rate = block.rate_hz or info.rate_hz
-                    frames = encode_block(context, seq, block, rate, time.time_ns() + offset, offset)
+                    frames = encode_block(context, seq, block, rate, time.time_ns() + offset, offset, info)
                     sock.send_multipart(frames, copy=False)
                     seq += 1
                     if time.monotonic_ns() >= next_tally:
