@@ -294,8 +294,9 @@ class MqttSource(Source[MqttSourceConfig]):
                 continue
             if self.dropped > reported:
                 reported = self.dropped
-                self.context.log.warning("mqtt %s: %d message(s) dropped so far (queue full)",
-                                         self.config.topic, self.dropped)  # fmt: skip
+                self.context.log.warning(
+                    "mqtt %s: %d message(s) dropped so far (queue full)", self.config.topic, self.dropped
+                )
             block = self.reader.feed(payload, arrived_ns)
             if block is not None:
                 yield block

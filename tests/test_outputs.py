@@ -217,10 +217,16 @@ def test_an_mqtt_topic_of_json_messages_becomes_a_stream_stamped_by_the_sensors_
     endpoint, sock = bus
     collector = Collector(sock)  # a bound SUB tells a new publisher its topics only when read
     proc, _ = run_source(
-        endpoint, "mqtt", f"port={broker}", "topic='plant/+/imu'",
-        "values=['accel.x', 'accel.z', 'gyro[1]']", "time_column='t'", "time_unit='ms'",
-        "rate_hz=50.0", "block=5",
-    )  # fmt: skip
+        endpoint,
+        "mqtt",
+        f"port={broker}",
+        "topic='plant/+/imu'",
+        "values=['accel.x', 'accel.z', 'gyro[1]']",
+        "time_column='t'",
+        "time_unit='ms'",
+        "rate_hz=50.0",
+        "block=5",
+    )
     sensor = mqtt.Client(CallbackAPIVersion.VERSION2)
     sensor.connect("127.0.0.1", broker)
     sensor.loop_start()
@@ -235,8 +241,12 @@ def test_an_mqtt_topic_of_json_messages_becomes_a_stream_stamped_by_the_sensors_
                 "plant/a/imu", json.dumps({"t": t_ms, "accel": {"x": i, "z": -9.8}, "gyro": [0, i / 10]})
             )
             if i % 25 == 0:
-                for garbage in ("nope", '{"t": 1}', '{"t": 2, "accel": {"x": true, "z": 1}, "gyro": [0, 0]}',
-                                "{" + " " * 70_000 + "}"):  # fmt: skip
+                for garbage in (
+                    "nope",
+                    '{"t": 1}',
+                    '{"t": 2, "accel": {"x": true, "z": 1}, "gyro": [0, 0]}',
+                    "{" + " " * 70_000 + "}",
+                ):
                     sensor.publish("plant/a/imu", garbage)
             time.sleep(0.02)
         samples = collector.finish()

@@ -278,7 +278,7 @@ def test_an_external_stream_is_expected_not_started_and_fed_from_another_process
     config.write_text(
         head
         + '[rigs.demo.sources.imu]\nexternal = true\nmodality = "imu"\n'
-        + "\n".join(line for line in tail.splitlines()[1:] if not line.startswith("loop"))
+        + "\n".join(line for line in tail.splitlines()[1:] if not line.startswith(("loop", "units")))
     )
     d = DaemonProcess(config, tmp_path / "daemon.log")
     remote = None

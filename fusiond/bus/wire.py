@@ -334,12 +334,20 @@ def encode_tally(*, rig: str, stream: str, last_seq: int, t_ns: int, final: bool
     return [f"{TALLY_PREFIX}{rig}/{stream}".encode(), msgpack.packb(header)]
 
 
-def encode_output_report(*, name: str, kind: str, counts: dict[str, int], health: dict[str, Any],
-                         t_ns: int) -> list[bytes]:  # fmt: skip
+def encode_output_report(
+    *, name: str, kind: str, counts: dict[str, int], health: dict[str, Any], t_ns: int
+) -> list[bytes]:
     """Frames an output bridge sends once a second on ``o/<name>``: its running counts
     (``sent``, ``dropped``, ``failed``, ``lost``, ``malformed``) and its own health."""
-    header = {"v": list(PROTOCOL_VERSION), "type": "output", "name": name, "kind": kind, "counts": counts,
-              "health": health, "t_ns": t_ns}  # fmt: skip
+    header = {
+        "v": list(PROTOCOL_VERSION),
+        "type": "output",
+        "name": name,
+        "kind": kind,
+        "counts": counts,
+        "health": health,
+        "t_ns": t_ns,
+    }
     return [f"{OUTPUT_PREFIX}{name}".encode(), msgpack.packb(header)]
 
 

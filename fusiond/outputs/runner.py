@@ -122,11 +122,21 @@ class _Bridge:
         now = time.monotonic_ns()
         if now - self.logged.get(what, -LOG_EVERY_NS) >= LOG_EVERY_NS:
             self.logged[what] = now
-            log.warning("output %s: %s (counted as %s: %d so far)", self.context.name, message, what,
-                        self.counts[what])  # fmt: skip
+            log.warning(
+                "output %s: %s (counted as %s: %d so far)",
+                self.context.name,
+                message,
+                what,
+                self.counts[what],
+            )
 
     def report(self, reports: zmq.Socket[bytes]) -> None:
-        frames = encode_output_report(name=self.context.name, kind=self.output.kind, counts=dict(self.counts),
-                                      health=self.output.health(), t_ns=time.time_ns())  # fmt: skip
+        frames = encode_output_report(
+            name=self.context.name,
+            kind=self.output.kind,
+            counts=dict(self.counts),
+            health=self.output.health(),
+            t_ns=time.time_ns(),
+        )
         with contextlib.suppress(zmq.Again):  # never worth waiting for: the next says the same, and more
             reports.send_multipart(frames, zmq.NOBLOCK)

@@ -54,11 +54,15 @@ class OutputReports:
             counts, health, when = self.last.get(name, ({}, {}, None))
             child = by_name.get(name)
             age = None if when is None else round((now_ns - when) / 1e9, 1)
-            out.append({
-                "name": name, "state": child.state if child else "external",
-                "pid": child.proc.pid if child and child.proc else None,
-                "restarts": child.restarts if child else 0,
-                **{k: counts.get(k, 0) for k in COUNTS},
-                "health": health, "last_report_age_s": age if age is None or math.isfinite(age) else None,
-            })  # fmt: skip
+            out.append(
+                {
+                    "name": name,
+                    "state": child.state if child else "external",
+                    "pid": child.proc.pid if child and child.proc else None,
+                    "restarts": child.restarts if child else 0,
+                    **{k: counts.get(k, 0) for k in COUNTS},
+                    "health": health,
+                    "last_report_age_s": age if age is None or math.isfinite(age) else None,
+                }
+            )
         return out

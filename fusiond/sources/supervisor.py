@@ -229,9 +229,19 @@ def output_children(config: Config, env: Mapping[str, str]) -> list[Child]:
     children = []
     for name, output in config.outputs.items():
         argv = fusiond_argv(
-            "output", output.kind, "--name", name, "--connect", subscribe, "--publish", publish,
-            "--queue", str(output.queue), "--options-json", json.dumps(output.options),
-        )  # fmt: skip
+            "output",
+            output.kind,
+            "--name",
+            name,
+            "--connect",
+            subscribe,
+            "--publish",
+            publish,
+            "--queue",
+            str(output.queue),
+            "--options-json",
+            json.dumps(output.options),
+        )
         backoff = Backoff(cap_s=output.restart_max_s)
         children.append(Child(f"output:{name}", argv, config.base_dir, backoff, env=dict(env), role="output"))
     return children
