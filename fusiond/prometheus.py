@@ -8,6 +8,7 @@ when scraped. Metric names are listed in docs/operations.md.
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -134,14 +135,25 @@ class DaemonCollector(Collector):
         yield from (predictions, masked, latency)
 
 
+MAX_CONNECTIONS = 32
+"""Requests served at once; more are closed unread (a scraper and a few probes need few)."""
+REQUEST_TIMEOUT_S = 5.0
+"""A client that has not sent its whole request (or read the answer) by then is dropped."""
+
+
 class _Handler(BaseHTTPRequestHandler):
     """``/metrics`` (Prometheus text), ``/healthz`` and ``/readyz`` (JSON, 200 or 503)."""
 
     registry: CollectorRegistry
     daemon: Observed
     server_version = "fusiond"
+    timeout = REQUEST_TIMEOUT_S  # socket timeout: a half-sent request cannot hold a thread
 
-    def do_GET(self) -> None:  # noqa: N802 - the name http.server calls
+    def do_HEAD(self) -> None:  # noqa: N802 - the name http.server calls
+        self.do_GET(head=True)
+
+    def do_GET(self, head: bool = False) -> None:  # noqa: N802 - the name http.server calls
+        self.head = head
         path = self.path.split("?", 1)[0]
         if path == "/metrics":
             self._send(200, generate_latest(self.registry), CONTENT_TYPE_LATEST)
@@ -161,10 +173,41 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        self.wfile.write(body)
+        if not getattr(self, "head", False):
+            self.wfile.write(body)
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server's name
         """Probes come every few seconds: not a line each in the journal."""
+
+
+class _Server(ThreadingHTTPServer):
+    """At most :data:`MAX_CONNECTIONS` requests at once, each with a time-out; a client that
+    goes away mid-request is counted, not a traceback in the journal."""
+
+    daemon_threads = True
+    request_queue_size = 64
+
+    def __init__(self, address: tuple[str, int], handler: type[_Handler]) -> None:
+        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self.refused = self.broken = 0
+        super().__init__(address, handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self.slots.acquire(blocking=False):
+            self.refused += 1
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        self.broken += 1  # a reset, a time-out: the client's business
 
 
 def serve(config: Config, daemon: Observed) -> ThreadingHTTPServer | None:
@@ -180,11 +223,10 @@ def serve(config: Config, daemon: Observed) -> ThreadingHTTPServer | None:
     registry.register(DaemonCollector(daemon))
     handler = type("Handler", (_Handler,), {"registry": registry, "daemon": daemon})
     try:
-        server = ThreadingHTTPServer((host.strip("[]") or "0.0.0.0", int(port)), handler)
+        server = _Server((host.strip("[]") or "0.0.0.0", int(port)), handler)
     except OSError as exc:
         msg = f"cannot serve metrics on {listen}: {exc.strerror}"
         raise config.error(msg, "metrics.listen") from None
-    server.daemon_threads = True
     threading.Thread(target=server.serve_forever, name="fusiond-http", daemon=True).start()
     return server
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import Field
 
-from fusiond.errors import SourceError
+from fusiond.errors import SourceConfigError, SourceError
 from fusiond.plugin import SourceRegistry, hookimpl
 from fusiond.sources import Block, Source, SourceConfig, StreamInfo
 from fusiond.sources.playback import play
@@ -47,9 +47,14 @@ def read_audio(path: Path, rate_hz: int | None = None, mono: bool = False) -> tu
         raise SourceError(msg)
     try:
         info = soundfile.info(str(path))
-        convert = (rate_hz is not None and rate_hz != info.samplerate) or (mono and info.channels > 1)
         # int16 straight from libsndfile when nothing is done to the samples: exact for
-        # 16-bit files, and libsndfile's own scaling for the others (float: 1.0 = 32768).
+        # 16-bit files, scaled by libsndfile for other integer ones. Float files go through
+        # float32: libsndfile would truncate their samples to integers, not scale them.
+        convert = (
+            (rate_hz is not None and rate_hz != info.samplerate)
+            or (mono and info.channels > 1)
+            or info.subtype in ("FLOAT", "DOUBLE")
+        )
         data, rate = soundfile.read(str(path), dtype="float32" if convert else "int16", always_2d=True)
     except (OSError, soundfile.LibsndfileError, RuntimeError, TypeError) as exc:
         msg = f"{path}: not an audio file libsndfile reads ({exc})"
@@ -64,7 +69,7 @@ def read_audio(path: Path, rate_hz: int | None = None, mono: bool = False) -> tu
         data = soxr.resample(data, rate, rate_hz, quality="HQ")
         rate = rate_hz
     samples = np.clip(np.rint(data * 32768.0), -32768, 32767).astype(np.int16)
-    return samples.reshape(len(samples), -1), int(rate)
+    return samples.reshape(len(samples), data.shape[1] if data.ndim > 1 else 1), int(rate)
 
 
 class AudioFileSource(Source[AudioFileConfig]):
@@ -83,17 +88,20 @@ class AudioFileSource(Source[AudioFileConfig]):
         if not path.is_file():
             return [f"path: no such file: {path}"]
         try:
-            soundfile.info(str(path))
+            info = soundfile.info(str(path))
         except (soundfile.LibsndfileError, RuntimeError, TypeError) as exc:
             return [f"path: {path} is not an audio file libsndfile reads: {exc}"]
-        return []
+        return [] if info.frames > 0 else [f"path: {path} holds no audio"]
 
     def open(self) -> StreamInfo:
         cfg = self.config
         self.samples, self.rate = read_audio(cfg.path, cfg.rate_hz, cfg.mono)
         if not len(self.samples):
             msg = f"{cfg.path}: holds no audio"
-            raise SourceError(msg)
+            raise SourceConfigError(msg)  # retrying will not put any there
+        if cfg.loop and len(self.samples) < cfg.block:
+            # A file shorter than one block, looped, would send a message per loop.
+            self.samples = np.tile(self.samples, (-(-cfg.block // len(self.samples)), 1))
         seconds = len(self.samples) / self.rate
         channels = self.samples.shape[1]
         return StreamInfo(float(self.rate), f"{cfg.path}: {seconds:.1f} s, {self.rate} Hz, {channels} ch")

@@ -198,6 +198,8 @@ def test_health_probes_say_ready_alive_and_a_loop_that_stopped(tmp_path, endpoin
                 return reply.status, (json.loads(body) if name != "metrics" else body)
         except urllib.error.HTTPError as error:
             return error.code, json.loads(error.read().decode())
+        except (urllib.error.URLError, ConnectionError):  # closed unread: every slot was taken
+            return 0, {}
 
     stop = threading.Event()
     with Daemon(config_mod.load(path), load_plugins(), config_path=path) as daemon:
@@ -213,6 +215,23 @@ def test_health_probes_say_ready_alive_and_a_loop_that_stopped(tmp_path, endpoin
             code, text = probe("metrics")
             assert code == 200 and 'fusiond_source_up{source="demo/cam"} 1.0' in text
             assert probe("nothing")[0] == 404
+            # Hostile clients: half-sent requests that never finish, and resets mid-request.
+            import socket as socketlib
+
+            threads = threading.active_count()
+            held = [socketlib.create_connection(("127.0.0.1", port)) for _ in range(100)]
+            for conn in held:
+                conn.sendall(b"GET /healthz HTTP/1.1\r\n")
+            for _ in range(50):
+                with socketlib.create_connection(("127.0.0.1", port)) as conn:
+                    conn.setsockopt(
+                        socketlib.SOL_SOCKET, socketlib.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
+                    )
+            assert threading.active_count() <= threads + 40  # at most 32 requests at once
+            for conn in held:
+                conn.close()
+            wait_for(lambda: probe("healthz")[0] == 200, timeout_s=30)  # served again once they time out
+            assert daemon.ready and daemon.stats.all_drops().get("internal_error", 0) == 0
         finally:
             stop.set()
             thread.join(10)

@@ -169,7 +169,10 @@ def test_audiofile_plays_every_format_libsndfile_reads(bus, tmp_path, name, subt
     endpoint, sock = bus
     audio = (np.sin(np.arange(8000) * 2 * np.pi * 440 / 16000) * 20000).astype(np.int16)
     path = tmp_path / name
-    soundfile.write(str(path), audio, 16000, subtype=subtype)
+    # A float file holds what float audio is: full scale is 1.0 (libsndfile would truncate
+    # such samples to integers if asked for int16 directly).
+    stored = audio / 32768.0 if subtype == "FLOAT" else audio
+    soundfile.write(str(path), stored, 16000, subtype=subtype)
     proc, _ = run_source(endpoint, "audiofile", f"path='{path}'", "block=512")
     samples = collect(sock, proc)
     assert proc.returncode == 0 and {s.rate_hz for s in samples} == {16000.0}, proc.log
