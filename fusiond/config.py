@@ -564,6 +564,11 @@ def _known_keys(model: type[BaseModel], loc: list[str]) -> list[str]:
 
 
 def _check_names(data: dict[str, Any]) -> None:
+    outputs = data.get("outputs")
+    for name in outputs if isinstance(outputs, dict) else ():
+        if not NAME_RE.match(name):
+            msg = f"output name must be letters, digits, _ or - (got {name!r})"
+            raise ConfigError(msg, path=f"outputs.{name}")
     rigs = data.get("rigs")
     if not isinstance(rigs, dict):
         return

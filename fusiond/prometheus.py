@@ -81,11 +81,19 @@ class DaemonCollector(Collector):
         output_up = GaugeMetricFamily(
             "fusiond_output_up", "1 while the output's bridge runs", labels=["output"]
         )
+        health = GaugeMetricFamily(
+            "fusiond_output_health",
+            "What an output reports of itself (connected: 1 or 0)",
+            labels=["output", "key"],
+        )
         for row in d.outputs.rows(d.supervisor.children, now):
             output_up.add_metric([row["name"]], 1.0 if row["state"] == "running" else 0.0)
             for outcome in COUNTS:
                 outputs.add_metric([row["name"], outcome], row[outcome])
-        yield from (outputs, output_up)
+            for key, value in row["health"].items():
+                if isinstance(value, bool | int | float):
+                    health.add_metric([row["name"], key], float(value))
+        yield from (outputs, output_up, health)
         drops = CounterMetricFamily(
             "fusiond_drops", "Samples, messages or windows discarded", labels=["reason"]
         )

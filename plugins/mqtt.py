@@ -52,10 +52,10 @@ __all__ = [
 class MqttLink(Strict):
     """How to reach the broker: shared by the output and the source."""
 
-    host: str = "localhost"
+    host: str = Field("localhost", min_length=1, max_length=253, pattern=r"^[^\s/]+$")
     port: int = Field(1883, ge=1, le=65535)
-    client_id: str = ""
-    """Default: ``fusiond-<host name>-<name>``."""
+    client_id: str = Field("", max_length=128)
+    """Default: ``fusiond-<host name>-<name>-<pid>``, unique on a host."""
     keepalive_s: int = Field(30, ge=5, le=3600)
     username: str = ""
     password_file: Path | None = None
@@ -102,6 +102,22 @@ def link_problems(config: MqttLink) -> list[str]:
             problems.append(f"{key}: no such file: {path}")
     if (config.cert_file is None) != (config.key_file is None):
         problems.append("cert_file: a client certificate needs its key_file, and a key its cert_file")
+    if problems:
+        return problems
+    if config.password_file is not None:
+        try:
+            config.password_file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            problems.append(f"password_file: cannot read {config.password_file} as UTF-8 text: {exc}")
+    if config.tls:
+        import ssl
+
+        try:
+            context = ssl.create_default_context(cafile=str(config.ca_file) if config.ca_file else None)
+            if config.cert_file is not None and config.key_file is not None:
+                context.load_cert_chain(str(config.cert_file), str(config.key_file))
+        except (ssl.SSLError, OSError) as exc:
+            problems.append(f"ca_file: the TLS files do not load: {exc}")
     return problems
 
 
@@ -113,7 +129,7 @@ def make_client(config: MqttLink, name: str) -> Any:
     except ImportError:
         msg = "mqtt needs paho-mqtt: pip install 'fusiond[mqtt]'"
         raise OutputError(msg) from None
-    client_id = config.client_id or f"fusiond-{socket.gethostname()}-{name}"
+    client_id = config.client_id or f"fusiond-{socket.gethostname()}-{name}-{os.getpid()}"
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id)
     if config.username:
         if config.password_file is not None:
@@ -151,9 +167,11 @@ class MqttOutput(Output[MqttConfig]):
         self.status_topic = f"{cfg.prefix}/status"
         self.client.will_set(self.status_topic, "offline", qos=1, retain=True)
         self.client.max_queued_messages_set(cfg.max_queued)
-        self.connected = False
+        self.connected = self.closing = False
+        self.complained = 0.0
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
+        self.client.on_connect_fail = self._on_connect_fail
         try:
             self.client.connect_async(cfg.host, cfg.port, keepalive=cfg.keepalive_s)
         except (OSError, ValueError) as exc:
@@ -170,15 +188,29 @@ class MqttOutput(Output[MqttConfig]):
             )
             return
         self.connected = True
-        client.publish(self.status_topic, "online", qos=1, retain=True)
+        # QoS 0: sent now, ahead of what waited in paho's queue (which may be full).
+        client.publish(self.status_topic, "online", qos=0, retain=True)
         self.context.log.info(
             "mqtt %s: connected to %s:%d", self.context.name, self.config.host, self.config.port
         )
 
     def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
-        if self.connected:
+        if self.connected and not self.closing:
             self.context.log.warning("mqtt %s: lost the broker (%s); reconnecting", self.context.name, reason)
         self.connected = False
+
+    def _on_connect_fail(self, client: Any, userdata: Any) -> None:
+        now = time.monotonic()
+        if now - self.complained >= 60.0 or not self.complained:  # one line a minute while it lasts
+            self.complained = now
+            cfg = self.config
+            self.context.log.warning(
+                "mqtt %s: cannot reach the broker %s:%d (retrying; predictions wait in a queue of %d)",
+                self.context.name,
+                cfg.host,
+                cfg.port,
+                cfg.max_queued,
+            )
 
     def send(self, prediction: Prediction) -> bool:
         cfg = self.config
@@ -202,6 +234,7 @@ class MqttOutput(Output[MqttConfig]):
         client = getattr(self, "client", None)
         if client is None:
             return
+        self.closing = True
         if self.connected:  # a clean stop says so itself; the last will is for a death
             client.publish(self.status_topic, "offline", qos=1, retain=True).wait_for_publish(1.0)
         client.disconnect()

@@ -794,3 +794,46 @@ def test_the_control_endpoint_answers_a_many_part_request_and_bounds_what_waits(
             assert _rss_mb(d.proc.pid) - before < 300
         finally:
             ctx.destroy(linger=0)
+
+
+def test_forged_output_reports_are_refused_and_cannot_break_status():
+    """On an open bus anyone may send an ``o/`` report: only a configured output's, with
+    counts and a small JSON-safe health, is taken; status stays JSON."""
+    import json
+
+    from fusiond.outputs.watch import OutputReports
+
+    reports = OutputReports(["plant"])
+
+    def report(**fields):
+        header = {
+            "v": [1, 1],
+            "type": "output",
+            "name": "plant",
+            "kind": "mqtt",
+            "counts": {"sent": 1},
+            "health": {"connected": True},
+            "t_ns": 1,
+            **fields,
+        }
+        return [b"o/plant", msgpack.packb(header, use_bin_type=True)]
+
+    forged = [
+        report(name="other"),
+        report(name=["plant"]),
+        report(counts={"sent": 2**63 - 1}),
+        report(counts={"sent": -1}),
+        report(counts="many"),
+        report(health={"connected": b"\x00"}),
+        report(health={"x": float("nan")}),
+        report(health={str(i): i for i in range(17)}),
+        report(health={"x": "y" * 201}),
+        [b"o/plant", b"\xc1"],
+        [b"o/plant"],
+    ]
+    reports.take(forged)
+    assert reports.refused == len(forged) and not reports.last
+    reports.take([report(counts={"sent": 7, "dropped": 1, "bogus": 5})])
+    (row,) = reports.rows([], 2)
+    assert (row["sent"], row["dropped"], row["health"]) == (7, 1, {"connected": True})
+    json.dumps(row, allow_nan=False)  # status and /metrics get nothing JSON cannot carry

@@ -166,9 +166,14 @@ def test_a_broker_that_is_away_never_stalls_inference_and_queued_predictions_arr
             [shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-c", str(conf)], stderr=subprocess.DEVNULL
         )
         try:
-            listener = Listener(_wait_port(port), "plant/demo/prediction")
+            listener = Listener(_wait_port(port), "plant/#")
             try:
-                listener.wait(lambda ms: len(ms) >= 8 or None, timeout_s=60)  # the queued and new ones
+                # The queued and new ones; and "online", though paho's queue was full when it connected.
+                listener.wait(
+                    lambda ms: len([m for m in ms if m[0] == "plant/demo/prediction"]) >= 8 or None,
+                    timeout_s=60,
+                )
+                listener.wait(lambda ms: ("plant/status", b"online") in [m[:2] for m in ms] or None)
             finally:
                 listener.close()
         finally:
@@ -201,6 +206,15 @@ def test_check_config_names_a_bad_output_option_and_an_unknown_kind(tmp_path, en
     path.write_text(text)
     result = fusiond("check-config", "--config", str(path), "--no-ports")
     assert result.returncode == 2 and "outputs.x.kind: unknown output kind 'carrier-pigeon'" in result.stderr
+    not_pem = tmp_path / "ca.pem"
+    not_pem.write_text("not a certificate")
+    path = _config(tmp_path, endpoints, control, 1883, f'ca_file = "{not_pem}"\ntls = true\n')
+    result = fusiond("check-config", "--config", str(path), "--no-ports")
+    assert "outputs.plant.ca_file: the TLS files do not load" in result.stdout + result.stderr
+    text = demo_config(tmp_path, *endpoints, control).read_text() + '\n[outputs."a b"]\nkind = "mqtt"\n'
+    path.write_text(text)
+    result = fusiond("check-config", "--config", str(path), "--no-ports")
+    assert result.returncode == 2 and "output name must be letters, digits, _ or -" in result.stderr
 
 
 def test_an_mqtt_topic_of_json_messages_becomes_a_stream_stamped_by_the_sensors_clock(bus, broker):

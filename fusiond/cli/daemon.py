@@ -155,6 +155,9 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(f"fusiond status: no daemon answered at {endpoint}", file=sys.stderr)
             return 1
         reply = json.loads(sock.recv())
+    if "error" in reply:  # the daemon could not answer (see its log)
+        print(f"fusiond status: {reply['error']}", file=sys.stderr)
+        return 1
     print(json.dumps(reply, indent=2) if args.json else as_text(reply))
     return 0
 

@@ -27,28 +27,21 @@ class OutputReports:
         self.refused = 0
 
     def take(self, messages: Iterable[Sequence[Frame]]) -> None:
-        """Reports from the bus."""
+        """Reports from the bus; one that is not a configured output's, well formed, is
+        refused (on an open bus anyone may send one: it must not break status)."""
         for frames in messages:
             try:
                 header = decode_header(frames)
-                name, counts, health = header["name"], dict(header["counts"]), dict(header["health"])
-                counts = {str(k): int(v) for k, v in counts.items() if k in COUNTS}
-            except (WireError, KeyError, TypeError, ValueError):
+                name, counts, health = header.get("name"), header.get("counts"), header.get("health")
+                if not (isinstance(name, str) and name in self.names):
+                    raise ValueError
+                self.last[name] = (_counts(counts), _health(health), time.time_ns())
+            except (WireError, TypeError, ValueError):
                 self.refused += 1
-                continue
-            ok = (
-                name in self.names
-                and all(0 <= v < 2**63 for v in counts.values())
-                and len(str(health)) < 4096
-            )
-            if not ok:
-                self.refused += 1
-                continue
-            self.last[name] = (counts, health, time.time_ns())
 
     def rows(self, children: Sequence[Child], now_ns: int) -> list[dict[str, Any]]:
         """One row per output for ``fusiond status``."""
-        by_name = {c.name.removeprefix("output:"): c for c in children if c.role == "output"}
+        by_name = {c.name: c for c in children if c.role == "output"}
         out = []
         for name in sorted(self.names):
             counts, health, when = self.last.get(name, ({}, {}, None))
@@ -66,3 +59,30 @@ class OutputReports:
                 }
             )
         return out
+
+
+def _counts(counts: Any) -> dict[str, int]:
+    if not isinstance(counts, dict):
+        raise TypeError
+    out = {k: v for k, v in counts.items() if k in COUNTS}
+    if not all(type(v) is int and 0 <= v < 2**53 for v in out.values()):
+        raise ValueError
+    return out
+
+
+def _health(health: Any) -> dict[str, Any]:
+    """A small map of JSON-safe values: what status and ``/metrics`` may show as sent."""
+    if not isinstance(health, dict) or len(health) > 16:
+        raise TypeError
+    for key, value in health.items():
+        if not isinstance(key, str) or len(key) > 32:
+            raise TypeError
+        ok = (
+            isinstance(value, bool)
+            or (type(value) is int and abs(value) < 2**53)
+            or (type(value) is float and math.isfinite(value))
+            or (isinstance(value, str) and len(value) <= 200)
+        )
+        if not ok:
+            raise TypeError
+    return dict(health)

@@ -243,5 +243,5 @@ def output_children(config: Config, env: Mapping[str, str]) -> list[Child]:
             json.dumps(output.options),
         )
         backoff = Backoff(cap_s=output.restart_max_s)
-        children.append(Child(f"output:{name}", argv, config.base_dir, backoff, env=dict(env), role="output"))
+        children.append(Child(name, argv, config.base_dir, backoff, env=dict(env), role="output"))
     return children
