@@ -268,6 +268,11 @@ class ClockModel:
             else:
                 self._below = r
         elif r > quarter and self._minima:  # congestion, or a clock that went back a little
+            # A clock that went back sits at one new level; a queue that drains (the
+            # receiver stalled, then read a backlog) does not: its minima fall bucket by
+            # bucket. Only a level held for RAISED_BUCKETS moves the line.
+            if self._raised and abs(r - self._raised_by) > quarter / 2:
+                self._raised = 0
             self._raised_by = min(r, self._raised_by) if self._raised else r
             self._raised += 1
             self._below = None
@@ -283,16 +288,25 @@ class ClockModel:
 
     def _fit(self) -> None:
         points = list(self._minima)
-        line = _line(points, self._x0)
+        # A bucket far above the line in force was congested (a queue, or a receiver that
+        # stalled and then read its backlog at once): no drift moves a bucket that much
+        # from one bucket to the next, so it is left out before the fit can be dragged up.
+        a0, b0, x0 = self._a, self._b, self._x0
+        clear = [(px, pd) for px, pd in points if pd - (a0 + b0 * (px - x0)) < self.step_ns]
+        if len(clear) < len(points) and (
+            len(clear) < 2 or clear[-1][0] - clear[0][0] < self.keep * self.bucket_ns // 4
+        ):
+            return  # little but congestion lately: the line in force stands until it clears
+        line = _line(clear, x0)
         if line is None:
             px, pd = points[-1]
-            self._a = pd - self._b * (px - self._x0)
+            self._a = pd - self._b * (px - x0)
             return
         a, b = line
-        # Buckets far above the line were congested: fit again without them.
-        kept = [(px, pd) for px, pd in points if pd - (a + b * (px - self._x0)) < self.step_ns / 4]
-        if 2 <= len(kept) < len(points):
-            a, b = _line(kept, self._x0) or (a, b)
+        # Buckets above the new line were congested too: fit again without them.
+        kept = [(px, pd) for px, pd in clear if pd - (a + b * (px - x0)) < self.step_ns / 4]
+        if 2 <= len(kept) < len(clear):
+            a, b = _line(kept, x0) or (a, b)
         self._a, self._b = a, max(-self.max_drift, min(self.max_drift, b))
 
 

@@ -83,6 +83,34 @@ def test_a_real_step_is_followed_after_three_messages(step_s):
     assert model.steps == 1 and abs(model.last_step_ns + step) < MS
 
 
+def _stalled(model: ClockModel, stall_s: float) -> tuple[int, float]:
+    """A 30 Hz stream whose receiver stops for ``stall_s`` at 30 s, then reads the backlog
+    at once: (messages held back, worst drift after it, in ppm)."""
+    rng = np.random.default_rng(3)
+    t0, resume = 10**18, 10**18 + round((30 + stall_s) * 1e9)
+    held, worst = 0, 0.0
+    for i in range(3600):
+        x = t0 + round(i * 1e9 / 30)
+        y = x + int(rng.uniform(2e5, 3e6))
+        if t0 + 30 * 10**9 <= x < resume:
+            y = resume + (x - t0 - 30 * 10**9) // 1000  # all of it at once, in order
+        held += model.update(x, y) is None
+        if x > resume + 10**10:
+            worst = max(worst, abs(model.drift_ppm))
+    return held, worst
+
+
+@pytest.mark.parametrize("stall_s", [2.5, 9.0, 30.0])
+def test_a_receiver_that_stalled_and_read_its_backlog_moves_nothing(stall_s):
+    """The daemon stopped (SIGSTOP, a swap storm) and then read everything queued meanwhile:
+    the backlog's delays fall from seconds to nothing, which is no clock's doing. No step,
+    nothing held back, and the drift stays what it was (it once read +60,000 ppm here)."""
+    model = ClockModel(deadband_ns=2_000_000)
+    held, worst = _stalled(model, stall_s)
+    assert (model.steps, model.outliers, held) == (0, 0, 0)
+    assert worst < 200, worst
+
+
 @pytest.mark.parametrize("drift", [-0.02, 0.02, 200e-6])
 def test_drift_is_followed_to_within_a_millisecond(drift):
     """A sensor clock running 2 % slow or fast (or a crystal 200 ppm off), its stamps
