@@ -38,6 +38,12 @@ class LatencyWindow:
         return [float(v) / 1e6 for v in np.percentile(data, qs)]
 
 
+# numpy imports parts of itself on first use (np.percentile's among them). That first use
+# must not fall in a flood of connections that has taken every file descriptor: status
+# would fail then. So it happens here, when the daemon starts.
+np.percentile(np.zeros(2, np.int64), [50.0, 99.0])
+
+
 class RateMeter:
     """Events per second over the last few complete seconds (cheap enough for every message).
 
