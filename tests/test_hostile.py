@@ -837,3 +837,29 @@ def test_forged_output_reports_are_refused_and_cannot_break_status():
     (row,) = reports.rows([], 2)
     assert (row["sent"], row["dropped"], row["health"]) == (7, 1, {"connected": True})
     json.dumps(row, allow_nan=False)  # status and /metrics get nothing JSON cannot carry
+
+
+def test_a_recorder_counts_only_plausible_tallies(tmp_path):
+    """A tally's ``last_seq`` is type- and range-checked, and a jump no stream could have
+    made since its last message is no loss: only a plausible tally adds to the count."""
+    from fusiond.recording.recorder import RecordingWriter
+
+    with RecordingWriter(tmp_path / "t.mcap") as writer:
+        for seq in range(5):
+            frames = wire.encode_sample(
+                rig="r",
+                stream="s",
+                modality="imu",
+                seq=seq,
+                t_ns=T0 + seq,
+                t_pub_ns=T0,
+                rate_hz=100.0,
+                data=np.zeros((1, 1), np.float32),
+            )
+            writer.write([bytes(f) for f in frames], T0 + seq)
+        for last in (2**63, -1, "9", True, 1.5e3, 10**12, None):
+            header = {"v": [1, 1], "type": "tally", "rig": "r", "stream": "s", "last_seq": last, "t_ns": T0}
+            writer.write([b"t/r/s", msgpack.packb(header)], T0 + 10)
+        assert sum(writer.gaps.values()) == 0, writer.gaps
+        writer.write([bytes(f) for f in wire.encode_tally(rig="r", stream="s", last_seq=6, t_ns=T0)], T0 + 20)
+        assert writer.gaps == {"s/r/s": 2}
