@@ -863,3 +863,41 @@ def test_a_recorder_counts_only_plausible_tallies(tmp_path):
         assert sum(writer.gaps.values()) == 0, writer.gaps
         writer.write([bytes(f) for f in wire.encode_tally(rig="r", stream="s", last_seq=6, t_ns=T0)], T0 + 20)
         assert writer.gaps == {"s/r/s": 2}
+
+
+def test_an_output_bridge_sends_each_prediction_once_and_counts_what_it_missed():
+    """Predictions replayed (a seq already sent) are not sent again; a gap in a rig's
+    numbers is counted lost; a forged jump far ahead is a reset, not billions lost."""
+    import logging
+    import threading
+
+    from fusiond.outputs import Output, OutputConfig, OutputContext
+    from fusiond.outputs.runner import _Bridge
+
+    class Keep(Output[OutputConfig]):
+        kind = "keep"
+        Config = OutputConfig
+
+        def open(self) -> str:
+            self.got: list[int] = []
+            return "kept"
+
+        def send(self, prediction) -> bool:
+            self.got.append(prediction.seq)
+            return True
+
+    output = Keep(OutputConfig(), OutputContext("k", threading.Event(), logging.getLogger("k")))
+    output.open()
+    counts: Counter[str] = Counter()
+    bridge = _Bridge(output, output.context, counts, set())
+
+    def prediction(seq: int) -> list[bytes]:
+        p = wire.Prediction("demo", seq, 0, 1, "a", ["a"], [1.0], ["imu"], [], {"name": "m"}, {}, T0 + seq)
+        return [bytes(f) for f in wire.encode_prediction(p)]
+
+    for seq in (0, 1, 1, 0 + 2, 5, 3, 10**12, 10**12 + 1, 10**12 + 2, 10**12 + 3):
+        bridge.take(prediction(seq))
+    bridge.take([b"p/demo", b"\xc1"])
+    assert output.got[:4] == [0, 1, 2, 5] and counts["lost"] == 2, (output.got, counts)
+    assert counts["malformed"] == 3 and counts["lost"] < 10  # the replays 1 and 3, the garbage
+    assert counts["sent"] == len(output.got)

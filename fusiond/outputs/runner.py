@@ -21,6 +21,7 @@ import zmq
 from fusiond.bus.security import Keys
 from fusiond.bus.sockets import Sockets, drain
 from fusiond.bus.wire import (
+    DUPLICATE,
     PREDICTION_PREFIX,
     SequenceGaps,
     decode_prediction,
@@ -104,10 +105,12 @@ class _Bridge:
         if self.rigs and p.rig not in self.rigs:
             return  # p/lab also matches p/lab2
         missed = self.gaps.missed(p.rig, p.seq, p.t_pub_ns)
+        if missed == DUPLICATE:  # a number already sent: the same prediction again, or a replay
+            self.count("malformed", f"rig {p.rig}'s prediction {p.seq} came again; not sent twice")
+            return
         if missed is not None and missed > 0:
             self.count("lost", f"{missed} prediction(s) of rig {p.rig} never reached this output", missed)
-        if missed is None or missed >= 0:
-            self.gaps.accept(p.rig, p.seq, p.t_pub_ns)
+        self.gaps.accept(p.rig, p.seq, p.t_pub_ns)
         try:
             if self.output.send(p):
                 self.counts["sent"] += 1
