@@ -11,11 +11,11 @@ import time
 from typing import Any
 
 from fusiond.cli.common import (
+    as_child,
     bus_options,
     endpoint_of,
     key_options,
     keys_of,
-    parse_set,
     subscriber,
 )
 
@@ -69,20 +69,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def cmd_source(args: argparse.Namespace) -> int:
     """Run one source standalone, publishing to a bus endpoint."""
-    import signal
-
     from fusiond.config import SourceSection, validate_source
     from fusiond.plugin import load_plugins
     from fusiond.sources.base import SourceContext
-    from fusiond.sources.runner import run_source, stop_event_from_signals
-    from fusiond.sources.supervisor import STOP_GRACE_S, die_with_parent
+    from fusiond.sources.runner import run_source
 
-    stop = stop_event_from_signals(STOP_GRACE_S)
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a reload is the daemon's business
-    if args.parent_pid:
-        die_with_parent(args.parent_pid)
-    options = json.loads(args.options_json) if args.options_json else {}
-    options.update(parse_set(args.set))
+    stop, options = as_child(args)
     plugins = load_plugins()
     section = SourceSection(kind=args.kind, **options)
     config = validate_source(plugins.sources, section, f"source {args.kind}")

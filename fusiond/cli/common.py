@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
+import threading
 import tomllib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -12,7 +14,16 @@ from typing import Any
 
 from fusiond.errors import ConfigError
 
-__all__ = ["bus_options", "endpoint_of", "in_config", "key_options", "keys_of", "parse_set", "subscriber"]
+__all__ = [
+    "as_child",
+    "bus_options",
+    "endpoint_of",
+    "in_config",
+    "key_options",
+    "keys_of",
+    "parse_set",
+    "subscriber",
+]
 
 log = logging.getLogger("fusiond")
 
@@ -87,3 +98,21 @@ def parse_set(pairs: Sequence[str]) -> dict[str, Any]:
         except tomllib.TOMLDecodeError:
             options[key] = raw
     return options
+
+
+def as_child(args: argparse.Namespace) -> tuple[threading.Event, dict[str, Any]]:
+    """What a source or an output process does first: stop on SIGTERM or SIGINT (by force
+    if stuck), ignore SIGHUP (a reload is the daemon's business), end with the daemon
+    that started it; and its options, ``--options-json`` with ``--set`` on top."""
+    import signal
+
+    from fusiond.sources.runner import stop_event_from_signals
+    from fusiond.sources.supervisor import STOP_GRACE_S, die_with_parent
+
+    stop = stop_event_from_signals(STOP_GRACE_S)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    if args.parent_pid:
+        die_with_parent(args.parent_pid)
+    options = json.loads(args.options_json) if args.options_json else {}
+    options.update(parse_set(args.set))
+    return stop, options

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import signal
 
-from fusiond.cli.common import key_options, keys_of, parse_set
+from fusiond.cli.common import as_child, key_options, keys_of
 
 __all__ = ["cmd_output", "register"]
 
@@ -37,15 +35,8 @@ def cmd_output(args: argparse.Namespace) -> int:
     from fusiond.outputs.base import OutputContext
     from fusiond.outputs.runner import run_output
     from fusiond.plugin import load_plugins
-    from fusiond.sources.runner import stop_event_from_signals
-    from fusiond.sources.supervisor import STOP_GRACE_S, die_with_parent
 
-    stop = stop_event_from_signals(STOP_GRACE_S)
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a reload is the daemon's business
-    if args.parent_pid:
-        die_with_parent(args.parent_pid)
-    options = json.loads(args.options_json) if args.options_json else {}
-    options.update(parse_set(args.set))
+    stop, options = as_child(args)
     plugins = load_plugins()
     name = args.name or args.kind
     config = validate_output(plugins.outputs, OutputSection(kind=args.kind, **options), f"output {name}")
