@@ -901,3 +901,27 @@ def test_an_output_bridge_sends_each_prediction_once_and_counts_what_it_missed()
     assert output.got[:4] == [0, 1, 2, 5] and counts["lost"] == 2, (output.got, counts)
     assert counts["malformed"] == 3 and counts["lost"] < 10  # the replays 1 and 3, the garbage
     assert counts["sent"] == len(output.got)
+
+
+def test_mqtt_topics_prefixes_and_json_paths_are_checked_before_anything_connects():
+    from fusiond_plugins.mqtt import MqttConfig, MqttSourceConfig
+    from pydantic import ValidationError
+
+    from fusiond.sources.lines import LineOptions, line_problems
+
+    for topic in ("", "a/#/b", "a/b#", "a+/b", "x\0"):
+        with pytest.raises(ValidationError, match="topic"):
+            MqttSourceConfig(topic=topic, values=["x"], rate_hz=10.0)
+    assert MqttSourceConfig(topic="plant/+/imu/#", values=["x"], rate_hz=10.0).topic == "plant/+/imu/#"
+    for prefix in ("", "a/#", "+", "/a", "a/"):
+        with pytest.raises(ValidationError, match="prefix"):
+            MqttConfig(prefix=prefix)
+    for host in ("", "a b", "x/y"):
+        with pytest.raises(ValidationError, match="host"):
+            MqttConfig(host=host)
+    bad = LineOptions(format="json", values=["a..b", "ok"], rate_hz=10.0)
+    assert line_problems(bad) == [
+        "values: 'a..b' is not a JSON path (fields by name and [index], e.g. accel.z or data[0].v)"
+    ]
+    with pytest.raises(ValidationError, match="one unit per value"):
+        LineOptions(values=["x", "y"], units=["g"], rate_hz=10.0)
