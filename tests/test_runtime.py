@@ -407,7 +407,8 @@ def test_two_offline_runs_with_workers_at_once_both_finish_and_leave_no_socket_f
         assert proc.returncode == 0, err
     a, b = ([json.loads(line) for line in out.read_text().splitlines()] for _, out in runs)
     assert len(a) >= 60 and [p["label"] for p in a] == [p["label"] for p in b]
-    left = [p.name for p in runtime_dir().iterdir() if any(str(proc.pid) in p.name for proc, _ in runs)]
+    owners = {f"-{proc.pid}-" for proc, _ in runs}
+    left = [p.name for p in runtime_dir().iterdir() if any(o in p.name for o in owners)]
     assert not left, left
 
 
@@ -435,3 +436,31 @@ def test_a_worker_that_hangs_is_ended_and_started_again_and_status_names_it(tmp_
         assert worker["hung"] == 1 and worker["pid"] != victim and worker["state"] == "running", worker
     finally:
         d.close()
+
+
+def test_socket_files_left_by_a_killed_process_are_swept_and_live_ones_kept(tmp_path, monkeypatch):
+    import socket
+
+    from fusiond.runtime.engine import sweep_runtime_dir
+
+    monkeypatch.setenv("RUNTIME_DIRECTORY", str(tmp_path))
+
+    def bound(name: str) -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(str(tmp_path / name))
+        return sock
+
+    bound("stats-4242-7f00aa").close()  # what SIGKILL leaves: a file nobody listens on
+    live = bound("windows-4243-7f00bb")
+    live.listen()
+    bound("offline-feed-0").close()  # not a name with an owner: not ours to judge
+    (tmp_path / "stats-4244-7f00cc").write_text("not a socket")
+    try:
+        assert sweep_runtime_dir() == ["stats-4242-7f00aa"]
+        assert sorted(p.name for p in tmp_path.iterdir()) == [
+            "offline-feed-0",
+            "stats-4244-7f00cc",
+            "windows-4243-7f00bb",
+        ]
+    finally:
+        live.close()

@@ -21,6 +21,8 @@ import functools
 import json
 import logging
 import os
+import re
+import socket
 import tempfile
 import threading
 import time
@@ -57,6 +59,7 @@ __all__ = [
     "reachable",
     "remove_ipc",
     "runtime_dir",
+    "sweep_runtime_dir",
     "ThreadEngine",
 ]
 
@@ -113,6 +116,36 @@ def remove_ipc(*endpoints: str) -> None:
     for endpoint in endpoints:
         if endpoint.startswith("ipc://"):
             Path(endpoint.removeprefix("ipc://")).unlink(missing_ok=True)
+
+
+_OWNED = re.compile(r"[a-z][a-z0-9-]*-\d+-[0-9a-f]+")
+
+
+def sweep_runtime_dir() -> list[str]:
+    """Remove the socket files a killed daemon or run left behind; return their names.
+
+    Only names this package makes (``<purpose>-<pid>-<hex>``) are candidates, and only
+    those nobody listens on (a connect is refused) go: a live daemon's files are never
+    touched, whatever process namespace it runs in."""
+    removed = []
+    for path in runtime_dir().iterdir():
+        if not _OWNED.fullmatch(path.name) or not path.is_socket():
+            continue
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            try:
+                probe.connect(str(path))
+            except ConnectionRefusedError:
+                path.unlink(missing_ok=True)
+                removed.append(path.name)
+            except OSError:
+                pass  # in use, gone already or not ours to judge: left alone
+    return removed
+
+
+@functools.cache
+def _sweep_once() -> None:
+    if removed := sweep_runtime_dir():
+        log.info("removed %d socket file(s) left by processes that ended uncleanly", len(removed))
 
 
 def runtime_dir() -> Path:
@@ -354,6 +387,7 @@ class ProcessEngine:
 
     @classmethod
     def endpoint(cls, config: Config, purpose: str, owner: str) -> str:
+        _sweep_once()
         return f"ipc://{runtime_dir()}/{purpose}-{owner}"
 
     @classmethod
