@@ -19,7 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.registry import Collector
 
-from fusiond.outputs.watch import COUNTS
+from fusiond.outputs.watch import COUNTS, SAMPLES
 
 if TYPE_CHECKING:
     from fusiond.config import Config
@@ -78,6 +78,9 @@ class DaemonCollector(Collector):
             "Predictions an output delivered or not",
             labels=["output", "outcome"],
         )
+        samples = CounterMetricFamily(
+            "fusiond_output_samples", "Sensor messages an output that shows them took", labels=["output"]
+        )
         output_up = GaugeMetricFamily(
             "fusiond_output_up", "1 while the output's bridge runs", labels=["output"]
         )
@@ -90,10 +93,11 @@ class DaemonCollector(Collector):
             output_up.add_metric([row["name"]], 1.0 if row["state"] == "running" else 0.0)
             for outcome in COUNTS:
                 outputs.add_metric([row["name"], outcome], row[outcome])
+            samples.add_metric([row["name"]], row[SAMPLES])
             for key, value in row["health"].items():
                 if isinstance(value, bool | int | float):
                     health.add_metric([row["name"], key], float(value))
-        yield from (outputs, output_up, health)
+        yield from (outputs, samples, output_up, health)
         drops = CounterMetricFamily(
             "fusiond_drops", "Samples, messages or windows discarded", labels=["reason"]
         )

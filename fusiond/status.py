@@ -273,7 +273,9 @@ def as_text(s: Mapping[str, Any]) -> str:
         lines.append(
             f"  {out['name']:<12} {out['state']} (pid {out['pid']}, restarts {out['restarts']}), sent "
             f"{out['sent']}, dropped {out['dropped']}, failed {out['failed']}, lost {out['lost']}, malformed "
-            f"{out['malformed']}" + (f"; {health}" if health else "")
+            f"{out['malformed']}"
+            + (f", samples {out['samples']}" if out.get("samples") else "")
+            + (f"; {health}" if health else "")
         )
     drops = ", ".join(f"{k}={v}" for k, v in sorted(s["drops"].items())) or "none"
     lines.append(f"drops: {drops}")

@@ -32,7 +32,7 @@ python3 -m venv .venv
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   .venv/bin/pip install -q torch==2.13.0
 fi
-.venv/bin/pip install -q -e '.[test,onnx,ray,speech,mqtt]'
+.venv/bin/pip install -q -e '.[test,onnx,ray,speech,mqtt,view]'
 # The test footage: opencv-doc's sample video, unpacked into .cache/ (not installed).
 bash scripts/fetch-footage.sh
 echo "setup: done; run .venv/bin/fusiond run --config config.toml"

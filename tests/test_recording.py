@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import signal
@@ -78,7 +77,7 @@ def test_the_recording_is_indexed_mcap_with_every_stream(live):
     bus = {t for t, c in topics.items() if c.message_encoding == "fusiond-frames"}
     streams = {f"{kind}/demo/{stream}" for kind in "st" for stream in ("cam", "mic", "imu")}
     assert bus == {*streams, "p/demo"}  # samples, the sources' tallies, predictions
-    assert set(topics) - bus == {"foxglove/s/demo/cam", "foxglove/p/demo"}
+    assert set(topics) - bus == {f"foxglove/s/demo/{s}" for s in ("cam", "mic", "imu")} | {"foxglove/p/demo"}
     assert topics["s/demo/cam"].metadata["modality"] == "video"
     by_topic = {c.topic: counts[cid] for cid, c in summary.channels.items()}
     assert 70 <= by_topic["s/demo/cam"] <= 82  # 10 fps for 8 s
@@ -88,7 +87,9 @@ def test_the_recording_is_indexed_mcap_with_every_stream(live):
     assert len(recorded) == by_topic["p/demo"]
 
 
-def test_foxglove_channels_hold_the_camera_frames_and_the_predictions(live):
+def test_foxglove_channels_hold_every_stream_and_the_predictions_in_foxglove_schemas(live):
+    from .test_view import proto_class
+
     _, path, recorded, log = live
     with path.open("rb") as f:
         reader = make_reader(f)
@@ -99,25 +100,37 @@ def test_foxglove_channels_hold_the_camera_frames_and_the_predictions(live):
             if c.topic.startswith("foxglove/")
         }
         views = {t: [] for t in schemas}
-        for _, channel, message in reader.iter_messages(topics=list(schemas)):
-            views[channel.topic].append((message.publish_time, json.loads(message.data)))
+        for schema, channel, message in reader.iter_messages(topics=list(schemas)):
+            if schema.encoding == "protobuf":
+                body = proto_class(schema.name, schema.data).FromString(message.data)
+            else:
+                assert schema.encoding == "jsonschema" and channel.message_encoding == "json"
+                body = json.loads(message.data)
+            views[channel.topic].append((message.publish_time, body))
     assert schemas["foxglove/s/demo/cam"].name == "foxglove.CompressedImage"
+    assert schemas["foxglove/s/demo/mic"].name == "foxglove.RawAudio"
+    assert json.loads(schemas["foxglove/s/demo/imu"].data)["properties"]["accel_z"]["description"] == "g"
     assert schemas["foxglove/p/demo"].name == "fusiond.Prediction"
-    assert all(s.encoding == "jsonschema" for s in schemas.values())
     samples = [decode_sample(r.frames) for r in read(path, ["s/demo/cam"])]
     frames = {s.t_ns: s.data[0] for s in samples}
     assert len(views["foxglove/s/demo/cam"]) == len(frames) > 0
     for t_ns, image in views["foxglove/s/demo/cam"]:
-        assert image["format"] == "jpeg" and image["frame_id"] == "cam"
-        assert image["timestamp"] == {"sec": t_ns // 10**9, "nsec": t_ns % 10**9}
-        jpeg = np.frombuffer(base64.b64decode(image["data"]), np.uint8)
-        shown = cv2.imdecode(jpeg, cv2.IMREAD_COLOR)
+        assert image.format == "jpeg" and image.frame_id == "cam"
+        assert image.timestamp.seconds * 10**9 + image.timestamp.nanos == t_ns
+        shown = cv2.imdecode(np.frombuffer(image.data, np.uint8), cv2.IMREAD_COLOR)
         raw = frames[t_ns]
         assert shown.shape == raw.shape
         assert np.abs(shown.astype(int) - raw).mean() < 4  # JPEG at quality 85
+    audio = [decode_sample(r.frames) for r in read(path, ["s/demo/mic"])]
+    heard = b"".join(a.data for _, a in views["foxglove/s/demo/mic"])
+    assert heard == b"".join(s.data.astype("<i2").tobytes() for s in audio)  # 16-bit PCM as it came
+    imu = [decode_sample(r.frames) for r in read(path, ["s/demo/imu"])]
+    plotted = [row["accel_z"] for _, row in views["foxglove/s/demo/imu"]]
+    assert plotted == pytest.approx(np.concatenate([s.data[:, 0] for s in imu]).tolist())
     shown = [p for _, p in views["foxglove/p/demo"]]
     assert [p["label"] for p in shown] == [p.label for p in recorded]
     assert [p["scores"] for p in shown] == [dict(zip(p.classes, p.scores, strict=True)) for p in recorded]
+    assert all(set(p["mask"]) == {"video", "audio", "imu"} for p in shown)
     assert "foxglove views: foxglove/p/demo" in log
 
 
@@ -219,43 +232,6 @@ def test_a_recorder_killed_with_sigkill_leaves_a_readable_file(tmp_path):
     assert summary.messages["s/demo/cam"] >= 20  # 4 s at 10 fps, less at most the last chunk
     result = fusiond("info", str(path))
     assert result.returncode == 0 and "cut off" in result.stdout
-
-
-def test_a_frame_sent_as_jpeg_is_shown_as_sent_and_other_streams_get_no_view():
-    from fusiond.bus.wire import decode_header, encode_sample
-    from fusiond.recording.foxglove import view_messages
-
-    image = np.random.default_rng(0).integers(0, 255, (24, 32, 3), np.uint8)
-    ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 40])
-    assert ok
-    frames = encode_sample(
-        rig="r",
-        stream="c",
-        modality="video",
-        seq=0,
-        t_ns=5 * 10**9 + 7,
-        t_pub_ns=0,
-        rate_hz=30,
-        data=image[None],
-        encoding="jpeg",
-        payload=jpeg.tobytes(),
-    )
-    [(topic, schema, t_ns, body)] = view_messages(decode_header(frames), frames)
-    shown = json.loads(body)
-    assert (topic, schema, t_ns) == ("foxglove/s/r/c", "image", 5 * 10**9 + 7)
-    assert base64.b64decode(shown["data"]) == jpeg.tobytes()  # the source's JPEG, not encoded again
-    assert shown["timestamp"] == {"sec": 5, "nsec": 7}
-    imu = encode_sample(
-        rig="r",
-        stream="i",
-        modality="imu",
-        seq=0,
-        t_ns=0,
-        t_pub_ns=0,
-        rate_hz=100,
-        data=np.zeros((10, 3), np.float32),
-    )
-    assert list(view_messages(decode_header(imu), imu)) == []
 
 
 def test_a_full_disk_ends_the_recorder_with_one_clear_line(tmp_path):

@@ -5,10 +5,11 @@ from __future__ import annotations
 import abc
 import logging
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, TypeVar
 
-from fusiond.bus.wire import Prediction
+from fusiond.bus.wire import Frame, Prediction, SampleHeader
 from fusiond.errors import FusiondError
 from fusiond.strict import Strict
 
@@ -44,6 +45,9 @@ class Output(abc.ABC, Generic[ConfigT]):
 
     kind: ClassVar[str]
     Config: ClassVar[type[OutputConfig]]
+    samples: ClassVar[bool] = False
+    """True: the bridge also hands over the sensors' messages (:meth:`sample`), from a
+    queue of their own that drops before the predictions' does."""
 
     def __init__(self, config: ConfigT, context: OutputContext) -> None:
         self.config: ConfigT = config
@@ -64,6 +68,11 @@ class Output(abc.ABC, Generic[ConfigT]):
     def send(self, prediction: Prediction) -> bool:
         """Hand one prediction on without blocking for long; False when it was dropped (a
         full queue while the far end is away). Raise :class:`OutputError` on a failure."""
+
+    def sample(self, header: SampleHeader, frames: Sequence[Frame]) -> None:  # noqa: B027
+        """One checked sample message (only with ``samples = True``); its buffers are not
+        decoded yet (:func:`~fusiond.bus.wire.decode_arrays`). Raise :class:`OutputError`
+        or a :class:`~fusiond.errors.WireError` to have it counted."""
 
     def health(self) -> dict[str, Any]:
         """What status shows of the output besides the counts (``connected``, say)."""

@@ -2,7 +2,9 @@
 
 The bridge subscribes to the prediction topics with a bounded queue (``queue`` messages):
 when the output falls behind, ZeroMQ drops the newest, and the gap in each rig's
-prediction numbers counts them (``lost``). What the output itself could not take
+prediction numbers counts them (``lost``). An output that shows the sensors too (the live
+Foxglove view) also gets the sample topics, from a small queue of their own
+(:data:`SAMPLE_QUEUE`), so frames are dropped before predictions are. What the output itself could not take
 (``dropped``: its own queue full while the far end is away) and what failed
 (``failed``) are counted apart. Once a second the counts go out on ``o/<name>``, which
 the daemon shows in ``fusiond status`` and on ``/metrics``.
@@ -23,8 +25,10 @@ from fusiond.bus.sockets import Sockets, drain
 from fusiond.bus.wire import (
     DUPLICATE,
     PREDICTION_PREFIX,
+    SAMPLE_PREFIX,
     SequenceGaps,
     decode_prediction,
+    decode_sample_header,
     encode_output_report,
     prediction_topic,
 )
@@ -32,11 +36,14 @@ from fusiond.errors import WireError
 from fusiond.outputs.base import Output, OutputConfig, OutputContext, OutputError
 from fusiond.sources.runner import Backoff, connect_publisher
 
-__all__ = ["REPORT_EVERY_NS", "run_output"]
+__all__ = ["REPORT_EVERY_NS", "run_output", "SAMPLE_QUEUE"]
 
 log = logging.getLogger(__name__)
 REPORT_EVERY_NS = 1_000_000_000
 LOG_EVERY_NS = 60_000_000_000
+SAMPLE_QUEUE = 64
+"""Sensor messages held for an output that takes them (``samples = True``), past which
+ZeroMQ drops the newest: about 2 s of a 30 fps camera."""
 
 
 def run_output(
@@ -56,6 +63,10 @@ def run_output(
     with Sockets(hwm=queue, keys=keys) as sockets:
         topics = [prediction_topic(rig) for rig in config.rigs] or [PREDICTION_PREFIX]
         inbox = sockets.subscriber(subscribe, topics, hwm=queue)
+        samples = None
+        if cls.samples:  # a queue of their own: a slow output drops frames, never predictions first
+            prefixes = [f"{SAMPLE_PREFIX}{rig}/" for rig in config.rigs] or [SAMPLE_PREFIX]
+            samples = sockets.subscriber(subscribe, prefixes, hwm=SAMPLE_QUEUE)
         reports, _ = connect_publisher(sockets, publish, 200, 5.0, context.stop)
         attempt = 0
         while not context.stop.is_set():
@@ -69,7 +80,7 @@ def run_output(
                 context.stop.wait(delay)
                 continue
             try:
-                _Bridge(output, context, counts, set(config.rigs)).run(inbox, reports)
+                _Bridge(output, context, counts, set(config.rigs)).run(inbox, reports, samples)
             finally:
                 output.close()
             return 0
@@ -84,12 +95,22 @@ class _Bridge:
         self.gaps = SequenceGaps()
         self.logged: dict[str, int] = {}
 
-    def run(self, inbox: zmq.Socket[bytes], reports: zmq.Socket[bytes]) -> None:
+    def run(
+        self, inbox: zmq.Socket[bytes], reports: zmq.Socket[bytes], samples: zmq.Socket[bytes] | None
+    ) -> None:
+        poller = zmq.Poller()
+        poller.register(inbox, zmq.POLLIN)
+        if samples is not None:
+            poller.register(samples, zmq.POLLIN)
         next_report = 0
         while not self.context.stop.is_set():
-            if inbox.poll(200):
+            ready = dict(poller.poll(200))
+            if inbox in ready:
                 for frames in drain(inbox, 256):
                     self.take(frames)
+            if samples is not None and samples in ready:
+                for frames in drain(samples, 64):
+                    self.take_sample(frames)
             now = time.monotonic_ns()
             if now >= next_report:
                 next_report = now + REPORT_EVERY_NS
@@ -116,6 +137,18 @@ class _Bridge:
                 self.counts["sent"] += 1
             else:
                 self.count("dropped", "the output's queue is full (its far end away?)")
+        except OutputError as exc:
+            self.count("failed", str(exc))
+
+    def take_sample(self, frames: list[zmq.Frame]) -> None:
+        try:
+            header = decode_sample_header(frames)
+            if self.rigs and header.rig not in self.rigs:
+                return  # s/lab/ also matches nothing else, but a forged rig name might
+            self.output.sample(header, frames)
+            self.counts["samples"] += 1
+        except WireError as exc:
+            self.count("malformed", f"a malformed sample on the bus: {exc}")
         except OutputError as exc:
             self.count("failed", str(exc))
 

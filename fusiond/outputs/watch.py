@@ -11,11 +11,13 @@ from fusiond.bus.wire import Frame, decode_header
 from fusiond.errors import WireError
 from fusiond.sources.supervisor import Child
 
-__all__ = ["COUNTS", "OutputReports"]
+__all__ = ["COUNTS", "OutputReports", "SAMPLES"]
 
 COUNTS = ("sent", "dropped", "failed", "lost", "malformed")
 """What a bridge counts: delivered, dropped by the output's full queue, failed, never
 reached the bridge (gaps in prediction numbers), unreadable."""
+SAMPLES = "samples"
+"""Sensor messages an output that shows them (the live view) took."""
 
 
 class OutputReports:
@@ -53,7 +55,7 @@ class OutputReports:
                     "state": child.state if child else "external",
                     "pid": child.proc.pid if child and child.proc else None,
                     "restarts": child.restarts if child else 0,
-                    **{k: counts.get(k, 0) for k in COUNTS},
+                    **{k: counts.get(k, 0) for k in (*COUNTS, SAMPLES)},
                     "health": health,
                     "last_report_age_s": age if age is None or math.isfinite(age) else None,
                 }
@@ -64,7 +66,7 @@ class OutputReports:
 def _counts(counts: Any) -> dict[str, int]:
     if not isinstance(counts, dict):
         raise TypeError
-    out = {k: v for k, v in counts.items() if k in COUNTS}
+    out = {k: v for k, v in counts.items() if k in COUNTS or k == SAMPLES}
     if not all(type(v) is int and 0 <= v < 2**53 for v in out.values()):
         raise ValueError
     return out

@@ -1,77 +1,221 @@
-"""Extra channels that Foxglove displays, written next to the bus channels on request.
+"""What Foxglove shows of the bus: views of sample and prediction messages in Foxglove's
+own schemas (``foxglove-sdk``, the ``view`` extra).
 
-``fusiond record --foxglove`` adds, for every camera stream ``s/<rig>/<stream>``, a
-channel ``foxglove/s/<rig>/<stream>`` of ``foxglove.CompressedImage`` messages (JPEG, JSON
-encoded, stamped with the capture time), and for every ``p/<rig>`` a channel
-``foxglove/p/<rig>`` of ``fusiond.Prediction`` JSON messages (label, per-class scores,
-missing modalities), so a recording opened in Foxglove shows the video beside the
-predictions. Both are copies for viewing: replay, offline runs and training read only the
-``fusiond-frames`` channels.
+Two places use them: ``fusiond record --foxglove`` writes them into a recording beside
+the bus channels (topics prefixed ``foxglove/``), and the ``foxglove`` output serves them
+live over Foxglove's WebSocket protocol (:mod:`fusiond_plugins.foxglove`). Each bus
+stream becomes one view channel, chosen by what its buffers hold, not by its name:
+
+==========================  ==============================  ====================================
+stream                      view                            schema
+==========================  ==============================  ====================================
+JPEG frames                 the source's JPEG, not decoded  ``foxglove.CompressedImage``
+raw ``uint8`` images        ``bgr8``/``mono8`` (live), or   ``foxglove.RawImage`` /
+``[n, H, W, 1|3]``          JPEG (recordings: smaller)      ``foxglove.CompressedImage``
+``[n, C]`` at >= 4 kHz,     16-bit PCM (floats scaled)      ``foxglove.RawAudio``
+C <= 8 (audio)
+other numbers               one row per sample, each        ``fusiond.Series`` (JSON; plot
+                            channel a field by its name     ``/s/<rig>/<stream>.accel_z``)
+text events                 one log line per event          ``foxglove.Log``
+predictions ``p/<rig>``     label, scores, present and      ``fusiond.Prediction`` (JSON)
+                            missing, what each modality
+                            says, disagreement, mask
+==========================  ==============================  ====================================
+
+Views are copies for looking at: replay, offline runs and training read only the bus
+channels. A view never decodes a JPEG (a bomb on the bus costs the viewer nothing), and
+numeric streams are thinned to at most :data:`ROWS_PER_S` rows a second.
 """
 
 from __future__ import annotations
 
-import base64
 import json
-from collections.abc import Iterator, Sequence
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
-import cv2
 import numpy as np
 
-from fusiond.bus.wire import decode_prediction, decode_sample
+from fusiond.bus.wire import Frame, Prediction, SampleHeader, decode_arrays, frame_view
 
-__all__ = [
-    "IMAGE_SCHEMA",
-    "JPEG_QUALITY",
-    "MESSAGE_ENCODING",
-    "PREDICTION_SCHEMA",
-    "PREFIX",
-    "SCHEMA_ENCODING",
-    "SCHEMAS",
-    "view_messages",
-]
+__all__ = ["JPEG_QUALITY", "MAX_FIELDS", "PREFIX", "ROWS_PER_S", "View", "Views", "needs"]
 
 PREFIX = "foxglove/"
-MESSAGE_ENCODING = "json"
-SCHEMA_ENCODING = "jsonschema"
+"""Before every view topic in a recording, apart from the bus channels."""
 JPEG_QUALITY = 85
+ROWS_PER_S = 500
+"""Most rows a second a numeric view gets (a faster stream is thinned by a whole stride)."""
+MAX_FIELDS = 64
+"""Most channels a numeric view plots (an embedding of 512 is not a plot)."""
+AUDIO_MIN_HZ = 4000.0
+MAX_TEXT = 4096
+"""Most characters of a text event shown in its log line."""
 
-_TIME = {
-    "type": "object",
-    "title": "time",
-    "properties": {
-        "sec": {"type": "integer", "minimum": 0},
-        "nsec": {"type": "integer", "minimum": 0, "maximum": 999_999_999},
-    },
-}
-# The published schema of foxglove.CompressedImage (json encoding: bytes as base64).
-IMAGE_SCHEMA = {
-    "title": "foxglove.CompressedImage",
-    "description": "A compressed image",
-    "type": "object",
-    "properties": {
-        "timestamp": _TIME,
-        "frame_id": {"type": "string"},
-        "data": {"type": "string", "contentEncoding": "base64"},
-        "format": {"type": "string"},
-    },
-}
-PREDICTION_SCHEMA = {
-    "title": "fusiond.Prediction",
-    "description": "One fusiond prediction (docs/protocol.md), scores keyed by class",
-    "type": "object",
-    "properties": {
-        "timestamp": _TIME,
-        "rig": {"type": "string"},
-        "label": {"type": "string"},
-        "scores": {"type": "object", "additionalProperties": {"type": "number"}},
-        "missing": {"type": "array", "items": {"type": "string"}},
-        "window_start_ns": {"type": "integer"},
-        "model": {"type": "string"},
-    },
-}
-SCHEMAS = {"image": IMAGE_SCHEMA, "prediction": PREDICTION_SCHEMA}
+
+def needs() -> Any:
+    """The ``foxglove`` package, or a clear error naming the extra to install."""
+    try:
+        import foxglove.messages
+    except ImportError as exc:
+        msg = "Foxglove views need foxglove-sdk: pip install 'fusiond[view]'"
+        raise ImportError(msg) from exc
+    return foxglove
+
+
+@dataclass(frozen=True)
+class View:
+    """One message of one view channel."""
+
+    topic: str
+    schema: str
+    """The schema's name (``foxglove.RawAudio``); :meth:`Views.schema` has its definition."""
+    encoding: str
+    """``protobuf`` or ``json``."""
+    t_ns: int
+    body: bytes
+
+
+class Views:
+    """Turns bus messages into views; ``prefix`` goes before every view topic, and
+    ``jpeg`` encodes raw images (recordings) instead of sending them raw (live)."""
+
+    def __init__(self, prefix: str = "", jpeg: bool = False) -> None:
+        fox = needs()
+        self.messages = fox.messages
+        self.prefix, self.jpeg = prefix, jpeg
+        self._schemas: dict[str, tuple[str, bytes]] = {}
+        self._fields: dict[str, tuple[str, ...]] = {}
+
+    def schema(self, name: str) -> tuple[str, bytes]:
+        """``(encoding, data)`` of a schema named in a :class:`View`: a protobuf
+        ``FileDescriptorSet``, or a JSON schema."""
+        return self._schemas[name]
+
+    def topic(self, header: SampleHeader) -> str:
+        """The view topic of a sample stream."""
+        return f"{self.prefix}s/{header.rig}/{header.stream}"
+
+    def sample(self, header: SampleHeader, frames: Sequence[Frame]) -> list[View]:
+        """The views of one checked sample message (:func:`~fusiond.bus.wire.decode_sample_header`)."""
+        spec, topic = header.buffers[0], self.topic(header)
+        if spec.encoding == "jpeg":
+            return [self._compressed(topic, header.stream, header.t_ns, frames[2])]
+        if spec.encoding == "utf-8":
+            [text] = decode_arrays(header, frames)[0]
+            return [self._log(topic, header, str(text))]
+        data = decode_arrays(header, frames)[0]
+        period_ns = round(1e9 / header.rate_hz) if header.rate_hz > 0 else 0
+        if data.dtype == np.uint8 and data.ndim == 4 and data.shape[3] in (1, 3):
+            return [
+                self._image(topic, header.stream, header.t_ns + i * period_ns, f) for i, f in enumerate(data)
+            ]
+        if data.ndim == 2 and header.rate_hz >= AUDIO_MIN_HZ and data.shape[1] <= 8 and len(data):
+            return [self._audio(topic, header, data)]
+        if data.dtype.kind in "biuf" and data.ndim in (1, 2) and len(data):
+            return self._rows(topic, header, data.reshape(len(data), -1), period_ns)
+        return []
+
+    def prediction(self, p: Prediction) -> View:
+        """A prediction's view: what ``fusiond echo`` shows, as one JSON object."""
+        from fusiond.outputs.base import payload
+
+        body = payload(p)
+        body["timestamp"] = _time(p.window_end_ns)
+        body["mask"] = {m: 1 for m in p.present} | {m: 0 for m in p.missing}
+        self._json_schema("fusiond.Prediction", PREDICTION_SCHEMA)
+        topic = f"{self.prefix}p/{p.rig}"
+        return View(topic, "fusiond.Prediction", "json", p.window_end_ns, json.dumps(body).encode())
+
+    # -- one per kind of view ----------------------------------------------------------
+
+    def _proto(self, topic: str, t_ns: int, message: Any) -> View:
+        name = type(message).__name__
+        key = f"foxglove.{name}"
+        if key not in self._schemas:
+            schema = type(message).get_schema()
+            self._schemas[key] = (schema.encoding, bytes(schema.data))
+        return View(topic, key, "protobuf", t_ns, bytes(message.encode()))
+
+    def _stamp(self, t_ns: int) -> Any:
+        sec, nsec = divmod(t_ns, 1_000_000_000)
+        return self.messages.Timestamp(sec=sec, nsec=nsec)
+
+    def _compressed(self, topic: str, frame_id: str, t_ns: int, jpeg: Frame) -> View:
+        m = self.messages.CompressedImage(
+            timestamp=self._stamp(t_ns), frame_id=frame_id, data=bytes(frame_view(jpeg)), format="jpeg"
+        )
+        return self._proto(topic, t_ns, m)
+
+    def _image(self, topic: str, frame_id: str, t_ns: int, frame: np.ndarray) -> View:
+        if self.jpeg:
+            import cv2
+
+            ok, buf = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+            if not ok:
+                msg = f"cannot JPEG-encode a frame of shape {frame.shape}"
+                raise ValueError(msg)
+            return self._compressed(topic, frame_id, t_ns, buf.data)
+        height, width, depth = frame.shape
+        m = self.messages.RawImage(
+            timestamp=self._stamp(t_ns),
+            frame_id=frame_id,
+            width=width,
+            height=height,
+            encoding="bgr8" if depth == 3 else "mono8",
+            step=width * depth,
+            data=np.ascontiguousarray(frame).tobytes(),
+        )
+        return self._proto(topic, t_ns, m)
+
+    def _audio(self, topic: str, header: SampleHeader, data: np.ndarray) -> View:
+        if data.dtype == np.int16:
+            pcm = data
+        elif data.dtype.kind == "f":  # full scale is +-1.0
+            pcm = (np.clip(np.nan_to_num(data), -1.0, 1.0) * 32767).astype(np.int16)
+        else:  # other integers: their top 16 bits
+            shift = max(0, data.dtype.itemsize * 8 - 16)
+            pcm = (data.astype(np.int64) >> shift).astype(np.int16)
+        m = self.messages.RawAudio(
+            timestamp=self._stamp(header.t_ns),
+            data=np.ascontiguousarray(pcm).astype("<i2", copy=False).tobytes(),
+            format="pcm-s16",
+            sample_rate=round(header.rate_hz),
+            number_of_channels=data.shape[1],
+        )
+        return self._proto(topic, header.t_ns, m)
+
+    def _log(self, topic: str, header: SampleHeader, text: str) -> View:
+        m = self.messages.Log(
+            timestamp=self._stamp(header.t_ns),
+            level=self.messages.LogLevel.Info,
+            message=text[:MAX_TEXT],
+            name=f"{header.rig}/{header.stream}",
+        )
+        return self._proto(topic, header.t_ns, m)
+
+    def _rows(self, topic: str, header: SampleHeader, data: np.ndarray, period_ns: int) -> list[View]:
+        fields = self._fields.get(topic)
+        if fields is None:  # fixed at the stream's first message, like its channel
+            n = min(data.shape[1], MAX_FIELDS)
+            names = header.channels if len(header.channels) == data.shape[1] else ()
+            fields = tuple(names[:n]) if names else tuple(f"c{i}" for i in range(n))
+            units = dict(zip(header.channels, header.units, strict=False)) if header.units else {}
+            self._fields[topic] = fields
+            self._json_schema(f"fusiond.Series.{topic}", _series_schema(fields, units))
+        stride = max(1, math.ceil(header.rate_hz / ROWS_PER_S)) if header.rate_hz > 0 else len(data)
+        values = data[::stride, : len(fields)].astype(np.float64, copy=False).tolist()
+        out = []
+        for i, row in enumerate(values):
+            t_ns = header.t_ns + i * stride * period_ns
+            body: dict[str, Any] = {"timestamp": _time(t_ns)}
+            body.update((f, v if math.isfinite(v) else None) for f, v in zip(fields, row, strict=False))
+            out.append(View(topic, f"fusiond.Series.{topic}", "json", t_ns, json.dumps(body).encode()))
+        return out
+
+    def _json_schema(self, name: str, schema: dict[str, Any]) -> None:
+        if name not in self._schemas:
+            self._schemas[name] = ("jsonschema", json.dumps({"title": name, **schema}).encode())
 
 
 def _time(t_ns: int) -> dict[str, int]:
@@ -79,59 +223,45 @@ def _time(t_ns: int) -> dict[str, int]:
     return {"sec": sec, "nsec": nsec}
 
 
-def _jpeg(frame: np.ndarray) -> memoryview:
-    ok, buf = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
-    if not ok:
-        msg = f"cannot JPEG-encode a frame of shape {frame.shape}"
-        raise ValueError(msg)
-    return buf.data
+_TIME = {
+    "type": "object",
+    "properties": {
+        "sec": {"type": "integer", "minimum": 0},
+        "nsec": {"type": "integer", "minimum": 0, "maximum": 999_999_999},
+    },
+}
 
 
-def view_messages(
-    header: dict[str, Any], frames: Sequence[bytes | memoryview]
-) -> Iterator[tuple[str, str, int, bytes]]:
-    """``(topic, schema, publish time, JSON body)`` for what Foxglove can show of one bus
-    message: each frame of a camera block, or a prediction; nothing for other messages.
-
-    A frame that came JPEG-encoded from its source is copied as it is; a raw one is
-    encoded here, which costs a few milliseconds per VGA frame (hence opt-in).
-    """
-    kind = header.get("type")
-    if kind == "prediction":
-        p = decode_prediction(frames)
-        body = {
-            "timestamp": _time(p.window_end_ns),
-            "rig": p.rig,
-            "label": p.label,
-            "scores": dict(zip(p.classes, p.scores, strict=False)),
-            "missing": p.missing,
-            "window_start_ns": p.window_start_ns,
-            "model": p.model.get("name", ""),
-        }
-        yield f"{PREFIX}p/{p.rig}", "prediction", p.window_end_ns, json.dumps(body).encode()
-        return
-    if kind != "sample" or header.get("modality") != "video":
-        return
-    topic = f"{PREFIX}s/{header['rig']}/{header['stream']}"
-    buffer = header["buffers"][0]
-    if buffer.get("encoding") == "jpeg" and buffer["shape"][0] == 1:
-        yield topic, "image", header["t_ns"], _image(header["stream"], header["t_ns"], frames[2])
-        return
-    sample = decode_sample(frames)
-    if sample.data.ndim != 4 or sample.data.dtype != np.uint8:
-        return
-    period_ns = round(1e9 / sample.rate_hz) if sample.rate_hz > 0 else 0
-    for i, frame in enumerate(sample.data):
-        t_ns = sample.t_ns + i * period_ns
-        yield topic, "image", t_ns, _image(sample.stream, t_ns, _jpeg(frame))
-
-
-def _image(frame_id: str, t_ns: int, jpeg: bytes | memoryview) -> bytes:
-    # base64 reads any contiguous buffer: the JPEG is not copied before it is encoded.
-    body = {
-        "timestamp": _time(t_ns),
-        "frame_id": frame_id,
-        "format": "jpeg",
-        "data": base64.b64encode(jpeg).decode(),
+def _series_schema(fields: tuple[str, ...], units: dict[str, str]) -> dict[str, Any]:
+    properties: dict[str, Any] = {"timestamp": _TIME}
+    for name in fields:
+        properties[name] = {"type": ["number", "null"]}
+        if units.get(name):
+            properties[name]["description"] = units[name]
+    return {
+        "description": "one sample of a fusiond stream, a field per channel",
+        "type": "object",
+        "properties": properties,
     }
-    return json.dumps(body).encode()
+
+
+PREDICTION_SCHEMA: dict[str, Any] = {
+    "description": "one fusiond prediction (docs/protocol.md), scores keyed by class",
+    "type": "object",
+    "properties": {
+        "timestamp": _TIME,
+        "rig": {"type": "string"},
+        "seq": {"type": "integer"},
+        "label": {"type": "string"},
+        "scores": {"type": "object", "additionalProperties": {"type": "number"}},
+        "present": {"type": "array", "items": {"type": "string"}},
+        "missing": {"type": "array", "items": {"type": "string"}},
+        "mask": {"type": "object", "additionalProperties": {"type": "integer"}},
+        "modality_labels": {"type": "object", "additionalProperties": {"type": "string"}},
+        "disagreement": {"type": "number"},
+        "model": {"type": "object"},
+        "window_start_ns": {"type": "integer"},
+        "window_end_ns": {"type": "integer"},
+        "latency_ms": {"type": "number"},
+    },
+}

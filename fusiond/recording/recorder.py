@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import logging
 import threading
 import time
@@ -24,11 +23,13 @@ from fusiond.bus.wire import (
     TALLY_PREFIX,
     SequenceGaps,
     decode_header,
+    decode_prediction,
+    decode_sample_header,
     sample_topic,
     tally_of,
 )
 from fusiond.errors import FusiondError, WireError
-from fusiond.recording import foxglove
+from fusiond.recording import foxglove as foxglove_views
 from fusiond.recording.mcapfile import MESSAGE_ENCODING, PROFILE, pack
 
 __all__ = ["FLUSH_EVERY_NS", "Recorder", "RecordingWriter"]
@@ -41,8 +42,8 @@ class RecordingWriter:
     """An MCAP file of bus messages: ``with RecordingWriter(path) as w: w.write(frames, t)``.
 
     Used by the recorder, and by programs that write recordings of their own. With
-    ``foxglove``, camera frames and predictions are also written as channels Foxglove
-    displays (:mod:`fusiond.recording.foxglove`).
+    ``foxglove``, every stream and prediction is also written as a channel Foxglove
+    displays (:mod:`fusiond.recording.foxglove`: images, audio, plots, logs).
     """
 
     def __init__(
@@ -58,6 +59,8 @@ class RecordingWriter:
         self.topics = list(topics) or [""]
         self.chunk_size = chunk_size
         self.foxglove = foxglove
+        if foxglove:  # fails here, before any file is written, when the extra is missing
+            self._views = foxglove_views.Views(prefix=foxglove_views.PREFIX, jpeg=True)
         self.views: Counter[str] = Counter()
         self.view_failures = 0
         self._schemas: dict[str, int] = {}
@@ -136,27 +139,30 @@ class RecordingWriter:
         self, header: dict[str, Any], frames: Sequence[bytes | memoryview], t_recv_ns: int
     ) -> None:
         try:
-            views = list(foxglove.view_messages(header, frames))
-        except (WireError, ValueError, KeyError, IndexError, TypeError):
+            if header.get("type") == "prediction":
+                views = [self._views.prediction(decode_prediction(frames))]
+            elif header.get("type") == "sample":
+                views = self._views.sample(decode_sample_header(frames), frames)
+            else:
+                return
+        except (WireError, ValueError):
             self.view_failures += 1  # the bus copy is written; only the view is missing
             return
-        for topic, schema, t_ns, body in views:
-            channel = self._channels.get(topic)
+        for view in views:
+            channel = self._channels.get(view.topic)
             if channel is None:
-                channel = self._register_view(topic, schema)
-            self.writer.add_message(channel, log_time=t_recv_ns, publish_time=t_ns, data=body)
-            self.views[topic] += 1
+                channel = self._register_view(view)
+            self.writer.add_message(channel, log_time=t_recv_ns, publish_time=view.t_ns, data=view.body)
+            self.views[view.topic] += 1
 
-    def _register_view(self, topic: str, schema: str) -> int:
-        schema_id = self._schemas.get(schema)
+    def _register_view(self, view: foxglove_views.View) -> int:
+        schema_id = self._schemas.get(view.schema)
         if schema_id is None:
-            definition = foxglove.SCHEMAS[schema]
-            schema_id = self.writer.register_schema(
-                str(definition["title"]), foxglove.SCHEMA_ENCODING, json.dumps(definition).encode()
-            )
-            self._schemas[schema] = schema_id
-        self._channels[topic] = self.writer.register_channel(topic, foxglove.MESSAGE_ENCODING, schema_id)
-        return self._channels[topic]
+            encoding, data = self._views.schema(view.schema)
+            schema_id = self.writer.register_schema(view.schema, encoding, data)
+            self._schemas[view.schema] = schema_id
+        self._channels[view.topic] = self.writer.register_channel(view.topic, view.encoding, schema_id)
+        return self._channels[view.topic]
 
     def _register(self, topic: str, header: dict[str, object]) -> int:
         keys = ("type", "rig", "stream", "modality", "rate_hz")

@@ -1,0 +1,311 @@
+"""The live Foxglove view: a real WebSocket client subscribes to every channel and decodes
+each message by the schema the server advertised (protobuf or JSON)."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import struct
+import subprocess
+import sys
+import time
+
+import cv2
+import msgpack
+import numpy as np
+import pytest
+import zmq
+
+from fusiond.bus.wire import decode_header, decode_sample_header, encode_sample, text_block
+from fusiond.recording.foxglove import MAX_FIELDS, ROWS_PER_S, Views
+
+from .helpers import DaemonProcess, demo_config, free_port, fusiond
+
+
+def proto_class(name: str, data: bytes):
+    """The message class of ``name`` built from a ``FileDescriptorSet`` (a schema's data)."""
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+    pool = descriptor_pool.DescriptorPool()
+    for file in descriptor_pb2.FileDescriptorSet.FromString(data).file:
+        pool.Add(file)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName(name))
+
+
+class ViewClient:
+    """A Foxglove WebSocket client: what the channels are, and each one's decoded messages."""
+
+    def __init__(self, port: int) -> None:
+        from websockets.sync.client import connect
+
+        self.stack = contextlib.ExitStack()
+        url = f"ws://127.0.0.1:{port}"
+        self.ws = self.stack.enter_context(connect(url, subprotocols=["foxglove.sdk.v1"], max_size=None))
+        self.channels: dict[str, dict] = {}
+        self.by_sub: dict[int, str] = {}
+        self.got: dict[str, list] = {}
+
+    def pump(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                message = self.ws.recv(timeout=left)
+            except TimeoutError:
+                return
+            if isinstance(message, str):
+                body = json.loads(message)
+                if body["op"] == "advertise":
+                    for channel in body["channels"]:
+                        self.channels[channel["topic"]] = channel
+                continue
+            opcode, sub, log_time = struct.unpack_from("<BIQ", message)
+            assert opcode == 1
+            topic = self.by_sub[sub]
+            self.got.setdefault(topic, []).append((log_time, self.decode(topic, message[13:])))
+
+    def subscribe(self, topics: list[str]) -> None:
+        subscriptions = []
+        for topic in topics:
+            sub = len(self.by_sub) + 1
+            self.by_sub[sub] = topic
+            subscriptions.append({"id": sub, "channelId": self.channels[topic]["id"]})
+        self.ws.send(json.dumps({"op": "subscribe", "subscriptions": subscriptions}))
+
+    def decode(self, topic: str, payload: bytes):
+        channel = self.channels[topic]
+        if channel["encoding"] == "json":
+            return json.loads(payload)
+        assert channel["encoding"] == channel["schemaEncoding"] == "protobuf"
+        cls = proto_class(channel["schemaName"], base64.b64decode(channel["schema"]))
+        return cls.FromString(payload)
+
+    def close(self) -> None:
+        self.stack.close()
+
+
+def _status(control: str) -> dict:
+    result = fusiond("status", "--json", "--connect", control)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def _view_row(control: str, check, timeout_s: float = 60.0) -> dict:
+    deadline = time.monotonic() + timeout_s
+    row: dict = {}
+    while time.monotonic() < deadline:
+        rows = [o for o in _status(control)["outputs"] if o["name"] == "view"]
+        if rows and check(row := rows[0]):
+            return row
+        time.sleep(0.2)
+    raise AssertionError(f"the view's status row never got there: {row}")
+
+
+@pytest.mark.slow
+def test_the_live_view_shows_video_audio_plots_by_channel_name_and_predictions(tmp_path, endpoints):
+    control = f"tcp://127.0.0.1:{free_port()}"
+    path = demo_config(tmp_path, *endpoints, control)
+    path.write_text(path.read_text() + '\n[outputs.view]\nkind = "foxglove"\nlisten = "127.0.0.1:0"\n')
+    d = DaemonProcess(path, tmp_path / "daemon.log")
+    d.control = control
+    client = None
+    try:
+        port = _view_row(control, lambda r: r["health"].get("port"))["health"]["port"]
+        client = ViewClient(port)
+        wanted = ["s/demo/cam", "s/demo/mic", "s/demo/imu", "p/demo"]
+        deadline = time.monotonic() + 60
+        while not set(wanted) <= set(client.channels) and time.monotonic() < deadline:
+            client.pump(0.5)
+        assert set(wanted) <= set(client.channels), client.channels.keys()
+        client.subscribe(wanted)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not all(len(client.got.get(t, [])) >= 3 for t in wanted):
+            client.pump(0.5)
+        got, channels = client.got, client.channels
+        assert all(len(got.get(t, [])) >= 3 for t in wanted), {t: len(v) for t, v in got.items()}
+
+        assert channels["s/demo/cam"]["schemaName"] == "foxglove.RawImage"
+        _, image = got["s/demo/cam"][-1]
+        assert image.encoding == "bgr8" and image.width > 0 and image.height > 0
+        assert len(image.data) == image.step * image.height == image.width * 3 * image.height
+
+        assert channels["s/demo/mic"]["schemaName"] == "foxglove.RawAudio"
+        _, audio = got["s/demo/mic"][-1]
+        assert audio.format == "pcm-s16" and audio.sample_rate == 16000 and audio.number_of_channels == 1
+        assert len(audio.data) > 0 and len(audio.data) % 2 == 0
+        assert np.abs(np.frombuffer(b"".join(a.data for _, a in got["s/demo/mic"]), "<i2")).max() > 0
+
+        imu = json.loads(channels["s/demo/imu"]["schema"])
+        assert imu["properties"]["accel_z"] == {"type": ["number", "null"], "description": "g"}
+        t_ns, row = got["s/demo/imu"][-1]
+        assert isinstance(row["accel_z"], float)
+        assert row["timestamp"] == {"sec": t_ns // 10**9, "nsec": t_ns % 10**9}
+
+        _, p = got["p/demo"][-1]
+        assert p["label"] in p["scores"] and len(p["scores"]) == 10
+        assert set(p["mask"]) == {"video", "audio", "imu"} and set(p["mask"].values()) <= {0, 1}
+        assert [m for m, v in p["mask"].items() if v] == sorted(p["present"], key=list(p["mask"]).index)
+        assert {"modality_labels", "disagreement", "latency_ms"} <= set(p)
+        seqs = [p["seq"] for _, p in got["p/demo"]]
+        assert seqs == sorted(seqs)
+
+        row = _view_row(control, lambda r: r["health"].get("subscriptions") == 4 and r["samples"] > 0)
+        assert row["malformed"] == 0 and row["failed"] == 0 and row["state"] == "running", row
+        client.close()  # a client that leaves ends its subscriptions: the frames cost nothing again
+        client = None
+        _view_row(control, lambda r: r["health"].get("subscriptions") == 0)
+    finally:
+        if client is not None:
+            client.close()
+        d.close()
+
+
+@pytest.mark.slow
+def test_forged_streams_cannot_grow_the_view_and_malformed_samples_are_counted(sockets, tmp_path):
+    """``fusiond view`` against a bus of the test's own: 600 invented streams get 512
+    channels, the rest are counted as failed; a malformed sample is counted, not fatal."""
+    from fusiond_plugins.foxglove import MAX_TOPICS
+
+    bus, bus_at = sockets.bound(zmq.PUB)
+    reports, reports_at = sockets.bound(zmq.SUB, subscribe=(b"o/",))
+    log = tmp_path / "view.log"
+    argv = ["view", "--connect", bus_at, "--publish", reports_at, "--listen", "127.0.0.1:0"]
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "fusiond", *argv],
+            stderr=out,
+            stdout=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    try:
+        last: dict = {}
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            for i in range(600):
+                data = np.full((1, 2), i, np.float32)
+                frames = encode_sample(
+                    rig="r",
+                    stream=f"s{i}",
+                    modality="imu",
+                    seq=0,
+                    t_ns=10**18,
+                    t_pub_ns=0,
+                    rate_hz=10,
+                    data=data,
+                )
+                bus.send_multipart(frames)
+                if i % 50 == 0:
+                    time.sleep(0.01)
+            bus.send_multipart([b"s/r/bad", msgpack.packb({"v": [1, 0], "type": "sample"}), b""])
+            while reports.poll(100):
+                last = msgpack.unpackb(reports.recv_multipart()[1])
+            counts = last.get("counts", {})
+            if (
+                last.get("health", {}).get("channels") == MAX_TOPICS
+                and counts.get("failed")
+                and counts.get("malformed")
+            ):
+                break
+        assert last["health"]["channels"] == MAX_TOPICS, last
+        assert last["counts"]["failed"] > 0 and last["counts"]["malformed"] > 0, last
+        assert proc.poll() is None, log.read_text()
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def _header(frames):
+    return decode_sample_header(frames)
+
+
+def test_views_pass_a_sources_jpeg_through_and_scale_float_audio_to_pcm():
+    views = Views()
+    image = np.random.default_rng(0).integers(0, 255, (24, 32, 3), np.uint8)
+    ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 40])
+    assert ok
+    frames = encode_sample(
+        rig="r",
+        stream="c",
+        modality="video",
+        seq=0,
+        t_ns=5 * 10**9 + 7,
+        t_pub_ns=0,
+        rate_hz=30,
+        data=image[None],
+        encoding="jpeg",
+        payload=jpeg.tobytes(),
+    )
+    [view] = views.sample(_header(frames), frames)
+    assert (view.topic, view.schema, view.encoding, view.t_ns) == (
+        "s/r/c",
+        "foxglove.CompressedImage",
+        "protobuf",
+        5 * 10**9 + 7,
+    )
+    shown = proto_class(view.schema, views.schema(view.schema)[1]).FromString(view.body)
+    assert shown.data == jpeg.tobytes()  # the source's JPEG, never decoded here
+    assert (shown.timestamp.seconds, shown.timestamp.nanos, shown.format) == (5, 7, "jpeg")
+
+    wave = np.array([[0.0], [0.5], [-1.0], [2.0], [np.nan]], np.float32)
+    frames = encode_sample(
+        rig="r", stream="m", modality="audio", seq=0, t_ns=0, t_pub_ns=0, rate_hz=48000, data=wave
+    )
+    [view] = views.sample(_header(frames), frames)
+    audio = proto_class(view.schema, views.schema(view.schema)[1]).FromString(view.body)
+    assert (audio.sample_rate, audio.number_of_channels) == (48000, 1)
+    assert np.frombuffer(audio.data, "<i2").tolist() == [0, 16383, -32767, 32767, 0]  # clipped, NaN silent
+
+
+def test_numeric_views_are_thinned_named_and_capped_and_text_becomes_log_lines():
+    views = Views(prefix="foxglove/")
+    data = np.arange(2000 * 3, dtype=np.float64).reshape(2000, 3)
+    data[4, 0] = np.inf
+    frames = encode_sample(
+        rig="r",
+        stream="i",
+        modality="imu",
+        seq=0,
+        t_ns=10**9,
+        t_pub_ns=0,
+        rate_hz=2000,
+        data=data,
+        channels=["ax", "ay", "az"],
+        units=["g", "g", "g"],
+    )
+    rows = views.sample(_header(frames), frames)
+    assert len(rows) == 2000 // (2000 // ROWS_PER_S) == ROWS_PER_S  # one second of signal
+    first, second = (json.loads(v.body) for v in rows[:2])
+    assert first == {"timestamp": {"sec": 1, "nsec": 0}, "ax": 0.0, "ay": 1.0, "az": 2.0}
+    assert second["timestamp"] == {"sec": 1, "nsec": 2_000_000} and rows[1].t_ns == 10**9 + 2_000_000
+    assert second["ax"] is None and second["ay"] == 13.0  # not finite: no value, the row kept
+    schema = json.loads(views.schema(rows[0].schema)[1])
+    assert schema["properties"]["az"]["description"] == "g"
+    wide = encode_sample(
+        rig="r",
+        stream="e",
+        modality="emb",
+        seq=0,
+        t_ns=0,
+        t_pub_ns=0,
+        rate_hz=0,
+        data=np.ones((4, 300), np.float32),
+    )
+    [row] = views.sample(_header(wide), wide)  # irregular: one row per block
+    assert len(json.loads(row.body)) == MAX_FIELDS + 1
+    data, payload = text_block("x" * 10_000)
+    text = encode_sample(
+        rig="r",
+        stream="t",
+        modality="text",
+        seq=0,
+        t_ns=3,
+        t_pub_ns=0,
+        rate_hz=0,
+        data=data,
+        encoding="utf-8",
+        payload=payload,
+    )
+    [line] = views.sample(_header(text), text)
+    log = proto_class(line.schema, views.schema(line.schema)[1]).FromString(line.body)
+    assert len(log.message) == 4096 and log.name == "r/t" and line.topic == "foxglove/s/r/t"
+    assert decode_header(text)["type"] == "sample"
