@@ -40,7 +40,6 @@ from fusiond.prometheus import stop as stop_metrics
 from fusiond.reload import Reloader, adopt
 from fusiond.runtime.engine import EngineClass, endpoints_for, make_plan, remove_ipc
 from fusiond.runtime.engines import ENGINES, engine_class, engine_name
-from fusiond.runtime.handoff import decode_body
 from fusiond.runtime.health import Continuity, Heartbeats
 from fusiond.runtime.server import RELOAD
 from fusiond.service import Liveness, Systemd, fed, watchdog_interval_ns
@@ -71,10 +70,8 @@ class Daemon:
         """``engines``: the table the engine is looked up in (``[runtime] engine``)."""
         self.config, self.plugins = config, plugins
         prepared = prepare(config, plugins, serve=True, engines=engines)
-        for problem in prepared.problems:  # a device may come later: its source retries with backoff
-            log.warning("%s: %s", config.source, problem)
-        for warning in [*prepared.warnings, *config.warnings()]:
-            log.warning("%s: %s", config.source, warning)
+        for problem in [*prepared.problems, *prepared.warnings, *config.warnings()]:
+            log.warning("%s: %s", config.source, problem)  # a device may come later: its source retries
         self.checkpoint, self.streams = prepared.checkpoint, prepared.streams
         self.start_sources = start_sources
         self.engine_name = engine_name(config)
@@ -82,8 +79,6 @@ class Daemon:
         self.owner = f"{os.getpid()}-{id(self):x}"  # this daemon's own endpoint names
         self.stats = Stats()
         self.started_ns = time.time_ns()
-        self.components: dict[str, dict[str, Any]] = {}
-        """Each component's last counters snapshot."""
         self.continuity = Continuity(config.rigs, self.stats)
         self.outputs = OutputReports(config.outputs)
         self.reloader = Reloader(config_path, plugins, self.checkpoint.spec, self._reload, self._served)
@@ -125,13 +120,7 @@ class Daemon:
         sources = source_children(self.config, self.streams, self.keys.env()) if self.start_sources else []
         self.supervisor = Supervisor(sources + output_children(self.config, self.keys.env()))
         self.supervisor.poll()
-        ck, n = self.checkpoint, len(self.plan.workers)
-        log.info(  # one line that says what runs where
-            f"fusiond started: model {ck.name} ({ck.content_hash}), {len(self.config.rigs)} rig(s), "
-            f"{len(self.streams)} source(s), {n} ingest worker(s) as {self.engine_name}; publishers connect "
-            f"to {bus.publish}, subscribers to {bus.subscribe}, control at {bus.control}; socket queues hold "
-            f"{bus.hwm} messages of at most {bus.max_message_mb:g} MB"
-        )
+        log.info("%s", _started(self))
         return self
 
     def run(self, stop: threading.Event, reload: threading.Event | None = None) -> None:
@@ -151,7 +140,10 @@ class Daemon:
             # Each step on its own: one that fails (a bug, or no file descriptor left while
             # the bus is flooded with connections) is counted, and the others still run.
             if self.inbox in events:
-                self._guarded("counters", self._take_counters)
+                counters = drain(self.inbox, 256)
+                self._guarded(
+                    "counters", self.heartbeats.take, counters, self.stats, self.streams, time.time_ns()
+                )
             if self.monitor in events:
                 self._guarded("monitor", self.continuity.take, drain(self.monitor, 1024))
             if self.reports in events:
@@ -164,8 +156,8 @@ class Daemon:
                 self._guarded("readiness", self._check_ready, now)
             if now >= next_summary:
                 next_summary = now + every_ns
-                self._guarded("summary", self._summarise, summary, now)
-                self._guarded("liveness", self._check_hung, now)
+                self._guarded("summary", _summarise, summary, self.stats, self.systemd, now)
+                self._guarded("liveness", self.heartbeats.end_hung, self.engine.kill, now)
                 memory.tick(time.monotonic_ns())
             if self.ready and watchdog_ns is not None and now >= next_ping:
                 next_ping = now + watchdog_ns
@@ -197,53 +189,21 @@ class Daemon:
             self.reloader.request()
         self.reloader.poll()
 
-    def _take_counters(self) -> None:
-        for frames in drain(self.inbox, 256):
-            try:
-                snapshot = decode_body(frames)
-            except Exception:  # on Ray this inbox is a TCP port: anything may arrive
-                snapshot = None
-            if isinstance(snapshot, dict) and self.stats.absorb(
-                snapshot, self.heartbeats.names, self.streams
-            ):
-                self.components[snapshot["name"]] = snapshot
-                self.heartbeats.heard(snapshot["name"], time.time_ns())  # the snapshot is its heartbeat
-            else:
-                self.stats.drop("bad_counters")
-
-    def _check_hung(self, now: int) -> None:
-        """End a component that stopped beating (stopped, deadlocked) so that it starts again."""
-        for name, silent_s in self.heartbeats.silent(now).items():
-            if self.engine.kill(name):
-                times = self.heartbeats.ended(name, now)
-                log.error(
-                    "%s sent no heartbeat for %.0f s: hung; ended, to be started again (%d time(s))",
-                    name,
-                    silent_s,
-                    times,
-                )
-
     def _check_ready(self, now: int) -> None:
         self.ready = self.systemd.check_ready(
-            warm=self.plan.server.name in self.components,
+            warm=self.plan.server.name in self.heartbeats.snapshots,
             sources=sum(c.role == "source" for c in self.supervisor.children),
             silent=status.never_delivered_why(self),
             waited_ns=now - self.started_ns,
             model=self.checkpoint.name,
         )
 
-    def _summarise(self, summary: Summary, now: int) -> None:
-        masked = {f"masked:{m}": n for per_rig in self.stats.masked.values() for m, n in per_rig.items()}
-        line = summary.line(now, masked)
-        log.info("%s", line)
-        self.systemd.status(line)
-
     def _watchdog(self, now: int) -> None:
         self.systemd.feed(self._liveness(now), self.heartbeats.silent(now))
 
     def _liveness(self, now: int) -> Liveness:
         last = max((s.last_recv_ns for s in self.stats.streams.values() if s.last_recv_ns), default=None)
-        busy = self.components.get(self.plan.server.name, {}).get("busy_since")
+        busy = self.heartbeats.snapshots.get(self.plan.server.name, {}).get("busy_since")
         return Liveness(now, self.started_ns, last, self.stats.last_window_ns, busy, stall_ns=10_000_000_000)
 
     def health(self, now_ns: int) -> tuple[bool, str]:
@@ -262,7 +222,7 @@ class Daemon:
 
     def model_info(self) -> dict[str, str]:
         """The model being served, as its server reports it."""
-        reported = self.components.get(self.plan.server.name, {}).get("model")
+        reported = self.heartbeats.snapshots.get(self.plan.server.name, {}).get("model")
         if reported:
             return {k: str(v) for k, v in reported.items()}
         ck, runtime = self.checkpoint, self.config.model.runtime
@@ -292,6 +252,24 @@ class Daemon:
         self.broker.join(1.0)
         self.systemd.close()
         log.info("fusiond stopped")
+
+
+def _started(d: Daemon) -> str:
+    """One line that says what runs where."""
+    bus, ck = d.config.bus, d.checkpoint
+    return (
+        f"fusiond started: model {ck.name} ({ck.content_hash}), {len(d.config.rigs)} rig(s), "
+        f"{len(d.streams)} source(s), {len(d.plan.workers)} ingest worker(s) as {d.engine_name}; publishers "
+        f"connect to {bus.publish}, subscribers to {bus.subscribe}, control at {bus.control}; socket queues "
+        f"hold {bus.hwm} messages of at most {bus.max_message_mb:g} MB"
+    )
+
+
+def _summarise(summary: Summary, stats: Stats, systemd: Systemd, now: int) -> None:
+    masked = {f"masked:{m}": n for per_rig in stats.masked.values() for m, n in per_rig.items()}
+    line = summary.line(now, masked)
+    log.info("%s", line)
+    systemd.status(line)
 
 
 def _bound(sock: zmq.Socket[bytes]) -> str:

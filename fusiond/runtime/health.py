@@ -10,13 +10,15 @@ something a retry will not cure, and the daemon stops.
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 from fusiond.bus.wire import Frame, Prediction, decode_prediction
 from fusiond.errors import WireError
 from fusiond.metrics import Stats
+from fusiond.runtime.handoff import decode_body
 
 HUNG_NS = 10_000_000_000
 """A component whose heartbeat stopped this long ago is hung: it is ended and started again."""
@@ -29,6 +31,8 @@ a server that still dies before serving has met something a retry will not cure 
 out of memory, a library missing in the component's environment)."""
 
 __all__ = ["HUNG_NS", "MAX_FAILED_STARTS", "STARTUP_NS", "Continuity", "Heartbeats"]
+
+log = logging.getLogger(__name__)
 
 
 class Heartbeats:
@@ -43,6 +47,40 @@ class Heartbeats:
         """Times each component was ended for sending no heartbeat."""
         self.failed_starts: Counter[str] = Counter()
         """Per component, its starts in a row that ended before its first heartbeat."""
+        self.snapshots: dict[str, dict[str, Any]] = {}
+        """Each component's last counters snapshot."""
+
+    def take(
+        self,
+        messages: Iterable[Sequence[Frame]],
+        stats: Stats,
+        streams: Mapping[tuple[str, str], str],
+        now_ns: int,
+    ) -> None:
+        """Counters snapshots from the components: each one, once ``stats`` took it, is its
+        sender's heartbeat; anything else is counted as ``bad_counters``."""
+        for frames in messages:
+            try:
+                snapshot = decode_body(frames)
+            except Exception:  # on Ray this inbox is a TCP port: anything may arrive
+                snapshot = None
+            if isinstance(snapshot, dict) and stats.absorb(snapshot, self.names, streams):
+                self.snapshots[snapshot["name"]] = snapshot
+                self.heard(snapshot["name"], now_ns)
+            else:
+                stats.drop("bad_counters")
+
+    def end_hung(self, kill: Callable[[str], bool], now_ns: int) -> None:
+        """End each component that stopped beating (stopped, deadlocked) with ``kill`` (its
+        engine's), so that it starts again."""
+        for name, silent_s in self.silent(now_ns).items():
+            if kill(name):
+                log.error(
+                    "%s sent no heartbeat for %.0f s: hung; ended, to be started again (%d time(s))",
+                    name,
+                    silent_s,
+                    self.ended(name, now_ns),
+                )
 
     def started(self, name: str, now_ns: int) -> str | None:
         """``name`` (re)started; why the daemon must stop, when it has failed too often."""
