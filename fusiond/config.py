@@ -27,6 +27,7 @@ from fusiond.align.windows import WindowConfig
 from fusiond.bus.sockets import DEFAULT_CONTROL, DEFAULT_PUBLISH, DEFAULT_SUBSCRIBE
 from fusiond.bus.wire import NAME_RE
 from fusiond.errors import ConfigError
+from fusiond.events import EventsSection
 from fusiond.ingest import Limits
 from fusiond.outputs.base import OutputConfig
 from fusiond.plugin.registry import OutputRegistry, SourceRegistry
@@ -367,6 +368,7 @@ class Config(Strict):
     rigs: dict[str, RigSection]
     outputs: dict[str, OutputSection] = {}
     """Where predictions go besides the bus, each in a bridge process of its own."""
+    events: EventsSection = EventsSection()
     base_dir: Path = Path(".")
     source: str = "<config>"
     """The file it was read from, for error messages."""

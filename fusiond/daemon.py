@@ -30,6 +30,7 @@ from fusiond.bus.security import Gatekeeper, guard
 from fusiond.bus.sockets import Sockets, drain, raise_fd_limit
 from fusiond.bus.wire import OUTPUT_PREFIX, PREDICTION_PREFIX
 from fusiond.config import Config
+from fusiond.events import EventStream
 from fusiond.memory import MemoryReturn
 from fusiond.metrics import Stats, Summary
 from fusiond.outputs.watch import OutputReports
@@ -105,6 +106,7 @@ class Daemon:
             self.stats_at = _bound(self.inbox)
             self.monitor = self.sockets.subscriber(self.broker.inproc_subscribe, [PREDICTION_PREFIX])
             self.reports = self.sockets.subscriber(self.broker.inproc_subscribe, [OUTPUT_PREFIX], hwm=64)
+            self.continuity.listener = EventStream.on_bus(self.config.events, self.sockets, self.broker)
             endpoints = endpoints_for(engine, self.config, self.broker, self.stats_at, self.owner)
             workers = self.config.runtime.worker_count(len(self.config.rigs))
             self.plan = make_plan(self.config, self.streams, self.checkpoint.spec, endpoints, workers)
@@ -161,7 +163,9 @@ class Daemon:
                 memory.tick(time.monotonic_ns())
             if self.ready and watchdog_ns is not None and now >= next_ping:
                 next_ping = now + watchdog_ns
-                self._guarded("watchdog", self._watchdog, now)
+                self._guarded(
+                    "watchdog", lambda t: self.systemd.feed(self._liveness(t), self.heartbeats.silent(t)), now
+                )
 
     def _guarded(self, where: str, step: Callable[..., object], *args: Any) -> None:
         """The last resort: a bug in one step is counted and logged once, and the loop goes on."""
@@ -197,9 +201,6 @@ class Daemon:
             waited_ns=now - self.started_ns,
             model=self.checkpoint.name,
         )
-
-    def _watchdog(self, now: int) -> None:
-        self.systemd.feed(self._liveness(now), self.heartbeats.silent(now))
 
     def _liveness(self, now: int) -> Liveness:
         last = max((s.last_recv_ns for s in self.stats.streams.values() if s.last_recv_ns), default=None)

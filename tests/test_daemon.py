@@ -147,10 +147,15 @@ def test_windows_of_several_rigs_share_one_forward_pass(daemon, endpoints):
         ]
     )
     daemon(**{"[rigs.demo.sources.cam]": second + "\n[rigs.demo.sources.cam]"})
+    got: list = []
     with Subscriber(endpoints[1], timeout_s=30) as predictions:
-        got = [p for _, p in zip(range(24), predictions, strict=False)]
+        # Until both rigs have spoken 8 times: on a busy host one rig's sources start later.
+        for p in predictions:
+            got.append(p)
+            if min(sum(q.rig == rig for q in got) for rig in ("demo", "lab")) >= 8 or len(got) >= 400:
+                break
     by_rig = {rig: [p for p in got if p.rig == rig] for rig in ("demo", "lab")}
-    assert all(len(v) >= 8 for v in by_rig.values())
+    assert all(len(v) >= 8 for v in by_rig.values()), {r: len(v) for r, v in by_rig.items()}
     indexes = {rig: {p.extra["window_index"] for p in ps} for rig, ps in by_rig.items()}
     shared = indexes["demo"] & indexes["lab"]
     assert shared

@@ -4,6 +4,7 @@ test's own (one class, one table entry), over real sockets and real source proce
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import logging
 import threading
@@ -237,3 +238,31 @@ def test_health_probes_say_ready_alive_and_a_loop_that_stopped(tmp_path, endpoin
             thread.join(10)
         code, body = wait_for(lambda: (r := probe("healthz"))[0] == 503 and r, timeout_s=30)
         assert "loop has not turned" in body["why"] and probe("readyz")[0] == 503
+
+
+def test_events_are_label_changes_that_held_on_the_bus_and_echo_shows_them(tmp_path, endpoints):
+    """``[events]``: the demo's digit changes every 2 s; each change that held for 1.5 s of
+    windows is one event on ``ev/demo``, chained state to state, and ``fusiond echo ev/``
+    prints them."""
+    from .helpers import fusiond
+
+    events = "[events]\nenabled = true\nhold_ms = 1500\nenter = 0.5\nexit = 0.3\n\n[runtime]\n"
+    path = demo_config(tmp_path, *endpoints, **{"[runtime]\n": events})
+    with running(path) as (daemon, _):
+        shown = fusiond(
+            "echo", "ev/", "--count", "4", "--json", "--timeout", "60", "--connect", endpoints[1], timeout=150
+        )
+        pretty = fusiond(
+            "echo", "ev/demo", "--count", "1", "--timeout", "60", "--connect", endpoints[1], timeout=90
+        )
+    assert shown.returncode == 0, shown.stderr
+    got = [json.loads(line) for line in shown.stdout.splitlines()]
+    assert len(got) == 4 and all(e["type"] == "event" and e["rig"] == "demo" for e in got)
+    classes = set(daemon.checkpoint.classes) | {"unknown"}
+    for before, after in itertools.pairwise(got):
+        assert after["previous"] == before["state"] != after["state"]
+        assert after["seq"] == before["seq"] + 1 and after["start_ns"] >= before["t_ns"] - 10**9
+    for e in got:
+        assert e["state"] in classes and e["t_ns"] - e["start_ns"] >= 1_500_000_000
+        assert 1 <= len(e["windows"]) == e["supported_by"] and e["windows"] == sorted(e["windows"])
+    assert pretty.returncode == 0 and " -> " in pretty.stdout and "held" in pretty.stdout, pretty.stderr

@@ -115,6 +115,13 @@ def cmd_echo(args: argparse.Namespace) -> int:
 
 
 def _pretty(message: dict[str, Any]) -> str:
+    if message.get("type") == "event":
+        held = (message.get("t_ns", 0) - message.get("start_ns", 0)) / 1e6
+        g = message.get
+        return (
+            f"{g('topic')} #{g('seq')} {g('previous')} -> {g('state')} since {g('start_ns')} "
+            f"(held {held:.0f} ms over {g('supported_by')} window(s), score {g('score')})"
+        )
     if message.get("type") == "prediction":
         best = max(message["scores"]) if message["scores"] else 0.0
         lat = message["latency_ns"]["close_to_publish"] / 1e6
