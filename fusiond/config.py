@@ -216,6 +216,12 @@ class ModelSection(Strict):
     ``auto``: onnx on a CPU when onnxruntime is installed (3-5x faster here), else torch."""
     threads: int = Field(0, ge=0, le=1024)
     """Threads for one forward pass; 0 takes the cores the ingest workers leave."""
+    reject: bool = False
+    """Publish ``label = "unknown"`` (scores kept) for a window the model is unsure of:
+    its top score under ``reject_confidence``, or its modalities disagreeing beyond
+    ``reject_disagreement``. Both default to what training chose on validation windows."""
+    reject_confidence: float | None = Field(None, ge=0, le=1)
+    reject_disagreement: float | None = Field(None, ge=0, le=1)
 
     @field_validator("device")
     @classmethod

@@ -20,6 +20,7 @@ from fusiond.models.runner import pick_device
 from fusiond.outputs.base import OutputConfig
 from fusiond.pipeline import resolve_streams
 from fusiond.plugin import Plugins
+from fusiond.publish import reject_thresholds
 from fusiond.runtime.engines import ENGINES, engine_class, engine_name
 from fusiond.sources.base import SourceConfig
 
@@ -87,6 +88,11 @@ def prepare(
     except ModelError as exc:
         raise config.error(str(exc), "model.device") from None
     streams = resolve_streams(config, plugins.sources, checkpoint.spec, checkpoint.name)
+    m = config.model
+    try:
+        reject_thresholds(checkpoint.metrics, m.reject, m.reject_confidence, m.reject_disagreement)
+    except ValueError as exc:
+        raise config.error(str(exc), "model.reject") from None
     if serve:
         _try_serving(config, plugins)
     problems = []

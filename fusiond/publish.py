@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from typing import Any
 
 import numpy as np
 
@@ -10,7 +11,30 @@ from fusiond.align.windows import Window
 from fusiond.bus.wire import Prediction
 from fusiond.models.runner import BatchResult
 
-__all__ = ["disagreement", "PredictionBuilder"]
+__all__ = ["disagreement", "PredictionBuilder", "reject_thresholds", "UNKNOWN"]
+
+UNKNOWN = "unknown"
+"""The label of a rejected window (``[model] reject``)."""
+
+
+def reject_thresholds(
+    metrics: dict[str, Any], enabled: bool, confidence: float | None, spread: float | None
+) -> tuple[float, float] | None:
+    """``(min confidence, max disagreement)`` of ``[model] reject``: the config's, else
+    the ones training chose (``metrics["reject"]``); None when off. ValueError when on
+    with neither."""
+    if not enabled:
+        return None
+    chosen = metrics.get("reject") or {}
+    c = confidence if confidence is not None else chosen.get("confidence")
+    d = spread if spread is not None else chosen.get("disagreement", 1.0)
+    if not isinstance(c, int | float) or not isinstance(d, int | float):
+        msg = (
+            "reject = true, but the model carries no reject thresholds (trained before they "
+            "existed): set model.reject_confidence (fusiond eval prints the coverage each gives)"
+        )
+        raise ValueError(msg)
+    return float(c), float(d)
 
 
 class PredictionBuilder:
@@ -22,9 +46,13 @@ class PredictionBuilder:
         model: dict[str, str],
         task: str = "classification",
         seq: Counter[str] | None = None,
+        reject: tuple[float, float] | None = None,
     ) -> None:
         """``seq`` carries each rig's next number over from the builder this one replaces,
-        so a reload does not start the count again (docs/protocol.md: per-rig, since start)."""
+        so a reload does not start the count again (docs/protocol.md: per-rig, since start).
+        ``reject``: the smallest top score and the largest disagreement a label is
+        published with; past them it is ``unknown``."""
+        self.reject = None if task == "regression" else reject
         self.classes = classes
         self.model = model
         # A regressor's message carries its values in ``scores`` (one per name in
@@ -41,13 +69,20 @@ class PredictionBuilder:
         for i, (window, label, row) in enumerate(rows):
             seq = self._seq[window.rig]
             self._seq[window.rig] += 1
+            said = (
+                self._modalities(window, result.modality_probs[i])
+                if result.modality_probs is not None
+                else {}
+            )
+            name = "" if self.regression else self.classes[label]
+            rejected = self._rejected(row, said)
             out.append(
                 Prediction(
                     rig=window.rig,
                     seq=seq,
                     window_start_ns=window.start_ns,
                     window_end_ns=window.end_ns,
-                    label="" if self.regression else self.classes[label],
+                    label=UNKNOWN if rejected else name,
                     classes=self.classes,
                     scores=row,
                     present=[m for m, ok in window.present.items() if ok],
@@ -68,17 +103,24 @@ class PredictionBuilder:
                         "closed_by": window.closed_by,
                         "batch_size": len(result.windows),
                         **({"task": "regression"} if self.regression else {}),
-                        **(
-                            self._modalities(window, result.modality_probs[i])
-                            if result.modality_probs is not None
-                            else {}
-                        ),
+                        **said,
+                        **({"rejected": rejected, "best": name} if rejected else {}),
                     },
                 )
             )
         return out
 
-    def _modalities(self, window: Window, probs: np.ndarray) -> dict[str, object]:
+    def _rejected(self, scores: list[float], said: dict[str, Any]) -> str | None:
+        """Why a window's label is withheld (``confidence``, ``disagreement``), or None."""
+        if self.reject is None:
+            return None
+        if max(scores, default=0.0) < self.reject[0]:
+            return "confidence"
+        if float(said.get("disagreement", 0.0)) > self.reject[1]:
+            return "disagreement"
+        return None
+
+    def _modalities(self, window: Window, probs: np.ndarray) -> dict[str, Any]:
         """What each present modality says by itself, and how much they disagree."""
         own = {m: probs[j] for j, (m, here) in enumerate(window.present.items()) if here}
         return {

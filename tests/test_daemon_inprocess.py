@@ -266,3 +266,28 @@ def test_events_are_label_changes_that_held_on_the_bus_and_echo_shows_them(tmp_p
         assert e["state"] in classes and e["t_ns"] - e["start_ns"] >= 1_500_000_000
         assert 1 <= len(e["windows"]) == e["supported_by"] and e["windows"] == sorted(e["windows"])
     assert pretty.returncode == 0 and " -> " in pretty.stdout and "held" in pretty.stdout, pretty.stderr
+
+
+def test_reject_publishes_unknown_with_the_scores_and_a_model_without_thresholds_is_refused(
+    tmp_path, endpoints
+):
+    """``[model] reject``: the demo model predates reject thresholds, so it needs the
+    config's (check-config says so, naming the key); with a bar no window reaches every
+    label is withheld (short of a score of 1.0), the best one and the scores kept."""
+    from .helpers import fusiond
+
+    plain = demo_config(tmp_path, *endpoints)
+    refused = plain.read_text().replace("[model]\n", "[model]\nreject = true\n", 1)
+    plain.write_text(refused)
+    result = fusiond("check-config", "--config", str(plain), "--no-ports")
+    assert result.returncode == 2 and "model.reject" in result.stderr and "reject_confidence" in result.stderr
+    plain.write_text(refused.replace("reject = true\n", "reject = true\nreject_confidence = 1.0\n"))
+    with Subscriber(endpoints[1], rigs=["demo"], timeout_s=60) as predictions, running(plain):
+        got = [predictions.next() for _ in range(3)]
+    for p in got:
+        if max(p.scores) >= 1.0:  # sure to 5 decimals: even this bar passes it
+            assert p.label in p.classes and "rejected" not in p.extra
+            continue
+        assert p.label == "unknown" and p.extra["rejected"] == "confidence"
+        assert p.extra["best"] == p.classes[max(range(len(p.scores)), key=p.scores.__getitem__)]
+    assert any(p.label == "unknown" for p in got)  # trained with label smoothing: rarely that sure

@@ -463,6 +463,24 @@ def test_separate_validation_recordings_pick_the_epoch_and_calibrate_the_heads(d
     assert set(metrics["temperatures"]) == {"video", "imu"}, metrics  # fitted on the validation windows
     assert metrics["temperatures"] != {"video": 1.0, "imu": 1.0}, metrics
     assert metrics["test"]["accuracy"] > 0.8, metrics["test"]  # chance is 0.5
+    # The reject thresholds, chosen on the validation windows for 99 % right on what is kept.
+    reject = metrics["reject"]
+    assert reject["windows"] == 48 and 0 <= reject["confidence"] <= 1 and 0 <= reject["disagreement"] <= 1
+    if reject["reached"]:
+        assert reject["accuracy"] >= 0.99 and reject["coverage"] > 0
+    curve = reject["test"]["curve"]
+    assert [row["confidence"] for row in curve] == sorted(row["confidence"] for row in curve)
+    assert [row["coverage"] for row in curve] == sorted((row["coverage"] for row in curve), reverse=True)
+    assert curve[0]["coverage"] == 1.0 and curve[0]["accuracy"] == pytest.approx(
+        metrics["test"]["accuracy"], abs=1e-3
+    )
+    scored = fusiond("eval", str(model), "--data", str(data / "test.mcap"), "--json")
+    sheet = json.loads(scored.stdout)["reject"]
+    assert sheet["confidence"] == reject["confidence"] and sheet["coverage"] == reject["test"]["coverage"]
+    assert (
+        "coverage at accuracy by confidence"
+        in fusiond("eval", str(model), "--data", str(data / "test.mcap")).stdout
+    )
 
 
 @pytest.mark.parametrize(

@@ -205,6 +205,7 @@ def make_plan(
         len(specs),
         offline,
         hwm=config.bus.hwm,
+        reject=(config.model.reject, config.model.reject_confidence, config.model.reject_disagreement),
     )
     return Plan(specs, server)
 

@@ -14,6 +14,7 @@ import logging
 import threading
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from fusiond.batch import Batcher
 from fusiond.bus.security import Keys
 from fusiond.bus.sockets import Sockets, drain
 from fusiond.bus.wire import encode_prediction
-from fusiond.errors import FusiondError
+from fusiond.errors import FusiondError, ModelError
 from fusiond.memory import MemoryReturn
 from fusiond.metrics import Stats
 from fusiond.plugin import Plugins
@@ -58,6 +59,8 @@ class ServerSpec:
     seq: dict[str, int] = field(default_factory=dict)
     """Each rig's next prediction number: a restarted server carries the count on."""
     hwm: int = 1000
+    reject: tuple[bool, float | None, float | None] = (False, None, None)
+    """``[model] reject``, ``reject_confidence``, ``reject_disagreement``."""
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ServerSpec:
@@ -77,19 +80,31 @@ class Serving:
 
 
 def load_serving(
-    path: Path, plugins: Plugins, device: str, runtime: str, threads: int, max_batch: int, seq: Counter[str]
+    path: Path,
+    plugins: Plugins,
+    device: str,
+    runtime: str,
+    threads: int,
+    max_batch: int,
+    seq: Counter[str],
+    reject: Sequence[Any] = (False, None, None),
 ) -> Serving:
     """Load a checkpoint for serving on ``runtime`` (torch or onnx), built from ``plugins``'
     parts, warmed up."""
     from fusiond.models import load
     from fusiond.models.serving import make_runner
-    from fusiond.publish import PredictionBuilder
+    from fusiond.publish import PredictionBuilder, reject_thresholds
 
     checkpoint = load(path)
     runner = make_runner(checkpoint, plugins.parts, device, runtime, threads)
     runner.warm_up(max_batch)
     model = {"name": checkpoint.name, "hash": checkpoint.content_hash}
-    builder = PredictionBuilder(checkpoint.classes, model, checkpoint.task, seq)
+    try:
+        thresholds = reject_thresholds(checkpoint.metrics, *reject)
+    except ValueError as exc:
+        msg = f"{path}: {exc}"
+        raise ModelError(msg) from None
+    builder = PredictionBuilder(checkpoint.classes, model, checkpoint.task, seq, thresholds)
     return Serving(runner, builder, checkpoint.name, checkpoint.content_hash, checkpoint.spec)
 
 
@@ -107,7 +122,7 @@ def run_server(
     ``bound`` receives the endpoint the inbox was bound at (with the port it picked)."""
     seq: Counter[str] = Counter(spec.seq)
     serving = load_serving(
-        Path(spec.model), plugins, spec.device, spec.runtime, spec.threads, spec.max_batch, seq
+        Path(spec.model), plugins, spec.device, spec.runtime, spec.threads, spec.max_batch, seq, spec.reject
     )
     with Sockets(ctx, hwm=spec.hwm, keys=keys, linger_ms=-1 if spec.offline else 0) as sockets:
         inbox = sockets.pull(spec.inbox or "tcp://0.0.0.0:*", bind=True, where="runtime")
@@ -210,6 +225,7 @@ class _Loop:
                 self.spec.threads,
                 self.batcher.max_batch,
                 self.seq,
+                self.spec.reject,
             )
         except (FusiondError, OSError) as exc:
             log.error("reload failed, still serving %s (%s): %s", old.name, old.hash, exc)

@@ -115,6 +115,9 @@ class TrainTable(Strict):
     test_fraction: float = Field(0.15, ge=0, lt=1)
     """Used only when no separate test data is given."""
     seed: int = 0
+    reject_target: float = Field(0.99, gt=0, le=1)
+    """Accuracy the reject option's thresholds are chosen for, on the validation windows
+    (a classifier's checkpoint carries them; ``[model] reject = true`` applies them)."""
     device: str = "auto"
     amp: bool = True
     """Mixed precision on CUDA (bfloat16 where supported, else float16); CPU runs float32."""

@@ -35,6 +35,7 @@ from fusiond.training.data import (
 from fusiond.training.evaluate import calibrate, evaluate, headline
 from fusiond.training.loop import Epoch, run_epochs, seed_everything
 from fusiond.training.recipe import Recipe
+from fusiond.training.reject import choose, curve, reject_inputs
 
 __all__ = [
     "build",
@@ -300,12 +301,24 @@ def fit_recipe(
     history = run_epochs(model, splits.train, splits.val, recipe.train, headline, progress, augments)
     device = pick_device(recipe.train.device)
     temperatures = calibrate(model, splits.val, device)
+    reject: dict[str, Any] = {}
+    if model.task == "classification" and len(splits.val):
+        reject = choose(*reject_inputs(model, splits.val, device), recipe.train.reject_target)
+        if len(splits.test):  # what the thresholds chosen on validation keep of the test windows
+            confidence, spread, right = reject_inputs(model, splits.test, device)
+            kept = (confidence >= reject["confidence"]) & (spread <= reject["disagreement"])
+            reject["test"] = {
+                "coverage": round(float(kept.mean()), 4),
+                "accuracy": round(float(right[kept].mean()), 4) if kept.any() else None,
+                "curve": curve(confidence, spread, right),
+            }
     metrics: dict[str, Any] = {
         "test": evaluate(model, splits.test, device) if len(splits.test) else {},
         "validation": headline(model, splits.val, device) if len(splits.val) else None,
         "windows": {"train": len(splits.train), "validation": len(splits.val), "test": len(splits.test)},
         "best_epoch": history.best_epoch,
         "temperatures": temperatures,
+        "reject": reject,
         "epochs": recipe.train.epochs,
         "seed": recipe.train.seed,
         "device": history.device,
@@ -378,6 +391,18 @@ def evaluate_checkpoint(
         data, checkpoint.spec, window, plugins, None if targets else checkpoint.classes, targets
     )
     result = evaluate(model, windows, pick_device(device))
+    if checkpoint.task == "classification":  # what saying "unknown" would keep, and how right
+        confidence, spread, right = reject_inputs(model, windows, pick_device(device))
+        chosen = checkpoint.metrics.get("reject") or {}
+        result["reject"] = {"curve": curve(confidence, spread, right)}
+        if chosen:
+            kept = (confidence >= chosen["confidence"]) & (spread <= chosen["disagreement"])
+            result["reject"] |= {
+                "confidence": chosen["confidence"],
+                "disagreement": chosen["disagreement"],
+                "coverage": round(float(kept.mean()), 4),
+                "accuracy": round(float(right[kept].mean()), 4) if kept.any() else None,
+            }
     result["model"] = {
         "name": checkpoint.name,
         "hash": checkpoint.content_hash,
@@ -396,4 +421,16 @@ def summary_line(metrics: dict[str, Any]) -> str:
     for key in ("ablation", "noisy"):
         if key in metrics:
             parts.append(f"{key}: " + ", ".join(f"{m} {v:.3f}" for m, v in metrics[key].items()))
+    reject = metrics.get("reject") or {}
+    if reject.get("coverage") is not None:
+        parts.append(
+            f"reject (confidence < {reject['confidence']:g} or disagreement > {reject['disagreement']:g}): "
+            f"keeps {reject['coverage']:.1%}, accuracy {reject['accuracy'] or 0:.3f} on what it keeps"
+        )
+    if reject.get("curve"):
+        cells = ", ".join(
+            f">={row['confidence']:g}: {row['coverage']:.0%} at {row['accuracy'] or 0:.3f}"
+            for row in reject["curve"]
+        )
+        parts.append(f"coverage at accuracy by confidence: {cells}")
     return "; ".join(parts)
