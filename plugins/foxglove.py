@@ -12,9 +12,10 @@ then open ``ws://127.0.0.1:8765`` in Foxglove (the app, or app.foxglove.dev: "Op
 connection", "Foxglove WebSocket"). ``fusiond view --connect tcp://host:7711`` serves the
 same view of a bus that runs elsewhere.
 
-Only what some client subscribed to is converted: with nobody looking, a frame costs a
-header check. Each client gets at most ``backlog`` messages queued; past that the oldest
-are dropped for it alone (a slow browser never holds up the bridge). The view is read
+Only what some client subscribed to is converted (and each topic's first message, which
+makes its channel): with nobody looking, a frame costs a header check. Each client gets at
+most ``backlog`` messages queued; past that the oldest are dropped for it alone (a slow
+browser never holds up the bridge). The view is read
 only: it offers no publishing, services or parameters to its clients.
 """
 
@@ -35,7 +36,8 @@ from fusiond.recording.foxglove import View, Views, needs
 __all__ = ["FoxgloveConfig", "FoxgloveOutput", "MAX_TOPICS", "fusiond_add_outputs", "split_listen"]
 
 MAX_TOPICS = 512
-"""Most channels one view serves: forged stream names cannot grow it without end."""
+"""Most channels one view serves: forged stream names cannot grow it without end. When
+it is full, the channel least recently used that no client watches makes room."""
 
 
 class FoxgloveConfig(OutputConfig):
@@ -45,8 +47,9 @@ class FoxgloveConfig(OutputConfig):
         "127.0.0.1:8765", max_length=300, pattern=r"^(\[[0-9A-Fa-f:.]+\]|[^\s:/\[\]]+):\d{1,5}$"
     )
     """``host:port`` the WebSocket server binds (``[::1]:8765`` for IPv6; port 0: any free one)."""
-    backlog: int = Field(256, ge=16, le=65_536)
-    """Messages queued per client before its oldest are dropped."""
+    backlog: int = Field(64, ge=16, le=65_536)
+    """Messages queued per client before its oldest are dropped: at most about backlog x
+    the largest message (a camera frame) of memory per client."""
 
 
 def split_listen(listen: str) -> tuple[str, int]:
@@ -69,10 +72,15 @@ class FoxgloveOutput(Output[FoxgloveConfig]):
     def __init__(self, config: FoxgloveConfig, context: OutputContext) -> None:
         super().__init__(config, context)
         self.fox = needs()
-        self.views = Views()
+        self.views = Views(prefix="/")
         self.channels: dict[str, Any] = {}
+        self.used: dict[str, int] = {}
+        """When each channel last carried a message (a running count): the least recently
+        used one nobody watches makes room when the view is full."""
+        self.turn = 0
         self.watched: Counter[str] = Counter()
         self.refused = 0
+        self.evicted = 0
         self._lock = threading.Lock()
         self.server: Any = None
 
@@ -103,36 +111,62 @@ class FoxgloveOutput(Output[FoxgloveConfig]):
         return f"Foxglove live view on ws://{_url_host(host)}:{self.server.port}"
 
     def send(self, prediction: Prediction) -> bool:
-        self._show(self.views.prediction(prediction))
+        topic = f"/p/{prediction.rig}"
+        if self._admit(topic):
+            self._show(self.views.prediction(prediction))
         return True
 
     def sample(self, header: SampleHeader, frames: Sequence[Frame]) -> None:
         topic = self.views.topic(header)
-        if topic in self.channels and not self.watched[topic]:
+        if not self._admit(topic):
             return  # nobody looks: not even its buffers are read
         for view in self.views.sample(header, frames):
             self._show(view)
 
+    def _admit(self, topic: str) -> bool:
+        """Whether a message of ``topic`` is worth converting: its channel is watched, or
+        it has none yet (its first message makes it, so clients can see it to subscribe).
+        A full view first closes its least recently used channel that nobody watches;
+        with every one watched, the new topic is refused (OutputError, counted)."""
+        self.turn += 1
+        if topic in self.channels:
+            self.used[topic] = self.turn
+            return self.watched[topic] > 0
+        if len(self.channels) >= MAX_TOPICS:
+            idle = [t for t in self.channels if not self.watched[t]]
+            if not idle:
+                self.refused += 1
+                msg = f"the view serves {MAX_TOPICS} watched channels; {topic} is not shown"
+                raise OutputError(msg)
+            oldest = min(idle, key=self.used.__getitem__)
+            self.channels.pop(oldest).close()
+            self.used.pop(oldest)
+            self.views.forget(oldest)
+            self.evicted += 1
+        return True
+
     def _show(self, view: View) -> None:
         channel = self.channels.get(view.topic)
         if channel is None:
-            if len(self.channels) >= MAX_TOPICS:
-                self.refused += 1
-                msg = f"the view serves {MAX_TOPICS} channels already; {view.topic} is not shown"
-                raise OutputError(msg)
             encoding, data = self.views.schema(view.schema)
             schema = self.fox.Schema(name=view.schema, encoding=encoding, data=data)
             channel = self.fox.Channel(
                 view.topic, message_encoding=view.encoding, schema=schema, context=self.context_
             )
             self.channels[view.topic] = channel
+            self.used[view.topic] = self.turn
         channel.log(view.body, log_time=view.t_ns)
 
     def health(self) -> dict[str, Any]:
         with self._lock:
             subscriptions = sum(self.watched.values())
         port = self.server.port if self.server is not None else 0
-        return {"port": port, "channels": len(self.channels), "subscriptions": subscriptions}
+        return {
+            "port": port,
+            "channels": len(self.channels),
+            "subscriptions": subscriptions,
+            "evicted": self.evicted,
+        }
 
     def close(self) -> None:
         if self.server is not None:

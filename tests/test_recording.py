@@ -77,7 +77,9 @@ def test_the_recording_is_indexed_mcap_with_every_stream(live):
     bus = {t for t, c in topics.items() if c.message_encoding == "fusiond-frames"}
     streams = {f"{kind}/demo/{stream}" for kind in "st" for stream in ("cam", "mic", "imu")}
     assert bus == {*streams, "p/demo"}  # samples, the sources' tallies, predictions
-    assert set(topics) - bus == {f"foxglove/s/demo/{s}" for s in ("cam", "mic", "imu")} | {"foxglove/p/demo"}
+    assert set(topics) - bus == {f"/foxglove/s/demo/{s}" for s in ("cam", "mic", "imu")} | {
+        "/foxglove/p/demo"
+    }
     assert topics["s/demo/cam"].metadata["modality"] == "video"
     by_topic = {c.topic: counts[cid] for cid, c in summary.channels.items()}
     assert 70 <= by_topic["s/demo/cam"] <= 82  # 10 fps for 8 s
@@ -97,7 +99,7 @@ def test_foxglove_channels_hold_every_stream_and_the_predictions_in_foxglove_sch
         schemas = {
             c.topic: summary.schemas[c.schema_id]
             for c in summary.channels.values()
-            if c.topic.startswith("foxglove/")
+            if c.topic.startswith("/foxglove/")
         }
         views = {t: [] for t in schemas}
         for schema, channel, message in reader.iter_messages(topics=list(schemas)):
@@ -107,14 +109,14 @@ def test_foxglove_channels_hold_every_stream_and_the_predictions_in_foxglove_sch
                 assert schema.encoding == "jsonschema" and channel.message_encoding == "json"
                 body = json.loads(message.data)
             views[channel.topic].append((message.publish_time, body))
-    assert schemas["foxglove/s/demo/cam"].name == "foxglove.CompressedImage"
-    assert schemas["foxglove/s/demo/mic"].name == "foxglove.RawAudio"
-    assert json.loads(schemas["foxglove/s/demo/imu"].data)["properties"]["accel_z"]["description"] == "g"
-    assert schemas["foxglove/p/demo"].name == "fusiond.Prediction"
+    assert schemas["/foxglove/s/demo/cam"].name == "foxglove.CompressedImage"
+    assert schemas["/foxglove/s/demo/mic"].name == "foxglove.RawAudio"
+    assert json.loads(schemas["/foxglove/s/demo/imu"].data)["properties"]["accel_z"]["description"] == "g"
+    assert schemas["/foxglove/p/demo"].name == "fusiond.Prediction"
     samples = [decode_sample(r.frames) for r in read(path, ["s/demo/cam"])]
     frames = {s.t_ns: s.data[0] for s in samples}
-    assert len(views["foxglove/s/demo/cam"]) == len(frames) > 0
-    for t_ns, image in views["foxglove/s/demo/cam"]:
+    assert len(views["/foxglove/s/demo/cam"]) == len(frames) > 0
+    for t_ns, image in views["/foxglove/s/demo/cam"]:
         assert image.format == "jpeg" and image.frame_id == "cam"
         assert image.timestamp.seconds * 10**9 + image.timestamp.nanos == t_ns
         shown = cv2.imdecode(np.frombuffer(image.data, np.uint8), cv2.IMREAD_COLOR)
@@ -122,16 +124,16 @@ def test_foxglove_channels_hold_every_stream_and_the_predictions_in_foxglove_sch
         assert shown.shape == raw.shape
         assert np.abs(shown.astype(int) - raw).mean() < 4  # JPEG at quality 85
     audio = [decode_sample(r.frames) for r in read(path, ["s/demo/mic"])]
-    heard = b"".join(a.data for _, a in views["foxglove/s/demo/mic"])
+    heard = b"".join(a.data for _, a in views["/foxglove/s/demo/mic"])
     assert heard == b"".join(s.data.astype("<i2").tobytes() for s in audio)  # 16-bit PCM as it came
     imu = [decode_sample(r.frames) for r in read(path, ["s/demo/imu"])]
-    plotted = [row["accel_z"] for _, row in views["foxglove/s/demo/imu"]]
+    plotted = [row["accel_z"] for _, row in views["/foxglove/s/demo/imu"]]
     assert plotted == pytest.approx(np.concatenate([s.data[:, 0] for s in imu]).tolist())
-    shown = [p for _, p in views["foxglove/p/demo"]]
+    shown = [p for _, p in views["/foxglove/p/demo"]]
     assert [p["label"] for p in shown] == [p.label for p in recorded]
     assert [p["scores"] for p in shown] == [dict(zip(p.classes, p.scores, strict=True)) for p in recorded]
     assert all(set(p["mask"]) == {"video", "audio", "imu"} for p in shown)
-    assert "foxglove views: foxglove/p/demo" in log
+    assert "foxglove views: /foxglove/p/demo" in log
 
 
 def test_info_reports_channels_counts_and_rates(live):
@@ -143,8 +145,8 @@ def test_info_reports_channels_counts_and_rates(live):
     assert set(rates) == {f"{k}/demo/{s}" for k in "st" for s in ("cam", "mic", "imu")} | {"p/demo"}
     assert rates["t/demo/cam"] == pytest.approx(1.0, abs=0.3)  # a source's tally, once a second
     views = {row["topic"]: row for row in summary["views"]}
-    assert views["foxglove/s/demo/cam"]["schema"] == "foxglove.CompressedImage"
-    assert views["foxglove/p/demo"]["messages"] == sum(1 for _ in read(live[1], ["p/"]))
+    assert views["/foxglove/s/demo/cam"]["schema"] == "foxglove.CompressedImage"
+    assert views["/foxglove/p/demo"]["messages"] == sum(1 for _ in read(live[1], ["p/"]))
     assert rates["s/demo/cam"] == pytest.approx(10.0, abs=0.3)
     assert rates["s/demo/imu"] == pytest.approx(10.0, abs=0.3)  # 10-sample blocks at 100 Hz
     assert summary["metadata"]["fusiond"]["topics"] == ["(every topic)"]  # a list, not ""

@@ -18,7 +18,7 @@ import pytest
 import zmq
 
 from fusiond.bus.wire import decode_header, decode_sample_header, encode_sample, text_block
-from fusiond.recording.foxglove import MAX_FIELDS, ROWS_PER_S, Views
+from fusiond.recording.foxglove import MAX_FIELDS, MAX_IMAGES, MAX_ROWS, ROWS_PER_S, Views
 
 from .helpers import DaemonProcess, demo_config, free_port, fusiond
 
@@ -112,7 +112,7 @@ def test_the_live_view_shows_video_audio_plots_by_channel_name_and_predictions(t
     try:
         port = _view_row(control, lambda r: r["health"].get("port"))["health"]["port"]
         client = ViewClient(port)
-        wanted = ["s/demo/cam", "s/demo/mic", "s/demo/imu", "p/demo"]
+        wanted = ["/s/demo/cam", "/s/demo/mic", "/s/demo/imu", "/p/demo"]
         deadline = time.monotonic() + 60
         while not set(wanted) <= set(client.channels) and time.monotonic() < deadline:
             client.pump(0.5)
@@ -124,29 +124,29 @@ def test_the_live_view_shows_video_audio_plots_by_channel_name_and_predictions(t
         got, channels = client.got, client.channels
         assert all(len(got.get(t, [])) >= 3 for t in wanted), {t: len(v) for t, v in got.items()}
 
-        assert channels["s/demo/cam"]["schemaName"] == "foxglove.RawImage"
-        _, image = got["s/demo/cam"][-1]
+        assert channels["/s/demo/cam"]["schemaName"] == "foxglove.RawImage"
+        _, image = got["/s/demo/cam"][-1]
         assert image.encoding == "bgr8" and image.width > 0 and image.height > 0
         assert len(image.data) == image.step * image.height == image.width * 3 * image.height
 
-        assert channels["s/demo/mic"]["schemaName"] == "foxglove.RawAudio"
-        _, audio = got["s/demo/mic"][-1]
+        assert channels["/s/demo/mic"]["schemaName"] == "foxglove.RawAudio"
+        _, audio = got["/s/demo/mic"][-1]
         assert audio.format == "pcm-s16" and audio.sample_rate == 16000 and audio.number_of_channels == 1
         assert len(audio.data) > 0 and len(audio.data) % 2 == 0
-        assert np.abs(np.frombuffer(b"".join(a.data for _, a in got["s/demo/mic"]), "<i2")).max() > 0
+        assert np.abs(np.frombuffer(b"".join(a.data for _, a in got["/s/demo/mic"]), "<i2")).max() > 0
 
-        imu = json.loads(channels["s/demo/imu"]["schema"])
+        imu = json.loads(channels["/s/demo/imu"]["schema"])
         assert imu["properties"]["accel_z"] == {"type": ["number", "null"], "description": "g"}
-        t_ns, row = got["s/demo/imu"][-1]
+        t_ns, row = got["/s/demo/imu"][-1]
         assert isinstance(row["accel_z"], float)
         assert row["timestamp"] == {"sec": t_ns // 10**9, "nsec": t_ns % 10**9}
 
-        _, p = got["p/demo"][-1]
+        _, p = got["/p/demo"][-1]
         assert p["label"] in p["scores"] and len(p["scores"]) == 10
         assert set(p["mask"]) == {"video", "audio", "imu"} and set(p["mask"].values()) <= {0, 1}
         assert [m for m, v in p["mask"].items() if v] == sorted(p["present"], key=list(p["mask"]).index)
         assert {"modality_labels", "disagreement", "latency_ms"} <= set(p)
-        seqs = [p["seq"] for _, p in got["p/demo"]]
+        seqs = [p["seq"] for _, p in got["/p/demo"]]
         assert seqs == sorted(seqs)
 
         row = _view_row(control, lambda r: r["health"].get("subscriptions") == 4 and r["samples"] > 0)
@@ -160,10 +160,19 @@ def test_the_live_view_shows_video_audio_plots_by_channel_name_and_predictions(t
         d.close()
 
 
+def _imu(stream: str, value: float, t_ns: int = 10**18) -> list[bytes]:
+    data = np.full((1, 2), value, np.float32)
+    return encode_sample(
+        rig="r", stream=stream, modality="imu", seq=0, t_ns=t_ns, t_pub_ns=0, rate_hz=10, data=data
+    )
+
+
 @pytest.mark.slow
-def test_forged_streams_cannot_grow_the_view_and_malformed_samples_are_counted(sockets, tmp_path):
-    """``fusiond view`` against a bus of the test's own: 600 invented streams get 512
-    channels, the rest are counted as failed; a malformed sample is counted, not fatal."""
+def test_forged_streams_cannot_crowd_out_a_watched_one_and_absurd_messages_are_counted(sockets, tmp_path):
+    """``fusiond view`` against a bus of the test's own. 2,000 invented streams never make
+    more than 512 channels (the least recently used unwatched ones make room), and the
+    stream a client watches stays served; a stamp past 2106, a forged prediction and a
+    malformed sample are counted, and the bridge goes on."""
     from fusiond_plugins.foxglove import MAX_TOPICS
 
     bus, bus_at = sockets.bound(zmq.PUB)
@@ -177,45 +186,138 @@ def test_forged_streams_cannot_grow_the_view_and_malformed_samples_are_counted(s
             stdout=subprocess.DEVNULL,
             start_new_session=True,
         )
-    try:
-        last: dict = {}
-        deadline = time.monotonic() + 90
+    client = None
+    last: dict = {}
+
+    def report(check) -> dict:
+        nonlocal last
+        deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            for i in range(600):
-                data = np.full((1, 2), i, np.float32)
-                frames = encode_sample(
-                    rig="r",
-                    stream=f"s{i}",
-                    modality="imu",
-                    seq=0,
-                    t_ns=10**18,
-                    t_pub_ns=0,
-                    rate_hz=10,
-                    data=data,
-                )
-                bus.send_multipart(frames)
-                if i % 50 == 0:
-                    time.sleep(0.01)
-            bus.send_multipart([b"s/r/bad", msgpack.packb({"v": [1, 0], "type": "sample"}), b""])
             while reports.poll(100):
                 last = msgpack.unpackb(reports.recv_multipart()[1])
-            counts = last.get("counts", {})
-            if (
-                last.get("health", {}).get("channels") == MAX_TOPICS
-                and counts.get("failed")
-                and counts.get("malformed")
-            ):
-                break
-        assert last["health"]["channels"] == MAX_TOPICS, last
-        assert last["counts"]["failed"] > 0 and last["counts"]["malformed"] > 0, last
+            if last and check(last):
+                return last
+            bus.send_multipart(_imu("real", 1.0))  # the watched stream goes on meanwhile
+        raise AssertionError(f"no such report: {last}\n{log.read_text()}")
+
+    try:
+        port = report(lambda r: r["health"].get("port"))["health"]["port"]
+        client = ViewClient(port)
+        deadline = time.monotonic() + 60
+        while "/s/r/real" not in client.channels and time.monotonic() < deadline:
+            bus.send_multipart(_imu("real", 1.0))
+            client.pump(0.2)
+        client.subscribe(["/s/r/real"])
+        report(lambda r: r["health"]["subscriptions"] == 1)
+        for _ in range(2):
+            for i in range(2000):
+                bus.send_multipart(_imu(f"f{i}", i))
+                if i % 100 == 0:
+                    time.sleep(0.02)  # a queue of 64: let the bridge read
+        bus.send_multipart(_imu("late", 1.0, t_ns=2**63 - 1))  # a stamp Foxglove cannot hold
+        bus.send_multipart([b"s/r/bad", msgpack.packb({"v": [1, 0], "type": "sample"}), b""])
+        forged = {"v": [1, 2], "type": "prediction", "rig": "r", "seq": 0, "window_start_ns": 0}
+        forged |= {"window_end_ns": -1, "label": "x", "classes": ["x"], "scores": [1.0], "present": 5}
+        forged |= {"missing": [], "model": {}, "latency_ns": {}, "t_pub_ns": 0}
+        bus.send_multipart([b"p/r", msgpack.packb(forged)])
+        done = report(lambda r: r["health"]["evicted"] > 0 and r["counts"].get("malformed", 0) >= 2)
+        assert done["health"]["channels"] <= MAX_TOPICS and done["health"]["subscriptions"] == 1, done
+        client.got.clear()
+        deadline = time.monotonic() + 30
+        while not client.got.get("/s/r/real") and time.monotonic() < deadline:
+            bus.send_multipart(_imu("real", 2.0))
+            client.pump(0.2)
+        assert client.got["/s/r/real"][-1][1]["c1"] == 2.0  # still served after the flood
         assert proc.poll() is None, log.read_text()
     finally:
+        if client is not None:
+            client.close()
         proc.kill()
         proc.wait()
 
 
 def _header(frames):
     return decode_sample_header(frames)
+
+
+def test_views_refuse_what_foxglove_cannot_hold_and_never_decode_a_second_buffer():
+    views = Views()
+    late = _imu("s", 1.0, t_ns=2**32 * 10**9)
+    with pytest.raises(ValueError, match="2106"):
+        views.sample(_header(late), late)
+    # A first buffer of numbers and a second that is no JPEG at all: decoding it would fail.
+    frames = encode_sample(
+        rig="r",
+        stream="x",
+        modality="imu",
+        seq=0,
+        t_ns=0,
+        t_pub_ns=0,
+        rate_hz=10,
+        data=np.ones((1, 2), np.float32),
+    )
+    bogus = bytes(range(200))
+    header = msgpack.unpackb(frames[1])
+    header["buffers"].append({"dtype": "|u1", "shape": [1, 2000, 2000, 3], "encoding": "jpeg"})
+    frames = [frames[0], msgpack.packb(header), frames[2], bogus]
+    [row] = views.sample(_header(frames), frames)
+    assert json.loads(row.body)["c0"] == 1.0
+    # One message becomes a bounded number of views, whatever its size and declared rate.
+    big = encode_sample(
+        rig="r",
+        stream="y",
+        modality="imu",
+        seq=0,
+        t_ns=0,
+        t_pub_ns=0,
+        rate_hz=500,
+        data=np.zeros((1_000_000, 1), np.uint8),
+    )
+    assert len(views.sample(_header(big), big)) == MAX_ROWS
+    many = encode_sample(
+        rig="r",
+        stream="z",
+        modality="video",
+        seq=0,
+        t_ns=0,
+        t_pub_ns=0,
+        rate_hz=30,
+        data=np.zeros((500, 2, 2, 1), np.uint8),
+    )
+    assert len(views.sample(_header(many), many)) == MAX_IMAGES
+    # A stream keeps its view: numbers on a camera's topic are refused, not sent as images.
+    frames = encode_sample(
+        rig="r",
+        stream="z",
+        modality="video",
+        seq=1,
+        t_ns=0,
+        t_pub_ns=0,
+        rate_hz=30,
+        data=np.ones((1, 2), np.float32),
+    )
+    with pytest.raises(ValueError, match="cannot become"):
+        views.sample(_header(frames), frames)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "values", "pcm"),
+    [
+        ("int8", [-128, 0, 127], [-32768, 0, 32512]),
+        ("uint8", [0, 128, 255], [-32768, 0, 32512]),
+        ("uint16", [0, 32768, 65535], [-32768, 0, 32767]),
+        ("int32", [-(2**31), 0, 2**31 - 1], [-32768, 0, 32767]),
+    ],
+)
+def test_integer_audio_is_centred_and_scaled_to_16_bits(dtype, values, pcm):
+    views = Views()
+    data = np.array(values, dtype).reshape(-1, 1)
+    frames = encode_sample(
+        rig="r", stream="m", modality="audio", seq=0, t_ns=0, t_pub_ns=0, rate_hz=8000, data=data
+    )
+    [view] = views.sample(_header(frames), frames)
+    audio = proto_class(view.schema, views.schema(view.schema)[1]).FromString(view.body)
+    assert np.frombuffer(audio.data, "<i2").tolist() == pcm
 
 
 def test_views_pass_a_sources_jpeg_through_and_scale_float_audio_to_pcm():
@@ -257,7 +359,7 @@ def test_views_pass_a_sources_jpeg_through_and_scale_float_audio_to_pcm():
 
 
 def test_numeric_views_are_thinned_named_and_capped_and_text_becomes_log_lines():
-    views = Views(prefix="foxglove/")
+    views = Views(prefix="/foxglove/")
     data = np.arange(2000 * 3, dtype=np.float64).reshape(2000, 3)
     data[4, 0] = np.inf
     frames = encode_sample(
@@ -307,5 +409,5 @@ def test_numeric_views_are_thinned_named_and_capped_and_text_becomes_log_lines()
     )
     [line] = views.sample(_header(text), text)
     log = proto_class(line.schema, views.schema(line.schema)[1]).FromString(line.body)
-    assert len(log.message) == 4096 and log.name == "r/t" and line.topic == "foxglove/s/r/t"
+    assert len(log.message) == 4096 and log.name == "r/t" and line.topic == "/foxglove/s/r/t"
     assert decode_header(text)["type"] == "sample"

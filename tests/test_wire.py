@@ -203,3 +203,48 @@ def test_channel_names_and_units_travel_with_a_block_and_bad_ones_are_refused():
         fields[key] = bad
         with pytest.raises(FrameError, match=f"header field {key} must list 3 printable strings"):
             wire.decode_sample_header([frames[0], msgpack.packb(fields), frames[2]])
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"window_end_ns": -1},
+        {"seq": 2**63},
+        {"present": 5},
+        {"present": ["../etc"]},
+        {"latency_ns": {"close_to_publish": "x"}},
+        {"scores": [float("nan"), 0.5]},
+        {"scores": [1.0]},
+        {"classes": ["a", 7]},
+        {"model": {"name": ["x"]}},
+        {"disagreement": 2.0},
+        {"disagreement": "high"},
+        {"modality_labels": ["a"]},
+        {"rig": "a b"},
+        {"label": "x" * 1000},
+    ],
+)
+def test_a_forged_prediction_with_absurd_fields_is_refused(change):
+    """Well-formed msgpack, wrong types or ranges: every reader of predictions (outputs,
+    the live view, the recorder's views, the daemon's monitor) is spared them."""
+    good = {
+        "v": [1, 2],
+        "type": "prediction",
+        "rig": "r",
+        "seq": 3,
+        "window_start_ns": 10,
+        "window_end_ns": 20,
+        "label": "a",
+        "classes": ["a", "b"],
+        "scores": [0.7, 0.3],
+        "present": ["video"],
+        "missing": [],
+        "model": {"name": "m", "hash": "h"},
+        "latency_ns": {"close_to_publish": 5},
+        "t_pub_ns": 30,
+        "disagreement": 0.1,
+        "modality_labels": {"video": "a"},
+    }
+    assert wire.decode_prediction([b"p/r", msgpack.packb(good)]).label == "a"
+    with pytest.raises(WireError):
+        wire.decode_prediction([b"p/r", msgpack.packb(good | change)])

@@ -748,8 +748,71 @@ def decode_prediction(frames: Sequence[Frame]) -> Prediction:
     if missing:
         msg = f"prediction lacks {sorted(missing)}"
         raise FrameError(msg)
+    _check_prediction(header)
     extra = {k: v for k, v in header.items() if k not in _PREDICTION_KEYS | {"v", "type"}}
     return Prediction(**{k: header[k] for k in _PREDICTION_KEYS}, extra=extra)
+
+
+MAX_CLASSES: Final = 4096
+"""Most classes (or regression targets) a prediction may carry."""
+MAX_CLASS_LEN: Final = 256
+
+
+def _check_prediction(h: dict[str, Any]) -> None:
+    """Types and ranges of a prediction's fields: what every reader (outputs, the view, the
+    recorder's views, the daemon's monitor) may take as given. A forged one is refused."""
+    _check_fields(
+        h,
+        (
+            ("rig", str),
+            ("seq", int),
+            ("window_start_ns", int),
+            ("window_end_ns", int),
+            ("t_pub_ns", int),
+            ("label", str),
+            ("classes", list),
+            ("scores", list),
+            ("present", list),
+            ("missing", list),
+            ("model", dict),
+            ("latency_ns", dict),
+        ),
+    )
+    if not NAME_RE.match(h["rig"]):
+        msg = f"prediction rig is not a valid name: {_short(h['rig'])}"
+        raise FrameError(msg)
+    for name in ("seq", "window_start_ns", "window_end_ns", "t_pub_ns"):
+        if not 0 <= h[name] <= MAX_INT:
+            msg = f"prediction field {name} must lie in [0, 2**63), got {h[name]}"
+            raise FrameError(msg, "bad_value")
+    classes, scores = h["classes"], h["scores"]
+    if (
+        len(classes) > MAX_CLASSES
+        or len(scores) != len(classes)
+        or not all(type(c) is str and len(c) <= MAX_CLASS_LEN for c in classes)
+        or not all(type(x) in (float, int) and math.isfinite(x) for x in scores)
+        or len(h["label"]) > MAX_CLASS_LEN
+    ):
+        msg = "prediction classes and scores must be lists of short names and finite numbers of one length"
+        raise FrameError(msg, "bad_value")
+    for name in ("present", "missing"):
+        if len(h[name]) > 256 or not all(type(m) is str and NAME_RE.match(m) for m in h[name]):
+            msg = f"prediction field {name} must list modality names, got {_short(h[name])}"
+            raise FrameError(msg)
+    if not all(type(k) is str and type(v) is str and len(v) <= 256 for k, v in h["model"].items()):
+        msg = f"prediction model must map names to short strings, got {_short(h['model'])}"
+        raise FrameError(msg)
+    if not all(type(k) is str and type(v) is int and abs(v) <= MAX_INT for k, v in h["latency_ns"].items()):
+        msg = f"prediction latency_ns must map names to ints, got {_short(h['latency_ns'])}"
+        raise FrameError(msg)
+    spread = h.get("disagreement", 0.0)
+    if type(spread) not in (float, int) or not 0.0 <= spread <= 1.0:
+        msg = f"prediction disagreement must be a number in [0, 1], got {_short(spread)}"
+        raise FrameError(msg, "bad_value")
+    said = h.get("modality_labels", {})
+    if not isinstance(said, dict) or not all(type(k) is str and type(v) is str for k, v in said.items()):
+        msg = f"prediction modality_labels must map modalities to labels, got {_short(said)}"
+        raise FrameError(msg)
 
 
 def describe(frames: Sequence[Frame]) -> dict[str, Any]:
@@ -781,6 +844,7 @@ __all__ = [
     "Frame",
     "frame_view",
     "jpeg_size",
+    "MAX_CLASSES",
     "MAX_DIMS",
     "MAX_LABEL_LEN",
     "MAX_ELEMENTS",

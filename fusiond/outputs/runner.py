@@ -139,6 +139,8 @@ class _Bridge:
                 self.count("dropped", "the output's queue is full (its far end away?)")
         except OutputError as exc:
             self.count("failed", str(exc))
+        except (ValueError, OverflowError) as exc:  # valid on the wire, not for this output
+            self.count("malformed", f"a prediction the output cannot take: {exc}")
 
     def take_sample(self, frames: list[zmq.Frame]) -> None:
         try:
@@ -147,8 +149,8 @@ class _Bridge:
                 return  # s/lab/ also matches nothing else, but a forged rig name might
             self.output.sample(header, frames)
             self.counts["samples"] += 1
-        except WireError as exc:
-            self.count("malformed", f"a malformed sample on the bus: {exc}")
+        except (WireError, ValueError, OverflowError) as exc:  # valid on the wire, not for this output
+            self.count("malformed", f"a sample the output cannot take: {exc}")
         except OutputError as exc:
             self.count("failed", str(exc))
 

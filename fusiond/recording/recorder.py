@@ -145,7 +145,7 @@ class RecordingWriter:
                 views = self._views.sample(decode_sample_header(frames), frames)
             else:
                 return
-        except (WireError, ValueError):
+        except (WireError, ValueError, OverflowError):
             self.view_failures += 1  # the bus copy is written; only the view is missing
             return
         for view in views:
