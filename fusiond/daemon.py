@@ -30,7 +30,6 @@ from fusiond.bus.security import Gatekeeper, guard
 from fusiond.bus.sockets import Sockets, drain, raise_fd_limit
 from fusiond.bus.wire import OUTPUT_PREFIX, PREDICTION_PREFIX
 from fusiond.config import Config
-from fusiond.events import EventStream
 from fusiond.memory import MemoryReturn
 from fusiond.metrics import Stats, Summary
 from fusiond.outputs.watch import OutputReports
@@ -106,7 +105,6 @@ class Daemon:
             self.stats_at = _bound(self.inbox)
             self.monitor = self.sockets.subscriber(self.broker.inproc_subscribe, [PREDICTION_PREFIX])
             self.reports = self.sockets.subscriber(self.broker.inproc_subscribe, [OUTPUT_PREFIX], hwm=64)
-            self.continuity.listener = EventStream.on_bus(self.config.events, self.sockets, self.broker)
             endpoints = endpoints_for(engine, self.config, self.broker, self.stats_at, self.owner)
             workers = self.config.runtime.worker_count(len(self.config.rigs))
             self.plan = make_plan(self.config, self.streams, self.checkpoint.spec, endpoints, workers)

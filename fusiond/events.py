@@ -16,15 +16,18 @@ wall clock), with hysteresis on its score:
 Each event carries the new state, the one before, the start of the first supporting
 window (when the new state began, as well as the windows can tell) and the prediction
 numbers of the supporting windows. A rig's first state is an event too (``previous``:
-``null``). Pure code: the daemon feeds it the predictions it monitors.
+``null``). Pure code: the inference server feeds it each prediction as it publishes it,
+so that only the model's own predictions make events (a prediction forged on the bus
+reaches subscribers, but never the debouncer). The state lives in the server: a server
+that starts again (or a daemon) begins with no state, and its first event has
+``previous`` null again; a model reload keeps it.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 import msgpack
 from pydantic import Field, model_validator
@@ -32,15 +35,10 @@ from pydantic import Field, model_validator
 from fusiond.bus.wire import PROTOCOL_VERSION, Prediction
 from fusiond.strict import Strict
 
-if TYPE_CHECKING:
-    from fusiond.bus.broker import Broker
-    from fusiond.bus.sockets import Sockets
-
 __all__ = [
     "EVENT_PREFIX",
     "UNKNOWN",
     "Debouncer",
-    "EventStream",
     "EventsSection",
     "MAX_SUPPORT",
     "encode_event",
@@ -139,29 +137,6 @@ class Debouncer:
         }
         rig.state, rig.candidate = proposed, None
         return event
-
-
-class EventStream:
-    """What the daemon runs: every fresh prediction in, each event ``send`` out."""
-
-    def __init__(self, section: EventsSection, send: Callable[[list[bytes]], object]) -> None:
-        self.debouncer = Debouncer(section.hold_ms, section.enter, section.exit)
-        self.send = send
-        self.sent = 0
-
-    @classmethod
-    def on_bus(cls, section: EventsSection, sockets: Sockets, broker: Broker) -> EventStream | None:
-        """The daemon's events, sent on its bus like predictions; None when they are off."""
-        if not section.enabled:
-            return None
-        out = sockets.publisher(broker.inproc_publish, hwm=1000)
-        return cls(section, out.send_multipart)
-
-    def __call__(self, p: Prediction) -> None:
-        event = self.debouncer.take(p)
-        if event is not None:
-            self.send(encode_event(event))
-            self.sent += 1
 
 
 def encode_event(event: dict[str, Any]) -> list[bytes]:

@@ -243,18 +243,50 @@ def test_health_probes_say_ready_alive_and_a_loop_that_stopped(tmp_path, endpoin
 def test_events_are_label_changes_that_held_on_the_bus_and_echo_shows_them(tmp_path, endpoints):
     """``[events]``: the demo's digit changes every 2 s; each change that held for 1.5 s of
     windows is one event on ``ev/demo``, chained state to state, and ``fusiond echo ev/``
-    prints them."""
+    prints them. Predictions forged on the bus meanwhile (a class the model lacks, sure,
+    with huge numbers) move no state: events come from the model's own predictions."""
+    import msgpack
+
     from .helpers import fusiond
 
-    events = "[events]\nenabled = true\nhold_ms = 1500\nenter = 0.5\nexit = 0.3\n\n[runtime]\n"
-    path = demo_config(tmp_path, *endpoints, **{"[runtime]\n": events})
+    on = "enabled = true\nenter = 0.5\nexit = 0.3\n"
+    path = demo_config(tmp_path, *endpoints, **{"enabled = false\n": on})
+    assert "hold_ms = 1500" in path.read_text()
+    stop = threading.Event()
+
+    def forge() -> None:
+        with zmq.Context.instance().socket(zmq.PUB) as pub:
+            pub.connect(endpoints[0])
+            seq = 2**62
+            while not stop.wait(0.05):
+                seq += 1
+                forged = {"v": [1, 2], "type": "prediction", "rig": "demo", "seq": seq, "window_start_ns": 0}
+                forged |= {"window_end_ns": seq, "label": "zzz", "classes": ["zzz"], "scores": [1.0]}
+                forged |= {"present": [], "missing": [], "model": {}, "latency_ns": {}, "t_pub_ns": 0}
+                pub.send_multipart([b"p/demo", msgpack.packb(forged)])
+
+    forger = threading.Thread(target=forge)
     with running(path) as (daemon, _):
-        shown = fusiond(
-            "echo", "ev/", "--count", "4", "--json", "--timeout", "60", "--connect", endpoints[1], timeout=150
-        )
-        pretty = fusiond(
-            "echo", "ev/demo", "--count", "1", "--timeout", "60", "--connect", endpoints[1], timeout=90
-        )
+        forger.start()
+        try:
+            shown = fusiond(
+                "echo",
+                "ev/",
+                "--count",
+                "4",
+                "--json",
+                "--timeout",
+                "60",
+                "--connect",
+                endpoints[1],
+                timeout=150,
+            )
+            pretty = fusiond(
+                "echo", "ev/demo", "--count", "1", "--timeout", "60", "--connect", endpoints[1], timeout=90
+            )
+        finally:
+            stop.set()
+            forger.join()
     assert shown.returncode == 0, shown.stderr
     got = [json.loads(line) for line in shown.stdout.splitlines()]
     assert len(got) == 4 and all(e["type"] == "event" and e["rig"] == "demo" for e in got)

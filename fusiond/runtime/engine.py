@@ -206,6 +206,7 @@ def make_plan(
         offline,
         hwm=config.bus.hwm,
         reject=(config.model.reject, config.model.reject_confidence, config.model.reject_disagreement),
+        events=(ev.hold_ms, ev.enter, ev.exit) if (ev := config.events).enabled else None,
     )
     return Plan(specs, server)
 

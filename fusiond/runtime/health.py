@@ -141,9 +141,6 @@ class Continuity:
 
     def __init__(self, rigs: Collection[str], stats: Stats) -> None:
         self.rigs, self.stats = set(rigs), stats
-        self.listener: Callable[[Prediction], None] | None = None
-        """Called with each prediction newer than the rig's last (an old number again,
-        a replay or a forgery of one, is not passed on)."""
         self._next_seq: Counter[str] = Counter()
         self._last_index: dict[str, int] = {}
         self._resumed: set[str] = set()
@@ -174,8 +171,5 @@ class Continuity:
             self.stats.drop("lost_in_restart", index - last - 1)
         self._resumed.discard(p.rig)
         self._last_index[p.rig] = max(index, last if last is not None else index)
-        fresh = p.seq >= self._next_seq[p.rig]
         self._next_seq[p.rig] = max(self._next_seq[p.rig], p.seq + 1)
-        if fresh and self.listener is not None:
-            self.listener(p)
         self.stats.predicted(p.rig, p.label, p.latency_ns.get("close_to_publish", 0), p.t_pub_ns)

@@ -26,6 +26,7 @@ from fusiond.bus.security import Keys
 from fusiond.bus.sockets import Sockets, drain
 from fusiond.bus.wire import encode_prediction
 from fusiond.errors import FusiondError, ModelError
+from fusiond.events import Debouncer, encode_event
 from fusiond.memory import MemoryReturn
 from fusiond.metrics import Stats
 from fusiond.plugin import Plugins
@@ -61,6 +62,8 @@ class ServerSpec:
     hwm: int = 1000
     reject: tuple[bool, float | None, float | None] = (False, None, None)
     """``[model] reject``, ``reject_confidence``, ``reject_disagreement``."""
+    events: tuple[float, float, float] | None = None
+    """``[events]`` ``hold_ms``, ``enter``, ``exit`` when enabled (live only)."""
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ServerSpec:
@@ -152,6 +155,7 @@ class _Loop:
         self.next_stats = 0
         self.memory = MemoryReturn()
         self.published = 0
+        self.events = Debouncer(*spec.events) if spec.events and not spec.offline else None
 
     def run(self, inbox: zmq.Socket[bytes], stop: threading.Event) -> None:
         while not stop.is_set():
@@ -208,6 +212,8 @@ class _Loop:
                 result = result.started_at(max(w.t_close_ns for w in batch))
             for p in current.builder.build(result, result.t_end_ns if self.spec.offline else time.time_ns()):
                 self.out.send_multipart(encode_prediction(p))
+                if self.events is not None and (event := self.events.take(p)) is not None:
+                    self.out.send_multipart(encode_event(event))
                 self.published += 1
         except Exception:
             self.stats.drop("internal_error", len(batch))
