@@ -64,7 +64,7 @@ def main() -> None:
     raw = sum(a.label != b.label for a, b in zip(got, got[1:], strict=False))
     name = "every window (no events)"
     print(f"{name:<34} {raw / minutes:>11.1f} {raw / true_changes:>15.2f} {'-':>11} {'-':>6}")
-    settings = [(0, 0.0, 0.0), (500, 0.5, 0.3), (1000, 0.5, 0.3), (1500, 0.5, 0.3), (1000, 0.7, 0.4)]
+    settings = [(0, 0.0, 0.0), (500, 0.5, 0.3), (1000, 0.5, 0.3), (1500, 0.5, 0.3), (500, 0.7, 0.4)]
     for hold, enter, exit_ in settings:
         d = Debouncer(hold, enter, exit_)
         events = [e for p in got if (e := d.take(p)) is not None][1:]  # the first is the initial state

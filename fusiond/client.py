@@ -9,6 +9,7 @@ with Subscriber() as predictions:
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Sequence
 from types import TracebackType
 
@@ -62,9 +63,12 @@ class Subscriber:
             yield prediction
 
     def next(self) -> Prediction | None:
-        """The next prediction, or None when ``timeout_s`` passes first."""
+        """The next prediction, or None when ``timeout_s`` passes first (malformed
+        messages and other rigs' predictions do not extend it)."""
+        deadline = None if self.timeout_ms is None else time.monotonic() + self.timeout_ms / 1000
         while True:
-            if not self._sock.poll(self.timeout_ms):
+            left = None if deadline is None else max(0, round((deadline - time.monotonic()) * 1000))
+            if not self._sock.poll(left):
                 return None
             frames = self._sock.recv_multipart(copy=False)
             try:

@@ -8,10 +8,11 @@ wall clock), with hysteresis on its score:
 * the current state *holds* in a window while its own score there is at least ``exit``
   and no other class is the top one with at least ``enter`` (``exit <= enter``);
 * otherwise the window supports its top class if that scores at least ``enter``, and
-  ``unknown`` if nothing does;
-* a state becomes the rig's once the windows that support it in a row span ``hold_ms``
-  (from the first one's start to the last one's end); a window that supports anything
-  else breaks the run.
+  ``unknown`` if nothing does (or if the daemon withheld its label, ``[model] reject``);
+* a state becomes the rig's once it has held for ``hold_ms``: from the end of the first
+  window that supports it to the end of the latest, in a row (with 1 s windows every
+  500 ms, ``hold_ms = 1000`` takes three windows); a window that supports anything else
+  breaks the run.
 
 Each event carries the new state, the one before, the start of the first supporting
 window (when the new state began, as well as the windows can tell) and the prediction
@@ -82,8 +83,11 @@ class _Rig:
     state: str | None = None
     candidate: str | None = None
     start_ns: int = 0
+    first_end_ns: int = 0
     support: list[int] = field(default_factory=list)
-    scores: list[float] = field(default_factory=list)
+    """The first :data:`MAX_SUPPORT` supporting predictions' numbers."""
+    count: int = 0
+    total: float = 0.0
 
 
 class Debouncer:
@@ -102,22 +106,26 @@ class Debouncer:
             return None
         rig = self._rigs.setdefault(p.rig, _Rig())
         score = dict(zip(p.classes, p.scores, strict=True))
+        best = max(p.scores)
         top = score.get(p.label, 0.0)
         held = rig.state is not None and score.get(rig.state, 0.0) >= self.exit
         if held and (p.label == rig.state or top < self.enter):
             proposed = rig.state
-        elif top >= self.enter:
+        elif p.label in score and top >= self.enter:
             proposed = p.label
-        else:
-            proposed, top = UNKNOWN, 1.0 - top  # nothing is sure enough: the state is unknown
+        else:  # nothing is sure enough, or the label was withheld: the state is unknown
+            proposed, top = UNKNOWN, 1.0 - best  # how sure it is that nothing is sure
         if proposed == rig.state:
             rig.candidate = None  # the state holds; a run of support for another one is broken
             return None
         if proposed != rig.candidate:
-            rig.candidate, rig.start_ns, rig.support, rig.scores = proposed, p.window_start_ns, [], []
-        rig.support.append(p.seq)
-        rig.scores.append(top)
-        if p.window_end_ns - rig.start_ns < self.hold_ns:
+            rig.candidate, rig.support, rig.count, rig.total = proposed, [], 0, 0.0
+            rig.start_ns, rig.first_end_ns = p.window_start_ns, p.window_end_ns
+        if len(rig.support) < MAX_SUPPORT:
+            rig.support.append(p.seq)
+        rig.count += 1
+        rig.total += top
+        if p.window_end_ns - rig.first_end_ns < self.hold_ns:
             return None
         seq = self._seq.get(p.rig, 0)
         self._seq[p.rig] = seq + 1
@@ -130,9 +138,9 @@ class Debouncer:
             "previous": rig.state,
             "start_ns": rig.start_ns,
             "t_ns": p.window_end_ns,
-            "windows": rig.support[:MAX_SUPPORT],
-            "supported_by": len(rig.support),
-            "score": round(sum(rig.scores) / len(rig.scores), 5),
+            "windows": list(rig.support),
+            "supported_by": rig.count,
+            "score": round(rig.total / rig.count, 5),
             "t_pub_ns": time.time_ns(),
         }
         rig.state, rig.candidate = proposed, None

@@ -88,9 +88,11 @@ def prepare(
     except ModelError as exc:
         raise config.error(str(exc), "model.device") from None
     streams = resolve_streams(config, plugins.sources, checkpoint.spec, checkpoint.name)
-    m = config.model
+    m, classifier = config.model, checkpoint.task == "classification"
     try:
-        reject_thresholds(checkpoint.metrics, m.reject, m.reject_confidence, m.reject_disagreement)
+        reject_thresholds(
+            checkpoint.metrics, m.reject and classifier, m.reject_confidence, m.reject_disagreement
+        )
     except ValueError as exc:
         raise config.error(str(exc), "model.reject") from None
     if serve:
@@ -107,7 +109,11 @@ def prepare(
             f"window.length_ms: {config.window.length_ms:g}, but model {checkpoint.name} was "
             f"trained on {trained / 1e6:g} ms windows: its scores will not hold"
         )
-    warnings = []
+    warnings = [
+        f"{key}: model {checkpoint.name} is a {checkpoint.task} model; this applies to classifiers only"
+        for key, on in (("model.reject", m.reject), ("events.enabled", config.events.enabled))
+        if on and not classifier
+    ]
     for rig, section in config.rigs.items():
         fed = {streams[rig, name] for name in section.sources}
         for modality in sorted(set(checkpoint.spec.modalities) - fed):

@@ -31,7 +31,8 @@ def reject_thresholds(
     if not isinstance(c, int | float) or not isinstance(d, int | float):
         msg = (
             "reject = true, but the model carries no reject thresholds (trained before they "
-            "existed): set model.reject_confidence (fusiond eval prints the coverage each gives)"
+            "existed): set model.reject_confidence (fusiond eval MODEL --data DATA prints the "
+            "coverage each gives)"
         )
         raise ValueError(msg)
     return float(c), float(d)

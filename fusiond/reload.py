@@ -104,7 +104,8 @@ def adopt(running: Config, new: Config, model: str) -> Config:
 
 def restart_only(old: Config, new: Config) -> list[str]:
     """The sections whose changes wait for a restart (all but the model path and ``[log]``)."""
-    out = [k for k in ("bus", "ingest", "runtime", "window", "rigs") if getattr(new, k) != getattr(old, k)]
+    keys = ("bus", "ingest", "runtime", "window", "rigs", "events", "outputs", "metrics")
+    out = [k for k in keys if getattr(new, k) != getattr(old, k)]
     if new.model.model_copy(update={"path": old.model.path}) != old.model:
         out.append("model (except path)")
     return out

@@ -241,8 +241,8 @@ def test_health_probes_say_ready_alive_and_a_loop_that_stopped(tmp_path, endpoin
 
 
 def test_events_are_label_changes_that_held_on_the_bus_and_echo_shows_them(tmp_path, endpoints):
-    """``[events]``: the demo's digit changes every 2 s; each change that held for 1.5 s of
-    windows is one event on ``ev/demo``, chained state to state, and ``fusiond echo ev/``
+    """``[events]``: the demo's digit changes every 2 s; each change that held for 500 ms
+    (two 1 s windows in a row) is one event on ``ev/demo``, chained state to state, and ``fusiond echo ev/``
     prints them. Predictions forged on the bus meanwhile (a class the model lacks, sure,
     with huge numbers) move no state: events come from the model's own predictions."""
     import msgpack
@@ -251,7 +251,7 @@ def test_events_are_label_changes_that_held_on_the_bus_and_echo_shows_them(tmp_p
 
     on = "enabled = true\nenter = 0.5\nexit = 0.3\n"
     path = demo_config(tmp_path, *endpoints, **{"enabled = false\n": on})
-    assert "hold_ms = 1500" in path.read_text()
+    assert "hold_ms = 500 " in path.read_text()
     stop = threading.Event()
 
     def forge() -> None:

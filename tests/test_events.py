@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import tomllib
 
 import pytest
@@ -29,19 +30,20 @@ def run(debouncer: Debouncer, labels: list[tuple[str, float]], rig: str = "r") -
 
 def test_a_label_that_holds_is_one_event_with_its_start_and_its_supporting_windows():
     d = Debouncer(hold_ms=1000, enter=0.6, exit=0.4)
-    events = run(d, [("idle", 0.9)] * 10 + [("walk", 0.8)] * 8)
+    events = run(d, [("idle", 0.9)] * 15 + [("walk", 0.8)] * 15)
     assert [(e["previous"], e["state"]) for e in events] == [(None, "idle"), ("idle", "walk")]
     first, second = events
-    # Windows are 500 ms long every 100 ms: 1 s of hold is 6 windows (start of #0 to end of #5).
-    assert first["windows"] == [0, 1, 2, 3, 4, 5] and first["start_ns"] == 0 and first["t_ns"] == 1000 * MS
-    assert second["start_ns"] == 1000 * MS and second["windows"] == [10, 11, 12, 13, 14, 15]
-    assert second["supported_by"] == 6 and second["score"] == pytest.approx(0.8)
+    # Windows are 500 ms long every 100 ms: 1 s of hold is from the end of #0 (500 ms) to
+    # the end of #10 (1500 ms), eleven windows.
+    assert first["windows"] == list(range(11)) and first["start_ns"] == 0 and first["t_ns"] == 1500 * MS
+    assert second["start_ns"] == 1500 * MS and second["windows"] == list(range(15, 26))
+    assert second["supported_by"] == 11 and second["score"] == pytest.approx(0.8)
     assert [e["seq"] for e in events] == [0, 1] and all(e["rig"] == "r" for e in events)
 
 
 def test_a_flickering_label_makes_no_event_and_a_weak_window_does_not_end_the_state():
     d = Debouncer(hold_ms=1000, enter=0.6, exit=0.4)
-    run(d, [("idle", 0.9)] * 10)
+    assert run(d, [("idle", 0.9)] * 15)[0]["state"] == "idle"
     flicker = [("walk", 0.8), ("idle", 0.9)] * 20  # a boundary: the label flips every window
     weak = [("walk", 0.5)] * 20  # walk on top, but under enter
     assert run(d, flicker) == []
@@ -53,10 +55,21 @@ def test_a_flickering_label_makes_no_event_and_a_weak_window_does_not_end_the_st
 
 def test_hysteresis_keeps_a_state_whose_score_sags_between_exit_and_enter():
     d = Debouncer(hold_ms=500, enter=0.7, exit=0.3)
-    run(d, [("run", 0.9)] * 10)
+    assert run(d, [("run", 0.9)] * 10)[0]["state"] == "run"
     sagging = [("run", 0.5)] * 30  # under enter (it would not start), over exit (it holds)
     assert run(d, sagging) == []
-    assert run(d, [("idle", 0.95)] * 5)[0]["state"] == "idle"
+    assert run(d, [("idle", 0.95)] * 6)[0]["state"] == "idle"  # 500 ms from the first one's end
+
+
+def test_a_withheld_label_supports_unknown_scored_by_how_unsure_the_window_was():
+    """A window the daemon said "unknown" for (``[model] reject``: its modalities disagreed)
+    supports no class, even one over ``enter``; its score is 1 - its best score."""
+    d = Debouncer(hold_ms=0, enter=0.5, exit=0.3)
+    assert run(d, [("idle", 0.9)])[0]["state"] == "idle"
+    torn = prediction(1, "walk", 0.6)  # idle at 0.2: under exit, the state does not hold
+    torn = dataclasses.replace(torn, label="unknown", extra={"rejected": "disagreement", "best": "walk"})
+    event = d.take(torn)
+    assert event is not None and event["state"] == UNKNOWN and event["score"] == pytest.approx(0.4)
 
 
 def test_rigs_are_debounced_apart_and_regression_makes_no_events():

@@ -109,12 +109,20 @@ def cmd_echo(args: argparse.Namespace) -> int:
             except WireError as exc:
                 print(f"fusiond echo: malformed message: {exc}", file=sys.stderr)
                 continue
-            print(json.dumps(message) if args.json else _pretty(message), flush=True)
+            print(json.dumps(message, default=repr) if args.json else _pretty(message), flush=True)
             seen += 1
     return 0
 
 
 def _pretty(message: dict[str, Any]) -> str:
+    """One line for a person; a message too odd for it (forged, say) is shown as JSON."""
+    try:
+        return _line(message)
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return json.dumps(message, default=repr)
+
+
+def _line(message: dict[str, Any]) -> str:
     if message.get("type") == "event":
         held = (message.get("t_ns", 0) - message.get("start_ns", 0)) / 1e6
         g = message.get
@@ -131,8 +139,10 @@ def _pretty(message: dict[str, Any]) -> str:
         if isinstance(said, dict) and said:
             labels = " ".join(f"{m}:{label}" for m, label in said.items())
             heard = f" says[{labels}] disagreement={message.get('disagreement', 0):.2f}"
+        why = message.get("rejected")
+        withheld = f" [withheld: best {message.get('best')}, {why}]" if why else ""
         return (
-            f"{message['topic']} #{message['seq']} {message['label']} ({best:.2f}) "
+            f"{message['topic']} #{message['seq']} {message['label']} ({best:.2f}){withheld} "
             f"window={message['window_start_ns']}..{message['window_end_ns']} "
             f"latency={lat:.1f}ms{missing}{heard}"
         )

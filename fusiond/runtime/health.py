@@ -11,6 +11,7 @@ something a retry will not cure, and the daemon stops.
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any
@@ -33,6 +34,10 @@ out of memory, a library missing in the component's environment)."""
 __all__ = ["HUNG_NS", "MAX_FAILED_STARTS", "STARTUP_NS", "Continuity", "Heartbeats"]
 
 log = logging.getLogger(__name__)
+MAX_SEQ_JUMP = 1000
+"""A rig's prediction numbers never jump this far ahead: a server numbers on from the last."""
+MAX_AHEAD_NS = 3_600_000_000_000
+"""No real window starts an hour ahead of the daemon's clock."""
 
 
 class Heartbeats:
@@ -162,10 +167,20 @@ class Continuity:
                 continue
 
     def seen(self, p: Prediction) -> None:
-        """A prediction went out on the bus."""
+        """A prediction went out on the bus. On an open bus anyone may publish one: a
+        number far ahead of the rig's (or a window far in the future) is not believed, so
+        that a forgery can neither make a restarted server number from near 2**63 nor hide
+        the windows a restart loses; it is counted as ``implausible_prediction``."""
         if p.rig not in self.rigs:
             return  # p/lab also matches p/lab2
-        index = int(p.extra.get("window_index", -1))
+        index = p.extra.get("window_index", -1)
+        if (
+            p.seq >= self._next_seq[p.rig] + MAX_SEQ_JUMP
+            or p.window_start_ns > time.time_ns() + MAX_AHEAD_NS
+            or type(index) is not int
+        ):
+            self.stats.drop("implausible_prediction")
+            return
         last = self._last_index.get(p.rig)
         if p.rig in self._resumed and last is not None and index > last + 1:
             self.stats.drop("lost_in_restart", index - last - 1)

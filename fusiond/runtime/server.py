@@ -103,7 +103,10 @@ def load_serving(
     runner.warm_up(max_batch)
     model = {"name": checkpoint.name, "hash": checkpoint.content_hash}
     try:
-        thresholds = reject_thresholds(checkpoint.metrics, *reject)
+        on, confidence, spread = reject
+        thresholds = reject_thresholds(
+            checkpoint.metrics, on and checkpoint.task == "classification", confidence, spread
+        )
     except ValueError as exc:
         msg = f"{path}: {exc}"
         raise ModelError(msg) from None
@@ -241,6 +244,7 @@ class _Loop:
                 "reload refused, still serving %s (%s): %s takes other inputs", old.name, old.hash, path
             )
             self.serving = old
+            return
         log.info(
             "reloaded: now serving %s (%s), was %s (%s)",
             self.serving.name,
