@@ -81,7 +81,11 @@ class Daemon:
         self.started_ns = time.time_ns()
         self.continuity = Continuity(config.rigs, self.stats)
         self.outputs = OutputReports(config.outputs)
-        self.reloader = Reloader(config_path, plugins, self.checkpoint.spec, self._reload, self._served)
+        self.systemd = Systemd()
+        self.reloader = Reloader(
+            config_path, plugins, prepared.checkpoint.spec, self._reload, self.model_info
+        )
+        self.reloader.systemd = self.systemd
         self._failed: set[str] = set()
         self.fatal: str | None = None
         """Why the daemon stopped itself (the run then fails with this)."""
@@ -92,7 +96,6 @@ class Daemon:
         # First: a port it cannot have stops the start before any thread or socket exists.
         self.metrics_server = serve_metrics(self.config, self)
         raise_fd_limit()
-        self.systemd = Systemd()
         self.keys = daemon_keys(self.config)
         self.sockets = Sockets(hwm=bus.hwm, max_message_bytes=bus.max_message_bytes, keys=self.keys)
         self.gatekeeper: Gatekeeper | None = None
@@ -116,6 +119,7 @@ class Daemon:
         except BaseException:
             self.sockets.close()
             stop_metrics(self.metrics_server)
+            self.systemd.close()
             raise
         sources = source_children(self.config, self.streams, self.keys.env()) if self.start_sources else []
         self.supervisor = Supervisor(sources + output_children(self.config, self.keys.env()))
@@ -214,10 +218,7 @@ class Daemon:
     def _reload(self, new: Config) -> None:
         # The server loads the new model beside the old and swaps between two batches.
         self.to_server.send_multipart([RELOAD, str(new.model.path).encode()])
-        self.config = adopt(self.config, new, self._served())
-
-    def _served(self) -> str:
-        return "{name} ({hash})".format(**self.model_info())
+        self.config = adopt(self.config, new, self.model_info())
 
     def model_info(self) -> dict[str, str]:
         """The model being served, as its server reports it."""

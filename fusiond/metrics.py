@@ -5,6 +5,7 @@ Writers only increment; anything derived (rates, percentiles) is computed when r
 
 from __future__ import annotations
 
+import bisect
 import math
 import threading
 from collections import Counter, deque
@@ -14,7 +15,80 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ClockHealth", "LatencyWindow", "RateMeter", "RigStats", "Stats", "StreamStats", "Summary"]
+__all__ = [
+    "ClockHealth",
+    "DROP_REASONS",
+    "LATENCY_BUCKETS_S",
+    "LatencyHistogram",
+    "LatencyWindow",
+    "RateMeter",
+    "RigStats",
+    "Stats",
+    "StreamStats",
+    "Summary",
+]
+
+
+DROP_REASONS = (
+    "bad_counters",
+    "bad_framing",
+    "bad_header",
+    "bad_shape",
+    "bad_size",
+    "bad_value",
+    "bad_version",
+    "bad_window",
+    "buffer_full",
+    "clock_outlier",
+    "clock_skew",
+    "clock_step",
+    "decode_error",
+    "duplicate",
+    "implausible_prediction",
+    "inference_busy",
+    "internal_error",
+    "late",
+    "lost_in_restart",
+    "lost_in_transport",
+    "not_allowed",
+    "over_rate",
+    "seq_reset",
+    "unauthenticated",
+    "unknown_stream",
+    "window_empty",
+    "wrong_modality",
+)
+"""Every reason docs/operations.md lists: each is on ``/metrics`` from the start, at 0."""
+
+LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+"""Upper bounds of the close-to-publish latency histogram, seconds."""
+
+
+class LatencyHistogram:
+    """Cumulative counts of latencies by :data:`LATENCY_BUCKETS_S`, and their sum: what a
+    Prometheus histogram needs, so that latency can be aggregated across daemons."""
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(LATENCY_BUCKETS_S) + 1)
+        self.sum_s = 0.0
+        self._lock = threading.Lock()
+
+    def add(self, latency_ns: int) -> None:
+        """One latency."""
+        seconds = latency_ns / 1e9
+        with self._lock:
+            self.counts[bisect.bisect_left(LATENCY_BUCKETS_S, seconds)] += 1
+            self.sum_s += seconds
+
+    def buckets(self) -> tuple[list[tuple[str, int]], float]:
+        """``[(le, cumulative count), ...]`` ending with ``+Inf``, and the sum."""
+        with self._lock:
+            counts, total = list(self.counts), self.sum_s
+        out, running = [], 0
+        for le, n in zip([*map(str, LATENCY_BUCKETS_S), "+Inf"], counts, strict=True):
+            running += n
+            out.append((le, running))
+        return out, total
 
 
 class LatencyWindow:
@@ -157,6 +231,7 @@ class RigStats:
     last_prediction_ns: int | None = None
     rate: RateMeter = field(default_factory=RateMeter)
     latency: LatencyWindow = field(default_factory=LatencyWindow)
+    histogram: LatencyHistogram = field(default_factory=LatencyHistogram)
 
 
 class Stats:
@@ -217,6 +292,7 @@ class Stats:
             r.rate.tick(now_ns)
             self.predictions += 1
         r.latency.add_many([latency_ns])
+        r.histogram.add(latency_ns)
         self.latency.add_many([latency_ns])
 
     def drop(self, reason: str, count: int = 1) -> None:

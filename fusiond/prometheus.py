@@ -16,9 +16,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    InfoMetricFamily,
+)
 from prometheus_client.registry import Collector
 
+from fusiond.metrics import DROP_REASONS
 from fusiond.outputs.watch import COUNTS, SAMPLES
 
 if TYPE_CHECKING:
@@ -34,7 +40,9 @@ class DaemonCollector(Collector):
     def __init__(self, daemon: Observed) -> None:
         self.daemon = daemon
 
-    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily | InfoMetricFamily]:
+    def collect(
+        self,
+    ) -> Iterator[CounterMetricFamily | GaugeMetricFamily | InfoMetricFamily | HistogramMetricFamily]:
         d, now = self.daemon, time.time_ns()
         model = d.model_info()
         yield InfoMetricFamily(
@@ -101,8 +109,9 @@ class DaemonCollector(Collector):
         drops = CounterMetricFamily(
             "fusiond_drops", "Samples, messages or windows discarded", labels=["reason"]
         )
-        for reason, count in d.stats.all_drops().items():
-            drops.add_metric([reason], count)
+        counted = d.stats.all_drops()
+        for reason in sorted(set(DROP_REASONS) | set(counted)):  # every known reason, 0 from the start
+            drops.add_metric([reason], counted.get(reason, 0))
         yield drops
         yield from self._rigs(now)
 
@@ -127,7 +136,7 @@ class DaemonCollector(Collector):
             steps.add_metric([rig, stream], c.steps)
         yield from (offset, drift, jitter, outliers, steps)
 
-    def _rigs(self, now: int) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+    def _rigs(self, now: int) -> Iterator[CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily]:
         d = self.daemon
         predictions = CounterMetricFamily("fusiond_predictions", "Predictions published", labels=["rig"])
         masked = CounterMetricFamily(
@@ -136,15 +145,24 @@ class DaemonCollector(Collector):
         latency = GaugeMetricFamily(
             "fusiond_latency_seconds", "Window close to published, recent windows", labels=["rig", "quantile"]
         )
+        histogram = HistogramMetricFamily(
+            "fusiond_close_to_publish_seconds",
+            "Window close to prediction published, every window (aggregates across daemons)",
+            labels=["rig"],
+        )
         for rig in d.config.rigs:
+            modalities = {m for (r, _), m in d.streams.items() if r == rig}
             r = d.stats.rig(rig)
             predictions.add_metric([rig], r.predictions)
-            for modality, count in d.stats.masked.get(rig, {}).items():
-                masked.add_metric([rig, modality], count)
+            counted = d.stats.masked.get(rig, {})
+            for modality in sorted(set(modalities) | set(counted)):  # 0 from the start
+                masked.add_metric([rig, modality], counted.get(modality, 0))
+            buckets, total = r.histogram.buckets()
+            histogram.add_metric([rig], buckets, total)
             for q, value in zip(("0.5", "0.99"), r.latency.percentiles(50, 99), strict=True):
                 if value == value:  # not NaN
                     latency.add_metric([rig, q], value / 1e3)
-        yield from (predictions, masked, latency)
+        yield from (predictions, masked, latency, histogram)
 
 
 MAX_CONNECTIONS = 32

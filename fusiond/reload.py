@@ -21,10 +21,11 @@ from fusiond.config import Config
 from fusiond.errors import FusiondError
 from fusiond.plugin import Plugins
 from fusiond.prepare import prepare
+from fusiond.service import Systemd
 
 log = logging.getLogger("fusiond")
 
-__all__ = ["Reloader", "adopt", "restart_only"]
+__all__ = ["Reloader", "adopt", "restart_only", "served"]
 
 
 class Reloader:
@@ -36,12 +37,16 @@ class Reloader:
         plugins: Plugins,
         spec: InputSpec,
         apply: Callable[[Config], None],
-        running: Callable[[], str],
+        running: Callable[[], dict[str, str]],
+        systemd: Systemd | None = None,
     ) -> None:
         """``spec``: the running model's inputs, which a new model must share (the workers
-        cut windows for them); ``running`` names the model served, for the log."""
+        cut windows for them); ``running`` says which model is served (its ``name`` and
+        ``hash``, for the log); ``systemd``
+        is told when a reload begins and ends."""
         self.path, self.plugins, self.spec = path, plugins, spec
         self.apply, self.running = apply, running
+        self.systemd = systemd
         self._thread: threading.Thread | None = None
         self._result: Config | Exception | None = None
         self._again = False
@@ -56,6 +61,8 @@ class Reloader:
             log.warning("SIGHUP ignored: this daemon was not started from a config file")
             return
         log.info("SIGHUP: reloading %s", self.path)
+        if self.systemd is not None:
+            self.systemd.reloading()
         self._thread = threading.Thread(target=self._check, name="fusiond-reload", daemon=True)
         self._thread.start()
 
@@ -81,20 +88,27 @@ class Reloader:
             self._thread.join()  # it has set its result: only its last instructions are left
         try:
             if isinstance(result, Exception):
-                log.error("reload failed, still serving %s: %s", self.running(), result)
+                log.error("reload failed, still serving %s: %s", served(self.running()), result)
             else:
                 self.apply(result)
         finally:
             if self._again:
                 self._again = False
                 self.request()
+            elif self.systemd is not None:
+                self.systemd.reloaded()
 
 
-def adopt(running: Config, new: Config, model: str) -> Config:
+def served(model: dict[str, str]) -> str:
+    """``name (hash)`` of a model's info."""
+    return f"{model.get('name')} ({model.get('hash')})"
+
+
+def adopt(running: Config, new: Config, model: dict[str, str]) -> Config:
     """The running config with the new one's model path and ``[log]`` (the log level set
     now); the other changes are named, and wait for a restart."""
     logging.getLogger().setLevel(new.log.level.upper())
-    log.info("reloading the model: %s (was %s)", new.model.path, model)
+    log.info("reloading the model: %s (was %s)", new.model.path, served(model))
     changed = restart_only(running, new)
     if changed:
         log.warning("changes to [%s] take effect on restart; kept the running ones", ", ".join(changed))

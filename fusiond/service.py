@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -197,6 +198,16 @@ class Systemd:
             self.notifier.notify(WATCHDOG=1)
         else:
             log.error("watchdog: pipeline wedged (%s); not telling systemd it is alive", why)
+
+    def reloading(self) -> None:
+        """RELOADING=1 with the time it began (systemd >= 253 needs both for
+        ``Type=notify-reload``; older ones ignore them)."""
+        self.notifier.notify(RELOADING=1, MONOTONIC_USEC=time.monotonic_ns() // 1000)
+
+    def reloaded(self) -> None:
+        """READY=1 again once a reload has ended (failed or not: the daemon serves on)."""
+        if self.ready:
+            self.notifier.notify(READY=1)
 
     def stopping(self) -> None:
         """STOPPING=1."""

@@ -220,11 +220,22 @@ def answer(d: Observed, request: list[bytes], t_recv_ns: int) -> bytes:
     ``status``, or ``time T1`` (a clock probe from a source on another host,
     :mod:`fusiond.sources.clocksync`); anything else is answered with an error."""
     if len(request) == 2 and request[0] == b"time" and request[1].isdigit() and len(request[1]) < 20:
-        reply: dict[str, object] = {"t1": int(request[1]), "t2": t_recv_ns, "t3": time.time_ns()}
+        t1, t3 = int(request[1]), time.time_ns()
+        # The same three as decimal strings: JSON.parse loses the low digits of 19-digit numbers.
+        reply: dict[str, object] = {
+            "t1": t1,
+            "t2": t_recv_ns,
+            "t3": t3,
+            "t_str": [str(t1), str(t_recv_ns), str(t3)],
+        }
     elif request == [b"status"]:
         reply = snapshot(d, time.time_ns())
     else:
-        reply = {"error": f"unknown request {request[0][:40]!r}; send one frame: 'status'"}
+        reply = {
+            "error": f"unknown request {request[0][:40]!r}; send one frame, 'status', or two, "
+            "'time' and your clock in decimal ns",
+            "known": ["status", "time"],
+        }
     return json.dumps(reply).encode()
 
 

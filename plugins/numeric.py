@@ -74,7 +74,8 @@ class CsvFileSource(Source[CsvFileConfig]):
         if (steps <= 0).any():
             msg = f"{cfg.path}: time column must increase"
             raise SourceError(msg)
-        self.rate = float(1.0 / np.median(steps))
+        # Nine significant digits: steps of 0.01 s read as floats would declare 100.00000000000213 Hz.
+        self.rate = float(f"{1.0 / np.median(steps):.9g}")
         self.values = np.ascontiguousarray(table[:, 1:], np.float32)
         if cfg.units and len(cfg.units) != len(names):
             msg = f"units lists {len(cfg.units)}, the file's value columns {len(names)}: {names}"

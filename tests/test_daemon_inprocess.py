@@ -149,7 +149,9 @@ def test_the_control_endpoint_answers_status_clock_probes_and_anything_else(tmp_
         before = time.time_ns()
         probe = ask(control, b"time", str(before).encode())
         assert probe["t1"] == before and before <= probe["t2"] <= probe["t3"] <= time.time_ns()
-        assert "unknown request" in ask(control, b"reboot", b"now")["error"]
+        assert probe["t_str"] == [str(probe[k]) for k in ("t1", "t2", "t3")]  # for JSON.parse
+        refused = ask(control, b"reboot", b"now")
+        assert "unknown request" in refused["error"] and refused["known"] == ["status", "time"]
         assert "unknown request" in ask(control, b"time", b"-1")["error"]
         shown = ask(control, b"status")
         assert shown["model"]["name"] == "demo-digits" and shown["runtime"]["engine"] == "threads"

@@ -90,6 +90,22 @@ def test_sd_notify_ready_status_watchdog_stopping_in_order(tmp_path, daemons):
         while time.monotonic() < deadline and sum("WATCHDOG=1" in m for _, m in messages) < 6:
             with contextlib.suppress(TimeoutError):
                 messages.append((time.monotonic(), server.recv(4096).decode()))
+        # A reload says RELOADING=1 with the time it began, then READY=1 (Type=notify-reload).
+        sent_ns = time.monotonic_ns()
+        os.kill(d.proc.pid, signal.SIGHUP)
+        deadline = time.monotonic() + 60
+        reloading = None
+        while time.monotonic() < deadline:
+            with contextlib.suppress(TimeoutError):
+                text = server.recv(4096).decode()
+                messages.append((time.monotonic(), text))
+                if text.startswith("RELOADING=1"):
+                    reloading = text
+                elif reloading and text == "READY=1":
+                    break
+        assert reloading is not None and [t for _, t in messages][-1] == "READY=1", messages[-5:]
+        usec = int(reloading.split("MONOTONIC_USEC=")[1])
+        assert sent_ns // 1000 <= usec <= time.monotonic_ns() // 1000
         os.kill(d.proc.pid, signal.SIGTERM)
         d.proc.wait(5)
         server.settimeout(0.2)
@@ -239,6 +255,13 @@ def test_status_says_why_a_rig_is_quiet_and_metrics_are_served(tmp_path, daemons
     assert 'fusiond_source_up{source="demo/mic"} 1.0' in metrics
     assert 'fusiond_model_info{hash="' in metrics
     assert 'fusiond_latency_seconds{quantile="0.5",rig="demo"}' in metrics
+    # A histogram per rig (it sums across daemons), and every counter there from the start.
+    count = re.search(r'fusiond_close_to_publish_seconds_count\{rig="demo"\} (\d+)', metrics)
+    inf = re.search(r'fusiond_close_to_publish_seconds_bucket\{le="\+Inf",rig="demo"\} (\d+)', metrics)
+    assert count and inf and int(float(count[1])) == int(float(inf[1])) > 0, metrics
+    assert 'fusiond_close_to_publish_seconds_count{rig="blind"} 0.0' in metrics
+    assert 'fusiond_drops_total{reason="implausible_prediction"} 0.0' in metrics
+    assert 'fusiond_masked_windows_total{modality="audio",rig="demo"}' in metrics
 
 
 def notifications(path: str, until: Callable[[list[str]], bool], timeout_s: float) -> list[str]:

@@ -74,3 +74,12 @@ def test_a_source_whose_options_cannot_work_is_failed_once_and_not_restarted(tmp
         assert child.proc is None and child.restarts == 0
     finally:
         supervisor.stop()
+
+
+def test_backoff_doubles_to_its_cap_less_a_random_quarter_so_hosts_do_not_retry_in_step():
+    backoff = Backoff(first_s=0.5, cap_s=30.0)
+    for attempt, base in [(0, 0.5), (1, 1.0), (3, 4.0), (10, 30.0), (10**6, 30.0)]:
+        delays = [backoff.delay(attempt) for _ in range(200)]
+        assert all(0.75 * base <= d <= base for d in delays), (attempt, min(delays), max(delays))
+        assert max(delays) - min(delays) > 0.1 * base  # spread out, not one instant
+    assert Backoff(jitter=0.0).delay(2) == 2.0

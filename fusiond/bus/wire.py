@@ -314,6 +314,7 @@ def encode_source_error(
         "attempt": attempt,
         "retry_in_s": retry_in_s,
         "t_ns": t_ns,
+        "pub": publisher_id(),
     }
     return [f"{ERROR_PREFIX}{rig}/{stream}".encode(), msgpack.packb(header)]
 
@@ -330,6 +331,7 @@ def encode_tally(*, rig: str, stream: str, last_seq: int, t_ns: int, final: bool
         "last_seq": last_seq,
         "t_ns": t_ns,
         "final": final,
+        "pub": publisher_id(),
     }
     return [f"{TALLY_PREFIX}{rig}/{stream}".encode(), msgpack.packb(header)]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import random
 import threading
 import time
 from dataclasses import dataclass
@@ -41,14 +42,18 @@ supervisor does not restart it."""
 
 @dataclass(frozen=True, slots=True)
 class Backoff:
-    """Exponential backoff: ``first * 2**n`` seconds, capped."""
+    """Exponential backoff: ``first * 2**n`` seconds, capped, less up to ``jitter`` of it at
+    random, so that many sensor hosts that lost the daemon together do not all come back in
+    the same instant."""
 
     first_s: float = 0.5
     cap_s: float = 30.0
+    jitter: float = 0.25
 
     def delay(self, attempt: int) -> float:
         """Seconds to wait before retry number ``attempt`` (0-based)."""
-        return float(min(self.cap_s, self.first_s * 2 ** min(attempt, 30)))
+        base = min(self.cap_s, self.first_s * 2 ** min(attempt, 30))
+        return float(base * (1.0 - self.jitter * random.random()))
 
 
 def connect_publisher(
