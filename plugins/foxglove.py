@@ -15,8 +15,8 @@ same view of a bus that runs elsewhere.
 Only what some client subscribed to is converted (and each topic's first message, which
 makes its channel): with nobody looking, a frame costs a header check. Each client gets at
 most ``backlog`` messages queued; past that the oldest are dropped for it alone (a slow
-browser never holds up the bridge). The view is read
-only: it offers no publishing, services or parameters to its clients.
+browser never holds up the bridge). The view is read only: it offers no publishing,
+services or parameters to its clients.
 """
 
 from __future__ import annotations
