@@ -87,10 +87,17 @@ def test_rigs_are_debounced_apart_and_regression_makes_no_events():
         ("[events]\nhold_ms = -1\n", "events.hold_ms"),
         ("[events]\nenter = 1.5\n", "events.enter"),
         ("[events]\nholdms = 5\n", "events.holdms"),
+        ("[events]\nenabled = 'yes'\n", "events.enabled"),
+        ("[model]\nreject_confidence = 1.5\n", "model.reject_confidence"),
+        ("[model]\nreject_disagreement = -0.1\n", "model.reject_disagreement"),
+        ("[model]\nreject = 2\n", "model.reject"),
     ],
 )
 def test_bad_event_settings_name_their_path(tmp_path, text, where):
-    base = '[model]\npath = "m.pt"\n[rigs.r.sources.s]\nkind = "csvfile"\npath = "x.csv"\n'
+    model = 'path = "m.pt"\n'
+    if text.startswith("[model]\n"):  # keys of the model table itself
+        model, text = model + text.removeprefix("[model]\n"), ""
+    base = f'[model]\n{model}[rigs.r.sources.s]\nkind = "csvfile"\npath = "x.csv"\n'
     with pytest.raises(ConfigError) as err:
         parse(tomllib.loads(base + text), tmp_path)
     assert where in str(err.value)

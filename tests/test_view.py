@@ -415,3 +415,29 @@ def test_numeric_views_are_thinned_named_and_capped_and_text_becomes_log_lines()
     log = proto_class(line.schema, views.schema(line.schema)[1]).FromString(line.body)
     assert len(log.message) == 4096 and log.name == "r/t" and line.topic == "/foxglove/s/r/t"
     assert decode_header(text)["type"] == "sample"
+
+
+@pytest.mark.parametrize(
+    ("options", "where"),
+    [
+        ({"listen": "0.0.0.0"}, "outputs.view.listen"),
+        ({"listen": "host:99999"}, "port 99999 is over 65535"),
+        ({"listen": "a b:80"}, "outputs.view.listen"),
+        ({"backlog": 0}, "outputs.view.backlog"),
+        ({"backlog": "many"}, "outputs.view.backlog"),
+        ({"port": 80}, "outputs.view.port"),
+    ],
+)
+def test_bad_view_options_name_their_path(options, where):
+    from fusiond.config import OutputSection, validate_output
+    from fusiond.errors import ConfigError
+    from fusiond.plugin import load_plugins
+
+    plugins = load_plugins()
+    cls = plugins.outputs.get("foxglove")
+    try:
+        config = validate_output(plugins.outputs, OutputSection(kind="foxglove", **options), "outputs.view")
+    except ConfigError as exc:
+        assert where in str(exc)
+        return
+    assert where in " ".join(cls.check(config))  # seen by check-config, before any start
