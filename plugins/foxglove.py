@@ -22,6 +22,7 @@ services or parameters to its clients.
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
@@ -33,11 +34,24 @@ from fusiond.outputs.base import Output, OutputConfig, OutputContext, OutputErro
 from fusiond.plugin import OutputRegistry, hookimpl
 from fusiond.recording.foxglove import View, Views, needs
 
-__all__ = ["FoxgloveConfig", "FoxgloveOutput", "MAX_TOPICS", "fusiond_add_outputs", "split_listen"]
+__all__ = [
+    "FoxgloveConfig",
+    "FoxgloveOutput",
+    "MAX_TOPICS",
+    "NEW_CHANNEL_BURST",
+    "NEW_CHANNELS_PER_S",
+    "fusiond_add_outputs",
+    "split_listen",
+]
 
 MAX_TOPICS = 512
 """Most channels one view serves: forged stream names cannot grow it without end. When
 it is full, the channel least recently used that no client watches makes room."""
+NEW_CHANNELS_PER_S = 16.0
+NEW_CHANNEL_BURST = 64
+"""New channels are made at most this many at once, then :data:`NEW_CHANNELS_PER_S` a
+second: each is announced to every client, and a flood of invented streams would
+otherwise fill the clients' queues with announcements until the server drops them."""
 
 
 class FoxgloveConfig(OutputConfig):
@@ -78,6 +92,8 @@ class FoxgloveOutput(Output[FoxgloveConfig]):
         """When each channel last carried a message (a running count): the least recently
         used one nobody watches makes room when the view is full."""
         self.turn = 0
+        self.tokens, self.tokens_at = float(NEW_CHANNEL_BURST), time.monotonic()
+        self.burst, self.per_s = NEW_CHANNEL_BURST, NEW_CHANNELS_PER_S
         self.watched: Counter[str] = Counter()
         self.refused = 0
         self.evicted = 0
@@ -132,6 +148,13 @@ class FoxgloveOutput(Output[FoxgloveConfig]):
         if topic in self.channels:
             self.used[topic] = self.turn
             return self.watched[topic] > 0
+        now = time.monotonic()
+        self.tokens = min(float(self.burst), self.tokens + (now - self.tokens_at) * self.per_s)
+        self.tokens_at = now
+        if self.tokens < 1.0:
+            msg = f"new streams come faster than {self.per_s:g} a second; {topic} is not shown yet"
+            raise OutputError(msg)
+        self.tokens -= 1.0
         if len(self.channels) >= MAX_TOPICS:
             idle = [t for t in self.channels if not self.watched[t]]
             if not idle:

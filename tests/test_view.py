@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import logging
 import struct
 import subprocess
 import sys
@@ -169,10 +170,11 @@ def _imu(stream: str, value: float, t_ns: int = 10**18) -> list[bytes]:
 
 @pytest.mark.slow
 def test_forged_streams_cannot_crowd_out_a_watched_one_and_absurd_messages_are_counted(sockets, tmp_path):
-    """``fusiond view`` against a bus of the test's own. 2,000 invented streams never make
-    more than 512 channels (the least recently used unwatched ones make room), and the
-    stream a client watches stays served; a stamp past 2106, a forged prediction and a
-    malformed sample are counted, and the bridge goes on."""
+    """``fusiond view`` against a bus of the test's own. 4,000 invented streams get
+    channels no faster than 16 a second (the rest are counted as failed), so the client
+    that watches a real stream is never flooded with announcements and dropped, and its
+    stream stays served; a stamp past 2106, a forged prediction and a malformed sample are
+    counted, and the bridge goes on."""
     from fusiond_plugins.foxglove import MAX_TOPICS
 
     bus, bus_at = sockets.bound(zmq.PUB)
@@ -220,7 +222,7 @@ def test_forged_streams_cannot_crowd_out_a_watched_one_and_absurd_messages_are_c
         forged |= {"window_end_ns": -1, "label": "x", "classes": ["x"], "scores": [1.0], "present": 5}
         forged |= {"missing": [], "model": {}, "latency_ns": {}, "t_pub_ns": 0}
         bus.send_multipart([b"p/r", msgpack.packb(forged)])
-        done = report(lambda r: r["health"]["evicted"] > 0 and r["counts"].get("malformed", 0) >= 2)
+        done = report(lambda r: r["counts"].get("failed", 0) > 0 and r["counts"].get("malformed", 0) >= 2)
         assert done["health"]["channels"] <= MAX_TOPICS and done["health"]["subscriptions"] == 1, done
         client.got.clear()
         deadline = time.monotonic() + 30
@@ -238,6 +240,46 @@ def test_forged_streams_cannot_crowd_out_a_watched_one_and_absurd_messages_are_c
             client.close()
         proc.kill()
         proc.wait()
+
+
+def test_a_full_view_closes_its_least_recently_used_unwatched_channel():
+    """512 channels at most: a new stream takes the place of the one least recently used
+    that no client watches; a watched one is never closed."""
+    import threading
+
+    from fusiond_plugins.foxglove import MAX_TOPICS, FoxgloveConfig, FoxgloveOutput
+
+    from fusiond.bus.wire import decode_sample_header
+    from fusiond.outputs.base import OutputContext
+
+    context = OutputContext("view", threading.Event(), logging.getLogger("test"))
+    view = FoxgloveOutput(FoxgloveConfig(listen="127.0.0.1:0"), context)
+    view.open()
+    view.burst = view.per_s = 10**6  # only the cap matters here
+    client = None
+    try:
+
+        def show(stream: str) -> None:
+            frames = _imu(stream, 1.0)
+            view.sample(decode_sample_header(frames), frames)
+
+        show("watched")
+        client = ViewClient(view.server.port)
+        deadline = time.monotonic() + 30
+        while "/s/r/watched" not in client.channels and time.monotonic() < deadline:
+            client.pump(0.1)
+        client.subscribe(["/s/r/watched"])
+        while not view.watched["/s/r/watched"] and time.monotonic() < deadline:
+            client.pump(0.1)
+        for i in range(MAX_TOPICS + 100):
+            show(f"s{i}")
+        assert len(view.channels) == MAX_TOPICS and view.evicted == 101
+        assert "/s/r/watched" in view.channels and "/s/r/s0" not in view.channels
+        assert f"/s/r/s{MAX_TOPICS + 99}" in view.channels
+    finally:
+        if client is not None:
+            client.close()
+        view.close()
 
 
 def _header(frames):
