@@ -20,4 +20,5 @@ echo "loaded-tests: $(nproc) CPU hogs running (pids ${hogs[*]})"
 .venv/bin/python -m pytest -q -p no:cacheprovider \
   -k "not two_node_ray_cluster and not javascript_example" \
   tests/test_daemon.py tests/test_runtime.py tests/test_hostile.py tests/test_sources.py \
-  tests/test_text.py tests/test_lifecycle.py tests/test_outputs.py tests/test_daemon_inprocess.py "$@"
+  tests/test_text.py tests/test_lifecycle.py tests/test_outputs.py tests/test_daemon_inprocess.py \
+  tests/test_view.py "$@"
