@@ -18,10 +18,11 @@ import numpy as np
 import pytest
 import zmq
 
-from fusiond.bus.wire import decode_header, decode_sample_header, encode_sample, text_block
+from fusiond.bus.wire import decode_sample_header, text_block
 from fusiond.recording.foxglove import MAX_FIELDS, MAX_IMAGES, MAX_ROWS, ROWS_PER_S, Views
 
 from .helpers import DaemonProcess, demo_config, free_port, fusiond
+from .test_wire import sample_frames
 
 
 def proto_class(name: str, data: bytes):
@@ -161,11 +162,25 @@ def test_the_live_view_shows_video_audio_plots_by_channel_name_and_predictions(t
         d.close()
 
 
-def _imu(stream: str, value: float, t_ns: int = 10**18) -> list[bytes]:
-    data = np.full((1, 2), value, np.float32)
-    return encode_sample(
-        rig="r", stream=stream, modality="imu", seq=0, t_ns=t_ns, t_pub_ns=0, rate_hz=10, data=data
+def _msg(stream: str, data: np.ndarray, **fields) -> list[bytes]:
+    """A sample message of rig ``r``: an imu stream at 10 Hz, stamped 0, unless told."""
+    return sample_frames(
+        data,
+        **{
+            "rig": "r",
+            "stream": stream,
+            "modality": "imu",
+            "seq": 0,
+            "t_ns": 0,
+            "t_pub_ns": 0,
+            "rate_hz": 10,
+            **fields,
+        },
     )
+
+
+def _imu(stream: str, value: float, t_ns: int = 10**18) -> list[bytes]:
+    return _msg(stream, np.full((1, 2), value, np.float32), t_ns=t_ns)
 
 
 @pytest.mark.slow
@@ -282,68 +297,33 @@ def test_a_full_view_closes_its_least_recently_used_unwatched_channel():
         view.close()
 
 
-def _header(frames):
-    return decode_sample_header(frames)
+def _shown(views: Views, frames: list[bytes]) -> list:
+    """The views of one sample message."""
+    return views.sample(decode_sample_header(frames), frames)
 
 
 def test_views_refuse_what_foxglove_cannot_hold_and_never_decode_a_second_buffer():
     views = Views()
     late = _imu("s", 1.0, t_ns=2**32 * 10**9)
     with pytest.raises(ValueError, match="2106"):
-        views.sample(_header(late), late)
+        _shown(views, late)
     # A first buffer of numbers and a second that is no JPEG at all: decoding it would fail.
-    frames = encode_sample(
-        rig="r",
-        stream="x",
-        modality="imu",
-        seq=0,
-        t_ns=0,
-        t_pub_ns=0,
-        rate_hz=10,
-        data=np.ones((1, 2), np.float32),
-    )
+    frames = _msg("x", np.ones((1, 2), np.float32), rate_hz=10)
     bogus = bytes(range(200))
     header = msgpack.unpackb(frames[1])
     header["buffers"].append({"dtype": "|u1", "shape": [1, 2000, 2000, 3], "encoding": "jpeg"})
     frames = [frames[0], msgpack.packb(header), frames[2], bogus]
-    [row] = views.sample(_header(frames), frames)
+    [row] = _shown(views, frames)
     assert json.loads(row.body)["c0"] == 1.0
     # One message becomes a bounded number of views, whatever its size and declared rate.
-    big = encode_sample(
-        rig="r",
-        stream="y",
-        modality="imu",
-        seq=0,
-        t_ns=0,
-        t_pub_ns=0,
-        rate_hz=500,
-        data=np.zeros((1_000_000, 1), np.uint8),
-    )
-    assert len(views.sample(_header(big), big)) == MAX_ROWS
-    many = encode_sample(
-        rig="r",
-        stream="z",
-        modality="video",
-        seq=0,
-        t_ns=0,
-        t_pub_ns=0,
-        rate_hz=30,
-        data=np.zeros((500, 2, 2, 1), np.uint8),
-    )
-    assert len(views.sample(_header(many), many)) == MAX_IMAGES
+    big = _msg("y", np.zeros((1_000_000, 1), np.uint8), rate_hz=500)
+    assert len(_shown(views, big)) == MAX_ROWS
+    many = _msg("z", np.zeros((500, 2, 2, 1), np.uint8), modality="video", rate_hz=30)
+    assert len(_shown(views, many)) == MAX_IMAGES
     # A stream keeps its view: numbers on a camera's topic are refused, not sent as images.
-    frames = encode_sample(
-        rig="r",
-        stream="z",
-        modality="video",
-        seq=1,
-        t_ns=0,
-        t_pub_ns=0,
-        rate_hz=30,
-        data=np.ones((1, 2), np.float32),
-    )
+    frames = _msg("z", np.ones((1, 2), np.float32), modality="video", seq=1, rate_hz=30)
     with pytest.raises(ValueError, match="cannot become"):
-        views.sample(_header(frames), frames)
+        _shown(views, frames)
 
 
 @pytest.mark.parametrize(
@@ -358,10 +338,8 @@ def test_views_refuse_what_foxglove_cannot_hold_and_never_decode_a_second_buffer
 def test_integer_audio_is_centred_and_scaled_to_16_bits(dtype, values, pcm):
     views = Views()
     data = np.array(values, dtype).reshape(-1, 1)
-    frames = encode_sample(
-        rig="r", stream="m", modality="audio", seq=0, t_ns=0, t_pub_ns=0, rate_hz=8000, data=data
-    )
-    [view] = views.sample(_header(frames), frames)
+    frames = _msg("m", data, modality="audio", rate_hz=8000)
+    [view] = _shown(views, frames)
     audio = proto_class(view.schema, views.schema(view.schema)[1]).FromString(view.body)
     assert np.frombuffer(audio.data, "<i2").tolist() == pcm
 
@@ -371,19 +349,16 @@ def test_views_pass_a_sources_jpeg_through_and_scale_float_audio_to_pcm():
     image = np.random.default_rng(0).integers(0, 255, (24, 32, 3), np.uint8)
     ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 40])
     assert ok
-    frames = encode_sample(
-        rig="r",
-        stream="c",
+    frames = _msg(
+        "c",
+        image[None],
         modality="video",
-        seq=0,
         t_ns=5 * 10**9 + 7,
-        t_pub_ns=0,
         rate_hz=30,
-        data=image[None],
         encoding="jpeg",
         payload=jpeg.tobytes(),
     )
-    [view] = views.sample(_header(frames), frames)
+    [view] = _shown(views, frames)
     assert (view.topic, view.schema, view.encoding, view.t_ns) == (
         "s/r/c",
         "foxglove.CompressedImage",
@@ -395,10 +370,8 @@ def test_views_pass_a_sources_jpeg_through_and_scale_float_audio_to_pcm():
     assert (shown.timestamp.seconds, shown.timestamp.nanos, shown.format) == (5, 7, "jpeg")
 
     wave = np.array([[0.0], [0.5], [-1.0], [2.0], [np.nan]], np.float32)
-    frames = encode_sample(
-        rig="r", stream="m", modality="audio", seq=0, t_ns=0, t_pub_ns=0, rate_hz=48000, data=wave
-    )
-    [view] = views.sample(_header(frames), frames)
+    frames = _msg("m", wave, modality="audio", rate_hz=48000)
+    [view] = _shown(views, frames)
     audio = proto_class(view.schema, views.schema(view.schema)[1]).FromString(view.body)
     assert (audio.sample_rate, audio.number_of_channels) == (48000, 1)
     assert np.frombuffer(audio.data, "<i2").tolist() == [0, 16383, -32767, 32767, 0]  # clipped, NaN silent
@@ -408,19 +381,8 @@ def test_numeric_views_are_thinned_named_and_capped_and_text_becomes_log_lines()
     views = Views(prefix="/foxglove/")
     data = np.arange(2000 * 3, dtype=np.float64).reshape(2000, 3)
     data[4, 0] = np.inf
-    frames = encode_sample(
-        rig="r",
-        stream="i",
-        modality="imu",
-        seq=0,
-        t_ns=10**9,
-        t_pub_ns=0,
-        rate_hz=2000,
-        data=data,
-        channels=["ax", "ay", "az"],
-        units=["g", "g", "g"],
-    )
-    rows = views.sample(_header(frames), frames)
+    frames = _msg("i", data, t_ns=10**9, rate_hz=2000, channels=["ax", "ay", "az"], units=["g", "g", "g"])
+    rows = _shown(views, frames)
     assert len(rows) == 2000 // (2000 // ROWS_PER_S) == ROWS_PER_S  # one second of signal
     first, second = (json.loads(v.body) for v in rows[:2])
     assert first == {"timestamp": {"sec": 1, "nsec": 0}, "ax": 0.0, "ay": 1.0, "az": 2.0}
@@ -428,35 +390,14 @@ def test_numeric_views_are_thinned_named_and_capped_and_text_becomes_log_lines()
     assert second["ax"] is None and second["ay"] == 13.0  # not finite: no value, the row kept
     schema = json.loads(views.schema(rows[0].schema)[1])
     assert schema["properties"]["az"]["description"] == "g"
-    wide = encode_sample(
-        rig="r",
-        stream="e",
-        modality="emb",
-        seq=0,
-        t_ns=0,
-        t_pub_ns=0,
-        rate_hz=0,
-        data=np.ones((4, 300), np.float32),
-    )
-    [row] = views.sample(_header(wide), wide)  # irregular: one row per block
+    wide = _msg("e", np.ones((4, 300), np.float32), modality="emb", rate_hz=0)
+    [row] = _shown(views, wide)  # irregular: one row per block
     assert len(json.loads(row.body)) == MAX_FIELDS + 1
     data, payload = text_block("x" * 10_000)
-    text = encode_sample(
-        rig="r",
-        stream="t",
-        modality="text",
-        seq=0,
-        t_ns=3,
-        t_pub_ns=0,
-        rate_hz=0,
-        data=data,
-        encoding="utf-8",
-        payload=payload,
-    )
-    [line] = views.sample(_header(text), text)
+    text = _msg("t", data, modality="text", t_ns=3, rate_hz=0, encoding="utf-8", payload=payload)
+    [line] = _shown(views, text)
     log = proto_class(line.schema, views.schema(line.schema)[1]).FromString(line.body)
     assert len(log.message) == 4096 and log.name == "r/t" and line.topic == "/foxglove/s/r/t"
-    assert decode_header(text)["type"] == "sample"
 
 
 @pytest.mark.parametrize(
