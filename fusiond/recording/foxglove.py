@@ -27,6 +27,11 @@ channels. A view never decodes a JPEG and reads only a message's first buffer (a
 the bus costs the viewer nothing); one message becomes at most :data:`MAX_IMAGES` images
 or :data:`MAX_ROWS` rows, and numeric streams are thinned to :data:`ROWS_PER_S` rows a
 second of their declared rate. A stream keeps the view its first message gave it.
+
+Times: a sample's view carries the stamp its source sent (``t_ns``, on the clock its
+header's ``clock`` names, ``t_ns + i / rate_hz`` for its i-th sample): the bus as it is,
+before the daemon's clock model corrects it, so a drifting sensor shows its drift here.
+A prediction's view is stamped with its window's end, on the daemon's clock.
 """
 
 from __future__ import annotations
@@ -180,8 +185,8 @@ class Views:
         key = f"foxglove.{name}"
         if key not in self._schemas:
             schema = type(message).get_schema()
-            self._schemas[key] = (schema.encoding, bytes(schema.data))
-        return View(topic, key, "protobuf", t_ns, bytes(message.encode()))
+            self._schemas[key] = (schema.encoding, schema.data)
+        return View(topic, key, "protobuf", t_ns, message.encode())
 
     def _stamp(self, t_ns: int) -> Any:
         sec, nsec = divmod(t_ns, 1_000_000_000)
