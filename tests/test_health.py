@@ -8,10 +8,13 @@ from fusiond.bus.wire import Prediction
 from fusiond.metrics import Stats
 from fusiond.runtime.health import MAX_SEQ_JUMP, Continuity
 
+HOP = 500_000_000
+
 
 def prediction(seq: int, index: int, start_ns: int | None = None) -> Prediction:
-    start = time.time_ns() if start_ns is None else start_ns
-    extra = {"window_index": index}
+    """A prediction of window ``index`` (starting at ``index * HOP``, unless told)."""
+    start = index * HOP if start_ns is None else start_ns
+    extra = {"window_index": index, "hop_ns": HOP}
     return Prediction("demo", seq, start, start + 10**9, "a", ["a"], [1.0], [], [], {}, {}, 0, extra)
 
 
@@ -23,7 +26,8 @@ def test_a_forged_number_far_ahead_never_becomes_the_restarted_servers_and_hides
     c.seen(prediction(2**63 - 1, 2**62))  # a forgery: a restarted server would number from it
     c.seen(prediction(5 + MAX_SEQ_JUMP, 200))  # still too far ahead
     c.seen(prediction(6, 106, start_ns=time.time_ns() + 2 * 3600 * 10**9))  # a window 2 h ahead
-    assert c.next_seq() == {"demo": 5} and stats.all_drops()["implausible_prediction"] == 3
+    c.seen(prediction(6, 2**40, start_ns=106 * HOP))  # an index far ahead of its own start
+    assert c.next_seq() == {"demo": 5} and stats.all_drops()["implausible_prediction"] == 4
     c.restarted(["demo"])
     c.seen(prediction(5, 110))  # the restart lost windows 105..109: still counted
     assert stats.all_drops()["lost_in_restart"] == 5 and c.next_seq() == {"demo": 6}
