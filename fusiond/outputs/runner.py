@@ -146,7 +146,7 @@ class _Bridge:
         try:
             header = decode_sample_header(frames)
             if self.rigs and header.rig not in self.rigs:
-                return  # s/lab/ also matches nothing else, but a forged rig name might
+                return  # the topic said one rig and the header another: a forgery
             self.output.sample(header, frames)
             self.counts["samples"] += 1
         except (WireError, ValueError, OverflowError) as exc:  # valid on the wire, not for this output

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from fusiond.models.model import FusionModel
     from fusiond.training.data import WindowSet
 
-__all__ = ["CURVE", "choose", "curve", "reject_inputs"]
+__all__ = ["CURVE", "choose", "curve", "keeps", "reject_inputs"]
 
 CURVE = (0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
 """The confidence thresholds the coverage table reports."""
@@ -46,22 +46,24 @@ def reject_inputs(
     return probs.max(1), spread, right
 
 
+def keeps(
+    confidence: np.ndarray, spread: np.ndarray, right: np.ndarray, min_confidence: float, max_spread: float
+) -> dict[str, Any]:
+    """The share of windows two thresholds keep (``coverage``), and how many of those are
+    right (``accuracy``; None when they keep none)."""
+    kept = (confidence >= min_confidence) & (spread <= max_spread)
+    n = int(kept.sum())
+    return {
+        "coverage": round(n / len(right), 4) if len(right) else 0.0,
+        "accuracy": round(float(right[kept].mean()), 4) if n else None,
+    }
+
+
 def curve(
     confidence: np.ndarray, spread: np.ndarray, right: np.ndarray, max_spread: float = 1.0
 ) -> list[dict[str, Any]]:
     """Coverage and accuracy of the kept windows at each of :data:`CURVE`'s confidences."""
-    rows = []
-    for c in CURVE:
-        kept = (confidence >= c) & (spread <= max_spread)
-        n = int(kept.sum())
-        rows.append(
-            {
-                "confidence": c,
-                "coverage": round(n / len(right), 4) if len(right) else 0.0,
-                "accuracy": round(float(right[kept].mean()), 4) if n else None,
-            }
-        )
-    return rows
+    return [{"confidence": c, **keeps(confidence, spread, right, c, max_spread)} for c in CURVE]
 
 
 def choose(confidence: np.ndarray, spread: np.ndarray, right: np.ndarray, target: float) -> dict[str, Any]:

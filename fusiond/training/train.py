@@ -35,7 +35,7 @@ from fusiond.training.data import (
 from fusiond.training.evaluate import calibrate, evaluate, headline
 from fusiond.training.loop import Epoch, run_epochs, seed_everything
 from fusiond.training.recipe import Recipe
-from fusiond.training.reject import choose, curve, reject_inputs
+from fusiond.training.reject import choose, curve, keeps, reject_inputs
 
 __all__ = [
     "build",
@@ -305,12 +305,10 @@ def fit_recipe(
     if model.task == "classification" and len(splits.val):
         reject = choose(*reject_inputs(model, splits.val, device), recipe.train.reject_target)
         if len(splits.test):  # what the thresholds chosen on validation keep of the test windows
-            confidence, spread, right = reject_inputs(model, splits.test, device)
-            kept = (confidence >= reject["confidence"]) & (spread <= reject["disagreement"])
+            scored = reject_inputs(model, splits.test, device)
             reject["test"] = {
-                "coverage": round(float(kept.mean()), 4),
-                "accuracy": round(float(right[kept].mean()), 4) if kept.any() else None,
-                "curve": curve(confidence, spread, right),
+                **keeps(*scored, reject["confidence"], reject["disagreement"]),
+                "curve": curve(*scored),
             }
     metrics: dict[str, Any] = {
         "test": evaluate(model, splits.test, device) if len(splits.test) else {},
@@ -392,17 +390,12 @@ def evaluate_checkpoint(
     )
     result = evaluate(model, windows, pick_device(device))
     if checkpoint.task == "classification":  # what saying "unknown" would keep, and how right
-        confidence, spread, right = reject_inputs(model, windows, pick_device(device))
+        scored = reject_inputs(model, windows, pick_device(device))
         chosen = checkpoint.metrics.get("reject") or {}
-        result["reject"] = {"curve": curve(confidence, spread, right)}
+        result["reject"] = {"curve": curve(*scored)}
         if chosen:
-            kept = (confidence >= chosen["confidence"]) & (spread <= chosen["disagreement"])
-            result["reject"] |= {
-                "confidence": chosen["confidence"],
-                "disagreement": chosen["disagreement"],
-                "coverage": round(float(kept.mean()), 4),
-                "accuracy": round(float(right[kept].mean()), 4) if kept.any() else None,
-            }
+            thresholds = {"confidence": chosen["confidence"], "disagreement": chosen["disagreement"]}
+            result["reject"] |= thresholds | keeps(*scored, *thresholds.values())
     result["model"] = {
         "name": checkpoint.name,
         "hash": checkpoint.content_hash,
