@@ -680,6 +680,7 @@ def test_drops_are_logged_per_reason_and_stream_at_most_once_a_minute(caplog):
 
 
 @pytest.mark.slow
+@pytest.mark.alone
 def test_a_flood_of_idle_connections_cannot_take_status_or_source_restarts(tmp_path, endpoints):
     """More idle TCP connections than the daemon may open files: each is closed when it has
     not completed a handshake in 5 s (libzmq's default: 30 s), so status still answers and a
