@@ -222,6 +222,10 @@ class ModelSection(Strict):
     ``reject_disagreement``. Both default to what training chose on validation windows."""
     reject_confidence: float | None = Field(None, ge=0, le=1)
     reject_disagreement: float | None = Field(None, ge=0, le=1)
+    anomaly_threshold: float | None = Field(None, gt=0, le=1e12)
+    """An anomaly model's score above which a window is an anomaly, whatever is missing;
+    unset: the model's own, chosen in training for its false-alarm rate with every
+    modality and with each one missing."""
 
     @field_validator("device")
     @classmethod

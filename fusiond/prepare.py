@@ -109,10 +109,19 @@ def prepare(
             f"window.length_ms: {config.window.length_ms:g}, but model {checkpoint.name} was "
             f"trained on {trained / 1e6:g} ms windows: its scores will not hold"
         )
+    labelled = checkpoint.task != "regression"  # events follow a classifier's or an anomaly model's label
     warnings = [
-        f"{key}: model {checkpoint.name} is a {checkpoint.task} model; this applies to classifiers only"
-        for key, on in (("model.reject", m.reject), ("events.enabled", config.events.enabled))
-        if on and not classifier
+        f"{key}: model {checkpoint.name} is a {checkpoint.task} model; this applies to {to} only"
+        for key, on, to in (
+            ("model.reject", m.reject and not classifier, "classifiers"),
+            ("events.enabled", config.events.enabled and not labelled, "classifiers and anomaly models"),
+            (
+                "model.anomaly_threshold",
+                m.anomaly_threshold is not None and checkpoint.task != "anomaly",
+                "anomaly models",
+            ),
+        )
+        if on
     ]
     for rig, section in config.rigs.items():
         fed = {streams[rig, name] for name in section.sources}
@@ -132,7 +141,16 @@ def _try_serving(config: Config, plugins: Plugins) -> None:
 
     model = config.model
     try:
-        load_serving(model.path, plugins, model.device, model.runtime, model.threads, 2, Counter())
+        load_serving(
+            model.path,
+            plugins,
+            model.device,
+            model.runtime,
+            model.threads,
+            2,
+            Counter(),
+            anomaly=model.anomaly_threshold,
+        )
     except FusiondError as exc:
         msg = f"cannot serve this model: {exc}"
         raise config.error(msg, "model.path") from None

@@ -9,12 +9,22 @@ import numpy as np
 
 from fusiond.align.windows import Window
 from fusiond.bus.wire import Prediction
+from fusiond.models.anomaly import NEAREST, SCORE, SHARES, THRESHOLD
 from fusiond.models.runner import BatchResult
 
-__all__ = ["disagreement", "PredictionBuilder", "reject_thresholds", "UNKNOWN"]
+__all__ = [
+    "ANOMALY",
+    "disagreement",
+    "NORMAL",
+    "PredictionBuilder",
+    "reject_thresholds",
+    "UNKNOWN",
+]
 
 UNKNOWN = "unknown"
 """The label of a rejected window (``[model] reject``)."""
+ANOMALY, NORMAL = "anomaly", "normal"
+"""The labels of an anomaly model's windows."""
 
 
 def reject_thresholds(
@@ -48,12 +58,16 @@ class PredictionBuilder:
         task: str = "classification",
         seq: Counter[str] | None = None,
         reject: tuple[float, float] | None = None,
+        threshold: float | None = None,
     ) -> None:
         """``seq`` carries each rig's next number over from the builder this one replaces,
         so a reload does not start the count again (docs/protocol.md: per-rig, since start).
         ``reject``: the smallest top score and the largest disagreement a label is
-        published with; past them it is ``unknown``."""
-        self.reject = None if task == "regression" else reject
+        published with; past them it is ``unknown``. ``threshold``: an anomaly model's for
+        every window (``[model] anomaly_threshold``) instead of its own."""
+        self.reject = reject if task == "classification" else None
+        self.anomaly = task == "anomaly"
+        self.threshold = threshold
         self.classes = classes
         self.model = model
         # A regressor's message carries its values in ``scores`` (one per name in
@@ -75,7 +89,11 @@ class PredictionBuilder:
                 if result.modality_probs is not None
                 else {}
             )
-            name = "" if self.regression else self.classes[label]
+            if self.anomaly:
+                said = self._anomaly(window, result.probs[i])
+                name, classes, row = said.pop("label"), [NORMAL, ANOMALY], said.pop("scores")
+            else:
+                name, classes = "" if self.regression else self.classes[label], self.classes
             rejected = self._rejected(row, said)
             out.append(
                 Prediction(
@@ -84,7 +102,7 @@ class PredictionBuilder:
                     window_start_ns=window.start_ns,
                     window_end_ns=window.end_ns,
                     label=UNKNOWN if rejected else name,
-                    classes=self.classes,
+                    classes=classes,
                     scores=row,
                     present=[m for m, ok in window.present.items() if ok],
                     missing=window.missing,
@@ -104,6 +122,7 @@ class PredictionBuilder:
                         "closed_by": window.closed_by,
                         "batch_size": len(result.windows),
                         **({"task": "regression"} if self.regression else {}),
+                        **({"task": "anomaly"} if self.anomaly else {}),
                         **said,
                         **({"rejected": rejected, "best": name} if rejected else {}),
                     },
@@ -120,6 +139,32 @@ class PredictionBuilder:
         if float(said.get("disagreement", 0.0)) > self.reject[1]:
             return "disagreement"
         return None
+
+    def _anomaly(self, window: Window, out: np.ndarray) -> dict[str, Any]:
+        """An anomaly model's fields from its output row (:mod:`fusiond.models.anomaly`):
+        the label, and as scores ``[normal, anomaly]`` the score over the threshold mapped
+        to [0, 1] (0.5 at the threshold), so that events' ``enter`` and ``exit`` apply."""
+        score = float(np.clip(out[SCORE], 0.0, 1e30)) if not np.isnan(out[SCORE]) else 1e30  # unlike anything
+        own = float(np.nan_to_num(out[THRESHOLD], nan=1.0))
+        threshold = float(np.clip(self.threshold if self.threshold is not None else own, 1e-9, 1e30))
+        ratio = score / threshold
+        share = ratio / (1.0 + ratio)
+        score, threshold = round(score, 5), round(threshold, 6)  # as published, and compared
+        fields: dict[str, Any] = {
+            "label": ANOMALY if score > threshold else NORMAL,
+            "scores": [round(1.0 - share, 5), round(share, 5)],
+            "anomaly_score": score,
+            "threshold": threshold,
+            "is_anomaly": score > threshold,
+            "contributions": {
+                m: round(float(np.clip(np.nan_to_num(out[SHARES + j]), 0.0, 1.0)), 4)
+                for j, (m, here) in enumerate(window.present.items())
+                if here
+            },
+        }
+        if 0 <= out[NEAREST] < len(self.classes):  # the embedding method: the nearest normal class
+            fields["nearest"] = self.classes[int(out[NEAREST])]
+        return fields
 
     def _modalities(self, window: Window, probs: np.ndarray) -> dict[str, Any]:
         """What each present modality says by itself, and how much they disagree."""

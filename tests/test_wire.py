@@ -222,6 +222,15 @@ def test_channel_names_and_units_travel_with_a_block_and_bad_ones_are_refused():
         {"modality_labels": ["a"]},
         {"rig": "a b"},
         {"label": "x" * 1000},
+        {"anomaly_score": float("nan")},
+        {"anomaly_score": -1.0},
+        {"anomaly_score": "high"},
+        {"threshold": 1e300},
+        {"is_anomaly": 1},
+        {"contributions": {"video": 2.0}},
+        {"contributions": {"a b": 0.5}},
+        {"contributions": [0.5]},
+        {"nearest": 3},
     ],
 )
 def test_a_forged_prediction_with_absurd_fields_is_refused(change):
@@ -246,5 +255,7 @@ def test_a_forged_prediction_with_absurd_fields_is_refused(change):
         "modality_labels": {"video": "a"},
     }
     assert wire.decode_prediction([b"p/r", msgpack.packb(good)]).label == "a"
+    anomaly = {"anomaly_score": 2.5, "threshold": 1.2, "is_anomaly": True, "contributions": {"video": 1.0}}
+    assert wire.decode_prediction([b"p/r", msgpack.packb(good | anomaly)]).extra["is_anomaly"] is True
     with pytest.raises(WireError):
         wire.decode_prediction([b"p/r", msgpack.packb(good | change)])

@@ -19,7 +19,7 @@ import numpy as np
 
 from fusiond.errors import FrameError, VersionError, WireError
 
-PROTOCOL_VERSION: Final = (1, 2)
+PROTOCOL_VERSION: Final = (1, 3)
 SAMPLE_PREFIX: Final = "s/"
 PREDICTION_PREFIX: Final = "p/"
 ERROR_PREFIX: Final = "e/"
@@ -820,6 +820,34 @@ def _check_prediction(h: dict[str, Any]) -> None:
     if not isinstance(said, dict) or not all(type(k) is str and type(v) is str for k, v in said.items()):
         msg = f"prediction modality_labels must map modalities to labels, got {_short(said)}"
         raise FrameError(msg)
+    _check_anomaly(h)
+
+
+def _check_anomaly(h: dict[str, Any]) -> None:
+    """An anomaly model's fields (docs/protocol.md), where present."""
+    for name, low in (("anomaly_score", 0.0), ("threshold", 0.0)):
+        value = h.get(name, 1.0)
+        if type(value) not in (float, int) or not (math.isfinite(value) and low <= value <= 1e30):
+            msg = f"prediction {name} must be a finite number of at least {low:g}, got {_short(value)}"
+            raise FrameError(msg, "bad_value")
+    if type(h.get("is_anomaly", False)) is not bool:
+        msg = f"prediction is_anomaly must be true or false, got {_short(h['is_anomaly'])}"
+        raise FrameError(msg, "bad_value")
+    shares = h.get("contributions", {})
+    if (
+        not isinstance(shares, dict)
+        or len(shares) > 256
+        or not all(
+            type(k) is str and NAME_RE.match(k) and type(v) in (float, int) and 0.0 <= v <= 1.0
+            for k, v in shares.items()
+        )
+    ):
+        msg = f"prediction contributions must map modalities to numbers in [0, 1], got {_short(shares)}"
+        raise FrameError(msg, "bad_value")
+    nearest = h.get("nearest", "")
+    if type(nearest) is not str or len(nearest) > MAX_CLASS_LEN:
+        msg = f"prediction nearest must be a class name, got {_short(nearest)}"
+        raise FrameError(msg, "bad_value")
 
 
 def describe(frames: Sequence[Frame]) -> dict[str, Any]:

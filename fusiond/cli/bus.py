@@ -141,6 +141,11 @@ def _line(message: dict[str, Any]) -> str:
             heard = f" says[{labels}] disagreement={message.get('disagreement', 0):.2f}"
         why = message.get("rejected")
         withheld = f" [withheld: best {message.get('best')}, {why}]" if why else ""
+        shares = message.get("contributions")
+        if message.get("task") == "anomaly" and isinstance(shares, dict):
+            top = " ".join(f"{m}:{v:.2f}" for m, v in sorted(shares.items(), key=lambda kv: -kv[1]))
+            near = f" nearest={message['nearest']}" if "nearest" in message else ""
+            heard = f" score={message['anomaly_score']:.2f}/{message['threshold']:.2f} share[{top}]{near}"
         return (
             f"{message['topic']} #{message['seq']} {message['label']} ({best:.2f}){withheld} "
             f"window={message['window_start_ns']}..{message['window_end_ns']} "

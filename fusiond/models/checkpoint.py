@@ -38,12 +38,22 @@ class Checkpoint:
     task: str = "classification"
     path: Path | None = None
     """The file it was loaded from (None when built in memory)."""
+    anomaly: str = ""
+    """An anomaly model's method (``embedding`` or ``stats``), else empty."""
 
     def build(self, parts: Parts) -> FusionModel:
         """The model with its weights loaded, in eval mode."""
         heads = any(k.startswith("heads.") for k in self.state_dict)  # older checkpoints have none
         model = FusionModel(
-            self.spec, self.classes, self.encoders, self.fusion, parts, self.dim, self.task, heads
+            self.spec,
+            self.classes,
+            self.encoders,
+            self.fusion,
+            parts,
+            self.dim,
+            self.task,
+            heads,
+            self.anomaly or "embedding",
         )
         if self.state_dict:
             try:
@@ -79,6 +89,7 @@ def save(
         "window": dict(window),
         "metrics": metrics or {},
         "data_hash": data_hash,
+        **({"anomaly": model.anomaly.method} if model.anomaly is not None else {}),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
     buffer = io.BytesIO()
@@ -122,6 +133,7 @@ def load(path: Path) -> Checkpoint:
             state_dict=payload["state_dict"],
             task=payload.get("task", "classification"),
             path=path,
+            anomaly=str(payload.get("anomaly", "")),
         )
     except (KeyError, TypeError, ValueError) as exc:
         msg = f"{path}: checkpoint field missing or invalid: {exc}"

@@ -11,10 +11,11 @@ from torch import nn
 
 from fusiond.align.spec import InputSpec
 from fusiond.errors import ModelError
+from fusiond.models.anomaly import AnomalyHead, features_of, stats_dim
 
 __all__ = ["FusionModel", "Parts", "TASKS"]
 
-TASKS = ("classification", "regression")
+TASKS = ("classification", "regression", "anomaly")
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,11 @@ class FusionModel(nn.Module):
     """Encoders (one per modality, in ``spec`` order) feeding one fusion module.
 
     ``classes`` names the outputs: class names for ``task="classification"`` (the output
-    is logits), target names for ``task="regression"`` (the output is the values).
+    is logits), target names for ``task="regression"`` (the output is the values). An
+    ``task="anomaly"`` model is a classifier of its normal ``classes`` (one class: the
+    encoders are not trained) with an :class:`~fusiond.models.anomaly.AnomalyHead` over
+    its features (``anomaly``: the method, ``embedding`` or ``stats``); it serves the
+    head's scores (:meth:`serve`).
     """
 
     def __init__(
@@ -43,6 +48,7 @@ class FusionModel(nn.Module):
         dim: int = 64,
         task: str = "classification",
         modality_heads: bool = False,
+        anomaly: str = "embedding",
     ) -> None:
         super().__init__()
         if task not in TASKS:
@@ -70,7 +76,7 @@ class FusionModel(nn.Module):
             raise ModelError(msg)
         fusion_cls = parts.fusions[fusion["name"]]
         serves = getattr(fusion_cls, "tasks", TASKS)
-        if task not in serves:
+        if ("classification" if task == "anomaly" else task) not in serves:
             msg = f"fusion {fusion['name']!r} is for {' or '.join(serves)} only, not {task}"
             raise ModelError(msg)
         try:
@@ -85,10 +91,43 @@ class FusionModel(nn.Module):
             # Per-modality temperatures, fitted on validation data after training (calibrate()).
             self.temperature: torch.Tensor
             self.register_buffer("temperature", torch.ones(len(self.modalities)))
+        self.anomaly: AnomalyHead | None = None
+        if task == "anomaly":
+            try:
+                if anomaly == "stats":
+                    width = max(stats_dim(s.shape) for s in spec.modalities.values())
+                    self.anomaly = AnomalyHead(anomaly, len(self.modalities), 1, width)
+                else:
+                    self.anomaly = AnomalyHead(anomaly, len(self.modalities), len(classes), dim)
+            except ValueError as exc:
+                raise ModelError(str(exc)) from None
 
     def features(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """[B, M, D] features, modalities in model order."""
         return torch.stack([self.encoders[m](inputs[m]) for m in self.modalities], dim=1)
+
+    def anomaly_features(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """[B, M, D] the features the anomaly head measures (an anomaly model)."""
+        assert self.anomaly is not None
+        width = self.anomaly.means.shape[2]
+        return features_of(self.anomaly.method, self.encoders, self.modalities, inputs, width)
+
+    def serve(
+        self, inputs: Mapping[str, torch.Tensor], mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """What is served: probabilities [B, K] (a classifier; with modality heads also
+        each one's [B, M, K]), values [B, K] (a regressor) or the anomaly head's
+        [B, 2 + M] (:mod:`fusiond.models.anomaly`)."""
+        if self.anomaly is not None:
+            if self.anomaly.method == "stats":
+                return self.anomaly(self.anomaly_features(inputs), mask), None
+            features = self.features(inputs)
+            return self.anomaly(features, mask, self.fusion(features, mask)), None
+        out, own = self.forward_all(inputs, mask)
+        if self.task == "regression":
+            return out.float(), None
+        probs = torch.softmax(out.float(), dim=1)
+        return probs, None if own is None else torch.softmax(own.float(), dim=2)
 
     def forward(self, inputs: Mapping[str, torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
         """Logits (or values) [B, K]; ``mask`` [B, M] is True where a modality is present."""

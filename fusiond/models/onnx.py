@@ -3,8 +3,9 @@
 ``fusiond export MODEL.pt --onnx`` writes ``MODEL.onnx`` beside it; ``[model] runtime =
 "onnx"`` serves that file (exported on the fly when it is missing or older than the
 checkpoint). The graph takes one input per modality, in the model's order, plus the
-``[B, M]`` presence mask, and returns probabilities (a classifier) or values (a regressor),
-with a dynamic batch axis. onnxruntime is an optional extra: ``pip install fusiond[onnx]``.
+``[B, M]`` presence mask, and returns probabilities (a classifier), values (a regressor)
+or anomaly scores (:mod:`fusiond.models.anomaly`), with a dynamic batch axis.
+onnxruntime is an optional extra: ``pip install fusiond[onnx]``.
 """
 
 from __future__ import annotations
@@ -38,13 +39,11 @@ class _Flat(nn.Module):
         super().__init__()
         self.model = model
         self.names = list(model.modalities)
-        self.regression = model.task == "regression"
 
     def forward(self, *args: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         inputs = dict(zip(self.names, args[:-1], strict=True))
-        out, own = self.model.forward_all(inputs, args[-1])
-        scores = out.float() if self.regression else torch.softmax(out.float(), dim=1)
-        return scores if own is None else (scores, torch.softmax(own.float(), dim=2))
+        out, own = self.model.serve(inputs, args[-1])
+        return out if own is None else (out, own)
 
 
 def cache_dir() -> Path:

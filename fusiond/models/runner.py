@@ -116,13 +116,11 @@ class ModelRunner(Runner):
         self.device = pick_device(device)
         self.model = checkpoint.build(parts).to(self.device).eval()
         self.modalities = self.model.modalities
-        self.regression = checkpoint.task == "regression"
 
     def _forward(
         self, inputs: Mapping[str, np.ndarray], mask: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray | None]:
         with torch.inference_mode():
             tensors = {m: torch.from_numpy(a).to(self.device, non_blocking=True) for m, a in inputs.items()}
-            out, own = self.model.forward_all(tensors, torch.from_numpy(mask).to(self.device))
-            probs = (out.float() if self.regression else torch.softmax(out.float(), dim=1)).cpu().numpy()
-            return probs, None if own is None else torch.softmax(own.float(), dim=2).cpu().numpy()
+            out, own = self.model.serve(tensors, torch.from_numpy(mask).to(self.device))
+            return out.cpu().numpy(), None if own is None else own.cpu().numpy()

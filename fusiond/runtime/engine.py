@@ -207,6 +207,7 @@ def make_plan(
         hwm=config.bus.hwm,
         reject=(config.model.reject, config.model.reject_confidence, config.model.reject_disagreement),
         events=(ev.hold_ms, ev.enter, ev.exit) if (ev := config.events).enabled else None,
+        anomaly_threshold=config.model.anomaly_threshold,
     )
     return Plan(specs, server)
 

@@ -55,7 +55,9 @@ def run_inline(
         checkpoint, plugins.parts, config.model.device, config.model.runtime, config.model.threads
     )
     model = {"name": checkpoint.name, "hash": checkpoint.content_hash}
-    builder = PredictionBuilder(checkpoint.classes, model, checkpoint.task)
+    builder = PredictionBuilder(
+        checkpoint.classes, model, checkpoint.task, threshold=config.model.anomaly_threshold
+    )
 
     def run(batches: list[list[Any]], now: int) -> None:
         for batch in batches:

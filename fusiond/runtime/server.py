@@ -64,6 +64,8 @@ class ServerSpec:
     """``[model] reject``, ``reject_confidence``, ``reject_disagreement``."""
     events: tuple[float, float, float] | None = None
     """``[events]`` ``hold_ms``, ``enter``, ``exit`` when enabled (live only)."""
+    anomaly_threshold: float | None = None
+    """``[model] anomaly_threshold``."""
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ServerSpec:
@@ -91,6 +93,7 @@ def load_serving(
     max_batch: int,
     seq: Counter[str],
     reject: Sequence[Any] = (False, None, None),
+    anomaly: float | None = None,
 ) -> Serving:
     """Load a checkpoint for serving on ``runtime`` (torch or onnx), built from ``plugins``'
     parts, warmed up."""
@@ -110,7 +113,7 @@ def load_serving(
     except ValueError as exc:
         msg = f"{path}: {exc}"
         raise ModelError(msg) from None
-    builder = PredictionBuilder(checkpoint.classes, model, checkpoint.task, seq, thresholds)
+    builder = PredictionBuilder(checkpoint.classes, model, checkpoint.task, seq, thresholds, anomaly)
     return Serving(runner, builder, checkpoint.name, checkpoint.content_hash, checkpoint.spec)
 
 
@@ -128,7 +131,15 @@ def run_server(
     ``bound`` receives the endpoint the inbox was bound at (with the port it picked)."""
     seq: Counter[str] = Counter(spec.seq)
     serving = load_serving(
-        Path(spec.model), plugins, spec.device, spec.runtime, spec.threads, spec.max_batch, seq, spec.reject
+        Path(spec.model),
+        plugins,
+        spec.device,
+        spec.runtime,
+        spec.threads,
+        spec.max_batch,
+        seq,
+        spec.reject,
+        spec.anomaly_threshold,
     )
     with Sockets(ctx, hwm=spec.hwm, keys=keys, linger_ms=-1 if spec.offline else 0) as sockets:
         inbox = sockets.pull(spec.inbox or "tcp://0.0.0.0:*", bind=True, where="runtime")
@@ -235,6 +246,7 @@ class _Loop:
                 self.batcher.max_batch,
                 self.seq,
                 self.spec.reject,
+                self.spec.anomaly_threshold,
             )
         except (FusiondError, OSError) as exc:
             log.error("reload failed, still serving %s (%s): %s", old.name, old.hash, exc)

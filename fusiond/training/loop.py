@@ -209,7 +209,7 @@ def run_epochs(
         model.train()
         total = 0.0
         for index in batches(train, options.batch_size, torch.randperm(len(train), generator=gen)):
-            classes = train.targets[index] if model.task == "classification" else None
+            classes = train.targets[index] if model.task != "regression" else None
             arrays, sound = perturb(
                 model.spec, {m: a[index] for m, a in train.inputs.items()}, classes, options, rng, augments
             )

@@ -1,7 +1,7 @@
 """A training recipe: the model to build and how to train it, from a TOML file.
 
     name = "digits"
-    task = "classification"            # or "regression" (then: targets = ["speed"])
+    task = "classification"            # or "regression" (then: targets = ["speed"]), or "anomaly"
     fusion = "attention"               # early, late, intermediate, gated, attention
     dim = 64
 
@@ -36,7 +36,7 @@ from fusiond.config import WindowSection, validate
 from fusiond.errors import ConfigError
 from fusiond.strict import Strict
 
-__all__ = ["InputTable", "load_recipe", "Recipe", "TrainTable"]
+__all__ = ["AnomalyTable", "InputTable", "load_recipe", "Recipe", "TrainTable"]
 
 
 class InputTable(Strict):
@@ -123,13 +123,25 @@ class TrainTable(Strict):
     """Mixed precision on CUDA (bfloat16 where supported, else float16); CPU runs float32."""
 
 
+class AnomalyTable(Strict):
+    """``[anomaly]``: how a ``task = "anomaly"`` model scores (:mod:`fusiond.models.anomaly`)."""
+
+    method: Literal["embedding", "stats"] = "embedding"
+    """``embedding``: distances to the normal classes' encoder features (needs two or more
+    normal classes to train the encoders on); ``stats``: per-channel statistics of the raw
+    input, the untrained baseline."""
+    false_alarm: float = Field(0.01, gt=0, lt=0.5)
+    """Share of held-out normal windows the threshold lets through as anomalies."""
+
+
 class Recipe(Strict):
     """The whole recipe file."""
 
     name: str
-    task: Literal["classification", "regression"] = "classification"
+    task: Literal["classification", "regression", "anomaly"] = "classification"
     classes: list[str] = Field(default_factory=list)
-    """Class names in output order; empty: the sorted labels found in the data."""
+    """Class names in output order; empty: the sorted labels found in the data. An anomaly
+    model's normal classes: windows of other labels are left out of its training."""
     targets: list[str] = Field(default_factory=list)
     """Regression: the label-file columns to predict."""
     fusion: str = "attention"
@@ -142,6 +154,7 @@ class Recipe(Strict):
     window: WindowSection = WindowSection()
     inputs: dict[str, InputTable]
     train: TrainTable = TrainTable()
+    anomaly: AnomalyTable = AnomalyTable()
 
     @model_validator(mode="after")
     def _consistent(self) -> Recipe:

@@ -21,6 +21,7 @@ from fusiond.models.checkpoint import Checkpoint, save
 from fusiond.models.model import FusionModel
 from fusiond.models.runner import pick_device
 from fusiond.plugin import Plugins
+from fusiond.training.anomaly import check_classes, evaluate_anomaly, fit_anomaly
 from fusiond.training.data import (
     LabelRange,
     WindowSet,
@@ -33,7 +34,7 @@ from fusiond.training.data import (
     split,
 )
 from fusiond.training.evaluate import calibrate, evaluate, headline
-from fusiond.training.loop import Epoch, run_epochs, seed_everything
+from fusiond.training.loop import Epoch, History, run_epochs, seed_everything
 from fusiond.training.recipe import Recipe
 from fusiond.training.reject import choose, curve, keeps, reject_inputs
 
@@ -213,6 +214,7 @@ def build(recipe: Recipe, classes: list[str], plugins: Plugins) -> FusionModel:
         recipe.dim,
         recipe.task,
         recipe.modality_scores,
+        recipe.anomaly.method,
     )
     for encoder in model.encoders.values():
         load = getattr(encoder, "load_pretrained", None)
@@ -298,8 +300,32 @@ def fit_recipe(
     model = build(recipe, splits.classes, plugins)
     seconds = recipe.window.length_ms / 1000
     augments = {m: (t.augmentations, t.length / seconds) for m, t in recipe.inputs.items()}
-    history = run_epochs(model, splits.train, splits.val, recipe.train, headline, progress, augments)
     device = pick_device(recipe.train.device)
+    options = recipe.train
+    if recipe.task == "anomaly":
+        check_classes(recipe.anomaly.method, splits.classes)
+        # Noise and swaps teach the encoders to overlook a broken sensor, which is what an
+        # anomaly model must see: off unless the recipe asks for them.
+        unset = {"modality_noise", "modality_swap"} - options.model_fields_set
+        options = options.model_copy(update=dict.fromkeys(unset, 0.0))
+    if recipe.task == "anomaly" and recipe.anomaly.method == "stats":
+        history = History(device=str(device))  # nothing to train: the statistics are fixed
+    else:
+        history = run_epochs(model, splits.train, splits.val, options, headline, progress, augments)
+    if recipe.task == "anomaly":
+        chosen = fit_anomaly(model, splits.train, splits.val, recipe.anomaly.false_alarm, device)
+        return model.cpu(), {
+            "anomaly": chosen,
+            "test": (
+                evaluate_anomaly(model, splits.test, splits.classes, device) if len(splits.test) else {}
+            ),
+            "windows": {"train": len(splits.train), "validation": len(splits.val), "test": len(splits.test)},
+            "best_epoch": history.best_epoch,
+            "epochs": recipe.train.epochs if recipe.anomaly.method == "embedding" else 0,
+            "seed": recipe.train.seed,
+            "device": history.device,
+            "seconds": round(time.monotonic() - started, 1),
+        }
     temperatures = calibrate(model, splits.val, device)
     reject: dict[str, Any] = {}
     if model.task == "classification" and len(splits.val):
@@ -384,6 +410,11 @@ def evaluate_checkpoint(
     model = checkpoint.build(plugins.parts)
     if window is None:
         window = checkpoint_window(checkpoint)
+    if checkpoint.task == "anomaly":  # every label, the normal ones and those never seen
+        every, labels = load_windows(data, checkpoint.spec, window, plugins, None)
+        result = evaluate_anomaly(model, every, labels, pick_device(device))
+        result["model"] = {"name": checkpoint.name, "hash": checkpoint.content_hash}
+        return result
     targets = checkpoint.classes if checkpoint.task == "regression" else ()
     windows, _ = load_windows(
         data, checkpoint.spec, window, plugins, None if targets else checkpoint.classes, targets
@@ -406,6 +437,8 @@ def evaluate_checkpoint(
 
 def summary_line(metrics: dict[str, Any]) -> str:
     """One line of the headline figures of a score sheet."""
+    if metrics.get("task") == "anomaly":
+        return anomaly_line(metrics)
     if metrics.get("task") == "regression":
         head = f"MAE {metrics['mae']:.4g}, RMSE {metrics['rmse']:.4g}"
     else:
@@ -427,3 +460,29 @@ def summary_line(metrics: dict[str, Any]) -> str:
         )
         parts.append(f"coverage at accuracy by confidence: {cells}")
     return "; ".join(parts)
+
+
+def anomaly_line(metrics: dict[str, Any]) -> str:
+    """The headline figures of an anomaly model's score sheet."""
+    cells = [
+        f"{metrics['windows']} windows ({metrics['normal']} normal, {metrics['novel']} novel)",
+        f"false alarms {_pct(metrics['false_alarm'])} at threshold {metrics['threshold']:g} (every modality)",
+    ]
+    if metrics.get("novel"):
+        cells.append(f"detection {_pct(metrics['detection'])}, AUROC {metrics['auroc']:.3f}")
+        cells.append(f"detection at 1% false alarms {_pct(metrics.get('detection_at_1pct'))}")
+    for modality, faults in (metrics.get("faults") or {}).items():
+        row = ", ".join(
+            f"{f} {_pct(v['detection'])} (share {v['contribution']:.2f})" for f, v in faults.items()
+        )
+        cells.append(f"{modality} broken: {row}")
+    if metrics.get("missing"):
+        cells.append(
+            "false alarms with one missing: "
+            + ", ".join(f"{m} {_pct(v)}" for m, v in metrics["missing"].items())
+        )
+    return "; ".join(cells)
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{x:.1%}"
