@@ -928,3 +928,63 @@ def test_mqtt_topics_prefixes_and_json_paths_are_checked_before_anything_connect
     ]
     with pytest.raises(ValidationError, match="one unit per value"):
         LineOptions(values=["x", "y"], units=["g"], rate_hz=10.0)
+
+
+STOPPED_SUBSCRIBER = """
+import sys, time, zmq
+ctx = zmq.Context()
+sub = ctx.socket(zmq.SUB)
+sub.subscribe(b"")
+monitor = sub.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+sub.connect(sys.argv[1])
+print("up", flush=True)
+deadline = time.monotonic() + 60
+while time.monotonic() < deadline:  # after SIGCONT: was the connection closed under it?
+    if monitor.poll(200):
+        print("disconnected", flush=True)
+        break
+    while sub.poll(0):
+        sub.recv_multipart()
+else:
+    print("still connected", flush=True)
+"""
+
+
+def test_a_subscriber_that_stops_reading_is_disconnected_and_what_waited_for_it_freed(sockets, endpoints):
+    """ZeroMQ bounds each frame, not a many-part message: a subscriber process that reads
+    nothing (stopped, or hostile) would make the broker hold up to its queue's length of
+    many-part messages. It stops answering the broker's heartbeat and is disconnected."""
+    import signal
+    import subprocess
+    import sys
+
+    import zmq
+
+    from fusiond.bus.broker import HEARTBEAT_TIMEOUT_MS, Broker
+    from fusiond.bus.sockets import Sockets
+
+    publish, subscribe = endpoints
+    bus = Sockets(sockets.ctx, hwm=1000)
+    command = [sys.executable, "-c", STOPPED_SUBSCRIBER, subscribe]
+    slow = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    try:
+        with Broker(bus, publish, subscribe):
+            assert slow.stdout is not None and slow.stdout.readline().strip() == "up"
+            sender = sockets.make(zmq.PUB)
+            sender.connect(publish)
+            time.sleep(0.5)  # its subscription reaches the broker
+            slow.send_signal(signal.SIGSTOP)
+            part = b"x" * 1_000_000
+            until = time.monotonic() + 3 * HEARTBEAT_TIMEOUT_MS / 1000  # stopped well past it
+            while time.monotonic() < until:  # 20 MB messages it never reads
+                sender.send_multipart([b"s/r/big", *([part] * 20)])
+                time.sleep(0.1)
+            slow.send_signal(signal.SIGCONT)
+            said = slow.stdout.readline().strip()
+        assert said == "disconnected", said
+    finally:
+        slow.kill()
+        slow.wait()
+        if slow.stdout is not None:
+            slow.stdout.close()
+        bus.close()
