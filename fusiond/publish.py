@@ -144,12 +144,14 @@ class PredictionBuilder:
         """An anomaly model's fields from its output row (:mod:`fusiond.models.anomaly`):
         the label, and as scores ``[normal, anomaly]`` the score over the threshold mapped
         to [0, 1] (0.5 at the threshold), so that events' ``enter`` and ``exit`` apply."""
-        score = float(np.clip(out[SCORE], 0.0, 1e30)) if not np.isnan(out[SCORE]) else 1e30  # unlike anything
-        own = float(np.nan_to_num(out[THRESHOLD], nan=1.0))
-        threshold = float(np.clip(self.threshold if self.threshold is not None else own, 1e-9, 1e30))
-        ratio = score / threshold
+        # In Python floats: float32 holds no 1e30, and its nearest is over the wire's bound.
+        raw = float(out[SCORE])
+        score = _sig(min(max(raw, 0.0), 1e30) if raw == raw else 1e30)  # NaN: unlike anything
+        own = float(out[THRESHOLD])
+        wanted = self.threshold if self.threshold is not None else (own if own == own else 1.0)
+        threshold = _sig(min(max(wanted, 1e-9), 1e30))
+        ratio = score / threshold  # from the published numbers: label, flag and scores agree
         share = ratio / (1.0 + ratio)
-        score, threshold = round(score, 5), round(threshold, 6)  # as published, and compared
         fields: dict[str, Any] = {
             "label": ANOMALY if score > threshold else NORMAL,
             "scores": [round(1.0 - share, 5), round(share, 5)],
@@ -174,6 +176,11 @@ class PredictionBuilder:
             "modality_labels": {m: self.classes[int(p.argmax())] for m, p in own.items()},
             "disagreement": round(disagreement(list(own.values())), 4),
         }
+
+
+def _sig(x: float) -> float:
+    """``x`` to 6 significant digits, as an anomaly score or threshold is published."""
+    return float(f"{x:.6g}")
 
 
 def disagreement(distributions: list[np.ndarray]) -> float:

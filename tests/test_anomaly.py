@@ -114,6 +114,8 @@ def test_a_model_of_normal_tones_flags_what_it_never_saw_and_keeps_its_false_ala
     assert set(sheet["missing"]) == {"video", "imu"}
     text = fusiond("eval", str(model), "--data", str(data / "strange.mcap"), str(data / "test.mcap"))
     assert "AUROC" in text.stdout and "imu broken: zeros" in text.stdout, text.stdout
+    novel_only = fusiond("eval", str(model), "--data", str(data / "strange.mcap"))
+    assert novel_only.returncode == 0 and "18 novel" in novel_only.stdout, novel_only.stderr
 
 
 def windows_of(path, ck, count=12):
@@ -127,6 +129,9 @@ def test_torch_and_onnx_serve_the_same_scores_with_contributions_of_present_sens
     windows = windows_of(data / "test.mcap", ck) + windows_of(data / "strange.mcap", ck)
     hidden = windows[1]
     hidden.present["imu"] = False  # one window without its IMU: no contribution for it
+    glitch = windows[2]  # one IMU value far past anything float32 sums: still a message, IMU blamed
+    glitch.inputs["imu"] = glitch.inputs["imu"].copy()
+    glitch.inputs["imu"][5] = 1e20
     torch_out = ModelRunner(ck, plugins.parts, "cpu").run(windows)
     onnx_out = OnnxRunner(ck, plugins.parts).run(windows)
     np.testing.assert_allclose(torch_out.probs, onnx_out.probs, rtol=1e-4, atol=1e-4)
@@ -142,7 +147,10 @@ def test_torch_and_onnx_serve_the_same_scores_with_contributions_of_present_sens
         assert sum(extra["contributions"].values()) == pytest.approx(1.0, abs=1e-3)
         assert extra["nearest"] in ck.classes
     assert set(out[1].extra["contributions"]) == {"video"}
-    normal, novel = out[:12], out[12:]
+    assert out[2].extra["is_anomaly"] and out[2].extra["anomaly_score"] <= 1e30
+    assert max(out[2].extra["contributions"], key=out[2].extra["contributions"].get) == "imu"
+    out = out[:2] + out[3:]  # the glitch aside, for what follows
+    normal, novel = out[:11], out[11:]
     assert min(p.extra["anomaly_score"] for p in novel) > max(p.extra["anomaly_score"] for p in normal)
     assert sum(p.extra["is_anomaly"] for p in novel) >= 10
     # Events follow the anomaly flag: the strange windows make the rig's state "anomaly".
@@ -189,6 +197,11 @@ def test_the_stats_baseline_needs_one_label_and_no_training_and_finds_a_frozen_s
     # The embedding method cannot train encoders on one class: said, with the TOML path.
     with pytest.raises(ConfigError, match="anomaly.method.*two or more normal classes"):
         train(load_recipe(anomaly_recipe(tmp_path, classes="")), items, tmp_path / "e.pt", plugins)
+    ghost = load_recipe(anomaly_recipe(tmp_path, "embedding", classes='classes = ["normal", "nope"]'))
+    with pytest.raises(ConfigError, match=r"classes.*\['nope'\] have no training windows"):
+        train(ghost, items, tmp_path / "g.pt", plugins)
+    with pytest.raises(ConfigError, match="targets are for task = 'regression'"):
+        load_recipe(anomaly_recipe(tmp_path, classes='targets = ["freq"]'))
 
 
 def test_faults_and_auroc_are_what_they_say():

@@ -222,15 +222,8 @@ def test_channel_names_and_units_travel_with_a_block_and_bad_ones_are_refused():
         {"modality_labels": ["a"]},
         {"rig": "a b"},
         {"label": "x" * 1000},
-        {"anomaly_score": float("nan")},
-        {"anomaly_score": -1.0},
-        {"anomaly_score": "high"},
-        {"threshold": 1e300},
-        {"is_anomaly": 1},
-        {"contributions": {"video": 2.0}},
-        {"contributions": {"a b": 0.5}},
-        {"contributions": [0.5]},
-        {"nearest": 3},
+        {"task": 123},
+        {"anomaly_score": 1.0},  # anomaly fields on a classifier's prediction
     ],
 )
 def test_a_forged_prediction_with_absurd_fields_is_refused(change):
@@ -255,7 +248,65 @@ def test_a_forged_prediction_with_absurd_fields_is_refused(change):
         "modality_labels": {"video": "a"},
     }
     assert wire.decode_prediction([b"p/r", msgpack.packb(good)]).label == "a"
-    anomaly = {"anomaly_score": 2.5, "threshold": 1.2, "is_anomaly": True, "contributions": {"video": 1.0}}
-    assert wire.decode_prediction([b"p/r", msgpack.packb(good | anomaly)]).extra["is_anomaly"] is True
     with pytest.raises(WireError):
         wire.decode_prediction([b"p/r", msgpack.packb(good | change)])
+
+
+ANOMALY = {
+    "task": "anomaly",
+    "label": "anomaly",
+    "classes": ["normal", "anomaly"],
+    "scores": [0.3, 0.7],
+    "present": ["video", "imu"],
+    "anomaly_score": 2.5,
+    "threshold": 1.2,
+    "is_anomaly": True,
+    "contributions": {"video": 0.75, "imu": 0.25},
+    "nearest": "3",
+}
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"anomaly_score": float("nan")},
+        {"anomaly_score": -1.0},
+        {"anomaly_score": "high"},
+        {"anomaly_score": 1.0000000150474662e30},  # float32's nearest to 1e30
+        {"threshold": 1e300},
+        {"threshold": 0.0},
+        {"threshold": -0.0, "anomaly_score": 0.0, "is_anomaly": False, "label": "normal"},
+        {"is_anomaly": 1},
+        {"is_anomaly": False},  # 2.5 > 1.2 says otherwise
+        {"label": "normal"},
+        {"contributions": {"video": 2.0}},
+        {"contributions": {"audio": 0.5}},  # not present
+        {"contributions": {"video": 0.9, "imu": 0.9}},
+        {"contributions": {"video\n": 0.5}},
+        {"contributions": [0.5]},
+        {"nearest": 3},
+        {"is_anomaly": None},
+    ],
+)
+def test_a_forged_anomaly_prediction_is_refused(change):
+    """An anomaly model's fields are checked for type, range and agreement: the flag says
+    score over threshold, the label says the flag, the shares are of present modalities."""
+    good = {
+        "v": [1, 3],
+        "type": "prediction",
+        "rig": "r",
+        "seq": 3,
+        "window_start_ns": 10,
+        "window_end_ns": 20,
+        "missing": [],
+        "model": {"name": "m", "hash": "h"},
+        "latency_ns": {"close_to_publish": 5},
+        "t_pub_ns": 30,
+        **ANOMALY,
+    }
+    assert wire.decode_prediction([b"p/r", msgpack.packb(good)]).extra["is_anomaly"] is True
+    with pytest.raises(WireError):
+        wire.decode_prediction([b"p/r", msgpack.packb(good | change)])
+    missing = {k: v for k, v in good.items() if k != "threshold"}
+    with pytest.raises(WireError):
+        wire.decode_prediction([b"p/r", msgpack.packb(missing)])

@@ -27,7 +27,7 @@ TALLY_PREFIX: Final = "t/"
 OUTPUT_PREFIX: Final = "o/"
 TALLY_EVERY_NS: Final = 1_000_000_000
 """How often a publishing source says how many messages it has sent (and once at its end)."""
-NAME_RE: Final = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+NAME_RE: Final = re.compile(r"\A[A-Za-z0-9_-]{1,64}\Z")  # \Z: "$" would let a trailing newline in
 CLOCKS: Final = frozenset({"realtime", "monotonic"})
 DTYPES: Final = {s: np.dtype(s) for s in ("|u1", "|i1", "<u2", "<i2", "<i4", "<f4", "<f8")}
 ENCODINGS: Final = frozenset({"raw", "jpeg", "utf-8"})
@@ -824,25 +824,42 @@ def _check_prediction(h: dict[str, Any]) -> None:
 
 
 def _check_anomaly(h: dict[str, Any]) -> None:
-    """An anomaly model's fields (docs/protocol.md), where present."""
-    for name, low in (("anomaly_score", 0.0), ("threshold", 0.0)):
-        value = h.get(name, 1.0)
-        if type(value) not in (float, int) or not (math.isfinite(value) and low <= value <= 1e30):
-            msg = f"prediction {name} must be a finite number of at least {low:g}, got {_short(value)}"
-            raise FrameError(msg, "bad_value")
-    if type(h.get("is_anomaly", False)) is not bool:
-        msg = f"prediction is_anomaly must be true or false, got {_short(h['is_anomaly'])}"
+    """An anomaly model's fields (docs/protocol.md): all of them with ``task: "anomaly"``,
+    none without, and agreeing with each other."""
+    task = h.get("task", "")
+    if type(task) is not str or len(task) > 32:
+        msg = f"prediction task must be a short string, got {_short(task)}"
         raise FrameError(msg, "bad_value")
-    shares = h.get("contributions", {})
+    fields = ("anomaly_score", "threshold", "is_anomaly", "contributions")
+    if task != "anomaly":
+        if any(f in h for f in (*fields, "nearest")):
+            msg = "prediction has anomaly fields but is not of task anomaly"
+            raise FrameError(msg, "bad_value")
+        return
+    if not all(f in h for f in fields):
+        msg = f"an anomaly prediction carries {', '.join(fields)}; got {sorted(k for k in fields if k in h)}"
+        raise FrameError(msg, "bad_value")
+    score, threshold, flag = h["anomaly_score"], h["threshold"], h["is_anomaly"]
+    for name, value in (("anomaly_score", score), ("threshold", threshold)):
+        if type(value) not in (float, int) or not (math.isfinite(value) and 0 <= value <= 1e30):
+            msg = f"prediction {name} must be a finite number in [0, 1e30], got {_short(value)}"
+            raise FrameError(msg, "bad_value")
+    if not threshold > 0 or type(flag) is not bool or flag != (score > threshold):
+        msg = f"prediction is_anomaly must say anomaly_score > threshold (> 0), got {_short(flag)}"
+        raise FrameError(msg, "bad_value")
+    if h["label"] != ("anomaly" if flag else "normal"):
+        msg = (
+            f"an anomaly prediction's label is anomaly or normal as is_anomaly says, got {_short(h['label'])}"
+        )
+        raise FrameError(msg, "bad_value")
+    shares, present = h["contributions"], set(h["present"])
     if (
         not isinstance(shares, dict)
-        or len(shares) > 256
-        or not all(
-            type(k) is str and NAME_RE.match(k) and type(v) in (float, int) and 0.0 <= v <= 1.0
-            for k, v in shares.items()
-        )
+        or not set(shares) <= present
+        or not all(type(v) in (float, int) and 0.0 <= v <= 1.0 for v in shares.values())
+        or sum(shares.values()) > 1.01
     ):
-        msg = f"prediction contributions must map modalities to numbers in [0, 1], got {_short(shares)}"
+        msg = f"prediction contributions must share at most 1 among present modalities, got {_short(shares)}"
         raise FrameError(msg, "bad_value")
     nearest = h.get("nearest", "")
     if type(nearest) is not str or len(nearest) > MAX_CLASS_LEN:

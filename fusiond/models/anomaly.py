@@ -26,9 +26,9 @@ A new class often looks normal to each sensor but leaves the fusion unsure of ev
 class it knows (on the demo's digits, AUROC 0.93 without this term, 0.96 with it).
 
 The threshold is the score's ``1 - false_alarm`` quantile on held-out normal windows:
-a threshold means a false-alarm rate. The score's spread depends on what is present, so
-there is one for a window with every modality, one for each modality missing alone, and
-the highest of them for a window with two or more missing. A modality's *contribution* is
+a threshold means a false-alarm rate. The score's spread depends on what is present (one
+modality's ratio spreads more than the mean of three), so each set of present modalities
+has its own, chosen on the held-out windows with the others hidden. A modality's *contribution* is
 its share of the modalities' part of the score: the sensor that looks wrong.
 
 The head is a module with buffers only: it exports to ONNX with the rest of the model and
@@ -50,6 +50,7 @@ __all__ = [
     "features_of",
     "fit_head",
     "median_distances",
+    "pattern",
     "METHODS",
     "NEAREST",
     "SCORE",
@@ -64,6 +65,13 @@ SCORE, NEAREST, THRESHOLD, SHARES = 0, 1, 2, 3
 """Columns of the head's output; the modalities' contributions start at ``SHARES``."""
 STATS = 3
 """Statistics per channel of the ``stats`` method: mean, spread, mean step."""
+MAX_MODALITIES = 16
+"""An anomaly model's inputs at most: it keeps a threshold for each set of them."""
+EXACT_PATTERNS = 6
+"""Up to this many modalities, every set of them gets a threshold of its own; above, every
+modality and each one missing alone do, and the others take the highest."""
+FAR = 1e30
+"""A modality's distance at most (what overflows, or is NaN, is this far)."""
 SHRINK = 0.1
 """Share of a covariance replaced by its mean variance before it is inverted: a few
 hundred windows do not pin down 64 x 64 covariances, and a singular one would make every
@@ -91,12 +99,12 @@ def stats_features(x: torch.Tensor) -> torch.Tensor:
 class AnomalyHead(nn.Module):
     """Per-modality Gaussians of the normal features, and the calibration of their distances.
 
-        Buffers: ``means [M, C, D]`` (C normal classes, 1 for ``stats``), ``precision [M, D, D]``,
-        ``scale [M]`` (each modality's median distance on held-out normal windows),
-        ``fused_ref`` and ``fused_scale`` (the fused classifier's median top logit on them, and
-        how far its 10 % least sure lie below it) and ``thresholds [1 + M]`` (every modality
-    present, then each one missing alone). A modality with
-        fewer than D features is padded with zeros that its precision ignores.
+    Buffers: ``means [M, C, D]`` (C normal classes, 1 for ``stats``), ``precision [M, D, D]``,
+    ``scale [M]`` (each modality's median distance on held-out normal windows),
+    ``fused_ref`` and ``fused_scale`` (the fused classifier's median top logit on them, and
+    how far its 10 % least sure lie below it) and ``thresholds [2 ** M]``: one for each
+    set of present modalities, indexed by its bits (modality ``i`` present: bit ``i``).
+    A modality with fewer than D features is padded with zeros that its precision ignores.
     """
 
     means: torch.Tensor
@@ -115,7 +123,10 @@ class AnomalyHead(nn.Module):
         self.register_buffer("means", torch.zeros(modalities, classes, dim))
         self.register_buffer("precision", torch.eye(dim).repeat(modalities, 1, 1))
         self.register_buffer("scale", torch.ones(modalities))
-        self.register_buffer("thresholds", torch.ones(modalities + 1))
+        if modalities > MAX_MODALITIES:
+            msg = f"an anomaly model takes at most {MAX_MODALITIES} modalities, not {modalities}"
+            raise ValueError(msg)
+        self.register_buffer("thresholds", torch.ones(2**modalities))
         self.register_buffer("fused_ref", torch.zeros(()))
         self.register_buffer("fused_scale", torch.ones(()))
 
@@ -132,6 +143,9 @@ class AnomalyHead(nn.Module):
         how much less sure of any normal class the fusion is than on normal windows."""
         present = mask.float()
         per = self.distances(features) / self.scale[None, :, None]  # [B, M, C]
+        # A sensor that sends absurd values (overflowing, or NaN) is as far as can be: it
+        # takes the whole share, and a missing one (x 0) adds nothing.
+        per = torch.where(per == per, per, torch.full_like(per, FAR)).clamp(0.0, FAR)
         total = (per * present[:, :, None]).sum(dim=1)  # [B, C]
         nearest = total.argmin(dim=1)
         index = nearest[:, None, None].expand(-1, per.shape[1], 1)
@@ -148,14 +162,14 @@ class AnomalyHead(nn.Module):
         return torch.cat([score[:, None], near, self.threshold(mask)[:, None], share], dim=1)
 
     def threshold(self, mask: torch.Tensor) -> torch.Tensor:
-        """``[B]``: each window's threshold for what it has: every modality, all but one,
-        or fewer (the highest)."""
-        missing = 1.0 - mask.float()
-        count = missing.sum(dim=1)
-        alone = (missing * self.thresholds[1:]).sum(dim=1)  # the one missing modality's
-        every = self.thresholds[0].expand_as(count)
-        fewer = self.thresholds.amax().expand_as(count)
-        return torch.where(count < 0.5, every, torch.where(count < 1.5, alone, fewer))
+        """``[B]``: each window's threshold, for the modalities it has."""
+        return self.thresholds[pattern(mask)]
+
+
+def pattern(mask: torch.Tensor) -> torch.Tensor:
+    """``[B]`` the index of each row's set of present modalities: bit ``i`` for modality ``i``."""
+    bits = torch.pow(2, torch.arange(mask.shape[1], device=mask.device))
+    return (mask.long() * bits).sum(dim=1)
 
 
 def _pad(features: Sequence[np.ndarray], dim: int) -> np.ndarray:
@@ -175,7 +189,8 @@ def fit_head(
 ) -> None:
     """Fit the Gaussians on normal training features ``[N, M, D]`` (``widths``: how many of
     the D features each modality really has; ``targets``: class indices, all 0 for one
-    class). A modality never present keeps the identity: it never scores."""
+    class). A modality never present in training keeps zero means and the identity: a
+    fit without data, which the model never meets unless it is served such data."""
     classes, dim = head.means.shape[1], head.means.shape[2]
     means = np.zeros((len(widths), classes, dim))
     precision = np.zeros((len(widths), dim, dim))

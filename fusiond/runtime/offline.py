@@ -23,6 +23,7 @@ from fusiond.bus.security import Keys
 from fusiond.bus.sockets import Sockets
 from fusiond.bus.wire import SAMPLE_PREFIX, Prediction, decode_prediction, sample_topic
 from fusiond.config import Config
+from fusiond.errors import WireError
 from fusiond.metrics import Stats
 from fusiond.models.checkpoint import Checkpoint
 from fusiond.pipeline import Pipeline, resolve_streams
@@ -167,7 +168,10 @@ def _collect(
             if frames[0] == END:
                 done.set()
             else:
-                out.append(decode_prediction(frames))
+                try:
+                    out.append(decode_prediction(frames))
+                except WireError as exc:  # the server's own: a fault to report, not to die of
+                    log.error("a prediction the wire check refuses was not written: %s", exc)
         while inbox.poll(0):
             stats.absorb(decode_body(inbox.recv_multipart(copy=False)), names, streams)
     return out

@@ -21,6 +21,7 @@ data with labels the model never saw as normal reports how well it tells them ap
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -29,7 +30,16 @@ import numpy as np
 import torch
 
 from fusiond.errors import ConfigError
-from fusiond.models.anomaly import NEAREST, SCORE, SHARES, THRESHOLD, fit_head, median_distances, stats_dim
+from fusiond.models.anomaly import (
+    EXACT_PATTERNS,
+    NEAREST,
+    SCORE,
+    SHARES,
+    THRESHOLD,
+    fit_head,
+    median_distances,
+    stats_dim,
+)
 from fusiond.models.model import FusionModel
 from fusiond.training.data import WindowSet
 from fusiond.training.evaluate import corrupt, with_mask
@@ -95,35 +105,63 @@ def fit_anomaly(
         top = _top_logits(model, val, device)
         head.fused_ref.fill_(float(np.median(top)))
         head.fused_scale.fill_(max(float(np.median(top) - np.quantile(top, 0.1)), 1e-6))
-    # A threshold for windows with every modality, and one for each modality missing alone
-    # (the windows with it hidden: a sensor that drops out).
-    full = val.take(np.flatnonzero(val.mask.all(axis=1)))
-    if not len(full):
-        full = val
-    patterns = {"all": full}
-    if len(val.modalities) > 1:
-        patterns |= {f"without {m}": _hidden(full, i) for i, m in enumerate(val.modalities)}
-    scores = {name: outputs(model, data, device)[:, SCORE] for name, data in patterns.items()}
-    chosen = {name: float(np.quantile(s, 1 - false_alarm, method="higher")) for name, s in scores.items()}
-    levels = [chosen["all"], *(chosen.get(f"without {m}", chosen["all"]) for m in model.modalities)]
-    head.thresholds.copy_(torch.tensor(levels))
+    chosen, scores = _thresholds(model, val, false_alarm, device)
     return {
         "method": head.method,
         "false_alarm_target": false_alarm,
-        "threshold": round(chosen["all"], 6),
-        "thresholds": {name: round(t, 6) for name, t in chosen.items()},
+        "threshold": float(f"{chosen['all']:.6g}"),  # as predictions carry them
+        "thresholds": {name: float(f"{t:.6g}") for name, t in chosen.items()},
         "scale": dict(zip(model.modalities, (round(float(s), 6) for s in head.scale), strict=True)),
         "validation_false_alarm": {name: _rate(s > chosen[name]) for name, s in scores.items()},
     }
 
 
-def _hidden(data: WindowSet, modality: int) -> WindowSet:
-    """The windows with one modality hidden, except where it is their only one."""
-    mask = data.mask.copy()
-    mask[:, modality] = False
-    alone = ~mask.any(axis=1)
-    mask[alone] = data.mask[alone]
-    return WindowSet(data.modalities, data.inputs, mask, data.targets, data.groups)
+def _thresholds(
+    model: FusionModel, val: WindowSet, false_alarm: float, device: torch.device
+) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """Set the head's threshold for each set of present modalities (every set up to
+    :data:`EXACT_PATTERNS` modalities; above, all of them and each one missing alone, the
+    others taking the highest), each from the held-out windows that have that set, the
+    rest hidden. Returns the thresholds and the scores by the set's name."""
+    head = model.anomaly
+    assert head is not None
+    count = len(val.modalities)
+    if count <= EXACT_PATTERNS:
+        sets = [s for s in itertools.product([False, True], repeat=count) if any(s)]
+    else:
+        sets = [tuple(i != j for i in range(count)) for j in range(-1, count)]
+    chosen: dict[int, float] = {}
+    named: dict[str, float] = {}
+    scores: dict[str, np.ndarray] = {}
+    for present in sets:
+        keep = np.array(present)
+        rows = np.flatnonzero((val.mask | ~keep).all(axis=1))  # windows that have this set
+        if not len(rows):
+            continue
+        data = val.take(rows)
+        data = WindowSet(data.modalities, data.inputs, data.mask & keep, data.targets, data.groups)
+        name = _set_name(val.modalities, keep)
+        scores[name] = outputs(model, data, device)[:, SCORE]
+        named[name] = float(np.quantile(scores[name], 1 - false_alarm, method="higher"))
+        chosen[int((keep * 2 ** np.arange(count)).sum())] = named[name]
+    if not chosen:
+        msg = "no validation window to set the anomaly thresholds on"
+        raise ValueError(msg)
+    table = torch.full_like(head.thresholds, max(chosen.values()))
+    for bits, level in chosen.items():
+        table[bits] = level
+    head.thresholds.copy_(table)
+    named.setdefault("all", max(chosen.values()))
+    return named, scores
+
+
+def _set_name(modalities: Sequence[str], keep: np.ndarray) -> str:
+    """``all``, ``without X`` or ``only X+Y``."""
+    if keep.all():
+        return "all"
+    if keep.sum() == len(keep) - 1:
+        return f"without {modalities[int(np.flatnonzero(~keep)[0])]}"
+    return "only " + "+".join(m for m, k in zip(modalities, keep, strict=True) if k)
 
 
 def _top_logits(model: FusionModel, data: WindowSet, device: torch.device) -> np.ndarray:
@@ -136,9 +174,19 @@ def _top_logits(model: FusionModel, data: WindowSet, device: torch.device) -> np
     return np.concatenate(out)
 
 
-def check_classes(method: str, classes: Sequence[str]) -> None:
-    """The embedding method trains its encoders to tell the normal classes apart."""
-    if method == "embedding" and len(classes) < 2:
+def check_classes(method: str, classes: Sequence[str], targets: np.ndarray) -> None:
+    """The embedding method needs two or more normal classes to train its encoders to
+    tell apart, each with training windows (one without would be a Gaussian at zero). The
+    stats method pools every normal window."""
+    if method != "embedding":
+        return
+    empty = [c for i, c in enumerate(classes) if not (targets == i).any()]
+    if empty:
+        msg = (
+            f"normal classes {empty} have no training windows: drop them from classes, or label data for them"
+        )
+        raise ConfigError(msg, path="classes")
+    if len(classes) < 2:
         found = ", ".join(repr(c) for c in classes) or "none"
         msg = (
             f"method 'embedding' trains its encoders on two or more normal classes (the data "

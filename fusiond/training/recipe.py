@@ -164,6 +164,9 @@ class Recipe(Strict):
         if self.task == "regression" and not self.targets:
             msg = "a regression recipe names its targets (label-file columns)"
             raise ValueError(msg)
+        if self.task != "regression" and self.targets:
+            msg = f"targets are for task = 'regression'; a {self.task} recipe names its classes"
+            raise ValueError(msg)
         return self
 
     @property

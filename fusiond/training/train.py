@@ -303,7 +303,7 @@ def fit_recipe(
     device = pick_device(recipe.train.device)
     options = recipe.train
     if recipe.task == "anomaly":
-        check_classes(recipe.anomaly.method, splits.classes)
+        check_classes(recipe.anomaly.method, splits.classes, splits.train.targets)
         # Noise and swaps teach the encoders to overlook a broken sensor, which is what an
         # anomaly model must see: off unless the recipe asks for them.
         unset = {"modality_noise", "modality_swap"} - options.model_fields_set
@@ -468,7 +468,7 @@ def anomaly_line(metrics: dict[str, Any]) -> str:
         f"{metrics['windows']} windows ({metrics['normal']} normal, {metrics['novel']} novel)",
         f"false alarms {_pct(metrics['false_alarm'])} at threshold {metrics['threshold']:g} (every modality)",
     ]
-    if metrics.get("novel"):
+    if metrics.get("novel") and metrics.get("auroc") is not None:
         cells.append(f"detection {_pct(metrics['detection'])}, AUROC {metrics['auroc']:.3f}")
         cells.append(f"detection at 1% false alarms {_pct(metrics.get('detection_at_1pct'))}")
     for modality, faults in (metrics.get("faults") or {}).items():
