@@ -10,6 +10,7 @@ import re
 import msgpack
 import numpy as np
 import pytest
+import torch
 
 from fusiond.bus import wire
 from fusiond.errors import ConfigError
@@ -20,11 +21,11 @@ from fusiond.models.runner import ModelRunner
 from fusiond.plugin import load_plugins
 from fusiond.publish import PredictionBuilder
 from fusiond.testing import write_labels, write_recording
-from fusiond.training.anomaly import auroc
+from fusiond.training.anomaly import auroc, evaluate_anomaly
 from fusiond.training.data import cut, recording_messages, recording_streams
 from fusiond.training.recipe import load_recipe
 from fusiond.training.streams import RecordedStream
-from fusiond.training.train import data_items, train
+from fusiond.training.train import checkpoint_window, data_items, load_windows, train
 from tests.helpers import ROOT, DaemonProcess, demo_config, free_port, fusiond
 from tests.test_training import RECIPE, SEG_NS, T0, tones
 
@@ -114,6 +115,15 @@ def test_a_model_of_normal_tones_flags_what_it_never_saw_and_keeps_its_false_ala
     assert set(sheet["missing"]) == {"video", "imu"}
     text = fusiond("eval", str(model), "--data", str(data / "strange.mcap"), str(data / "test.mcap"))
     assert "AUROC" in text.stdout and "imu broken: zeros" in text.stdout, text.stdout
+    assert "1% of these normal windows score over" in text.stdout
+    # That threshold, as [model] anomaly_threshold, lets at most 1 % of them through.
+    plugins, ck = load_plugins(), load(model)
+    items = data_items([data / "test.mcap"])
+    windows, labels = load_windows(items, ck.spec, checkpoint_window(ck), plugins, None)
+    again = evaluate_anomaly(
+        ck.build(plugins.parts), windows, labels, torch.device("cpu"), sheet["threshold_for_1pct"]
+    )
+    assert again["false_alarm"] <= 0.01 and again["threshold"] == sheet["threshold_for_1pct"]
     novel_only = fusiond("eval", str(model), "--data", str(data / "strange.mcap"))
     assert novel_only.returncode == 0 and "18 novel" in novel_only.stdout, novel_only.stderr
 

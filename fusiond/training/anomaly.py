@@ -6,6 +6,9 @@ data with labels the model never saw as normal reports how well it tells them ap
 
 ``auroc``
     The chance that a novel window scores above a normal one.
+``threshold_for_1pct``
+    The score 1 % of these normal windows with every modality exceed: a
+    ``[model] anomaly_threshold`` set from the deployed rig's own normal data.
 ``detection_at_1pct``
     The share of novel windows above the score that 1 % of *these* normal windows exceed.
 ``false_alarm``, ``detection``
@@ -261,6 +264,9 @@ def evaluate_anomaly(
         "detection": _rate(flags[novel_rows]),
         "auroc": _round(auroc(normal, novel)),
     }
+    complete = ~novel_rows & data.mask.all(axis=1)
+    if complete.any():  # what [model] anomaly_threshold would be for 1 % of these normal windows
+        result["threshold_for_1pct"] = _up(float(np.quantile(score[complete], 0.99, method="higher")))
     if len(normal) and len(novel):
         at_1pct = float(np.quantile(normal, 0.99, method="higher"))
         result["detection_at_1pct"] = _rate(novel > at_1pct)
@@ -284,6 +290,12 @@ def evaluate_anomaly(
                 out_hidden = outputs(model, hidden.take(np.flatnonzero(kept)), device)
                 result["missing"][name] = _rate(_flags(out_hidden, threshold))
     return result
+
+
+def _up(x: float) -> float:
+    """``x`` to 6 significant digits, rounded up: as a threshold, it flags no more than ``x``."""
+    rounded = float(f"{x:.6g}")
+    return rounded if rounded >= x else float(f"{x * (1 + 1e-6):.6g}")
 
 
 def _own(model: FusionModel) -> float:

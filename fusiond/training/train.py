@@ -471,6 +471,8 @@ def anomaly_line(metrics: dict[str, Any]) -> str:
     if metrics.get("novel") and metrics.get("auroc") is not None:
         cells.append(f"detection {_pct(metrics['detection'])}, AUROC {metrics['auroc']:.3f}")
         cells.append(f"detection at 1% false alarms {_pct(metrics.get('detection_at_1pct'))}")
+    if metrics.get("threshold_for_1pct") is not None:
+        cells.append(f"1% of these normal windows score over {metrics['threshold_for_1pct']:g}")
     for modality, faults in (metrics.get("faults") or {}).items():
         row = ", ".join(
             f"{f} {_pct(v['detection'])} (share {v['contribution']:.2f})" for f, v in faults.items()
