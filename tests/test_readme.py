@@ -20,8 +20,8 @@ README = (ROOT / "README.md").read_text()
 
 # Commands a test does not run, and why. Every other command block of the README runs below.
 NOT_RUN = {
-    '.venv/bin/python -m pytest -q -n 2 --dist loadfile -m "not alone" && '
-    ".venv/bin/python -m pytest -q -m alone": "the suite; .ci/run runs it on a clean clone",
+    '.venv/bin/python -m pytest -q -n 2 --dist loadfile -m "not alone"': "the suite; .ci/run runs it",
+    ".venv/bin/python -m pytest -q -m alone": "the tests that run by themselves; .ci/run runs them",
     "bash scripts/loaded-tests.sh": "the suite's timing-sensitive half again, under load; .ci/run runs it",
     ".venv/bin/ruff check fusiond plugins tests bench scripts examples && .venv/bin/mypy": "lint; .ci/run",
 }

@@ -48,8 +48,11 @@ from torch import nn
 
 __all__ = [
     "AnomalyHead",
+    "EXACT_PATTERNS",
+    "FAR",
     "features_of",
     "fit_head",
+    "MAX_MODALITIES",
     "median_distances",
     "pattern",
     "METHODS",
