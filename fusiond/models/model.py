@@ -31,8 +31,8 @@ class FusionModel(nn.Module):
     """Encoders (one per modality, in ``spec`` order) feeding one fusion module.
 
     ``classes`` names the outputs: class names for ``task="classification"`` (the output
-    is logits), target names for ``task="regression"`` (the output is the values). An
-    ``task="anomaly"`` model is a classifier of its normal ``classes`` (one class: the
+    is logits), target names for ``task="regression"`` (the output is the values). A
+    ``task="anomaly"`` model is a classifier of its normal ``classes`` (with ``stats`` its
     encoders are not trained) with an :class:`~fusiond.models.anomaly.AnomalyHead` over
     its features (``anomaly``: the method, ``embedding`` or ``stats``); it serves the
     head's scores (:meth:`serve`).
@@ -117,7 +117,7 @@ class FusionModel(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """What is served: probabilities [B, K] (a classifier; with modality heads also
         each one's [B, M, K]), values [B, K] (a regressor) or the anomaly head's
-        [B, 2 + M] (:mod:`fusiond.models.anomaly`)."""
+        [B, 3 + M] (:mod:`fusiond.models.anomaly`)."""
         if self.anomaly is not None:
             if self.anomaly.method == "stats":
                 return self.anomaly(self.anomaly_features(inputs), mask), None
