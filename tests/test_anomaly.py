@@ -143,7 +143,10 @@ def test_torch_and_onnx_serve_the_same_scores_with_contributions_of_present_sens
     glitch.inputs["imu"] = glitch.inputs["imu"].copy()
     glitch.inputs["imu"][5] = 1e20
     torch_out = ModelRunner(ck, plugins.parts, "cpu").run(windows)
-    onnx_out = OnnxRunner(ck, plugins.parts).run(windows)
+    onnx_runner = OnnxRunner(ck, plugins.parts)
+    onnx_out = onnx_runner.run(windows)
+    exported = json.loads(onnx_runner.session.get_modelmeta().custom_metadata_map["fusiond.card"])
+    assert exported["task"] == "anomaly" and "threshold" in exported["outputs"]["out"]
     np.testing.assert_allclose(torch_out.probs, onnx_out.probs, rtol=1e-4, atol=1e-4)
     out = PredictionBuilder(ck.classes, {"name": ck.name, "hash": "h"}, ck.task).build(onnx_out, 0)
     for p in out:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import numpy as np
@@ -61,6 +62,17 @@ def test_the_demo_model_exports_with_the_command_and_matches_torch(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "ONNX export of demo-digits" in result.stdout
     _compare(path, load(path).spec)
+    # The file says what it takes and gives, for a program that never saw the checkpoint.
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    card = json.loads(session.get_modelmeta().custom_metadata_map["fusiond.card"])
+    assert card["name"] == "demo-digits" and card["classes"] == [str(d) for d in range(10)]
+    assert [i["name"] for i in card["inputs"]] == [i.name for i in session.get_inputs()][:-1]
+    assert card["inputs"][0]["kind"] == "frames" and card["inputs"][0]["shape"] == ["B", 4, 32, 32, 1]
+    assert card["mask"]["shape"] == ["B", 3] and session.get_inputs()[-1].name == "mask"
+    assert card["window"]["length_ns"] == 10**9 and card["content_hash"] == load(path).content_hash
+    assert set(card["outputs"]) == {o.name for o in session.get_outputs()}
 
 
 def test_an_export_of_another_checkpoint_is_never_served_however_new_it_is(tmp_path, caplog):

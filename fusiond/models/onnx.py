@@ -4,12 +4,16 @@
 "onnx"`` serves that file (exported on the fly when it is missing or older than the
 checkpoint). The graph takes one input per modality, in the model's order, plus the
 ``[B, M]`` presence mask, and returns probabilities (a classifier), values (a regressor)
-or anomaly scores (:mod:`fusiond.models.anomaly`), with a dynamic batch axis.
+or anomaly scores (:mod:`fusiond.models.anomaly`), with a dynamic batch axis. Its metadata
+carries the checkpoint's content hash and a card (``fusiond.card``, JSON: the class names,
+the window, each input's spec, shape and dtype, the mask convention and the outputs), so
+that another program can use the file on its own.
 onnxruntime is an optional extra: ``pip install fusiond[onnx]``.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import warnings
@@ -26,7 +30,17 @@ from fusiond.models.checkpoint import Checkpoint
 from fusiond.models.model import FusionModel, Parts
 from fusiond.models.runner import Runner
 
-__all__ = ["cache_dir", "export", "HASH_KEY", "onnx_path", "OnnxRunner", "OPSET", "PROVIDERS"]
+__all__ = [
+    "card",
+    "CARD_KEY",
+    "cache_dir",
+    "export",
+    "HASH_KEY",
+    "onnx_path",
+    "OnnxRunner",
+    "OPSET",
+    "PROVIDERS",
+]
 
 log = logging.getLogger(__name__)
 OPSET = 17
@@ -96,14 +110,56 @@ def export(checkpoint: Checkpoint, parts: Parts, out: Path) -> Path:
 PROVIDERS = ["CPUExecutionProvider"]
 HASH_KEY = "fusiond.content_hash"
 """The export's metadata entry naming the checkpoint it was made from (its content hash)."""
+CARD_KEY = "fusiond.card"
+"""The export's metadata entry with what a program needs to feed it and read it (JSON)."""
+
+
+def card(checkpoint: Checkpoint) -> dict[str, Any]:
+    """What an export's inputs and outputs mean: its name, task, class (or target) names,
+    window, each input's spec in graph order, the mask convention and the outputs."""
+    spec = checkpoint.spec.modalities
+    if checkpoint.task == "anomaly":
+        outputs = {
+            "out": "[B, 3 + M]: anomaly score, nearest normal class (-1: none), threshold for the "
+            "window's present modalities, then each modality's share of the score"
+        }
+    elif checkpoint.task == "regression":
+        outputs = {"out": "[B, K]: the value of each target in classes"}
+    else:
+        outputs = {"out": "[B, K]: the probability of each class in classes"}
+        if any(k.startswith("heads.") for k in checkpoint.state_dict):
+            outputs["modalities"] = "[B, M, K]: each modality's own calibrated class probabilities"
+    return {
+        "name": checkpoint.name,
+        "task": checkpoint.task,
+        "classes": list(checkpoint.classes),
+        "window": dict(checkpoint.window),
+        "inputs": [
+            {"name": m, **checkpoint.spec.to_dict()[m], "shape": ["B", *s.shape], "dtype": str(s.dtype)}
+            for m, s in spec.items()
+        ],
+        "mask": {
+            "name": "mask",
+            "shape": ["B", len(spec)],
+            "dtype": "bool",
+            "meaning": "True where the modality (in inputs order) is present; a missing one's input is zeros",
+        },
+        "outputs": outputs,
+        "content_hash": checkpoint.content_hash,
+    }
 
 
 def _stamp(path: Path, checkpoint: Checkpoint) -> None:
-    """Write the checkpoint's name and content hash into the ONNX file's metadata."""
+    """Write the checkpoint's name, content hash and card into the ONNX file's metadata."""
     import onnx
 
     model = onnx.load(str(path))
-    onnx.helper.set_model_props(model, {HASH_KEY: checkpoint.content_hash, "fusiond.name": checkpoint.name})
+    props = {
+        HASH_KEY: checkpoint.content_hash,
+        "fusiond.name": checkpoint.name,
+        CARD_KEY: json.dumps(card(checkpoint), default=str),
+    }
+    onnx.helper.set_model_props(model, props)
     onnx.save(model, str(path))
 
 
