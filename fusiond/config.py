@@ -222,10 +222,26 @@ class ModelSection(Strict):
     ``reject_disagreement``. Both default to what training chose on validation windows."""
     reject_confidence: float | None = Field(None, ge=0, le=1)
     reject_disagreement: float | None = Field(None, ge=0, le=1)
+    providers: Literal["auto"] | list[str] = "auto"
+    """onnxruntime's execution providers, in order of preference: ``auto`` takes CUDA when
+    onnxruntime-gpu finds a GPU, else OpenVINO when onnxruntime-openvino is installed, else
+    the CPU; or name them (``["TensorrtExecutionProvider", "CUDAExecutionProvider"]``).
+    The CPU is always last: what a provider cannot run falls to it."""
     anomaly_threshold: float | None = Field(None, gt=0, le=1e12)
     """An anomaly model's score above which a window is an anomaly, whatever is missing;
     unset: the model's own, chosen in training for its false-alarm rate with every
     modality and with each one missing."""
+
+    @field_validator("providers")
+    @classmethod
+    def _providers(cls, value: str | list[str]) -> str | list[str]:
+        if isinstance(value, list) and (
+            not 1 <= len(value) <= 8
+            or not all(re.fullmatch(r"[A-Za-z]{1,40}ExecutionProvider", p) for p in value)
+        ):
+            msg = 'must be "auto" or a list of 1 to 8 names like "CUDAExecutionProvider"'
+            raise ValueError(msg)
+        return value
 
     @field_validator("device")
     @classmethod

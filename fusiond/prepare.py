@@ -7,6 +7,7 @@ agree on what may start.
 
 from __future__ import annotations
 
+import importlib.util
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -87,6 +88,13 @@ def prepare(
         pick_device(config.model.device)
     except ModelError as exc:
         raise config.error(str(exc), "model.device") from None
+    if config.model.providers != "auto" and importlib.util.find_spec("onnxruntime") is not None:
+        from fusiond.models.onnx import choose_providers
+
+        try:
+            choose_providers(config.model.providers)
+        except ModelError as exc:
+            raise config.error(str(exc), "model.providers") from None
     streams = resolve_streams(config, plugins.sources, checkpoint.spec, checkpoint.name)
     m, classifier = config.model, checkpoint.task == "classification"
     try:
@@ -150,6 +158,7 @@ def _try_serving(config: Config, plugins: Plugins) -> None:
             2,
             Counter(),
             anomaly=model.anomaly_threshold,
+            providers=model.providers,
         )
     except FusiondError as exc:
         msg = f"cannot serve this model: {exc}"

@@ -157,6 +157,12 @@ def test_the_control_endpoint_answers_status_clock_probes_and_anything_else(tmp_
         assert shown["model"]["name"] == "demo-digits" and shown["runtime"]["engine"] == "threads"
         text = status.as_text(shown)
         assert text.startswith("fusiond up") and "ready" in text and "demo/cam" in text
+        # onnxruntime's execution providers, as the server chose them ([model] providers = auto)
+        served = wait_for(
+            lambda: ask(control, b"status")["model"].get("providers") and ask(control, b"status")
+        )
+        assert served["model"]["providers"] == "CPUExecutionProvider"
+        assert "on cpu with CPUExecutionProvider" in status.as_text(served)
 
 
 def test_reload_swaps_the_model_and_a_bad_one_keeps_the_running_model(tmp_path, endpoints, caplog):

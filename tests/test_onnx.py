@@ -88,3 +88,38 @@ def test_an_export_of_another_checkpoint_is_never_served_however_new_it_is(tmp_p
     assert "exported from checkpoint" in caplog.text and load(old).content_hash in caplog.text
     made_from = runner.session.get_modelmeta().custom_metadata_map["fusiond.content_hash"]
     assert made_from == checkpoint.content_hash
+
+
+def test_execution_providers_are_chosen_from_what_onnxruntime_has_and_the_cpu_comes_last(tmp_path):
+    """``auto`` takes CUDA or OpenVINO when this onnxruntime has them, else the CPU; a
+    provider asked for by name that it lacks is one clear error, in check-config too."""
+    import onnxruntime
+
+    from fusiond.errors import ModelError
+    from fusiond.models.onnx import PREFERRED, choose_providers
+
+    available = onnxruntime.get_available_providers()
+    auto = choose_providers("auto")
+    assert auto[-1] == "CPUExecutionProvider" and auto == [p for p in PREFERRED if p in available]
+    assert choose_providers(["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+    if "CUDAExecutionProvider" not in available:  # this machine: the CPU wheel
+        with pytest.raises(
+            ModelError, match=r"CUDAExecutionProvider.*not in this onnxruntime.*onnxruntime-gpu"
+        ):
+            choose_providers(["CUDAExecutionProvider"])
+        config = tmp_path / "config.toml"
+        text = (ROOT / "config.toml").read_text().replace('"demo/', f'"{ROOT}/demo/')
+        config.write_text(
+            text.replace('runtime = "auto"', 'runtime = "onnx"\nproviders = ["CUDAExecutionProvider"]')
+        )
+        refused = fusiond("check-config", "--config", str(config), "--no-ports")
+        assert refused.returncode != 0 and "model.providers" in refused.stderr, refused.stderr
+    path = tmp_path / "tiny.pt"
+    tiny_model(path, SPEC, classes=["a", "b"])
+    assert OnnxRunner(load(path), load_plugins().parts, providers=["CPUExecutionProvider"]).providers == [
+        "CPUExecutionProvider"
+    ]
+    bad = tmp_path / "bad.toml"
+    bad.write_text(text.replace('runtime = "auto"', 'providers = ["cuda"]'))
+    named = fusiond("check-config", "--config", str(bad), "--no-ports")
+    assert named.returncode != 0 and "model.providers" in named.stderr, named.stderr

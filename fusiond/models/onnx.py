@@ -39,7 +39,8 @@ __all__ = [
     "onnx_path",
     "OnnxRunner",
     "OPSET",
-    "PROVIDERS",
+    "choose_providers",
+    "PREFERRED",
 ]
 
 log = logging.getLogger(__name__)
@@ -107,7 +108,33 @@ def export(checkpoint: Checkpoint, parts: Parts, out: Path) -> Path:
     return out
 
 
-PROVIDERS = ["CPUExecutionProvider"]
+PREFERRED = ("CUDAExecutionProvider", "OpenVINOExecutionProvider", "CPUExecutionProvider")
+"""What ``providers = "auto"`` takes, in this order, of what this onnxruntime offers.
+TensorRT is left to be asked for by name: it builds an engine for the model when the
+session starts, which takes minutes."""
+
+
+def choose_providers(wanted: str | list[str] = "auto") -> list[str]:
+    """The execution providers to run on: ``auto`` (:data:`PREFERRED` among those this
+    onnxruntime has), or the names given, each of which must be there (ModelError naming
+    those it has). The CPU comes last in any case: what a provider cannot run falls to it."""
+    import onnxruntime
+
+    available = list(onnxruntime.get_available_providers())
+    if wanted == "auto":
+        chosen = [p for p in PREFERRED if p in available]
+    else:
+        missing = [p for p in wanted if p not in available]
+        if missing:
+            msg = (
+                f"execution provider(s) {missing} not in this onnxruntime (it has {available}; "
+                "CUDA and TensorRT need onnxruntime-gpu, OpenVINO onnxruntime-openvino)"
+            )
+            raise ModelError(msg)
+        chosen = list(wanted)
+    return [*(p for p in chosen if p != "CPUExecutionProvider"), "CPUExecutionProvider"]
+
+
 HASH_KEY = "fusiond.content_hash"
 """The export's metadata entry naming the checkpoint it was made from (its content hash)."""
 CARD_KEY = "fusiond.card"
@@ -172,7 +199,9 @@ class OnnxRunner(Runner):
 
     runtime = "onnx"
 
-    def __init__(self, checkpoint: Checkpoint, parts: Parts, threads: int = 0) -> None:
+    def __init__(
+        self, checkpoint: Checkpoint, parts: Parts, threads: int = 0, providers: str | list[str] = "auto"
+    ) -> None:
         try:
             import onnxruntime
         except ImportError:
@@ -185,8 +214,11 @@ class OnnxRunner(Runner):
         if threads > 0:
             self.options.intra_op_num_threads = threads
         self.options.inter_op_num_threads = 1
+        self.wanted = choose_providers(providers)
         self.session = self._session(checkpoint, parts)
         self.outputs = [o.name for o in self.session.get_outputs()]
+        self.providers: list[str] = list(self.session.get_providers())
+        log.info("onnxruntime runs %s on %s", checkpoint.name, ", ".join(self.providers))
 
     def _session(self, checkpoint: Checkpoint, parts: Parts) -> Any:
         """The export beside the checkpoint if it was made from this very checkpoint (its
@@ -202,7 +234,7 @@ class OnnxRunner(Runner):
         for path in (beside, cache_dir() / f"{checkpoint.content_hash}.onnx"):
             if not path.exists():
                 continue
-            session = onnxruntime.InferenceSession(str(path), self.options, providers=PROVIDERS)
+            session = onnxruntime.InferenceSession(str(path), self.options, providers=self.wanted)
             made_from = session.get_modelmeta().custom_metadata_map.get(HASH_KEY)
             if made_from == checkpoint.content_hash:
                 return session
@@ -216,7 +248,7 @@ class OnnxRunner(Runner):
         cached = cache_dir() / f"{checkpoint.content_hash}.onnx"
         log.info("exporting %s to %s for onnxruntime", checkpoint.path, cached)
         export(checkpoint, parts, cached)
-        return onnxruntime.InferenceSession(str(cached), self.options, providers=PROVIDERS)
+        return onnxruntime.InferenceSession(str(cached), self.options, providers=self.wanted)
 
     def _forward(
         self, inputs: Mapping[str, np.ndarray], mask: np.ndarray

@@ -18,13 +18,15 @@ def make_runner(
     device: str = "auto",
     runtime: str = "torch",
     threads: int = 0,
+    providers: str | list[str] = "auto",
 ) -> Runner:
     """A runner for ``runtime``: ``torch`` on ``device``, ``onnx`` (onnxruntime, CPU), or
-    ``auto``: onnx when the device is a CPU and onnxruntime is installed, else torch."""
+    ``auto``: onnx when the device is a CPU and onnxruntime is installed, else torch.
+    ``providers``: onnxruntime's execution providers (:func:`fusiond.models.onnx.choose_providers`)."""
     if runtime == "auto":
         runtime = "onnx" if pick_device(device).type == "cpu" and _has_onnxruntime() else "torch"
     if runtime == "onnx":
-        return OnnxRunner(checkpoint, parts, threads)
+        return OnnxRunner(checkpoint, parts, threads, providers)
     set_threads(threads)
     return ModelRunner(checkpoint, parts, device)
 

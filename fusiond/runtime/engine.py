@@ -208,6 +208,7 @@ def make_plan(
         reject=(config.model.reject, config.model.reject_confidence, config.model.reject_disagreement),
         events=(ev.hold_ms, ev.enter, ev.exit) if (ev := config.events).enabled else None,
         anomaly_threshold=config.model.anomaly_threshold,
+        providers=config.model.providers,
     )
     return Plan(specs, server)
 

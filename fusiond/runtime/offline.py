@@ -52,9 +52,8 @@ def run_inline(
     from fusiond.recording import read
 
     pipeline = Pipeline.from_config(config, plugins.sources, checkpoint)
-    runner = make_runner(
-        checkpoint, plugins.parts, config.model.device, config.model.runtime, config.model.threads
-    )
+    m = config.model
+    runner = make_runner(checkpoint, plugins.parts, m.device, m.runtime, m.threads, m.providers)
     model = {"name": checkpoint.name, "hash": checkpoint.content_hash}
     builder = PredictionBuilder(
         checkpoint.classes, model, checkpoint.task, threshold=config.model.anomaly_threshold

@@ -66,6 +66,8 @@ class ServerSpec:
     """``[events]`` ``hold_ms``, ``enter``, ``exit`` when enabled (live only)."""
     anomaly_threshold: float | None = None
     """``[model] anomaly_threshold``."""
+    providers: str | list[str] = "auto"
+    """``[model] providers`` (onnxruntime)."""
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ServerSpec:
@@ -94,6 +96,7 @@ def load_serving(
     seq: Counter[str],
     reject: Sequence[Any] = (False, None, None),
     anomaly: float | None = None,
+    providers: str | list[str] = "auto",
 ) -> Serving:
     """Load a checkpoint for serving on ``runtime`` (torch or onnx), built from ``plugins``'
     parts, warmed up."""
@@ -102,7 +105,7 @@ def load_serving(
     from fusiond.publish import PredictionBuilder, reject_thresholds
 
     checkpoint = load(path)
-    runner = make_runner(checkpoint, plugins.parts, device, runtime, threads)
+    runner = make_runner(checkpoint, plugins.parts, device, runtime, threads, providers)
     runner.warm_up(max_batch)
     model = {"name": checkpoint.name, "hash": checkpoint.content_hash}
     try:
@@ -140,6 +143,7 @@ def run_server(
         seq,
         spec.reject,
         spec.anomaly_threshold,
+        spec.providers,
     )
     with Sockets(ctx, hwm=spec.hwm, keys=keys, linger_ms=-1 if spec.offline else 0) as sockets:
         inbox = sockets.pull(spec.inbox or "tcp://0.0.0.0:*", bind=True, where="runtime")
@@ -247,6 +251,7 @@ class _Loop:
                 self.seq,
                 self.spec.reject,
                 self.spec.anomaly_threshold,
+                self.spec.providers,
             )
         except (FusiondError, OSError) as exc:
             log.error("reload failed, still serving %s (%s): %s", old.name, old.hash, exc)
@@ -282,6 +287,7 @@ class _Loop:
                 "hash": self.serving.hash,
                 "device": str(runner.device),
                 "runtime": runner.runtime,
+                **({"providers": ",".join(runner.providers)} if hasattr(runner, "providers") else {}),
             },
         }
         with contextlib.suppress(zmq.Again):  # the daemon is busy: the next snapshot says the same
