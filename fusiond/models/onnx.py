@@ -218,7 +218,7 @@ class OnnxRunner(Runner):
         self.session = self._session(checkpoint, parts)
         self.outputs = [o.name for o in self.session.get_outputs()]
         self.providers: list[str] = list(self.session.get_providers())
-        log.info("onnxruntime runs %s on %s", checkpoint.name, ", ".join(self.providers))
+        log.debug("onnxruntime runs %s on %s", checkpoint.name, ", ".join(self.providers))
 
     def _session(self, checkpoint: Checkpoint, parts: Parts) -> Any:
         """The export beside the checkpoint if it was made from this very checkpoint (its

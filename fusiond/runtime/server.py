@@ -145,6 +145,9 @@ def run_server(
         spec.anomaly_threshold,
         spec.providers,
     )
+    providers = getattr(serving.runner, "providers", None)
+    if providers:  # where onnxruntime runs it: [model] providers chose from what it has
+        log.info("serving %s on onnxruntime's %s", serving.name, ", ".join(providers))
     with Sockets(ctx, hwm=spec.hwm, keys=keys, linger_ms=-1 if spec.offline else 0) as sockets:
         inbox = sockets.pull(spec.inbox or "tcp://0.0.0.0:*", bind=True, where="runtime")
         if bound is not None:
