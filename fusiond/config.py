@@ -224,13 +224,24 @@ class ModelSection(Strict):
     reject_disagreement: float | None = Field(None, ge=0, le=1)
     providers: Literal["auto"] | list[str] = "auto"
     """onnxruntime's execution providers, in order of preference: ``auto`` takes CUDA when
-    onnxruntime-gpu finds a GPU, else OpenVINO when onnxruntime-openvino is installed, else
-    the CPU; or name them (``["TensorrtExecutionProvider", "CUDAExecutionProvider"]``).
+    onnxruntime lists it (onnxruntime-gpu), else OpenVINO when onnxruntime-openvino is
+    installed, else the CPU (with ``device = "cpu"``: the CPU); or name them
+    (``["TensorrtExecutionProvider", "CUDAExecutionProvider"]``).
     The CPU is always last: what a provider cannot run falls to it."""
     anomaly_threshold: float | None = Field(None, gt=0, le=1e12)
     """An anomaly model's score above which a window is an anomaly, whatever is missing;
     unset: the model's own, chosen in training for its false-alarm rate with every
     modality and with each one missing."""
+
+    @field_validator("providers", mode="before")
+    @classmethod
+    def _providers_given(cls, value: Any) -> Any:
+        if value == "auto":
+            return value
+        if not isinstance(value, list):
+            msg = 'must be "auto" or a list of names like "CUDAExecutionProvider"'
+            raise ValueError(msg)  # one line, not the union's two
+        return value
 
     @field_validator("providers")
     @classmethod

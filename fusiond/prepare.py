@@ -88,7 +88,10 @@ def prepare(
         pick_device(config.model.device)
     except ModelError as exc:
         raise config.error(str(exc), "model.device") from None
-    if config.model.providers != "auto" and importlib.util.find_spec("onnxruntime") is not None:
+    onnx = config.model.runtime == "onnx" or (
+        config.model.runtime == "auto" and pick_device(config.model.device).type == "cpu"
+    )  # where the providers apply (serving.make_runner's rule)
+    if onnx and config.model.providers != "auto" and importlib.util.find_spec("onnxruntime") is not None:
         from fusiond.models.onnx import choose_providers
 
         try:

@@ -248,7 +248,7 @@ def as_text(s: Mapping[str, Any]) -> str:
     lines = [
         f"fusiond up {s['uptime_s']:.0f} s, {state}, "
         f"model {model['name']} ({model['hash']}) on {model['device']}"
-        + (f" with {model['providers']}" if model.get("providers") else "")
+        + (f" with {model['providers'].replace(',', ', ')}" if model.get("providers") else "")
     ]
     lines.append("sources:")
     for src in s["sources"]:

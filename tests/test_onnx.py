@@ -69,8 +69,9 @@ def test_the_demo_model_exports_with_the_command_and_matches_torch(tmp_path):
     card = json.loads(session.get_modelmeta().custom_metadata_map["fusiond.card"])
     assert card["name"] == "demo-digits" and card["classes"] == [str(d) for d in range(10)]
     assert [i["name"] for i in card["inputs"]] == [i.name for i in session.get_inputs()][:-1]
-    assert card["inputs"][0]["kind"] == "frames" and card["inputs"][0]["shape"] == ["B", 4, 32, 32, 1]
-    assert card["mask"]["shape"] == ["B", 3] and session.get_inputs()[-1].name == "mask"
+    assert card["inputs"][0]["kind"] == "frames" and card["inputs"][0]["shape"] == ["batch", 4, 32, 32, 1]
+    assert "sample and hold" in card["inputs"][0]["fit"]
+    assert card["mask"]["shape"] == ["batch", 3] and session.get_inputs()[-1].name == "mask"
     assert card["window"]["length_ns"] == 10**9 and card["content_hash"] == load(path).content_hash
     assert set(card["outputs"]) == {o.name for o in session.get_outputs()}
 
@@ -119,7 +120,35 @@ def test_execution_providers_are_chosen_from_what_onnxruntime_has_and_the_cpu_co
     assert OnnxRunner(load(path), load_plugins().parts, providers=["CPUExecutionProvider"]).providers == [
         "CPUExecutionProvider"
     ]
-    bad = tmp_path / "bad.toml"
-    bad.write_text(text.replace('runtime = "auto"', 'providers = ["cuda"]'))
-    named = fusiond("check-config", "--config", str(bad), "--no-ports")
-    assert named.returncode != 0 and "model.providers" in named.stderr, named.stderr
+    for value in ('["cuda"]', '"cuda"', "[]", "3"):
+        bad = tmp_path / "bad.toml"
+        bad.write_text(text.replace('runtime = "auto"', f"providers = {value}"))
+        named = fusiond("check-config", "--config", str(bad), "--no-ports")
+        assert named.returncode != 0 and "model.providers" in named.stderr, named.stderr
+        assert len(named.stderr.strip().splitlines()) == 1, named.stderr
+    # Providers are onnxruntime's: with torch serving, a name onnxruntime lacks is no error.
+    torch_config = tmp_path / "torch.toml"
+    torch_config.write_text(
+        text.replace('runtime = "auto"', 'runtime = "torch"\nproviders = ["CUDAExecutionProvider"]')
+    )
+    assert fusiond("check-config", "--config", str(torch_config), "--no-ports").returncode == 0
+
+
+def test_an_onnxruntime_that_lists_cuda_is_used_on_it_unless_the_device_is_the_cpu(tmp_path, monkeypatch):
+    """onnxruntime-gpu lists CUDA: ``auto`` asks for it first, names given are taken once
+    each in their order, and ``device = "cpu"`` keeps the model on the CPU."""
+    import onnxruntime
+
+    from fusiond.models.onnx import choose_providers
+    from fusiond.models.serving import make_runner
+
+    listed = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: listed)
+    assert choose_providers("auto") == listed
+    assert (
+        choose_providers(["CPUExecutionProvider", "CUDAExecutionProvider", "CUDAExecutionProvider"]) == listed
+    )
+    path = tmp_path / "tiny.pt"
+    tiny_model(path, SPEC, classes=["a", "b"])
+    runner = make_runner(load(path), load_plugins().parts, device="cpu", runtime="onnx")
+    assert runner.wanted == ["CPUExecutionProvider"] and runner.providers == ["CPUExecutionProvider"]

@@ -131,7 +131,7 @@ def choose_providers(wanted: str | list[str] = "auto") -> list[str]:
                 "CUDA and TensorRT need onnxruntime-gpu, OpenVINO onnxruntime-openvino)"
             )
             raise ModelError(msg)
-        chosen = list(wanted)
+        chosen = list(dict.fromkeys(wanted))  # each once, in the order given
     return [*(p for p in chosen if p != "CPUExecutionProvider"), "CPUExecutionProvider"]
 
 
@@ -147,27 +147,35 @@ def card(checkpoint: Checkpoint) -> dict[str, Any]:
     spec = checkpoint.spec.modalities
     if checkpoint.task == "anomaly":
         outputs = {
-            "out": "[B, 3 + M]: anomaly score, nearest normal class (-1: none), threshold for the "
-            "window's present modalities, then each modality's share of the score"
+            "out": "float32 [batch, 3 + M]: anomaly score, nearest normal class (-1: none), "
+            "threshold for the window's present modalities, then each modality's share of the score"
         }
     elif checkpoint.task == "regression":
-        outputs = {"out": "[B, K]: the value of each target in classes"}
+        outputs = {"out": "float32 [batch, K]: the value of each target in classes"}
     else:
-        outputs = {"out": "[B, K]: the probability of each class in classes"}
+        outputs = {"out": "float32 [batch, K]: the probability of each class in classes"}
         if any(k.startswith("heads.") for k in checkpoint.state_dict):
-            outputs["modalities"] = "[B, M, K]: each modality's own calibrated class probabilities"
+            outputs["modalities"] = (
+                "float32 [batch, M, K]: each modality's own calibrated class probabilities"
+            )
     return {
         "name": checkpoint.name,
         "task": checkpoint.task,
         "classes": list(checkpoint.classes),
         "window": dict(checkpoint.window),
         "inputs": [
-            {"name": m, **checkpoint.spec.to_dict()[m], "shape": ["B", *s.shape], "dtype": str(s.dtype)}
+            {
+                "name": m,
+                **checkpoint.spec.to_dict()[m],
+                "shape": ["batch", *s.shape],
+                "dtype": str(s.dtype),
+                "fit": " ".join((type(s.kind_of).__doc__ or "").split()),
+            }
             for m, s in spec.items()
         ],
         "mask": {
             "name": "mask",
-            "shape": ["B", len(spec)],
+            "shape": ["batch", len(spec)],
             "dtype": "bool",
             "meaning": "True where the modality (in inputs order) is present; a missing one's input is zeros",
         },
@@ -195,7 +203,8 @@ def _torch_dtype(dtype: np.dtype[Any]) -> torch.dtype:
 
 
 class OnnxRunner(Runner):
-    """Runs a checkpoint's ONNX export on CPU with onnxruntime."""
+    """Runs a checkpoint's ONNX export with onnxruntime, on the execution providers chosen
+    (:func:`choose_providers`); ``providers`` holds those the session really got."""
 
     runtime = "onnx"
 

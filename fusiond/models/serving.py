@@ -26,6 +26,8 @@ def make_runner(
     if runtime == "auto":
         runtime = "onnx" if pick_device(device).type == "cpu" and _has_onnxruntime() else "torch"
     if runtime == "onnx":
+        if device == "cpu" and providers == "auto":  # a CPU asked for is a CPU
+            providers = ["CPUExecutionProvider"]
         return OnnxRunner(checkpoint, parts, threads, providers)
     set_threads(threads)
     return ModelRunner(checkpoint, parts, device)
