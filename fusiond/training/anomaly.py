@@ -45,8 +45,7 @@ from fusiond.models.anomaly import (
 )
 from fusiond.models.model import FusionModel
 from fusiond.training.data import WindowSet
-from fusiond.training.evaluate import corrupt, with_mask
-from fusiond.training.loop import batches, to_device
+from fusiond.training.evaluate import corrupt, over_windows, with_mask
 
 __all__ = [
     "auroc",
@@ -64,26 +63,18 @@ log = logging.getLogger("fusiond.train")
 FAULTS = ("zeros", "noise", "frozen")
 
 
-def outputs(model: FusionModel, data: WindowSet, device: torch.device, batch_size: int = 256) -> np.ndarray:
+def outputs(model: FusionModel, data: WindowSet, device: torch.device) -> np.ndarray:
     """The served anomaly output ``[N, 3 + M]`` of every window."""
-    model.eval().to(device)
-    out = []
-    with torch.inference_mode():
-        for index in batches(data, batch_size):
-            inputs, mask = to_device(data, index, device)
-            out.append(model.serve(inputs, mask)[0].float().cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, SHARES + len(data.modalities)), np.float32)
+    empty = (SHARES + len(data.modalities),)
+    return over_windows(model, data, device, lambda inputs, mask: model.serve(inputs, mask)[0], empty)
 
 
-def features(model: FusionModel, data: WindowSet, device: torch.device, batch_size: int = 256) -> np.ndarray:
-    """Each modality's features ``[N, M, D]`` as the head measures them."""
-    model.eval().to(device)
-    out = []
-    with torch.inference_mode():
-        for index in batches(data, batch_size):
-            inputs, _ = to_device(data, index, device)
-            out.append(model.anomaly_features(inputs).double().cpu().numpy())
-    return np.concatenate(out)
+def features(model: FusionModel, data: WindowSet, device: torch.device) -> np.ndarray:
+    """Each modality's features ``[N, M, D]`` as the head measures them (float64, for the fit)."""
+    assert model.anomaly is not None
+    empty = (len(data.modalities), model.anomaly.means.shape[2])
+    found = over_windows(model, data, device, lambda inputs, _: model.anomaly_features(inputs), empty)
+    return found.astype(np.float64)
 
 
 def fit_anomaly(
@@ -168,13 +159,7 @@ def _set_name(modalities: Sequence[str], keep: np.ndarray) -> str:
 
 
 def _top_logits(model: FusionModel, data: WindowSet, device: torch.device) -> np.ndarray:
-    model.eval().to(device)
-    out = []
-    with torch.inference_mode():
-        for index in batches(data, 256):
-            inputs, mask = to_device(data, index, device)
-            out.append(model(inputs, mask).float().amax(dim=1).cpu().numpy())
-    return np.concatenate(out)
+    return over_windows(model, data, device, lambda inputs, mask: model(inputs, mask).amax(dim=1), ())
 
 
 def check_classes(method: str, classes: Sequence[str], targets: np.ndarray) -> None:

@@ -12,6 +12,7 @@ heads, ``heads`` (each head's own accuracy where its modality is present) and
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ __all__ = [
     "evaluate",
     "headline",
     "modality_logits",
+    "over_windows",
     "predict",
     "ranking",
     "regression_scores",
@@ -39,31 +41,47 @@ __all__ = [
 ]
 
 
-def predict(model: FusionModel, data: WindowSet, device: torch.device, batch_size: int = 256) -> np.ndarray:
-    """Model outputs [N, K] (probabilities, or values for a regressor)."""
+def over_windows(
+    model: FusionModel,
+    data: WindowSet,
+    device: torch.device,
+    step: Callable[[dict[str, torch.Tensor], torch.Tensor], torch.Tensor],
+    empty: tuple[int, ...],
+    batch_size: int = 256,
+) -> np.ndarray:
+    """``step(inputs, mask)`` on every window, a batch at a time, in eval mode and without
+    gradients, as one float array (``empty``: its shape past the first axis when ``data``
+    has no windows)."""
     model.eval().to(device)
     out = []
     with torch.inference_mode():
         for index in batches(data, batch_size):
             inputs, mask = to_device(data, index, device)
-            y = model(inputs, mask).float()
-            out.append((y if model.task == "regression" else torch.softmax(y, dim=1)).cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, len(model.classes)), np.float32)
+            out.append(step(inputs, mask).float().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, *empty), np.float32)
+
+
+def predict(model: FusionModel, data: WindowSet, device: torch.device, batch_size: int = 256) -> np.ndarray:
+    """Model outputs [N, K] (probabilities, or values for a regressor)."""
+
+    def step(inputs: dict[str, torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
+        y = model(inputs, mask).float()
+        return y if model.task == "regression" else torch.softmax(y, dim=1)
+
+    return over_windows(model, data, device, step, (len(model.classes),), batch_size)
 
 
 def modality_logits(
     model: FusionModel, data: WindowSet, device: torch.device, batch_size: int = 256
 ) -> np.ndarray:
     """Each modality head's calibrated logits [N, M, K] (a model with modality heads)."""
-    model.eval().to(device)
-    out = []
-    with torch.inference_mode():
-        for index in batches(data, batch_size):
-            inputs, mask = to_device(data, index, device)
-            own = model.forward_all(inputs, mask)[1]
-            assert own is not None
-            out.append(own.float().cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, len(data.modalities), len(model.classes)), np.float32)
+
+    def step(inputs: dict[str, torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
+        own = model.forward_all(inputs, mask)[1]
+        assert own is not None
+        return own
+
+    return over_windows(model, data, device, step, (len(data.modalities), len(model.classes)), batch_size)
 
 
 def calibrate(model: FusionModel, data: WindowSet, device: torch.device) -> dict[str, float]:
