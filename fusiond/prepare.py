@@ -18,6 +18,7 @@ from fusiond.config import Config
 from fusiond.errors import ConfigError, FusiondError, ModelError
 from fusiond.models import Checkpoint, load
 from fusiond.models.runner import pick_device
+from fusiond.models.serving import resolve_runtime
 from fusiond.outputs.base import OutputConfig
 from fusiond.pipeline import resolve_streams
 from fusiond.plugin import Plugins
@@ -88,10 +89,8 @@ def prepare(
         pick_device(config.model.device)
     except ModelError as exc:
         raise config.error(str(exc), "model.device") from None
-    onnx = config.model.runtime == "onnx" or (
-        config.model.runtime == "auto" and pick_device(config.model.device).type == "cpu"
-    )  # where the providers apply (serving.make_runner's rule)
-    if onnx and config.model.providers != "auto" and importlib.util.find_spec("onnxruntime") is not None:
+    served_by = resolve_runtime(config.model.runtime, config.model.device)
+    if served_by == "onnx" and config.model.providers != "auto" and importlib.util.find_spec("onnxruntime"):
         from fusiond.models.onnx import choose_providers
 
         try:

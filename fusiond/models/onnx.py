@@ -144,7 +144,7 @@ CARD_KEY = "fusiond.card"
 def card(checkpoint: Checkpoint) -> dict[str, Any]:
     """What an export's inputs and outputs mean: its name, task, class (or target) names,
     window, each input's spec in graph order, the mask convention and the outputs."""
-    spec = checkpoint.spec.modalities
+    spec, fields = checkpoint.spec.modalities, checkpoint.spec.to_dict()
     if checkpoint.task == "anomaly":
         outputs = {
             "out": "float32 [batch, 3 + M]: anomaly score, nearest normal class (-1: none), "
@@ -166,7 +166,7 @@ def card(checkpoint: Checkpoint) -> dict[str, Any]:
         "inputs": [
             {
                 "name": m,
-                **checkpoint.spec.to_dict()[m],
+                **fields[m],
                 "shape": ["batch", *s.shape],
                 "dtype": str(s.dtype),
                 "fit": " ".join((type(s.kind_of).__doc__ or "").split()),
