@@ -215,6 +215,16 @@ def test_the_stats_baseline_needs_one_label_and_no_training_and_finds_a_frozen_s
         train(ghost, items, tmp_path / "g.pt", plugins)
     with pytest.raises(ConfigError, match="targets are for task = 'regression'"):
         load_recipe(anomaly_recipe(tmp_path, classes='targets = ["freq"]'))
+    for method, false_alarm, where in (
+        ("odd", "0.01", "anomaly.method"),
+        ("stats", "0", "anomaly.false_alarm"),
+        ("stats", "0.5", "anomaly.false_alarm"),
+        ("stats", "'x'", "anomaly.false_alarm"),
+    ):
+        path = anomaly_recipe(tmp_path, method)
+        path.write_text(path.read_text().replace("false_alarm = 0.05", f"false_alarm = {false_alarm}"))
+        with pytest.raises(ConfigError, match=where):
+            load_recipe(path)
 
 
 def test_faults_and_auroc_are_what_they_say():

@@ -91,6 +91,16 @@ def test_rigs_are_debounced_apart_and_regression_makes_no_events():
         ("[model]\nreject_confidence = 1.5\n", "model.reject_confidence"),
         ("[model]\nreject_disagreement = -0.1\n", "model.reject_disagreement"),
         ("[model]\nreject = 2\n", "model.reject"),
+        ("[model]\nanomaly_threshold = 0\n", "model.anomaly_threshold"),
+        ("[model]\nanomaly_threshold = -1.0\n", "model.anomaly_threshold"),
+        ("[model]\nanomaly_threshold = nan\n", "model.anomaly_threshold"),
+        ("[model]\nanomaly_threshold = inf\n", "model.anomaly_threshold"),
+        ("[model]\nanomaly_threshold = 1e300\n", "model.anomaly_threshold"),
+        ("[model]\nanomaly_threshold = '2'\n", "model.anomaly_threshold"),
+        ("[model]\nproviders = ['x' ]\n", "model.providers"),
+        ("[model]\nproviders = []\n", "model.providers"),
+        ("[model]\nproviders = 'cuda'\n", "model.providers"),
+        (f"[model]\nproviders = {['CPUExecutionProvider'] * 9}\n", "model.providers"),
     ],
 )
 def test_bad_event_settings_name_their_path(tmp_path, text, where):
