@@ -64,8 +64,8 @@ def test_demo_predictions_are_right_and_the_daemon_stops_cleanly(daemon, endpoin
 
     children = d.source_pids()
     assert len(children) == 3
-    assert d.stop(signal.SIGTERM) < 2.0
-    assert d.proc.returncode == 0
+    d.stop(signal.SIGTERM)  # how long it takes: bench/bench_lifecycle.py
+    assert d.proc.returncode == 0, d.text()
     assert not [pid for pid in children if Path(f"/proc/{pid}").exists()]
 
 
@@ -75,7 +75,7 @@ def test_ctrl_c_stops_the_daemon_and_its_sources(daemon, endpoints):
     d.wait_for(r"demo/cam \(camera\)")
     d.wait_for(r"demo/mic \(audiofile\)")
     children = d.source_pids()
-    assert d.stop(signal.SIGINT, group=True) < 2.0  # what a terminal's Ctrl-C does
+    d.stop(signal.SIGINT, group=True)  # what a terminal's Ctrl-C does
     assert not [pid for pid in children if Path(f"/proc/{pid}").exists()]
     assert "Traceback" not in d.text()
 
@@ -132,7 +132,8 @@ def test_bad_input_is_counted_and_logged_and_the_rest_keeps_serving(daemon, endp
     assert "bad_header=5" in line and "bad_size=5" in line
     assert d.text().count("malformed message on the bus") == 3  # once per reason, then counted
     assert d.proc.poll() is None
-    assert d.stop() < 2.0, d.text()
+    d.stop()
+    assert d.proc.returncode == 0, d.text()
 
 
 def test_windows_of_several_rigs_share_one_forward_pass(daemon, endpoints):
@@ -180,7 +181,8 @@ def test_a_killed_source_is_restarted_and_the_others_keep_serving(daemon, endpoi
     with Subscriber(endpoints[1], timeout_s=30) as predictions:
         after = [p for _, p in zip(range(6), predictions, strict=False)]
     assert after[-1].present == ["video", "audio", "imu"]
-    assert d.stop() < 2.0, d.text()
+    d.stop()
+    assert d.proc.returncode == 0, d.text()
 
 
 def test_the_javascript_example_of_the_protocol_doc_runs_as_written(daemon, endpoints, tmp_path):

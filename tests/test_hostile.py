@@ -443,7 +443,8 @@ def test_the_real_daemon_survives_every_attack_and_its_rig_keeps_rate_and_accura
         assert drops.get(reason, 0) >= 1, (reason, drops)
     assert "unknown_stream" not in drops  # the flood never reached the daemon: nobody subscribed to it
     assert "internal_error" not in drops and d.proc.poll() is None
-    assert d.stop() < 2.0, d.text()
+    d.stop()
+    assert d.proc.returncode == 0, d.text()
     assert "Traceback" not in d.text()
     d.close()
 

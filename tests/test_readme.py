@@ -110,9 +110,8 @@ def test_try_it_runs_as_written(tmp_path):
             time.sleep(0.2)
     finally:
         os.killpg(daemon.pid, signal.SIGINT)  # Ctrl-C in a terminal reaches the whole group
-        started = time.monotonic()
-        code = daemon.wait(30)
+        code = daemon.wait(30)  # a guard against a hang; the stop's time is bench_lifecycle's
         log.close()
     text = (tmp_path / "daemon.log").read_text()
-    assert code == 0 and time.monotonic() - started < 15, text
+    assert code == 0, text
     assert "fusiond ready" in text and "Traceback" not in text
