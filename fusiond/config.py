@@ -471,15 +471,22 @@ class Config(Strict):
 _Model = TypeVar("_Model", bound=BaseModel)
 
 
-def validate(model: type[_Model], data: dict[str, Any], prefix: str = "", source: str = "") -> _Model:
+def validate(
+    model: type[_Model],
+    data: dict[str, Any],
+    prefix: str = "",
+    source: str = "",
+    context: dict[str, Any] | None = None,
+) -> _Model:
     """``data`` (parsed TOML) checked against ``model`` strictly; errors name ``prefix.key``.
 
     Validating as JSON in strict mode refuses every string-to-number and string-to-bool
-    coercion, while a path may still be written as a string.
+    coercion, while a path may still be written as a string. ``context`` reaches the
+    model's validators (a recipe's: the modality kinds).
     """
     text = json.dumps(data, default=str)
     try:
-        return model.model_validate_json(text, strict=True)
+        return model.model_validate_json(text, strict=True, context=context)
     except ValidationError as exc:
         raise config_error(exc, model, prefix=prefix, source=source) from None
 

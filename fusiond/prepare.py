@@ -82,7 +82,7 @@ def prepare(
     outputs = config.output_options(plugins.outputs)
     engine_class(engine_name(config), engines)  # an engine the table lacks: one clear line
     try:
-        checkpoint = load(config.model.path)
+        checkpoint = load(config.model.path, plugins.kinds)
     except ModelError as exc:
         raise config.error(str(exc), "model.path") from None
     try:

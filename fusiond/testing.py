@@ -30,10 +30,12 @@ from fusiond.sources import Block, Source, SourceConfig, StreamInfo
 from fusiond.training.streams import RecordedStream
 
 if TYPE_CHECKING:
+    from fusiond.align.kinds import ModalityKind
     from fusiond.models.model import Parts
 
 __all__ = [
     "bus_pair",
+    "example_spec",
     "FakeConfig",
     "FakeSource",
     "fusiond_add_sources",
@@ -108,6 +110,12 @@ def random_windows(spec: InputSpec, count: int, seed: int = 0, rig: str = "r") -
         start = i * 500_000_000
         out.append(Window(rig, i, start, start + 10**9, inputs, present, "complete", 0, 0))
     return out
+
+
+def example_spec(kind: ModalityKind) -> ModalitySpec:
+    """A small spec of ``kind`` (its :meth:`~fusiond.align.kinds.ModalityKind.example`
+    fields), for a test that goes through every kind of ``load_plugins().kinds``."""
+    return ModalitySpec(kind.name, **kind.example(), kind_of=kind)
 
 
 def tiny_model(

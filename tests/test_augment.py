@@ -7,11 +7,13 @@ import pytest
 
 from fusiond.align import ModalitySpec
 from fusiond.align import augment as aug
-from fusiond.align.kinds import KINDS
 from fusiond.errors import ConfigError
+from fusiond.plugin import load_plugins
+from fusiond.testing import example_spec
 from fusiond.training.recipe import load_recipe
 
 RATE = 16000.0
+KINDS = load_plugins().kinds
 
 
 def tone(hz: float, n: int = 16000) -> np.ndarray:
@@ -25,7 +27,7 @@ def level(x: np.ndarray) -> float:
 @pytest.mark.parametrize("name", sorted(set().union(*(KINDS.get(k).augmentations for k in KINDS))))
 def test_every_augmentation_keeps_shape_and_dtype_changes_the_input_and_repeats_with_its_seed(name):
     kind = next(k for k in KINDS if name in KINDS.get(k).augmentations)
-    spec = KINDS.get(kind).example() if kind != "frames" else ModalitySpec("frames", 2, 1, 32, 32)
+    spec = example_spec(KINDS.get(kind)) if kind != "frames" else ModalitySpec("frames", 2, 1, 32, 32)
     batch = KINDS.get(kind).random(spec, 6, np.random.default_rng(0))
     if kind == "frames":  # strokes on paper: a pattern with edges, not noise
         batch[:] = 235

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from fusiond.align import InputSpec, ModalitySpec
-from fusiond.align.kinds import KINDS
 from fusiond.errors import ModelError
 from fusiond.models import FusionModel, load, save
 from fusiond.plugin import load_plugins
+from fusiond.testing import example_spec
 
 SPEC = InputSpec(
     {
@@ -36,14 +36,15 @@ def batch(b: int = 3, seed: int = 0) -> dict[str, torch.Tensor]:
     }
 
 
-PARTS = load_plugins().parts
+PLUGINS = load_plugins()
+PARTS, KINDS = PLUGINS.parts, PLUGINS.kinds
 ENCODER_ARGS = {"logmel_cnn": {"sample_rate": 800.0, "n_fft": 64, "hop": 16}}
 
 
 def example(kind: str, encoder: str = "") -> ModalitySpec:
     if encoder == "logmel_cnn":
         return ModalitySpec("series", length=800, channels=1)
-    return KINDS.get(kind).example()
+    return example_spec(KINDS.get(kind))
 
 
 def random_batch(spec: InputSpec, count: int, seed: int) -> dict[str, torch.Tensor]:

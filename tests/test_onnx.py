@@ -8,13 +8,12 @@ import shutil
 import numpy as np
 import pytest
 
-from fusiond.align.kinds import KINDS
 from fusiond.align.spec import InputSpec, ModalitySpec
 from fusiond.models import load
 from fusiond.models.onnx import OnnxRunner
 from fusiond.models.runner import ModelRunner
 from fusiond.plugin import load_plugins
-from fusiond.testing import random_windows, tiny_model
+from fusiond.testing import example_spec, random_windows, tiny_model
 
 from .helpers import ROOT, fusiond
 
@@ -28,8 +27,9 @@ SPEC = InputSpec(
 
 
 def _compare(path, spec: InputSpec) -> None:
-    checkpoint = load(path)
-    encoders = load_plugins().parts
+    plugins = load_plugins()
+    checkpoint = load(path, plugins.kinds)
+    encoders = plugins.parts
     torch_runner = ModelRunner(checkpoint, encoders, "cpu")
     onnx_runner = OnnxRunner(checkpoint, encoders)
     assert onnx_runner.session is not None
@@ -49,7 +49,8 @@ def test_every_fusion_strategy_exports_and_scores_as_torch_does(tmp_path, fusion
 
 def test_every_kind_with_its_default_encoder_exports_and_scores_as_torch_does(tmp_path):
     """Text (a GRU over words), vectors and frames too, each through its kind's default encoder."""
-    spec = InputSpec({kind: KINDS.get(kind).example() for kind in KINDS})
+    kinds = load_plugins().kinds
+    spec = InputSpec({kind: example_spec(kinds.get(kind)) for kind in kinds})
     path = tmp_path / "kinds.pt"
     tiny_model(path, spec, classes=["a", "b"], fusion="late")
     _compare(path, spec)

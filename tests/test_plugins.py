@@ -191,3 +191,46 @@ def test_tiny_model_builds_with_a_plugins_fusion(tmp_path):
         scores = model(x, torch.ones(4, 1, dtype=torch.bool))
     assert scores.shape == (4, 2) and torch.isfinite(scores).all()
     assert make_runner(checkpoint, plugins.parts, runtime="torch").model.fusion.__class__ is MaxFusion
+
+
+class _Pressure:
+    """A plugin adding a modality kind of its own (a vector of readings)."""
+
+    from fusiond.align.fit import VectorKind
+
+    class Kind(VectorKind):
+        name = "pressure"
+
+    @hookimpl
+    def fusiond_add_modality_kinds(self, registry):
+        registry.add(self.Kind)
+
+
+def test_modality_kinds_belong_to_the_plugin_set_that_registered_them(tmp_path):
+    """No process-wide table: a kind one plugin set adds is unknown to another, and a
+    checkpoint naming it reads only with that set's registry."""
+    from fusiond.align import InputSpec, ModalitySpec
+    from fusiond.errors import ModelError
+    from fusiond.models import load
+
+    with_it = load_plugins(extra=[_Pressure()])
+    without = load_plugins()
+    assert "pressure" in with_it.kinds and "pressure" not in without.kinds
+    assert {"frames", "series", "vector", "tokens"} <= set(without.kinds)  # built-ins, by the same hook
+    kind = with_it.kinds.get("pressure")
+    spec = InputSpec({"baro": ModalitySpec("pressure", 1, 3, kind_of=kind)})
+    assert InputSpec.from_dict(spec.to_dict(), with_it.kinds) == spec
+    with pytest.raises(ValueError, match=r"unknown modality kind 'pressure' \(known: frames, series"):
+        InputSpec.from_dict(spec.to_dict())
+    testing.tiny_model(tmp_path / "p.pt", spec, parts=with_it.parts)
+    assert load(tmp_path / "p.pt", with_it.kinds).spec.modalities["baro"].kind_of is kind
+    with pytest.raises(ModelError, match="unknown modality kind 'pressure'"):
+        load(tmp_path / "p.pt", without.kinds)
+    from fusiond.errors import ConfigError
+    from fusiond.training.recipe import load_recipe
+
+    recipe = 'name = "p"\n[inputs.baro]\nkind = "pressure"\nlength = 1\nchannels = 3\n'
+    (tmp_path / "r.toml").write_text(recipe)
+    assert load_recipe(tmp_path / "r.toml", with_it.kinds).spec == spec
+    with pytest.raises(ConfigError, match=r"inputs\.baro.*unknown modality kind 'pressure'"):
+        load_recipe(tmp_path / "r.toml", without.kinds)

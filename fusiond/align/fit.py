@@ -6,17 +6,21 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from functools import lru_cache
-from typing import NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
 from fusiond.align import augment
-from fusiond.align.kinds import KINDS, ModalityKind, ModalitySpec
+from fusiond.align.kinds import KindRegistry, ModalityKind
+
+if TYPE_CHECKING:
+    from fusiond.align.spec import ModalitySpec
 
 __all__ = [
     "anti_alias",
     "Span",
     "BUILTIN_KINDS",
+    "builtin_kinds",
     "coverage",
     "fit_window",
     "FramesKind",
@@ -54,7 +58,7 @@ def coverage(blocks: Sequence[Span], start_ns: int, end_ns: int) -> float:
 
 def fit_window(spec: ModalitySpec, blocks: Sequence[Span], start_ns: int, end_ns: int) -> np.ndarray:
     """One window's array of ``spec.shape`` from the blocks overlapping the window."""
-    return KINDS.get(spec.kind).fit(spec, blocks, start_ns, end_ns)
+    return spec.kind_of.fit(spec, blocks, start_ns, end_ns)
 
 
 def _sample_times(blocks: Sequence[Span], origin_ns: int) -> np.ndarray:
@@ -251,8 +255,8 @@ class FramesKind(ModalityKind):
     ) -> np.ndarray:
         return _per_window(batch, names, rng, lambda name, x: augment.FRAMES[name](x, rng))
 
-    def example(self) -> ModalitySpec:
-        return ModalitySpec(self.name, length=2, channels=1, height=16, width=16)
+    def example(self) -> dict[str, Any]:
+        return {"length": 2, "channels": 1, "height": 16, "width": 16}
 
 
 class SeriesKind(ModalityKind):
@@ -399,8 +403,8 @@ class TokensKind(ModalityKind):
         out[..., 0][hit] = UNKNOWN
         return out
 
-    def example(self) -> ModalitySpec:
-        return ModalitySpec(self.name, length=6, vocab=("one", "two", "three"))
+    def example(self) -> dict[str, Any]:
+        return {"length": 6, "vocab": ("one", "two", "three")}
 
     def random(self, spec: ModalitySpec, count: int, rng: np.random.Generator) -> np.ndarray:
         out = np.zeros((count, *self.shape(spec)), np.int32)
@@ -412,5 +416,13 @@ class TokensKind(ModalityKind):
 
 
 BUILTIN_KINDS: tuple[type[ModalityKind], ...] = (FramesKind, SeriesKind, VectorKind, TokensKind)
-for _kind in BUILTIN_KINDS:
-    KINDS.add(_kind)
+
+
+def builtin_kinds() -> KindRegistry:
+    """A registry of the built-in kinds only (a fresh one: nothing shared between callers).
+    What reads a spec without a plugin set: an entry point passes ``plugins.kinds``,
+    where :mod:`fusiond.plugin.builtin` registered these through the plugin hook."""
+    registry = KindRegistry()
+    for kind in BUILTIN_KINDS:
+        registry.add(kind)
+    return registry

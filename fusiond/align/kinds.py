@@ -14,16 +14,17 @@ kind        one window's input                                dtype        wire 
 ``tokens``  up to ``length`` words: id and ms into window     int32 [L,2]  UTF-8 events
 ==========  ===============================================  ===========  =============
 
-A plugin adds a kind with the ``fusiond_add_modality_kinds`` hook (docs/plugins.md).
-Kinds live in one process-wide registry, :data:`KINDS`, since a checkpoint's input spec
-names its kinds wherever it is read.
+The built-in kinds register through the ``fusiond_add_modality_kinds`` hook, as a
+plugin's do (docs/plugins.md), into the :class:`KindRegistry` of the
+:class:`~fusiond.plugin.Plugins` an entry point loads. There is no process-wide table: a
+spec read from a checkpoint, a recipe or a worker's plan is resolved against the
+registry passed to it, and names its kind object (:attr:`ModalitySpec.kind_of`).
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -32,8 +33,9 @@ from fusiond.errors import PluginError
 
 if TYPE_CHECKING:
     from fusiond.align.fit import Span
+    from fusiond.align.spec import ModalitySpec
 
-__all__ = ["KindRegistry", "KINDS", "ModalityKind", "ModalitySpec"]
+__all__ = ["KindRegistry", "ModalityKind"]
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 
@@ -114,9 +116,10 @@ class ModalityKind:
         rate, for series). The base kind knows none and changes nothing."""
         return batch
 
-    def example(self) -> ModalitySpec:
-        """A small spec of this kind (for tests that go through every kind)."""
-        return ModalitySpec(self.name, length=8, channels=2)
+    def example(self) -> dict[str, Any]:
+        """The fields of a small spec of this kind, for tests that go through every kind:
+        ``ModalitySpec(kind.name, **kind.example(), kind_of=kind)``."""
+        return {"length": 8, "channels": 2}
 
     def random(self, spec: ModalitySpec, count: int, rng: np.random.Generator) -> np.ndarray:
         """``count`` random inputs (fakes for tests and benches)."""
@@ -151,11 +154,7 @@ class KindRegistry:
         self._kinds[name] = instance
 
     def get(self, name: str) -> ModalityKind:
-        """The kind called ``name``; ValueError naming the known ones otherwise.
-
-        A plugin's kind is known once :func:`fusiond.plugin.load_plugins` has run in this
-        process, which every entry point (the command, each component) does first.
-        """
+        """The kind called ``name``; ValueError naming the known ones otherwise."""
         kind = self._kinds.get(name)
         if kind is None:
             msg = f"unknown modality kind {name!r} (known: {', '.join(sorted(self._kinds))})"
@@ -170,61 +169,3 @@ class KindRegistry:
 
     def __iter__(self) -> Iterator[str]:
         return iter(sorted(self._kinds))
-
-
-KINDS = KindRegistry()
-"""Every kind this process knows: the built-ins, then those plugins add when loaded."""
-
-
-@dataclass(frozen=True, slots=True)
-class ModalitySpec:
-    """Input of one modality; ``kind`` names a :class:`~fusiond.align.kinds.ModalityKind`
-    (``frames``, ``series``, ``vector``, ``tokens`` or a plugin's), which says what the
-    other fields mean."""
-
-    kind: str
-    length: int
-    channels: int = 1
-    height: int = 0
-    width: int = 0
-    vocab: tuple[str, ...] = field(default=())
-    """``tokens``: the words the tokenizer knows, in id order (ids 0 and 1: padding, unknown)."""
-
-    def __post_init__(self) -> None:
-        self.kind_of.validate(self)
-
-    @property
-    def kind_of(self) -> ModalityKind:
-        """The kind object (ValueError for a kind no installed plugin provides)."""
-        return KINDS.get(self.kind)
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        """Shape of one window's array for this modality."""
-        return self.kind_of.shape(self)
-
-    @property
-    def dtype(self) -> np.dtype[Any]:
-        """Element type of one window's array."""
-        return self.kind_of.dtype
-
-    def check_block(
-        self, shape: tuple[int, ...], dtype: str, max_frame_pixels: int, encoding: str = "raw"
-    ) -> str | None:
-        """Why a block of ``shape``, ``dtype`` and ``encoding`` cannot feed this modality, or
-        None if it can.
-
-        Checked from the message header, before any buffer is decoded: the aligner and
-        the fit then only ever see blocks they can use.
-        """
-        return self.kind_of.check_block(self, shape, dtype, encoding, max_frame_pixels)
-
-    def decode_scale(self, shape: tuple[int, ...], encoding: str) -> int:
-        """How much smaller than ``shape`` an encoded block may be decoded for this input."""
-        return self.kind_of.decode_scale(self, shape, encoding)
-
-    def zeros(self) -> np.ndarray:
-        """A read-only input for a window where the modality is missing."""
-        array = self.kind_of.zeros(self)
-        array.flags.writeable = False
-        return array

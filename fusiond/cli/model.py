@@ -75,6 +75,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     only = args.modalities.split(",") if args.modalities else None
     recipe = load_recipe(
         args.recipe,
+        plugins.kinds,
         name=args.name,
         fusion=args.fusion,
         train_epochs=args.epochs,
@@ -117,7 +118,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from fusiond.training.train import data_items, evaluate_checkpoint, summary_line
 
     plugins = load_plugins()  # first: a checkpoint may name a plugin's modality kind
-    checkpoint = load(args.model)
+    checkpoint = load(args.model, plugins.kinds)
     if args.data:
         data = data_items(args.data, args.labels)
         result = evaluate_checkpoint(checkpoint, data, plugins, args.device)
@@ -152,7 +153,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from fusiond.plugin import load_plugins
 
     plugins = load_plugins()  # first: a checkpoint may name a plugin's modality kind
-    checkpoint = load(args.model)
+    checkpoint = load(args.model, plugins.kinds)
     out = args.output or onnx_path(args.model)
     export(checkpoint, plugins.parts, out)
     print(f"{out}: ONNX export of {checkpoint.name} ({checkpoint.content_hash})")
@@ -178,10 +179,8 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         rows.append({"type": "encoder", "name": name, "modality": "", "from": plugins.origin(module)})
     for name, module in plugins.fusions.modules().items():
         rows.append({"type": "fusion", "name": name, "modality": "", "from": plugins.origin(module)})
-    from fusiond.align.kinds import KINDS
-
-    for name in KINDS:
-        origin = plugins.origin(type(KINDS.get(name)))
+    for name in plugins.kinds:
+        origin = plugins.origin(type(plugins.kinds.get(name)))
         rows.append({"type": "kind", "name": name, "modality": "", "from": origin})
     for name, why in sorted(plugins.failures.items()):
         rows.append({"type": "failed", "name": name, "modality": "", "from": why})

@@ -7,13 +7,16 @@ import io
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from fusiond.align.spec import InputSpec
 from fusiond.errors import ModelError
 from fusiond.models.model import FusionModel, Parts
+
+if TYPE_CHECKING:
+    from fusiond.align.kinds import KindRegistry
 
 __all__ = ["Checkpoint", "FORMAT", "load", "save"]
 
@@ -99,8 +102,9 @@ def save(
     return hashlib.sha256(data).hexdigest()[:16]
 
 
-def load(path: Path) -> Checkpoint:
-    """Read a checkpoint (weights only: no code in it is ever run)."""
+def load(path: Path, kinds: KindRegistry | None = None) -> Checkpoint:
+    """Read a checkpoint (weights only: no code in it is ever run); its input specs name
+    modality kinds of ``kinds`` (``plugins.kinds``; default: the built-in ones)."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -121,7 +125,7 @@ def load(path: Path) -> Checkpoint:
     try:
         return Checkpoint(
             name=payload["name"],
-            spec=InputSpec.from_dict(payload["spec"]),
+            spec=InputSpec.from_dict(payload["spec"], kinds),
             classes=list(payload["classes"]),
             encoders=payload["encoders"],
             fusion=payload["fusion"],

@@ -1,14 +1,16 @@
 """The built-in encoders and fusion strategies, registered like any plugin's: by reference,
 so that listing them does not import torch (:mod:`fusiond.models.encoders` and
-:mod:`fusiond.models.fusion` hold the classes). The built-in modality kinds register
-themselves in :mod:`fusiond.align.fit`."""
+:mod:`fusiond.models.fusion` hold the classes). The built-in modality kinds (:mod:`fusiond.align.fit`,
+numpy only) register here too."""
 
 from __future__ import annotations
 
+from fusiond.align.fit import BUILTIN_KINDS
+from fusiond.align.kinds import KindRegistry
 from fusiond.plugin.hookspecs import hookimpl
 from fusiond.plugin.registry import EncoderRegistry, FusionRegistry
 
-__all__ = ["fusiond_add_encoders", "fusiond_add_fusions"]
+__all__ = ["fusiond_add_encoders", "fusiond_add_fusions", "fusiond_add_modality_kinds"]
 
 
 @hookimpl
@@ -34,3 +36,10 @@ def fusiond_add_fusions(registry: FusionRegistry) -> None:
     registry.add("agreement", "fusiond.models.fusion:AgreementFusion")
     registry.add("consensus", "fusiond.models.fusion:ConsensusFusion")
     registry.add("attention", "fusiond.models.fusion:AttentionFusion")
+
+
+@hookimpl
+def fusiond_add_modality_kinds(registry: KindRegistry) -> None:
+    """Register the built-in modality kinds."""
+    for kind in BUILTIN_KINDS:
+        registry.add(kind)

@@ -10,6 +10,7 @@ from typing import Any
 
 import pluggy
 
+from fusiond.align.kinds import KindRegistry
 from fusiond.errors import PluginError
 from fusiond.plugin import hookspecs
 from fusiond.plugin.registry import EncoderRegistry, FusionRegistry, OutputRegistry, SourceRegistry
@@ -27,6 +28,8 @@ class Plugins:
     manager: pluggy.PluginManager
     sources: SourceRegistry
     outputs: OutputRegistry = field(default_factory=OutputRegistry)
+    kinds: KindRegistry = field(default_factory=KindRegistry)
+    """Modality kinds, the built-in ones included: what input specs resolve against."""
     origins: dict[str, str] = field(default_factory=dict)
     failures: dict[str, str] = field(default_factory=dict)
     _encoders: EncoderRegistry | None = None
@@ -90,9 +93,8 @@ def load_plugins(extra: Iterable[Any] = (), *, entry_points: bool = True) -> Plu
         raise PluginError(msg) from None
     pm.hook.fusiond_add_sources(registry=plugins.sources)
     pm.hook.fusiond_add_outputs(registry=plugins.outputs)
-    from fusiond.align.kinds import KINDS
-
-    pm.hook.fusiond_add_modality_kinds(registry=KINDS)
+    plugins._register_builtin()
+    pm.hook.fusiond_add_modality_kinds(registry=plugins.kinds)
     return plugins
 
 

@@ -325,7 +325,9 @@ class ThreadEngine:
     def _targets(self) -> dict[str, Callable[[], None]]:
         out: dict[str, Callable[[], None]] = {}
         for spec in self.plan.workers:
-            out[spec.name] = functools.partial(run_worker, spec, self._stop, self.ctx)
+            out[spec.name] = functools.partial(
+                run_worker, spec, self._stop, self.ctx, kinds=self.plugins.kinds
+            )
         out[self.plan.server.name] = lambda: run_server(
             self.plan.server_spec(), self._stop, self.plugins, self.ctx
         )
@@ -472,7 +474,7 @@ def component_main(role: str, spec: Mapping[str, Any]) -> int:
     keys = client_keys()  # a secured bus: the daemon put its own sources' keys in the environment
     plugins = load_plugins()  # the installed ones, as the daemon loaded them: kinds, encoders, fusions
     if role == "worker":
-        run_worker(WorkerSpec.from_dict(dict(spec)), stop, keys=keys)
+        run_worker(WorkerSpec.from_dict(dict(spec)), stop, keys=keys, kinds=plugins.kinds)
     else:
         run_server(ServerSpec.from_dict(dict(spec)), stop, plugins, keys=keys)
     return 0

@@ -87,7 +87,7 @@ def run_offline(
     the processing clock, so a recording always gives the same windows and labels."""
     from fusiond.models import load
 
-    checkpoint: Checkpoint = load(config.model.path)
+    checkpoint: Checkpoint = load(config.model.path, plugins.kinds)
     streams = resolve_streams(config, plugins.sources, checkpoint.spec, checkpoint.name)
     name = engine_name(config)
     if name == "threads":

@@ -54,7 +54,7 @@ class Component:
                 plugins = load_plugins()  # the node's installed ones: kinds, encoders, fusions
                 if role == "worker":
                     ready.set()
-                    run_worker(WorkerSpec.from_dict(spec), self.stop)
+                    run_worker(WorkerSpec.from_dict(spec), self.stop, kinds=plugins.kinds)
                 else:
                     run_server(ServerSpec.from_dict(spec), self.stop, plugins, bound=bound)
             except Exception as exc:

@@ -104,7 +104,7 @@ def load_serving(
     from fusiond.models.serving import make_runner
     from fusiond.publish import PredictionBuilder, reject_thresholds
 
-    checkpoint = load(path)
+    checkpoint = load(path, plugins.kinds)
     runner = make_runner(checkpoint, plugins.parts, device, runtime, threads, providers)
     runner.warm_up(max_batch)
     model = {"name": checkpoint.name, "hash": checkpoint.content_hash}

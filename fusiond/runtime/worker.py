@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
 
@@ -28,6 +28,9 @@ from fusiond.memory import MemoryReturn
 from fusiond.metrics import Stats
 from fusiond.pipeline import Pipeline
 from fusiond.runtime.handoff import END, encode_progress, encode_stats, encode_window
+
+if TYPE_CHECKING:
+    from fusiond.align.kinds import KindRegistry
 
 __all__ = ["FLUSH", "run_worker", "snapshot_of", "STATS_EVERY_NS", "WorkerSpec"]
 
@@ -61,11 +64,12 @@ class WorkerSpec:
         """The rigs this worker cuts windows for."""
         return sorted({rig for rig, _, _ in self.streams})
 
-    def pipeline(self, stats: Stats) -> Pipeline:
-        """The pipeline of this worker's rigs (it never batches: the server does)."""
+    def pipeline(self, stats: Stats, kinds: KindRegistry | None = None) -> Pipeline:
+        """The pipeline of this worker's rigs (it never batches: the server does); its
+        specs' kinds come from ``kinds``, the worker's process's plugins."""
         return Pipeline(
             {(r, s): m for r, s, m in self.streams},
-            InputSpec.from_dict(self.spec),
+            InputSpec.from_dict(self.spec, kinds),
             WindowConfig(**self.window),
             stats=stats,
             limits=Limits(**self.limits),
@@ -89,10 +93,12 @@ def run_worker(
     stop: threading.Event,
     ctx: zmq.Context[zmq.Socket[bytes]] | None = None,
     keys: Keys | None = None,
+    kinds: KindRegistry | None = None,
 ) -> None:
-    """Cut windows until ``stop`` is set (or, offline, until the feed says flush)."""
+    """Cut windows until ``stop`` is set (or, offline, until the feed says flush);
+    ``kinds``: the modality kinds of this process's plugins (default: the built-in ones)."""
     stats = Stats()
-    pipeline = spec.pipeline(stats)
+    pipeline = spec.pipeline(stats, kinds)
     # Offline, what is still queued at the end must get out, however long the server takes to
     # start (a worker may be done before the model is loaded; the run stops what hangs);
     # live, nothing waits on a dead peer.

@@ -28,9 +28,10 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, PrivateAttr, ValidationInfo, model_validator
 
-from fusiond.align.kinds import KINDS
+from fusiond.align.fit import builtin_kinds
+from fusiond.align.kinds import KindRegistry, ModalityKind
 from fusiond.align.spec import InputSpec, ModalitySpec
 from fusiond.config import WindowSection, validate
 from fusiond.errors import ConfigError
@@ -58,38 +59,51 @@ class InputTable(Strict):
     """Label-preserving variations for training (``fusiond/align/augment.py``), each applied
     to a window with probability one half; unset: the kind's default (text: word dropout)."""
 
+    _kind: ModalityKind | None = PrivateAttr(default=None)
+
     @model_validator(mode="after")
-    def _valid_for_its_kind(self) -> InputTable:
-        if self.kind not in KINDS:
-            msg = f"unknown modality kind {self.kind!r} (known: {', '.join(KINDS)})"
+    def _valid_for_its_kind(self, info: ValidationInfo) -> InputTable:
+        kinds: KindRegistry = (info.context or {}).get("kinds") or builtin_kinds()
+        if self.kind not in kinds:
+            msg = f"unknown modality kind {self.kind!r} (known: {', '.join(kinds)})"
             raise ValueError(msg)
-        known = KINDS.get(self.kind).augmentations
+        self._kind = kinds.get(self.kind)
+        known = self.kind_of.augmentations
         unknown = [a for a in self.augment or () if a not in known]
         if unknown:
             can = ", ".join(known) or "none"
             msg = f"a {self.kind} input cannot be augmented with {unknown} (it can: {can})"
             raise ValueError(msg)
-        if self.vocab or not KINDS.get(self.kind).vocabulary:  # else the vocab comes from the data
+        if self.vocab or not self.kind_of.vocabulary:  # else the vocab comes from the data
             self.spec()  # the kind's own checks (frames need a size, ...)
         return self
+
+    @property
+    def kind_of(self) -> ModalityKind:
+        """The kind object, from the registry the recipe was read with."""
+        if self._kind is None:  # a table built in code, not read: a built-in kind
+            self._kind = builtin_kinds().get(self.kind)
+        return self._kind
 
     @property
     def encoder_name(self) -> str:
         """The encoder to build: the kind's default when not given; ``timm:resnet18`` and
         ``torchvision:resnet18`` name the built-in ``resnet18`` (their weights load as they are)."""
-        name = self.encoder or KINDS.get(self.kind).default_encoder
+        name = self.encoder or self.kind_of.default_encoder
         library, sep, model = name.partition(":")
         return model if sep and library in ("timm", "torchvision") else name
 
     @property
     def augmentations(self) -> tuple[str, ...]:
         """The augmentations to train with."""
-        return tuple(self.augment) if self.augment is not None else KINDS.get(self.kind).default_augment
+        return tuple(self.augment) if self.augment is not None else self.kind_of.default_augment
 
     def spec(self, vocab: tuple[str, ...] | None = None) -> ModalitySpec:
         """The input spec; ``vocab`` replaces the table's (one built from the data)."""
         words = tuple(self.vocab) if vocab is None else vocab
-        return ModalitySpec(self.kind, self.length, self.channels, self.height, self.width, words)
+        return ModalitySpec(
+            self.kind, self.length, self.channels, self.height, self.width, words, kind_of=self.kind_of
+        )
 
 
 class TrainTable(Strict):
@@ -186,8 +200,12 @@ class Recipe(Strict):
         return self.model_copy(update={"inputs": {m: self.inputs[m] for m in modalities}})
 
 
-def load_recipe(path: Path, **overrides: Any) -> Recipe:
-    """Read a recipe; ``overrides`` replace top-level keys or, as ``train_<key>``, [train] keys."""
+def load_recipe(path: Path, kinds: KindRegistry | None = None, **overrides: Any) -> Recipe:
+    """Read a recipe; ``overrides`` replace top-level keys or, as ``train_<key>``, [train] keys.
+
+    ``kinds``: the modality kinds its inputs may name (``plugins.kinds``; default: the
+    built-in ones).
+    """
     try:
         data = tomllib.loads(path.read_text())
     except FileNotFoundError:
@@ -206,7 +224,7 @@ def load_recipe(path: Path, **overrides: Any) -> Recipe:
             data[key] = value
     if train:
         data["train"] = train
-    recipe = validate(Recipe, data, source=str(path))
+    recipe = validate(Recipe, data, source=str(path), context={"kinds": kinds})
     inputs = {}
     for name, table in recipe.inputs.items():  # a weights file is found beside the recipe
         weights = table.encoder_args.get("weights")

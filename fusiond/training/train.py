@@ -12,7 +12,6 @@ from typing import Any
 
 from fusiond import config as config_mod
 from fusiond.align.fit import words
-from fusiond.align.kinds import KINDS
 from fusiond.align.spec import InputSpec
 from fusiond.align.windows import WindowConfig
 from fusiond.bus.wire import decode_arrays, decode_sample_header
@@ -177,9 +176,7 @@ def with_vocab(recipe: Recipe, data: Sequence[DataItem], plugins: Plugins) -> Re
     the ``vocab_size`` commonest words of that modality's text events in ``data`` (ties in
     alphabetical order, so the same data gives the same vocabulary). The vocabulary is
     part of the input spec: it travels in the checkpoint with the model."""
-    wanted = {
-        m: Counter[str]() for m, t in recipe.inputs.items() if KINDS.get(t.kind).vocabulary and not t.vocab
-    }
+    wanted = {m: Counter[str]() for m, t in recipe.inputs.items() if t.kind_of.vocabulary and not t.vocab}
     if not wanted:
         return recipe
     for item in data:
