@@ -72,7 +72,7 @@ class Daemon:
         prepared = prepare(config, plugins, serve=True, engines=engines)
         for problem in [*prepared.problems, *prepared.warnings, *config.warnings()]:
             log.warning("%s: %s", config.source, problem)  # a device may come later: its source retries
-        self.checkpoint, self.streams = prepared.checkpoint, prepared.streams
+        self.card, self.streams = prepared.card, prepared.streams
         self.start_sources = start_sources
         self.engine_name = engine_name(config)
         self._engine_class = engine_class(self.engine_name, engines)
@@ -82,9 +82,7 @@ class Daemon:
         self.continuity = Continuity(config.rigs, self.stats)
         self.outputs = OutputReports(config.outputs)
         self.systemd = Systemd()
-        self.reloader = Reloader(
-            config_path, plugins, prepared.checkpoint.spec, self._reload, self.model_info
-        )
+        self.reloader = Reloader(config_path, plugins, prepared.card.spec, self._reload, self.model_info)
         self.reloader.systemd = self.systemd
         self._failed: set[str] = set()
         self.fatal: str | None = None
@@ -110,7 +108,7 @@ class Daemon:
             self.reports = self.sockets.subscriber(self.broker.inproc_subscribe, [OUTPUT_PREFIX], hwm=64)
             endpoints = endpoints_for(engine, self.config, self.broker, self.stats_at, self.owner)
             workers = self.config.runtime.worker_count(len(self.config.rigs))
-            self.plan = make_plan(self.config, self.streams, self.checkpoint.spec, endpoints, workers)
+            self.plan = make_plan(self.config, self.streams, self.card.spec, endpoints, workers)
             self.plan.seq = self.continuity.next_seq
             self.heartbeats = Heartbeats(self.plan.names, self.started_ns)
             self.engine = engine.create(self.plan, self.config, self.sockets.ctx, self.keys, self.plugins)
@@ -201,7 +199,7 @@ class Daemon:
             sources=sum(c.role == "source" for c in self.supervisor.children),
             silent=status.never_delivered_why(self),
             waited_ns=now - self.started_ns,
-            model=self.checkpoint.name,
+            model=self.card.name,
         )
 
     def _liveness(self, now: int) -> Liveness:
@@ -225,7 +223,7 @@ class Daemon:
         reported = self.heartbeats.snapshots.get(self.plan.server.name, {}).get("model")
         if reported:
             return {k: str(v) for k, v in reported.items()}
-        ck, runtime = self.checkpoint, self.config.model.runtime
+        ck, runtime = self.card, self.config.model.runtime
         return {"name": ck.name, "hash": ck.content_hash, "device": "loading", "runtime": runtime}
 
     def component_rows(self, now_ns: int) -> list[dict[str, Any]]:
@@ -256,7 +254,7 @@ class Daemon:
 
 def _started(d: Daemon) -> str:
     """One line that says what runs where."""
-    bus, ck = d.config.bus, d.checkpoint
+    bus, ck = d.config.bus, d.card
     return (
         f"fusiond started: model {ck.name} ({ck.content_hash}), {len(d.config.rigs)} rig(s), "
         f"{len(d.streams)} source(s), {len(d.plan.workers)} ingest worker(s) as {d.engine_name}; publishers "

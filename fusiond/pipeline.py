@@ -1,6 +1,6 @@
 """The pure core of the daemon: bus messages in, batches of closed windows out.
 
-    pipeline = Pipeline.from_config(config, plugins.sources, checkpoint)
+    pipeline = Pipeline.from_config(config, plugins.sources, card)
     pipeline.handle(frames, now_ns)           # every message, as it arrives
     for batch in pipeline.due(now_ns): ...    # whenever the clock moves
     for batch in pipeline.flush(now_ns): ...  # at the end of a recording
@@ -26,7 +26,7 @@ from fusiond.metrics import Stats
 
 if TYPE_CHECKING:
     from fusiond.config import Config
-    from fusiond.models.checkpoint import Checkpoint
+    from fusiond.models.card import ModelCard
     from fusiond.plugin.registry import SourceRegistry
 
 __all__ = ["Pipeline", "resolve_streams", "Streams"]
@@ -97,18 +97,18 @@ class Pipeline:
         cls,
         config: Config,
         sources: SourceRegistry,
-        checkpoint: Checkpoint,
+        card: ModelCard,
         *,
         rigs: Collection[str] | None = None,
         stats: Stats | None = None,
     ) -> Pipeline:
         """The pipeline a config describes, for all its rigs or only ``rigs`` (one worker's share)."""
-        streams = resolve_streams(config, sources, checkpoint.spec, checkpoint.name)
+        streams = resolve_streams(config, sources, card.spec, card.name)
         if rigs is not None:
             streams = {key: m for key, m in streams.items() if key[0] in rigs}
         return cls(
             streams,
-            checkpoint.spec,
+            card.spec,
             config.window.with_buffer(config.ingest),
             stats=stats,
             limits=config.ingest.limits(),

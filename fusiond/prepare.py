@@ -16,7 +16,7 @@ from typing import Any
 from fusiond.bus.security import Keys, listing, load_pair
 from fusiond.config import Config
 from fusiond.errors import ConfigError, FusiondError, ModelError
-from fusiond.models import Checkpoint, load
+from fusiond.models.card import ModelCard, read_card
 from fusiond.models.runner import pick_device
 from fusiond.models.serving import resolve_runtime
 from fusiond.outputs.base import OutputConfig
@@ -59,7 +59,8 @@ class Prepared:
 
     options: dict[tuple[str, str], SourceConfig]
     outputs: dict[str, OutputConfig]
-    checkpoint: Checkpoint
+    card: ModelCard
+    """The model's card (read without torch; the server loads the weights)."""
     streams: dict[tuple[str, str], str]
     problems: list[str]
     """What the source kinds see wrong without opening their devices (a missing file, say)."""
@@ -82,14 +83,18 @@ def prepare(
     outputs = config.output_options(plugins.outputs)
     engine_class(engine_name(config), engines)  # an engine the table lacks: one clear line
     try:
-        checkpoint = load(config.model.path, plugins.kinds)
+        card = read_card(config.model.path, plugins.kinds)
     except ModelError as exc:
         raise config.error(str(exc), "model.path") from None
     try:
-        pick_device(config.model.device)
+        if card.format == "checkpoint":  # an ONNX file runs on onnxruntime's providers, not on torch's device
+            pick_device(config.model.device)
     except ModelError as exc:
         raise config.error(str(exc), "model.device") from None
-    served_by = resolve_runtime(config.model.runtime, config.model.device)
+    try:
+        served_by = resolve_runtime(config.model.runtime, config.model.device, card)
+    except ModelError as exc:
+        raise config.error(str(exc), "model.runtime") from None
     if served_by == "onnx" and config.model.providers != "auto" and importlib.util.find_spec("onnxruntime"):
         from fusiond.models.onnx import choose_providers
 
@@ -97,12 +102,10 @@ def prepare(
             choose_providers(config.model.providers)
         except ModelError as exc:
             raise config.error(str(exc), "model.providers") from None
-    streams = resolve_streams(config, plugins.sources, checkpoint.spec, checkpoint.name)
-    m, classifier = config.model, checkpoint.task == "classification"
+    streams = resolve_streams(config, plugins.sources, card.spec, card.name)
+    m, classifier = config.model, card.task == "classification"
     try:
-        reject_thresholds(
-            checkpoint.metrics, m.reject and classifier, m.reject_confidence, m.reject_disagreement
-        )
+        reject_thresholds(card.metrics, m.reject and classifier, m.reject_confidence, m.reject_disagreement)
     except ValueError as exc:
         raise config.error(str(exc), "model.reject") from None
     if serve:
@@ -113,21 +116,21 @@ def prepare(
         assert cls is not None  # source_options checked the kind
         for problem in cls.check(source_options, config.base_dir):
             problems.append(f"rigs.{rig}.sources.{name}.{problem}")
-    trained = checkpoint.window.get("length_ns")
+    trained = card.window.get("length_ns")
     if trained is not None and trained != round(config.window.length_ms * 1e6):
         problems.append(
-            f"window.length_ms: {config.window.length_ms:g}, but model {checkpoint.name} was "
+            f"window.length_ms: {config.window.length_ms:g}, but model {card.name} was "
             f"trained on {trained / 1e6:g} ms windows: its scores will not hold"
         )
-    labelled = checkpoint.task != "regression"  # events follow a classifier's or an anomaly model's label
+    labelled = card.task != "regression"  # events follow a classifier's or an anomaly model's label
     warnings = [
-        f"{key}: model {checkpoint.name} is a {checkpoint.task} model; this applies to {to} only"
+        f"{key}: model {card.name} is a {card.task} model; this applies to {to} only"
         for key, on, to in (
             ("model.reject", m.reject and not classifier, "classifiers"),
             ("events.enabled", config.events.enabled and not labelled, "classifiers and anomaly models"),
             (
                 "model.anomaly_threshold",
-                m.anomaly_threshold is not None and checkpoint.task != "anomaly",
+                m.anomaly_threshold is not None and card.task != "anomaly",
                 "anomaly models",
             ),
         )
@@ -135,7 +138,7 @@ def prepare(
     ]
     for rig, section in config.rigs.items():
         fed = {streams[rig, name] for name in section.sources}
-        for modality in sorted(set(checkpoint.spec.modalities) - fed):
+        for modality in sorted(set(card.spec.modalities) - fed):
             warnings.append(
                 f"rigs.{rig}: no source for the model's {modality!r} input: it is masked in every window"
             )
@@ -143,7 +146,7 @@ def prepare(
         output_cls = plugins.outputs.get(config.outputs[name].kind)
         assert output_cls is not None  # output_options checked the kind
         problems += [f"outputs.{name}.{problem}" for problem in output_cls.check(output_options)]
-    return Prepared(options, outputs, checkpoint, streams, problems, warnings)
+    return Prepared(options, outputs, card, streams, problems, warnings)
 
 
 def _try_serving(config: Config, plugins: Plugins) -> None:

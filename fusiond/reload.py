@@ -71,7 +71,7 @@ class Reloader:
         assert self.path is not None
         try:
             new = config_mod.load(self.path)
-            if prepare(new, self.plugins).checkpoint.spec != self.spec:
+            if prepare(new, self.plugins).card.spec != self.spec:
                 msg = "the new model's inputs differ from the running one's; restart to change them"
                 raise new.error(msg, "model.path")
             self._result = new

@@ -298,7 +298,7 @@ def test_events_are_label_changes_that_held_on_the_bus_and_echo_shows_them(tmp_p
     assert shown.returncode == 0, shown.stderr
     got = [json.loads(line) for line in shown.stdout.splitlines()]
     assert len(got) == 4 and all(e["type"] == "event" and e["rig"] == "demo" for e in got)
-    classes = set(daemon.checkpoint.classes) | {"unknown"}
+    classes = set(daemon.card.classes) | {"unknown"}
     for before, after in itertools.pairwise(got):
         assert after["previous"] == before["state"] != after["state"]
         assert after["seq"] == before["seq"] + 1 and after["start_ns"] >= before["t_ns"] - 10**9

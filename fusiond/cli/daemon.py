@@ -126,7 +126,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     plugins = load_plugins()
     with in_config(config.source):
         prepared = prepare(config, plugins, serve=True)
-        ck = prepared.checkpoint
+        ck = prepared.card
         pipeline = Pipeline.from_config(config, plugins.sources, ck)
         daemon_keys(config)  # what run loads before it binds: unreadable or mismatched keys
     problems = prepared.problems + ([] if args.no_ports else port_problems(config))

@@ -149,7 +149,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     """Write a checkpoint's model as ONNX, for ``[model] runtime = "onnx"``."""
     from fusiond.models import load
-    from fusiond.models.onnx import export, onnx_path
+    from fusiond.models.export import export
+    from fusiond.models.onnx import onnx_path
     from fusiond.plugin import load_plugins
 
     plugins = load_plugins()  # first: a checkpoint may name a plugin's modality kind

@@ -13,14 +13,13 @@ import torch
 
 from fusiond.align.spec import InputSpec
 from fusiond.errors import ModelError
+from fusiond.models.card import FORMAT, ModelCard
 from fusiond.models.model import FusionModel, Parts
 
 if TYPE_CHECKING:
     from fusiond.align.kinds import KindRegistry
 
 __all__ = ["Checkpoint", "FORMAT", "load", "save"]
-
-FORMAT = 1
 
 
 @dataclass
@@ -43,6 +42,23 @@ class Checkpoint:
     """The file it was loaded from (None when built in memory)."""
     anomaly: str = ""
     """An anomaly model's method (``embedding`` or ``stats``), else empty."""
+
+    @property
+    def card(self) -> ModelCard:
+        """What serving needs of it besides the weights."""
+        return ModelCard(
+            name=self.name,
+            task=self.task,
+            classes=tuple(self.classes),
+            window={k: int(v) for k, v in self.window.items()},
+            spec=self.spec,
+            content_hash=self.content_hash,
+            path=self.path,
+            output={"anomaly": "anomaly", "regression": "values"}.get(self.task, "probabilities"),
+            metrics=self.metrics,
+            anomaly=self.anomaly,
+            modality_heads=any(k.startswith("heads.") for k in self.state_dict),
+        )
 
     def build(self, parts: Parts) -> FusionModel:
         """The model with its weights loaded, in eval mode."""

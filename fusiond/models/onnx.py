@@ -1,64 +1,33 @@
-"""Export a checkpoint to ONNX, and run it with onnxruntime on CPU.
+"""Run a model with onnxruntime, on the execution providers chosen (no torch).
 
-``fusiond export MODEL.pt --onnx`` writes ``MODEL.onnx`` beside it; ``[model] runtime =
-"onnx"`` serves that file (exported on the fly when it is missing or older than the
-checkpoint). The graph takes one input per modality, in the model's order, plus the
-``[B, M]`` presence mask, and returns probabilities (a classifier), values (a regressor)
-or anomaly scores (:mod:`fusiond.models.anomaly`), with a dynamic batch axis. Its metadata
-carries the checkpoint's content hash and a card (``fusiond.card``, JSON: the class names,
-the window, each input's spec, shape and dtype, the mask convention and the outputs), so
-that another program can use the file on its own.
-onnxruntime is an optional extra: ``pip install fusiond[onnx]``.
+``[model] runtime = "onnx"`` serves either a fusiond checkpoint's export (beside it as
+``MODEL.onnx``, or made on the fly into the cache by :mod:`fusiond.models.export` when
+missing or made from another checkpoint) or an ONNX file named by ``[model] path``, read
+through its card (:mod:`fusiond.models.card`). onnxruntime is an optional extra:
+``pip install fusiond[onnx]``.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import nn
 
 from fusiond.errors import ModelError
-from fusiond.models.checkpoint import Checkpoint
-from fusiond.models.model import FusionModel, Parts
+from fusiond.models.card import HASH_KEY, ModelCard, check_graph
 from fusiond.models.runner import Runner
 
-__all__ = [
-    "card",
-    "CARD_KEY",
-    "cache_dir",
-    "export",
-    "HASH_KEY",
-    "onnx_path",
-    "OnnxRunner",
-    "OPSET",
-    "choose_providers",
-    "PREFERRED",
-]
+if TYPE_CHECKING:
+    from fusiond.models.checkpoint import Checkpoint
+    from fusiond.models.model import Parts
+
+__all__ = ["cache_dir", "choose_providers", "onnx_path", "OnnxRunner", "PREFERRED"]
 
 log = logging.getLogger(__name__)
-OPSET = 17
-
-
-class _Flat(nn.Module):
-    """The model with positional inputs, as ONNX wants them, and its output activation."""
-
-    def __init__(self, model: FusionModel) -> None:
-        super().__init__()
-        self.model = model
-        self.names = list(model.modalities)
-
-    def forward(self, *args: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        inputs = dict(zip(self.names, args[:-1], strict=True))
-        out, own = self.model.serve(inputs, args[-1])
-        return out if own is None else (out, own)
 
 
 def cache_dir() -> Path:
@@ -74,38 +43,6 @@ def cache_dir() -> Path:
 def onnx_path(checkpoint_path: Path) -> Path:
     """Where the ONNX export of a checkpoint lives: beside it, ``.onnx``."""
     return checkpoint_path.with_suffix(".onnx")
-
-
-def export(checkpoint: Checkpoint, parts: Parts, out: Path) -> Path:
-    """Write the checkpoint's model as ONNX to ``out``."""
-    flat = _Flat(checkpoint.build(parts)).eval()
-    spec = checkpoint.spec.modalities
-    names = list(flat.names)
-    example = [torch.zeros((2, *spec[m].shape), dtype=_torch_dtype(spec[m].dtype)) for m in names]
-    mask = torch.ones((2, len(names)), dtype=torch.bool)
-    outputs = ["out", "modalities"] if flat.model.has_heads else ["out"]
-    dynamic = {name: {0: "batch"} for name in [*names, "mask", *outputs]}
-    tmp = out.with_name(out.name + ".tmp")
-    try:
-        with warnings.catch_warnings():  # the exporter's own notes are not the user's business
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                flat,
-                (*example, mask),
-                str(tmp),
-                input_names=[*names, "mask"],
-                output_names=outputs,
-                dynamic_axes=dynamic,
-                opset_version=OPSET,
-                dynamo=False,
-            )
-        _stamp(tmp, checkpoint)
-    except Exception as exc:
-        tmp.unlink(missing_ok=True)
-        msg = f"cannot export {checkpoint.name!r} to ONNX: {exc}"
-        raise ModelError(msg) from None
-    os.replace(tmp, out)
-    return out
 
 
 PREFERRED = ("CUDAExecutionProvider", "OpenVINOExecutionProvider", "CPUExecutionProvider")
@@ -135,132 +72,112 @@ def choose_providers(wanted: str | list[str] = "auto") -> list[str]:
     return [*(p for p in chosen if p != "CPUExecutionProvider"), "CPUExecutionProvider"]
 
 
-HASH_KEY = "fusiond.content_hash"
-"""The export's metadata entry naming the checkpoint it was made from (its content hash)."""
-CARD_KEY = "fusiond.card"
-"""The export's metadata entry with what a program needs to feed it and read it (JSON)."""
-
-
-def card(checkpoint: Checkpoint) -> dict[str, Any]:
-    """What an export's inputs and outputs mean: its name, task, class (or target) names,
-    window, each input's spec in graph order, the mask convention and the outputs."""
-    spec, fields = checkpoint.spec.modalities, checkpoint.spec.to_dict()
-    if checkpoint.task == "anomaly":
-        outputs = {
-            "out": "float32 [batch, 3 + M]: anomaly score, nearest normal class (-1: none), "
-            "threshold for the window's present modalities, then each modality's share of the score"
-        }
-    elif checkpoint.task == "regression":
-        outputs = {"out": "float32 [batch, K]: the value of each target in classes"}
-    else:
-        outputs = {"out": "float32 [batch, K]: the probability of each class in classes"}
-        if any(k.startswith("heads.") for k in checkpoint.state_dict):
-            outputs["modalities"] = (
-                "float32 [batch, M, K]: each modality's own calibrated class probabilities"
-            )
-    return {
-        "name": checkpoint.name,
-        "task": checkpoint.task,
-        "classes": list(checkpoint.classes),
-        "window": dict(checkpoint.window),
-        "inputs": [
-            {
-                "name": m,
-                **fields[m],
-                "shape": ["batch", *s.shape],
-                "dtype": str(s.dtype),
-                "fit": " ".join((type(s.kind_of).__doc__ or "").split()),
-            }
-            for m, s in spec.items()
-        ],
-        "mask": {
-            "name": "mask",
-            "shape": ["batch", len(spec)],
-            "dtype": "bool",
-            "meaning": "True where the modality (in inputs order) is present; a missing one's input is zeros",
-        },
-        "outputs": outputs,
-        "content_hash": checkpoint.content_hash,
-    }
-
-
-def _stamp(path: Path, checkpoint: Checkpoint) -> None:
-    """Write the checkpoint's name, content hash and card into the ONNX file's metadata."""
-    import onnx
-
-    model = onnx.load(str(path))
-    props = {
-        HASH_KEY: checkpoint.content_hash,
-        "fusiond.name": checkpoint.name,
-        CARD_KEY: json.dumps(card(checkpoint), default=str),
-    }
-    onnx.helper.set_model_props(model, props)
-    onnx.save(model, str(path))
-
-
-def _torch_dtype(dtype: np.dtype[Any]) -> torch.dtype:
-    return torch.from_numpy(np.zeros(1, dtype)).dtype
-
-
 class OnnxRunner(Runner):
-    """Runs a checkpoint's ONNX export with onnxruntime, on the execution providers chosen
-    (:func:`choose_providers`); ``providers`` holds those the session really got."""
+    """Runs a model with onnxruntime, on the execution providers chosen
+    (:func:`choose_providers`); ``providers`` holds those the session really got.
+
+    ``model``: a loaded checkpoint, or a card (:func:`fusiond.models.card.read_card`). A
+    checkpoint's card serves its export; an ONNX file's card serves that file, checked
+    against the graph first. ``parts`` (or a function that gives them) builds the model
+    when a checkpoint must be exported; an ONNX file never needs them, nor torch.
+    """
 
     runtime = "onnx"
 
     def __init__(
-        self, checkpoint: Checkpoint, parts: Parts, threads: int = 0, providers: str | list[str] = "auto"
+        self,
+        model: Checkpoint | ModelCard,
+        parts: Parts | Callable[[], Parts] | None = None,
+        threads: int = 0,
+        providers: str | list[str] = "auto",
     ) -> None:
         try:
             import onnxruntime
         except ImportError:
             msg = "model.runtime is 'onnx' but onnxruntime is not installed: pip install 'fusiond[onnx]'"
             raise ModelError(msg) from None
-        self.checkpoint = checkpoint
-        self.device = torch.device("cpu")
-        self.modalities = list(checkpoint.spec.modalities)
+        self.card = model if isinstance(model, ModelCard) else model.card
+        self.device = "cpu"
+        self.modalities = list(self.card.spec.modalities)
         self.options = onnxruntime.SessionOptions()
         if threads > 0:
             self.options.intra_op_num_threads = threads
         self.options.inter_op_num_threads = 1
         self.wanted = choose_providers(providers)
-        self.session = self._session(checkpoint, parts)
+        if self.card.format == "onnx":
+            self.session = self._open(self.card)
+        else:
+            self.session = self._export_of(model, parts)
         self.outputs = [o.name for o in self.session.get_outputs()]
         self.providers: list[str] = list(self.session.get_providers())
-        log.debug("onnxruntime runs %s on %s", checkpoint.name, ", ".join(self.providers))
+        self.softmax = self.card.output == "logits"
+        log.debug("onnxruntime runs %s on %s", self.card.name, ", ".join(self.providers))
 
-    def _session(self, checkpoint: Checkpoint, parts: Parts) -> Any:
+    def _open(self, card: ModelCard) -> Any:
+        """A model fusiond did not export: checked against its card, warned about when it
+        takes no mask."""
+        import onnxruntime
+
+        try:
+            session = onnxruntime.InferenceSession(str(card.path), self.options, providers=self.wanted)
+        except Exception as exc:  # onnxruntime raises its own types, one per failure
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            msg = f"{card.path} is not an ONNX model onnxruntime can load: {first}"
+            raise ModelError(msg) from None
+        check_graph(card, session.get_inputs(), session.get_outputs())
+        if not card.mask:
+            log.warning(
+                "model %s takes no mask: a missing modality reaches it as zeros (its predictions "
+                "still list it as missing)",
+                card.name,
+            )
+        return session
+
+    def _export_of(self, model: Checkpoint | ModelCard, parts: Parts | Callable[[], Parts] | None) -> Any:
         """The export beside the checkpoint if it was made from this very checkpoint (its
         metadata names the content hash), else an export of our own, keyed by that hash in
         the cache (the model's folder may be read-only: a packaged or system-wide model).
         A file's age says nothing: a stale export newer than its checkpoint is not served."""
         import onnxruntime
 
-        if checkpoint.path is None:
+        card = self.card
+        if card.path is None:
             msg = "an ONNX runner needs a checkpoint loaded from a file"
             raise ModelError(msg)
-        beside = onnx_path(checkpoint.path)
-        for path in (beside, cache_dir() / f"{checkpoint.content_hash}.onnx"):
+        beside = onnx_path(card.path)
+        for path in (beside, cache_dir() / f"{card.content_hash}.onnx"):
             if not path.exists():
                 continue
             session = onnxruntime.InferenceSession(str(path), self.options, providers=self.wanted)
             made_from = session.get_modelmeta().custom_metadata_map.get(HASH_KEY)
-            if made_from == checkpoint.content_hash:
+            if made_from == card.content_hash:
                 return session
             log.warning(
                 "not serving %s: it was exported from checkpoint %s, not from %s (%s)",
                 path,
                 made_from or "(unknown: no fusiond metadata)",
-                checkpoint.path,
-                checkpoint.content_hash,
+                card.path,
+                card.content_hash,
             )
-        cached = cache_dir() / f"{checkpoint.content_hash}.onnx"
-        log.info("exporting %s to %s for onnxruntime", checkpoint.path, cached)
-        export(checkpoint, parts, cached)
+        from fusiond.models.checkpoint import Checkpoint, load
+        from fusiond.models.export import export
+
+        checkpoint = model if isinstance(model, Checkpoint) else load(card.path, card.kinds())
+        if parts is None:
+            msg = f"exporting {card.path} for onnxruntime needs the encoders and fusions (parts)"
+            raise ModelError(msg)
+        cached = cache_dir() / f"{card.content_hash}.onnx"
+        log.info("exporting %s to %s for onnxruntime", card.path, cached)
+        export(checkpoint, parts() if callable(parts) else parts, cached)
         return onnxruntime.InferenceSession(str(cached), self.options, providers=self.wanted)
 
     def _forward(
         self, inputs: Mapping[str, np.ndarray], mask: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray | None]:
-        got = self.session.run(self.outputs, {**inputs, "mask": mask})
-        return got[0], (got[1] if len(got) > 1 else None)
+        feed = {**inputs, "mask": mask} if self.card.mask else inputs
+        got = self.session.run(self.outputs, feed)
+        out = got[0]
+        if self.softmax:
+            shifted = np.exp(out - out.max(axis=1, keepdims=True))
+            out = shifted / shifted.sum(axis=1, keepdims=True)
+        return out, (got[1] if len(got) > 1 and self.card.modality_heads else None)

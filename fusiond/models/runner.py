@@ -1,4 +1,7 @@
-"""Run a checkpoint on batches of windows: one forward pass per batch."""
+"""Run a model on batches of windows: one forward pass per batch.
+
+torch is imported where a torch model runs (:class:`ModelRunner`, :func:`pick_device`),
+not by the base: an ONNX model (:mod:`fusiond.models.onnx`) is served without it."""
 
 from __future__ import annotations
 
@@ -6,14 +9,19 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from fusiond.align.windows import Window
 from fusiond.errors import ModelError
-from fusiond.models.checkpoint import Checkpoint
-from fusiond.models.model import Parts
+
+if TYPE_CHECKING:
+    import torch
+
+    from fusiond.models.card import ModelCard
+    from fusiond.models.checkpoint import Checkpoint
+    from fusiond.models.model import Parts
 
 __all__ = ["BatchResult", "ModelRunner", "pick_device", "Runner", "set_threads"]
 
@@ -23,6 +31,8 @@ log = logging.getLogger(__name__)
 def pick_device(wanted: str = "auto") -> torch.device:
     """``auto`` takes CUDA when present, else CPU; a CUDA device that is not there is a
     :class:`ModelError` (torch would only fail at the first forward pass)."""
+    import torch
+
     if wanted == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -66,6 +76,8 @@ def set_threads(threads: int) -> None:
     takes every core makes them fight for it.
     """
     if threads > 0:
+        import torch
+
         torch.set_num_threads(threads)
 
 
@@ -73,13 +85,14 @@ class Runner:
     """What every runtime shares: windows in, one batched call, scores out."""
 
     runtime = ""
-    checkpoint: Checkpoint
-    device: torch.device
+    card: ModelCard
+    device: Any
+    """Where it runs (``torch.device``, or ``"cpu"`` for onnxruntime)."""
     modalities: list[str]
 
     def warm_up(self, batch_size: int = 1) -> None:
         """One forward pass on zeros, so the first real batch pays no start-up cost."""
-        spec = self.checkpoint.spec.modalities
+        spec = self.card.spec.modalities
         inputs = {m: np.zeros((batch_size, *s.shape), s.dtype) for m, s in spec.items()}
         mask = np.ones((batch_size, len(self.modalities)), bool)
         self._forward(inputs, mask)
@@ -112,7 +125,7 @@ class ModelRunner(Runner):
         parts: Parts,
         device: str = "auto",
     ) -> None:
-        self.checkpoint = checkpoint
+        self.checkpoint, self.card = checkpoint, checkpoint.card
         self.device = pick_device(device)
         self.model = checkpoint.build(parts).to(self.device).eval()
         self.modalities = self.model.modalities
@@ -120,6 +133,8 @@ class ModelRunner(Runner):
     def _forward(
         self, inputs: Mapping[str, np.ndarray], mask: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray | None]:
+        import torch  # loaded by pick_device already: a lookup
+
         with torch.inference_mode():
             tensors = {m: torch.from_numpy(a).to(self.device, non_blocking=True) for m, a in inputs.items()}
             out, own = self.model.serve(tensors, torch.from_numpy(mask).to(self.device))

@@ -25,7 +25,7 @@ from fusiond.bus.wire import SAMPLE_PREFIX, Prediction, decode_prediction, sampl
 from fusiond.config import Config
 from fusiond.errors import WireError
 from fusiond.metrics import Stats
-from fusiond.models.checkpoint import Checkpoint
+from fusiond.models.card import ModelCard
 from fusiond.pipeline import Pipeline, resolve_streams
 from fusiond.plugin import Plugins
 from fusiond.runtime.engine import EngineClass, endpoints_for, make_plan, remove_ipc
@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 def run_inline(
     config: Config,
     plugins: Plugins,
-    checkpoint: Checkpoint,
+    card: ModelCard,
     streams: Mapping[tuple[str, str], str],
     recording: Path,
     emit: Callable[[Prediction], None],
@@ -51,12 +51,12 @@ def run_inline(
     from fusiond.publish import PredictionBuilder
     from fusiond.recording import read
 
-    pipeline = Pipeline.from_config(config, plugins.sources, checkpoint)
+    pipeline = Pipeline.from_config(config, plugins.sources, card)
     m = config.model
-    runner = make_runner(checkpoint, plugins.parts, m.device, m.runtime, m.threads, m.providers)
-    model = {"name": checkpoint.name, "hash": checkpoint.content_hash}
+    runner = make_runner(card, lambda: plugins.parts, m.device, m.runtime, m.threads, m.providers)
+    model = {"name": card.name, "hash": card.content_hash}
     builder = PredictionBuilder(
-        checkpoint.classes, model, checkpoint.task, threshold=config.model.anomaly_threshold
+        list(card.classes), model, card.task, threshold=config.model.anomaly_threshold
     )
 
     def run(batches: list[list[Any]], now: int) -> None:
@@ -85,20 +85,20 @@ def run_offline(
 ) -> Stats:
     """Run the pipeline over a recording with no wall clock: the recorded receive time is
     the processing clock, so a recording always gives the same windows and labels."""
-    from fusiond.models import load
+    from fusiond.models.card import read_card
 
-    checkpoint: Checkpoint = load(config.model.path, plugins.kinds)
-    streams = resolve_streams(config, plugins.sources, checkpoint.spec, checkpoint.name)
+    card = read_card(config.model.path, plugins.kinds)
+    streams = resolve_streams(config, plugins.sources, card.spec, card.name)
     name = engine_name(config)
     if name == "threads":
-        return run_inline(config, plugins, checkpoint, streams, recording, emit)
-    return run_sharded(config, plugins, checkpoint, streams, recording, emit, engine_class(name, engines))
+        return run_inline(config, plugins, card, streams, recording, emit)
+    return run_sharded(config, plugins, card, streams, recording, emit, engine_class(name, engines))
 
 
 def run_sharded(
     config: Config,
     plugins: Plugins,
-    checkpoint: Checkpoint,
+    card: ModelCard,
     streams: Mapping[tuple[str, str], str],
     recording: Path,
     emit: Callable[[Prediction], None],
@@ -122,7 +122,7 @@ def run_sharded(
         endpoints = endpoints_for(
             engine, config, None, _bound(inbox), owner, tuple(_bound(f) for f in feeds), _bound(collector)
         )
-        plan = make_plan(config, streams, checkpoint.spec, endpoints, workers, offline=True)
+        plan = make_plan(config, streams, card.spec, endpoints, workers, offline=True)
         worker_of = {rig: i for i, spec in enumerate(plan.workers) for rig in spec.rigs}
         topics = {sample_topic(r, s).encode(): worker_of[r] for r, s in streams}
         running = engine.create(plan, config, sockets.ctx, Keys(), plugins)

@@ -98,26 +98,24 @@ def load_serving(
     anomaly: float | None = None,
     providers: str | list[str] = "auto",
 ) -> Serving:
-    """Load a checkpoint for serving on ``runtime`` (torch or onnx), built from ``plugins``'
-    parts, warmed up."""
-    from fusiond.models import load
+    """Load a model (a checkpoint or an ONNX file, through its card) for serving on
+    ``runtime`` (torch or onnx), built from ``plugins``' parts, warmed up."""
+    from fusiond.models.card import read_card
     from fusiond.models.serving import make_runner
     from fusiond.publish import PredictionBuilder, reject_thresholds
 
-    checkpoint = load(path, plugins.kinds)
-    runner = make_runner(checkpoint, plugins.parts, device, runtime, threads, providers)
+    card = read_card(path, plugins.kinds)
+    runner = make_runner(card, lambda: plugins.parts, device, runtime, threads, providers)
     runner.warm_up(max_batch)
-    model = {"name": checkpoint.name, "hash": checkpoint.content_hash}
+    model = {"name": card.name, "hash": card.content_hash}
     try:
         on, confidence, spread = reject
-        thresholds = reject_thresholds(
-            checkpoint.metrics, on and checkpoint.task == "classification", confidence, spread
-        )
+        thresholds = reject_thresholds(card.metrics, on and card.task == "classification", confidence, spread)
     except ValueError as exc:
         msg = f"{path}: {exc}"
         raise ModelError(msg) from None
-    builder = PredictionBuilder(checkpoint.classes, model, checkpoint.task, seq, thresholds, anomaly)
-    return Serving(runner, builder, checkpoint.name, checkpoint.content_hash, checkpoint.spec)
+    builder = PredictionBuilder(list(card.classes), model, card.task, seq, thresholds, anomaly)
+    return Serving(runner, builder, card.name, card.content_hash, card.spec)
 
 
 def run_server(
