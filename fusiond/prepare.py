@@ -136,6 +136,11 @@ def prepare(
         )
         if on
     ]
+    if not card.mask:
+        warnings.append(
+            f"model.path: model {card.name} takes no mask: a missing modality reaches it as zeros "
+            "(its predictions still list it as missing)"
+        )
     for rig, section in config.rigs.items():
         fed = {streams[rig, name] for name in section.sources}
         for modality in sorted(set(card.spec.modalities) - fed):

@@ -9,7 +9,7 @@ import numpy as np
 
 from fusiond.align.windows import Window
 from fusiond.bus.wire import Prediction
-from fusiond.models.anomaly import NEAREST, SCORE, SHARES, THRESHOLD
+from fusiond.models.card import NEAREST, SCORE, SHARES, THRESHOLD
 from fusiond.models.runner import BatchResult
 
 __all__ = [

@@ -46,6 +46,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from fusiond.models.card import NEAREST, SCORE, SHARES, THRESHOLD
+
 __all__ = [
     "AnomalyHead",
     "EXACT_PATTERNS",
@@ -65,8 +67,6 @@ __all__ = [
 ]
 
 METHODS = ("embedding", "stats")
-SCORE, NEAREST, THRESHOLD, SHARES = 0, 1, 2, 3
-"""Columns of the head's output; the modalities' contributions start at ``SHARES``."""
 STATS = 3
 """Statistics per channel of the ``stats`` method: mean, spread, mean step."""
 MAX_MODALITIES = 16

@@ -46,6 +46,10 @@ __all__ = [
     "CardFile",
     "check_graph",
     "HASH_KEY",
+    "NEAREST",
+    "SCORE",
+    "SHARES",
+    "THRESHOLD",
     "ModelCard",
     "OUTPUTS",
     "read_card",
@@ -60,6 +64,9 @@ CARD_KEY = "fusiond.card"
 OUTPUTS = ("probabilities", "logits", "values", "anomaly")
 """What a model's first output holds: class probabilities, class logits (softmaxed when
 served), a regressor's values, or fusiond's anomaly columns."""
+SCORE, NEAREST, THRESHOLD, SHARES = 0, 1, 2, 3
+"""Columns of an anomaly model's output: its score, nearest normal class, threshold, and
+from ``SHARES`` on, each modality's share of the score (:mod:`fusiond.models.anomaly`)."""
 _DTYPES = {"uint8": "tensor(uint8)", "float32": "tensor(float)", "int32": "tensor(int32)"}
 
 

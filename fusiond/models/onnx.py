@@ -125,12 +125,8 @@ class OnnxRunner(Runner):
             msg = f"{card.path} is not an ONNX model onnxruntime can load: {first}"
             raise ModelError(msg) from None
         check_graph(card, session.get_inputs(), session.get_outputs())
-        if not card.mask:
-            log.warning(
-                "model %s takes no mask: a missing modality reaches it as zeros (its predictions "
-                "still list it as missing)",
-                card.name,
-            )
+        if not card.mask:  # said once by prepare's warnings, as the daemon and check-config show them
+            log.debug("model %s takes no mask: a missing modality reaches it as zeros", card.name)
         return session
 
     def _export_of(self, model: Checkpoint | ModelCard, parts: Parts | Callable[[], Parts] | None) -> Any:
