@@ -136,6 +136,11 @@ def prepare(
         )
         if on
     ]
+    if card.format == "onnx" and config.model.device not in ("auto", "cpu"):
+        warnings.append(
+            f"model.device: {config.model.device!r} is torch's; an ONNX model runs where "
+            'model.providers says (device = "cpu" keeps it on the CPU)'
+        )
     if not card.mask:
         warnings.append(
             f"model.path: model {card.name} takes no mask: a missing modality reaches it as zeros "
@@ -174,7 +179,8 @@ def _try_serving(config: Config, plugins: Plugins) -> None:
         msg = f"cannot serve this model: {exc}"
         raise config.error(msg, "model.path") from None
     except Exception as exc:  # noqa: BLE001 (whatever loading a foreign model raises: said in one line)
-        msg = f"cannot serve this model: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        msg = f"cannot serve this model: {type(exc).__name__}: {first}"
         raise config.error(msg, "model.path") from None
 
 

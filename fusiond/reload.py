@@ -77,6 +77,8 @@ class Reloader:
             self._result = new
         except (FusiondError, OSError) as exc:
             self._result = exc
+        except Exception as exc:  # noqa: BLE001 - a reload that fails is said, whatever failed
+            self._result = FusiondError(f"{type(exc).__name__}: {str(exc)[:300]}")
 
     def poll(self) -> None:
         """Apply a finished reload (the daemon's loop)."""

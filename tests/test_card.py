@@ -226,3 +226,151 @@ def test_the_daemon_serves_a_plain_pytorch_model_on_the_demo_rig_with_the_right_
         assert d.proc.returncode == 0, d.text()
     finally:
         d.close()
+
+
+def _graph(tmp_path, module, inputs, names, dynamic=True, out="model.onnx"):
+    """``module`` exported to ONNX (batch axis dynamic unless ``dynamic`` is False)."""
+    import warnings
+
+    import torch
+
+    path = tmp_path / out
+    axes = {n: {0: "b"} for n in [*names, "out"]} if dynamic else None
+    with warnings.catch_warnings():  # the exporter's notes on itself
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module.eval(),
+            inputs,
+            str(path),
+            input_names=names,
+            output_names=["out"],
+            dynamic_axes=axes,
+            dynamo=False,
+        )
+    return path
+
+
+def _imu_graph(tmp_path, kind="ok", dynamic=True):
+    """A graph over one IMU input ``[b, 100, 1]``: its output ``[b, 10]`` (``ok``), ``[b]``
+    (``rank1``) or ``[b, 20]`` with a width known only when it runs (``wide``)."""
+    import torch
+
+    class Mean(torch.nn.Module):
+        def forward(self, imu):
+            x = imu.mean(dim=(1, 2))
+            if kind == "rank1":
+                return x
+            if kind == "wide":
+                return x[:, None].repeat(1, imu.shape[1] // 5)
+            return x[:, None].repeat(1, 10)
+
+    return _graph(tmp_path, Mean(), (torch.zeros(2, 100, 1),), ["imu"], dynamic)
+
+
+DIGITS = ", ".join(f'"{d}"' for d in range(10))
+IMU_CARD = f'name = "m"\nclasses = [{DIGITS}]\nmask = false\n[inputs.imu]\nkind = "series"\nlength = 100\n'
+
+
+@pytest.mark.parametrize(
+    ("kind", "dynamic", "says"),
+    [
+        ("rank1", True, r"first output 'out' is \['b'\]; fusiond reads \[batch, K\]"),
+        ("wide", True, r"warming up on 2 window\(s\), the model gave float32 \[2, 20\], not float \[2, 10\]"),
+        ("ok", False, r"input 'imu' has a fixed batch size \(2\) in the graph: export it with a dynamic"),
+    ],
+)
+def test_a_graph_whose_output_or_batch_axis_does_not_fit_is_refused(tmp_path, kind, dynamic, says):
+    from fusiond.models.onnx import OnnxRunner
+
+    path = _imu_graph(tmp_path, kind, dynamic)
+    (tmp_path / "card.toml").write_text(IMU_CARD)
+    with pytest.raises(ModelError, match=says):
+        OnnxRunner(read_card(path), providers=["CPUExecutionProvider"]).warm_up(2)
+
+
+def test_a_card_toml_beside_an_export_does_not_replace_its_own_card_but_model_card_toml_does(tmp_path):
+    import onnx
+
+    from fusiond.models.card import CARD_KEY
+
+    path = _imu_graph(tmp_path)
+    (tmp_path / "card.toml").write_text(IMU_CARD)
+    assert read_card(path).name == "m"  # no card of its own: the folder's
+    model = onnx.load(str(path))
+    embedded = {
+        "name": "embedded",
+        "task": "classification",
+        "classes": [str(d) for d in range(10)],
+        "window": {},
+        "inputs": [{"name": "imu", "kind": "series", "length": 100, "channels": 1}],
+        "mask": False,
+    }
+    onnx.helper.set_model_props(model, {CARD_KEY: json.dumps(embedded)})
+    onnx.save(model, str(path))
+    card = read_card(path)
+    assert card.name == "embedded" and card.mask is False  # "mask": false is no mask
+    (tmp_path / "model.card.toml").write_text(IMU_CARD.replace('name = "m"', 'name = "own"'))
+    assert read_card(path).name == "own"
+    before = read_card(path).content_hash
+    (tmp_path / "model.card.toml").write_text(IMU_CARD.replace('name = "m"', 'name = "own2"'))
+    assert read_card(path).content_hash != before  # the card is part of the model's identity
+    (tmp_path / "model.card.toml").unlink()
+    for bad, says in [
+        ({"task": "banana"}, "names task 'banana'"),
+        ({"window": {"length_ns": -5}}, "a window of"),
+    ]:
+        onnx.helper.set_model_props(model, {CARD_KEY: json.dumps({**embedded, **bad})})
+        onnx.save(model, str(path))
+        with pytest.raises(ModelError, match=says):
+            read_card(path)
+
+
+@pytest.mark.parametrize(
+    ("card", "says"),
+    [
+        (IMU_CARD.replace('"1", "2"', '"1", "1"'), "must be distinct"),
+        (IMU_CARD.replace("[inputs.imu]", "[inputs.mask]"), "'mask' is taken"),
+        (IMU_CARD.replace('name = "m"', 'name = "a\\u001b[31m"'), "must be 1-64 letters"),
+        (
+            IMU_CARD.replace("length = 100", "length = 90000000\nchannels = 2"),
+            "would hold 180,000,000 values",
+        ),
+        (IMU_CARD.replace("length = 100", "length = 100\nchannels = 100000"), r"channels: must be <= 65536"),
+        (IMU_CARD.replace("mask = false", "mask = false\nwindow_ms = 100\nhop_ms = 200"), "must not exceed"),
+    ],
+)
+def test_a_card_toml_out_of_range_is_one_short_line_naming_it(tmp_path, card, says):
+    path = _imu_graph(tmp_path)
+    (tmp_path / "card.toml").write_text(card)
+    with pytest.raises(ModelError, match=says) as caught:
+        read_card(path)
+    assert len(str(caught.value).splitlines()) == 1 and len(str(caught.value)) < 1000
+
+
+def _zip(tmp_path, name, payload: bytes):
+    path = tmp_path / name
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("archive/data.pkl", payload)
+    return path
+
+
+def test_broken_and_hostile_checkpoints_are_one_line_each_and_cost_little(tmp_path):
+    import resource
+
+    odd = pickle.dumps({"format": 1, "name": "x", "spec": "x", "classes": [], "window": {}})
+    cases = [
+        (_zip(tmp_path, "spec.pt", odd), "cannot read its card"),
+        (_zip(tmp_path, "deep.pt", b"(" * 100_000 + b"."), "not a fusiond checkpoint|cannot read its card"),
+        (_zip(tmp_path, "bomb.pt", b"\0" * (40 * 2**20)), "unpacks to over 16 MiB"),
+        (_zip(tmp_path, "other.pt", pickle.dumps(zipfile.ZipInfo("x"))), "holds no zipfile.ZipInfo"),
+    ]
+    corrupt = tmp_path / "corrupt.pt"
+    data = bytearray(_zip(tmp_path, "ok.pt", pickle.dumps({"format": 1}) * 100).read_bytes())
+    data[60:80] = b"\xff" * 20  # inside the deflated stream
+    corrupt.write_bytes(bytes(data))
+    cases.append((corrupt, "not a fusiond checkpoint|cannot read its card"))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    for path, says in cases:
+        with pytest.raises(ModelError, match=says):
+            read_card(path)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200_000  # KiB: no bomb unpacked

@@ -103,6 +103,7 @@ class OnnxRunner(Runner):
         if threads > 0:
             self.options.intra_op_num_threads = threads
         self.options.inter_op_num_threads = 1
+        self.options.log_severity_level = 3  # its errors come back as exceptions, said in one line
         self.wanted = choose_providers(providers)
         if self.card.format == "onnx":
             self.session = self._open(self.card)

@@ -95,7 +95,16 @@ class Runner:
         spec = self.card.spec.modalities
         inputs = {m: np.zeros((batch_size, *s.shape), s.dtype) for m, s in spec.items()}
         mask = np.ones((batch_size, len(self.modalities)), bool)
-        self._forward(inputs, mask)
+        out, _ = self._forward(inputs, mask)
+        from fusiond.models.card import card_columns
+
+        want = (batch_size, card_columns(self.card))
+        if out.shape != want or out.dtype.kind != "f":
+            msg = (
+                f"{self.card.path or self.card.name}: warming up on {batch_size} window(s), the model "
+                f"gave {out.dtype} {list(out.shape)}, not float {list(want)}"
+            )
+            raise ModelError(msg)
 
     def run(self, windows: Sequence[Window]) -> BatchResult:
         """Scores for every window, in one forward pass (a regressor's scores are its values)."""

@@ -254,8 +254,9 @@ class _Loop:
                 self.spec.anomaly_threshold,
                 self.spec.providers,
             )
-        except (FusiondError, OSError) as exc:
-            log.error("reload failed, still serving %s (%s): %s", old.name, old.hash, exc)
+        except Exception as exc:  # noqa: BLE001 - whatever a new model file raises: the old one serves on
+            said = exc if isinstance(exc, (FusiondError, OSError)) else f"{type(exc).__name__}: {exc}"
+            log.error("reload failed, still serving %s (%s): %s", old.name, old.hash, str(said)[:500])
             return
         if self.serving.spec != old.spec:  # the workers cut windows for the old inputs
             log.error(

@@ -1,0 +1,241 @@
+"""Where a message's and a window's time goes: prints a table, asserts nothing.
+
+    python bench/bench_profile.py [--seconds 120] [--runtime onnx|torch] [--batch 1]
+
+The demo rig's media (``config.toml``'s file sources, framed as the sources frame them
+for the bus, ``--seconds`` of the looping files) go through the daemon's own
+:class:`~fusiond.pipeline.Pipeline`, hand-off codec, runner and prediction builder, in
+this one process, on the recorded receive times. Each stage is timed by wrapping the
+function that does it (``time.perf_counter_ns``):
+
+per message
+  ``receive``  ``recv_multipart`` of the same messages over TCP loopback (raw pyzmq, a
+               publisher thread sending as fast as it can; what a worker's socket costs)
+  ``header``   :func:`fusiond.bus.wire.decode_sample_header`
+  ``checks``   ingest's checks around it (rate budget, seq, skew, shape, finite values)
+  ``decode``   :func:`fusiond.bus.wire.decode_arrays` (JPEG frames decoded here)
+  ``clock``    the stream's clock model update
+  ``insert``   :meth:`fusiond.align.windows.RigAligner.add`
+
+per window
+  ``fit``      each modality's kind ``fit`` (resampling, anti-alias filter, resize)
+  ``close``    the rest of :meth:`RigAligner.poll` (due, coverage, evict)
+  ``hand-off`` :func:`~fusiond.runtime.handoff.encode_window` and ``decode_window``
+               (what a worker process sends the server)
+  ``batch``    the batcher's add and take
+  ``model``    the runner's forward pass, at ``--batch`` windows per call
+  ``publish``  building the prediction and encoding it for the bus
+
+Figures are microseconds per message or per window (median of ``--repeat`` runs) and
+each stage's share of the whole.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+MESSAGE = ("receive", "header", "checks", "decode", "clock", "insert")
+WINDOW = ("fit", "close", "hand-off", "batch", "model", "publish")
+
+
+class Timer:
+    """Nanoseconds spent in wrapped functions, by stage."""
+
+    def __init__(self) -> None:
+        self.ns: dict[str, int] = defaultdict(int)
+
+    def wrap(self, owner: Any, name: str, stage: str) -> None:
+        inner = getattr(owner, name)
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            t0 = time.perf_counter_ns()
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                self.ns[stage] += time.perf_counter_ns() - t0
+
+        setattr(owner, name, timed)
+
+    def timed(self, stage: str, fn: Callable[[], Any]) -> Any:
+        t0 = time.perf_counter_ns()
+        out = fn()
+        self.ns[stage] += time.perf_counter_ns() - t0
+        return out
+
+
+def messages(seconds: float) -> tuple[Any, Any, list[tuple[int, list[bytes]]]]:
+    """The demo's messages over ``seconds`` of its looping media, as the sources frame them."""
+    from fusiond import config as config_mod
+    from fusiond.plugin import load_plugins
+    from fusiond.training.files import file_messages
+
+    config = config_mod.load(ROOT / "config.toml")
+    plugins = load_plugins()
+    anchor, merged = file_messages(config, plugins)
+    out: list[tuple[int, list[bytes]]] = []
+    for t_ns, frames in merged:
+        if t_ns >= anchor + seconds * 1e9:
+            break
+        out.append((t_ns, [bytes(f) for f in frames]))
+    return config, plugins, out
+
+
+def receive_ns(msgs: list[tuple[int, list[bytes]]]) -> float:
+    """Nanoseconds per ``recv_multipart`` of these messages over TCP loopback."""
+    import zmq
+
+    ctx = zmq.Context()
+    pub = ctx.socket(zmq.PUB)
+    pub.setsockopt(zmq.SNDHWM, 0)
+    port = pub.bind_to_random_port("tcp://127.0.0.1")
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.RCVHWM, 0)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.connect(f"tcp://127.0.0.1:{port}")
+    time.sleep(0.5)  # the subscription reaches the publisher
+
+    def send() -> None:
+        for _, frames in msgs:
+            pub.send_multipart(frames)
+
+    sender = threading.Thread(target=send)
+    t0 = time.perf_counter_ns()
+    sender.start()
+    got = 0
+    while got < len(msgs) and sub.poll(5000):
+        sub.recv_multipart(copy=False)
+        got += 1
+    took = time.perf_counter_ns() - t0
+    if got < len(msgs):
+        print(f"receive: only {got} of {len(msgs)} messages arrived", file=sys.stderr)
+    sender.join()
+    pub.close(0)
+    sub.close(0)
+    ctx.term()
+    return took / max(got, 1)
+
+
+def one_run(args: argparse.Namespace, config: Any, plugins: Any, msgs: list[tuple[int, list[bytes]]]) -> dict:
+    import fusiond.align.windows as windows_mod
+    import fusiond.ingest as ingest_mod
+    from fusiond.align.windows import RigAligner
+    from fusiond.batch import Batcher
+    from fusiond.bus.wire import encode_prediction
+    from fusiond.clock import ClockModel
+    from fusiond.ingest import Ingest
+    from fusiond.models.card import read_card
+    from fusiond.models.serving import make_runner
+    from fusiond.pipeline import Pipeline
+    from fusiond.publish import PredictionBuilder
+    from fusiond.runtime.handoff import decode_window, encode_window
+
+    card = read_card(ROOT / config.model.path, plugins.kinds)
+    runner = make_runner(card, lambda: plugins.parts, "cpu", args.runtime)
+    runner.warm_up(args.batch)
+    builder = PredictionBuilder(list(card.classes), {"name": card.name, "hash": card.content_hash}, card.task)
+    timer = Timer()
+    saved = [
+        (ingest_mod, "decode_sample_header"),
+        (ingest_mod, "decode_arrays"),
+        (ClockModel, "update"),
+        (RigAligner, "add"),
+        (Ingest, "handle"),
+        (windows_mod, "fit_window"),
+        (RigAligner, "poll"),
+        (Batcher, "add"),
+        (Batcher, "take"),
+    ]
+    originals = [(owner, name, getattr(owner, name)) for owner, name in saved]
+    stages = ["header", "decode", "clock", "insert", "ingest", "fit", "poll", "batch", "batch"]
+    for (owner, name), stage in zip(saved, stages, strict=True):
+        timer.wrap(owner, name, stage)
+    try:
+        pipeline = Pipeline.from_config(config, plugins.sources, card)
+        windows = 0
+        pending: list[Any] = []
+
+        def serve(batch: list[Any]) -> None:
+            nonlocal windows
+            moved = timer.timed("hand-off", lambda: [decode_window(encode_window(w)) for w in batch])
+            for i in range(0, len(moved), args.batch):
+                part = moved[i : i + args.batch]
+                result = timer.timed("model", lambda part=part: runner.run(part))
+                built = timer.timed("publish", lambda result=result: builder.build(result, time.time_ns()))
+                timer.timed("publish", lambda built=built: [encode_prediction(p) for p in built])
+            windows += len(batch)
+
+        for t_ns, frames in msgs:
+            pipeline.handle(frames, t_ns)
+            for batch in pipeline.due(t_ns):
+                pending.extend(batch)
+                serve(pending)
+                pending = []
+        for batch in pipeline.flush(msgs[-1][0]):
+            serve(batch)
+    finally:
+        for owner, name, fn in originals:
+            setattr(owner, name, fn)
+    ns = timer.ns
+    n = len(msgs)
+    per_msg = {
+        "header": ns["header"] / n,
+        "decode": ns["decode"] / n,
+        "clock": ns["clock"] / n,
+        "insert": ns["insert"] / n,
+        "checks": (ns["ingest"] - ns["header"] - ns["decode"] - ns["clock"] - ns["insert"]) / n,
+    }
+    per_win = {
+        "fit": ns["fit"] / windows,
+        "close": (ns["poll"] - ns["fit"]) / windows,
+        "hand-off": ns["hand-off"] / windows,
+        "batch": ns["batch"] / windows,
+        "model": ns["model"] / windows,
+        "publish": ns["publish"] / windows,
+    }
+    return {"messages": n, "windows": windows, **per_msg, **per_win}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=120.0, help="of the demo's media")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--runtime", default="onnx", choices=["onnx", "torch"])
+    parser.add_argument("--batch", type=int, default=1, help="windows per forward pass")
+    args = parser.parse_args()
+
+    config, plugins, msgs = messages(args.seconds)
+    rows = [one_run(args, config, plugins, msgs) for _ in range(args.repeat)]
+    receive = statistics.median(receive_ns(msgs) for _ in range(args.repeat))
+    med = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
+    med["receive"] = receive
+    what = f"{args.runtime}, batch {args.batch}"
+    print(f"{med['messages']:.0f} messages, {med['windows']:.0f} windows of the demo rig ({what})")
+    per_window_msgs = med["messages"] / med["windows"]
+    total_msg = sum(med[k] for k in MESSAGE)
+    total_win = sum(med[k] for k in WINDOW)
+    whole = total_msg * per_window_msgs + total_win
+    print(f"{'stage':<10}{'us':>10}  {'share':>6}")
+    print("per message")
+    for k in MESSAGE:
+        print(f"  {k:<8}{med[k] / 1e3:>10.1f}  {med[k] * per_window_msgs / whole:>6.1%}")
+    print(f"  {'all':<8}{total_msg / 1e3:>10.1f}  ({per_window_msgs:.0f} messages a window)")
+    print("per window")
+    for k in WINDOW:
+        print(f"  {k:<8}{med[k] / 1e3:>10.1f}  {med[k] / whole:>6.1%}")
+    print(f"  {'all':<8}{total_win / 1e3:>10.1f}")
+    print(f"one window in all: {whole / 1e3:.0f} us ({per_window_msgs:.0f} messages and its own work)")
+
+
+if __name__ == "__main__":
+    main()
