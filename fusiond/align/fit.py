@@ -61,9 +61,10 @@ def fit_window(spec: ModalitySpec, blocks: Sequence[Span], start_ns: int, end_ns
     return spec.kind_of.fit(spec, blocks, start_ns, end_ns)
 
 
-def _sample_times(blocks: Sequence[Span], origin_ns: int) -> np.ndarray:
-    """Capture time of every sample of the blocks, relative to ``origin_ns`` (float64 ns)."""
-    if _contiguous(blocks):  # the usual stream: one clock, no gaps, in order
+def _sample_times(blocks: Sequence[Span], origin_ns: int, contiguous: bool | None = None) -> np.ndarray:
+    """Capture time of every sample of the blocks, relative to ``origin_ns`` (float64 ns);
+    ``contiguous``: :func:`_contiguous` of the blocks, when the caller knows it."""
+    if contiguous if contiguous is not None else _contiguous(blocks):  # one clock, no gaps, in order
         total = sum(len(b.data) for b in blocks)
         first: np.ndarray = np.arange(total, dtype=np.float64) * blocks[0].period_ns
         return first + (blocks[0].t_ns - origin_ns)
@@ -90,10 +91,18 @@ def _contiguous(blocks: Sequence[Span]) -> bool:
 
 
 def _fit_series(spec: ModalitySpec, blocks: Sequence[Span], start_ns: int, end_ns: int) -> np.ndarray:
-    times = _sample_times(blocks, start_ns)
-    values = np.concatenate([b.data.reshape(len(b.data), -1) for b in blocks])
+    values = (
+        blocks[0].data.reshape(len(blocks[0].data), -1)
+        if len(blocks) == 1
+        else np.concatenate([b.data.reshape(len(b.data), -1) for b in blocks])
+    )
     integer = np.issubdtype(values.dtype, np.integer)
     scale = 1.0 / np.iinfo(values.dtype).max if integer else 1.0
+    contiguous = _contiguous(blocks)
+    fast = _decimated(spec, blocks, values, start_ns, end_ns) if contiguous else None
+    if fast is not None:
+        return fast * np.float32(scale) if integer else fast
+    times = _sample_times(blocks, start_ns, contiguous)
     if len(times) > 1 and not (times[1:] >= times[:-1]).all():  # out of order: sort (stable)
         order = np.argsort(times, kind="stable")
         times, values = times[order], values[order]
@@ -106,6 +115,45 @@ def _fit_series(spec: ModalitySpec, blocks: Sequence[Span], start_ns: int, end_n
     for c in range(min(spec.channels, values.shape[1])):
         column = values[:, c] if taps is None else _low_pass(values[:, c], taps)
         out[:, c] = np.interp(targets, times, column) * scale
+    return out
+
+
+def _decimated(
+    spec: ModalitySpec, blocks: Sequence[Span], values: np.ndarray, start_ns: int, end_ns: int
+) -> np.ndarray | None:
+    """The fit of one evenly spaced run of samples read at a whole fraction of its rate
+    (16 kHz into 8 kHz, 48 kHz into 8 kHz), or None for any other case.
+
+    The same numbers as low-passing every sample and then interpolating (below, up to
+    rounding), with less work: the window's targets sit at the same fraction ``w`` between
+    two samples, so the filter and the interpolation are one kernel (the taps at ``1 - w``
+    plus the taps one sample on at ``w``), computed only at the targets, one polyphase
+    branch per sample of the ratio (``ratio`` times fewer products, no interpolation pass).
+    """
+    period = float(blocks[0].period_ns)
+    step = (end_ns - start_ns) / spec.length
+    ratio = round(step / period)
+    taps = anti_alias(round(step / period, 2))
+    if taps is None or ratio < 2 or abs(step / period - ratio) > 1e-9 * ratio:
+        return None
+    half, count, n = len(taps) // 2, spec.length, len(values)
+    offset = (start_ns - blocks[0].t_ns) / period  # the first target, in samples from the first
+    first = int(np.floor(offset))
+    if first < 0 or first + (count - 1) * ratio + 2 > n or n <= half:
+        return None  # a target outside the samples (held at the end value): the general fit
+    w = offset - first
+    kernel = np.zeros(len(taps) + 1)
+    kernel[:-1] += (1.0 - w) * taps
+    kernel[1:] += w * taps
+    out = np.zeros(spec.shape, np.float32)
+    for c in range(min(spec.channels, values.shape[1])):
+        run = _odd_pad(values[:, c].astype(np.float64), half)[
+            first : first + (count - 1) * ratio + len(kernel)
+        ]
+        column = np.zeros(count)
+        for q in range(ratio):
+            column += np.correlate(run[q::ratio], kernel[q::ratio], "valid")[:count]
+        out[:, c] = column
     return out
 
 
@@ -131,26 +179,40 @@ def _low_pass(column: np.ndarray, taps: np.ndarray) -> np.ndarray:
     half = len(taps) // 2
     if len(column) <= half:
         return column.astype(np.float64)
-    # Odd reflection continues the signal's slope past both ends, so the edges of a window
-    # are neither pulled towards zero nor bent (a straight line comes through unchanged).
-    padded = np.pad(column.astype(np.float64), half, mode="reflect", reflect_type="odd")
-    filtered: np.ndarray = np.convolve(padded, taps, mode="valid")
+    filtered: np.ndarray = np.convolve(_odd_pad(column.astype(np.float64), half), taps, mode="valid")
     return filtered
+
+
+def _odd_pad(x: np.ndarray, half: int) -> np.ndarray:
+    """``x`` with ``half`` samples more at each end by odd reflection (``np.pad``'s
+    ``reflect_type="odd"``, without its per-call cost): it continues the signal's slope
+    past both ends, so the edges of a window are neither pulled towards zero nor bent (a
+    straight line comes through unchanged). ``len(x)`` must exceed ``half``."""
+    return np.concatenate((2 * x[0] - x[half:0:-1], x, 2 * x[-1] - x[-2 : -half - 2 : -1]))
 
 
 def _fit_frames(spec: ModalitySpec, blocks: Sequence[Span], start_ns: int, end_ns: int) -> np.ndarray:
     starts = _sample_times(blocks, start_ns)
-    owners = [(b, i) for b in blocks for i in range(len(b.data))]
-    order = np.argsort(starts, kind="stable")
-    starts = starts[order]
+    order = None
+    if len(starts) > 1 and not (starts[1:] >= starts[:-1]).all():  # out of order: sort (stable)
+        order = np.argsort(starts, kind="stable")
+        starts = starts[order]
+    single = all(len(b.data) == 1 for b in blocks)  # a frame a message, as cameras send them
+    owners = None if single else [(b, i) for b in blocks for i in range(len(b.data))]
     step = (end_ns - start_ns) / spec.length
     targets = (np.arange(spec.length) + 0.5) * step
     # Sample-and-hold: the newest frame captured at or before each target time.
     picks = np.clip(np.searchsorted(starts, targets, side="right") - 1, 0, len(starts) - 1)
     out = np.empty(spec.shape, np.uint8)
-    for j, pick in enumerate(picks):
-        block, i = owners[order[pick]]
+    done: dict[int, int] = {}  # a frame held for several targets is converted once
+    for j, pick in enumerate(picks.tolist()):
+        k = pick if order is None else int(order[pick])
+        if k in done:
+            out[j] = out[done[k]]
+            continue
+        block, i = (blocks[k], 0) if owners is None else owners[k]
         out[j] = _to_spec(block.data[i], spec)
+        done[k] = j
     return out
 
 
