@@ -115,6 +115,7 @@ class RigAligner:
         self.drops: Counter[str] = drops if drops is not None else Counter()
         self.stats: Counter[str] = Counter()
         self._streams = {name: _Stream(modality) for name, modality in streams.items()}
+        self._states = list(self._streams.values())
         self._zeros = {m: spec.zeros() for m, spec in specs.items()}
         self._next: int | None = None
         self._logged: set[str] = set()
@@ -138,17 +139,18 @@ class RigAligner:
         elif end <= self._next * self.config.hop_ns:
             self.drops["late"] += 1
             return "late"
-        if state.blocks and (
-            len(state.blocks) >= self.config.max_blocks or state.nbytes + _cost(data) > self.config.max_bytes
-        ):
-            self._make_room(state, _cost(data))
-        state.nbytes += _cost(data)
+        cost = _cost(data)
+        blocks = state.blocks
+        if blocks and (len(blocks) >= self.config.max_blocks or state.nbytes + cost > self.config.max_bytes):
+            self._make_room(state, cost)
+        state.nbytes += cost
         block = Span(t_ns, end, period, data, t_recv_ns)
-        if not state.blocks or state.blocks[-1].t_ns <= t_ns:
-            state.blocks.append(block)
+        if not blocks or blocks[-1].t_ns <= t_ns:
+            blocks.append(block)
         else:
-            bisect.insort(state.blocks, block, key=lambda b: b.t_ns)
-        state.watermark_ns = max(state.watermark_ns, end)
+            bisect.insort(blocks, block, key=_start)
+        if end > state.watermark_ns:
+            state.watermark_ns = end
         state.ingest_latency_ns = t_recv_ns - (end - round(period))
         return None
 
@@ -196,7 +198,7 @@ class RigAligner:
         self._next = last_due + 1
 
     def _due(self, end: int, now_ns: int) -> str | None:
-        marks = [s.watermark_ns for s in self._streams.values()]
+        marks = [s.watermark_ns for s in self._states]
         if min(marks) >= end:
             return "complete"
         # A stream's watermark counts for the others only up to the processing clock: one
@@ -211,8 +213,11 @@ class RigAligner:
         inputs: dict[str, np.ndarray] = dict(self._zeros)
         present = dict.fromkeys(self.specs, False)
         latency = 0
-        for state in self._streams.values():
-            blocks = [b for b in state.blocks if b.end_ns > start and b.t_ns < end]
+        for state in self._states:
+            # Sorted by start: those that start before the end, less any that ended before the
+            # start (eviction left none but a straggler that came out of order).
+            before_end = state.blocks[: bisect.bisect_left(state.blocks, end, key=_start)]
+            blocks = [b for b in before_end if b.end_ns > start]
             if not blocks or coverage(blocks, start, end) < self.config.min_coverage:
                 continue
             try:
@@ -246,6 +251,10 @@ class RigAligner:
         if key not in self._logged:
             self._logged.add(key)
             log.exception("%s (counted as drops.internal_error; further ones only counted)", message)
+
+
+def _start(block: Span) -> int:
+    return block.t_ns
 
 
 def _cost(data: np.ndarray) -> int:
