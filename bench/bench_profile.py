@@ -1,11 +1,11 @@
 """Where a message's and a window's time goes: prints a table, asserts nothing.
 
-    python bench/bench_profile.py [--seconds 120] [--runtime onnx|torch] [--batch 1]
+    python bench/bench_profile.py [--seconds 60] [--runtime onnx|torch] [--batch 1]
 
 The demo rig's media (``config.toml``'s file sources, framed as the sources frame them
-for the bus, ``--seconds`` of the looping files) go through the daemon's own
-:class:`~fusiond.pipeline.Pipeline`, hand-off codec, runner and prediction builder, in
-this one process, on the recorded receive times. Each stage is timed by wrapping the
+for the bus; ``--seconds`` of them, read once: at most their 60 s) go through the
+daemon's own :class:`~fusiond.pipeline.Pipeline`, hand-off codec, runner and prediction
+builder, in this one process, on the recorded receive times. Each stage is timed by wrapping the
 function that does it (``time.perf_counter_ns``):
 
 per message
@@ -208,7 +208,7 @@ def one_run(args: argparse.Namespace, config: Any, plugins: Any, msgs: list[tupl
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=120.0, help="of the demo's media")
+    parser.add_argument("--seconds", type=float, default=60.0, help="of the demo's media")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--runtime", default="onnx", choices=["onnx", "torch"])
     parser.add_argument("--batch", type=int, default=1, help="windows per forward pass")
