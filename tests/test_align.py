@@ -224,3 +224,53 @@ def test_decimating_a_series_filters_out_what_would_fold_below_the_new_nyquist(t
     out = fit_window(ModalitySpec("series", length=8000, channels=1), blocks, T0, T0 + 10**9)[:, 0]
     gain = np.sqrt(np.mean(out[100:-100] ** 2)) / (0.5 / np.sqrt(2))
     assert kept[0] <= gain <= kept[1]  # 6 kHz would come out as a full-size 2 kHz alias
+
+
+def _reference_fit(
+    values: np.ndarray, times: np.ndarray, length: int, window_ns: int, ratio: float
+) -> np.ndarray:
+    """A series fit spelled out: low-pass every sample (odd-reflected ends), then read the
+    filtered samples at ``length`` evenly spaced times by linear interpolation."""
+    from fusiond.align.fit import anti_alias
+
+    taps = anti_alias(ratio)
+    half = len(taps) // 2
+    out = np.zeros((length, values.shape[1]), np.float32)
+    for c in range(values.shape[1]):
+        padded = np.pad(values[:, c].astype(np.float64), half, mode="reflect", reflect_type="odd")
+        filtered = np.convolve(padded, taps, mode="valid")
+        out[:, c] = np.interp(np.arange(length) * window_ns / length, times, filtered)
+    return out
+
+
+@pytest.mark.parametrize(
+    ("rate", "length", "lost"), [(16_000, 8000, None), (48_000, 8000, None), (16_000, 800, 7)]
+)
+@pytest.mark.parametrize("phase", [0, 1, 2, 333])
+def test_a_series_read_at_a_whole_fraction_of_its_rate_is_the_filtered_samples_interpolated(
+    rate, length, lost, phase
+):
+    """The fit's one-kernel path (a gapless run, a whole ratio) and its general one (a lost
+    block) both give what filtering every sample and interpolating gives."""
+    from fusiond.align.fit import Span, fit_window
+
+    period = 10**9 / rate
+    window = 10**9 if length == 8000 else 10**8
+    per = 320 * rate // 16_000
+    rng = np.random.default_rng(phase)
+    first = -phase - 2 * per  # the first block starts before the window, off the output grid
+    blocks, rows, stamps = [], [], []
+    for k in range(int(window / period) // per + 5):
+        i = first + k * per
+        data = rng.normal(0, 0.3, (per, 2)).astype(np.float32)
+        if k != lost:
+            blocks.append(Span(round(i * period), round((i + per) * period), period, data, 0))
+            rows.append(data)
+            stamps.append(round(i * period) + np.arange(per) * period)
+    got = fit_window(ModalitySpec("series", length=length, channels=2), blocks, 0, window)
+    # Within a gapless run, samples are timed from its first block (as the fit does).
+    times = (
+        np.concatenate(stamps) if lost is not None else blocks[0].t_ns + np.arange(len(stamps) * per) * period
+    )
+    want = _reference_fit(np.concatenate(rows), times, length, window, round(window / length / period, 2))
+    np.testing.assert_allclose(got, want, rtol=0, atol=2e-6)
