@@ -122,7 +122,7 @@ class OnnxRunner(Runner):
         try:
             session = onnxruntime.InferenceSession(str(card.path), self.options, providers=self.wanted)
         except Exception as exc:  # onnxruntime raises its own types, one per failure
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
             msg = f"{card.path} is not an ONNX model onnxruntime can load: {first}"
             raise ModelError(msg) from None
         check_graph(card, session.get_inputs(), session.get_outputs())
