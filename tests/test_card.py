@@ -315,9 +315,15 @@ def test_a_card_toml_beside_an_export_does_not_replace_its_own_card_but_model_ca
     (tmp_path / "model.card.toml").write_text(IMU_CARD.replace('name = "m"', 'name = "own2"'))
     assert read_card(path).content_hash != before  # the card is part of the model's identity
     (tmp_path / "model.card.toml").unlink()
+    imu = {"name": "imu", "kind": "series", "length": 100, "channels": 1}
     for bad, says in [
         ({"task": "banana"}, "names task 'banana'"),
         ({"window": {"length_ns": -5}}, "a window of"),
+        ({"name": "a\x1b[31m"}, "is not 1-64 printable characters"),
+        ({"classes": [str(i) for i in range(5000)]}, "1 to 4096 classes"),
+        ({"classes": ["0", "0", *map(str, range(2, 10))]}, "must be distinct"),
+        ({"inputs": [{**imu, "name": "a.b"}]}, "inputs the bus cannot name"),
+        ({"inputs": [{**imu, "length": 10**9, "channels": 2}]}, "would hold 2,000,000,000 values"),
     ]:
         onnx.helper.set_model_props(model, {CARD_KEY: json.dumps({**embedded, **bad})})
         onnx.save(model, str(path))
@@ -374,3 +380,11 @@ def test_broken_and_hostile_checkpoints_are_one_line_each_and_cost_little(tmp_pa
         with pytest.raises(ModelError, match=says):
             read_card(path)
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200_000  # KiB: no bomb unpacked
+
+
+def test_a_checkpoint_whose_inputs_would_not_fit_in_memory_is_refused_at_its_card(tmp_path):
+    """The same bounds for every format: a checkpoint's spec is not served on trust."""
+    spec = {"imu": {"kind": "series", "length": 10**9, "channels": 3, "height": 0, "width": 0, "vocab": []}}
+    payload = {"format": 1, "name": "big", "spec": spec, "classes": ["a", "b"], "window": {}}
+    with pytest.raises(ModelError, match=r"input 'imu': one window's input would hold 3,000,000,000 values"):
+        read_card(_zip(tmp_path, "big.pt", pickle.dumps(payload)))

@@ -896,6 +896,7 @@ __all__ = [
     "Frame",
     "frame_view",
     "jpeg_size",
+    "MAX_CLASS_LEN",
     "MAX_CLASSES",
     "MAX_DIMS",
     "MAX_LABEL_LEN",

@@ -32,7 +32,7 @@ import re
 import tomllib
 import zipfile
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field, model_validator
 
 from fusiond.align.spec import InputSpec
+from fusiond.bus.wire import MAX_CLASS_LEN, MAX_CLASSES, NAME_RE
 from fusiond.errors import ConfigError, ModelError
 from fusiond.strict import Strict
 
@@ -53,12 +54,15 @@ __all__ = [
     "card_dict",
     "CardFile",
     "check_graph",
+    "has_heads",
     "HASH_KEY",
     "NEAREST",
     "SCORE",
     "SHARES",
     "THRESHOLD",
+    "unreadable",
     "ModelCard",
+    "output_of",
     "OUTPUTS",
     "read_card",
 ]
@@ -77,8 +81,8 @@ SCORE, NEAREST, THRESHOLD, SHARES = 0, 1, 2, 3
 from ``SHARES`` on, each modality's share of the score (:mod:`fusiond.models.anomaly`)."""
 MAX_METADATA_BYTES = 16 * 2**20
 """The most a checkpoint's pickled metadata (``data.pkl``, the weights are apart) may unpack to."""
-MAX_INPUT_ELEMENTS = 2**26
-"""The most values one window's input of a card may hold (64 M: 4 frames of 4K colour)."""
+MAX_INPUT_ELEMENTS = 2**27
+"""The most values one window's input of a model may hold (128 M: 4 frames of 4K colour)."""
 _NAME = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 _DTYPES = {"uint8": "tensor(uint8)", "float32": "tensor(float)", "int32": "tensor(int32)"}
 
@@ -124,12 +128,8 @@ def read_card(path: Path, kinds: KindRegistry | None = None) -> ModelCard:
         with path.open("rb") as f:
             magic = f.read(4)
         digest = _digest(path)
-    except FileNotFoundError:
-        msg = f"no such model file: {path}"
-        raise ModelError(msg) from None
     except OSError as exc:
-        msg = f"cannot read model {path}: {exc.strerror}"
-        raise ModelError(msg) from None
+        raise unreadable(path, exc) from None
     if path.suffix.lower() == ".onnx":
         reader = _onnx_card
     elif magic == b"PK\x03\x04":
@@ -138,13 +138,57 @@ def read_card(path: Path, kinds: KindRegistry | None = None) -> ModelCard:
         msg = f"{path} is not a fusiond checkpoint (not a torch file) nor an .onnx file"
         raise ModelError(msg)
     try:
-        return reader(path, digest, kinds)
+        return _bounded(reader(path, digest, kinds))
     except ModelError:
         raise
     except Exception as exc:  # noqa: BLE001 - whatever a broken or hostile file makes a reader raise
         first = (str(exc).strip().splitlines() or [""])[0][:200]
         msg = f"{path}: cannot read its card ({type(exc).__name__}{': ' + first if first else ''})"
         raise ModelError(msg) from None
+
+
+def unreadable(path: Path, exc: OSError) -> ModelError:
+    """The one line for a model file that cannot be read at all."""
+    if isinstance(exc, FileNotFoundError):
+        return ModelError(f"no such model file: {path}")
+    return ModelError(f"cannot read model {path}: {exc.strerror}")
+
+
+def _bounded(card: ModelCard) -> ModelCard:
+    """``card``, or ModelError when what it says could not be served, whatever the file's
+    format: more classes (or longer names) than a prediction may carry, a name that is
+    not one printable line, a window's input over :data:`MAX_INPUT_ELEMENTS` values (the
+    warm-up and every window would allocate it)."""
+    where = card.path or card.name
+    names = card.classes
+    if not 1 <= len(names) <= MAX_CLASSES or not all(0 < len(c) <= MAX_CLASS_LEN for c in names):
+        msg = f"{where}: a model has 1 to {MAX_CLASSES} classes of 1 to {MAX_CLASS_LEN} characters"
+        raise ModelError(msg)
+    if len(set(names)) != len(names):
+        msg = f"{where}: class (or target) names must be distinct"
+        raise ModelError(msg)
+    if not 0 < len(card.name) <= 64 or not card.name.isprintable():
+        msg = f"{where}: its name {card.name[:40]!r} is not 1-64 printable characters"
+        raise ModelError(msg)
+    for name, one in card.spec.modalities.items():
+        values = math.prod(one.shape)
+        if values > MAX_INPUT_ELEMENTS:
+            msg = (
+                f"{where}: input {name!r}: one window's input would hold {values:,} values "
+                f"(at most {MAX_INPUT_ELEMENTS:,})"
+            )
+            raise ModelError(msg)
+    return card
+
+
+def output_of(task: str) -> str:
+    """What a fusiond model of ``task`` serves (:data:`OUTPUTS`)."""
+    return {"anomaly": "anomaly", "regression": "values"}.get(task, "probabilities")
+
+
+def has_heads(state_keys: Iterable[Any]) -> bool:
+    """Whether a state dict with these keys holds per-modality heads."""
+    return any(str(k).startswith("heads.") for k in state_keys)
 
 
 def _digest(*paths: Path) -> str:
@@ -281,8 +325,8 @@ class CardFile(Strict):
 
     name: str
     task: Literal["classification", "regression"] = "classification"
-    classes: list[str] = Field(default_factory=list, max_length=10_000)
-    targets: list[str] = Field(default_factory=list, max_length=10_000)
+    classes: list[str] = Field(default_factory=list, max_length=4096)
+    targets: list[str] = Field(default_factory=list, max_length=4096)
     output: Literal["probabilities", "logits", "values"] = "probabilities"
     mask: bool = True
     window_ms: float = Field(0.0, ge=0.0, le=3_600_000.0)
@@ -312,9 +356,9 @@ def _card_problem(card: CardFile) -> str:
         return "class (or target) names must be distinct and not empty"
     if card.hop_ms > card.window_ms:
         return f"hop_ms ({card.hop_ms:g}) must not exceed window_ms ({card.window_ms:g})"
-    for name in card.inputs:
-        if name == "mask" or not _NAME.match(name):
-            return f"input {name[:80]!r}: 'mask' is taken, and a name is 1-64 letters, digits, '.', '_', '-'"
+    for name in card.inputs:  # named as the bus names modalities: a source can feed it
+        if name == "mask" or not NAME_RE.match(name):
+            return f"input {name[:80]!r}: 'mask' is taken, and a name is 1-64 letters, digits, '_', '-'"
     return ""
 
 
@@ -345,13 +389,6 @@ def _from_card_toml(path: Path, onnx: Path, kinds: KindRegistry | None) -> Model
     except ValueError as exc:
         msg = f"{path}: inputs: {exc}"
         raise ModelError(msg) from None
-    for name, one in spec.modalities.items():
-        if math.prod(one.shape) > MAX_INPUT_ELEMENTS:
-            msg = (
-                f"{path}: inputs.{name}: one window's input would hold {math.prod(one.shape):,} values "
-                f"(at most {MAX_INPUT_ELEMENTS:,})"
-            )
-            raise ModelError(msg)
     window = (
         {"length_ns": round(card.window_ms * 1e6), "hop_ns": round((card.hop_ms or card.window_ms / 2) * 1e6)}
         if card.window_ms
@@ -397,6 +434,9 @@ def _onnx_card(path: Path, digest: str, kinds: KindRegistry | None) -> ModelCard
         msg = f"{path}: its fusiond card has a window of {window}"
         raise ModelError(msg)
     fields = {str(i["name"]): {k: i[k] for k in _SPEC_FIELDS if k in i} for i in data["inputs"]}
+    if not all(NAME_RE.match(name) for name in fields):
+        msg = f"{path}: its fusiond card names inputs the bus cannot name: {sorted(fields)!r:.200}"
+        raise ModelError(msg)
     return ModelCard(
         name=str(data["name"])[:64],
         task=task,
@@ -491,8 +531,8 @@ def _checkpoint_card(path: Path, digest: str, kinds: KindRegistry | None) -> Mod
         content_hash=digest,
         path=path,
         format="checkpoint",
-        output={"anomaly": "anomaly", "regression": "values"}.get(task, "probabilities"),
+        output=output_of(task),
         metrics=dict(payload.get("metrics") or {}),
         anomaly=str(payload.get("anomaly", "")),
-        modality_heads=any(str(k).startswith("heads.") for k in state),
+        modality_heads=has_heads(state),
     )

@@ -13,7 +13,7 @@ import torch
 
 from fusiond.align.spec import InputSpec
 from fusiond.errors import ModelError
-from fusiond.models.card import FORMAT, ModelCard
+from fusiond.models.card import FORMAT, ModelCard, has_heads, output_of, unreadable
 from fusiond.models.model import FusionModel, Parts
 
 if TYPE_CHECKING:
@@ -54,15 +54,15 @@ class Checkpoint:
             spec=self.spec,
             content_hash=self.content_hash,
             path=self.path,
-            output={"anomaly": "anomaly", "regression": "values"}.get(self.task, "probabilities"),
+            output=output_of(self.task),
             metrics=self.metrics,
             anomaly=self.anomaly,
-            modality_heads=any(k.startswith("heads.") for k in self.state_dict),
+            modality_heads=has_heads(self.state_dict),
         )
 
     def build(self, parts: Parts) -> FusionModel:
         """The model with its weights loaded, in eval mode."""
-        heads = any(k.startswith("heads.") for k in self.state_dict)  # older checkpoints have none
+        heads = has_heads(self.state_dict)  # older checkpoints have none
         model = FusionModel(
             self.spec,
             self.classes,
@@ -123,12 +123,8 @@ def load(path: Path, kinds: KindRegistry | None = None) -> Checkpoint:
     modality kinds of ``kinds`` (``plugins.kinds``; default: the built-in ones)."""
     try:
         data = path.read_bytes()
-    except FileNotFoundError:
-        msg = f"no such model file: {path}"
-        raise ModelError(msg) from None
     except OSError as exc:
-        msg = f"cannot read model {path}: {exc.strerror}"
-        raise ModelError(msg) from None
+        raise unreadable(path, exc) from None
     try:
         payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # torch's own message runs to a dozen lines of advice on pickles
