@@ -19,6 +19,7 @@ __all__ = [
     "PredictionBuilder",
     "reject_thresholds",
     "UNKNOWN",
+    "significant",
 ]
 
 UNKNOWN = "unknown"
@@ -146,10 +147,10 @@ class PredictionBuilder:
         to [0, 1] (0.5 at the threshold), so that events' ``enter`` and ``exit`` apply."""
         # In Python floats: float32 holds no 1e30, and its nearest is over the wire's bound.
         raw = float(out[SCORE])
-        score = _sig(min(max(raw, 0.0), 1e30) if raw == raw else 1e30)  # NaN: unlike anything
+        score = significant(min(max(raw, 0.0), 1e30) if raw == raw else 1e30)  # NaN: unlike anything
         own = float(out[THRESHOLD])
         wanted = self.threshold if self.threshold is not None else (own if own == own else 1.0)
-        threshold = _sig(min(max(wanted, 1e-9), 1e30))
+        threshold = significant(min(max(wanted, 1e-9), 1e30))
         ratio = score / threshold  # from the published numbers: label, flag and scores agree
         share = ratio / (1.0 + ratio)
         fields: dict[str, Any] = {
@@ -178,8 +179,9 @@ class PredictionBuilder:
         }
 
 
-def _sig(x: float) -> float:
-    """``x`` to 6 significant digits, as an anomaly score or threshold is published."""
+def significant(x: float) -> float:
+    """``x`` to 6 significant digits, as an anomaly score or threshold is published (and
+    as training reports the thresholds it chose)."""
     return float(f"{x:.6g}")
 
 

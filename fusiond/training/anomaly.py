@@ -41,9 +41,11 @@ from fusiond.models.anomaly import (
     THRESHOLD,
     fit_head,
     median_distances,
+    pattern,
     stats_dim,
 )
 from fusiond.models.model import FusionModel
+from fusiond.publish import significant
 from fusiond.training.data import WindowSet
 from fusiond.training.evaluate import corrupt, over_windows, with_mask
 
@@ -103,8 +105,8 @@ def fit_anomaly(
     return {
         "method": head.method,
         "false_alarm_target": false_alarm,
-        "threshold": float(f"{chosen['all']:.6g}"),  # as predictions carry them
-        "thresholds": {name: float(f"{t:.6g}") for name, t in chosen.items()},
+        "threshold": significant(chosen["all"]),  # as predictions carry them
+        "thresholds": {name: significant(t) for name, t in chosen.items()},
         "scale": dict(zip(model.modalities, (round(float(s), 6) for s in head.scale), strict=True)),
         "validation_false_alarm": {name: _rate(s > chosen[name]) for name, s in scores.items()},
     }
@@ -137,7 +139,7 @@ def _thresholds(
         name = _set_name(val.modalities, keep)
         scores[name] = outputs(model, data, device)[:, SCORE]
         named[name] = float(np.quantile(scores[name], 1 - false_alarm, method="higher"))
-        chosen[int((keep * 2 ** np.arange(count)).sum())] = named[name]
+        chosen[int(pattern(torch.from_numpy(keep)[None]))] = named[name]
     if not chosen:
         msg = "no validation window to set the anomaly thresholds on"
         raise ValueError(msg)
@@ -279,8 +281,8 @@ def evaluate_anomaly(
 
 def _up(x: float) -> float:
     """``x`` to 6 significant digits, rounded up: as a threshold, it flags no more than ``x``."""
-    rounded = float(f"{x:.6g}")
-    return rounded if rounded >= x else float(f"{x * (1 + 1e-6):.6g}")
+    rounded = significant(x)
+    return rounded if rounded >= x else significant(x * (1 + 1e-6))
 
 
 def _own(model: FusionModel) -> float:
