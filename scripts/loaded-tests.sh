@@ -21,4 +21,4 @@ echo "loaded-tests: $(nproc) CPU hogs running (pids ${hogs[*]})"
   -k "not two_node_ray_cluster and not javascript_example" \
   tests/test_daemon.py tests/test_runtime.py tests/test_hostile.py tests/test_sources.py \
   tests/test_text.py tests/test_lifecycle.py tests/test_outputs.py tests/test_daemon_inprocess.py \
-  tests/test_view.py tests/test_anomaly.py "$@"
+  tests/test_view.py tests/test_anomaly.py tests/test_card.py "$@"

@@ -15,11 +15,11 @@ import numpy as np
 
 from fusiond.align.windows import Window
 from fusiond.errors import ModelError
+from fusiond.models.card import ModelCard, card_columns
 
 if TYPE_CHECKING:
     import torch
 
-    from fusiond.models.card import ModelCard
     from fusiond.models.checkpoint import Checkpoint
     from fusiond.models.model import Parts
 
@@ -96,8 +96,6 @@ class Runner:
         inputs = {m: np.zeros((batch_size, *s.shape), s.dtype) for m, s in spec.items()}
         mask = np.ones((batch_size, len(self.modalities)), bool)
         out, _ = self._forward(inputs, mask)
-        from fusiond.models.card import card_columns
-
         want = (batch_size, card_columns(self.card))
         if out.shape != want or out.dtype.kind != "f":
             msg = (
