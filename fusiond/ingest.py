@@ -15,11 +15,14 @@ import logging
 import math
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 
 from fusiond.align.windows import RigAligner
+from fusiond.bus.template import HeaderTemplate
 from fusiond.bus.wire import (
+    DTYPES,
     DUPLICATE,
     ERROR_PREFIX,
     BufferSpec,
@@ -45,6 +48,7 @@ __all__ = [
     "MAX_DROPPED_SEQS",
     "MAX_ERROR_CHARS",
     "MAX_LOGGED",
+    "MAX_TEMPLATE_MISSES",
     "RateLimit",
     "STEP_LOG_EVERY_NS",
 ]
@@ -61,6 +65,8 @@ STEP_LOG_EVERY_NS = 60_000_000_000
 """At most one line a minute per stream about its clock's steps (the counters say the rest)."""
 DEADBAND_NS = 2_000_000
 """A clock offset smaller than this is transport delay on one host, taken as zero."""
+MAX_TEMPLATE_MISSES = 8
+"""Header templates a stream's headers may miss in a row before it stops having them made."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +137,10 @@ class Ingest:
         self._clock_kinds: dict[tuple[str, str], str] = {}
         self._fits: dict[tuple[str, str], dict[BufferSpec, int]] = {k: {} for k in modalities}
         """Per stream, the block layouts already checked, and the scale to decode each at."""
+        self._layouts: dict[tuple[str, str], _Layout] = {}
+        """Per stream, the last header that passed the checks of the header alone."""
+        self._misses: dict[tuple[str, str], int] = {}
+        """Per stream, layouts made in a row whose template never matched."""
 
     def handle(self, frames: Sequence[Frame], now_ns: int, topic: bytes | None = None) -> bool:
         """Take one message (``topic``: its first frame's bytes, if the caller has them);
@@ -149,11 +159,11 @@ class Ingest:
             if len(dropped) < MAX_DROPPED_SEQS:
                 dropped.add(self._seq)  # None: dropped before its header was read
             return False
-        header, data, offset = taken
+        header, data, t_ns = taken
         self.stats.sampled(key[0], key[1], now_ns, data.shape[0], header.rate_hz)
         if header.channels or header.units:
             self.stats.labelled(key[0], key[1], header.channels, header.units)
-        reason = self.aligners[key[0]].add(key[1], header.t_ns + offset, header.rate_hz, data, now_ns)
+        reason = self.aligners[key[0]].add(key[1], t_ns, header.rate_hz, data, now_ns)
         if reason is not None:
             self._log_once(reason, f"{key[0]}/{key[1]}: sample dropped ({reason})")
         return reason is None
@@ -162,44 +172,61 @@ class Ingest:
         self, key: tuple[str, str], frames: Sequence[Frame], now_ns: int
     ) -> tuple[SampleHeader, np.ndarray, int] | None:
         """Every check, cheapest first: the header, its clock offset and the decoded block;
-        None when the message is dropped (and counted)."""
+        None when the message is dropped (and counted).
+
+        A header whose bytes match the stream's last good one but for its stamps
+        (:class:`~fusiond.bus.template.HeaderTemplate`) skips the checks of what did not
+        change: its layout passed them already."""
         if not self._budgets[key].allow(now_ns):
             self._reason("over_rate", f"{key[0]}/{key[1]} sends faster than its message rate limit")
             return None
+        layout = self._layouts.get(key)
+        template = layout.template if layout is not None else None
+        stamps = None
+        if template is not None and len(frames) == template.frames:
+            stamps = template.match(_bytes(frames[1]))
         try:
-            header = decode_sample_header(frames)
-            self._seq = header.seq
-            checked = self._check(key, header, now_ns)
+            if stamps is not None and layout is not None:
+                seq, t_ns, t_pub = stamps
+                self._seq = seq
+                layout.hits += 1
+            else:
+                header = decode_sample_header(frames)
+                self._seq = header.seq
+                layout = self._layout(key, header, frames)
+                if layout is None:
+                    return None
+                seq, t_ns, t_pub = header.seq, header.t_ns, header.t_pub_ns
+            checked = self._check(key, layout, seq, t_ns, t_pub, now_ns)
             if checked is None:
                 return None
-            data = decode_arrays(header, frames, checked[2])[0]
+            data = layout.view(frames[2]) if len(frames) == 3 else None
+            if data is None:
+                data = decode_arrays(layout.header, frames, layout.scale)[0]
         except WireError as exc:
             self._reason(exc.reason, f"malformed message on the bus: {exc}")
             return None
-        # A sum is finite when every value is (the exact check runs only when it is not).
-        if data.dtype.kind == "f" and not math.isfinite(data.sum()) and not np.isfinite(data).all():
+        if data.dtype.kind == "f" and not _finite(data):
             self._reason("bad_value", f"{key[0]}/{key[1]} sent NaN or infinite values")
             return None
-        missed, clock, _ = checked
-        offset = clock.update(header.t_pub_ns, now_ns)
+        missed, clock = checked
+        offset = clock.update(t_pub, now_ns)
         if clock.resolved is not None:
             self._clock_resolved(key, clock, now_ns)
         if offset is None:  # held back: counted once the model knows an outlier from a step
             return None
-        self.gaps.accept(key, header.seq, header.t_pub_ns)
+        self.gaps.accept(key, seq, t_pub)
         dropped = self._dropped.pop(key, ())
-        lost = missed - _arrived(dropped, header.seq - missed, header.seq) if missed else 0
+        lost = missed - _arrived(dropped, seq - missed, seq) if missed else 0
         if lost:
             self.stats.drop("lost_in_transport", lost)
             self._log_once("lost_in_transport", f"{key[0]}/{key[1]}: {lost} message(s) lost on the way in")
-        return header, data, offset
+        return layout.header, data, t_ns + offset
 
-    def _check(
-        self, key: tuple[str, str], header: SampleHeader, now_ns: int
-    ) -> tuple[int, ClockModel, int] | None:
-        """Everything the header alone can tell, changing nothing: the messages missing just
-        before this one, the stream's clock and the scale to decode its block at, or None
-        when it is dropped (and counted)."""
+    def _layout(self, key: tuple[str, str], header: SampleHeader, frames: Sequence[Frame]) -> _Layout | None:
+        """Everything a decoded header alone can tell, apart from its stamps: the stream's
+        layout (kept, with its template, for the messages that follow), or None when the
+        message is dropped (and counted)."""
         rig, stream = key
         if header.rig != rig or header.stream != stream:
             self._reason(
@@ -229,38 +256,55 @@ class Ingest:
         if rate > 0 and first.shape[0] * 1e9 / rate > limits.max_block_ns:
             self._reason("bad_value", f"{rig}/{stream}: a block spans over ingest.max_block_s")
             return None
-        clock = self.clocks[key]
         if header.clock != self._clock_kinds.get(key, "realtime"):
             # Another clock altogether (a publisher restarted on its boot clock, or a forged
             # message): what was learnt of the old one says nothing of it.
             self._clock_kinds[key] = header.clock
-            clock = self.clocks[key] = ClockModel(deadband_ns=DEADBAND_NS)
-        if not _plausible(clock, header.t_pub_ns, now_ns, header.clock, limits.max_clock_skew_ns):
-            why = f"{rig}/{stream}: publish time {header.t_pub_ns} is off the daemon's clock by over "
+            self.clocks[key] = ClockModel(deadband_ns=DEADBAND_NS)
+        # A publisher whose headers never match their template (a field that changes on
+        # every message) soon stops having one made, but for one try in 256: its messages
+        # then cost what the full checks cost, and no more.
+        old = self._layouts.get(key)
+        misses = 0 if old is None or old.hits else self._misses.get(key, 0) + 1
+        self._misses[key] = misses
+        template = None
+        if misses < MAX_TEMPLATE_MISSES or misses % 256 == 0:
+            template = HeaderTemplate.of(_bytes(frames[1]), len(frames))
+        layout = self._layouts[key] = _Layout(header, scale, template)
+        return layout
+
+    def _check(
+        self, key: tuple[str, str], layout: _Layout, seq: int, t_ns: int, t_pub: int, now_ns: int
+    ) -> tuple[int, ClockModel] | None:
+        """What the stamps tell, changing nothing: the messages missing just before this
+        one and the stream's clock, or None when it is dropped (and counted)."""
+        header = layout.header
+        clock = self.clocks[key]
+        max_skew = self.limits.max_clock_skew_ns
+        if not _plausible(clock, t_pub, now_ns, header.clock, max_skew):
+            why = f"{key[0]}/{key[1]}: publish time {t_pub} is off the daemon's clock by over "
             self._reason("clock_skew", why + "ingest.max_clock_skew_ms")
             return None
         # The block's end on the daemon's clock, with the offset the model gives now:
         # a stamp far off is clock_skew whatever else is wrong with the message.
-        end = block_end_ns(header.t_ns, first.shape[0], rate)
-        offset = clock.predict(header.t_pub_ns) if clock.pairs else now_ns - header.t_pub_ns
-        if abs(end + offset - now_ns) > limits.max_clock_skew_ns:
-            why = f"{rig}/{stream}: a block ending at {end} is off the daemon's clock ({now_ns}) by over "
+        end = block_end_ns(t_ns, header.buffers[0].shape[0], header.rate_hz)
+        offset = clock.predict(t_pub) if clock.pairs else now_ns - t_pub
+        if abs(end + offset - now_ns) > max_skew:
+            why = f"{key[0]}/{key[1]}: a block ending at {end} is off the daemon's clock ({now_ns}) by over "
             self._reason("clock_skew", why + "ingest.max_clock_skew_ms")
             return None
         # Against publish times: a burst lost in a flood spans the time it took to send it.
-        missed = self.gaps.missed(key, header.seq, header.t_pub_ns)
+        missed = self.gaps.missed(key, seq, t_pub)
         if missed is None:
             # Dropped: the next message continues from here if the source really jumped.
-            self._reason(
-                "seq_reset", f"{rig}/{stream}: seq jumped to {header.seq}, more than it could have sent"
-            )
+            self._reason("seq_reset", f"{key[0]}/{key[1]}: seq jumped to {seq}, more than it could have sent")
             return None
         if missed == DUPLICATE:
             self._reason(
-                "duplicate", f"{rig}/{stream}: seq {header.seq} again (a duplicate or a replayed message)"
+                "duplicate", f"{key[0]}/{key[1]}: seq {seq} again (a duplicate or a replayed message)"
             )
             return None
-        return missed, clock, scale
+        return missed, clock
 
     def _clock_resolved(self, key: tuple[str, str], clock: ClockModel, now_ns: int) -> None:
         """Count the messages held back as suspects, now that the model knows what they were."""
@@ -358,6 +402,58 @@ class Ingest:
             log.warning("%s (%s: %d since the last line)", message, counted, last[1] + 1)
         else:
             self._logged[slot] = (last[0], last[1] + 1)
+
+
+@dataclass(slots=True)
+class _Layout:
+    """A stream's last header that passed every check of the header alone."""
+
+    header: SampleHeader
+    """That header (its stamps are that message's: only the rest holds for the next)."""
+    scale: int
+    """What its block is decoded at (:meth:`fusiond.align.kinds.ModalityKind.decode_scale`)."""
+    template: HeaderTemplate | None
+    """Its bytes around the stamps: a header that matches needs none of those checks again."""
+    hits: int = 0
+    """Headers that matched the template."""
+    dtype: np.dtype | None = None
+    """Its one raw buffer's dtype (None for a JPEG, text, or more than one buffer)."""
+    shape: tuple[int, ...] = ()
+    nbytes: int = 0
+
+    def __post_init__(self) -> None:
+        first = self.header.buffers[0]
+        if len(self.header.buffers) == 1 and first.encoding == "raw":
+            self.dtype, self.shape, self.nbytes = DTYPES[first.dtype], first.shape, first.nbytes
+
+    def view(self, frame: Frame) -> np.ndarray | None:
+        """The one raw buffer of a message with this layout, as a read-only view of its
+        frame; None when that takes :func:`~fusiond.bus.wire.decode_arrays` (another
+        encoding, or a frame of the wrong size: it says what is wrong)."""
+        if self.dtype is None:
+            return None
+        buffer = cast("bytes", frame)  # bytes, a memoryview or a zmq.Frame: all are buffers
+        size = frame.nbytes if isinstance(frame, memoryview) else len(buffer)
+        if size != self.nbytes:
+            return None
+        array = np.frombuffer(buffer, self.dtype).reshape(self.shape)
+        array.flags.writeable = False  # a view of the received frame: never write through it
+        return array
+
+
+def _finite(data: np.ndarray) -> bool:
+    """Whether every value of a float block is finite. A sum is finite when every value is,
+    so the exact check runs only when it is not; a small block (an IMU sample) is summed as
+    Python floats, a quarter of what one numpy call costs."""
+    total = sum(data.ravel().tolist()) if data.size <= 64 else np.add.reduce(data, None)
+    return math.isfinite(total) or bool(np.isfinite(data).all())
+
+
+def _bytes(frame: Frame) -> bytes:
+    """A frame's bytes (a copy unless it is bytes already: headers are small)."""
+    if isinstance(frame, bytes):
+        return frame
+    return frame.bytes if hasattr(frame, "bytes") else bytes(frame_view(frame))
 
 
 def _arrived(dropped: Collection[int | None], first: int, end: int) -> int:

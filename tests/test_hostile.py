@@ -365,6 +365,88 @@ def test_ten_thousand_fuzzed_messages_are_each_counted_and_nothing_raises():
     assert rig.windows  # what was well-formed still made windows
 
 
+def _odd_packings(rng: np.random.Generator, base: list[bytes]) -> list[bytes]:
+    """One message whose header differs from its stream's usual one in what a byte-wise
+    template must notice, or only in its stamps, which it must read right."""
+    header = msgpack.unpackb(base[1])
+    kind = rng.integers(0, 9)
+    if kind == 0:  # a stamp packed as a signed integer (positive, or not)
+        key = rng.choice(["seq", "t_ns", "t_pub_ns"])
+        value = header[key] if rng.random() < 0.5 else -int(rng.integers(1, 1000))
+        marker = 2**62 + 12345
+        packed = msgpack.packb({**header, key: marker})
+        signed = b"\xd3" + int(value).to_bytes(8, "big", signed=True)
+        return [base[0], packed.replace(b"\xcf" + marker.to_bytes(8, "big"), signed), *base[2:]]
+    if kind == 1:  # a number of the same value and another type
+        header["buffers"][0]["shape"] = [float(n) for n in header["buffers"][0]["shape"]]
+    elif kind == 2:
+        header["v"] = [True, header["v"][1]]
+    elif kind == 3:  # the same fields in another order, or one more
+        header = dict(reversed(header.items())) if rng.random() < 0.5 else {**header, "extra": 1}
+    elif kind == 4:  # stamps replayed, jumped, far off, or past 2**63
+        key = rng.choice(["seq", "t_ns", "t_pub_ns"])
+        header[key] = int(rng.choice([0, 1, header[key] - 1, header[key] + 10**6, 2**63 - 1])) + (
+            2**63 if rng.random() < 0.1 else 0
+        )
+    elif kind == 5:  # one byte of the header changed
+        packed = bytearray(base[1])
+        packed[rng.integers(len(packed))] = rng.integers(256)
+        return [base[0], bytes(packed), *base[2:]]
+    elif kind == 6:  # a byte more or less at the end
+        return [base[0], base[1] + b"\x00" if rng.random() < 0.5 else base[1][:-1], *base[2:]]
+    elif kind == 7:
+        return _mutations(rng, base)
+    else:  # another clock
+        header["clock"] = "monotonic"
+    return [base[0], msgpack.packb(header), *base[2:]]
+
+
+def test_a_header_that_matches_its_streams_template_is_judged_as_the_full_checks_judge_it():
+    """The header template (fusiond.bus.template) skips checks only for headers that would
+    pass them: fed the same messages, an ingest that always runs the full checks (its
+    templates forgotten before each message) takes and drops exactly the same ones."""
+    fast, full = Rig(Limits(max_message_rate=1e6)), Rig(Limits(max_message_rate=1e6))
+    rng = np.random.default_rng(20261129)
+    bases = {
+        "cam": (np.full((1, 32, 32, 3), 7, np.uint8), 10.0),
+        "mic": (np.zeros((100, 1), np.int16), 1000.0),
+        "imu": (np.zeros((10, 1), np.float32), 100.0),
+    }
+    verdicts = []
+    hits = 0
+    for i in range(6000):
+        stream = ("cam", "mic", "imu")[i % 3]
+        data, rate = bases[stream]
+        frames = [
+            bytes(f)
+            for f in wire.encode_sample(
+                rig="r",
+                stream=stream,
+                modality=STREAMS["r", stream],
+                seq=fast.seq[stream],
+                t_ns=fast.now - S // 10,
+                t_pub_ns=fast.now,
+                rate_hz=rate,
+                data=data,
+            )
+        ]
+        fast.seq[stream] += 1
+        if rng.random() < 0.3:
+            frames = _odd_packings(rng, frames)
+        full.ingest._layouts.clear()
+        before = sum(layout.hits for layout in fast.ingest._layouts.values())
+        took = fast.raw(frames), full.raw(frames)
+        hits += sum(layout.hits for layout in fast.ingest._layouts.values()) > before
+        assert took[0] == took[1], (i, frames[1], fast.stats.drops, full.stats.drops)
+        verdicts.append(took[0])
+        for rig in (fast, full):
+            rig.now += S // 100
+            rig.poll()
+    assert fast.stats.drops == full.stats.drops
+    assert [(w.index, w.present) for w in fast.windows] == [(w.index, w.present) for w in full.windows]
+    assert hits > 3000 and 500 < verdicts.count(False) < 2000, (hits, fast.stats.drops)
+
+
 def test_wire_checks_reject_absurd_header_values():
     frames = wire.encode_sample(
         rig="r",

@@ -10,6 +10,7 @@ import pytest
 import zmq
 
 from fusiond.bus import wire
+from fusiond.bus.template import HeaderTemplate
 from fusiond.errors import FrameError, VersionError, WireError
 
 
@@ -303,3 +304,28 @@ def test_a_forged_anomaly_prediction_is_refused(change):
     missing = {k: v for k, v in good.items() if k != "threshold"}
     with pytest.raises(WireError):
         wire.decode_prediction([b"p/r", msgpack.packb(missing)])
+
+
+def test_a_header_template_reads_the_stamps_of_every_width_and_nothing_else():
+    def header(seq: int, t_ns: int, **extra) -> bytes:
+        frames = sample_frames(np.zeros((1, 3), np.float32), seq=seq, t_ns=t_ns, t_pub_ns=t_ns + 1)
+        return bytes(frames[1]) if not extra else msgpack.packb({**_header(frames), **extra})
+
+    template = HeaderTemplate.of(header(0, 5), 3)
+    assert template is not None and template.frames == 3
+    for seq in (0, 127, 128, 255, 256, 65535, 65536, 2**32, 2**63 - 1, 5):
+        for t_ns in (0, 2**31, 2**63 - 2):
+            # Twice each: the first teaches the one-call layout, the second uses it.
+            assert (
+                template.match(header(seq, t_ns))
+                == template.match(header(seq, t_ns))
+                == (seq, t_ns, t_ns + 1)
+            )
+    raw = header(7, 9)
+    for other in (raw[:-1], raw + b"\x00", header(7, 9, rate_hz=50.0), header(7, 9, extra=1), b"", b"\x80"):
+        assert template.match(other) is None
+    late = header(7, 2**40)
+    past = late.replace(b"\xcf" + (2**40 + 1).to_bytes(8, "big"), b"\xcf" + (2**63).to_bytes(8, "big"))
+    assert past != late and template.match(past) is None
+    assert HeaderTemplate.of(msgpack.packb({"seq": 1, "t_ns": 2}), 3) is None  # no t_pub_ns
+    assert HeaderTemplate.of(b"\xc1", 3) is None
