@@ -234,28 +234,31 @@ def _reference_fit(
     from fusiond.align.fit import anti_alias
 
     taps = anti_alias(ratio)
-    half = len(taps) // 2
     out = np.zeros((length, values.shape[1]), np.float32)
     for c in range(values.shape[1]):
-        padded = np.pad(values[:, c].astype(np.float64), half, mode="reflect", reflect_type="odd")
-        filtered = np.convolve(padded, taps, mode="valid")
+        filtered = values[:, c].astype(np.float64)
+        if taps is not None:
+            padded = np.pad(filtered, len(taps) // 2, mode="reflect", reflect_type="odd")
+            filtered = np.convolve(padded, taps, mode="valid")
         out[:, c] = np.interp(np.arange(length) * window_ns / length, times, filtered)
     return out
 
 
 @pytest.mark.parametrize(
-    ("rate", "length", "lost"), [(16_000, 8000, None), (48_000, 8000, None), (16_000, 800, 7)]
+    ("rate", "length", "lost"),
+    [(16_000, 8000, None), (48_000, 8000, None), (16_000, 800, 7), (16_000, 16_000, None), (16_000, 1600, 7)],
 )
 @pytest.mark.parametrize("phase", [0, 1, 2, 333])
 def test_a_series_read_at_a_whole_fraction_of_its_rate_is_the_filtered_samples_interpolated(
     rate, length, lost, phase
 ):
-    """The fit's one-kernel path (a gapless run, a whole ratio) and its general one (a lost
-    block) both give what filtering every sample and interpolating gives."""
+    """The fit's one-kernel path (a gapless run, a whole ratio, or the stream's own rate)
+    and its general one (a lost block) both give what filtering every sample (when
+    decimating) and interpolating gives."""
     from fusiond.align.fit import Span, fit_window
 
     period = 10**9 / rate
-    window = 10**9 if length == 8000 else 10**8
+    window = 10**9 if length in (8000, 16_000) else 10**8
     per = 320 * rate // 16_000
     rng = np.random.default_rng(phase)
     first = -phase - 2 * per  # the first block starts before the window, off the output grid
@@ -274,3 +277,34 @@ def test_a_series_read_at_a_whole_fraction_of_its_rate_is_the_filtered_samples_i
     )
     want = _reference_fit(np.concatenate(rows), times, length, window, round(window / length / period, 2))
     np.testing.assert_allclose(got, want, rtol=0, atol=2e-6)
+
+
+@pytest.mark.parametrize("jitter", [0, 0.3])
+@pytest.mark.parametrize("length", [1, 4, 10])
+def test_each_frame_target_holds_the_newest_frame_at_or_before_it(jitter, length):
+    """Frames a message, on time or jittered (a third of a period: no longer one run), in
+    order or with two swapped: every target holds the newest frame captured at or before
+    it, timed on the run's grid when the frames make one run and by their stamps if not."""
+    from fusiond.align.fit import Span, fit_window
+
+    rng = np.random.default_rng(length)
+    period, window = 10**9 / 30, 10**9
+    spec = ModalitySpec("frames", length=length, channels=1, height=8, width=8)
+    for trial in range(20):
+        first = -int(rng.integers(0, 2 * period))
+        stamps = [round(first + i * period + rng.uniform(-jitter, jitter) * period) for i in range(34)]
+        blocks = [
+            Span(t, round(t + period), period, np.full((1, 8, 8, 1), i, np.uint8), 0)
+            for i, t in enumerate(stamps)
+        ]
+        if trial % 5 == 4:  # out of order: the fit sorts by time
+            blocks[10], blocks[11] = blocks[11], blocks[10]
+        gapless = jitter == 0 and trial % 5 != 4
+        times = [blocks[0].t_ns + i * period for i in range(len(blocks))] if gapless else stamps
+        want = []
+        for j in range(length):
+            target = (j + 0.5) * window / length
+            at_or_before = [i for i, t in enumerate(times) if t <= target]
+            want.append(max(at_or_before, key=lambda i: times[i]) if at_or_before else 0)
+        got = fit_window(spec, blocks, 0, window)[:, 0, 0, 0].tolist()
+        assert got == want, (trial, got, want)

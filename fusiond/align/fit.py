@@ -3,6 +3,7 @@ modality's input spec (see :mod:`fusiond.align.kinds`)."""
 
 from __future__ import annotations
 
+import bisect
 import re
 from collections.abc import Callable, Sequence
 from functools import lru_cache
@@ -48,11 +49,16 @@ def coverage(blocks: Sequence[Span], start_ns: int, end_ns: int) -> float:
     """Fraction of ``[start_ns, end_ns)`` the blocks cover (1.0 for any irregular sample)."""
     covered = 0
     for block in blocks:
+        t, end = block.t_ns, block.end_ns
         if block.period_ns <= 0:
-            if start_ns <= block.t_ns < end_ns:
+            if start_ns <= t < end_ns:
                 return 1.0
             continue
-        covered += max(0, min(block.end_ns, end_ns) - max(block.t_ns, start_ns))
+        # max(0, min(end, end_ns) - max(t, start_ns)), without three builtin calls a block
+        low = t if t > start_ns else start_ns
+        high = end if end < end_ns else end_ns
+        if high > low:
+            covered += high - low
     return min(1.0, covered / (end_ns - start_ns))
 
 
@@ -83,25 +89,27 @@ def _contiguous(blocks: Sequence[Span]) -> bool:
     period = blocks[0].period_ns
     if period <= 0:
         return False
-    for before, after in zip(blocks, blocks[1:], strict=False):
-        gap = after.t_ns - before.t_ns - len(before.data) * period
-        if after.period_ns != period or abs(gap) > period / 10:
+    tolerance = period / 10
+    t, n = blocks[0].t_ns, 0  # the first block follows itself, with no gap
+    for block in blocks:
+        # The gap: an exact int difference first, then the float (stamps near 2**61 ns).
+        if block.period_ns != period or abs(block.t_ns - t - n * period) > tolerance:
             return False
+        t, n = block.t_ns, len(block.data)
     return True
 
 
 def _fit_series(spec: ModalitySpec, blocks: Sequence[Span], start_ns: int, end_ns: int) -> np.ndarray:
     values = (
-        blocks[0].data.reshape(len(blocks[0].data), -1)
+        _rows(blocks[0].data)
         if len(blocks) == 1
-        else np.concatenate([b.data.reshape(len(b.data), -1) for b in blocks])
+        else np.concatenate([b.data if b.data.ndim == 2 else _rows(b.data) for b in blocks])
     )
-    integer = np.issubdtype(values.dtype, np.integer)
-    scale = 1.0 / np.iinfo(values.dtype).max if integer else 1.0
+    scale = _scale(values.dtype)
     contiguous = _contiguous(blocks)
-    fast = _decimated(spec, blocks, values, start_ns, end_ns) if contiguous else None
+    fast = _on_grid(spec, blocks, values, start_ns, end_ns) if contiguous else None
     if fast is not None:
-        return fast * np.float32(scale) if integer else fast
+        return fast * np.float32(scale) if scale != 1.0 else fast
     times = _sample_times(blocks, start_ns, contiguous)
     if len(times) > 1 and not (times[1:] >= times[:-1]).all():  # out of order: sort (stable)
         order = np.argsort(times, kind="stable")
@@ -118,35 +126,56 @@ def _fit_series(spec: ModalitySpec, blocks: Sequence[Span], start_ns: int, end_n
     return out
 
 
-def _decimated(
+@lru_cache(maxsize=32)
+def _scale(dtype: np.dtype) -> float:
+    """Integer samples are read as a fraction of their type's largest value (others: 1)."""
+    return 1.0 / np.iinfo(dtype).max if dtype.kind in "iu" else 1.0
+
+
+def _rows(data: np.ndarray) -> np.ndarray:
+    """A block as ``[samples, channels]``."""
+    return data.reshape(len(data), -1)
+
+
+def _on_grid(
     spec: ModalitySpec, blocks: Sequence[Span], values: np.ndarray, start_ns: int, end_ns: int
 ) -> np.ndarray | None:
-    """The fit of one evenly spaced run of samples read at a whole fraction of its rate
-    (16 kHz into 8 kHz, 48 kHz into 8 kHz), or None for any other case.
+    """The fit of one evenly spaced run of samples read at its rate or a whole fraction of
+    it (an IMU at 100 Hz into 100 samples a second; 16 kHz or 48 kHz into 8 kHz), or None
+    for any other case.
 
     The same numbers as low-passing every sample and then interpolating (below, up to
     rounding), with less work: the window's targets sit at the same fraction ``w`` between
     two samples, so the filter and the interpolation are one kernel (the taps at ``1 - w``
     plus the taps one sample on at ``w``), computed only at the targets, one polyphase
     branch per sample of the ratio (``ratio`` times fewer products, no interpolation pass).
+    At the stream's own rate there is no filter: each target is its two neighbours
+    weighted, every channel at once.
     """
     period = float(blocks[0].period_ns)
     step = (end_ns - start_ns) / spec.length
     ratio = round(step / period)
-    taps = anti_alias(round(step / period, 2))
-    if taps is None or ratio < 2 or abs(step / period - ratio) > 1e-9 * ratio:
+    if ratio < 1 or abs(step / period - ratio) > 1e-9 * ratio:
         return None
-    half, count, n = len(taps) // 2, spec.length, len(values)
+    taps = anti_alias(round(step / period, 2))
+    if (taps is None) != (ratio == 1):
+        return None
+    half, count, n = (len(taps) // 2 if taps is not None else 0), spec.length, len(values)
     offset = (start_ns - blocks[0].t_ns) / period  # the first target, in samples from the first
     first = int(np.floor(offset))
     if first < 0 or first + (count - 1) * ratio + 2 > n or n <= half:
         return None  # a target outside the samples (held at the end value): the general fit
     w = offset - first
+    channels = min(spec.channels, values.shape[1])
+    out = np.zeros(spec.shape, np.float32)
+    if taps is None:
+        run = values[first : first + count + 1, :channels].astype(np.float64)
+        out[:, :channels] = run[:-1] * (1.0 - w) + run[1:] * w
+        return out
     kernel = np.zeros(len(taps) + 1)
     kernel[:-1] += (1.0 - w) * taps
     kernel[1:] += w * taps
-    out = np.zeros(spec.shape, np.float32)
-    for c in range(min(spec.channels, values.shape[1])):
+    for c in range(channels):
         run = _odd_pad(values[:, c].astype(np.float64), half)[
             first : first + (count - 1) * ratio + len(kernel)
         ]
@@ -192,26 +221,46 @@ def _odd_pad(x: np.ndarray, half: int) -> np.ndarray:
 
 
 def _fit_frames(spec: ModalitySpec, blocks: Sequence[Span], start_ns: int, end_ns: int) -> np.ndarray:
+    step = (end_ns - start_ns) / spec.length
+    # Sample-and-hold: the newest frame captured at or before each target time.
+    if all(len(b.data) == 1 for b in blocks):  # a frame a message, as cameras send them
+        # A few frames for a few targets: found in plain Python, the same times as
+        # _sample_times gives (and the numpy path below takes), at a third of the cost.
+        if _contiguous(blocks):
+            period, base = blocks[0].period_ns, blocks[0].t_ns - start_ns
+            times = [i * period + base for i in range(len(blocks))]
+        else:
+            times = [float(b.t_ns - start_ns) for b in blocks]
+        if all(a <= b for a, b in zip(times, times[1:], strict=False)):
+            last = len(times) - 1
+            picks = [
+                min(max(bisect.bisect_right(times, (j + 0.5) * step) - 1, 0), last)
+                for j in range(spec.length)
+            ]
+            return _held(spec, picks, lambda k: blocks[k].data[0])
     starts = _sample_times(blocks, start_ns)
     order = None
     if len(starts) > 1 and not (starts[1:] >= starts[:-1]).all():  # out of order: sort (stable)
         order = np.argsort(starts, kind="stable")
         starts = starts[order]
-    single = all(len(b.data) == 1 for b in blocks)  # a frame a message, as cameras send them
-    owners = None if single else [(b, i) for b in blocks for i in range(len(b.data))]
-    step = (end_ns - start_ns) / spec.length
+    owners = [(b, i) for b in blocks for i in range(len(b.data))]
     targets = (np.arange(spec.length) + 0.5) * step
-    # Sample-and-hold: the newest frame captured at or before each target time.
-    picks = np.clip(np.searchsorted(starts, targets, side="right") - 1, 0, len(starts) - 1)
+    picks = np.clip(np.searchsorted(starts, targets, side="right") - 1, 0, len(starts) - 1).tolist()
+    if order is not None:
+        picks = [int(order[k]) for k in picks]
+    return _held(spec, picks, lambda k: owners[k][0].data[owners[k][1]])
+
+
+def _held(spec: ModalitySpec, picks: Sequence[int], frame: Callable[[int], np.ndarray]) -> np.ndarray:
+    """The frames ``picks`` names, one per target, each converted to the spec once however
+    many targets hold it."""
     out = np.empty(spec.shape, np.uint8)
-    done: dict[int, int] = {}  # a frame held for several targets is converted once
-    for j, pick in enumerate(picks.tolist()):
-        k = pick if order is None else int(order[pick])
+    done: dict[int, int] = {}
+    for j, k in enumerate(picks):
         if k in done:
             out[j] = out[done[k]]
             continue
-        block, i = (blocks[k], 0) if owners is None else owners[k]
-        out[j] = _to_spec(block.data[i], spec)
+        out[j] = _to_spec(frame(k), spec)
         done[k] = j
     return out
 
@@ -230,8 +279,7 @@ def _to_spec(frame: np.ndarray, spec: ModalitySpec) -> np.ndarray:
 
 
 def _scaled(values: np.ndarray) -> tuple[np.ndarray, float]:
-    integer = np.issubdtype(values.dtype, np.integer)
-    return values, (1.0 / np.iinfo(values.dtype).max if integer else 1.0)
+    return values, _scale(values.dtype)
 
 
 def _per_window(

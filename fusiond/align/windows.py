@@ -170,6 +170,15 @@ class RigAligner:
     def poll(self, now_ns: int) -> list[Window]:
         """Close every window that is due at processing time ``now_ns``."""
         closed: list[Window] = []
+        if self._next is None:
+            return closed
+        # The common case, nothing due, said without building the watermarks: before its
+        # lateness has passed, a window closes only once every stream has reached its end.
+        end = self._next * self.config.hop_ns + self.config.length_ns
+        if now_ns < end + self.config.lateness_ns:
+            for state in self._states:
+                if state.watermark_ns < end:
+                    return closed
         while self._next is not None:
             start = self._next * self.config.hop_ns
             end = start + self.config.length_ns
