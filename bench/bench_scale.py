@@ -6,7 +6,8 @@
    audio in 1024-sample blocks, IMU in 10-sample blocks at 100 Hz), published from one
    process to ``external`` streams of the real daemon (a subprocess, demo model). A rig
    is kept up when it got >= 1.9 predictions/s over the measured span and the daemon
-   counted no drop at all; close -> publish p50/p99 over every prediction. For
+   counted no drop at all; close -> publish p50/p99 over every prediction, and the same
+   for its parts (close -> inference, inference, publish) with the mean batch size. For
    ``workers = 1`` (one process) and ``workers = auto`` (one ingest worker per core).
 2. Flood ingest against raw pyzmq + msgpack, in the same run (bench_daemon's figures).
 3. Torch against onnxruntime: ms per batch of the demo model at batch 1 and 32.
@@ -137,6 +138,8 @@ def run_scale(rigs: int, workers: str, seconds: float) -> dict[str, float]:
         time.sleep(1.5 + warm)
         counts: dict[str, int] = {}
         latencies: list[int] = []
+        parts: dict[str, list[int]] = {"close_to_infer": [], "infer": [], "publish": []}
+        batches: list[int] = []
         t_end = time.monotonic() + seconds
         while time.monotonic() < t_end:
             if sub.poll(100):
@@ -148,6 +151,9 @@ def run_scale(rigs: int, workers: str, seconds: float) -> dict[str, float]:
                     p = decode_prediction(frames)
                     counts[p.rig] = counts.get(p.rig, 0) + 1
                     latencies.append(p.latency_ns["close_to_publish"])
+                    for name, values in parts.items():
+                        values.append(p.latency_ns[name])
+                    batches.append(int(p.extra.get("batch_size", 1)))
         drops = _drops(ctx, control)
         pub.wait(60)
         daemon.terminate()
@@ -164,6 +170,8 @@ def run_scale(rigs: int, workers: str, seconds: float) -> dict[str, float]:
         "p99": float(p99),
         "drops": sum(drops.values()),
         "drop_kinds": drops,
+        "parts": {name: np.percentile(v, [50, 99]) / 1e6 for name, v in parts.items() if v},
+        "batch": float(np.mean(batches)) if batches else 0.0,
     }  # type: ignore[dict-item]
 
 
@@ -232,6 +240,8 @@ def main() -> None:
                     f"{r['p99']:7.1f} {'yes' if kept else 'no':>8}  {r['drop_kinds'] or '-'}",
                     flush=True,
                 )
+                shares = "; ".join(f"{k} {v[0]:.1f}/{v[1]:.1f}" for k, v in r["parts"].items())
+                print(f"{'':14} of which (p50/p99 ms): {shares}; mean batch {r['batch']:.1f}", flush=True)
     import bench_daemon
 
     raw_rate, _ = bench_daemon.bench_raw(args.messages)

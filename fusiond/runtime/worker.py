@@ -134,10 +134,11 @@ class _Loop:
 
     def run(self, inbox: zmq.Socket[bytes], stop: threading.Event) -> None:
         now = 0
+        offline, take, clock = self.spec.offline, self.take, time.time_ns  # looked up once
         while not stop.is_set():
             if inbox.poll(20):
                 for frames in drain(inbox, 512):
-                    if self.spec.offline:
+                    if offline:
                         now = int.from_bytes(frames[0].bytes, "little")
                         if frames[1].bytes == FLUSH:
                             self.hand_off(
@@ -150,8 +151,8 @@ class _Loop:
                             return
                         frames = frames[1:]
                     else:
-                        now = time.time_ns()
-                    self.take(frames, now)
+                        now = clock()
+                    take(frames, now)
             if not self.spec.offline:
                 now = time.time_ns()
             self.hand_off(self.pipeline.closing(now))
@@ -162,7 +163,7 @@ class _Loop:
         if topic.startswith(b"e/"):
             self.pipeline.ingest.source_error(frames, now, topic)
             return
-        self.pipeline.handle(frames, now, topic)
+        self.pipeline.ingest.handle(frames, now, topic)
 
     def hand_off(self, windows: Iterable[Window]) -> None:
         flags = 0 if self.spec.offline else zmq.NOBLOCK  # offline nothing may be dropped
