@@ -308,3 +308,44 @@ def test_each_frame_target_holds_the_newest_frame_at_or_before_it(jitter, length
             want.append(max(at_or_before, key=lambda i: times[i]) if at_or_before else 0)
         got = fit_window(spec, blocks, 0, window)[:, 0, 0, 0].tolist()
         assert got == want, (trial, got, want)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_window_fitted_ahead_stream_by_stream_is_the_window_fitted_at_its_close(seed):
+    """Each stream's part of a window is fitted once the stream has passed the window's end
+    (the close then fits only what waited for it): the same windows as fitting everything
+    at the close, also with gaps, jitter, stragglers out of order and a buffer that fills."""
+    rng = np.random.default_rng(seed)
+    messages = all_streams(8.0, {"imu": [(2.0, 2.4)], "cam": [(5.0, 5.7)]})
+    for m in rng.choice(len(messages), 12, replace=False):  # stragglers: well behind their stream
+        messages[m].arrive_ns += int(rng.integers(100, 400)) * MS
+    config = WindowConfig(CONFIG.length_ns, CONFIG.hop_ns, CONFIG.lateness_ns, max_blocks=18)
+    ahead, at_close = RigAligner("r", STREAMS, SPECS, config), RigAligner("r", STREAMS, SPECS, config)
+    at_close._fit_ahead = lambda *args: None  # type: ignore[method-assign]
+    fits = {"ahead": 0, "close": 0}
+    closing = []
+    part, close = ahead._part, ahead._close
+
+    def counted_part(*args):
+        fits["close" if closing else "ahead"] += 1
+        return part(*args)
+
+    def counted_close(*args):
+        closing.append(1)
+        try:
+            return close(*args)
+        finally:
+            closing.pop()
+
+    ahead._part, ahead._close = counted_part, counted_close  # type: ignore[method-assign]
+    got = feed(ahead, [Msg(m.stream, m.t_ns, m.data, m.arrive_ns) for m in messages])
+    want = feed(at_close, messages)
+    assert [(w.index, w.present, w.closed_by) for w in got] == [
+        (w.index, w.present, w.closed_by) for w in want
+    ]
+    for g, w in zip(got, want, strict=True):
+        for modality in SPECS:
+            np.testing.assert_array_equal(g.inputs[modality], w.inputs[modality])
+    assert ahead.drops == at_close.drops and ahead.drops["late"] + ahead.drops["buffer_full"] > 0
+    # Only the stream that completes a window (and one a straggler reopened) waits for the close.
+    assert fits["ahead"] >= len(got) and fits["close"] <= 1.3 * len(got), fits

@@ -91,6 +91,9 @@ class _Stream:
     watermark_ns: int = _NEVER
     ingest_latency_ns: int = 0
     nbytes: int = 0
+    ahead: tuple[int, np.ndarray | None] | None = None
+    """This stream's part of the next window, fitted once the stream had passed its end:
+    ``(index, array)``, the array None when the stream covers too little of it."""
 
 
 class RigAligner:
@@ -144,6 +147,8 @@ class RigAligner:
         if blocks and (len(blocks) >= self.config.max_blocks or state.nbytes + cost > self.config.max_bytes):
             self._make_room(state, cost)
         state.nbytes += cost
+        if state.ahead is not None and t_ns < (state.ahead[0] * self.config.hop_ns + self.config.length_ns):
+            state.ahead = None  # a block inside the window fitted ahead: fit it again at the close
         block = Span(t_ns, end, period, data, t_recv_ns)
         if not blocks or blocks[-1].t_ns <= t_ns:
             blocks.append(block)
@@ -165,6 +170,7 @@ class RigAligner:
             cut = min(len(state.blocks), cut * 2)
         state.nbytes -= sum(_cost(b.data) for b in state.blocks[:cut])
         del state.blocks[:cut]
+        state.ahead = None
         self.drops["buffer_full"] += cut
 
     def poll(self, now_ns: int) -> list[Window]:
@@ -174,10 +180,12 @@ class RigAligner:
             return closed
         # The common case, nothing due, said without building the watermarks: before its
         # lateness has passed, a window closes only once every stream has reached its end.
+        # Meanwhile the streams that have reached it are fitted for it ahead of its close.
         end = self._next * self.config.hop_ns + self.config.length_ns
         if now_ns < end + self.config.lateness_ns:
             for state in self._states:
                 if state.watermark_ns < end:
+                    self._fit_ahead(self._next, end - self.config.length_ns, end)
                     return closed
         while self._next is not None:
             start = self._next * self.config.hop_ns
@@ -218,23 +226,46 @@ class RigAligner:
             return "timeout"
         return None
 
+    def _fit_ahead(self, index: int, start: int, end: int) -> None:
+        """Fit the streams that have passed window ``index``'s end, and not yet for it.
+
+        A stream's blocks for a window it has passed change only if a block comes out of
+        order into it, or a full buffer drops some (each clears what was fitted), so the
+        close takes the same array it would have fitted itself: the work is spread over
+        the hop, as each stream completes, and the close does only what waited for it."""
+        for state in self._states:
+            if state.watermark_ns >= end and (state.ahead is None or state.ahead[0] != index):
+                try:
+                    state.ahead = (index, self._part(state, start, end))
+                except Exception:  # the close fits it again, and counts what fails
+                    state.ahead = None
+
+    def _part(self, state: _Stream, start: int, end: int) -> np.ndarray | None:
+        """One stream's part of the window ``[start, end)``, or None when its blocks cover
+        less than ``min_coverage`` of it."""
+        # Sorted by start: those that start before the end, less any that ended before the
+        # start (eviction left none but a straggler that came out of order).
+        before_end = state.blocks[: bisect.bisect_left(state.blocks, end, key=_start)]
+        blocks = [b for b in before_end if b.end_ns > start]
+        if not blocks or coverage(blocks, start, end) < self.config.min_coverage:
+            return None
+        return fit_window(self.specs[state.modality], blocks, start, end)
+
     def _close(self, index: int, start: int, end: int, reason: str, now_ns: int) -> Window | None:
         inputs: dict[str, np.ndarray] = dict(self._zeros)
         present = dict.fromkeys(self.specs, False)
         latency = 0
         for state in self._states:
-            # Sorted by start: those that start before the end, less any that ended before the
-            # start (eviction left none but a straggler that came out of order).
-            before_end = state.blocks[: bisect.bisect_left(state.blocks, end, key=_start)]
-            blocks = [b for b in before_end if b.end_ns > start]
-            if not blocks or coverage(blocks, start, end) < self.config.min_coverage:
-                continue
+            ahead, state.ahead = state.ahead, None
             try:
-                inputs[state.modality] = fit_window(self.specs[state.modality], blocks, start, end)
+                part = ahead[1] if ahead is not None and ahead[0] == index else self._part(state, start, end)
             except Exception:  # a bug in a fit must mask one modality, never stall the rig
                 self.drops["internal_error"] += 1
                 self._log_once(f"fit:{state.modality}", f"rig {self.rig}: fitting {state.modality} failed")
                 continue
+            if part is None:
+                continue
+            inputs[state.modality] = part
             present[state.modality] = True
             latency = max(latency, state.ingest_latency_ns)
         if not any(present.values()):
