@@ -15,6 +15,7 @@ from fusiond.models.runner import BatchResult
 __all__ = [
     "ANOMALY",
     "disagreement",
+    "disagreements",
     "NORMAL",
     "PredictionBuilder",
     "reject_thresholds",
@@ -80,16 +81,13 @@ class PredictionBuilder:
         """One prediction per window of the batch."""
         scores = result.probs.astype(float).round(5).tolist()
         infer_ns = result.t_end_ns - result.t_start_ns
+        heads = self._heads(result) if result.modality_probs is not None else None
         out = []
         rows = zip(result.windows, result.labels.tolist(), scores, strict=True)
         for i, (window, label, row) in enumerate(rows):
             seq = self._seq[window.rig]
             self._seq[window.rig] += 1
-            said = (
-                self._modalities(window, result.modality_probs[i])
-                if result.modality_probs is not None
-                else {}
-            )
+            said = self._modalities(window, heads[0][i], heads[1][i], heads[2][i]) if heads else {}
             if self.anomaly:
                 said = self._anomaly(window, result.probs[i])
                 name, classes, row = said.pop("label"), [NORMAL, ANOMALY], said.pop("scores")
@@ -169,13 +167,25 @@ class PredictionBuilder:
             fields["nearest"] = self.classes[int(out[NEAREST])]
         return fields
 
-    def _modalities(self, window: Window, probs: np.ndarray) -> dict[str, Any]:
+    def _heads(self, result: BatchResult) -> tuple[list[Any], list[Any], list[float]]:
+        """Each window's modality heads, the whole batch at once: their scores rounded, their
+        top class, and how much the present ones disagree."""
+        probs = result.modality_probs
+        assert probs is not None
+        present = np.array([list(w.present.values()) for w in result.windows], bool)
+        spread = [round(x, 4) for x in disagreements(probs, present).tolist()]
+        return probs.astype(float).round(5).tolist(), probs.argmax(axis=-1).tolist(), spread
+
+    def _modalities(
+        self, window: Window, scores: list[list[float]], tops: list[int], spread: float
+    ) -> dict[str, Any]:
         """What each present modality says by itself, and how much they disagree."""
-        own = {m: probs[j] for j, (m, here) in enumerate(window.present.items()) if here}
+        here = [j for j, ok in enumerate(window.present.values()) if ok]
+        names = list(window.present)
         return {
-            "modality_scores": {m: p.astype(float).round(5).tolist() for m, p in own.items()},
-            "modality_labels": {m: self.classes[int(p.argmax())] for m, p in own.items()},
-            "disagreement": round(disagreement(list(own.values())), 4),
+            "modality_scores": {names[j]: scores[j] for j in here},
+            "modality_labels": {names[j]: self.classes[tops[j]] for j in here},
+            "disagreement": spread,
         }
 
 
@@ -192,12 +202,22 @@ def disagreement(distributions: list[np.ndarray]) -> float:
     thing (or only one speaks); 1: each is sure of a different class."""
     if len(distributions) < 2:
         return 0.0
-    p = np.clip(np.stack(distributions).astype(np.float64), 1e-12, 1.0)
-    p /= p.sum(axis=1, keepdims=True)
+    return float(disagreements(np.stack(distributions)[None], np.ones((1, len(distributions)), bool))[0])
 
-    def entropy(q: np.ndarray) -> np.ndarray:
-        out: np.ndarray = -(q * np.log(q)).sum(axis=-1)
-        return out
 
-    jsd = entropy(p.mean(axis=0)) - entropy(p).mean()
-    return float(np.clip(jsd / np.log(len(p)), 0.0, 1.0))
+def disagreements(probs: np.ndarray, present: np.ndarray) -> np.ndarray:
+    """:func:`disagreement` of every window of a batch at once: ``probs`` ``[B, M, K]``,
+    each window's modalities' distributions, of which ``present`` ``[B, M]`` says which
+    count (a masked modality's row is left out of the mean and the count)."""
+    p = np.clip(probs.astype(np.float64), 1e-12, 1.0)
+    p /= p.sum(axis=2, keepdims=True)
+    count = present.sum(axis=1)
+    n = np.maximum(count, 1)[:, None]
+    weight = present.astype(np.float64)
+    mean = (p * weight[:, :, None]).sum(axis=1) / n
+    mean[count == 0] = 1.0  # no modality: no log of 0 (its answer is 0 below)
+    each = -(p * np.log(p)).sum(axis=-1)
+    jsd = -(mean * np.log(mean)).sum(axis=-1) - (each * weight).sum(axis=1) / n[:, 0]
+    out: np.ndarray = np.clip(jsd / np.log(np.maximum(count, 2)), 0.0, 1.0)
+    out[count < 2] = 0.0
+    return out

@@ -277,3 +277,24 @@ def test_ranking_counts_how_often_the_true_class_beats_a_given_wrong_one():
     assert ranking(logits[2:], np.array([3])) == pytest.approx(2 / 3)  # above two of three
     assert ranking(logits, np.array([0, 0, 3])) == pytest.approx((1 + 0 + 2 / 3) / 3)
     assert ranking(np.full((2, 4), 1.0), np.array([0, 1])) == 0.0  # a tie is not above
+
+
+def test_a_batchs_disagreements_are_each_windows_over_its_present_modalities():
+    """What the prediction builder publishes for a whole batch at once is, window by window,
+    the Jensen-Shannon divergence of the present modalities spelled out."""
+    from fusiond.publish import disagreements
+
+    def one(rows: np.ndarray) -> float:
+        p = np.clip(rows.astype(np.float64), 1e-12, 1.0)
+        p /= p.sum(axis=1, keepdims=True)
+        h = lambda q: -(q * np.log(q)).sum(axis=-1)  # noqa: E731
+        return 0.0 if len(p) < 2 else float(np.clip((h(p.mean(0)) - h(p).mean()) / np.log(len(p)), 0, 1))
+
+    rng = np.random.default_rng(3)
+    probs = rng.dirichlet(np.full(7, 0.3), (200, 4)).astype(np.float32)
+    probs[:20, 0] = np.eye(7)[0]  # sure ones, with zeros to clip
+    present = rng.random((200, 4)) < 0.6
+    got = disagreements(probs, present)
+    want = [one(probs[i][present[i]]) for i in range(200)]
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
+    assert (got[present.sum(axis=1) < 2] == 0).all() and got.max() > 0.3

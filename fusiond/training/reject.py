@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fusiond.publish import disagreement
+from fusiond.publish import disagreements
 
 if TYPE_CHECKING:
     import torch
@@ -42,7 +42,7 @@ def reject_inputs(
         logits = modality_logits(model, data, device).astype(np.float64)
         z = np.exp(logits - logits.max(axis=2, keepdims=True))
         own = z / z.sum(axis=2, keepdims=True)
-        spread = np.array([disagreement(list(own[i][data.mask[i]])) for i in range(len(data))])
+        spread = disagreements(own, np.asarray(data.mask, bool))
     return probs.max(1), spread, right
 
 
