@@ -10,6 +10,8 @@ Counters go to the daemon as ``[b"s", msgpack snapshot]``.
 
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -62,8 +64,8 @@ def decode_window(frames: Sequence[Frame]) -> Window:
     header = msgpack.unpackb(frame_view(frames[1]))
     inputs: dict[str, np.ndarray] = {}
     for (name, dtype, shape), frame in zip(header["inputs"], frames[2:], strict=True):
-        array = np.frombuffer(frame_view(frame), dtype=np.dtype(dtype))
-        if array.size != int(np.prod(shape)):
+        array = np.frombuffer(frame_view(frame), dtype=_dtype(dtype))
+        if array.size != math.prod(shape):
             msg = f"window buffer {name} holds {array.size} values, not {shape}"
             raise FrameError(msg, "bad_size")
         inputs[name] = array.reshape(shape)
@@ -80,6 +82,11 @@ def decode_window(frames: Sequence[Frame]) -> Window:
         header["ingest"],
         header["hop"],
     )
+
+
+@functools.lru_cache(maxsize=64)
+def _dtype(name: str) -> np.dtype:
+    return np.dtype(name)
 
 
 def encode_progress(progress: Mapping[str, int]) -> list[bytes]:
