@@ -82,18 +82,20 @@ class Limits:
 class RateLimit:
     """A token bucket: ``rate`` messages a second on average, bursts of one second's worth."""
 
-    __slots__ = ("rate", "_tokens", "_last_ns")
+    __slots__ = ("rate", "_tokens", "_last_ns", "_cap")
 
     def __init__(self, rate: float) -> None:
         self.rate = rate
-        self._tokens = max(1.0, rate)
+        self._cap = max(1.0, rate)
+        self._tokens = self._cap
         self._last_ns: int | None = None
 
     def allow(self, now_ns: int) -> bool:
         """Take one token at ``now_ns``; False when the bucket is empty."""
-        if self._last_ns is not None:
-            elapsed = max(0, now_ns - self._last_ns)
-            self._tokens = min(max(1.0, self.rate), self._tokens + elapsed * self.rate / 1e9)
+        last = self._last_ns
+        if last is not None and now_ns > last:  # a clock that went back adds nothing
+            tokens = self._tokens + (now_ns - last) * self.rate / 1e9
+            self._tokens = tokens if tokens < self._cap else self._cap
         self._last_ns = now_ns
         if self._tokens < 1.0:
             return False
@@ -436,7 +438,7 @@ class _Layout:
         size = frame.nbytes if isinstance(frame, memoryview) else len(buffer)
         if size != self.nbytes:
             return None
-        array = np.frombuffer(buffer, self.dtype).reshape(self.shape)
+        array = np.ndarray(self.shape, self.dtype, buffer)  # one call: frombuffer and reshape
         array.flags.writeable = False  # a view of the received frame: never write through it
         return array
 
