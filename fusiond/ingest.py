@@ -185,8 +185,8 @@ class Ingest:
         layout = self._layouts.get(key)
         template = layout.template if layout is not None else None
         stamps = None
-        if template is not None and len(frames) == template.frames:
-            stamps = template.match(_bytes(frames[1]))
+        if template is not None and len(frames) == template.frames and (raw := _bytes(frames[1])) is not None:
+            stamps = template.match(raw)
         try:
             if stamps is not None and layout is not None:
                 seq, t_ns, t_pub = stamps
@@ -270,8 +270,9 @@ class Ingest:
         misses = 0 if old is None or old.hits else self._misses.get(key, 0) + 1
         self._misses[key] = misses
         template = None
-        if misses < MAX_TEMPLATE_MISSES or misses % 256 == 0:
-            template = HeaderTemplate.of(_bytes(frames[1]), len(frames))
+        raw = _bytes(frames[1])
+        if raw is not None and (misses < MAX_TEMPLATE_MISSES or misses % 256 == 0):
+            template = HeaderTemplate.of(raw, len(frames))
         layout = self._layouts[key] = _Layout(header, scale, template)
         return layout
 
@@ -451,11 +452,19 @@ def _finite(data: np.ndarray) -> bool:
     return math.isfinite(total) or bool(np.isfinite(data).all())
 
 
-def _bytes(frame: Frame) -> bytes:
-    """A frame's bytes (a copy unless it is bytes already: headers are small)."""
-    if isinstance(frame, bytes):
+def _bytes(frame: Frame) -> bytes | None:
+    """A frame's bytes (a copy unless it is bytes already: headers are small), or None for
+    what :func:`~fusiond.bus.wire.frame_view` does not read either (the full checks then
+    count it, as they count it with no template)."""
+    if type(frame) is bytes:
         return frame
-    return frame.bytes if hasattr(frame, "bytes") else bytes(frame_view(frame))
+    if isinstance(frame, memoryview):
+        return frame.tobytes()
+    copied = getattr(frame, "bytes", None)  # a zmq.Frame keeps its bytes once made
+    if isinstance(copied, bytes):
+        return copied
+    view = getattr(frame, "buffer", None)
+    return bytes(view) if isinstance(view, memoryview) else None
 
 
 def _arrived(dropped: Collection[int | None], first: int, end: int) -> int:

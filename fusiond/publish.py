@@ -209,7 +209,10 @@ def disagreements(probs: np.ndarray, present: np.ndarray) -> np.ndarray:
     """:func:`disagreement` of every window of a batch at once: ``probs`` ``[B, M, K]``,
     each window's modalities' distributions, of which ``present`` ``[B, M]`` says which
     count (a masked modality's row is left out of the mean and the count)."""
-    p = np.clip(probs.astype(np.float64), 1e-12, 1.0)
+    # A masked modality's row is made uniform first: whatever its head said (NaN from a
+    # broken model) is left out, as its weight of 0 leaves out a finite row.
+    p = np.where(present[:, :, None], probs.astype(np.float64), 1.0)
+    p = np.clip(p, 1e-12, 1.0)
     p /= p.sum(axis=2, keepdims=True)
     count = present.sum(axis=1)
     n = np.maximum(count, 1)[:, None]

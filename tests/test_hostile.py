@@ -447,6 +447,34 @@ def test_a_header_that_matches_its_streams_template_is_judged_as_the_full_checks
     assert hits > 3000 and 500 < verdicts.count(False) < 2000, (hits, fast.stats.drops)
 
 
+def test_a_header_frame_that_is_no_buffer_is_a_bad_header_whether_the_stream_has_a_template_or_not():
+    """Frames are bytes, memoryviews or zmq frames; anything else in a header's place is
+    counted, as the full checks count it, never raised (with a template or without)."""
+    for templates in (True, False):
+        rig = Rig()
+        rig.honest(1)  # the streams have their templates
+        took = []
+        for header in (bytearray, memoryview, lambda raw: 12345):
+            frames = [
+                bytes(f)
+                for f in wire.encode_sample(
+                    rig="r",
+                    stream="imu",
+                    modality="imu",
+                    seq=rig.seq["imu"],
+                    t_ns=rig.now - S // 10,
+                    t_pub_ns=rig.now,
+                    rate_hz=100.0,
+                    data=np.zeros((10, 1), np.float32),
+                )
+            ]
+            rig.seq["imu"] += 1
+            if not templates:
+                rig.ingest._layouts.clear()
+            took.append(rig.raw([frames[0], header(frames[1]), frames[2]]))
+        assert took == [False, True, False] and rig.stats.drops == Counter({"bad_header": 2}), rig.stats.drops
+
+
 def test_wire_checks_reject_absurd_header_values():
     frames = wire.encode_sample(
         rig="r",

@@ -298,3 +298,7 @@ def test_a_batchs_disagreements_are_each_windows_over_its_present_modalities():
     want = [one(probs[i][present[i]]) for i in range(200)]
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
     assert (got[present.sum(axis=1) < 2] == 0).all() and got.max() > 0.3
+    # A masked modality's head is left out whatever it holds (NaN from a broken model).
+    broken = probs.copy()
+    broken[~present] = np.nan
+    np.testing.assert_array_equal(disagreements(broken, present), got)
