@@ -153,3 +153,24 @@ def test_an_onnxruntime_that_lists_cuda_is_used_on_it_unless_the_device_is_the_c
     tiny_model(path, SPEC, classes=["a", "b"])
     runner = make_runner(load(path), load_plugins().parts, device="cpu", runtime="onnx")
     assert runner.wanted == ["CPUExecutionProvider"] and runner.providers == ["CPUExecutionProvider"]
+
+
+def test_an_export_without_a_card_from_an_older_fusiond_is_made_again(tmp_path, caplog, monkeypatch):
+    """An export of this very checkpoint made before exports carried their card is not
+    served as it is: the card travels in every file the daemon serves, so it is made again."""
+    import onnx
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    path = tmp_path / "model.pt"
+    tiny_model(path, SPEC, classes=["a", "b"], seed=3)
+    assert fusiond("export", str(path), "--onnx").returncode == 0
+    old = onnx.load(str(tmp_path / "model.onnx"))
+    kept = [p for p in old.metadata_props if p.key != "fusiond.card"]
+    del old.metadata_props[:]
+    old.metadata_props.extend(kept)
+    onnx.save(old, str(tmp_path / "model.onnx"))
+    caplog.set_level("INFO")
+    runner = OnnxRunner(load(path), load_plugins().parts)
+    assert "carries no card" in caplog.text
+    meta = runner.session.get_modelmeta().custom_metadata_map
+    assert json.loads(meta["fusiond.card"])["content_hash"] == load(path).content_hash

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fusiond.errors import ModelError
-from fusiond.models.card import HASH_KEY, ModelCard, check_graph
+from fusiond.models.card import CARD_KEY, HASH_KEY, ModelCard, check_graph
 from fusiond.models.runner import Runner
 
 if TYPE_CHECKING:
@@ -146,9 +146,13 @@ class OnnxRunner(Runner):
             if not path.exists():
                 continue
             session = onnxruntime.InferenceSession(str(path), self.options, providers=self.wanted)
-            made_from = session.get_modelmeta().custom_metadata_map.get(HASH_KEY)
-            if made_from == card.content_hash:
+            meta = session.get_modelmeta().custom_metadata_map
+            made_from = meta.get(HASH_KEY)
+            if made_from == card.content_hash and CARD_KEY in meta:
                 return session
+            if made_from == card.content_hash:  # made by a fusiond from before cards: made again
+                log.info("%s carries no card (an export of an older fusiond): exporting again", path)
+                continue
             log.warning(
                 "not serving %s: it was exported from checkpoint %s, not from %s (%s)",
                 path,
