@@ -98,7 +98,8 @@ def messages(seconds: float) -> tuple[Any, Any, list[tuple[int, list[bytes]]]]:
 
 
 def receive_ns(msgs: list[tuple[int, list[bytes]]]) -> float:
-    """Nanoseconds per ``recv_multipart`` of these messages over TCP loopback."""
+    """Nanoseconds per message received by ``drain`` over TCP loopback, a publisher thread
+    sending them as fast as it can."""
     import zmq
 
     from fusiond.bus.sockets import drain
@@ -131,6 +132,38 @@ def receive_ns(msgs: list[tuple[int, list[bytes]]]) -> float:
     sub.close(0)
     ctx.term()
     return took / max(got, 1)
+
+
+def queued_receive_ns(msgs: list[tuple[int, list[bytes]]]) -> dict[str, float]:
+    """Nanoseconds per message to receive these messages already queued on an inproc
+    socket (nothing else running): with ``drain`` (a frame at a time, reading its ``more``
+    flag) and with ``recv_multipart``, as the worker received before."""
+    import zmq
+
+    from fusiond.bus.sockets import drain
+
+    ctx = zmq.Context()
+    push, pull = ctx.socket(zmq.PUSH), ctx.socket(zmq.PULL)
+    push.setsockopt(zmq.SNDHWM, 0)
+    pull.setsockopt(zmq.RCVHWM, 0)
+    push.bind("inproc://receive")
+    pull.connect("inproc://receive")
+    out: dict[str, float] = {}
+    for how in ("drain", "recv_multipart"):
+        for _, frames in msgs:
+            push.send_multipart(frames)
+        t0 = time.perf_counter_ns()
+        if how == "drain":
+            got = sum(1 for _ in drain(pull, len(msgs)))
+        else:
+            for _ in msgs:
+                pull.recv_multipart(zmq.NOBLOCK, copy=False)
+            got = len(msgs)
+        out[how] = (time.perf_counter_ns() - t0) / max(got, 1)
+    push.close(0)
+    pull.close(0)
+    ctx.term()
+    return out
 
 
 def one_run(args: argparse.Namespace, config: Any, plugins: Any, msgs: list[tuple[int, list[bytes]]]) -> dict:
@@ -251,6 +284,7 @@ def main() -> None:
     config, plugins, msgs = messages(args.seconds)
     rows = [one_run(args, config, plugins, msgs) for _ in range(args.repeat)]
     receive = statistics.median(receive_ns(msgs) for _ in range(args.repeat))
+    queued = [queued_receive_ns(msgs) for _ in range(args.repeat)]
     med = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
     med["receive"] = receive
     what = f"{args.runtime}, batch {args.batch}"
@@ -269,6 +303,11 @@ def main() -> None:
         print(f"  {k:<8}{med[k] / 1e3:>10.1f}  {med[k] / whole:>6.1%}")
     print(f"  {'all':<8}{total_win / 1e3:>10.1f}")
     print(f"one window in all: {whole / 1e3:.0f} us ({per_window_msgs:.0f} messages and its own work)")
+    print(
+        "receive alone (queued on inproc): "
+        + ", ".join(f"{k} {statistics.median(q[k] for q in queued) / 1e3:.1f} us" for k in queued[0])
+        + " a message"
+    )
     print(
         f"at batch 32 (32 of these windows in one call): model {med['model@32'] / 1e3:.1f} us and "
         f"publish {med['publish@32'] / 1e3:.1f} us a window"
