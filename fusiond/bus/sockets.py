@@ -219,8 +219,8 @@ def drain(sock: Socket, limit: int) -> Iterator[list[zmq.Frame]]:
     busy socket cannot keep a loop from its other work.
 
     Each frame is received alone and its ``more`` flag read off it: for the small messages
-    of a sensor stream that is a third of what ``recv_multipart`` costs (which asks the
-    socket for ``RCVMORE`` once a frame)."""
+    of a sensor stream that is half of what ``recv_multipart`` costs (which asks the socket
+    for ``RCVMORE`` once a frame; ``python bench/bench_profile.py``)."""
     for _ in range(limit):
         try:
             frame = sock.recv(zmq.NOBLOCK, copy=False)
