@@ -106,8 +106,14 @@ class RigAligner:
         specs: Mapping[str, ModalitySpec],
         config: WindowConfig,
         drops: Counter[str] | None = None,
+        *,
+        fit_ahead: bool = True,
     ) -> None:
-        """``streams`` maps stream name to modality; ``specs`` maps modality to its spec."""
+        """``streams`` maps stream name to modality; ``specs`` maps modality to its spec.
+        ``fit_ahead``: fit each stream's part of a window as soon as the stream has passed
+        its end (:meth:`_fit_ahead`); False fits every part at the close, for the same
+        windows (to compare). ``stats`` counts the parts each way (``fitted:ahead``,
+        ``fitted:close``)."""
         unknown = sorted(set(streams.values()) - set(specs))
         if unknown:
             msg = f"rig {rig}: the model has no input for modalities {unknown}"
@@ -122,6 +128,7 @@ class RigAligner:
         self._zeros = {m: spec.zeros() for m, spec in specs.items()}
         self._next: int | None = None
         self._logged: set[str] = set()
+        self.fit_ahead = fit_ahead
 
     @property
     def next_start_ns(self) -> int | None:
@@ -185,7 +192,8 @@ class RigAligner:
         if now_ns < end + self.config.lateness_ns:
             for state in self._states:
                 if state.watermark_ns < end:
-                    self._fit_ahead(self._next, end - self.config.length_ns, end)
+                    if self.fit_ahead:
+                        self._fit_ahead(self._next, end - self.config.length_ns, end)
                     return closed
         while self._next is not None:
             start = self._next * self.config.hop_ns
@@ -258,7 +266,12 @@ class RigAligner:
         for state in self._states:
             ahead, state.ahead = state.ahead, None
             try:
-                part = ahead[1] if ahead is not None and ahead[0] == index else self._part(state, start, end)
+                if ahead is not None and ahead[0] == index:
+                    part = ahead[1]
+                    self.stats["fitted:ahead"] += 1
+                else:
+                    part = self._part(state, start, end)
+                    self.stats["fitted:close"] += 1
             except Exception:  # a bug in a fit must mask one modality, never stall the rig
                 self.drops["internal_error"] += 1
                 self._log_once(f"fit:{state.modality}", f"rig {self.rig}: fitting {state.modality} failed")
