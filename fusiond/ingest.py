@@ -113,9 +113,12 @@ class Ingest:
         stats: Stats,
         limits: Limits | None = None,
         rates: Mapping[tuple[str, str], float] | None = None,
+        *,
+        templates: bool = True,
     ) -> None:
         """``modalities`` maps ``(rig, stream)`` to the modality the config expects;
-        ``rates`` overrides ``limits.max_message_rate`` for some streams."""
+        ``rates`` overrides ``limits.max_message_rate`` for some streams; ``templates``
+        False runs the full checks on every header (the same verdicts: to compare)."""
         self.aligners = aligners
         self.modalities = modalities
         self.stats = stats
@@ -143,6 +146,9 @@ class Ingest:
         """Per stream, the last header that passed the checks of the header alone."""
         self._misses: dict[tuple[str, str], int] = {}
         """Per stream, layouts made in a row whose template never matched."""
+        self.templates = templates
+        self.template_hits = 0
+        """Headers that matched their stream's template (and skipped the header checks)."""
 
     def handle(self, frames: Sequence[Frame], now_ns: int, topic: bytes | None = None) -> bool:
         """Take one message (``topic``: its first frame's bytes, if the caller has them);
@@ -192,6 +198,7 @@ class Ingest:
                 seq, t_ns, t_pub = stamps
                 self._seq = seq
                 layout.hits += 1
+                self.template_hits += 1
             else:
                 header = decode_sample_header(frames)
                 self._seq = header.seq
@@ -271,7 +278,7 @@ class Ingest:
         self._misses[key] = misses
         template = None
         raw = _bytes(frames[1])
-        if raw is not None and (misses < MAX_TEMPLATE_MISSES or misses % 256 == 0):
+        if raw is not None and self.templates and (misses < MAX_TEMPLATE_MISSES or misses % 256 == 0):
             template = HeaderTemplate.of(raw, len(frames))
         layout = self._layouts[key] = _Layout(header, scale, template)
         return layout
