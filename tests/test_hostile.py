@@ -440,6 +440,9 @@ def test_a_header_that_matches_its_streams_template_is_judged_as_the_full_checks
             rig.poll()
     assert fast.stats.drops == full.stats.drops
     assert [(w.index, w.present) for w in fast.windows] == [(w.index, w.present) for w in full.windows]
+    for a, b in zip(fast.windows, full.windows, strict=True):
+        for modality in SPECS:
+            np.testing.assert_array_equal(a.inputs[modality], b.inputs[modality])
     hits = fast.ingest.template_hits
     assert hits > 3000 and full.ingest.template_hits == 0, hits
     assert 500 < verdicts.count(False) < 2000, fast.stats.drops
