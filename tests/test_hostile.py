@@ -77,7 +77,8 @@ class Rig:
             self.now += S // 10
             self.poll()
 
-    def send(self, stream: str, data: np.ndarray, rate: float, /, **header) -> bool:
+    def frames(self, stream: str, data: np.ndarray, rate: float) -> list[bytes]:
+        """The stream's next message, stamped 100 ms before now and published now."""
         frames = wire.encode_sample(
             rig="r",
             stream=stream,
@@ -89,9 +90,11 @@ class Rig:
             data=data,
         )
         self.seq[stream] += 1
-        if header:
-            frames = _with_header(frames, header)
-        return self.raw([bytes(f) for f in frames])
+        return [bytes(f) for f in frames]
+
+    def send(self, stream: str, data: np.ndarray, rate: float, /, **header) -> bool:
+        frames = self.frames(stream, data, rate)
+        return self.raw(_with_header(frames, header) if header else frames)
 
     def raw(self, frames) -> bool:
         return self.ingest.handle(frames, self.now)
@@ -415,21 +418,7 @@ def test_a_header_that_matches_its_streams_template_is_judged_as_the_full_checks
     verdicts = []
     for i in range(6000):
         stream = ("cam", "mic", "imu")[i % 3]
-        data, rate = bases[stream]
-        frames = [
-            bytes(f)
-            for f in wire.encode_sample(
-                rig="r",
-                stream=stream,
-                modality=STREAMS["r", stream],
-                seq=fast.seq[stream],
-                t_ns=fast.now - S // 10,
-                t_pub_ns=fast.now,
-                rate_hz=rate,
-                data=data,
-            )
-        ]
-        fast.seq[stream] += 1
+        frames = fast.frames(stream, *bases[stream])
         if rng.random() < 0.3:
             frames = _odd_packings(rng, frames)
         took = fast.raw(frames), full.raw(frames)
@@ -456,20 +445,7 @@ def test_a_header_frame_that_is_no_buffer_is_a_bad_header_whether_the_stream_has
         rig.honest(1)  # the streams have their templates (if they make them)
         took = []
         for header in (bytearray, memoryview, lambda raw: 12345):
-            frames = [
-                bytes(f)
-                for f in wire.encode_sample(
-                    rig="r",
-                    stream="imu",
-                    modality="imu",
-                    seq=rig.seq["imu"],
-                    t_ns=rig.now - S // 10,
-                    t_pub_ns=rig.now,
-                    rate_hz=100.0,
-                    data=np.zeros((10, 1), np.float32),
-                )
-            ]
-            rig.seq["imu"] += 1
+            frames = rig.frames("imu", np.zeros((10, 1), np.float32), 100.0)
             took.append(rig.raw([frames[0], header(frames[1]), frames[2]]))
         assert took == [False, True, False] and rig.stats.drops == Counter({"bad_header": 2}), rig.stats.drops
 
