@@ -454,24 +454,21 @@ class _Layout:
 def _finite(data: np.ndarray) -> bool:
     """Whether every value of a float block is finite. A sum is finite when every value is,
     so the exact check runs only when it is not; a small block (an IMU sample) is summed as
-    Python floats, a quarter of what one numpy call costs."""
+    Python floats, cheaper than a numpy call on a few values."""
     total = sum(data.ravel().tolist()) if data.size <= 64 else np.add.reduce(data, None)
     return math.isfinite(total) or bool(np.isfinite(data).all())
 
 
 def _bytes(frame: Frame) -> bytes | None:
     """A frame's bytes (a copy unless it is bytes already: headers are small), or None for
-    what :func:`~fusiond.bus.wire.frame_view` does not read either (the full checks then
-    count it, as they count it with no template)."""
+    what :func:`~fusiond.bus.wire.frame_view` cannot read (the full checks then count it,
+    as they count it with no template)."""
     if type(frame) is bytes:
         return frame
-    if isinstance(frame, memoryview):
-        return frame.tobytes()
-    copied = getattr(frame, "bytes", None)  # a zmq.Frame keeps its bytes once made
-    if isinstance(copied, bytes):
-        return copied
-    view = getattr(frame, "buffer", None)
-    return bytes(view) if isinstance(view, memoryview) else None
+    try:
+        return bytes(frame_view(frame))
+    except AttributeError:
+        return None
 
 
 def _arrived(dropped: Collection[int | None], first: int, end: int) -> int:
