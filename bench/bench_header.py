@@ -1,5 +1,5 @@
-"""Decoding a sample message's header: fusiond's decoder against a typed msgspec one.
-Prints figures, asserts nothing.
+"""Decoding a sample message's header: fusiond's decoder and its stream templates against a
+typed msgspec one. Prints figures, asserts nothing.
 
     python bench/bench_header.py [--messages 20000] [--repeat 5]
 
@@ -8,6 +8,10 @@ frame them: camera JPEG frames, audio blocks, IMU blocks). Three ways through ea
 
 - ``msgpack``: ``msgpack.unpackb`` of the header frame alone (no check at all: the floor);
 - ``fusiond``: :func:`fusiond.bus.wire.decode_sample_header`, every check it makes;
+- ``template``: the header matched against its stream's template
+  (:class:`fusiond.bus.template.HeaderTemplate`, made from the stream's first header), as
+  ingest reads a header like its stream's last checked one; the share that matched is
+  printed with it;
 - ``msgspec`` (when ``pip install msgspec`` is there): a ``msgspec.msgpack.Decoder`` of a
   typed ``Struct`` with the same type and range checks on the common fields (version,
   type, names' types, clock, seq and times in 0..2^63-1, rate), then fusiond's own name
@@ -106,6 +110,7 @@ def main() -> None:
 
     import msgpack
 
+    from fusiond.bus.template import HeaderTemplate
     from fusiond.bus.wire import decode_sample_header
 
     base = demo_frames(2000)
@@ -115,13 +120,19 @@ def main() -> None:
         ("msgpack", lambda f: msgpack.unpackb(f[1], raw=False)),
         ("fusiond", decode_sample_header),
     ]
+    templates: dict[bytes, Any] = {}
+    for f in frames:
+        templates.setdefault(f[0], HeaderTemplate.of(f[1], len(f)))
+    matched = sum(templates[f[0]].match(f[1]) is not None for f in frames)
+    rows.append(("template", lambda f: templates[f[0]].match(f[1])))
     typed = msgspec_decoder()
     if typed is None:
         print("msgspec not installed: pip install msgspec to compare")
     else:
         rows.append(("msgspec", typed))
     for name, fn in rows:
-        print(f"  {name:<8}{best(fn, frames, args.repeat):7.2f} us/header")
+        said = f" ({matched / len(frames):.0%} matched)" if name == "template" else ""
+        print(f"  {name:<8}{best(fn, frames, args.repeat):7.2f} us/header{said}")
 
 
 if __name__ == "__main__":
