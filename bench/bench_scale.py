@@ -10,7 +10,11 @@
    for its parts (close -> inference, inference, publish) with the mean batch size. For
    ``workers = 1`` (one process) and ``workers = auto`` (one ingest worker per core).
 2. Flood ingest against raw pyzmq + msgpack, in the same run (bench_daemon's figures).
-3. Torch against onnxruntime: ms per batch of the demo model at batch 1 and 32.
+3. Torch against onnxruntime: ms per batch of the demo model at batch 1 and 32 (``onnx/1``:
+   on one intra-op thread, as the server runs it with ``workers = "auto"`` on 2 cores).
+
+``--engine`` and ``--threads`` set ``[runtime] engine`` and ``[model] threads`` for part 1
+(``--engine processes --workers 1``: one worker process beside the server process).
 """
 
 from __future__ import annotations
@@ -43,13 +47,23 @@ def free_endpoint() -> str:
         return f"tcp://127.0.0.1:{s.getsockname()[1]}"
 
 
-def config_text(rigs: int, workers: str, publish: str, subscribe: str, control: str) -> str:
+def config_text(
+    rigs: int,
+    workers: str,
+    publish: str,
+    subscribe: str,
+    control: str,
+    engine: str = "local",
+    threads: int = 0,
+) -> str:
     head = (ROOT / "config.toml").read_text().split("[rigs.")[0]
     head = head.replace("tcp://127.0.0.1:7710", publish).replace("tcp://127.0.0.1:7711", subscribe)
     head = head.replace("tcp://127.0.0.1:7712", control).replace('"demo/', f'"{ROOT}/demo/')
-    head = head.replace("summary_s = 5", "summary_s = 5")
     head = re.sub(r"\[runtime\]\nworkers = 1[^\n]*\n", "", head)
-    runtime = f"[runtime]\nworkers = {workers if workers == '1' else json.dumps(workers)}\n"
+    count = workers if workers == "1" else json.dumps(workers)
+    runtime = f"[runtime]\nengine = {json.dumps(engine)}\nworkers = {count}\n"
+    if threads:
+        head = head.replace("[model]\n", f"[model]\nthreads = {threads}\n", 1)
     rigs_text = "".join(
         f'[rigs.r{i:03d}.sources.{name}]\nexternal = true\nmodality = "{modality}"\n'
         for i in range(rigs)
@@ -108,13 +122,15 @@ def publisher(endpoint: str, rigs: int, seconds: float) -> None:
     ctx.term()
 
 
-def run_scale(rigs: int, workers: str, seconds: float) -> dict[str, float]:
+def run_scale(
+    rigs: int, workers: str, seconds: float, engine: str = "local", threads: int = 0
+) -> dict[str, float]:
     from fusiond.bus.wire import decode_prediction
 
     publish, subscribe, control = free_endpoint(), free_endpoint(), free_endpoint()
     with tempfile.TemporaryDirectory() as tmp:
         config = Path(tmp) / "config.toml"
-        config.write_text(config_text(rigs, workers, publish, subscribe, control))
+        config.write_text(config_text(rigs, workers, publish, subscribe, control, engine, threads))
         log = (Path(tmp) / "daemon.log").open("w")
         daemon = subprocess.Popen(
             [sys.executable, "-m", "fusiond", "run", "--config", str(config)],
@@ -203,6 +219,7 @@ def bench_runtimes(repeats: int = 30) -> None:
         runners = {
             "torch": ModelRunner(checkpoint, encoders, "cpu"),
             "onnx": OnnxRunner(checkpoint, encoders),
+            "onnx/1": OnnxRunner(checkpoint, encoders, threads=1),  # the server's one thread, auto on 2 cores
         }
         print("\n## Model per batch, demo model, CPU")
         print(f"{'runtime':<8} {'batch':>5} {'ms/batch':>9} {'ms/window':>10}")
@@ -224,6 +241,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=12.0)
     parser.add_argument("--messages", type=int, default=200_000)
     parser.add_argument("--skip-scale", action="store_true")
+    parser.add_argument("--engine", default="local", help="[runtime] engine (processes: workers = 1 too)")
+    parser.add_argument("--threads", type=int, default=0, help="[model] threads (0: what the workers leave)")
     args = parser.parse_args()
     if not args.skip_scale:
         print(f"## Rigs kept up ({os.cpu_count()} cores; >= 1.9 predictions/s per rig and no drop)")
@@ -233,7 +252,7 @@ def main() -> None:
         )
         for workers in args.workers.split(","):
             for rigs in (int(n) for n in args.rigs.split(",")):
-                r = run_scale(rigs, workers, args.seconds)
+                r = run_scale(rigs, workers, args.seconds, args.engine, args.threads)
                 kept = r["min_rate"] >= 1.9 and r["drops"] == 0
                 print(
                     f"{workers:<8} {rigs:5d} {r['min_rate']:6.2f} {r['mean_rate']:7.2f} {r['p50']:7.1f} "
