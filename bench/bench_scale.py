@@ -14,12 +14,14 @@
    on one intra-op thread, as the server runs it with ``workers = "auto"`` on 2 cores).
 
 ``--engine`` and ``--threads`` set ``[runtime] engine`` and ``[model] threads`` for part 1
-(``--engine processes --workers 1``: one worker process beside the server process).
+(``--engine processes --workers 1``: one worker process beside the server process), and
+``--grid aligned,staggered`` runs it with ``[window] stagger`` off and on.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import re
@@ -55,6 +57,7 @@ def config_text(
     control: str,
     engine: str = "local",
     threads: int = 0,
+    stagger: bool = False,
 ) -> str:
     head = (ROOT / "config.toml").read_text().split("[rigs.")[0]
     head = head.replace("tcp://127.0.0.1:7710", publish).replace("tcp://127.0.0.1:7711", subscribe)
@@ -64,6 +67,8 @@ def config_text(
     runtime = f"[runtime]\nengine = {json.dumps(engine)}\nworkers = {count}\n"
     if threads:
         head = head.replace("[model]\n", f"[model]\nthreads = {threads}\n", 1)
+    if stagger:
+        head = head.replace("stagger = false", "stagger = true", 1)
     rigs_text = "".join(
         f'[rigs.r{i:03d}.sources.{name}]\nexternal = true\nmodality = "{modality}"\n'
         for i in range(rigs)
@@ -123,14 +128,14 @@ def publisher(endpoint: str, rigs: int, seconds: float) -> None:
 
 
 def run_scale(
-    rigs: int, workers: str, seconds: float, engine: str = "local", threads: int = 0
+    rigs: int, workers: str, seconds: float, engine: str = "local", threads: int = 0, stagger: bool = False
 ) -> dict[str, float]:
     from fusiond.bus.wire import decode_prediction
 
     publish, subscribe, control = free_endpoint(), free_endpoint(), free_endpoint()
     with tempfile.TemporaryDirectory() as tmp:
         config = Path(tmp) / "config.toml"
-        config.write_text(config_text(rigs, workers, publish, subscribe, control, engine, threads))
+        config.write_text(config_text(rigs, workers, publish, subscribe, control, engine, threads, stagger))
         log = (Path(tmp) / "daemon.log").open("w")
         daemon = subprocess.Popen(
             [sys.executable, "-m", "fusiond", "run", "--config", str(config)],
@@ -243,24 +248,27 @@ def main() -> None:
     parser.add_argument("--skip-scale", action="store_true")
     parser.add_argument("--engine", default="local", help="[runtime] engine (processes: workers = 1 too)")
     parser.add_argument("--threads", type=int, default=0, help="[model] threads (0: what the workers leave)")
+    parser.add_argument(
+        "--grid", default="aligned", help="aligned,staggered: [window] stagger off, on (comma list: both)"
+    )
     args = parser.parse_args()
     if not args.skip_scale:
         print(f"## Rigs kept up ({os.cpu_count()} cores; >= 1.9 predictions/s per rig and no drop)")
         print(
-            f"{'workers':<8} {'rigs':>5} {'min/s':>6} {'mean/s':>7} {'p50 ms':>7} {'p99 ms':>7} "
+            f"{'grid':<9} {'workers':<8} {'rigs':>5} {'min/s':>6} {'mean/s':>7} {'p50 ms':>7} {'p99 ms':>7} "
             f"{'kept up':>8}  drops"
         )
-        for workers in args.workers.split(","):
+        for grid, workers in itertools.product(args.grid.split(","), args.workers.split(",")):
             for rigs in (int(n) for n in args.rigs.split(",")):
-                r = run_scale(rigs, workers, args.seconds, args.engine, args.threads)
+                r = run_scale(rigs, workers, args.seconds, args.engine, args.threads, grid == "staggered")
                 kept = r["min_rate"] >= 1.9 and r["drops"] == 0
                 print(
-                    f"{workers:<8} {rigs:5d} {r['min_rate']:6.2f} {r['mean_rate']:7.2f} {r['p50']:7.1f} "
-                    f"{r['p99']:7.1f} {'yes' if kept else 'no':>8}  {r['drop_kinds'] or '-'}",
+                    f"{grid:<9} {workers:<8} {rigs:5d} {r['min_rate']:6.2f} {r['mean_rate']:7.2f} "
+                    f"{r['p50']:7.1f} {r['p99']:7.1f} {'yes' if kept else 'no':>8}  {r['drop_kinds'] or '-'}",
                     flush=True,
                 )
                 shares = "; ".join(f"{k} {v[0]:.1f}/{v[1]:.1f}" for k, v in r["parts"].items())
-                print(f"{'':14} of which (p50/p99 ms): {shares}; mean batch {r['batch']:.1f}", flush=True)
+                print(f"{'':24} of which (p50/p99 ms): {shares}; mean batch {r['batch']:.1f}", flush=True)
     import bench_daemon
 
     raw_rate, _ = bench_daemon.bench_raw(args.messages)

@@ -273,6 +273,9 @@ class WindowSection(Strict):
     """How long a window waits for late samples; every prediction lags by at least this much,
     so more than ten minutes is refused as a mistake."""
     min_coverage: float = Field(0.5, gt=0, le=1)
+    stagger: bool = False
+    """Shift each rig's windows by a phase of its own within the hop, so that many rigs do
+    not close theirs at the same instant (docs/operations.md, "Many rigs")."""
 
     @model_validator(mode="after")
     def _hop(self) -> WindowSection:
@@ -306,6 +309,7 @@ class WindowSection(Strict):
             hop_ns=round(self.hop_ms * 1e6),
             lateness_ns=round(self.lateness_ms * 1e6),
             min_coverage=self.min_coverage,
+            stagger=self.stagger,
         )
 
     def with_buffer(self, ingest: IngestSection) -> WindowConfig:

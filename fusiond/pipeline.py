@@ -142,8 +142,8 @@ class Pipeline:
         on while the next rig's are still being fitted."""
         for rig, aligner in self.aligners.items():
             windows = aligner.poll(now_ns)
-            if aligner.next_start_ns is not None:
-                self.batcher.progress(rig, aligner.next_start_ns // self.window.hop_ns)
+            if aligner.next_index is not None:
+                self.batcher.progress(rig, aligner.next_index)
             if windows:
                 self.stats.last_window_ns = now_ns
             yield from windows

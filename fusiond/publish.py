@@ -118,6 +118,7 @@ class PredictionBuilder:
                     extra={
                         "window_index": window.index,
                         "hop_ns": window.hop_ns,
+                        **({"window_offset_ns": window.offset_ns} if window.offset_ns else {}),
                         "closed_by": window.closed_by,
                         "batch_size": len(result.windows),
                         **({"task": "regression"} if self.regression else {}),

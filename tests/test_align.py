@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -335,3 +338,48 @@ def test_a_window_fitted_ahead_stream_by_stream_is_the_window_fitted_at_its_clos
     fits = {way: ahead.stats[f"fitted:{way}"] for way in ("ahead", "close")}
     assert fits["ahead"] >= len(got) and fits["close"] <= 1.3 * len(got), fits
     assert at_close.stats["fitted:ahead"] == 0
+
+
+def test_a_staggered_grid_cuts_the_same_windows_shifted_by_the_rigs_phase():
+    """With ``stagger``, a rig's windows are those of the plain grid on its samples moved
+    back by its phase: the same arrays and masks, each window later by the phase."""
+    config = WindowConfig(CONFIG.length_ns, CONFIG.hop_ns, CONFIG.lateness_ns, stagger=True)
+    offset = config.offset_ns("lab")
+    assert 0 < offset < config.hop_ns and offset % (config.hop_ns // 1000) == 0
+    messages = all_streams(8.0, {"imu": [(2.0, 3.1)]})
+    shifted = [Msg(m.stream, m.t_ns + offset, m.data, m.arrive_ns + offset) for m in messages]
+    staggered = RigAligner("lab", STREAMS, SPECS, config)
+    got = feed(staggered, shifted, np.random.default_rng(4), jitter_ns=150 * MS)
+    aligned = RigAligner("lab", STREAMS, SPECS, CONFIG)
+    want = feed(aligned, messages, np.random.default_rng(4), jitter_ns=150 * MS)
+    assert staggered.offset_ns == offset and len(got) == len(want) > 10
+    for g, w in zip(got, want, strict=True):
+        assert (g.index, g.present, g.closed_by) == (w.index, w.present, w.closed_by)
+        assert (
+            g.start_ns
+            == w.start_ns + offset
+            == g.index * CONFIG.hop_ns + offset
+            == g.end_ns - CONFIG.length_ns
+        )
+        assert g.offset_ns == offset and w.offset_ns == 0
+        for modality in SPECS:
+            np.testing.assert_array_equal(g.inputs[modality], w.inputs[modality])
+    assert staggered.drops == aligned.drops and staggered.stats == aligned.stats
+
+
+def test_stagger_phases_are_fixed_by_name_and_spread_over_the_hop():
+    config = WindowConfig(CONFIG.length_ns, CONFIG.hop_ns, CONFIG.lateness_ns, stagger=True)
+    phases = [config.offset_ns(f"r{i:03d}") for i in range(160)]
+    # Every process (each worker, a replay next week) puts a rig at the same phase.
+    code = (
+        "from fusiond.align import WindowConfig; "
+        f"c = WindowConfig({config.length_ns}, {config.hop_ns}, 0, stagger=True); "
+        "print([c.offset_ns(f'r{i:03d}') for i in range(160)])"
+    )
+    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert other.stdout.strip() == str(phases)
+    assert all(0 <= p < config.hop_ns for p in phases) and len(set(phases)) >= 140
+    # Each tenth of the hop holds a tenth of the rigs, give or take what chance spreads.
+    tenths = Counter(p * 10 // config.hop_ns for p in phases)
+    assert len(tenths) == 10 and max(tenths.values()) <= 24, tenths
+    assert CONFIG.offset_ns("r000") == 0 and not CONFIG.stagger  # off by default: one grid

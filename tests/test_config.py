@@ -93,6 +93,7 @@ def test_source_options_are_checked_against_their_kind(tmp_path, edit, expected)
         ("[runtime]\nworkers = '3'\n", "workers: expected an integer or \"auto\", got '3' (a string)"),
         ("[runtime]\nworkers = 2.5\n", 'workers: expected an integer or "auto", got 2.5 (a number)'),
         ("[bus.security]\nallow_insecure = 1\n", "security.allow_insecure: expected true or false, got 1"),
+        ("[window]\nstagger = 'yes'\n", "window.stagger: expected true or false, got 'yes'"),
         # Misspelled keys get the nearest known one.
         ("[window]\nlenght_ms = 900\n", "lenght_ms: unknown key (value 900); did you mean 'length_ms'?"),
         ("[ingest]\nmax_clock_skew = 9\n", "did you mean 'max_clock_skew_ms'?"),

@@ -12,6 +12,7 @@ import msgpack
 import pytest
 import zmq
 
+from fusiond.align import WindowConfig
 from fusiond.client import Subscriber
 from fusiond.models import load
 
@@ -67,6 +68,27 @@ def test_demo_predictions_are_right_and_the_daemon_stops_cleanly(daemon, endpoin
     d.stop(signal.SIGTERM)  # how long it takes: bench/bench_lifecycle.py
     assert d.proc.returncode == 0, d.text()
     assert not [pid for pid in children if Path(f"/proc/{pid}").exists()]
+
+
+def test_staggered_windows_start_at_the_rigs_own_phase_and_are_still_right(daemon, endpoints):
+    d = daemon(**{"stagger = false": "stagger = true"})
+    offset = WindowConfig(10**9, 500_000_000, 0, stagger=True).offset_ns("demo")
+    assert 0 < offset < 500_000_000
+    with Subscriber(endpoints[1], rigs=["demo"], timeout_s=30) as predictions:
+        anchor = int(d.wait_for(r"media anchor: file sources start at (\d+)").group(1))
+        got = [p for _, p in zip(range(40), (p for p in predictions if not p.missing), strict=False)]
+    assert len(got) == 40
+    for p in got:
+        assert p.extra["window_offset_ns"] == offset
+        assert p.window_start_ns == p.extra["window_index"] * 500_000_000 + offset
+    inside = [(p, truth(anchor, p.window_start_ns)) for p in got]
+    inside = [(p, digit) for p, digit in inside if digit is not None]
+    assert len(inside) >= 12
+    assert sum(p.label == str(digit) for p, digit in inside) >= 0.85 * len(inside)
+    d.wait_for(r"windows/s, latency p50")  # a summary after the predictions: the daemon believed them
+    assert "implausible_prediction" not in d.text()
+    d.stop()
+    assert d.proc.returncode == 0, d.text()
 
 
 def test_ctrl_c_stops_the_daemon_and_its_sources(daemon, endpoints):

@@ -11,10 +11,10 @@ from fusiond.runtime.health import MAX_SEQ_JUMP, Continuity
 HOP = 500_000_000
 
 
-def prediction(seq: int, index: int, start_ns: int | None = None) -> Prediction:
-    """A prediction of window ``index`` (starting at ``index * HOP``, unless told)."""
-    start = index * HOP if start_ns is None else start_ns
-    extra = {"window_index": index, "hop_ns": HOP}
+def prediction(seq: int, index: int, start_ns: int | None = None, offset: int = 0) -> Prediction:
+    """A prediction of window ``index`` (starting at ``index * HOP + offset``, unless told)."""
+    start = index * HOP + offset if start_ns is None else start_ns
+    extra = {"window_index": index, "hop_ns": HOP} | ({"window_offset_ns": offset} if offset else {})
     return Prediction("demo", seq, start, start + 10**9, "a", ["a"], [1.0], [], [], {}, {}, 0, extra)
 
 
@@ -31,3 +31,13 @@ def test_a_forged_number_far_ahead_never_becomes_the_restarted_servers_and_hides
     c.restarted(["demo"])
     c.seen(prediction(5, 110))  # the restart lost windows 105..109: still counted
     assert stats.all_drops()["lost_in_restart"] == 5 and c.next_seq() == {"demo": 6}
+
+
+def test_a_staggered_rigs_windows_are_believed_at_their_phase_and_only_there():
+    stats = Stats()
+    c = Continuity(["demo"], stats)
+    for seq in range(3):
+        c.seen(prediction(seq, 100 + seq, offset=123_000_000))
+    c.seen(prediction(3, 103, start_ns=103 * HOP + 124_000_000, offset=123_000_000))  # not its own start
+    c.seen(prediction(3, 2**40, start_ns=103 * HOP + 123_000_000, offset=123_000_000))
+    assert c.next_seq() == {"demo": 3} and stats.all_drops()["implausible_prediction"] == 2

@@ -246,6 +246,10 @@ PREDICTION = {
         {"label": "x" * 1000},
         {"task": 123},
         {"anomaly_score": 1.0},  # anomaly fields on a classifier's prediction
+        {"hop_ns": 10, "window_offset_ns": 10},  # a phase is within the hop
+        {"hop_ns": 10, "window_offset_ns": -1},
+        {"hop_ns": 10, "window_offset_ns": 2.5},
+        {"window_offset_ns": 5},  # a phase with no grid
     ],
 )
 def test_a_forged_prediction_with_absurd_fields_is_refused(change):
@@ -253,6 +257,8 @@ def test_a_forged_prediction_with_absurd_fields_is_refused(change):
     the live view, the recorder's views, the daemon's monitor) is spared them."""
     good = PREDICTION
     assert wire.decode_prediction([b"p/r", msgpack.packb(good)]).label == "a"
+    staggered = wire.decode_prediction([b"p/r", msgpack.packb(good | {"hop_ns": 10, "window_offset_ns": 9})])
+    assert staggered.extra["window_offset_ns"] == 9
     with pytest.raises(WireError):
         wire.decode_prediction([b"p/r", msgpack.packb(good | change)])
 

@@ -1,7 +1,11 @@
 """Per-rig windows on event time, with watermarks, allowed lateness and masks.
 
-Window ``k`` of a rig covers ``[k * hop, k * hop + length)`` on the daemon clock, so every
-rig's windows sit on one grid and a replay cuts the same windows as the live run.
+Window ``k`` of a rig covers ``[k * hop + offset, k * hop + offset + length)`` on the
+daemon clock, so a replay cuts the same windows as the live run. The offset is 0 unless
+``stagger`` is set, when each rig's grid is shifted by a phase in ``[0, hop)`` fixed by its
+name (:meth:`WindowConfig.offset_ns`): many rigs then close their windows spread over the
+hop, not all at the same instant, and the work of a close (fit, model, publish) comes in a
+stream rather than a burst that the last rig in it waits out.
 
 A window closes, in this order of preference:
 
@@ -26,6 +30,7 @@ from __future__ import annotations
 import bisect
 import logging
 import sys
+import zlib
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -52,6 +57,8 @@ class WindowConfig:
     max_blocks: int = 4096
     max_bytes: int = 256 * 2**20
     """Bytes of samples buffered per stream; the oldest go first (``buffer_full``)."""
+    stagger: bool = False
+    """Shift each rig's grid by its own phase (:meth:`offset_ns`)."""
 
     def __post_init__(self) -> None:
         if self.length_ns <= 0 or self.hop_ns <= 0 or self.lateness_ns < 0:
@@ -60,6 +67,14 @@ class WindowConfig:
         if not 0.0 < self.min_coverage <= 1.0:
             msg = "min_coverage must lie in (0, 1]"
             raise ValueError(msg)
+
+    def offset_ns(self, rig: str) -> int:
+        """Where ``rig``'s grid starts within the hop: 0, or with ``stagger`` one of 1,000
+        phases picked by the CRC-32 of its name, the same in every process and every run
+        (Python's ``hash`` of a string is not)."""
+        if not self.stagger:
+            return 0
+        return zlib.crc32(rig.encode()) % 1000 * self.hop_ns // 1000
 
 
 @dataclass(slots=True)
@@ -76,7 +91,9 @@ class Window:
     t_close_ns: int
     capture_to_ingest_ns: int
     hop_ns: int = 0
-    """The grid's step: ``start_ns == index * hop_ns``."""
+    """The grid's step: ``start_ns == index * hop_ns + offset_ns``."""
+    offset_ns: int = 0
+    """Where the rig's grid starts within the hop (:meth:`WindowConfig.offset_ns`)."""
 
     @property
     def missing(self) -> list[str]:
@@ -129,11 +146,22 @@ class RigAligner:
         self._next: int | None = None
         self._logged: set[str] = set()
         self.fit_ahead = fit_ahead
+        self.offset_ns = config.offset_ns(rig)
+
+    def start_ns(self, index: int) -> int:
+        """Where window ``index`` of this rig starts."""
+        return index * self.config.hop_ns + self.offset_ns
+
+    @property
+    def next_index(self) -> int | None:
+        """Grid index of the next window to close (None before the first sample): every
+        window below it is closed."""
+        return self._next
 
     @property
     def next_start_ns(self) -> int | None:
         """Start of the next window to close (None before the first sample)."""
-        return None if self._next is None else self._next * self.config.hop_ns
+        return None if self._next is None else self.start_ns(self._next)
 
     def add(self, stream: str, t_ns: int, rate_hz: float, data: np.ndarray, t_recv_ns: int) -> str | None:
         """Buffer a block of samples; returns the drop reason (also counted) if it is dropped."""
@@ -145,8 +173,8 @@ class RigAligner:
         end = t_ns + round(len(data) * period) if period else t_ns + 1
         if self._next is None:
             # The window holding the first sample; coverage decides whether it is usable.
-            self._next = t_ns // self.config.hop_ns
-        elif end <= self._next * self.config.hop_ns:
+            self._next = (t_ns - self.offset_ns) // self.config.hop_ns
+        elif end <= self.start_ns(self._next):
             self.drops["late"] += 1
             return "late"
         cost = _cost(data)
@@ -154,7 +182,7 @@ class RigAligner:
         if blocks and (len(blocks) >= self.config.max_blocks or state.nbytes + cost > self.config.max_bytes):
             self._make_room(state, cost)
         state.nbytes += cost
-        if state.ahead is not None and t_ns < (state.ahead[0] * self.config.hop_ns + self.config.length_ns):
+        if state.ahead is not None and t_ns < self.start_ns(state.ahead[0]) + self.config.length_ns:
             state.ahead = None  # a block inside the window fitted ahead: fit it again at the close
         block = Span(t_ns, end, period, data, t_recv_ns)
         if not blocks or blocks[-1].t_ns <= t_ns:
@@ -188,7 +216,7 @@ class RigAligner:
         # The common case, nothing due, said without building the watermarks: before its
         # lateness has passed, a window closes only once every stream has reached its end.
         # Meanwhile the streams that have reached it are fitted for it ahead of its close.
-        end = self._next * self.config.hop_ns + self.config.length_ns
+        end = self.start_ns(self._next) + self.config.length_ns
         if now_ns < end + self.config.lateness_ns:
             for state in self._states:
                 if state.watermark_ns < end:
@@ -196,7 +224,7 @@ class RigAligner:
                         self._fit_ahead(self._next, end - self.config.length_ns, end)
                     return closed
         while self._next is not None:
-            start = self._next * self.config.hop_ns
+            start = self.start_ns(self._next)
             end = start + self.config.length_ns
             reason = self._due(end, now_ns)
             if reason is None:
@@ -206,7 +234,7 @@ class RigAligner:
                 continue
             window = self._close(self._next, start, end, reason, now_ns)
             self._next += 1
-            self._evict(self._next * self.config.hop_ns)
+            self._evict(self.start_ns(self._next))
             if window is None:
                 self.drops["window_empty"] += 1
             else:
@@ -218,7 +246,7 @@ class RigAligner:
         so a rig back after an hour's silence does not close 7,200 windows one by one."""
         c = self.config
         assert self._next is not None
-        last_due = (now_ns - c.lateness_ns - c.length_ns) // c.hop_ns
+        last_due = (now_ns - c.lateness_ns - c.length_ns - self.offset_ns) // c.hop_ns
         self.drops["window_empty"] += last_due - self._next + 1
         self._next = last_due + 1
 
@@ -287,8 +315,8 @@ class RigAligner:
             if not ok:
                 self.stats[f"masked:{modality}"] += 1
         self.stats[f"closed:{reason}"] += 1
-        hop = self.config.hop_ns
-        return Window(self.rig, index, start, end, inputs, present, reason, now_ns, latency, hop)
+        hop, offset = self.config.hop_ns, self.offset_ns
+        return Window(self.rig, index, start, end, inputs, present, reason, now_ns, latency, hop, offset)
 
     def _evict(self, before_ns: int) -> None:
         for state in self._streams.values():

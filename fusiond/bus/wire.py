@@ -811,11 +811,15 @@ def _check_prediction(h: dict[str, Any]) -> None:
     if type(spread) not in (float, int) or not 0.0 <= spread <= 1.0:
         msg = f"prediction disagreement must be a number in [0, 1], got {_short(spread)}"
         raise FrameError(msg, "bad_value")
-    for name in ("window_index", "hop_ns", "batch_size"):
+    for name in ("window_index", "hop_ns", "window_offset_ns", "batch_size"):
         value = h.get(name, 0)
         if type(value) is not int or not 0 <= value <= MAX_INT:
             msg = f"prediction field {name} must be an int in [0, 2**63), got {_short(value)}"
             raise FrameError(msg, "bad_value")
+    offset = h.get("window_offset_ns", 0)
+    if offset and offset >= h.get("hop_ns", 0):
+        msg = f"prediction window_offset_ns must be below hop_ns, got {_short(offset)}"
+        raise FrameError(msg, "bad_value")
     said = h.get("modality_labels", {})
     if not isinstance(said, dict) or not all(type(k) is str and type(v) is str for k, v in said.items()):
         msg = f"prediction modality_labels must map modalities to labels, got {_short(said)}"

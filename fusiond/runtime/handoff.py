@@ -54,6 +54,7 @@ def encode_window(window: Window) -> list[bytes | memoryview]:
         "t_close": window.t_close_ns,
         "ingest": window.capture_to_ingest_ns,
         "hop": window.hop_ns,
+        "offset": window.offset_ns,
         "inputs": [[m, a.dtype.str, list(a.shape)] for m, a in zip(names, arrays, strict=True)],
     }
     return [WINDOW, msgpack.packb(header), *(a.reshape(-1).view(np.uint8).data for a in arrays)]
@@ -81,6 +82,7 @@ def decode_window(frames: Sequence[Frame]) -> Window:
         header["t_close"],
         header["ingest"],
         header["hop"],
+        header["offset"],
     )
 
 

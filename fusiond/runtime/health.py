@@ -169,16 +169,17 @@ class Continuity:
     def seen(self, p: Prediction) -> None:
         """A prediction went out on the bus. On an open bus anyone may publish one: a
         number far ahead of the rig's, a window far in the future, or a window index that
-        is not its start over the hop (docs/protocol.md) is not believed, so that a forgery
+        is not its start (less the offset) over the hop (docs/protocol.md) is not believed, so that a forgery
         can neither make a restarted server number from near 2**63 nor hide the windows a
         restart loses; it is counted as ``implausible_prediction``."""
         if p.rig not in self.rigs:
             return  # p/lab also matches p/lab2
         index, hop = p.extra.get("window_index", -1), p.extra.get("hop_ns", 0)
+        offset = p.extra.get("window_offset_ns", 0)
         if (
             p.seq >= self._next_seq[p.rig] + MAX_SEQ_JUMP
             or p.window_start_ns > time.time_ns() + MAX_AHEAD_NS
-            or (hop > 0 and index * hop != p.window_start_ns)
+            or (hop > 0 and index * hop + offset != p.window_start_ns)
         ):
             self.stats.drop("implausible_prediction")
             return

@@ -173,9 +173,7 @@ class _Loop:
             except zmq.Again:
                 self.stats.drop("inference_busy")
         progress = {
-            rig: a.next_start_ns // self.pipeline.window.hop_ns
-            for rig, a in self.pipeline.aligners.items()
-            if a.next_start_ns is not None
+            rig: a.next_index for rig, a in self.pipeline.aligners.items() if a.next_index is not None
         }
         if progress != self.progress:
             self.progress = progress
