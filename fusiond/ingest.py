@@ -3,8 +3,9 @@
 Every message is treated as hostile until checked. The cheap checks come first, so a
 flood costs as little as possible: the topic (a dict lookup), the stream's rate budget,
 the header's types and ranges, the block's shape against the model's spec for its
-modality, the clock, and only then are buffers decoded (a JPEG after its declared size
-was checked) and their values checked. Whatever fails is counted under its reason in
+modality, the clock, and only then are buffers read and their values checked (a JPEG's
+frame header is read against its declared size, and its pixels are decoded only when a
+window picks the frame). Whatever fails is counted under its reason in
 ``stats.drops`` and logged (per reason and stream, at most a line a minute); nothing a
 publisher sends raises out of :meth:`handle`.
 """
@@ -19,6 +20,7 @@ from typing import cast
 
 import numpy as np
 
+from fusiond.align.fit import Deferred
 from fusiond.align.windows import RigAligner
 from fusiond.bus.template import HeaderTemplate
 from fusiond.bus.wire import (
@@ -30,8 +32,10 @@ from fusiond.bus.wire import (
     SampleHeader,
     SequenceGaps,
     block_end_ns,
+    check_jpeg,
     decode_arrays,
     decode_header,
+    decode_jpeg,
     decode_sample_header,
     frame_view,
     sample_topic,
@@ -211,7 +215,10 @@ class Ingest:
                 return None
             data = layout.view(frames[2]) if len(frames) == 3 else None
             if data is None:
-                data = decode_arrays(layout.header, frames, layout.scale)[0]
+                if layout.deferred and len(frames) == 3:
+                    data = self._deferred(key, layout, frames[2])
+                else:
+                    data = decode_arrays(layout.header, frames, layout.scale)[0]
         except WireError as exc:
             self._reason(exc.reason, f"malformed message on the bus: {exc}")
             return None
@@ -281,6 +288,7 @@ class Ingest:
         if raw is not None and self.templates and (misses < MAX_TEMPLATE_MISSES or misses % 256 == 0):
             template = HeaderTemplate.of(raw, len(frames))
         layout = self._layouts[key] = _Layout(header, scale, template)
+        layout.deferred = layout.deferred and self.aligners[rig].specs[expected].kind_of.deferred
         return layout
 
     def _check(
@@ -386,6 +394,39 @@ class Ingest:
         self._log_once("source_error", f"{key[0]}/{key[1]}: source reports: {error[:200]!r}")
         return True
 
+    def _deferred(self, key: tuple[str, str], layout: _Layout, frame: Frame) -> np.ndarray:
+        """A one-image JPEG block, kept encoded until a window picks the frame (a
+        :class:`~fusiond.align.fit.Deferred` in a block of one): its frame header is read
+        now, so a size other than the declared one (a hidden bomb) is a ``decode_error``
+        here, and the pixels are decoded only if a window picks the frame, at the scale the
+        input needs. A frame whose data then fails to decode is counted as ``decode_error``
+        once, and the window holds the frame before it."""
+        view = frame_view(frame)
+        shape, scale = layout.header.buffers[0].shape, layout.scale
+        decoded = math.prod(check_jpeg(view, shape, scale))
+
+        def decode() -> np.ndarray | None:
+            try:
+                image: np.ndarray = decode_jpeg(view, shape, scale)[0]
+            except WireError as exc:
+                self._late_drop(key, exc.reason, f"{key[0]}/{key[1]}: a frame picked for a window: {exc}")
+                return None
+            return image
+
+        block = np.empty(1, object)
+        block[0] = Deferred(decode, view.nbytes + decoded)
+        block.flags.writeable = False
+        return block
+
+    def _late_drop(self, key: tuple[str, str], reason: str, message: str) -> None:
+        """Count and log a drop found after the message was taken (while a window is cut)."""
+        current = self._key
+        self._key = key
+        try:
+            self._drop(reason, message)
+        finally:
+            self._key = current
+
     def _reason(self, reason: str, message: str) -> None:
         """Count and log a drop, for :meth:`_check` and :meth:`_take`."""
         self._drop(reason, message)
@@ -430,11 +471,20 @@ class _Layout:
     """Its one raw buffer's dtype (None for a JPEG, text, or more than one buffer)."""
     shape: tuple[int, ...] = ()
     nbytes: int = 0
+    deferred: bool = False
+    """Its block is one JPEG image ``[1, H, W, C]`` for a kind that takes it encoded
+    (:attr:`~fusiond.align.kinds.ModalityKind.deferred`): decoded only if a window picks it."""
 
     def __post_init__(self) -> None:
         first = self.header.buffers[0]
         if len(self.header.buffers) == 1 and first.encoding == "raw":
             self.dtype, self.shape, self.nbytes = DTYPES[first.dtype], first.shape, first.nbytes
+        self.deferred = (
+            len(self.header.buffers) == 1
+            and first.encoding == "jpeg"
+            and len(first.shape) == 4
+            and first.shape[0] == 1
+        )
 
     def view(self, frame: Frame) -> np.ndarray | None:
         """The one raw buffer of a message with this layout, as a read-only view of its

@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fusiond.align import ModalitySpec, RigAligner, WindowConfig
+from fusiond.align.fit import Deferred
 from fusiond.training.streams import RecordedStream, cut_windows
 
 MS = 1_000_000
@@ -383,3 +384,76 @@ def test_stagger_phases_are_fixed_by_name_and_spread_over_the_hop():
     tenths = Counter(p * 10 // config.hop_ns for p in phases)
     assert len(tenths) == 10 and max(tenths.values()) <= 24, tenths
     assert CONFIG.offset_ns("r000") == 0 and not CONFIG.stagger  # off by default: one grid
+
+
+def _camera(fps: float, seconds: float) -> list[Msg]:
+    """A camera's frames, one a message, each frame's pixels its number (mod 256)."""
+    period = round(1e9 / fps)
+    return [
+        Msg("cam", T0 + i * period, np.full((1, 8, 8, 3), i % 256, np.uint8), T0 + (i + 1) * period)
+        for i in range(round(fps * seconds))
+    ]
+
+
+def _deferred(messages: list[Msg], decoded: list[int], corrupt=frozenset()) -> list[Msg]:
+    """The same frames kept encoded: each decodes (noting its number) only when asked,
+    and the corrupt ones decode to nothing, as a cut-short JPEG does."""
+
+    def holder(i: int, frame: np.ndarray) -> np.ndarray:
+        def decode():
+            decoded.append(i)
+            return None if i in corrupt else frame
+
+        block = np.empty(1, object)
+        block[0] = Deferred(decode, frame.nbytes)
+        return block
+
+    return [Msg(m.stream, m.t_ns, holder(i, m.data[0]), m.arrive_ns) for i, m in enumerate(messages)]
+
+
+def test_frames_kept_encoded_are_decoded_only_when_a_window_picks_them_and_give_the_same_windows():
+    streams, specs = {"cam": "video"}, {"video": SPECS["video"]}
+    camera = _camera(30.0, 6.0)
+    RATES["cam"] = 30.0
+    try:
+        want = feed(RigAligner("r", streams, specs, CONFIG), camera)
+        decoded: list[int] = []
+        got = feed(RigAligner("r", streams, specs, CONFIG), _deferred(camera, decoded))
+    finally:
+        RATES["cam"] = 10.0
+    assert [(w.index, w.present) for w in got] == [(w.index, w.present) for w in want] and len(got) >= 10
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_array_equal(g.inputs["video"], w.inputs["video"])
+    picked = {int(v) for w in want for v in w.inputs["video"][:, 0, 0, 0]}
+    # Each frame decoded once at most, and only those some window shows: 4-frame windows
+    # every 500 ms show 8 of the 30 frames a second.
+    assert len(decoded) == len(set(decoded)) and set(decoded) == picked
+    assert len(decoded) <= 0.3 * len(camera), (len(decoded), len(camera))
+
+
+def test_a_frame_that_will_not_decode_is_held_over_by_the_one_before_and_none_masks_the_window():
+    streams, specs = {"cam": "video", "imu": "imu"}, {"video": SPECS["video"], "imu": SPECS["imu"]}
+    camera = _camera(10.0, 6.0)
+    corrupt = {12, 13, 14} | set(range(40, 60))  # a few in a row; then every frame
+    aligner = RigAligner("r", streams, specs, CONFIG)
+    decoded: list[int] = []
+    windows = feed(aligner, _deferred(camera, decoded, corrupt) + stream_blocks("imu", 6.0))
+    assert aligner.drops["internal_error"] == 0 and windows
+    held_over = 0
+    for w in windows:
+        start = (w.start_ns - T0) // MS
+        # The newest frame at or before each target, held over by the target before it
+        # (the first, by the first that decoded) when it will not decode.
+        picks = [min(59, (start + 125 + 250 * j) // 100) for j in range(4)]
+        good = [p for p in picks if p not in corrupt]
+        if not good:
+            assert not w.present["video"] and w.present["imu"], w
+            continue
+        want, held = [], good[0]
+        for p in picks:
+            held = held if p in corrupt else p
+            want.append(held)
+        assert w.present["video"] and list(w.inputs["video"][:, 0, 0, 0]) == want, (start, picks)
+        held_over += any(12 <= p <= 14 for p in picks)
+    assert held_over >= 2 and any(not w.present["video"] for w in windows)
+    assert len(decoded) == len(set(decoded))  # a corrupt frame is tried (and counted) once

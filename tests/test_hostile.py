@@ -1074,3 +1074,40 @@ def test_a_subscriber_that_stops_reading_is_disconnected_and_what_waited_for_it_
         if slow.stdout is not None:
             slow.stdout.close()
         bus.close()
+
+
+def _grey_jpeg(size: int, value: int) -> bytes:
+    ok, data = cv2.imencode(".jpg", np.full((size, size, 3), value, np.uint8))
+    assert ok
+    return data.tobytes()
+
+
+def test_a_jpeg_whose_data_is_cut_short_is_counted_when_a_window_picks_it_and_never_stalls_the_rig():
+    """A JPEG's frame header is read when it comes, its pixels when a window picks it: a
+    frame cut short after a sound header (a camera losing bytes, or an attacker) is counted
+    as decode_error then, once; its window holds the frame before it, and a camera sending
+    nothing else is masked while the rig's other streams go on."""
+    rig = Rig()
+    corrupt = {12, 13} | set(range(40, 60))
+    for i in range(60):
+        jpeg = _grey_jpeg(64, 4 * i)  # decoded at half size for the 32x32 input
+        payload = jpeg[: len(jpeg) // 2] if i in corrupt else jpeg
+        assert rig.raw(jpeg_frames(rig, payload, [1, 64, 64, 3]))  # taken: its header is sound
+        rig.send("mic", np.zeros((100, 1), np.int16), 1000.0)
+        rig.send("imu", np.zeros((10, 1), np.float32), 100.0)
+        rig.now += S // 10
+        rig.poll()
+    rig.poll(10 * S)
+    drops = rig.stats.drops
+    assert 1 <= drops["decode_error"] <= len(corrupt) and drops["internal_error"] == 0, drops
+    shown = []
+    for w in rig.windows:
+        if (w.start_ns - T0) // (S // 10) in range(5, 36) and w.present["audio"]:
+            assert w.present["video"], w
+            shown += [round(float(v) / 4) for v in w.inputs["video"][:, 0, 0, 0]]
+        elif w.start_ns - T0 >= 4 * S and w.end_ns <= T0 + 6 * S:
+            assert not w.present["video"] and w.present["audio"] and w.present["imu"], w
+    assert not {12, 13} & set(shown), shown
+    # Its targets are frames 11, 13, 16 and 18: frame 11 is held over 13.
+    second = next(w for w in rig.windows if w.start_ns == T0 + S)
+    assert [round(float(v) / 4) for v in second.inputs["video"][:, 0, 0, 0]] == [11, 11, 16, 18]

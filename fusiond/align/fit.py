@@ -23,12 +23,14 @@ __all__ = [
     "BUILTIN_KINDS",
     "builtin_kinds",
     "coverage",
+    "Deferred",
     "fit_window",
     "FramesKind",
     "JPEG_OVERSIZE",
     "last_words",
     "SeriesKind",
     "TokensKind",
+    "Undecodable",
     "VectorKind",
     "WORD",
     "words",
@@ -43,6 +45,37 @@ class Span(NamedTuple):
     period_ns: float
     data: np.ndarray
     t_recv_ns: int
+
+
+class Deferred:
+    """A frame kept as it came (a JPEG) until a window picks it, then decoded once.
+
+    Sample and hold picks a few frames of many (4-frame windows every 500 ms pick 8 of a
+    30 fps camera's 30 a second), so the frames no window picks are never decoded.
+    ``decode`` gives the frame's pixels ``[H, W, C]``, or None when they cannot be had
+    (it counts that itself); ``nbytes`` is what the frame holds, encoded and decoded, for
+    the aligner's buffer bound (``sys.getsizeof`` reports it)."""
+
+    __slots__ = ("_decode", "_image", "nbytes")
+
+    def __init__(self, decode: Callable[[], np.ndarray | None], nbytes: int) -> None:
+        self._decode: Callable[[], np.ndarray | None] | None = decode
+        self._image: np.ndarray | None = None
+        self.nbytes = nbytes
+
+    def image(self) -> np.ndarray | None:
+        """The frame's pixels (decoded on the first call, by no later one), or None."""
+        if self._decode is not None:
+            decode, self._decode = self._decode, None
+            self._image = decode()
+        return self._image
+
+    def __sizeof__(self) -> int:
+        return object.__sizeof__(self) + self.nbytes
+
+
+class Undecodable(ValueError):
+    """No frame a window picked could be decoded: the modality is masked for it."""
 
 
 def coverage(blocks: Sequence[Span], start_ns: int, end_ns: int) -> float:
@@ -251,17 +284,38 @@ def _fit_frames(spec: ModalitySpec, blocks: Sequence[Span], start_ns: int, end_n
     return _held(spec, picks, lambda k: owners[k][0].data[owners[k][1]])
 
 
-def _held(spec: ModalitySpec, picks: Sequence[int], frame: Callable[[int], np.ndarray]) -> np.ndarray:
-    """The frames ``picks`` names, one per target, each converted to the spec once however
-    many targets hold it."""
+def _held(
+    spec: ModalitySpec, picks: Sequence[int], frame: Callable[[int], np.ndarray | Deferred]
+) -> np.ndarray:
+    """The frames ``picks`` names, one per target, each decoded (if :class:`Deferred`) and
+    converted to the spec once however many targets hold it. A target whose frame will not
+    decode holds the target's before it (the first, the first that decoded); with none
+    decoded, :class:`Undecodable`."""
     out = np.empty(spec.shape, np.uint8)
     done: dict[int, int] = {}
+    ok = [False] * len(picks)
     for j, k in enumerate(picks):
-        if k in done:
-            out[j] = out[done[k]]
+        first = done.get(k)
+        if first is not None:
+            if ok[first]:
+                out[j] = out[first]
+                ok[j] = True
             continue
-        out[j] = _to_spec(frame(k), spec)
         done[k] = j
+        held = frame(k)
+        image = held.image() if isinstance(held, Deferred) else held
+        if image is not None:
+            out[j] = _to_spec(image, spec)
+            ok[j] = True
+    if all(ok):
+        return out
+    good = [j for j, decoded in enumerate(ok) if decoded]
+    if not good:
+        msg = "no frame picked for the window could be decoded"
+        raise Undecodable(msg)
+    for j, decoded in enumerate(ok):
+        if not decoded:
+            out[j] = out[j - 1] if j else out[good[0]]
     return out
 
 
@@ -310,6 +364,7 @@ class FramesKind(ModalityKind):
     dtype = np.dtype(np.uint8)
     default_encoder = "frames_cnn"
     encodings = ("raw", "jpeg")
+    deferred = True  # sample and hold picks a few frames of many: decode only those
     augmentations = tuple(augment.FRAMES)
 
     def validate(self, spec: ModalitySpec) -> None:

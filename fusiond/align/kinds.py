@@ -49,6 +49,10 @@ class ModalityKind:
     default_encoder: ClassVar[str] = "vector_mlp"
     encodings: ClassVar[tuple[str, ...]] = ("raw",)
     """Wire encodings a block of this kind may come in."""
+    deferred: ClassVar[bool] = False
+    """A one-image JPEG block reaches :meth:`fit` still encoded, as a block of one
+    :class:`fusiond.align.fit.Deferred` that decodes when asked: for a kind whose fit uses
+    a few of its blocks' frames. False: every block comes decoded."""
     augmentations: ClassVar[tuple[str, ...]] = ()
     """What ``[inputs.X] augment`` may name for this kind (:mod:`fusiond.align.augment`)."""
     default_augment: ClassVar[tuple[str, ...]] = ()

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fusiond.align.fit import Span, coverage, fit_window
+from fusiond.align.fit import Span, Undecodable, coverage, fit_window
 from fusiond.align.spec import ModalitySpec
 
 __all__ = ["RigAligner", "Window", "WindowConfig"]
@@ -285,7 +285,10 @@ class RigAligner:
         blocks = [b for b in before_end if b.end_ns > start]
         if not blocks or coverage(blocks, start, end) < self.config.min_coverage:
             return None
-        return fit_window(self.specs[state.modality], blocks, start, end)
+        try:
+            return fit_window(self.specs[state.modality], blocks, start, end)
+        except Undecodable:  # every frame it picked was corrupt (each counted as decode_error)
+            return None
 
     def _close(self, index: int, start: int, end: int, reason: str, now_ns: int) -> Window | None:
         inputs: dict[str, np.ndarray] = dict(self._zeros)

@@ -610,7 +610,7 @@ def decode_arrays(header: SampleHeader, frames: Sequence[Frame], scale: int = 1)
 def _array(spec: BufferSpec, frame: Frame, scale: int = 1) -> np.ndarray:
     view = frame_view(frame)
     if spec.encoding == "jpeg":
-        return _decode_jpeg(view, spec.shape, scale)
+        return decode_jpeg(view, spec.shape, scale)
     if spec.encoding == "utf-8":
         return _decode_text(view)
     expected = spec.nbytes
@@ -682,20 +682,28 @@ _SOF_MARKERS: Final = frozenset(
 )
 
 
-def _decode_jpeg(view: memoryview, shape: tuple[int, ...], scale: int = 1) -> np.ndarray:
+def check_jpeg(view: memoryview, shape: tuple[int, ...], scale: int = 1) -> tuple[int, ...]:
+    """The shape a JPEG buffer decodes to at ``scale``, once its own frame header (read
+    without decoding) says the size its message header declares; else ``decode_error``."""
     declared = _jpeg_dims(shape)
     found = jpeg_size(view)
     if declared is None or found is None or found[:2] != declared[:2]:
         msg = f"JPEG frame header says {found}, message header says {list(shape)}"
         raise FrameError(msg, "decode_error")
+    # libjpeg rounds a scaled size up.
+    return (shape[0], -(-declared[0] // scale), -(-declared[1] // scale), *shape[3:])
+
+
+def decode_jpeg(view: memoryview, shape: tuple[int, ...], scale: int = 1) -> np.ndarray:
+    """A JPEG buffer's pixels, decoded ``scale`` (1, 2, 4 or 8) times smaller on each side:
+    ``decode_error`` when its frame header or its data do not give the declared shape."""
+    out = check_jpeg(view, shape, scale)
     import cv2  # here, not at the top: a client that reads predictions never loads OpenCV
 
-    grey = declared[2] == 1
+    grey = (_jpeg_dims(shape) or (0, 0, 1))[2] == 1  # check_jpeg found it one image
     full = cv2.IMREAD_GRAYSCALE if grey else cv2.IMREAD_COLOR
     flag = _REDUCED[scale][grey] if scale in _REDUCED else full
     image = cv2.imdecode(np.frombuffer(view, dtype=np.uint8), flag)
-    # libjpeg rounds a scaled size up.
-    out = (shape[0], -(-declared[0] // scale), -(-declared[1] // scale), *shape[3:])
     if image is None or image.size != math.prod(out):
         msg = "JPEG buffer does not decode to its declared shape"
         raise FrameError(msg, "decode_error")
@@ -881,9 +889,11 @@ __all__ = [
     "block_end_ns",
     "buffer_spec",
     "BufferSpec",
+    "check_jpeg",
     "CLOCKS",
     "decode_arrays",
     "decode_header",
+    "decode_jpeg",
     "decode_prediction",
     "decode_sample",
     "decode_sample_header",
