@@ -1,9 +1,11 @@
 """Gather closed windows from every rig into batches (pure code, clock passed in).
 
-Every rig's windows sit on one grid (window ``k`` starts at ``k * hop``), so the batcher
-knows who is coming: once every live rig has closed grid index ``k``, nobody else will
-add a window ``k`` and the batch goes at once. ``max_delay_ns`` only bounds the wait for
-a straggler, and ``max_batch`` the size. A rig is live while its progress is within
+Every rig's windows sit on one grid (window ``k`` starts at ``k * hop``, plus the rig's
+phase with ``[window] stagger``), so the batcher knows who is coming: once every live rig
+has closed grid index ``k``, nobody else will add a window ``k`` and the batch goes at
+once. ``max_delay_ns`` bounds the wait for a straggler, and ``max_batch`` the size. With
+staggered rigs an index is complete only once the last phase has closed it, so a window
+waits up to ``max_delay_ns`` for the windows closed just after it. A rig is live while its progress is within
 ``live_for`` grid steps of the most advanced rig's; one that went quiet, or never
 started, holds nobody up.
 """

@@ -156,7 +156,10 @@ class Ingest:
 
     def handle(self, frames: Sequence[Frame], now_ns: int, topic: bytes | None = None) -> bool:
         """Take one message (``topic``: its first frame's bytes, if the caller has them);
-        False when it was dropped (and counted, under exactly one reason)."""
+        False when it was dropped (and counted, under exactly one reason). A JPEG frame
+        taken here may still be counted as ``decode_error`` later, when a window picks it
+        and its data will not decode (:meth:`_deferred`): the frame is lost then, not the
+        message, and one that no window picks is never decoded nor counted."""
         if topic is None and frames:
             topic = _topic(frames[0])
         key = self._topics.get(topic) if topic is not None else None

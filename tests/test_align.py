@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fusiond.align import ModalitySpec, RigAligner, WindowConfig
-from fusiond.align.fit import Deferred
+from fusiond.align.fit import Deferred, FramesKind
 from fusiond.training.streams import RecordedStream, cut_windows
 
 MS = 1_000_000
@@ -457,3 +457,51 @@ def test_a_frame_that_will_not_decode_is_held_over_by_the_one_before_and_none_ma
         held_over += any(12 <= p <= 14 for p in picks)
     assert held_over >= 2 and any(not w.present["video"] for w in windows)
     assert len(decoded) == len(set(decoded))  # a corrupt frame is tried (and counted) once
+
+
+def test_a_decode_that_fails_for_no_bad_frame_is_an_internal_error_not_a_silent_mask():
+    """A decode that raises (a bug, not a bad frame: those return None) is tried again by
+    the close, which counts it, whether or not the window was fitted ahead."""
+
+    def broken():
+        raise RuntimeError("a bug in a decoder")
+
+    one_frame = ModalitySpec("frames", length=1, channels=1, height=4, width=4)  # a pick tried once ahead
+    streams, specs = {"cam": "video", "imu": "imu"}, {"video": one_frame, "imu": SPECS["imu"]}
+    for ahead in (True, False):
+        aligner = RigAligner("r", streams, specs, CONFIG, fit_ahead=ahead)
+        camera = _camera(10.0, 3.0)
+        for m in camera:
+            m.data = np.empty(1, object)
+            m.data[0] = Deferred(broken, 64)
+        windows = feed(aligner, camera + stream_blocks("imu", 3.0))  # the camera first at each instant
+        assert len(windows) >= 4 and not any(w.present["video"] for w in windows)
+        assert aligner.drops["internal_error"] >= len(windows), aligner.drops
+
+
+def test_a_frames_kind_with_a_fit_of_its_own_gets_its_frames_decoded_unless_it_says_otherwise():
+    class Thermal(FramesKind):
+        name = "thermal"
+
+        def fit(self, spec, blocks, start_ns, end_ns):
+            return np.stack([b.data[0] for b in blocks])[: spec.length]
+
+    class Tinted(FramesKind):  # the built-in fit: takes its frames encoded
+        name = "tinted"
+
+    class Eager(FramesKind):
+        name = "eager"
+        deferred = True
+
+        def fit(self, spec, blocks, start_ns, end_ns):
+            return super().fit(spec, blocks, start_ns, end_ns)
+
+    assert FramesKind.deferred and Tinted.deferred and Eager.deferred and not Thermal.deferred
+
+
+def test_a_staggered_grid_never_starts_a_window_before_the_epoch():
+    config = WindowConfig(CONFIG.length_ns, CONFIG.hop_ns, CONFIG.lateness_ns, stagger=True)
+    aligner = RigAligner("lab", {"imu": "imu"}, {"imu": SPECS["imu"]}, config)
+    assert aligner.offset_ns > 0
+    aligner.add("imu", 0, 100.0, np.zeros((10, 2), np.float32), 0)
+    assert aligner.next_index == 0 and aligner.next_start_ns == aligner.offset_ns

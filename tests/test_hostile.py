@@ -33,7 +33,8 @@ SPECS = {
     "imu": ModalitySpec("series", 100, 1),
 }
 STREAMS = {("r", "cam"): "video", ("r", "mic"): "audio", ("r", "imu"): "imu"}
-# Drop reasons that count a whole message; the others count samples, windows or losses.
+# Drop reasons that count a whole message; the others count samples, windows or losses (and
+# decode_error also counts a taken JPEG frame that a window picked and could not decode).
 MESSAGE_REASONS = {
     "unknown_stream",
     "over_rate",

@@ -84,7 +84,7 @@ def test_the_recording_is_indexed_mcap_with_every_stream(live):
     by_topic = {c.topic: counts[cid] for cid, c in summary.channels.items()}
     assert 70 <= by_topic["s/demo/cam"] <= 82  # 10 fps for 8 s
     assert 14 <= by_topic["p/demo"] <= 17  # 2 windows/s
-    assert meta["fusiond"]["protocol"] == "1.3"
+    assert meta["fusiond"]["protocol"] == "1.4"
     assert "lost before the recorder (sequence gaps): 0" in log
     assert len(recorded) == by_topic["p/demo"]
 

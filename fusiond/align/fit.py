@@ -64,10 +64,12 @@ class Deferred:
         self.nbytes = nbytes
 
     def image(self) -> np.ndarray | None:
-        """The frame's pixels (decoded on the first call, by no later one), or None."""
+        """The frame's pixels (decoded on the first call, by no later one), or None. A
+        ``decode`` that raises is tried again by the next call: an error that is no bad
+        frame's (a bug) then reaches the close, which counts it as ``internal_error``."""
         if self._decode is not None:
-            decode, self._decode = self._decode, None
-            self._image = decode()
+            self._image = self._decode()
+            self._decode = None
         return self._image
 
     def __sizeof__(self) -> int:
@@ -366,6 +368,13 @@ class FramesKind(ModalityKind):
     encodings = ("raw", "jpeg")
     deferred = True  # sample and hold picks a few frames of many: decode only those
     augmentations = tuple(augment.FRAMES)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # A plugin's kind with a fit of its own gets its frames decoded, as every kind
+        # did before frames were kept encoded, unless it says it takes them so.
+        if "fit" in vars(cls) and "deferred" not in vars(cls):
+            cls.deferred = False
 
     def validate(self, spec: ModalitySpec) -> None:
         super().validate(spec)

@@ -173,7 +173,9 @@ class RigAligner:
         end = t_ns + round(len(data) * period) if period else t_ns + 1
         if self._next is None:
             # The window holding the first sample; coverage decides whether it is usable.
-            self._next = (t_ns - self.offset_ns) // self.config.hop_ns
+            # (Never below 0: a window may not start before the epoch, as a staggered
+            # grid's window -1 would for a clock that reads within a hop of it.)
+            self._next = max(0, (t_ns - self.offset_ns) // self.config.hop_ns)
         elif end <= self.start_ns(self._next):
             self.drops["late"] += 1
             return "late"

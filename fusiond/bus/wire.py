@@ -19,7 +19,7 @@ import numpy as np
 
 from fusiond.errors import FrameError, VersionError, WireError
 
-PROTOCOL_VERSION: Final = (1, 3)
+PROTOCOL_VERSION: Final = (1, 4)
 SAMPLE_PREFIX: Final = "s/"
 PREDICTION_PREFIX: Final = "p/"
 ERROR_PREFIX: Final = "e/"
