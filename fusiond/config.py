@@ -263,6 +263,11 @@ class ModelSection(Strict):
         return value
 
 
+MANY_RIGS = 64
+"""Rigs from which aligned windows are warned about: at the demo's cost of about 1 ms a
+window on 2 cores, a burst of this many closes takes most of 100 ms."""
+
+
 class WindowSection(Strict):
     """``[window]``: window length, hop and how long to wait for late samples."""
 
@@ -433,7 +438,14 @@ class Config(Strict):
 
     def warnings(self) -> list[str]:
         """Settings that are legal but probably not meant (logged at start, shown by check-config)."""
-        return self.window.warnings()
+        out = self.window.warnings()
+        if len(self.rigs) >= MANY_RIGS and not self.window.stagger:
+            out.append(
+                f"window.stagger = false with {len(self.rigs)} rigs: they all close their windows "
+                "at the same instant, and the last in each burst waits for the others; "
+                'stagger = true spreads them over the hop (docs/operations.md, "Many rigs")'
+            )
+        return out
 
     def error(self, message: str, path: str = "") -> ConfigError:
         """A :class:`ConfigError` about this config, naming its file."""

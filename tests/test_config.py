@@ -140,6 +140,12 @@ def test_legal_but_doubtful_settings_are_warned_about(tmp_path):
     assert any("window.lateness_ms = 120000" in w for w in warnings)
     assert any("window.hop_ms = 5: each sample is in 200 windows" in w for w in warnings)
     assert config.load(write(tmp_path, GOOD)).warnings() == []
+    many = GOOD + "".join(f'[rigs.r{i}.sources.imu]\nkind = "csvfile"\npath = "x.csv"\n' for i in range(63))
+    assert any(
+        "window.stagger = false with 64 rigs" in w for w in config.load(write(tmp_path, many)).warnings()
+    )
+    staggered = config.load(write(tmp_path, "[window]\nstagger = true\n" + many))
+    assert staggered.warnings() == []
 
 
 def test_missing_file_and_bad_toml(tmp_path):
