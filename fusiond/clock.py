@@ -287,12 +287,12 @@ class ClockModel:
         self._fit()
 
     def _fit(self) -> None:
-        points = list(self._minima)
+        points = self._minima
         # A bucket far above the line in force was congested (a queue, or a receiver that
         # stalled and then read its backlog at once): no drift moves a bucket that much
         # from one bucket to the next, so it is left out before the fit can be dragged up.
-        a0, b0, x0 = self._a, self._b, self._x0
-        clear = [(px, pd) for px, pd in points if pd - (a0 + b0 * (px - x0)) < self.step_ns]
+        a0, b0, x0, step = self._a, self._b, self._x0, self.step_ns
+        clear = [p for p in points if p[1] - (a0 + b0 * (p[0] - x0)) < step]
         if len(clear) < len(points) and (
             len(clear) < 2 or clear[-1][0] - clear[0][0] < self.keep * self.bucket_ns // 4
         ):
@@ -304,7 +304,8 @@ class ClockModel:
             return
         a, b = line
         # Buckets above the new line were congested too: fit again without them.
-        kept = [(px, pd) for px, pd in clear if pd - (a + b * (px - x0)) < self.step_ns / 4]
+        quarter = step / 4
+        kept = [p for p in clear if p[1] - (a + b * (p[0] - x0)) < quarter]
         if 2 <= len(kept) < len(clear):
             a, b = _line(kept, x0) or (a, b)
         self._a, self._b = a, max(-self.max_drift, min(self.max_drift, b))
@@ -312,17 +313,19 @@ class ClockModel:
 
 def _line(points: list[tuple[int, int]], x0: int) -> tuple[float, float] | None:
     """Least squares ``d = a + b * (x - x0)`` through ``points``; None with fewer than two
-    points or no spread in x."""
+    points or no spread in x. (Refitted at every bucket of every stream: lists, not
+    generators, and each difference from the means computed once, for the same numbers.)"""
     n = len(points)
     if n < 2:
         return None
     xs = [px - x0 for px, _ in points]
     mx = sum(xs) / n
-    md = sum(pd for _, pd in points) / n
-    sxx = sum((px - mx) ** 2 for px in xs)
+    md = sum([pd for _, pd in points]) / n
+    dx = [px - mx for px in xs]
+    sxx = sum([d * d for d in dx])
     if sxx <= 0:
         return None
-    b = sum((px - mx) * (pd - md) for px, (_, pd) in zip(xs, points, strict=True)) / sxx
+    b = sum([d * (p[1] - md) for d, p in zip(dx, points, strict=True)]) / sxx
     return md - b * mx, b
 
 
