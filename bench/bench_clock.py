@@ -250,13 +250,17 @@ def cost() -> None:
         print(f"{name:<28} {(time.perf_counter() - start) / len(xs) * 1e6:6.2f} us per message")
     # One message a bucket (250 ms apart): each closes a bucket and refits the line through
     # the last 40 buckets' minima, as at a many-rig daemon's 4-10 messages a second a stream.
-    model = ClockModel(deadband_ns=2 * MS)
-    slow = [T0 + k * 250 * MS for k in range(20_000)]
-    start = time.perf_counter()
-    for k, x in enumerate(slow):
-        model.update(x, x + 60_000 + (k * 7919) % 500_000)
-    each = (time.perf_counter() - start) / len(slow) * 1e6
-    print(f"{'clock model, a refit each':<28} {each:6.2f} us per message")
+    slow = [
+        (x, x + 60_000 + (k * 7919) % 500_000) for k, x in enumerate(T0 + k * 250 * MS for k in range(10_000))
+    ]
+    best = float("inf")
+    for _ in range(5):  # the best of 5: a short run on a shared machine
+        update = ClockModel(deadband_ns=2 * MS).update
+        start = time.perf_counter()
+        for x, y in slow:
+            update(x, y)
+        best = min(best, time.perf_counter() - start)
+    print(f"{'clock model, a refit each':<28} {best / len(slow) * 1e6:6.2f} us per message (best of 5)")
 
 
 def main() -> None:
