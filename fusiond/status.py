@@ -88,9 +88,15 @@ def sources(
 
 
 def rigs(
-    now_ns: int, stats: Stats, names: Sequence[str], window_ns: int, source_rows: list[dict[str, Any]]
+    now_ns: int,
+    stats: Stats,
+    names: Sequence[str],
+    window_ns: int,
+    source_rows: list[dict[str, Any]],
+    offsets: Mapping[str, int] | None = None,
 ) -> list[dict[str, Any]]:
-    """One entry per rig; ``quiet`` says why a rig publishes nothing."""
+    """One entry per rig; ``quiet`` says why a rig publishes nothing, ``window_offset_ms``
+    where its windows start within the hop (``offsets``, ns: 0 unless ``[window] stagger``)."""
     out = []
     drops = stats.all_drops()
     for name in names:
@@ -108,6 +114,7 @@ def rigs(
                 "latency_ms": {"p50": _ms(p50), "p99": _ms(p99)},
                 "last_label": r.last_label,
                 "last_prediction_age_s": age,
+                "window_offset_ms": (offsets or {}).get(name, 0) / 1e6,
                 "quiet": quiet,
             }
         )
@@ -196,7 +203,14 @@ def snapshot(d: Observed, now_ns: int) -> dict[str, object]:
         "model": d.model_info(),
         "runtime": {"engine": d.engine_name, "components": d.component_rows(now_ns)},
         "sources": rows,
-        "rigs": rigs(now_ns, d.stats, list(d.config.rigs), quiet_after, rows),
+        "rigs": rigs(
+            now_ns,
+            d.stats,
+            list(d.config.rigs),
+            quiet_after,
+            rows,
+            {rig: window.to_config().offset_ns(rig) for rig in d.config.rigs},
+        ),
         "outputs": d.outputs.rows(d.supervisor.children, now_ns),
         "drops": dict(d.stats.all_drops()),
     }
@@ -271,10 +285,11 @@ def as_text(s: Mapping[str, Any]) -> str:
     for rig in s["rigs"]:
         lat = rig["latency_ms"]
         masked = ", ".join(f"{m}={n}" for m, n in rig["masked"].items()) or "none"
+        phase = rig.get("window_offset_ms")  # a staggered rig's windows (absent from older daemons)
         lines.append(
             f"  {rig['rig']:<12} {rig['windows_per_s']:.1f} windows/s, {rig['predictions']} predictions, "
             f"latency p50 {lat['p50']} ms p99 {lat['p99']} ms, masked {masked}, "
-            f"last {rig['last_label'] or '-'}"
+            f"last {rig['last_label'] or '-'}" + (f", windows at +{phase:g} ms in the hop" if phase else "")
         )
         if rig["quiet"]:
             lines.append(f"    quiet: {rig['quiet']}")

@@ -16,7 +16,7 @@ from fusiond.align import WindowConfig
 from fusiond.client import Subscriber
 from fusiond.models import load
 
-from .helpers import ROOT, DaemonProcess, demo_config, fusiond, truth
+from .helpers import ROOT, DaemonProcess, demo_config, free_port, fusiond, truth
 
 pytestmark = pytest.mark.slow
 
@@ -70,25 +70,30 @@ def test_demo_predictions_are_right_and_the_daemon_stops_cleanly(daemon, endpoin
     assert not [pid for pid in children if Path(f"/proc/{pid}").exists()]
 
 
-def test_staggered_windows_start_at_the_rigs_own_phase_and_are_still_right(daemon, endpoints):
-    d = daemon(**{"stagger = false": "stagger = true"})
+def test_staggered_windows_start_at_the_rigs_own_phase_and_are_still_right(tmp_path, endpoints):
+    control = f"tcp://127.0.0.1:{free_port()}"
+    config = demo_config(tmp_path, *endpoints, control, **{"stagger = false": "stagger = true"})
     offset = WindowConfig(10**9, 500_000_000, 0, stagger=True).offset_ns("demo")
     assert 0 < offset < 500_000_000
-    with Subscriber(endpoints[1], rigs=["demo"], timeout_s=30) as predictions:
-        anchor = int(d.wait_for(r"media anchor: file sources start at (\d+)").group(1))
-        got = [p for _, p in zip(range(40), (p for p in predictions if not p.missing), strict=False)]
-    assert len(got) == 40
-    for p in got:
-        assert p.extra["window_offset_ns"] == offset
-        assert p.window_start_ns == p.extra["window_index"] * 500_000_000 + offset
-    inside = [(p, truth(anchor, p.window_start_ns)) for p in got]
-    inside = [(p, digit) for p, digit in inside if digit is not None]
-    assert len(inside) >= 12
-    assert sum(p.label == str(digit) for p, digit in inside) >= 0.85 * len(inside)
-    d.wait_for(r"windows/s, latency p50")  # a summary after the predictions: the daemon believed them
-    assert "implausible_prediction" not in d.text()
-    d.stop()
-    assert d.proc.returncode == 0, d.text()
+    with DaemonProcess(config, tmp_path / "daemon.log") as d:
+        with Subscriber(endpoints[1], rigs=["demo"], timeout_s=30) as predictions:
+            anchor = int(d.wait_for(r"media anchor: file sources start at (\d+)").group(1))
+            got = [p for _, p in zip(range(40), (p for p in predictions if not p.missing), strict=False)]
+        assert len(got) == 40
+        for p in got:
+            assert p.extra["window_offset_ns"] == offset
+            assert p.window_start_ns == p.extra["window_index"] * 500_000_000 + offset
+        inside = [(p, truth(anchor, p.window_start_ns)) for p in got]
+        inside = [(p, digit) for p, digit in inside if digit is not None]
+        assert len(inside) >= 12
+        assert sum(p.label == str(digit) for p, digit in inside) >= 0.85 * len(inside)
+        d.wait_for(r"windows/s, latency p50")  # a summary after the predictions: the daemon believed them
+        assert "implausible_prediction" not in d.text()
+        status = fusiond("status", "--connect", control)
+        assert status.returncode == 0, status.stderr
+        assert f"windows at +{offset / 1e6:g} ms in the hop" in status.stdout, status.stdout
+        d.stop()
+        assert d.proc.returncode == 0, d.text()
 
 
 def test_ctrl_c_stops_the_daemon_and_its_sources(daemon, endpoints):
