@@ -3,11 +3,15 @@
 Every rig's windows sit on one grid (window ``k`` starts at ``k * hop``, plus the rig's
 phase with ``[window] stagger``), so the batcher knows who is coming: once every live rig
 has closed grid index ``k``, nobody else will add a window ``k`` and the batch goes at
-once. ``max_delay_ns`` bounds the wait for a straggler, and ``max_batch`` the size. With
-staggered rigs an index is complete only once the last phase has closed it, so a window
-waits up to ``max_delay_ns`` for the windows closed just after it. A rig is live while its progress is within
-``live_for`` grid steps of the most advanced rig's; one that went quiet, or never
-started, holds nobody up.
+once. ``max_delay_ns`` bounds the wait for a straggler, and ``max_batch`` the size.
+
+With staggered rigs (``[window] stagger``) the windows of one index come spread over the
+hop, so waiting for its last one would hold every window up to ``max_delay_ns`` for
+nothing: such a batcher is ``greedy``, and whatever waits goes as soon as it is asked.
+A busy model still gets batches: what arrived while it ran goes at once, together.
+
+A rig is live while its progress is within ``live_for`` grid steps of the most advanced
+rig's; one that went quiet, or never started, holds nobody up.
 """
 
 from __future__ import annotations
@@ -23,13 +27,14 @@ class Batcher:
     """Releases a batch when its grid index is complete, ``max_batch`` windows wait, or the
     oldest waited ``max_delay_ns``."""
 
-    def __init__(self, max_batch: int, max_delay_ns: int, live_for: int = 4) -> None:
+    def __init__(self, max_batch: int, max_delay_ns: int, live_for: int = 4, *, greedy: bool = False) -> None:
         if max_batch < 1 or max_delay_ns < 0:
             msg = "max_batch must be positive and max_delay_ns not negative"
             raise ValueError(msg)
         self.max_batch = max_batch
         self.max_delay_ns = max_delay_ns
         self.live_for = live_for
+        self.greedy = greedy
         self._waiting: deque[tuple[int, Window]] = deque()
         self._closed: dict[str, int] = {}  # rig -> every grid index below this one is closed
 
@@ -64,6 +69,7 @@ class Batcher:
         since, oldest = self._waiting[0]
         due = (
             flush
+            or self.greedy
             or len(self._waiting) >= self.max_batch
             or now_ns >= since + self.max_delay_ns
             or self.complete(oldest.index)

@@ -264,8 +264,7 @@ def _started(d: Daemon) -> str:
 
 
 def _summarise(summary: Summary, stats: Stats, systemd: Systemd, now: int) -> None:
-    masked = {f"masked:{m}": n for per_rig in stats.masked.values() for m, n in per_rig.items()}
-    line = summary.line(now, masked)
+    line = summary.line(now)
     log.info("%s", line)
     systemd.status(line)
 

@@ -9,7 +9,7 @@ import bisect
 import math
 import threading
 from collections import Counter, deque
-from collections.abc import Collection, Mapping
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -395,8 +395,12 @@ class Summary:
         self._since = now_ns
         self._predictions = 0
 
-    def line(self, now_ns: int, masked: Mapping[str, int]) -> str:
-        """``windows/s, latency p50/p99, drops, masked, last prediction``."""
+    def line(self, now_ns: int) -> str:
+        """``windows/s, latency p50/p99, drops, masked (per modality, over every rig), last
+        prediction``."""
+        masked: Counter[str] = Counter()
+        for per_rig in self.stats.masked.values():
+            masked.update(per_rig)
         elapsed = max(1e-9, (now_ns - self._since) / 1e9)
         rate = (self.stats.predictions - self._predictions) / elapsed
         self._since, self._predictions = now_ns, self.stats.predictions
@@ -405,7 +409,8 @@ class Summary:
         masks = ", ".join(f"{k}={v}" for k, v in sorted(masked.items())) or "none"
         rigs = sorted(self.stats.rigs.items())
         last = ", ".join(f"{rig}:{r.last_label}" for rig, r in rigs if r.last_label)
+        p50s, p99s = (f"{v:.1f}" if math.isfinite(v) else "-" for v in (p50, p99))  # none yet: "-"
         return (
-            f"{rate:.1f} windows/s, latency p50 {p50:.1f} ms p99 {p99:.1f} ms "
+            f"{rate:.1f} windows/s, latency p50 {p50s} ms p99 {p99s} ms "
             f"(window close -> published), drops: {drops}, masked: {masks}, last: {last or '-'}"
         )

@@ -253,6 +253,11 @@ def answer(d: Observed, request: list[bytes], t_recv_ns: int) -> bytes:
     return json.dumps(reply).encode()
 
 
+def _or_dash(value: object) -> object:
+    """A figure, or "-" where there is none yet (no prediction, no sample)."""
+    return "-" if value is None else value
+
+
 def as_text(s: Mapping[str, Any]) -> str:
     """A :func:`snapshot` as ``fusiond status`` prints it for a person."""
     model = s["model"]
@@ -288,7 +293,7 @@ def as_text(s: Mapping[str, Any]) -> str:
         phase = rig.get("window_offset_ms")  # a staggered rig's windows (absent from older daemons)
         lines.append(
             f"  {rig['rig']:<12} {rig['windows_per_s']:.1f} windows/s, {rig['predictions']} predictions, "
-            f"latency p50 {lat['p50']} ms p99 {lat['p99']} ms, masked {masked}, "
+            f"latency p50 {_or_dash(lat['p50'])} ms p99 {_or_dash(lat['p99'])} ms, masked {masked}, "
             f"last {rig['last_label'] or '-'}" + (f", windows at +{phase:g} ms in the hop" if phase else "")
         )
         if rig["quiet"]:

@@ -52,6 +52,17 @@ def test_batcher_releases_at_once_when_every_live_rig_has_delivered():
     assert len(solo.take(0)) == 1
 
 
+def test_a_greedy_batcher_for_staggered_rigs_never_waits_but_batches_what_queued_meanwhile():
+    b = Batcher(max_batch=3, max_delay_ns=10**9, greedy=True)
+    for rig in ("a", "b", "c"):
+        b.progress(rig, 10)
+    b.add(_window(10, "a"), now_ns=0)
+    assert [w.rig for w in b.take(0)] == ["a"]  # b and c close index 10 later in the hop: not waited for
+    for i, rig in enumerate("bcdef"):  # what came while the model ran goes together, max_batch at a time
+        b.add(_window(10, rig), now_ns=i)
+    assert [len(b.take(5)), len(b.take(5)), b.take(5)] == [3, 2, []]
+
+
 def test_rate_meter_averages_complete_seconds_and_survives_a_stall():
     from fusiond.metrics import RateMeter
 

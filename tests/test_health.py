@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from fusiond.bus.wire import Prediction
-from fusiond.metrics import Stats
+from fusiond.metrics import Stats, Summary
 from fusiond.runtime.health import MAX_SEQ_JUMP, Continuity
 
 HOP = 500_000_000
@@ -41,3 +41,11 @@ def test_a_staggered_rigs_windows_are_believed_at_their_phase_and_only_there():
     c.seen(prediction(3, 103, start_ns=103 * HOP + 124_000_000, offset=123_000_000))  # not its own start
     c.seen(prediction(3, 2**40, start_ns=103 * HOP + 123_000_000, offset=123_000_000))
     assert c.next_seq() == {"demo": 3} and stats.all_drops()["implausible_prediction"] == 2
+
+
+def test_the_summary_line_adds_each_modalitys_masked_windows_over_the_rigs():
+    stats = Stats()
+    summary = Summary(stats, 0)
+    assert "latency p50 - ms p99 - ms" in summary.line(10**9)  # no prediction yet
+    stats.masked = {"demo": {"video": 1}, "demo2": {"video": 1, "imu": 1}}
+    assert "masked: imu=1, video=2," in summary.line(2 * 10**9)

@@ -52,9 +52,10 @@ class Deferred:
 
     Sample and hold picks a few frames of many (4-frame windows every 500 ms pick 8 of a
     30 fps camera's 30 a second), so the frames no window picks are never decoded.
-    ``decode`` gives the frame's pixels ``[H, W, C]``, or None when they cannot be had
-    (it counts that itself); ``nbytes`` is what the frame holds, encoded and decoded, for
-    the aligner's buffer bound (``sys.getsizeof`` reports it)."""
+    ``decode`` (the constructor's argument, called by :meth:`image`) gives the frame's
+    pixels ``[H, W, C]``, or None when they cannot be had (it counts that itself);
+    ``nbytes`` is what the frame holds, encoded and decoded, for the aligner's buffer
+    bound (``sys.getsizeof`` reports it)."""
 
     __slots__ = ("_decode", "_image", "nbytes")
 

@@ -209,6 +209,7 @@ def make_plan(
         events=(ev.hold_ms, ev.enter, ev.exit) if (ev := config.events).enabled else None,
         anomaly_threshold=config.model.anomaly_threshold,
         providers=config.model.providers,
+        greedy=config.window.stagger,
     )
     return Plan(specs, server)
 

@@ -68,6 +68,8 @@ class ServerSpec:
     """``[model] anomaly_threshold``."""
     providers: str | list[str] = "auto"
     """``[model] providers`` (onnxruntime)."""
+    greedy: bool = False
+    """Batch whatever waits at once (live, with ``[window] stagger``: :class:`~fusiond.batch.Batcher`)."""
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ServerSpec:
@@ -168,7 +170,11 @@ class _Loop:
         self.out, self.report = out, report
         self.stats = Stats()
         # Offline, a batch is one complete grid index: the same batches whatever the timing.
-        self.batcher = Batcher(spec.max_batch, 10**18 if spec.offline else spec.max_delay_ns)
+        self.batcher = Batcher(
+            spec.max_batch,
+            10**18 if spec.offline else spec.max_delay_ns,
+            greedy=spec.greedy and not spec.offline,
+        )
         self.ended = 0
         self.busy_since: int | None = None
         self.next_stats = 0
