@@ -290,8 +290,8 @@ class Ingest:
         raw = _bytes(frames[1])
         if raw is not None and self.templates and (misses < MAX_TEMPLATE_MISSES or misses % 256 == 0):
             template = HeaderTemplate.of(raw, len(frames))
-        layout = self._layouts[key] = _Layout(header, scale, template)
-        layout.deferred = layout.deferred and self.aligners[rig].specs[expected].kind_of.deferred
+        kind = self.aligners[rig].specs[expected].kind_of
+        layout = self._layouts[key] = _Layout(header, scale, template, deferred=kind.deferred)
         return layout
 
     def _check(
@@ -475,19 +475,17 @@ class _Layout:
     shape: tuple[int, ...] = ()
     nbytes: int = 0
     deferred: bool = False
-    """Its block is one JPEG image ``[1, H, W, C]`` for a kind that takes it encoded
-    (:attr:`~fusiond.align.kinds.ModalityKind.deferred`): decoded only if a window picks it."""
+    """Given: whether its kind takes frames encoded
+    (:attr:`~fusiond.align.kinds.ModalityKind.deferred`); kept only when its block is one
+    JPEG image ``[1, H, W, C]``, which is then decoded only if a window picks it."""
 
     def __post_init__(self) -> None:
         first = self.header.buffers[0]
-        if len(self.header.buffers) == 1 and first.encoding == "raw":
+        one = len(self.header.buffers) == 1
+        if one and first.encoding == "raw":
             self.dtype, self.shape, self.nbytes = DTYPES[first.dtype], first.shape, first.nbytes
-        self.deferred = (
-            len(self.header.buffers) == 1
-            and first.encoding == "jpeg"
-            and len(first.shape) == 4
-            and first.shape[0] == 1
-        )
+        one_image = one and first.encoding == "jpeg" and len(first.shape) == 4 and first.shape[0] == 1
+        self.deferred = self.deferred and one_image
 
     def view(self, frame: Frame) -> np.ndarray | None:
         """The one raw buffer of a message with this layout, as a read-only view of its

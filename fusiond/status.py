@@ -195,6 +195,7 @@ def snapshot(d: Observed, now_ns: int) -> dict[str, object]:
     """Everything ``fusiond status`` prints."""
     rows = sources(now_ns, d.stats, d.supervisor.children, d.streams)
     window = d.config.window
+    grid = window.to_config()
     quiet_after = round((window.length_ms + window.lateness_ms) * 1e6) + 2_000_000_000
     return {
         "uptime_s": round((now_ns - d.started_ns) / 1e9, 1),
@@ -209,7 +210,7 @@ def snapshot(d: Observed, now_ns: int) -> dict[str, object]:
             list(d.config.rigs),
             quiet_after,
             rows,
-            {rig: window.to_config().offset_ns(rig) for rig in d.config.rigs},
+            {rig: grid.offset_ns(rig) for rig in d.config.rigs},
         ),
         "outputs": d.outputs.rows(d.supervisor.children, now_ns),
         "drops": dict(d.stats.all_drops()),

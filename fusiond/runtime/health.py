@@ -169,9 +169,10 @@ class Continuity:
     def seen(self, p: Prediction) -> None:
         """A prediction went out on the bus. On an open bus anyone may publish one: a
         number far ahead of the rig's, a window far in the future, or a window index that
-        is not its start (less the offset) over the hop (docs/protocol.md) is not believed, so that a forgery
-        can neither make a restarted server number from near 2**63 nor hide the windows a
-        restart loses; it is counted as ``implausible_prediction``."""
+        is not its start (less the offset) over the hop (docs/protocol.md) is not
+        believed, so that a forgery can neither make a restarted server number from near
+        2**63 nor hide the windows a restart loses; it is counted as
+        ``implausible_prediction``."""
         if p.rig not in self.rigs:
             return  # p/lab also matches p/lab2
         index, hop = p.extra.get("window_index", -1), p.extra.get("hop_ns", 0)
