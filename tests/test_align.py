@@ -55,9 +55,9 @@ def stream_blocks(stream: str, seconds: float, gaps=()) -> list[Msg]:
     return out
 
 
-def feed(aligner, messages, rng=None, jitter_ns=0):
+def feed(aligner, messages, rng=None, jitter_ns=0, rates=RATES):
     """Deliver with random delays: streams interleave out of order, but each stream keeps
-    its own order, as one ZeroMQ connection does."""
+    its own order, as one ZeroMQ connection does (``rates``: each stream's declared rate)."""
     if rng is not None:
         last: dict[str, int] = {}
         for m in sorted(messages, key=lambda m: m.t_ns):
@@ -65,7 +65,7 @@ def feed(aligner, messages, rng=None, jitter_ns=0):
             last[m.stream] = m.arrive_ns
     windows = []
     for m in sorted(messages, key=lambda m: m.arrive_ns):
-        aligner.add(m.stream, m.t_ns, RATES[m.stream], m.data, m.arrive_ns)
+        aligner.add(m.stream, m.t_ns, rates[m.stream], m.data, m.arrive_ns)
         windows += aligner.poll(m.arrive_ns)
     last = max(m.arrive_ns for m in messages)
     windows += aligner.poll(last + 10 * CONFIG.length_ns)
@@ -413,14 +413,10 @@ def _deferred(messages: list[Msg], decoded: list[int], corrupt=frozenset()) -> l
 
 def test_frames_kept_encoded_are_decoded_only_when_a_window_picks_them_and_give_the_same_windows():
     streams, specs = {"cam": "video"}, {"video": SPECS["video"]}
-    camera = _camera(30.0, 6.0)
-    RATES["cam"] = 30.0
-    try:
-        want = feed(RigAligner("r", streams, specs, CONFIG), camera)
-        decoded: list[int] = []
-        got = feed(RigAligner("r", streams, specs, CONFIG), _deferred(camera, decoded))
-    finally:
-        RATES["cam"] = 10.0
+    camera, rates = _camera(30.0, 6.0), {"cam": 30.0}
+    want = feed(RigAligner("r", streams, specs, CONFIG), camera, rates=rates)
+    decoded: list[int] = []
+    got = feed(RigAligner("r", streams, specs, CONFIG), _deferred(camera, decoded), rates=rates)
     assert [(w.index, w.present) for w in got] == [(w.index, w.present) for w in want] and len(got) >= 10
     for g, w in zip(got, want, strict=True):
         np.testing.assert_array_equal(g.inputs["video"], w.inputs["video"])
