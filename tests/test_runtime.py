@@ -362,6 +362,10 @@ def test_the_server_counts_a_malformed_inbox_message_and_goes_on(tmp_path):
         push = sockets.push("inproc://inbox")
         for junk in ([b"w", b"\x00not msgpack"], [b"w", b"\x81\xa1x\x01"], [b"p", b"\xc1"], [b"?"]):
             push.send_multipart(junk)
+        for offset, hop in ((5, 0), (10, 10), (-1, 10)):  # a phase outside its grid's hop
+            forged = random_windows(spec_in, 1)[0]
+            forged.offset_ns, forged.hop_ns = offset, hop
+            push.send_multipart(encode_window(forged), copy=False)
         push.send_multipart(encode_window(random_windows(spec_in, 1)[0]), copy=False)
         push.send_multipart([b"end", b"worker-0"])
         got = []
@@ -375,7 +379,7 @@ def test_the_server_counts_a_malformed_inbox_message_and_goes_on(tmp_path):
         snapshots = []
         while stats.poll(0):
             snapshots.append(msgpack.unpackb(stats.recv_multipart()[1], strict_map_key=False))
-        assert snapshots[-1]["drops"] == {"bad_window": 4}  # counted, not fatal
+        assert snapshots[-1]["drops"] == {"bad_window": 7}  # counted, not fatal
 
 
 @pytest.mark.slow

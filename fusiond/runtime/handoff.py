@@ -71,6 +71,10 @@ def decode_window(frames: Sequence[Frame]) -> Window:
             raise FrameError(msg, "bad_size")
         inputs[name] = array.reshape(shape)
     present = dict(zip(inputs, header["present"], strict=True))
+    hop, offset = header["hop"], header["offset"]
+    if type(offset) is not int or not 0 <= offset <= max(0, hop - 1):
+        msg = f"window offset {offset!r} is not in [0, hop {hop!r})"
+        raise FrameError(msg, "bad_value")
     return Window(
         header["rig"],
         header["index"],
@@ -81,8 +85,8 @@ def decode_window(frames: Sequence[Frame]) -> Window:
         header["closed_by"],
         header["t_close"],
         header["ingest"],
-        header["hop"],
-        header["offset"],
+        hop,
+        offset,
     )
 
 
